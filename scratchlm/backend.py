@@ -75,6 +75,8 @@ class Backend:
             cupyx.scatter_add(target, index, rows)
             return target
         xp = self.xp
+        if index.size == 0:
+            return target
         order = xp.argsort(index, kind="stable")
         sorted_index = index[order]
         starts = xp.flatnonzero(xp.r_[True, sorted_index[1:] != sorted_index[:-1]])

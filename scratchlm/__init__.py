@@ -1,0 +1,15 @@
+"""scratchlm: a from-scratch LSTM language-model engine.
+
+Embedding, LSTM forward and backpropagation-through-time with explicit gate
+math, softmax cross-entropy, Adam/RMSprop/SGD and temperature sampling, written
+once against an array backend (NumPy on CPU, CuPy on GPU). Start reading at
+:mod:`scratchlm.layers` (the LSTM equations) and :mod:`scratchlm.model`.
+"""
+
+from .backend import Backend, get_backend
+from .errors import BackendUnavailable, CheckpointError, ScratchLMError
+from .model import LanguageModel
+
+__version__ = "0.1.0"
+__all__ = ["Backend", "BackendUnavailable", "CheckpointError", "LanguageModel", "ScratchLMError",
+           "get_backend", "__version__"]

@@ -1,0 +1,63 @@
+"""Softmax cross-entropy from logits, forward and backward in one function.
+
+For logits z (N, V) and integer targets y (N,), with optional weights m (N,)
+(1 = scored, 0 = padding):
+
+    log p_{n,v} = z_{n,v} - logsumexp_v(z_{n,:})          (stable: subtract the row max first)
+    L           = -(1 / Σ_n m_n) · Σ_n m_n · log p_{n, y_n}      (mean over scored tokens)
+    dL/dz_{n,v} =  (m_n / Σ m) · (softmax(z_n)_v - [v = y_n])
+
+Any leading shape works: logits (..., V) with targets and mask of shape (...).
+
+The model's "last step only" loss (the seed Nietzsche setup: predict the one
+character that follows a window) is this same function applied to the logits
+of the final time step alone, (B, V) with targets (B,): the model never
+computes logits for the other steps, so nothing needs to be masked away.
+"""
+
+from .backend import array_module
+
+
+def softmax(logits, axis=-1):
+    """Row-wise softmax, computed stably: exp(z - max z) / Σ exp(z - max z)."""
+    xp = array_module(logits)
+    e = xp.exp(logits - logits.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def softmax_cross_entropy(logits, targets, mask=None):
+    """Mean cross-entropy over the scored tokens and its gradient.
+
+    logits: (..., V) float; targets: (...) int; mask: (...) bool/0-1 or None.
+    Returns (loss, dlogits): loss a Python float, dlogits (..., V) in logits' dtype.
+    Raises ValueError when the mask scores no token at all.
+    """
+    xp = array_module(logits)
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V)                                  # (N, V)
+    y = targets.reshape(-1)                                    # (N,)
+    N = z.shape[0]
+    if y.shape[0] != N:
+        raise ValueError(f"targets have {y.shape[0]} entries but logits have {N} rows")
+    rows = xp.arange(N)
+
+    shifted = z - z.max(axis=1, keepdims=True)                 # (N, V), max of each row is 0
+    exp = xp.exp(shifted)
+    sum_exp = exp.sum(axis=1)                                  # (N,)
+    log_p_target = shifted[rows, y] - xp.log(sum_exp)          # (N,)
+
+    dz = exp                                                    # reuse the buffer: softmax - onehot
+    dz /= sum_exp[:, None]
+    dz[rows, y] -= 1
+    if mask is None:
+        weight = xp.full(N, 1.0 / N, dtype=z.dtype)             # (N,)
+    else:
+        m = mask.reshape(-1).astype(z.dtype)
+        count = float(m.sum())
+        if count == 0:
+            raise ValueError("the mask scores no token: at least one target must be unmasked")
+        weight = m / count
+    loss = -float((weight * log_p_target).sum())
+    dz *= weight[:, None]
+    return loss, dz.reshape(logits.shape)

@@ -1,0 +1,319 @@
+"""Optimizers: SGD, RMSprop and Adam with Keras 3 defaults and update formulas.
+
+An optimizer turns gradients into weight updates. It is handed two dicts keyed by
+parameter name, ``params`` and ``grads``, and updates every ``params[name]`` in place,
+so the arrays a model holds stay the same objects. The code is written once against
+the array module of the parameters (NumPy or CuPy, found with
+:func:`scratchlm.backend.array_module`), so it runs on either device unchanged.
+
+Per-parameter state ("slots": momentum, moving averages) is created lazily on the
+first step as zeros of the parameter's shape and dtype, and stored under
+``"<slot>/<param name>"`` — e.g. ``"m/lstm_0/kernel"`` — which is also how
+:meth:`Optimizer.state_dict` exports it for checkpoints.
+
+Every optimizer can first rescale all gradients together so that their global L2
+norm is at most ``global_clipnorm`` (Keras' ``clip_by_global_norm``), the usual guard
+against exploding gradients in recurrent networks.
+
+Typical use::
+
+    opt = optim.get("adam", lr=2e-3, global_clipnorm=5.0)
+    for batch in batches:
+        loss, grads = model.loss_and_grads(batch)
+        opt.step(model.params, grads)
+
+    config, arrays = opt.state_dict()           # save: config is JSON-serialisable
+    opt = optim.from_state(config, arrays)      # resume exactly where it stopped
+"""
+
+import math
+
+from .backend import array_module
+
+
+def global_norm(grads):
+    """sqrt(Σ over all arrays of Σ g²): the L2 norm of all gradients taken as one vector."""
+    return math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+
+
+def clip_by_global_norm(grads, clipnorm):
+    """Return (clipped, norm): ``grads`` scaled together so that their global norm is <= clipnorm.
+
+    As Keras 3: ``scale = clipnorm · min(1/norm, 1/clipnorm)``, i.e. 1 when
+    norm <= clipnorm (norm 0 included) and clipnorm/norm otherwise. A non-finite
+    norm gives scale NaN, so an inf/NaN gradient poisons the step visibly instead
+    of being hidden. ``grads`` is not modified; when scale is 1 the same dict is
+    returned, otherwise a new dict of new arrays.
+    """
+    norm = global_norm(grads)
+    scale = clipnorm / max(norm, clipnorm) if math.isfinite(norm) else math.nan
+    if scale == 1.0:
+        return grads, norm
+    return {name: g * scale for name, g in grads.items()}, norm
+
+
+def _number(name, value, ok, rule):
+    """float(value), or ValueError naming the hyperparameter and the rule it breaks."""
+    try:
+        if isinstance(value, (bool, str)):
+            raise TypeError
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number {rule}, got {value!r}") from None
+    if not ok(x):  # NaN fails every comparison, so it is rejected here too
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return x
+
+
+class Optimizer:
+    """Base class: validation, gradient clipping, slots, iteration count and state.
+
+    A subclass sets ``name`` and ``slot_names``, stores its hyperparameters, lists
+    them in :meth:`hyperparameters`, and implements ``_update(name, w, g)``, the
+    in-place update of one parameter ``w`` given its (clipped) gradient ``g``.
+
+    Attributes: ``lr`` (learning rate), ``global_clipnorm`` (None: no clipping),
+    ``iterations`` (steps taken so far), ``slots`` (dict "<slot>/<param>" -> array).
+    """
+
+    name = None        # "sgd" | "rmsprop" | "adam"
+    slot_names = ()    # the slots this optimizer may keep per parameter
+
+    def __init__(self, lr, global_clipnorm=None):
+        self.lr = _number("lr", lr, lambda x: x > 0, "> 0")
+        if global_clipnorm is not None:
+            global_clipnorm = _number("global_clipnorm", global_clipnorm, lambda x: x > 0, "> 0 (or None)")
+        self.global_clipnorm = global_clipnorm
+        self.iterations = 0
+        self.slots = {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args}) after {self.iterations} steps"
+
+    def hyperparameters(self):
+        """The constructor arguments, as a dict of plain Python values."""
+        raise NotImplementedError
+
+    def _update(self, name, w, g):
+        """Update parameter ``w`` (named ``name``) in place from gradient ``g``."""
+        raise NotImplementedError
+
+    # -- the step ------------------------------------------------------------
+    def step(self, params, grads):
+        """One update of every ``params[name]``, in place, from ``grads[name]``.
+
+        ``grads`` is read, never written. Raises ValueError, before changing
+        anything, if the two dicts do not name the same parameters with the same
+        shapes.
+        """
+        missing = [name for name in params if name not in grads]
+        unknown = [name for name in grads if name not in params]
+        if missing or unknown:
+            raise ValueError(f"grads do not match params: no gradient for {missing}, "
+                             f"gradients for unknown parameters {unknown}")
+        for name, w in params.items():
+            if grads[name].shape != w.shape:
+                raise ValueError(f"gradient for {name!r} has shape {grads[name].shape}, "
+                                 f"but the parameter has shape {w.shape}")
+        if self.global_clipnorm is not None:
+            grads, _ = clip_by_global_norm(grads, self.global_clipnorm)
+        for name, w in params.items():
+            self._update(name, w, grads[name])
+        self.iterations += 1
+
+    def _slot(self, slot, name, w):
+        """The ``slot`` array of parameter ``name``, created as zeros like ``w`` on first use."""
+        key = f"{slot}/{name}"
+        s = self.slots.get(key)
+        if s is None:
+            s = self.slots[key] = array_module(w).zeros_like(w)
+        elif s.shape != w.shape:
+            raise ValueError(f"optimizer slot {key!r} has shape {s.shape}, "
+                             f"but the parameter has shape {w.shape}")
+        return s
+
+    # -- checkpoints ---------------------------------------------------------
+    def state_dict(self):
+        """Return (config, arrays).
+
+        config: JSON-serialisable dict ``{"name", hyperparameters..., "iterations"}``.
+        arrays: the live slot arrays keyed "<slot>/<param name>" (not copies: write
+        them out, or copy them, before the next step).
+        """
+        config = {"name": self.name, **self.hyperparameters(), "iterations": self.iterations}
+        return config, dict(self.slots)
+
+    def load_state_dict(self, config, arrays, backend=None):
+        """Restore ``iterations`` and the slots from :meth:`state_dict` output.
+
+        Hyperparameters are not touched (they come from the constructor; see
+        :func:`from_state`), so a run can resume with, say, a different lr.
+        Arrays are used as given, or converted with ``backend.asarray`` when a
+        backend is given. Slots missing from ``arrays`` start at zero again.
+        """
+        if config.get("name") != self.name:
+            raise ValueError(f"optimizer state is for {config.get('name')!r}, not {self.name!r}")
+        slots = {}
+        for key, a in arrays.items():
+            slot, _, param = key.partition("/")
+            if slot not in self.slot_names or not param:
+                raise ValueError(f"unexpected optimizer array {key!r} for {self.name!r}: "
+                                 f"expected '<slot>/<param name>' with slot in {list(self.slot_names)}")
+            slots[key] = a if backend is None else backend.asarray(a)
+        self.slots = slots
+        self.iterations = int(config.get("iterations", 0))
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum. Keras 3 semantics.
+
+    momentum = 0:   w ← w − lr·g
+    momentum > 0:   m ← momentum·m − lr·g                    (slot "momentum", m₀ = 0)
+                    w ← w + m                                 (classical)
+                    w ← w + momentum·m − lr·g                 (nesterov=True)
+    """
+
+    name = "sgd"
+    slot_names = ("momentum",)
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, global_clipnorm=None):
+        super().__init__(lr, global_clipnorm)
+        self.momentum = _number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+        self.nesterov = bool(nesterov)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "global_clipnorm": self.global_clipnorm}
+
+    def _update(self, name, w, g):
+        if self.momentum == 0:
+            w -= self.lr * g
+            return
+        m = self._slot("momentum", name, w)
+        m *= self.momentum
+        m -= self.lr * g
+        if self.nesterov:
+            w += self.momentum * m - self.lr * g
+        else:
+            w += m
+
+
+class RMSprop(Optimizer):
+    """RMSprop: divide the gradient by a running root-mean-square of its history. Keras 3 semantics.
+
+    v ← ρ·v + (1−ρ)·g²                                        (slot "velocity")
+    centered:  a ← ρ·a + (1−ρ)·g;  d = v − a² + ε              (slot "average_gradient")
+    otherwise: d = v + ε
+    Δ = lr·g / √d
+    momentum > 0:  μ ← momentum·μ + Δ;  w ← w − μ             (slot "momentum")
+    otherwise:     w ← w − Δ
+
+    All slots start at zero. Note ε sits inside the square root (Keras), not
+    outside it as in PyTorch.
+    """
+
+    name = "rmsprop"
+    slot_names = ("velocity", "average_gradient", "momentum")
+
+    def __init__(self, lr=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, global_clipnorm=None):
+        super().__init__(lr, global_clipnorm)
+        self.rho = _number("rho", rho, lambda x: 0 < x < 1, "in (0, 1)")
+        self.momentum = _number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
+        self.epsilon = _number("epsilon", epsilon, lambda x: x > 0, "> 0")
+        self.centered = bool(centered)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
+                "centered": self.centered, "global_clipnorm": self.global_clipnorm}
+
+    def _update(self, name, w, g):
+        xp = array_module(w)
+        v = self._slot("velocity", name, w)
+        v *= self.rho
+        v += (1 - self.rho) * xp.square(g)
+        if self.centered:
+            a = self._slot("average_gradient", name, w)
+            a *= self.rho
+            a += (1 - self.rho) * g
+            d = v - xp.square(a) + self.epsilon
+        else:
+            d = v + self.epsilon
+        increment = self.lr * g / xp.sqrt(d)
+        if self.momentum > 0:
+            mu = self._slot("momentum", name, w)
+            mu *= self.momentum
+            mu += increment
+            w -= mu
+        else:
+            w -= increment
+
+
+class Adam(Optimizer):
+    """Adam: momentum plus per-weight step sizes from a moving average of g². Keras 3 semantics.
+
+    t = iterations + 1
+    α = lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)                           (bias correction folded into α)
+    m ← m + (g − m)·(1 − β₁)                                  (slot "m")
+    v ← v + (g² − v)·(1 − β₂)                                 (slot "v")
+    amsgrad: v̂ ← max(v̂, v), and v̂ replaces v below           (slot "vhat")
+    w ← w − α·m / (√v + ε)
+
+    All slots start at zero. Because the bias correction is applied to α rather
+    than to m and v, ε acts on the uncorrected √v — the form of the Adam paper's
+    Section 2 and of Keras, which differs slightly from PyTorch's.
+    """
+
+    name = "adam"
+    slot_names = ("m", "v", "vhat")
+
+    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, global_clipnorm=None):
+        super().__init__(lr, global_clipnorm)
+        self.beta_1 = _number("beta_1", beta_1, lambda x: 0 <= x < 1, "in [0, 1)")
+        self.beta_2 = _number("beta_2", beta_2, lambda x: 0 <= x < 1, "in [0, 1)")
+        self.epsilon = _number("epsilon", epsilon, lambda x: x > 0, "> 0")
+        self.amsgrad = bool(amsgrad)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+                "amsgrad": self.amsgrad, "global_clipnorm": self.global_clipnorm}
+
+    def _update(self, name, w, g):
+        xp = array_module(w)
+        t = self.iterations + 1
+        alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        m = self._slot("m", name, w)
+        v = self._slot("v", name, w)
+        m += (g - m) * (1 - self.beta_1)
+        v += (xp.square(g) - v) * (1 - self.beta_2)
+        if self.amsgrad:
+            vhat = self._slot("vhat", name, w)
+            xp.maximum(vhat, v, out=vhat)
+            v = vhat
+        w -= m * alpha / (xp.sqrt(v) + self.epsilon)
+
+
+_OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+
+
+def get(name, **kwargs):
+    """An optimizer by name: "adam", "rmsprop" or "sgd" (any case), built with ``kwargs``."""
+    cls = _OPTIMIZERS.get(name.lower() if isinstance(name, str) else None)
+    if cls is None:
+        raise ValueError(f"unknown optimizer {name!r}: choose one of {sorted(_OPTIMIZERS)}")
+    return cls(**kwargs)
+
+
+def from_state(config, arrays, backend=None):
+    """Rebuild an optimizer from :meth:`Optimizer.state_dict` output: hyperparameters, step count and slots."""
+    cls = _OPTIMIZERS.get(config.get("name"))
+    if cls is None:
+        raise ValueError(f"unknown optimizer {config.get('name')!r} in optimizer state: "
+                         f"expected one of {sorted(_OPTIMIZERS)}")
+    hyper = {k: v for k, v in config.items() if k not in ("name", "iterations")}
+    try:
+        opt = cls(**hyper)
+    except TypeError as exc:  # a key the constructor does not take
+        raise ValueError(f"bad {config['name']!r} optimizer config: {exc}") from None
+    opt.load_state_dict(config, arrays, backend)
+    return opt

@@ -1,0 +1,28 @@
+"""Shared test helpers: small float64 models and random data of their own making."""
+
+import numpy as np
+import pytest
+
+from scratchlm import get_backend
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def be64():
+    return get_backend("numpy", "float64")
+
+
+def random_mask(rng, B, T):
+    """(B, T) bool mask with right padding, left padding and a hole, every row keeping a step."""
+    mask = np.ones((B, T), dtype=bool)
+    if B > 0:
+        mask[0, T - 2:] = False                 # right padding
+    if B > 1:
+        mask[1, :2] = False                     # left padding (outputs before the first step are zeros)
+    if B > 2:
+        mask[2, T // 2] = False                 # a hole in the middle
+    return mask

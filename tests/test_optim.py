@@ -1,0 +1,362 @@
+"""Optimizers against an independent float64 NumPy transcription of the Keras 3 formulas."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from scratchlm import optim
+from scratchlm.backend import get_backend
+from scratchlm.errors import BackendUnavailable
+
+SHAPES = {"embedding": (7, 3), "lstm_0/kernel": (3, 8), "lstm_0/bias": (8,), "dense/bias": (5,)}
+
+
+# -- the reference: the formulas written out plainly, one whole run at a time ----------------
+def reference_run(kind, hyper, params, grad_steps):
+    """Run ``len(grad_steps)`` steps of optimizer ``kind`` on copies of ``params``; return them."""
+    h = {"lr": None, "global_clipnorm": None, **hyper}
+    w = {k: np.array(p, dtype=np.float64) for k, p in params.items()}
+    state = {k: {} for k in w}
+    for t, grads in enumerate(grad_steps, start=1):
+        grads = {k: np.array(g, dtype=np.float64) for k, g in grads.items()}
+        if h["global_clipnorm"] is not None:
+            norm = np.sqrt(sum(np.sum(g ** 2) for g in grads.values()))
+            if norm > h["global_clipnorm"]:
+                grads = {k: g * (h["global_clipnorm"] / norm) for k, g in grads.items()}
+        for k in w:
+            g, s, lr = grads[k], state[k], h["lr"]
+            zero = np.zeros_like(w[k])
+            if kind == "sgd":
+                mom = h.get("momentum", 0.0)
+                if mom == 0:
+                    w[k] = w[k] - lr * g
+                else:
+                    s["m"] = mom * s.get("m", zero) - lr * g
+                    if h.get("nesterov", False):
+                        w[k] = w[k] + mom * s["m"] - lr * g
+                    else:
+                        w[k] = w[k] + s["m"]
+            elif kind == "rmsprop":
+                rho, eps, mom = h.get("rho", 0.9), h.get("epsilon", 1e-7), h.get("momentum", 0.0)
+                s["v"] = rho * s.get("v", zero) + (1 - rho) * g ** 2
+                if h.get("centered", False):
+                    s["a"] = rho * s.get("a", zero) + (1 - rho) * g
+                    denom = s["v"] - s["a"] ** 2 + eps
+                else:
+                    denom = s["v"] + eps
+                inc = lr * g / np.sqrt(denom)
+                if mom > 0:
+                    s["mom"] = mom * s.get("mom", zero) + inc
+                    w[k] = w[k] - s["mom"]
+                else:
+                    w[k] = w[k] - inc
+            elif kind == "adam":
+                b1, b2, eps = h.get("beta_1", 0.9), h.get("beta_2", 0.999), h.get("epsilon", 1e-7)
+                alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                s["m"] = b1 * s.get("m", zero) + (1 - b1) * g
+                s["v"] = b2 * s.get("v", zero) + (1 - b2) * g ** 2
+                v = s["v"]
+                if h.get("amsgrad", False):
+                    s["vhat"] = np.maximum(s.get("vhat", zero), s["v"])
+                    v = s["vhat"]
+                w[k] = w[k] - alpha * s["m"] / (np.sqrt(v) + eps)
+    return w
+
+
+def make_problem(seed, steps=4, grad_scale=1.0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    params = {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
+    grad_steps = [{k: (grad_scale * rng.normal(size=s)).astype(dtype) for k, s in SHAPES.items()}
+                  for _ in range(steps)]
+    return params, grad_steps
+
+
+def run(opt, params, grad_steps):
+    for grads in grad_steps:
+        opt.step(params, grads)
+    return params
+
+
+VARIANTS = [
+    ("sgd", {"lr": 0.1}),
+    ("sgd", {"lr": 0.05, "momentum": 0.9}),
+    ("sgd", {"lr": 0.05, "momentum": 0.5, "nesterov": True}),
+    ("sgd", {"lr": 0.05, "nesterov": True}),  # nesterov without momentum is plain SGD
+    ("rmsprop", {"lr": 0.01}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.8}),
+    ("rmsprop", {"lr": 0.01, "centered": True}),
+    ("rmsprop", {"lr": 0.01, "rho": 0.5, "momentum": 0.3, "centered": True, "epsilon": 1e-3}),
+    ("adam", {"lr": 0.01}),
+    ("adam", {"lr": 0.01, "amsgrad": True}),
+    ("adam", {"lr": 0.003, "beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-4}),
+    ("adam", {"lr": 0.003, "beta_1": 0.0, "beta_2": 0.0, "amsgrad": True}),
+]
+VARIANT_IDS = [f"{kind}-{'-'.join(f'{k}={v}' for k, v in h.items())}" for kind, h in VARIANTS]
+
+
+# -- the formulas ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, hyper", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("clipnorm", [None, 1.0, 1e6], ids=["noclip", "clip-active", "clip-inactive"])
+def test_matches_reference(kind, hyper, clipnorm):
+    params, grad_steps = make_problem(seed=0, steps=5)
+    if kind == "adam" and hyper.get("amsgrad"):  # shrinking grads make v fall below vhat
+        grad_steps = [{k: g / (t + 1) ** 2 for k, g in grads.items()} for t, grads in enumerate(grad_steps)]
+    expected = reference_run(kind, {**hyper, "global_clipnorm": clipnorm}, params, grad_steps)
+    got = run(optim.get(kind, global_clipnorm=clipnorm, **hyper), params, grad_steps)
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["sgd", "rmsprop", "adam"]),
+       seed=st.integers(0, 2 ** 32 - 1),
+       lr=st.floats(1e-4, 1.0),
+       momentum=st.sampled_from([0.0, 0.5, 0.99]),
+       rho_or_beta=st.floats(0.01, 0.999),
+       flag=st.booleans(),
+       clipnorm=st.one_of(st.none(), st.floats(0.1, 100.0)),
+       grad_scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_matches_reference_random(kind, seed, lr, momentum, rho_or_beta, flag, clipnorm, grad_scale):
+    hyper = {"sgd": {"lr": lr, "momentum": momentum, "nesterov": flag},
+             "rmsprop": {"lr": lr, "rho": rho_or_beta, "momentum": momentum, "centered": flag},
+             "adam": {"lr": lr, "beta_1": momentum, "beta_2": rho_or_beta, "amsgrad": flag}}[kind]
+    params, grad_steps = make_problem(seed, steps=3, grad_scale=grad_scale)
+    expected = reference_run(kind, {**hyper, "global_clipnorm": clipnorm}, params, grad_steps)
+    got = run(optim.get(kind, global_clipnorm=clipnorm, **hyper), params, grad_steps)
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("kind, hyper", VARIANTS[1:2] + VARIANTS[7:8] + VARIANTS[9:10])
+def test_float32_stays_float32_and_close(kind, hyper):
+    params, grad_steps = make_problem(seed=1, dtype=np.float32)
+    expected = reference_run(kind, {**hyper, "global_clipnorm": 1.0}, params, grad_steps)
+    opt = optim.get(kind, global_clipnorm=1.0, **hyper)
+    got = run(opt, params, grad_steps)
+    assert all(p.dtype == np.float32 for p in got.values())
+    assert all(s.dtype == np.float32 for s in opt.slots.values())
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_keras_adam_first_step():
+    """Hand-computed Keras 3 Adam step 1: alpha = lr·sqrt(1−β₂)/(1−β₁), m = 0.1g, v = 0.001g²."""
+    w, g = np.array([1.0, -2.0]), np.array([0.5, -4.0])
+    optim.Adam(lr=0.1).step({"w": w}, {"w": g})
+    alpha = 0.1 * math.sqrt(0.001) / 0.1
+    np.testing.assert_allclose(w, [1.0, -2.0] - alpha * 0.1 * g / (np.sqrt(0.001) * np.abs(g) + 1e-7), rtol=1e-14)
+
+
+# -- clipping ----------------------------------------------------------------------------------
+def test_clip_by_global_norm():
+    grads = {"a": np.array([3.0, 0.0]), "b": np.array([[4.0]])}
+    assert optim.global_norm(grads) == 5.0
+    clipped, norm = optim.clip_by_global_norm(grads, 1.0)
+    assert norm == 5.0
+    np.testing.assert_allclose(clipped["a"], [0.6, 0.0])
+    np.testing.assert_allclose(clipped["b"], [[0.8]])
+    np.testing.assert_array_equal(grads["a"], [3.0, 0.0])  # inputs untouched
+    same, _ = optim.clip_by_global_norm(grads, 5.0)        # norm == clipnorm: no scaling
+    assert same is grads
+
+
+def test_clip_zero_and_nonfinite_gradients():
+    zeros = {"a": np.zeros(3)}
+    clipped, norm = optim.clip_by_global_norm(zeros, 1.0)
+    assert norm == 0.0 and clipped is zeros
+    params = {"a": np.ones(3)}
+    optim.Adam(global_clipnorm=1.0).step(params, zeros)
+    assert np.all(np.isfinite(params["a"]))
+    clipped, norm = optim.clip_by_global_norm({"a": np.array([1.0, np.inf])}, 1.0)
+    assert math.isinf(norm) and np.all(np.isnan(clipped["a"]))  # as Keras: poisoned, not hidden
+
+
+# -- in place, grads untouched, slots ----------------------------------------------------------
+@pytest.mark.parametrize("kind, hyper", VARIANTS, ids=VARIANT_IDS)
+def test_in_place_and_grads_untouched(kind, hyper):
+    params, grad_steps = make_problem(seed=2, grad_scale=10.0)
+    ids = {k: id(p) for k, p in params.items()}
+    before = copy.deepcopy(grad_steps)
+    opt = optim.get(kind, global_clipnorm=0.5, **hyper)
+    run(opt, params, grad_steps)
+    assert {k: id(p) for k, p in params.items()} == ids
+    for g, g0 in zip(grad_steps, before):
+        for k in SHAPES:
+            np.testing.assert_array_equal(g[k], g0[k])
+    assert opt.iterations == len(grad_steps)
+    for key, s in opt.slots.items():
+        slot, _, name = key.partition("/")
+        assert slot in opt.slot_names and s.shape == SHAPES[name]
+
+
+def test_slot_names():
+    params, grad_steps = make_problem(seed=3, steps=1)
+
+    def names(opt):
+        run(opt, copy.deepcopy(params), grad_steps)
+        return sorted({key.partition("/")[0] for key in opt.slots})
+
+    assert names(optim.SGD()) == []
+    assert names(optim.SGD(momentum=0.9)) == ["momentum"]
+    assert names(optim.RMSprop()) == ["velocity"]
+    assert names(optim.RMSprop(momentum=0.9, centered=True)) == ["average_gradient", "momentum", "velocity"]
+    assert names(optim.Adam()) == ["m", "v"]
+    assert names(optim.Adam(amsgrad=True)) == ["m", "v", "vhat"]
+    opt = optim.Adam()
+    run(opt, copy.deepcopy(params), grad_steps)
+    assert set(opt.state_dict()[1]) == {f"{s}/{k}" for s in ("m", "v") for k in SHAPES}
+
+
+# -- errors ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, kwargs", [
+    (optim.SGD, {"lr": 0}), (optim.SGD, {"lr": -1.0}), (optim.SGD, {"lr": float("nan")}),
+    (optim.SGD, {"lr": "0.1"}), (optim.SGD, {"lr": None}), (optim.SGD, {"lr": True}),
+    (optim.SGD, {"momentum": 1.0}), (optim.SGD, {"momentum": -0.1}),
+    (optim.SGD, {"global_clipnorm": 0.0}), (optim.SGD, {"global_clipnorm": -1.0}),
+    (optim.RMSprop, {"rho": 0.0}), (optim.RMSprop, {"rho": 1.0}), (optim.RMSprop, {"momentum": 1.5}),
+    (optim.RMSprop, {"epsilon": 0.0}), (optim.RMSprop, {"lr": 0.0}),
+    (optim.Adam, {"beta_1": 1.0}), (optim.Adam, {"beta_1": -0.1}), (optim.Adam, {"beta_2": 1.0}),
+    (optim.Adam, {"epsilon": -1e-7}), (optim.Adam, {"global_clipnorm": float("nan")}),
+])
+def test_bad_hyperparameters(cls, kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        cls(**kwargs)
+
+
+def test_good_edge_hyperparameters():
+    optim.SGD(lr=np.float32(0.1), momentum=0)
+    optim.Adam(beta_1=0.0, beta_2=0.0, global_clipnorm=1)
+    optim.RMSprop(rho=0.999, momentum=0.99)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda g: g.pop("dense/bias"), "no gradient for \\['dense/bias'\\]"),
+    (lambda g: g.update(extra=np.zeros(2)), "unknown parameters \\['extra'\\]"),
+    (lambda g: g.update({"lstm_0/bias": np.zeros(9)}), "'lstm_0/bias' has shape \\(9,\\)"),
+])
+def test_mismatched_grads(mutate, message):
+    params, grad_steps = make_problem(seed=4, steps=1)
+    grads = dict(grad_steps[0])
+    mutate(grads)
+    before = copy.deepcopy(params)
+    opt = optim.Adam()
+    with pytest.raises(ValueError, match=message):
+        opt.step(params, grads)
+    assert opt.iterations == 0 and opt.slots == {}
+    for k in SHAPES:
+        np.testing.assert_array_equal(params[k], before[k])
+
+
+def test_get():
+    opt = optim.get("ADAM", lr=0.5, amsgrad=True)
+    assert type(opt) is optim.Adam and opt.lr == 0.5 and opt.amsgrad
+    assert type(optim.get("RMSprop")) is optim.RMSprop
+    assert type(optim.get("sgd")) is optim.SGD
+    for bad in ("adagrad", None):
+        with pytest.raises(ValueError, match="adam.*rmsprop.*sgd"):
+            optim.get(bad)
+
+
+def test_keras_defaults():
+    assert optim.SGD().hyperparameters() == {"lr": 0.01, "momentum": 0.0, "nesterov": False, "global_clipnorm": None}
+    assert optim.RMSprop().hyperparameters() == {"lr": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
+                                                 "centered": False, "global_clipnorm": None}
+    assert optim.Adam().hyperparameters() == {"lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                                              "amsgrad": False, "global_clipnorm": None}
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, hyper", VARIANTS, ids=VARIANT_IDS)
+def test_state_round_trip_continues_identically(kind, hyper):
+    params, grad_steps = make_problem(seed=5, steps=5)
+    uninterrupted = run(optim.get(kind, global_clipnorm=2.0, **hyper), copy.deepcopy(params), grad_steps)
+
+    opt = optim.get(kind, global_clipnorm=2.0, **hyper)
+    run(opt, params, grad_steps[:2])
+    config, arrays = opt.state_dict()
+    config = json.loads(json.dumps(config))                    # as a checkpoint stores it
+    arrays = {k: np.array(a) for k, a in arrays.items()}       # copies, as a file would give
+    assert config["name"] == kind and config["iterations"] == 2
+    assert config["global_clipnorm"] == 2.0 and all(config[k] == v for k, v in hyper.items())
+
+    resumed = optim.from_state(config, arrays)
+    assert type(resumed) is type(opt) and resumed.hyperparameters() == opt.hyperparameters()
+    run(resumed, params, grad_steps[2:])
+    for k in SHAPES:
+        np.testing.assert_array_equal(params[k], uninterrupted[k], err_msg=k)
+
+
+def test_load_with_backend_converts_arrays():
+    params, grad_steps = make_problem(seed=6, steps=2)
+    opt = optim.Adam()
+    run(opt, params, grad_steps)
+    config, arrays = opt.state_dict()
+    lists = {k: a.tolist() for k, a in arrays.items()}
+    resumed = optim.from_state(config, lists, backend=get_backend("numpy", "float32"))
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in resumed.slots.values())
+    kept = optim.from_state(config, arrays)
+    assert all(kept.slots[k] is arrays[k] for k in arrays)
+
+
+def test_load_state_errors():
+    config, arrays = optim.Adam().state_dict()
+    with pytest.raises(ValueError, match="'adam', not 'rmsprop'"):
+        optim.RMSprop().load_state_dict(config, arrays)
+    with pytest.raises(ValueError, match="unknown optimizer 'adagrad'"):
+        optim.from_state({**config, "name": "adagrad"}, arrays)
+    with pytest.raises(ValueError, match="bad 'adam' optimizer config"):
+        optim.from_state({**config, "rho": 0.9}, arrays)
+    with pytest.raises(ValueError, match="unexpected optimizer array 'velocity/w'"):
+        optim.from_state(config, {"velocity/w": np.zeros(2)})
+    opt = optim.from_state(config, {"m/w": np.zeros(3)})
+    with pytest.raises(ValueError, match="slot 'm/w' has shape \\(3,\\)"):
+        opt.step({"w": np.zeros(2)}, {"w": np.ones(2)})
+
+
+def test_resume_with_new_lr():
+    opt = optim.Adam(lr=0.1)
+    opt.step({"w": np.zeros(2)}, {"w": np.ones(2)})
+    config, arrays = opt.state_dict()
+    fresh = optim.Adam(lr=0.01)
+    fresh.load_state_dict(config, arrays)
+    assert fresh.lr == 0.01 and fresh.iterations == 1 and set(fresh.slots) == {"m/w", "v/w"}
+
+
+# -- it actually optimises ---------------------------------------------------------------------
+@pytest.mark.parametrize("opt", [
+    optim.SGD(lr=0.1), optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+    optim.RMSprop(lr=0.01), optim.RMSprop(lr=0.01, momentum=0.5, centered=True),
+    optim.Adam(lr=0.05), optim.Adam(lr=0.05, amsgrad=True, global_clipnorm=1.0),
+], ids=repr)
+def test_minimises_a_quadratic(opt):
+    """f(w) = ½ Σ a (w − c)², an ill-conditioned bowl with its minimum at c."""
+    rng = np.random.default_rng(7)
+    a, c = np.array([1.0, 3.0, 10.0]), rng.normal(size=3)
+    w = np.zeros(3)
+    for _ in range(1000):
+        opt.step({"w": w}, {"w": a * (w - c)})
+    np.testing.assert_allclose(w, c, atol=2e-2)
+
+
+# -- GPU ---------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind, hyper", VARIANTS, ids=VARIANT_IDS)
+def test_cupy_matches_numpy(kind, hyper):
+    try:
+        cp = get_backend("cupy", "float64")
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    params, grad_steps = make_problem(seed=8)
+    expected = reference_run(kind, {**hyper, "global_clipnorm": 1.0}, params, grad_steps)
+    opt = optim.get(kind, global_clipnorm=1.0, **hyper)
+    dparams = {k: cp.asarray(p) for k, p in params.items()}
+    run(opt, dparams, [{k: cp.asarray(g) for k, g in grads.items()} for grads in grad_steps])
+    config, arrays = opt.state_dict()
+    assert all(type(a) is type(dparams["embedding"]) for a in arrays.values())
+    for k in SHAPES:
+        np.testing.assert_allclose(cp.to_host(dparams[k]), expected[k], rtol=1e-12, atol=1e-14, err_msg=k)
