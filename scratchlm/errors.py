@@ -15,3 +15,7 @@ class BackendUnavailable(ScratchLMError):
 
 class CheckpointError(ScratchLMError):
     """A checkpoint file is missing, truncated, corrupt or not a scratchlm checkpoint."""
+
+
+class SamplingError(ScratchLMError, ValueError):
+    """A sampling option (temperature, top-k, top-p, banned ids) or the logits cannot be sampled from."""

@@ -234,7 +234,8 @@ class LanguageModel:
         length' <= length. The model's own stateful state is left untouched.
         """
         sampling.check_options(temperature, top_k, top_p)
-        if int(length) < 0:
+        length = int(length)
+        if length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
         xp = self.backend.xp
         host = self.backend.to_host(xp.asarray(prompt_ids))
@@ -250,9 +251,9 @@ class LanguageModel:
         zeros = [(self.backend.zeros((B, h)), self.backend.zeros((B, h))) for h in self.hidden_sizes]
 
         logits, state, _ = self._forward(prompt.T, zeros, None, last_only=True)     # (B, V)
-        out = self.backend.to_host(xp.zeros((B, int(length)), dtype=xp.int64))
+        out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
         done = self.backend.to_host(xp.zeros(B, dtype=bool))
-        for k in range(int(length)):
+        for k in range(length):
             ids = sampling.sample(logits, rng, temperature, top_k, top_p, banned)   # (B,)
             step = self.backend.to_host(ids)
             if eos_id is not None:
@@ -262,7 +263,8 @@ class LanguageModel:
             if eos_id is not None and done.all():
                 out = out[:, :k + 1]
                 break
-            logits, state, _ = self._forward(ids[None, :], state, None, last_only=True)
+            if k + 1 < length:
+                logits, state, _ = self._forward(ids[None, :], state, None, last_only=True)
         return out[0] if single else out
 
     # -- checkpoints ---------------------------------------------------------------
