@@ -1,0 +1,285 @@
+"""Keras interop: load a Keras 3 LSTM language model into scratchlm, and build one from scratchlm.
+
+The models scratchlm and Keras share are chains
+
+    [Embedding(V, E)] -> LSTM(H_1) -> ... -> LSTM(H_L) -> Dense(V)
+
+Without an Embedding the first LSTM reads one-hot vectors (its kernel is (V, 4H)),
+as in the Keras Nietzsche example. scratchlm stores weights in Keras' layout, so
+they map one to one:
+
+    Embedding    embeddings                          -> embedding/embeddings      (V, E)
+    LSTM n       cell.kernel, .recurrent_kernel, .bias -> lstm_n/kernel (D, 4H),
+                                                         lstm_n/recurrent_kernel (H, 4H),
+                                                         lstm_n/bias (4H,)      gates i, f, c̃, o
+    Dense        kernel, bias                        -> dense/kernel (H_L, V), dense/bias (V,)
+
+A Dense with softmax gives probabilities p = softmax(z); scratchlm keeps the
+logits z and applies the softmax when it samples, so the distribution is the
+same. Dropout layers are skipped (they are the identity at inference; scratchlm
+trains without dropout). ``Embedding(mask_zero=True)`` carries no weights: pass
+``mask=(x != 0)`` to scratchlm instead.
+
+    model = from_keras(keras_model)                  # a Sequential / functional Keras model
+    model = from_keras("char_lm.weights.h5")         # model.save_weights(...) output, or a .keras file
+    keras_model = to_keras(model)                    # Sequential with the same weights
+
+Reading files needs h5py, building Keras models needs Keras 3 (TensorFlow): both
+are imported only when used (``pip install "scratchlm[reference]"``).
+"""
+
+import io
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ScratchLMError
+from .model import LanguageModel
+
+_EXTRA = 'pip install "scratchlm[reference]"'
+_SHAPE = "[Embedding] -> LSTM -> ... -> LSTM -> Dense"
+_WEIGHTLESS = {"InputLayer", "Dropout"}          # layers that compute nothing at inference
+
+
+class KerasInteropError(ScratchLMError):
+    """A Keras model or weights file cannot be mapped to or from a scratchlm LanguageModel."""
+
+
+# -- reading a Keras model ----------------------------------------------------------------
+def from_keras(model_or_path, backend="numpy", dtype=None):
+    """Build a :class:`LanguageModel` holding a Keras model's weights.
+
+    model_or_path: a Keras 3 model (Sequential, or functional with one input) of the
+        shape ``[Embedding] -> LSTM x L -> Dense``, or the path of its weights: a
+        ``.weights.h5`` file from ``model.save_weights`` or a ``.keras`` file from
+        ``model.save``. From a file the architecture is read off the weight groups
+        and shapes.
+    backend: "numpy", "cupy", "auto" or a Backend.
+    dtype: "float32" or "float64"; None takes the weights' own (float64 if they are
+        float64, else float32).
+    Raises KerasInteropError naming the layer that cannot be mapped.
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        layers, stateful = _layers_from_file(Path(model_or_path)), False
+    elif hasattr(model_or_path, "layers"):
+        layers, stateful = _layers_from_model(model_or_path)
+    else:
+        raise KerasInteropError(f"from_keras takes a Keras model or the path of a .weights.h5 / .keras file, "
+                                f"got {type(model_or_path).__name__}")
+    return _build(layers, backend, dtype, stateful)
+
+
+def _activation_name(fn):
+    return getattr(fn, "__name__", str(fn))
+
+
+def _layers_from_model(model):
+    """Keras model -> ([(kind, label, {weight name: array})...] in order, stateful)."""
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) > 1:
+        raise KerasInteropError(f"the Keras model has {len(inputs)} inputs; from_keras reads single-input "
+                                f"{_SHAPE} models")
+    layers, stateful = [], False
+    for layer in model.layers:
+        cls = type(layer).__name__
+        label = f"{layer.name!r} ({cls})"
+        if cls in _WEIGHTLESS:
+            continue
+        weights = dict(zip((v.path.split("/")[-1] for v in layer.weights), layer.get_weights()))
+        if cls in ("Embedding", "LSTM", "Dense") and not weights:
+            raise KerasInteropError(f"layer {label} has no weights yet: build the Keras model first "
+                                    "(give it an Input, or call it once)")
+        if cls == "Embedding":
+            layers.append(("embedding", label, {"embeddings": weights["embeddings"]}))
+        elif cls == "LSTM":
+            if _activation_name(layer.cell.activation) != "tanh" or \
+                    _activation_name(layer.cell.recurrent_activation) != "sigmoid":
+                raise KerasInteropError(f"layer {label} uses activation={_activation_name(layer.cell.activation)}, "
+                                        f"recurrent_activation={_activation_name(layer.cell.recurrent_activation)}; "
+                                        "scratchlm's LSTM is tanh / sigmoid")
+            if layer.go_backwards or layer.return_state:
+                raise KerasInteropError(f"layer {label}: go_backwards and return_state are not supported")
+            stateful = stateful or layer.stateful
+            layers.append(("lstm", label, weights))
+        elif cls == "Dense":
+            if _activation_name(layer.activation) not in ("linear", "softmax"):
+                raise KerasInteropError(f"layer {label} has activation {_activation_name(layer.activation)!r}; "
+                                        "the output Dense must be linear (logits) or softmax")
+            layers.append(("dense", label, weights))
+        else:
+            raise KerasInteropError(f"layer {label} is not supported: from_keras reads {_SHAPE} models "
+                                    "(Dropout allowed)")
+    return layers, stateful
+
+
+def _import_h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise KerasInteropError(f"reading Keras weight files needs h5py: pip install h5py (or {_EXTRA})") from None
+    return h5py
+
+
+def _layers_from_file(path):
+    """A Keras 3 weights file -> [(kind, label, {weight name: array})...] in model order.
+
+    Keras 3's layout: ``layers/<snake_case class>[_<k>]/vars/<i>`` (the LSTM's under
+    ``.../cell/vars/<i>``), where k counts the layers of one class in model order
+    and ``vars`` has the layer's own name as its ``name`` attribute.
+    """
+    h5py = _import_h5py()
+    if not path.is_file():
+        raise KerasInteropError(f"no such Keras weights file: {path}")
+    source = path
+    if path.suffix == ".keras":                        # a zip holding model.weights.h5
+        try:
+            with zipfile.ZipFile(path) as archive:
+                source = io.BytesIO(archive.read("model.weights.h5"))
+        except (zipfile.BadZipFile, KeyError):
+            raise KerasInteropError(f"{path} is not a Keras 3 .keras archive (no model.weights.h5 inside)") from None
+    try:
+        f = h5py.File(source, "r")
+    except OSError:
+        raise KerasInteropError(f"{path} is not an HDF5 file: expected a Keras 3 .weights.h5 "
+                                "(model.save_weights) or .keras file") from None
+    with f:
+        if not isinstance(f.get("layers"), h5py.Group):
+            raise KerasInteropError(f"{path} has no 'layers' group: not a Keras 3 weights file (for a Keras 2 "
+                                    "file, load the model in Keras and pass the model to from_keras)")
+        found = []
+        for key, group in f["layers"].items():
+            kind, index = re.fullmatch(r"(.*?)(?:_(\d+))?", key).groups()
+            name = group["vars"].attrs.get("name", key) if "vars" in group else key
+            label = f"{name!r} ({key})"
+            arrays = _datasets(group)
+            if kind in ("input_layer", "dropout") and not arrays:
+                continue
+            layout = {"embedding": ("vars", ["embeddings"]),
+                      "lstm": ("cell/vars", ["kernel", "recurrent_kernel", "bias"]),
+                      "dense": ("vars", ["kernel", "bias"])}.get(kind)
+            if layout is None:
+                raise KerasInteropError(f"layer {label} is not supported: from_keras reads {_SHAPE} models")
+            where, names = layout
+            values = [arrays.get(f"{where}/{i}") for i in range(len(names))]
+            if values[0] is None or set(arrays) - {f"{where}/{i}" for i in range(len(names))}:
+                raise KerasInteropError(f"layer {label}: unexpected weights {sorted(arrays)} for a Keras {kind}")
+            weights = {n: v for n, v in zip(names, values) if v is not None}
+            found.append((kind, int(index or 0), label, weights))
+    rank = {"embedding": 0, "lstm": 1, "dense": 2}
+    found.sort(key=lambda entry: (rank[entry[0]], entry[1]))
+    return [(kind, label, weights) for kind, _, label, weights in found]
+
+
+def _datasets(group):
+    """{relative path: array} of every dataset under an h5py group."""
+    out = {}
+    group.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if hasattr(obj, "shape") else None)
+    return out
+
+
+def _build(layers, backend, dtype, stateful):
+    """Check the chain's kinds and shapes, then make the LanguageModel and copy the weights in."""
+    kinds = [kind for kind, _, _ in layers]
+    labels = {kind: [label for k, label, _ in layers if k == kind] for kind in ("embedding", "lstm", "dense")}
+    if kinds.count("dense") != 1 or kinds[-1] != "dense":
+        raise KerasInteropError(f"expected exactly one Dense layer, at the end; found Dense layers "
+                                f"{labels['dense'] or 'none'} in {_SHAPE}")
+    if kinds.count("embedding") > 1 or ("embedding" in kinds and kinds[0] != "embedding"):
+        raise KerasInteropError(f"an Embedding may only come first, once; found {labels['embedding']}")
+    if "lstm" not in kinds:
+        raise KerasInteropError(f"no LSTM layer found: from_keras reads {_SHAPE} models")
+
+    params, hidden_sizes = {}, []
+    dense_label, dense = layers[-1][1:]
+    V = dense["kernel"].shape[-1]
+    embedding_dim = None
+    d_in = V                                                   # one-hot input
+    for kind, label, w in layers:
+        if kind == "embedding":
+            E = w["embeddings"]
+            if E.ndim != 2 or E.shape[0] != V:
+                raise KerasInteropError(f"layer {label}: embeddings of shape {E.shape} do not fit the output "
+                                        f"Dense's vocabulary of {V}")
+            embedding_dim = d_in = E.shape[1]
+            params["embedding/embeddings"] = E
+        elif kind == "lstm":
+            n = len(hidden_sizes)
+            U = w["recurrent_kernel"]
+            H = U.shape[0]
+            if U.shape != (H, 4 * H) or w["kernel"].shape != (d_in, 4 * H):
+                raise KerasInteropError(f"layer {label}: kernel {w['kernel'].shape} and recurrent kernel {U.shape} "
+                                        f"do not fit an LSTM with input size {d_in}: expected ({d_in}, 4H) and (H, 4H)"
+                                        + (" (one-hot input of the output vocabulary)" if n == 0 and embedding_dim
+                                           is None else ""))
+            params[f"lstm_{n}/kernel"], params[f"lstm_{n}/recurrent_kernel"] = w["kernel"], U
+            params[f"lstm_{n}/bias"] = w.get("bias", np.zeros(4 * H, dtype=U.dtype))
+            if params[f"lstm_{n}/bias"].shape != (4 * H,):
+                raise KerasInteropError(f"layer {label}: bias of shape {w['bias'].shape}, expected {(4 * H,)}")
+            hidden_sizes.append(H)
+            d_in = H
+    bias = dense.get("bias", np.zeros(V, dtype=dense["kernel"].dtype))
+    if dense["kernel"].shape != (d_in, V) or bias.shape != (V,):
+        raise KerasInteropError(f"layer {dense_label}: kernel {dense['kernel'].shape} and bias {bias.shape} "
+                                f"do not fit the last LSTM's {d_in} units: expected ({d_in}, V) and (V,)")
+    params["dense/kernel"], params["dense/bias"] = dense["kernel"], bias
+
+    if dtype is None:
+        dtype = "float64" if all(a.dtype == np.float64 for a in params.values()) else "float32"
+    model = LanguageModel(V, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, backend=backend,
+                          dtype=dtype, stateful=stateful)
+    model.set_params(params)
+    return model
+
+
+# -- building a Keras model ----------------------------------------------------------------
+def to_keras(model, last_only=False, softmax=False, mask_zero=False):
+    """The Keras 3 Sequential model equivalent to a :class:`LanguageModel`, weights set.
+
+    Input: int token ids (batch, time) with an Embedding, else one-hot float
+    vectors (batch, time, V). last_only: the last LSTM returns only its final
+    output (``return_sequences=False``), as the Nietzsche model does. softmax: the
+    Dense outputs probabilities instead of logits. mask_zero: the Embedding treats
+    id 0 as padding (Keras computes the mask scratchlm takes as ``mask=``). The
+    Keras model is not stateful; layers use the scratchlm model's dtype.
+    Needs Keras 3 (``pip install "scratchlm[reference]"``).
+    """
+    if not isinstance(model, LanguageModel):
+        raise KerasInteropError(f"to_keras takes a scratchlm LanguageModel, got {type(model).__name__}")
+    if mask_zero and model.embedding is None:
+        raise KerasInteropError("mask_zero=True needs an Embedding; this model reads one-hot input")
+    keras = _import_keras()
+    layers = keras.layers
+    dtype = model.backend.dtype.name
+    V = model.vocab_size
+    weights = {name: model.backend.to_host(p) for name, p in model.params.items()}
+
+    if model.embedding is None:
+        stack = [keras.Input((None, V), dtype=dtype)]
+    else:
+        stack = [keras.Input((None,), dtype="int32"),
+                 layers.Embedding(V, model.embedding_dim, mask_zero=mask_zero, dtype=dtype)]
+    top = len(model.hidden_sizes) - 1
+    lstms = [layers.LSTM(H, return_sequences=not (last_only and n == top), dtype=dtype)
+             for n, H in enumerate(model.hidden_sizes)]
+    dense = layers.Dense(V, activation="softmax" if softmax else None, dtype=dtype)
+    keras_model = keras.Sequential(stack + lstms + [dense])
+
+    if model.embedding is not None:
+        stack[1].set_weights([weights["embedding/embeddings"]])
+    for n, lstm in enumerate(lstms):
+        lstm.set_weights([weights[f"lstm_{n}/{k}"] for k in ("kernel", "recurrent_kernel", "bias")])
+    dense.set_weights([weights["dense/kernel"], weights["dense/bias"]])
+    return keras_model
+
+
+def _import_keras():
+    try:
+        import keras
+    except ImportError as exc:
+        raise KerasInteropError(f"to_keras needs Keras 3 with TensorFlow ({exc}): {_EXTRA}") from None
+    if int(keras.__version__.split(".")[0]) < 3:
+        raise KerasInteropError(f"to_keras needs Keras 3, found Keras {keras.__version__}: pip install 'keras>=3'")
+    return keras

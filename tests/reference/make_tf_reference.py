@@ -1,0 +1,450 @@
+"""Keras reference outputs for scratchlm: forward, gradients and optimizer steps.
+
+Builds small Keras 3 models (TensorFlow backend) with weights set explicitly from
+a seeded NumPy generator, runs them under ``tf.GradientTape`` and writes, per case
+and dtype, one ``.npz`` fixture into this folder, plus ``manifest.json`` (versions,
+seeds, every case's config, file hashes) and a small Keras ``.weights.h5`` file for
+the interop tests. ``tests/test_tf_reference.py`` checks scratchlm against the
+fixtures without TensorFlow; its live mode (``pytest -m tf``) imports this module
+and calls :func:`keras_reference` on random configs.
+
+    pip install -e ".[reference]"
+    python tests/reference/make_tf_reference.py            # (re)write the fixtures
+    python tests/reference/make_tf_reference.py --check    # regenerate in memory, compare bytes
+
+A fixture holds (B batch, T steps, V vocabulary, H_n units of LSTM n):
+
+    x (B, T) int32 token ids          y (B, T) int32 targets, or (B,) for a last-step loss
+    mask (B, T) bool                  initial_state/h_n, initial_state/c_n (B, H_n)
+    param/<name>, grad/<name>         every weight and dL/dweight, scratchlm names
+    output                            logits (B, T, V) / (B, V), or probabilities
+    state/h_n, state/c_n (B, H_n)     final LSTM state per layer
+    loss                              the loss the gradients are of (see below)
+    keras_loss                        Keras' own loss object on the same output
+    updated/<name>                    weights after one optimizer step (optimizer cases)
+
+The loss. scratchlm scores the mean over unmasked tokens, Σ m·ce / Σ m. The
+tape computes exactly that, explicitly. Keras 3's loss objects agree when the
+mask travels with the model output (``Embedding(mask_zero=True)`` or a mask
+passed to the LSTM): the default ``"sum_over_batch_size"`` reduction then weights
+valid entries by total/valid and divides by total. A mask given only as
+``sample_weight`` is divided by *all* B·T tokens instead (unless
+``reduction="mean_with_sample_weight"``), which is not what scratchlm computes.
+``keras_loss`` records the loss object's value on the masked output so the tests
+can show the agreement.
+
+Determinism: weights and inputs come from ``numpy.random.default_rng(seed)``;
+TensorFlow runs with op determinism, one thread and oneDNN off; the ``.npz``
+files are written uncompressed with fixed zip timestamps, so a rerun with the
+same versions reproduces every byte (``--check``).
+"""
+
+import argparse
+import contextlib
+import hashlib
+import inspect
+import io
+import json
+import os
+import platform
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DTYPES = ("float32", "float64")
+WEIGHTS_H5 = "keras_lm.weights.h5"              # the interop fixture, and its expected outputs:
+WEIGHTS_H5_EXPECTED = "keras_lm_expected.npz"
+
+
+def config(vocab_size, embedding_dim, hidden_sizes, batch, time, seed, last_only=False,
+           softmax_output=False, mask=False, initial_state=False, optimizer=None, dtype="float32"):
+    """One case: the model, the batch and what to compare.
+
+    embedding_dim None = one-hot input (Keras is fed one-hot float vectors).
+    last_only: the last LSTM returns its final output only; y is (B,).
+    softmax_output: Dense(softmax) and categorical cross-entropy on probabilities
+        (the Nietzsche model); otherwise Dense logits and sparse CE from logits.
+    mask: padded batch. With an Embedding, padding is token 0 and
+        ``Embedding(mask_zero=True)`` makes the mask (passed to the LSTMs
+        explicitly as well when they get an initial state); with one-hot input
+        the mask is a model input passed to every LSTM.
+    optimizer: None or {"name": "adam" | "rmsprop" | "sgd", "lr": ..., "global_clipnorm": ...};
+        unnamed hyperparameters keep their Keras 3 defaults.
+    """
+    return {"vocab_size": vocab_size, "embedding_dim": embedding_dim, "hidden_sizes": list(hidden_sizes),
+            "batch": batch, "time": time, "seed": seed, "last_only": last_only,
+            "softmax_output": softmax_output, "mask": mask, "initial_state": initial_state,
+            "optimizer": optimizer, "dtype": dtype}
+
+
+_SHAKESPEARE = dict(vocab_size=11, embedding_dim=6, hidden_sizes=[8], batch=4, time=7)   # Embedding -> LSTM -> logits
+_NIETZSCHE = dict(vocab_size=9, embedding_dim=None, hidden_sizes=[10], batch=5, time=8,   # one-hot -> LSTM last -> softmax
+                  last_only=True, softmax_output=True)
+
+CASES = {
+    "embedding_sequence": dict(_SHAKESPEARE, seed=1),
+    "onehot_last_step": dict(_NIETZSCHE, seed=2),
+    "stacked": dict(vocab_size=10, embedding_dim=5, hidden_sizes=[7, 6], batch=3, time=6, seed=3),
+    "masked": dict(vocab_size=12, embedding_dim=5, hidden_sizes=[6, 5], batch=4, time=8, mask=True, seed=4),
+    "initial_state": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=3, time=5,
+                          initial_state=True, seed=5),
+    "initial_state_masked": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=4, time=6,
+                                 initial_state=True, mask=True, seed=6),
+    "adam_step": dict(_SHAKESPEARE, optimizer={"name": "adam"}, seed=7),
+    "rmsprop_step": dict(_SHAKESPEARE, optimizer={"name": "rmsprop"}, seed=8),
+    "rmsprop_seed_step": dict(_NIETZSCHE, optimizer={"name": "rmsprop", "lr": 0.01}, seed=9),
+    "clipped_adam_step": dict(_SHAKESPEARE, optimizer={"name": "adam", "global_clipnorm": 0.1}, seed=10),
+}
+
+
+# -- inputs and weights -------------------------------------------------------------
+def param_shapes(cfg):
+    """scratchlm parameter name -> shape, in scratchlm's order."""
+    V, E = cfg["vocab_size"], cfg["embedding_dim"]
+    shapes = {}
+    if E is not None:
+        shapes["embedding/embeddings"] = (V, E)
+    d_in = V if E is None else E
+    for n, H in enumerate(cfg["hidden_sizes"]):
+        shapes[f"lstm_{n}/kernel"] = (d_in, 4 * H)
+        shapes[f"lstm_{n}/recurrent_kernel"] = (H, 4 * H)
+        shapes[f"lstm_{n}/bias"] = (4 * H,)
+        d_in = H
+    shapes["dense/kernel"] = (d_in, V)
+    shapes["dense/bias"] = (V,)
+    return shapes
+
+
+def padding_mask(rng, B, T):
+    """(B, T) bool: right padding, left padding and a hole in the first rows, random below; >= 1 real token."""
+    mask = rng.random((B, T)) < 0.8
+    fixed = [np.arange(T) < T - 2, np.arange(T) >= 2, np.arange(T) != T // 2]
+    for b, row in enumerate(fixed[:B]):
+        mask[b] = row
+    mask[0, 0] = True                                   # the loss needs a scored token
+    return mask
+
+
+def make_inputs(cfg):
+    """The case's weights and batch, all drawn from default_rng(seed) in float64, then cast."""
+    rng = np.random.default_rng(cfg["seed"])
+    dtype = np.dtype(cfg["dtype"])
+    V, B, T = cfg["vocab_size"], cfg["batch"], cfg["time"]
+    arrays = {f"param/{name}": rng.uniform(-0.5, 0.5, shape).astype(dtype)
+              for name, shape in param_shapes(cfg).items()}
+    padded_by_zero = cfg["mask"] and cfg["embedding_dim"] is not None
+    low = 1 if padded_by_zero else 0                    # token 0 is padding under mask_zero
+    x = rng.integers(low, V, (B, T))
+    if cfg["mask"]:
+        mask = padding_mask(rng, B, T)
+        arrays["mask"] = mask
+        if padded_by_zero:
+            x[~mask] = 0
+    arrays["x"] = x.astype(np.int32)
+    arrays["y"] = rng.integers(0, V, (B,) if cfg["last_only"] else (B, T)).astype(np.int32)
+    if cfg["initial_state"]:
+        for n, H in enumerate(cfg["hidden_sizes"]):
+            arrays[f"initial_state/h_{n}"] = rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
+            arrays[f"initial_state/c_{n}"] = rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
+    return arrays
+
+
+def random_config(seed, dtype=None):
+    """A random case for the live tests: sizes, vocabulary, layers, lengths, masks, optimizer."""
+    rng = np.random.default_rng(seed)
+    optimizer = None
+    if rng.random() < 0.5:
+        optimizer = {"name": str(rng.choice(["adam", "rmsprop", "sgd"])), "lr": float(rng.choice([1e-3, 1e-2]))}
+        if rng.random() < 0.5:
+            optimizer["global_clipnorm"] = float(rng.choice([0.05, 0.5, 5.0]))
+    return config(vocab_size=int(rng.integers(2, 25)),
+                  embedding_dim=None if rng.random() < 0.4 else int(rng.integers(1, 9)),
+                  hidden_sizes=[int(h) for h in rng.integers(1, 11, size=int(rng.integers(1, 4)))],
+                  batch=int(rng.integers(1, 6)), time=int(rng.integers(1, 10)), seed=int(seed),
+                  last_only=bool(rng.random() < 0.3), softmax_output=bool(rng.random() < 0.3),
+                  mask=bool(rng.random() < 0.5), initial_state=bool(rng.random() < 0.5),
+                  optimizer=optimizer, dtype=dtype or str(rng.choice(DTYPES)))
+
+
+# -- TensorFlow / Keras -----------------------------------------------------------------
+def import_keras():
+    """(tf, keras), configured for reproducible CPU runs. Raises ImportError without TensorFlow."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")     # read at import: plain Eigen kernels
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        raise ImportError(f"the reference needs Keras' TensorFlow backend, not {keras.backend.backend()!r}")
+    tf.config.experimental.enable_op_determinism()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:                                    # TensorFlow already initialised its pools
+        pass
+    return tf, keras
+
+
+@contextlib.contextmanager
+def floatx(keras, dtype):
+    """Keras' default float type set to ``dtype`` for model, loss and optimizer variables."""
+    saved = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(saved)
+
+
+def build_keras_model(keras, cfg):
+    """Functional model: inputs [tokens | one-hot, (mask), (h0_n, c0_n)...] -> [output, h_n, c_n...]."""
+    layers = keras.layers
+    V, E, T, dtype = cfg["vocab_size"], cfg["embedding_dim"], cfg["time"], cfg["dtype"]
+    if E is None:
+        tokens = keras.Input((T, V), dtype=dtype, name="one_hot")
+    else:
+        tokens = keras.Input((T,), dtype="int32", name="tokens")
+    inputs = [tokens]
+    mask = None
+    if cfg["mask"] and E is None:
+        mask = keras.Input((T,), dtype="bool", name="mask")
+        inputs.append(mask)
+    elif cfg["mask"] and cfg["initial_state"]:
+        # Keras fills in a layer's `mask` argument from its input only when the call has
+        # a single tensor argument: `initial_state` silently drops Embedding's mask.
+        mask = keras.ops.not_equal(tokens, 0)
+    x = tokens
+    if E is not None:
+        x = layers.Embedding(V, E, mask_zero=cfg["mask"], dtype=dtype, name="embedding")(x)
+    states = []
+    top = len(cfg["hidden_sizes"]) - 1
+    for n, H in enumerate(cfg["hidden_sizes"]):
+        lstm = layers.LSTM(H, return_sequences=not (cfg["last_only"] and n == top), return_state=True,
+                           dtype=dtype, name=f"lstm_{n}")
+        kwargs = {}
+        if cfg["initial_state"]:
+            h0, c0 = keras.Input((H,), dtype=dtype, name=f"h0_{n}"), keras.Input((H,), dtype=dtype, name=f"c0_{n}")
+            inputs += [h0, c0]
+            kwargs["initial_state"] = [h0, c0]
+        if mask is not None:
+            kwargs["mask"] = mask
+        x, h, c = lstm(x, **kwargs)
+        states += [h, c]
+    out = layers.Dense(V, activation="softmax" if cfg["softmax_output"] else None, dtype=dtype, name="dense")(x)
+    return keras.Model(inputs, [out] + states)
+
+
+def keras_variables(model, cfg):
+    """scratchlm parameter name -> the Keras variable holding it."""
+    named = {}
+    if cfg["embedding_dim"] is not None:
+        named["embedding/embeddings"] = model.get_layer("embedding").embeddings
+    for n in range(len(cfg["hidden_sizes"])):
+        cell = model.get_layer(f"lstm_{n}").cell
+        named[f"lstm_{n}/kernel"] = cell.kernel
+        named[f"lstm_{n}/recurrent_kernel"] = cell.recurrent_kernel
+        named[f"lstm_{n}/bias"] = cell.bias
+    dense = model.get_layer("dense")
+    named["dense/kernel"], named["dense/bias"] = dense.kernel, dense.bias
+    return named
+
+
+def keras_optimizer(keras, spec, dtype):
+    """The Keras optimizer of a config's ``optimizer`` entry; unnamed hyperparameters at Keras defaults.
+
+    In float64 the float defaults (beta_1, beta_2, rho, epsilon, ...) are passed as
+    float64 scalars of the same value. Passed as Python floats, Keras' Adam turns
+    them into tensors via ``ops.cast(beta, float64)``, which TensorFlow does through
+    a float32 tensor: the bias correction α = lr·√(1−β₂ᵗ)/(1−β₁ᵗ) then uses
+    0.999 and 0.9 rounded to float32 and every float64 Adam step is 6.7e-6
+    relatively (6.7e-9 absolutely at lr = 1e-3) smaller than float64 math gives.
+    """
+    cls = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
+           "sgd": keras.optimizers.SGD}[spec["name"]]
+    kwargs = {}
+    if dtype == "float64":
+        for key, param in inspect.signature(cls).parameters.items():
+            if key != "learning_rate" and type(param.default) is float:
+                kwargs[key] = np.float64(param.default)
+    if "lr" in spec:
+        kwargs["learning_rate"] = spec["lr"]
+    if "global_clipnorm" in spec:
+        kwargs["global_clipnorm"] = spec["global_clipnorm"]
+    return cls(**kwargs)
+
+
+def keras_reference(cfg):
+    """Run one case in Keras; returns the fixture's arrays (see the module docstring)."""
+    tf, keras = import_keras()
+    arrays = make_inputs(cfg)
+    dtype, V = cfg["dtype"], cfg["vocab_size"]
+    with floatx(keras, dtype):
+        model = build_keras_model(keras, cfg)
+        variables = keras_variables(model, cfg)
+        for name, var in variables.items():
+            var.assign(arrays[f"param/{name}"])
+
+        x = arrays["x"]
+        feed = [np.eye(V, dtype=dtype)[x] if cfg["embedding_dim"] is None else x]
+        if cfg["mask"] and cfg["embedding_dim"] is None:
+            feed.append(arrays["mask"])
+        if cfg["initial_state"]:
+            for n in range(len(cfg["hidden_sizes"])):
+                feed += [arrays[f"initial_state/h_{n}"], arrays[f"initial_state/c_{n}"]]
+        y = arrays["y"]
+        per_token_mask = cfg["mask"] and not cfg["last_only"]
+
+        with tf.GradientTape() as tape:
+            out, *states = model(feed, training=False)
+            if cfg["softmax_output"]:
+                ce = keras.losses.categorical_crossentropy(tf.one_hot(y, V, dtype=dtype), out)
+            else:
+                ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True)
+            if per_token_mask:
+                m = tf.cast(arrays["mask"], dtype)
+                loss = tf.reduce_sum(ce * m) / tf.reduce_sum(m)         # mean over real tokens
+            else:
+                loss = tf.reduce_mean(ce)
+        grads = tape.gradient(loss, list(variables.values()))
+        grads = [tf.convert_to_tensor(g) for g in grads]                 # Embedding: IndexedSlices -> dense
+
+        if cfg["softmax_output"]:
+            keras_loss = keras.losses.CategoricalCrossentropy()(tf.one_hot(y, V, dtype=dtype), out)
+        else:
+            keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, out)
+
+        arrays["output"] = out.numpy()
+        for n in range(len(cfg["hidden_sizes"])):
+            arrays[f"state/h_{n}"] = states[2 * n].numpy()
+            arrays[f"state/c_{n}"] = states[2 * n + 1].numpy()
+        arrays["loss"] = np.asarray(loss.numpy(), dtype=dtype)
+        arrays["keras_loss"] = np.asarray(keras_loss.numpy(), dtype=dtype)
+        for name, g in zip(variables, grads):
+            arrays[f"grad/{name}"] = g.numpy()
+
+        if cfg["optimizer"] is not None:
+            opt = keras_optimizer(keras, cfg["optimizer"], dtype)
+            opt.apply_gradients(zip(grads, variables.values()))
+            for name, var in variables.items():
+                arrays[f"updated/{name}"] = var.numpy()
+    for key, a in arrays.items():
+        if a.dtype.kind == "f":
+            assert a.dtype == np.dtype(dtype), f"{key} is {a.dtype}, expected {dtype}"
+    return arrays
+
+
+def weights_h5_reference(directory):
+    """A small Keras LM saved with ``save_weights``, and what it computes, for the interop tests.
+
+    Embedding(13, 5) -> LSTM(6) -> LSTM(4) -> Dense(13), float32, default layer names.
+    Writes ``keras_lm.weights.h5`` and ``keras_lm_expected.npz`` (param/<name>, x, logits).
+    """
+    tf, keras = import_keras()
+    cfg = config(vocab_size=13, embedding_dim=5, hidden_sizes=[6, 4], batch=2, time=5, seed=11)
+    arrays = make_inputs(cfg)
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(13, 5),
+                              keras.layers.LSTM(6, return_sequences=True),
+                              keras.layers.LSTM(4, return_sequences=True), keras.layers.Dense(13)])
+    lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+    model.layers[0].embeddings.assign(arrays["param/embedding/embeddings"])
+    for n, lstm in enumerate(lstms):
+        lstm.set_weights([arrays[f"param/lstm_{n}/{k}"] for k in ("kernel", "recurrent_kernel", "bias")])
+    model.layers[-1].set_weights([arrays["param/dense/kernel"], arrays["param/dense/bias"]])
+    expected = {k: v for k, v in arrays.items() if k.startswith("param/")}
+    expected["x"] = arrays["x"]
+    expected["logits"] = model(arrays["x"]).numpy()
+    model.save_weights(str(Path(directory) / WEIGHTS_H5))
+    save_npz(Path(directory) / WEIGHTS_H5_EXPECTED, expected)
+
+
+# -- files ------------------------------------------------------------------------------
+def npz_bytes(arrays):
+    """An ``.npz`` (uncompressed zip of ``.npy`` members, sorted by name) with fixed timestamps."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def save_npz(path, arrays):
+    Path(path).write_bytes(npz_bytes(arrays))
+
+
+def fixture_name(case, dtype):
+    return f"{case}-{dtype}.npz"
+
+
+def versions():
+    _, keras = import_keras()
+    import h5py
+    import tensorflow as tf
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "python": platform.python_version()}
+
+
+def generate(directory):
+    """Write every fixture, the ``.weights.h5`` pair and ``manifest.json`` into ``directory``."""
+    directory = Path(directory)
+    cases = {}
+    for case, spec in CASES.items():
+        for dtype in DTYPES:
+            cfg = config(**spec, dtype=dtype)
+            name = fixture_name(case, dtype)
+            arrays = keras_reference(cfg)
+            clipnorm = (cfg["optimizer"] or {}).get("global_clipnorm")
+            if clipnorm is not None:
+                norm = np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2))
+                                   for k, a in arrays.items() if k.startswith("grad/")))
+                assert norm > clipnorm, f"{name}: global norm {norm} <= global_clipnorm {clipnorm}, nothing clipped"
+            data = npz_bytes(arrays)
+            (directory / name).write_bytes(data)
+            cases[name] = {"case": case, "config": cfg, "sha256": hashlib.sha256(data).hexdigest()}
+    weights_h5_reference(directory)
+    manifest = {"generator": "tests/reference/make_tf_reference.py", "versions": versions(),
+                "environment": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")},
+                "seeds": {case: spec["seed"] for case, spec in CASES.items()},
+                "fixtures": cases,
+                "weights_h5": {"file": WEIGHTS_H5, "expected": WEIGHTS_H5_EXPECTED,
+                               "sha256": {f: hashlib.sha256((directory / f).read_bytes()).hexdigest()
+                                          for f in (WEIGHTS_H5, WEIGHTS_H5_EXPECTED)}}}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def check(directory):
+    """Regenerate into a temporary folder and compare every file byte for byte; returns differing names."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp)
+        names = sorted(p.name for p in Path(tmp).iterdir())
+        return [n for n in names if (Path(tmp) / n).read_bytes() != (Path(directory) / n).read_bytes()]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(HERE), help="output folder (default: next to this script)")
+    parser.add_argument("--check", action="store_true", help="regenerate in a temporary folder and compare bytes")
+    args = parser.parse_args(argv)
+    if args.check:
+        differ = check(args.out)
+        print("all fixtures identical" if not differ else f"differ: {', '.join(differ)}")
+        return 1 if differ else 0
+    manifest = generate(args.out)
+    total = sum((Path(args.out) / f).stat().st_size for f in list(manifest["fixtures"])
+                + [WEIGHTS_H5, WEIGHTS_H5_EXPECTED])
+    print(f"wrote {len(manifest['fixtures'])} fixtures + {WEIGHTS_H5} ({total / 1024:.0f} KiB) "
+          f"with TensorFlow {manifest['versions']['tensorflow']}, Keras {manifest['versions']['keras']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Keras interop: from_keras / to_keras.
+
+Without TensorFlow: the committed Keras weights file ``reference/keras_lm.weights.h5``
+(saved by Keras, with the logits Keras computed) and small files written here in
+Keras 3's layout (these tests need h5py and skip without it). With TensorFlow
+(``pytest -m tf``): round trips through live Keras models and files.
+"""
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchlm import LanguageModel, ScratchLMError
+from scratchlm.interop import KerasInteropError, from_keras, to_keras
+from scratchlm.losses import softmax
+
+REFERENCE = Path(__file__).resolve().parent / "reference"
+WEIGHTS_H5 = REFERENCE / "keras_lm.weights.h5"
+
+
+@pytest.fixture
+def h5py():
+    return pytest.importorskip("h5py", reason="reading Keras weight files needs h5py")
+
+
+@pytest.fixture
+def expected():
+    with np.load(REFERENCE / "keras_lm_expected.npz", allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def write_weights_h5(h5py, path, layers):
+    """A weights file in Keras 3's layout. layers: [(group key, layer name, {dataset path: array})]."""
+    with h5py.File(path, "w") as f:
+        for key, name, arrays in layers:
+            group = f.create_group(f"layers/{key}")
+            group.create_group("vars").attrs["name"] = name
+            for rel, a in arrays.items():
+                group.create_dataset(rel, data=a)
+    return path
+
+
+def lstm_group(rng, d_in, H):
+    return {"cell/vars/0": rng.standard_normal((d_in, 4 * H)), "cell/vars/1": rng.standard_normal((H, 4 * H)),
+            "cell/vars/2": rng.standard_normal(4 * H)}
+
+
+# -- the committed Keras file, no TensorFlow ------------------------------------------------------
+def test_reads_the_committed_keras_weights_file(h5py, expected):
+    model = from_keras(WEIGHTS_H5)
+    assert (model.vocab_size, model.embedding_dim, model.hidden_sizes) == (13, 5, [6, 4])
+    assert model.backend.dtype == np.float32
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(p, expected[f"param/{name}"], err_msg=name)
+    logits, _ = model.forward(expected["x"])
+    assert np.abs(logits - expected["logits"]).max() <= 1e-5
+
+
+def test_reads_the_weights_file_in_float64(h5py, expected):
+    model = from_keras(str(WEIGHTS_H5), dtype="float64")
+    assert model.backend.dtype == np.float64
+    logits, _ = model.forward(expected["x"])
+    assert np.abs(logits - expected["logits"]).max() <= 1e-5
+
+
+def test_reads_a_keras_archive(h5py, expected, tmp_path):
+    path = tmp_path / "lm.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("model.weights.h5", WEIGHTS_H5.read_bytes())
+    model = from_keras(path)
+    np.testing.assert_array_equal(model.params["dense/kernel"], expected["param/dense/kernel"])
+
+
+def test_layer_order_follows_the_keras_counter_not_the_name(h5py, tmp_path):
+    """h5py lists lstm_10 before lstm_2; the chain is lstm, lstm_1, ..., lstm_10 (sizes tell)."""
+    rng = np.random.default_rng(0)
+    V, sizes = 5, list(range(1, 12))
+    layers, d_in = [], V
+    for k, H in enumerate(sizes):
+        layers.append(("lstm" if k == 0 else f"lstm_{k}", f"my_lstm_{k}", lstm_group(rng, d_in, H)))
+        d_in = H
+    layers.append(("dense", "out", {"vars/0": rng.standard_normal((d_in, V)), "vars/1": rng.standard_normal(V)}))
+    model = from_keras(write_weights_h5(h5py, tmp_path / "deep.weights.h5", layers))
+    assert model.embedding_dim is None and model.hidden_sizes == sizes
+
+
+def test_one_hot_model_without_biases(h5py, tmp_path):
+    rng = np.random.default_rng(1)
+    group = lstm_group(rng, 6, 3)
+    del group["cell/vars/2"]
+    path = write_weights_h5(h5py, tmp_path / "nobias.weights.h5",
+                            [("input_layer", "input_layer", {}), ("lstm", "lstm", group),
+                             ("dropout", "dropout", {}), ("dense", "dense", {"vars/0": rng.standard_normal((3, 6))})])
+    model = from_keras(path)
+    assert model.backend.dtype == np.float64 and model.embedding is None
+    assert not model.params["lstm_0/bias"].any() and not model.params["dense/bias"].any()
+
+
+def test_unsupported_layer_in_file_is_named(h5py, tmp_path):
+    rng = np.random.default_rng(2)
+    path = write_weights_h5(h5py, tmp_path / "gru.weights.h5",
+                            [("embedding", "emb", {"vars/0": rng.standard_normal((7, 3))}),
+                             ("gru", "my_gru", {"cell/vars/0": rng.standard_normal((3, 12))}),
+                             ("dense", "dense", {"vars/0": rng.standard_normal((4, 7)), "vars/1": np.zeros(7)})])
+    with pytest.raises(KerasInteropError, match="'my_gru' \\(gru\\) is not supported"):
+        from_keras(path)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda layers: layers[2][2].update({"vars/0": np.zeros((5, 7))}), "'out' \\(dense\\).*do not fit"),
+    (lambda layers: layers[1][2].update({"cell/vars/0": np.zeros((4, 16))}), "'rnn' \\(lstm\\).*do not fit"),
+    (lambda layers: layers[0][2].update({"vars/0": np.zeros((8, 3))}), "'emb' \\(embedding\\).*vocabulary of 7"),
+    (lambda layers: layers.pop(), "exactly one Dense"),
+    (lambda layers: layers.append(("dense_1", "extra", {"vars/0": np.zeros((7, 7))})), "exactly one Dense"),
+    (lambda layers: layers.pop(1), "no LSTM layer"),
+    (lambda layers: layers[1][2].update({"cell/vars/3": np.zeros(3)}), "'rnn' \\(lstm\\): unexpected weights"),
+])
+def test_bad_shapes_in_file_name_the_layer(h5py, tmp_path, break_it, message):
+    rng = np.random.default_rng(3)
+    layers = [("embedding", "emb", {"vars/0": rng.standard_normal((7, 3))}),
+              ("lstm", "rnn", lstm_group(rng, 3, 4)),
+              ("dense", "out", {"vars/0": rng.standard_normal((4, 7)), "vars/1": np.zeros(7)})]
+    from_keras(write_weights_h5(h5py, tmp_path / "good.weights.h5", layers))
+    break_it(layers)
+    with pytest.raises(KerasInteropError, match=message):
+        from_keras(write_weights_h5(h5py, tmp_path / "bad.weights.h5", layers))
+
+
+def test_files_that_are_not_keras_weights(h5py, tmp_path):
+    with pytest.raises(KerasInteropError, match="no such"):
+        from_keras(tmp_path / "missing.weights.h5")
+    (tmp_path / "text.weights.h5").write_text("not hdf5")
+    with pytest.raises(KerasInteropError, match="not an HDF5 file"):
+        from_keras(tmp_path / "text.weights.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("model_weights", data=np.zeros(3))
+    with pytest.raises(KerasInteropError, match="not a Keras 3 weights file"):
+        from_keras(tmp_path / "other.h5")
+    (tmp_path / "bad.keras").write_bytes(b"PK not a zip")
+    with pytest.raises(KerasInteropError, match="not a Keras 3 .keras archive"):
+        from_keras(tmp_path / "bad.keras")
+
+
+# -- errors that need neither TensorFlow nor h5py -------------------------------------------------
+def test_missing_h5py_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)                 # makes `import h5py` fail
+    with pytest.raises(KerasInteropError, match="pip install h5py"):
+        from_keras(WEIGHTS_H5)
+
+
+def test_missing_keras_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "keras", None)
+    with pytest.raises(KerasInteropError, match="scratchlm\\[reference\\]"):
+        to_keras(LanguageModel(5, embedding_dim=2, hidden_sizes=[3]))
+
+
+def test_bad_arguments():
+    with pytest.raises(KerasInteropError, match="Keras model or the path"):
+        from_keras(42)
+    with pytest.raises(KerasInteropError, match="LanguageModel"):
+        to_keras("model.npz")
+    with pytest.raises(KerasInteropError, match="mask_zero=True needs an Embedding"):
+        to_keras(LanguageModel(5, hidden_sizes=[3]), mask_zero=True)
+    assert issubclass(KerasInteropError, ScratchLMError)
+
+
+# -- live Keras (TensorFlow) ---------------------------------------------------------------------------
+@pytest.fixture
+def keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")     # as the fixture generator runs TensorFlow
+    pytest.importorskip("tensorflow", reason="live Keras tests need TensorFlow: pip install -e '.[reference]'")
+    return pytest.importorskip("keras")
+
+
+def keras_input(model, x):
+    """Token ids as the Keras model built by to_keras expects them (one-hot floats without an Embedding)."""
+    return x if model.embedding is not None else np.eye(model.vocab_size, dtype=model.backend.dtype)[x]
+
+
+TOL = {"float32": 1e-5, "float64": 1e-9}
+
+
+@pytest.mark.tf
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")   # inside Keras' save code
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("embedding_dim, hidden_sizes", [(None, [6]), (4, [5, 3]), (3, [4, 4, 2])])
+def test_round_trip_through_keras(keras, tmp_path, dtype, embedding_dim, hidden_sizes):
+    model = LanguageModel(9, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype=dtype, seed=5)
+    x = np.random.default_rng(0).integers(0, 9, (3, 7))
+    km = to_keras(model)
+    logits, _ = model.forward(x)
+    assert np.abs(km(keras_input(model, x)).numpy() - logits).max() <= TOL[dtype]
+
+    km.save_weights(tmp_path / "lm.weights.h5")
+    km.save(tmp_path / "lm.keras")
+    for back in (from_keras(km), from_keras(tmp_path / "lm.weights.h5"), from_keras(tmp_path / "lm.keras")):
+        assert (back.embedding_dim, back.hidden_sizes, back.backend.dtype) == (embedding_dim, hidden_sizes, dtype)
+        for name, p in model.params.items():
+            np.testing.assert_array_equal(back.params[name], p, err_msg=name)
+
+
+@pytest.mark.tf
+def test_to_keras_last_step_softmax_and_mask(keras):
+    model = LanguageModel(8, embedding_dim=3, hidden_sizes=[5, 4], seed=1)
+    x = np.random.default_rng(1).integers(1, 8, (4, 6))
+    x[0, 4:] = 0
+    x[1, :2] = 0
+    mask = x != 0
+    logits, _ = model.forward(x, mask=mask)
+    seq = to_keras(model, mask_zero=True)(x).numpy()
+    assert np.abs(seq[mask] - logits[mask]).max() <= 1e-5            # padded positions are never scored
+    probs = to_keras(model, last_only=True, softmax=True, mask_zero=True)(x).numpy()
+    assert np.abs(probs - softmax(logits[:, -1])).max() <= 1e-5
+
+
+@pytest.mark.tf
+def test_a_keras_nietzsche_model_samples_the_same(keras):
+    """A Keras-built one-hot -> LSTM -> Dense(softmax) model gives scratchlm the same next-char distribution."""
+    V, T = 11, 9
+    km = keras.Sequential([keras.Input((T, V)), keras.layers.LSTM(7), keras.layers.Dense(V, activation="softmax")])
+    x = np.random.default_rng(2).integers(0, V, (5, T))
+    probs = km(np.eye(V, dtype="float32")[x]).numpy()
+    model = from_keras(km)
+    logits, _ = model.forward(x)
+    assert np.abs(softmax(logits[:, -1]) - probs).max() <= 1e-5
+
+
+@pytest.mark.tf
+def test_stateful_keras_model_gives_a_stateful_model(keras):
+    km = keras.Sequential([keras.Input(batch_shape=(2, None)), keras.layers.Embedding(6, 3),
+                           keras.layers.LSTM(4, return_sequences=True, stateful=True), keras.layers.Dense(6)])
+    assert from_keras(km).stateful
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("make, message", [
+    (lambda L: [L.Embedding(7, 3), L.GRU(4, name="my_gru"), L.Dense(7)], "'my_gru' \\(GRU\\) is not supported"),
+    (lambda L: [L.Embedding(7, 3), L.Bidirectional(L.LSTM(4), name="bi"), L.Dense(7)], "'bi' \\(Bidirectional\\)"),
+    (lambda L: [L.Embedding(7, 3), L.LSTM(4, activation="relu", name="r"), L.Dense(7)], "'r' \\(LSTM\\).*relu"),
+    (lambda L: [L.Embedding(7, 3), L.LSTM(4), L.Dense(7, activation="relu", name="d")], "'d' \\(Dense\\).*relu"),
+    (lambda L: [L.Embedding(7, 3), L.LSTM(4, go_backwards=True, name="back"), L.Dense(7)], "'back' \\(LSTM\\)"),
+    (lambda L: [L.Embedding(7, 3), L.LSTM(4), L.Dense(5, name="small")], "vocabulary of 5"),
+    (lambda L: [L.Embedding(7, 3), L.LSTM(4), L.Dense(7), L.Dense(7)], "exactly one Dense"),
+])
+def test_unsupported_keras_models_name_the_layer(keras, make, message):
+    km = keras.Sequential([keras.Input((None,), dtype="int32")] + make(keras.layers))
+    with pytest.raises(KerasInteropError, match=message):
+        from_keras(km)
+
+
+@pytest.mark.tf
+def test_unbuilt_keras_model(keras):
+    km = keras.Sequential([keras.layers.Embedding(7, 3), keras.layers.LSTM(4), keras.layers.Dense(7)])
+    with pytest.raises(KerasInteropError, match="'embedding.*' \\(Embedding\\) has no weights yet"):
+        from_keras(km)
+
+
+@pytest.mark.tf
+def test_multi_input_models_are_refused(keras):
+    tokens, h0 = keras.Input((None,), dtype="int32"), keras.Input((4,))
+    x = keras.layers.Embedding(7, 3)(tokens)
+    y = keras.layers.LSTM(4, return_sequences=True)(x, initial_state=[h0, h0])
+    km = keras.Model([tokens, h0], keras.layers.Dense(7)(y))
+    with pytest.raises(KerasInteropError, match="2 inputs"):
+        from_keras(km)

@@ -1,0 +1,207 @@
+"""scratchlm against Keras: same weights, same batch -> same outputs, gradients and optimizer steps.
+
+The fixtures in ``tests/reference/`` were written by ``make_tf_reference.py`` with
+TensorFlow/Keras (versions in ``manifest.json``); these tests need neither. Each
+fixture case runs on every backend path of :data:`BACKEND_PATHS` that works here.
+
+Tolerances (float32 / float64):
+    forward   outputs, final (h, c), loss          max abs error  1e-5 / 1e-9
+    gradient  every parameter                      relative error 1e-4 / 1e-9
+              (max|a - k| / max(|a| + |k|) per tensor, scratchlm.gradcheck.relative_error)
+    update    weights after one optimizer step     max abs error  1e-6 / 1e-9
+
+Live mode: ``pytest -m tf`` (TensorFlow importable) draws random cases, runs them
+through Keras in memory and compares the same way. SCRATCHLM_TF_SEED (default 0)
+shifts the seeds, SCRATCHLM_TF_CASES (default 8) sets how many per dtype.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchlm import LanguageModel, get_backend, optim
+from scratchlm.errors import BackendUnavailable
+from scratchlm.gradcheck import relative_error
+from scratchlm.losses import softmax
+
+REFERENCE = Path(__file__).resolve().parent / "reference"
+MANIFEST = json.loads((REFERENCE / "manifest.json").read_text())
+FIXTURES = sorted(MANIFEST["fixtures"])
+
+TOLERANCES = {"float32": {"forward": 1e-5, "gradient": 1e-4, "update": 1e-6},
+              "float64": {"forward": 1e-9, "gradient": 1e-9, "update": 1e-9}}
+
+# The ways scratchlm can compute: each is a function dtype -> Backend for LanguageModel(backend=...).
+# A path that cannot run here raises BackendUnavailable and its tests skip. Adding a path is one line.
+BACKEND_PATHS = [
+    pytest.param(lambda dtype: get_backend("numpy", dtype), id="numpy"),
+    pytest.param(lambda dtype: get_backend("cupy", dtype), id="cupy", marks=pytest.mark.gpu),
+]
+
+
+@pytest.fixture(params=BACKEND_PATHS)
+def backend_for(request):
+    """dtype -> Backend of this test's path (the test skips where the path is unavailable)."""
+    def make(dtype):
+        try:
+            return request.param(dtype)
+        except BackendUnavailable as exc:
+            pytest.skip(str(exc))
+    return make
+
+
+# -- the comparison ---------------------------------------------------------------------
+def max_abs(a, b):
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)), initial=0.0))
+
+
+def measure(arrays, cfg, backend):
+    """Run scratchlm on a reference case; returns {quantity: error}, see :func:`kind` for which error."""
+    model = LanguageModel(cfg["vocab_size"], embedding_dim=cfg["embedding_dim"], hidden_sizes=cfg["hidden_sizes"],
+                          backend=backend, dtype=cfg["dtype"])
+    params = {key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")}
+    assert set(params) == set(model.params)
+    model.set_params(params)
+    host = backend.to_host
+    x, y, mask = arrays["x"], arrays["y"], arrays.get("mask")
+    layers = range(len(cfg["hidden_sizes"]))
+    state = None
+    if cfg["initial_state"]:
+        state = [(backend.asarray(arrays[f"initial_state/h_{n}"]), backend.asarray(arrays[f"initial_state/c_{n}"]))
+                 for n in layers]
+    errors = {}
+
+    logits, final = model.forward(x, state=state, mask=mask)                 # (B, T, V)
+    logits = host(logits)
+    if cfg["last_only"]:
+        logits = logits[:, -1]                                                # (B, V)
+    errors["output"] = max_abs(softmax(logits) if cfg["softmax_output"] else logits, arrays["output"])
+    for n, (h, c) in zip(layers, final):
+        errors[f"state/h_{n}"] = max_abs(host(h), arrays[f"state/h_{n}"])
+        errors[f"state/c_{n}"] = max_abs(host(c), arrays[f"state/c_{n}"])
+
+    loss, grads = model.loss_and_grads(x, y, mask=mask, state=state, last_only=cfg["last_only"])
+    errors["loss"] = abs(loss - float(arrays["loss"]))
+    errors["keras_loss"] = abs(loss - float(arrays["keras_loss"]))          # Keras' own loss object
+    for name, g in grads.items():
+        errors[f"grad/{name}"] = relative_error(host(g), arrays[f"grad/{name}"])
+
+    if cfg["optimizer"] is not None:
+        hyper = {k: v for k, v in cfg["optimizer"].items() if k != "name"}
+        # the update rule alone: scratchlm's optimizer on Keras' gradients
+        weights = {name: backend.xp.array(backend.asarray(p)) for name, p in params.items()}
+        keras_grads = {name: backend.asarray(arrays[f"grad/{name}"]) for name in params}
+        optim.get(cfg["optimizer"]["name"], **hyper).step(weights, keras_grads)
+        # and end to end: scratchlm's gradients through scratchlm's optimizer
+        optim.get(cfg["optimizer"]["name"], **hyper).step(model.params, grads)
+        for name in params:
+            errors[f"updated/{name}"] = max_abs(host(weights[name]), arrays[f"updated/{name}"])
+            errors[f"trained/{name}"] = max_abs(host(model.params[name]), arrays[f"updated/{name}"])
+    return errors
+
+
+def kind(quantity):
+    """Which tolerance applies: forward, gradient or update."""
+    prefix = quantity.split("/")[0]
+    return {"grad": "gradient", "updated": "update", "trained": "update"}.get(prefix, "forward")
+
+
+def assert_within_tolerance(errors, dtype):
+    tol = TOLERANCES[dtype]
+    over = {q: e for q, e in errors.items() if not e <= tol[kind(q)]}   # NaN counts as over
+    assert not over, f"beyond tolerance {tol}: {over}"
+
+
+def load_fixture(name):
+    with np.load(REFERENCE / name, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FIXTURES, ids=[n[:-len(".npz")] for n in FIXTURES])
+def test_matches_keras_reference(name, backend_for):
+    cfg = MANIFEST["fixtures"][name]["config"]
+    errors = measure(load_fixture(name), cfg, backend_for(cfg["dtype"]))
+    assert_within_tolerance(errors, cfg["dtype"])
+
+
+def test_fixtures_are_the_ones_in_the_manifest():
+    """Every fixture file is the generator's output (hash) and the set stays small (< 2 MB)."""
+    total = 0
+    files = dict((name, entry["sha256"]) for name, entry in MANIFEST["fixtures"].items())
+    files.update(MANIFEST["weights_h5"]["sha256"])
+    for name, sha in files.items():
+        data = (REFERENCE / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha, f"{name} differs from the manifest: regenerate"
+        total += len(data)
+    assert total < 2 * 1024 * 1024
+
+
+def test_fixtures_cover_the_cases():
+    """Both dtypes of every case, and the features the cases exist for."""
+    cfgs = [entry["config"] for entry in MANIFEST["fixtures"].values()]
+    assert {c["dtype"] for c in cfgs} == {"float32", "float64"}
+    assert any(c["embedding_dim"] is None and c["last_only"] and c["softmax_output"] for c in cfgs)
+    assert any(len(c["hidden_sizes"]) > 1 for c in cfgs)
+    assert any(c["mask"] for c in cfgs) and any(c["initial_state"] for c in cfgs)
+    optimizers = [c["optimizer"] for c in cfgs if c["optimizer"]]
+    assert {"adam", "rmsprop"} <= {o["name"] for o in optimizers}
+    assert any(o.get("lr") == 0.01 and o["name"] == "rmsprop" for o in optimizers)
+    assert any("global_clipnorm" in o for o in optimizers)
+
+
+def test_the_comparison_catches_a_wrong_gradient():
+    """A planted error in one Keras gradient entry, 1e-3 of the tensor's scale, fails the check."""
+    name = "stacked-float64.npz"
+    arrays = load_fixture(name)
+    g = arrays["grad/lstm_0/recurrent_kernel"]
+    g.flat[3] += 1e-3 * np.abs(g).max()
+    errors = measure(arrays, MANIFEST["fixtures"][name]["config"], get_backend("numpy", "float64"))
+    with pytest.raises(AssertionError, match="lstm_0/recurrent_kernel"):
+        assert_within_tolerance(errors, "float64")
+
+
+# -- live mode: random cases through Keras, no fixtures ---------------------------------------
+def generator():
+    """The fixture generator as a module, with TensorFlow imported; skips without TensorFlow."""
+    spec = importlib.util.spec_from_file_location("make_tf_reference", REFERENCE / "make_tf_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        module.import_keras()
+    except ImportError as exc:
+        pytest.skip(f"TensorFlow/Keras not importable ({exc}); pip install -e '.[reference]'")
+    return module
+
+
+SEED = int(os.environ.get("SCRATCHLM_TF_SEED", "0"))
+LIVE_CASES = int(os.environ.get("SCRATCHLM_TF_CASES", "8"))
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("seed", range(SEED, SEED + LIVE_CASES))
+def test_live_random_case(seed, dtype, backend_for):
+    gen = generator()
+    cfg = gen.random_config(seed, dtype)
+    errors = measure(gen.keras_reference(cfg), cfg, backend_for(dtype))
+    assert_within_tolerance(errors, dtype)
+
+
+@pytest.mark.tf
+def test_live_fixture_cases_regenerate_identically():
+    """With the manifest's TensorFlow, Keras and NumPy versions, the generator reproduces each fixture's bytes."""
+    gen = generator()
+    import keras
+    import tensorflow as tf
+    made_with = {k: MANIFEST["versions"][k] for k in ("tensorflow", "keras", "numpy")}
+    if made_with != {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}:
+        pytest.skip(f"fixtures were made with {made_with}")
+    for name, entry in MANIFEST["fixtures"].items():
+        data = gen.npz_bytes(gen.keras_reference(entry["config"]))
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
