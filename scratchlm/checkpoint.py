@@ -60,6 +60,7 @@ def save(path, model, optimizer=None, rng=None, metadata=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())                                  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f:
             numpy.savez(f, **arrays)
             f.flush()
@@ -70,6 +71,12 @@ def save(path, model, optimizer=None, rng=None, metadata=None):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory):

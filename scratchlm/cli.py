@@ -1,0 +1,443 @@
+"""The ``scratchlm`` command: train a model on your text, sample from it, inspect a checkpoint.
+
+    scratchlm train my.txt --run-dir runs/my            # train (Ctrl-C any time)
+    scratchlm train --resume runs/my                    # continue exactly where it stopped
+    scratchlm sample runs/my --prime "The " --temperature 0.2 0.5 1.0
+    scratchlm info runs/my/last.npz
+
+Every mistake a user can make (a missing file, an empty corpus, a prime with
+characters the model never saw, a negative temperature, a corrupt checkpoint,
+an unknown backend, ...) ends with one line on stderr and exit code 2, never a
+traceback, and never touches files already written.
+"""
+
+import argparse
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy
+
+from . import data, optim, sampling
+from .backend import get_backend
+from .errors import ScratchLMError
+from .model import LanguageModel
+from .text import CharTokenizer, VocabularyError, WordTokenizer, from_config, listing
+from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, load_checkpoint, render
+
+# Settings of `scratchlm train`, with their defaults. None means "depends on another setting".
+DEFAULTS = {
+    "tokenizer": "char", "lower": False, "max_tokens": 10000,
+    "batching": "streams", "seq_len": None, "step": 3, "batch_size": None, "val_fraction": 0.05,
+    "embedding_dim": None, "hidden": [256], "dtype": "float32",
+    "optimizer": "adam", "lr": None, "clipnorm": 5.0,
+    "epochs": 10, "max_steps": None, "checkpoint_every": 500, "seed": 0, "backend": "numpy",
+    "sample_length": 400, "temperature": list(TEMPERATURES), "prime": None, "progress": None,
+}
+SEQ_LEN = {"windows": 60, "streams": 100, "padded": 200}
+BATCH_SIZE = {"windows": 128, "streams": 64, "padded": 32}
+LEARNING_RATE = {"adam": 2e-3, "rmsprop": 1e-3, "sgd": 1e-2}
+# What `train --resume` may change; everything else comes from the checkpoint.
+RESUMABLE = {"epochs", "max_steps", "checkpoint_every", "backend", "progress", "sample_length", "temperature",
+             "prime"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _whole(s, least):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < least:
+        raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {s}")
+    return v
+
+
+def _positive_int(s):
+    return _whole(s, 1)
+
+
+def _nonnegative_int(s):
+    return _whole(s, 0)
+
+
+def _number(s):
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _wrap(text):
+    """Fill each paragraph to 79 columns (the help formatter keeps our line breaks)."""
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), 79) for p in text.split("\n\n"))
+
+
+def build_parser():
+    parser = _Parser(prog="scratchlm", description="Train LSTM language models on your own text and sample "
+                     "from them. A from-scratch engine: NumPy on the CPU, CuPy on a GPU.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Run  scratchlm COMMAND --help  for the options of each command.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(commands)
+    _add_sample(commands)
+    _add_info(commands)
+    return parser
+
+
+def _add_train(commands):
+    p = commands.add_parser(
+        "train", help="train a model on a text file (or continue a run with --resume)",
+        description=_wrap("Train a character- or word-level LSTM language model on a text file. Progress, "
+        "per-epoch loss and sample text are printed as it learns; checkpoints, a metrics log and (with "
+        "matplotlib) a loss plot go to the run directory.\n\nStop it any time with Ctrl-C and continue "
+        "later with --resume: the resumed run does exactly what the uninterrupted one would have done."),
+        epilog="Examples:\n  scratchlm train my.txt --run-dir runs/my\n"
+        "  scratchlm train nietzsche --batching windows --embedding-dim 0 --hidden 128 --optimizer rmsprop "
+        "--lr 0.01 --clipnorm 0 --val-fraction 0\n  scratchlm train --resume runs/my --epochs 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("corpus", nargs="?", metavar="CORPUS",
+                   help="a UTF-8 text file, or 'nietzsche' / 'tinyshakespeare' (downloaded once and cached in "
+                   "$SCRATCHLM_CACHE, default ~/.cache/scratchlm). With --resume it defaults to the run's corpus.")
+    p.add_argument("--run-dir", type=Path, metavar="DIR",
+                   help="where checkpoints (last.npz, best.npz), metrics.jsonl and loss.png go "
+                   "(default runs/<corpus name>)")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="continue the run in DIR from its last checkpoint (the settings come from the checkpoint; "
+                   "only --epochs, --max-steps, --checkpoint-every, --backend and the sample options may change)")
+    g = p.add_argument_group("text and batches")
+    g.add_argument("--tokenizer", choices=["char", "word"], help="one token per character (default) or per word "
+                   "and punctuation mark")
+    g.add_argument("--lower", action="store_true", default=None, help="lower-case the text first (word level "
+                   "always does)")
+    g.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                   help="word level: keep the N most frequent tokens (default 10000); the rest become <unk>")
+    g.add_argument("--batching", choices=["streams", "windows", "padded"],
+                   help="streams: the text as parallel streams read in chunks, state carried between chunks "
+                   "(default, the fastest learner); windows: every --step-th window of --seq-len tokens, "
+                   "predict the next (the Keras book); padded: one sequence per line, padded, ends with <eos>")
+    g.add_argument("--seq-len", type=_positive_int, metavar="T",
+                   help="tokens per chunk/window, the maximum line length for padded (default 100 / 60 / 200)")
+    g.add_argument("--step", type=_positive_int, metavar="S", help="windows: distance between window starts "
+                   "(default 3)")
+    g.add_argument("--batch-size", type=_positive_int, metavar="B", help="default 64 / 128 / 32")
+    g.add_argument("--val-fraction", type=_number, metavar="F",
+                   help="hold out this fraction of the text (the end of it; random lines for padded) for the "
+                   "validation loss (default 0.05; 0 = no validation)")
+    g = p.add_argument_group("model and optimizer")
+    g.add_argument("--embedding-dim", type=_nonnegative_int, metavar="E",
+                   help="size of the learned token embedding; 0 feeds one-hot tokens (default 64, word level 100)")
+    g.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
+                   help="units of each stacked LSTM layer, e.g. --hidden 512 512 (default 256)")
+    g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam")
+    g.add_argument("--lr", type=_number, help="learning rate (default 0.002 adam, 0.001 rmsprop, 0.01 sgd)")
+    g.add_argument("--clipnorm", type=_number, metavar="C",
+                   help="rescale the gradients so that their global norm is at most C (default 5; 0 = off)")
+    g.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+    g = p.add_argument_group("run")
+    g.add_argument("--epochs", type=_positive_int, help="passes over the training text (default 10)")
+    g.add_argument("--max-steps", type=_positive_int, metavar="N",
+                   help="stop after N steps in all, e.g. for a quick try (counting steps before a resume)")
+    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="also write last.npz every N steps (default 500), besides after every epoch")
+    g.add_argument("--seed", type=int, help="seeds the weights, the batch order and the samples (default 0)")
+    g.add_argument("--backend", choices=["numpy", "cupy", "auto"],
+                   help="numpy (CPU, default), cupy (CUDA GPU; needs the gpu extra) or auto")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (it is shown only on a terminal anyway)")
+    g = p.add_argument_group("samples after each epoch")
+    g.add_argument("--sample-length", type=_nonnegative_int, metavar="N",
+                   help="tokens per sample (default 400; 0 = no samples)")
+    g.add_argument("--temperature", type=_number, nargs="+", metavar="T",
+                   help="one sample per temperature (default 0.2 0.5 1.0 1.2)")
+    g.add_argument("--prime", metavar="TEXT", help="start the samples from TEXT (default: a random "
+                   "stretch of the training text)")
+    p.set_defaults(run=cmd_train)
+
+
+def _add_sample(commands):
+    p = commands.add_parser(
+        "sample", help="generate text from a trained model",
+        description=_wrap("Generate text from a checkpoint, one sample per temperature. Low temperatures "
+        "(0.2) give safe, repetitive text; 1.0 is the model's own distribution; higher is wilder; 0 is "
+        "greedy (always the most likely token)."),
+        epilog='Example:\n  scratchlm sample runs/my --prime "The meaning of " --temperature 0.2 0.5 1.0',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                   help="a checkpoint file, or a run directory (its best.npz, else its last.npz)")
+    prime = p.add_mutually_exclusive_group()
+    prime.add_argument("--prime", metavar="TEXT", help="text to continue (default: a newline, or the start of "
+                       "a new line for models trained on lines)")
+    prime.add_argument("--prime-file", type=Path, metavar="FILE", help="read the prime text from FILE")
+    p.add_argument("--length", type=_nonnegative_int, default=400, help="tokens to generate (default 400)")
+    p.add_argument("--temperature", type=_number, nargs="+", default=[1.0], metavar="T",
+                   help="one or more temperatures >= 0 (default 1.0; 0 = greedy)")
+    p.add_argument("--top-k", type=_positive_int, metavar="K", help="sample only among the K most likely tokens")
+    p.add_argument("--top-p", type=_number, metavar="P",
+                   help="sample only among the most likely tokens whose probabilities add up to P (0 < P <= 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same text")
+    p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
+    p.add_argument("--unknown", choices=["error", "skip", "unk"], default="error",
+                   help="what to do with prime characters/words the vocabulary lacks: stop with an error "
+                   "that lists them (default), skip them, or replace them by <unk>")
+    p.set_defaults(run=cmd_sample)
+
+
+def _add_info(commands):
+    p = commands.add_parser("info", help="show what a checkpoint holds",
+                            description="Show a checkpoint's model, vocabulary, optimizer, training position, "
+                            "settings and per-epoch losses.")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a checkpoint file or a run directory")
+    p.set_defaults(run=cmd_info)
+
+
+def main(argv=None):
+    """Entry point of the ``scratchlm`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ScratchLMError as exc:
+        message = " ".join(str(exc).split())
+        print(f"scratchlm {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+# -- train ------------------------------------------------------------------------
+
+def cmd_train(args):
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    if args.resume is not None:
+        if args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
+            raise ScratchLMError("--resume DIR continues the run in DIR: leave out --run-dir")
+        fixed = sorted(k for k in given if k not in RESUMABLE)
+        if fixed:
+            names = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise ScratchLMError(f"{names} cannot change when resuming (the run's settings are in its "
+                                 "checkpoint): leave them out, or start a new run with another --run-dir")
+        ckpt = load_checkpoint(args.resume, backend=given.get("backend", "numpy"))
+        settings = ckpt.metadata.get("cli")
+        if settings is None:
+            raise ScratchLMError(f"{args.resume} was not trained with `scratchlm train`; continue it with the "
+                                 "script that trained it")
+        settings = {**settings, **given}
+        corpus = args.corpus or settings["corpus"]
+        tokenizer = from_config(ckpt.metadata["tokenizer"])
+        run_dir = args.resume
+    else:
+        if args.corpus is None:
+            raise ScratchLMError("name a corpus: scratchlm train FILE (or nietzsche, tinyshakespeare), "
+                                 "or continue a run with --resume DIR")
+        settings = _resolve(given)
+        corpus = args.corpus
+        run_dir = args.run_dir or Path("runs") / Path(corpus).stem
+        if (run_dir / LAST).exists():
+            raise ScratchLMError(f"{run_dir} already holds a run ({LAST}): continue it with --resume {run_dir}, "
+                                 "or choose another --run-dir")
+        settings["corpus"] = str(Path(corpus).resolve()) if Path(corpus).exists() else corpus
+        tokenizer = None
+
+    for t in settings["temperature"]:
+        sampling.check_options(t)
+    get_backend(settings["backend"])                        # fail early, before anything is read or built
+    text = data.load_text(corpus)
+    if not text:
+        raise data.CorpusError(f"{corpus} is empty: training needs text")
+    tokenizer, train, val = prepare(settings, text, tokenizer, corpus)
+    sampler = None
+    if settings["sample_length"] > 0:
+        sampler = Sampler(tokenizer, settings["temperature"], settings["sample_length"], prime=settings["prime"],
+                          seed=settings["seed"])
+    common = dict(run_dir=run_dir, epochs=settings["epochs"], max_steps=settings["max_steps"],
+                  checkpoint_every=settings["checkpoint_every"], sampler=sampler, progress=settings["progress"])
+    if args.resume is not None:
+        trainer = Trainer.resume(ckpt, train, val, **common)
+        trainer.metadata["cli"] = settings
+        if trainer.done:
+            trainer.print(f"{run_dir} is complete ({trainer.epoch} epochs, {trainer.step:,} steps): pass a larger "
+                          "--epochs or --max-steps to train on")
+            return 0
+        trainer.print(f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}")
+    else:
+        model = LanguageModel(tokenizer.vocab_size, embedding_dim=settings["embedding_dim"] or None,
+                              hidden_sizes=settings["hidden"], backend=settings["backend"],
+                              dtype=settings["dtype"], seed=settings["seed"],
+                              stateful=settings["batching"] == "streams")
+        try:
+            opt = optim.get(settings["optimizer"], lr=settings["lr"], global_clipnorm=settings["clipnorm"] or None)
+        except ValueError as exc:
+            raise ScratchLMError(str(exc)) from None
+        trainer = Trainer(model, opt, train, val, metadata={"tokenizer": tokenizer.config, "cli": settings},
+                          **common)
+        params = sum(int(p.size) for p in model.params.values())
+        trainer.print(f"{model}, {params:,} parameters\n{tokenizer}; training: {train}"
+                      + (f"; validation: {val}" if val is not None else ""))
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        where = (f"the last checkpoint is {trainer.last_checkpoint} (step {trainer.saved_step:,}): continue "
+                 f"with  scratchlm train --resume {run_dir}" if trainer.last_checkpoint else "no checkpoint written")
+        print(f"\nscratchlm train: interrupted; {where}", file=sys.stderr)
+        return 130
+    trainer.print(f"done: {run_dir / LAST}" + (f", best validation loss {trainer.best_val_loss:.4f} in "
+                                                f"{run_dir / BEST}" if trainer.best_val_loss is not None else ""))
+    return 0
+
+
+def _resolve(given):
+    """Settings for a new run: the options given, defaults for the rest."""
+    s = {**DEFAULTS, **given}
+    word = s["tokenizer"] == "word"
+    s["lower"] = bool(s["lower"]) or word
+    s["seq_len"] = s["seq_len"] or SEQ_LEN[s["batching"]]
+    s["batch_size"] = s["batch_size"] or BATCH_SIZE[s["batching"]]
+    if s["embedding_dim"] is None:
+        s["embedding_dim"] = 100 if word else 64
+    if s["lr"] is None:
+        s["lr"] = LEARNING_RATE[s["optimizer"]]
+    if not 0 <= s["val_fraction"] < 1:
+        raise ScratchLMError(f"--val-fraction must lie in [0, 1), got {s['val_fraction']}")
+    if not (s["lr"] > 0 and math.isfinite(s["lr"])):
+        raise ScratchLMError(f"--lr must be a positive number, got {s['lr']}")
+    if not (s["clipnorm"] >= 0 and math.isfinite(s["clipnorm"])):
+        raise ScratchLMError(f"--clipnorm must be a number >= 0 (0 = off), got {s['clipnorm']}")
+    return s
+
+
+def prepare(settings, text, tokenizer, corpus):
+    """(tokenizer, train batches, validation batches or None) for ``text`` under ``settings``.
+
+    A new run fits the tokenizer to the text; a resumed run must encode the
+    text with the checkpoint's tokenizer, and a character the checkpoint's
+    vocabulary lacks is an error that lists them.
+    """
+    word = settings["tokenizer"] == "word"
+    if tokenizer is None:
+        tokenizer = (WordTokenizer.fit(text, max_tokens=settings["max_tokens"]) if word else
+                     CharTokenizer.fit(text, lower=settings["lower"]))
+    unknown = "unk" if word else "error"       # a capped word vocabulary has <unk> by design
+    B, T, seed = settings["batch_size"], settings["seq_len"], settings["seed"]
+    try:
+        if settings["batching"] == "padded":
+            lines = [line for line in text.splitlines() if line.strip()]
+            sequences = [tokenizer.encode(line, unknown=unknown) for line in lines]
+            train_seqs, val_seqs = data.split_sequences(sequences, settings["val_fraction"], seed)
+            train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, seed=seed)
+            val = (data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, shuffle=False)
+                   if any(len(s) for s in val_seqs) else None)
+            return tokenizer, train, val
+        ids = tokenizer.encode(text, unknown=unknown)
+    except VocabularyError as exc:
+        if not exc.missing:
+            raise
+        raise VocabularyError(f"the corpus {corpus} does not match the checkpoint's vocabulary: it holds "
+                              f"{len(exc.missing)} character(s) the vocabulary lacks ({listing(exc.missing)}); "
+                              "resume with the corpus the run was trained on") from None
+    train_ids, val_ids = data.split_tail(ids, settings["val_fraction"])
+    if settings["batching"] == "windows":
+        train = data.Windows(train_ids, T, settings["step"], B, seed=seed)
+        val = data.Windows(val_ids, T, settings["step"], B, shuffle=False) if len(val_ids) > T else None
+    else:
+        train = data.Streams(train_ids, B, T)
+        streams = min(B, (len(val_ids) - 1) // T)
+        val = data.Streams(val_ids, streams, T) if streams >= 1 else None
+    return tokenizer, train, val
+
+
+# -- sample -----------------------------------------------------------------------
+
+def _checkpoint_path(path):
+    """A run directory -> its best.npz (else last.npz); a file -> itself."""
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).exists():
+                return path / name
+    return path
+
+
+def cmd_sample(args):
+    for t in args.temperature:
+        sampling.check_options(t, args.top_k, args.top_p)
+    ckpt = load_checkpoint(_checkpoint_path(args.checkpoint), backend=args.backend)
+    if "tokenizer" not in ckpt.metadata:
+        raise ScratchLMError(f"{args.checkpoint} holds a model but no tokenizer, so its ids cannot be turned into "
+                             "text: sample from it in Python with model.generate")
+    tokenizer = from_config(ckpt.metadata["tokenizer"])
+    lines = (ckpt.metadata.get("data") or {}).get("kind") == "padded"
+    eos = tokenizer.eos_id if lines else None
+    banned = [i for i in tokenizer.special_ids if i != eos]
+    if args.prime_file is not None:
+        prime = data.read_text(args.prime_file)
+    elif args.prime is not None:
+        prime = args.prime
+    elif lines:
+        prime = ""
+    elif tokenizer.kind == "char" and "\n" in tokenizer.chars:
+        prime = "\n"
+    else:
+        raise ScratchLMError("this model needs text to start from: pass --prime TEXT or --prime-file FILE")
+    try:
+        prompt = tokenizer.encode(prime, unknown=args.unknown).astype(numpy.int64)
+    except VocabularyError as exc:
+        if not exc.missing:
+            raise
+        what = "character" if tokenizer.kind == "char" else "word"
+        raise VocabularyError(f"the prime holds {len(exc.missing)} {what}{'s' if len(exc.missing) > 1 else ''} "
+                              f"the model's vocabulary lacks: {listing(exc.missing)}; leave them out with "
+                              "--unknown skip" + (", or replace them by <unk> with --unknown unk"
+                                                  if tokenizer.unk_id is not None else "")) from None
+    if lines:
+        prompt = numpy.concatenate([[eos], prompt]).astype(numpy.int64)
+    if len(prompt) == 0:
+        raise ScratchLMError("the prime is empty (after skipping unknown characters): pass a longer --prime")
+    shown = render(tokenizer, prompt)
+    for t in args.temperature:
+        out = ckpt.model.generate(prompt, args.length, temperature=t, top_k=args.top_k, top_p=args.top_p,
+                                  eos_id=eos, banned_ids=banned, seed=args.seed)
+        label = "greedy" if t == 0 else f"temperature {t:g}"
+        print(f"--- {label}\n{shown}{render(tokenizer, out)}\n", flush=True)
+    return 0
+
+
+# -- info -------------------------------------------------------------------------
+
+def cmd_info(args):
+    path = _checkpoint_path(args.checkpoint)
+    if args.checkpoint.is_dir() and path.name == BEST and (args.checkpoint / LAST).exists():
+        path = args.checkpoint / LAST                     # info describes the run's latest state
+    ckpt = load_checkpoint(path)
+    model, meta = ckpt.model, ckpt.metadata
+    params = sum(int(p.size) for p in model.params.values())
+    rows = [("checkpoint", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),
+            ("model", f"{model}, {params:,} parameters" + (", stateful" if model.stateful else ""))]
+    if "tokenizer" in meta:
+        tok = from_config(meta["tokenizer"])
+        extra = (", lower-cased" if tok.lower else "") + ("" if tok.reserved else ", no reserved ids")
+        rows.append(("tokenizer", f"{tok.kind}, {tok.vocab_size:,} tokens{extra}"))
+    if ckpt.optimizer is not None:
+        hyper = ", ".join(f"{k}={v}" for k, v in ckpt.optimizer.hyperparameters().items())
+        rows.append(("optimizer", f"{ckpt.optimizer.name} ({hyper}), {ckpt.optimizer.iterations:,} steps"))
+    if "data" in meta:
+        rows.append(("data", ", ".join(f"{k}={v}" for k, v in meta["data"].items() if k != "fingerprint")))
+    if "cli" in meta:
+        rows.append(("corpus", str(meta["cli"].get("corpus"))))
+    position = meta.get("train")
+    if position:
+        done = (f"{position['epoch']} epochs complete" if position["batch"] == 0 else
+                f"in epoch {position['epoch'] + 1}, after batch {position['batch']:,}")
+        rows.append(("position", f"{done}, {position['step']:,} steps taken"))
+        if position.get("best_val_loss") is not None:
+            rows.append(("best val loss", f"{position['best_val_loss']:.4f}"))
+        for r in position.get("history", []):
+            val = f", val {r['val_loss']:.4f}" if r.get("val_loss") is not None else ""
+            rows.append((f"epoch {r['epoch']}", f"loss {r['loss']:.4f}{val}, {r['seconds']:.1f} s"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0

@@ -1,0 +1,468 @@
+"""The training loop: epochs of batches, validation, samples, checkpoints, exact resume.
+
+    trainer = Trainer(model, optim.RMSprop(lr=0.01), data.Windows(ids), run_dir="runs/nietzsche",
+                      epochs=60, sampler=Sampler(tokenizer), metadata={"tokenizer": tokenizer.config})
+    trainer.fit()
+    ...
+    trainer = Trainer.resume(load_checkpoint("runs/nietzsche"), data.Windows(ids), run_dir="runs/nietzsche",
+                             epochs=60, sampler=Sampler(tokenizer))
+    trainer.fit()                                   # continues with the very next batch
+
+One step is  loss, grads = model.loss_and_grads(x, y, mask)  then  optimizer.step(params, grads).
+After each epoch the trainer computes the validation loss, prints the epoch's
+mean training loss and time, lets a sampler print text at several temperatures,
+and writes a checkpoint.
+
+A run directory holds
+
+    last.npz        the latest checkpoint (every ``checkpoint_every`` steps and after each epoch)
+    best.npz        the checkpoint with the lowest validation loss so far
+    metrics.jsonl   one JSON object per line: step records every ``log_every`` steps,
+                    one record per epoch, and start / resume / diverged events
+    loss.png        training and validation loss curves (only when matplotlib is installed)
+
+Exact resume. Everything that decides the next step is in the checkpoint: the
+weights and optimizer slots (exact float arrays), the position (epoch and
+batch within it), and, for stateful streams, the LSTM state carried into the
+next chunk. The batch order is a function of (seed, epoch) (see
+:mod:`scratchlm.data`), so a resumed run gathers exactly the batches the
+uninterrupted run would have, from exactly the same weights and state: its
+losses are equal, bit for bit. Samples and validation never touch the training
+state (their randomness comes from their own seeds, and the carried state is
+set aside while validating). A run killed between checkpoints loses only the
+steps after its last checkpoint, and repeats them identically on resume.
+
+NaN/Inf guard. Before each update the loss and the global gradient norm are
+checked; a non-finite value stops training with :class:`TrainingDiverged`
+before the weights are touched, and no checkpoint is ever written from
+non-finite weights, so ``last.npz`` stays the last good state.
+"""
+
+import base64
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy
+from tqdm import tqdm
+
+from . import checkpoint, optim
+from .errors import CheckpointError, ScratchLMError
+
+LAST, BEST, METRICS, PLOT = "last.npz", "best.npz", "metrics.jsonl", "loss.png"
+TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
+
+
+class TrainingDiverged(ScratchLMError):
+    """The loss or the gradients became NaN or infinite; training stopped before using them."""
+
+
+class ResumeError(ScratchLMError):
+    """A checkpoint cannot be resumed with the data or options given."""
+
+
+def load_checkpoint(path, backend="numpy"):
+    """Load a run directory's ``last.npz`` (or a checkpoint file) -> :class:`Checkpoint`."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / LAST).exists():
+            raise CheckpointError(f"{path} holds no {LAST}: it is not a run directory, or its run wrote no "
+                                  "checkpoint yet")
+        path = path / LAST
+    return checkpoint.load(path, backend=backend)
+
+
+def open_run(run_dir, resume, backend="numpy"):
+    """The checkpoint to resume (``resume`` true) or None for a new run in ``run_dir``.
+
+    A new run refuses a directory that already holds one, so that nothing
+    already written is overwritten by accident; resuming a directory without a
+    checkpoint is an error too.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        return load_checkpoint(run_dir, backend=backend)
+    if (run_dir / LAST).exists():
+        raise ResumeError(f"{run_dir} already holds a run ({LAST}): continue it with --resume, "
+                          "or choose another run directory")
+    return None
+
+
+class Sampler:
+    """End-of-epoch text samples at several temperatures, as the book's callback prints them.
+
+    tokenizer: turns ids back into text.
+    temperatures, length: one sample of ``length`` tokens per temperature (the
+        book: 0.2, 0.5, 1.0, 1.2 and 400 characters).
+    prime: text every sample starts from, or None for a random window of the
+        training data (the book's seed sentence; <eos> for padded sequences).
+    Reserved ids (<pad>, <unk>, and <eos> unless the data end sequences with it)
+    are never sampled; with <eos>-terminated data a sample stops at <eos>.
+    Randomness comes from ``numpy.random.default_rng([seed, epoch])``: sampling
+    never changes what training does next.
+    """
+
+    def __init__(self, tokenizer, temperatures=TEMPERATURES, length=400, prime=None, top_k=None, top_p=None,
+                 seed=0):
+        self.tokenizer = tokenizer
+        self.temperatures = [float(t) for t in temperatures]
+        self.length, self.prime, self.top_k, self.top_p, self.seed = int(length), prime, top_k, top_p, seed
+
+    def __call__(self, trainer):
+        """Print one sample per temperature from ``trainer.model`` (seeded by ``trainer.epoch``)."""
+        tok = self.tokenizer
+        rng = numpy.random.default_rng([self.seed, trainer.epoch])
+        eos = trainer.train.eos_id
+        if self.prime is None:
+            prompt = trainer.train.random_prompt(rng)
+        else:
+            prompt = tok.encode(self.prime, unknown="skip")
+            if eos is not None:
+                prompt = numpy.concatenate([[eos], prompt])
+        banned = [i for i in tok.special_ids if i != eos]
+        shown = render(tok, prompt)
+        trainer.print(f'--- samples at step {trainer.step:,} (epoch {trainer.epoch + 1}), primed with: "{shown}"')
+        for temperature in self.temperatures:
+            out = trainer.model.generate(prompt, self.length, temperature=temperature, top_k=self.top_k,
+                                         top_p=self.top_p, eos_id=eos, banned_ids=banned,
+                                         seed=int(rng.integers(2 ** 32)))
+            trainer.print(f"----- temperature {temperature:g}\n{shown}{render(tok, out)}")
+
+
+def render(tokenizer, ids):
+    """Text of ``ids`` without <eos>/<pad> (word tokens joined by spaces, a leading space when they follow)."""
+    ids = [int(i) for i in ids if int(i) not in (tokenizer.eos_id, tokenizer.pad_id)]
+    text = tokenizer.decode(ids)
+    return text if tokenizer.kind == "char" or not text else " " + text
+
+
+class Trainer:
+    """Train ``model`` with ``optimizer`` on ``train`` batches, validating on ``val`` after each epoch.
+
+    model: a LanguageModel (stateful when ``train`` is :class:`~scratchlm.data.Streams`).
+    optimizer: an optimizer from :mod:`scratchlm.optim`.
+    train, val: batchers from :mod:`scratchlm.data` (val may be None).
+    run_dir: where checkpoints, metrics and the plot go (None: nothing is written).
+    epochs: train until this many epochs are complete; max_steps: or stop after
+        this many steps in all (counting the steps before a resume).
+    checkpoint_every: also write ``last.npz`` every this many steps (None: only per epoch).
+    log_every: a step record in metrics.jsonl every this many steps.
+    sampler: called with the trainer after each epoch (e.g. :class:`Sampler`), or None.
+    metadata: JSON-serialisable dict stored in every checkpoint (the tokenizer's
+        config under "tokenizer", how the corpus was prepared, ...).
+    progress: tqdm progress bar: True, False, or None = only on a terminal.
+    out: where epoch lines and samples are printed (default sys.stdout).
+    on_step: optional callable(trainer) after each step (after its checkpoint).
+    """
+
+    def __init__(self, model, optimizer, train, val=None, *, run_dir=None, epochs=1, max_steps=None,
+                 checkpoint_every=1000, log_every=50, sampler=None, metadata=None, progress=None, out=None,
+                 on_step=None):
+        if model.stateful and not train.stateful:
+            raise ScratchLMError("a stateful model carries its state from batch to batch, which only makes "
+                                 "sense for Streams batches: build the model with stateful=False")
+        if int(epochs) < 1 or (max_steps is not None and int(max_steps) < 1):
+            raise ScratchLMError(f"epochs and max_steps must be at least 1, got {epochs} and {max_steps}")
+        if checkpoint_every is not None and int(checkpoint_every) < 1:
+            raise ScratchLMError(f"checkpoint_every must be at least 1 (or None), got {checkpoint_every}")
+        self.model, self.optimizer, self.train, self.val = model, optimizer, train, val
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.epochs = int(epochs)
+        self.max_steps = None if max_steps is None else int(max_steps)
+        self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
+        self.log_every = max(1, int(log_every))
+        self.sampler, self.on_step, self.progress = sampler, on_step, progress
+        self.metadata = dict(metadata or {})
+        self.out = out
+        # The position: what the next step is.
+        self.epoch = 0                      # current epoch, 0-based
+        self.batch = 0                      # next batch within it
+        self.step = 0                       # steps taken in all
+        self.best_val_loss = None
+        self.last_loss = None               # loss of the latest step
+        self._epoch_loss = 0.0              # Σ loss·targets over the epoch's steps so far
+        self._epoch_targets = 0
+        self._epoch_seconds = 0.0
+        self.saved_step = None              # step of the latest checkpoint written (or resumed from)
+        self.history = []                   # one dict per completed epoch
+        self._metrics = None
+
+    # -- resume ---------------------------------------------------------------------
+    @classmethod
+    def resume(cls, ckpt, train, val=None, **kwargs):
+        """A Trainer that continues the run saved in ``ckpt`` (a :class:`Checkpoint`, e.g. from
+        :func:`load_checkpoint`) exactly where it stopped. ``train`` must be built from the same
+        data with the same settings (checked by fingerprint); other arguments as for ``Trainer``.
+        """
+        meta = dict(ckpt.metadata)
+        position = meta.pop("train", None)
+        carried = meta.pop("state", None)
+        recorded = meta.pop("data", None)
+        if position is None or ckpt.optimizer is None:
+            raise ResumeError("this checkpoint holds no training position or optimizer state "
+                              "(it was not written by a Trainer): start a new run instead")
+        if recorded != train.config:
+            differ = sorted(k for k in set(recorded or {}) | set(train.config)
+                            if (recorded or {}).get(k) != train.config.get(k))
+            what = "the corpus or its tokenization" if differ == ["fingerprint"] else ", ".join(differ)
+            raise ResumeError(f"the training data differ from the checkpoint's ({what}): resume with the "
+                              "same corpus and data settings, or start a new run")
+        trainer = cls(ckpt.model, ckpt.optimizer, train, val, metadata=meta, **kwargs)
+        trainer.epoch, trainer.batch, trainer.step = position["epoch"], position["batch"], position["step"]
+        trainer.best_val_loss = position["best_val_loss"]
+        trainer._epoch_loss = position["epoch_loss"]
+        trainer._epoch_targets = position["epoch_targets"]
+        trainer._epoch_seconds = position["epoch_seconds"]
+        trainer.history = position["history"]
+        trainer.saved_step = trainer.step
+        if carried is not None:
+            for lstm, state in zip(ckpt.model.lstms, carried):
+                lstm.state = None if state is None else tuple(
+                    ckpt.model.backend.asarray(_decode_array(a)) for a in state)
+        return trainer
+
+    # -- the loop -------------------------------------------------------------------
+    def fit(self):
+        """Train until ``epochs`` are complete or ``max_steps`` are taken; returns the epoch history."""
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics = open(self.run_dir / METRICS, "a", encoding="utf-8")
+        try:
+            self._record({"event": "resume" if self.step else "start", "step": self.step,
+                          "epoch": self.epoch + 1, "time": time.time()})
+            while not self.done:
+                if self.batch == 0:
+                    self._begin_epoch()
+                if not self._run_epoch():
+                    break                                     # max_steps reached inside the epoch
+                self._end_epoch()
+            if self.saved_step != self.step:
+                self._save(LAST)
+        finally:
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
+            self._plot()
+        return self.history
+
+    @property
+    def done(self):
+        """True when nothing is left to do: ``epochs`` complete or ``max_steps`` taken."""
+        return self.epoch >= self.epochs or self._out_of_steps()
+
+    def _out_of_steps(self):
+        return self.max_steps is not None and self.step >= self.max_steps
+
+    def _begin_epoch(self):
+        self.model.reset_state()                               # streams start over from zero state
+        self._epoch_loss, self._epoch_targets, self._epoch_seconds = 0.0, 0, 0.0
+
+    def _run_epoch(self):
+        """Steps from the current batch to the epoch's end; False if max_steps stopped it first."""
+        n = self.train.num_batches
+        bar = tqdm(total=n, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
+                   disable=None if self.progress is None else not self.progress, leave=False, file=sys.stderr,
+                   dynamic_ncols=True)
+        window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        tick = time.perf_counter()
+        try:
+            for batch in self.train.batches(self.epoch, self.batch):
+                loss, grads = self.model.loss_and_grads(batch.x, batch.y, mask=batch.mask,
+                                                        last_only=self.train.last_only)
+                norm = optim.global_norm(grads)
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    self._diverged(loss, norm)
+                self.optimizer.step(self.model.params, grads)
+                self.step += 1
+                self.batch += 1
+                self.last_loss = loss
+                self._epoch_loss += loss * batch.targets
+                self._epoch_targets += batch.targets
+                tokens = batch.x.size if batch.mask is None else int(batch.mask.sum())
+                window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, \
+                    window_tokens + tokens
+                now = time.perf_counter()
+                self._epoch_seconds += now - tick
+                tick = now
+                rate = window_tokens / max(now - window_start, 1e-9)
+                bar.set_postfix(loss=f"{self._epoch_loss / self._epoch_targets:.4f}", tok_s=f"{rate:,.0f}",
+                                refresh=False)
+                bar.update(1)
+                if self.step % self.log_every == 0:
+                    self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1,
+                                  "loss": window_loss / window_steps, "grad_norm": norm, "tokens_per_s": rate})
+                    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self._save(LAST)
+                if self.on_step is not None:
+                    self.on_step(self)
+                if self._out_of_steps() and self.batch < n:
+                    return False
+                tick = time.perf_counter()                     # checkpoint writes and hooks are not step time
+        finally:
+            bar.close()
+        return True
+
+    def _end_epoch(self):
+        train_loss = self._epoch_loss / max(self._epoch_targets, 1)
+        val_loss = self.evaluate(self.val) if self.val is not None else None
+        improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
+        if improved:
+            self.best_val_loss = val_loss
+        record = {"event": "epoch", "epoch": self.epoch + 1, "step": self.step, "loss": train_loss,
+                  "val_loss": val_loss, "seconds": self._epoch_seconds}
+        self.history.append(record)
+        self._record(record)
+        line = f"epoch {self.epoch + 1}/{self.epochs}  loss {train_loss:.4f}"
+        if val_loss is not None:
+            line += f"  val_loss {val_loss:.4f}" + (" (best)" if improved else "")
+        self.print(line + f"  {self._epoch_seconds:.1f} s  ({self.step:,} steps)")
+        if self.sampler is not None:
+            self.sampler(self)
+        self.epoch, self.batch = self.epoch + 1, 0
+        self._save(LAST)
+        if improved:
+            self._save(BEST)
+        self._plot()
+
+    def evaluate(self, batches):
+        """Mean loss per scored target over all of ``batches`` (epoch 0 order), without training.
+
+        The model's carried state is set aside and restored, so evaluating in the
+        middle of a stateful run does not change what the next training step sees.
+        """
+        carried = [lstm.state for lstm in self.model.lstms]
+        total, count = 0.0, 0
+        try:
+            self.model.reset_state()
+            for batch in batches.batches(0):
+                if not batches.stateful:
+                    self.model.reset_state()
+                loss = self.model.loss(batch.x, batch.y, mask=batch.mask, last_only=batches.last_only)
+                total, count = total + loss * batch.targets, count + batch.targets
+        finally:
+            for lstm, state in zip(self.model.lstms, carried):
+                lstm.state = state
+        return total / count
+
+    # -- output -------------------------------------------------------------------------
+    def print(self, text):
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def _record(self, record):
+        if self._metrics is not None:
+            clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+            self._metrics.write(json.dumps(clean) + "\n")
+            self._metrics.flush()
+
+    def _plot(self):
+        if self.run_dir is not None and (self.run_dir / METRICS).exists():
+            plot_metrics(self.run_dir / METRICS, self.run_dir / PLOT)
+
+    # -- checkpoints and the guard ---------------------------------------------------------
+    @property
+    def last_checkpoint(self):
+        """Path of ``last.npz`` if one was written or resumed from, else None."""
+        return None if self.run_dir is None or self.saved_step is None else self.run_dir / LAST
+
+    def _save(self, name):
+        """Write a checkpoint of the current position (atomically; never from non-finite weights)."""
+        if self.run_dir is None:
+            return
+        xp = self.model.backend.xp
+        bad = [k for k, p in self.model.params.items() if not bool(xp.isfinite(p).all())]
+        if bad:
+            self._diverged(math.nan, math.nan, f"weights {', '.join(bad)} are not finite")
+        carried = None
+        if self.model.stateful:
+            to_host = self.model.backend.to_host
+            carried = [None if lstm.state is None else [_encode_array(to_host(a)) for a in lstm.state]
+                       for lstm in self.model.lstms]
+        position = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+                    "best_val_loss": self.best_val_loss, "epoch_loss": self._epoch_loss,
+                    "epoch_targets": self._epoch_targets, "epoch_seconds": self._epoch_seconds,
+                    "history": self.history}
+        metadata = {**self.metadata, "data": self.train.config, "train": position, "state": carried}
+        self.model.save(self.run_dir / name, optimizer=self.optimizer, metadata=metadata)
+        if name == LAST:
+            self.saved_step = self.step
+
+    def _diverged(self, loss, norm, what=None):
+        what = what or f"the loss is {loss} and the gradient norm {norm}"
+        self._record({"event": "diverged", "step": self.step + 1, "epoch": self.epoch + 1})
+        kept = (f"the last good checkpoint, {self.last_checkpoint} (step {self.saved_step}), is kept"
+                if self.last_checkpoint is not None else "no checkpoint was written")
+        raise TrainingDiverged(f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}; "
+                               f"{kept}: resume from it with a lower learning rate or gradient clipping")
+
+
+def _encode_array(a):
+    """Host array -> JSON-safe dict (exact bytes in base64)."""
+    a = numpy.ascontiguousarray(a)
+    return {"dtype": a.dtype.str, "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode_array(d):
+    dtype = numpy.dtype(d["dtype"])
+    if dtype.kind not in "fiu":
+        raise CheckpointError(f"unexpected dtype {d['dtype']!r} in a checkpoint's carried state")
+    return numpy.frombuffer(base64.b64decode(d["base64"]), dtype=dtype).reshape(d["shape"]).copy()
+
+
+def read_metrics(path):
+    """The records of a metrics.jsonl file (lines that do not parse, e.g. a torn last line, are skipped)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def plot_metrics(metrics_path, png_path):
+    """Draw training (per logged step) and validation (per epoch) loss into a PNG; False without matplotlib.
+
+    After a resume, steps repeated by the resumed run replace the ones logged
+    before the interruption (the last record for a step wins).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    steps, val = {}, {}
+    for r in read_metrics(metrics_path):
+        if r.get("event") == "step" and r.get("loss") is not None:
+            steps[r["step"]] = r["loss"]
+        elif r.get("event") == "epoch" and r.get("val_loss") is not None:
+            val[r["step"]] = r["val_loss"]
+    if not steps and not val:
+        return False
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if steps:
+        ax.plot(sorted(steps), [steps[s] for s in sorted(steps)], label="training loss")
+    if val:
+        ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    png_path = Path(png_path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".tmp", dir=png_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, png_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
