@@ -117,12 +117,11 @@ class Sampler:
         tok = self.tokenizer
         rng = numpy.random.default_rng([self.seed, trainer.epoch])
         eos = trainer.train.eos_id
-        if self.prime is None:
+        prompt = [] if self.prime is None else tok.encode(self.prime, unknown="skip")
+        if eos is not None and self.prime is not None:
+            prompt = numpy.concatenate([[eos], prompt])
+        if len(prompt) == 0:                          # no prime, or none of its characters is known
             prompt = trainer.train.random_prompt(rng)
-        else:
-            prompt = tok.encode(self.prime, unknown="skip")
-            if eos is not None:
-                prompt = numpy.concatenate([[eos], prompt])
         banned = [i for i in tok.special_ids if i != eos]
         shown = render(tok, prompt)
         trainer.print(f'--- samples at step {trainer.step:,} (epoch {trainer.epoch + 1}), primed with: "{shown}"')

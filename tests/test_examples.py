@@ -33,7 +33,7 @@ def corpus_file(tmp_path, name):
     if (SHARED / name).exists():
         return SHARED / name
     path = tmp_path / name
-    path.write_text("To be, or not to be, that is the question.\nWhether 'tis nobler in the mind.\n" * 300)
+    path.write_text("ROMEO:\nTo be, or not to be, that is the question.\nWhether 'tis nobler in the mind.\n" * 300)
     return path
 
 
