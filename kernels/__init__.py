@@ -1,5 +1,32 @@
-"""Fused kernels for the recurrent step (Numba on CPU, CUDA via CuPy on GPU).
+"""Fused kernels for the recurrent step: Numba on the CPU, CUDA (via CuPy) on a GPU.
 
-Installed as ``scratchlm.kernels``. Until the fused kernels land, every
-operation runs on the reference path in :mod:`scratchlm.layers`.
+Installed as ``scratchlm.kernels``. The plain-``xp`` code in
+:mod:`scratchlm.layers` is the reference; these kernels compute the same
+functions faster and are tested against it (``tests/test_kernels.py``).
+A backend built with ``kernels="fused"`` (the default where it is faster, see
+:func:`scratchlm.backend.get_backend`) routes the LSTM recurrence, the softmax
+cross-entropy, the scatter-add and generation through them.
+
+    cpu.py            the op set of the NumPy backend
+      lstm_numba.py     LSTM step forward/backward kernels and the time loops
+      xent_numba.py     softmax cross-entropy, forward and backward in place
+      scatter_numba.py  scatter-add (embedding and input-table gradients)
+      generate_numba.py the one-token-per-step sampling loop
+      activations.py    σ, tanh, exp: vectorisable float32, exact float64
+      workspace.py      big work buffers, reused from step to step when free
+      _jit.py           the Numba options every kernel is compiled with
+    gpu.py            the op set of the CuPy backend, loading the .cu files:
+      lstm_cell.cu  softmax_xent.cu  scatter_add.cu  sample.cu
+
+Measurements and the design decisions behind these files: docs/benchmarks.md.
+
+Nothing here is imported by ``import scratchlm``: Numba and CuPy load on the
+first fused call.
 """
+
+import importlib
+
+
+def for_backend(name):
+    """The op-set module for backend ``name`` ("numpy" -> kernels.cpu, "cupy" -> kernels.gpu)."""
+    return importlib.import_module(f"{__name__}.{'cpu' if name == 'numpy' else 'gpu'}")

@@ -12,30 +12,54 @@ math. A :class:`Backend` carries:
                samples on either backend;
 * ``asarray`` / ``to_host``  host <-> device transfer;
 * ``scatter_add`` the one primitive NumPy lacks a fast form of (``np.add.at`` is
-               ~100x slower than a sort-and-reduce; see DESIGN.md).
+               ~100x slower than a sort-and-reduce; see DESIGN.md);
+* ``kernels``  which code runs the hot loops: "reference" — the plain ``xp`` code
+               of :mod:`scratchlm.layers` and :mod:`scratchlm.losses`, written to
+               be read — or "fused" — the kernels of :mod:`scratchlm.kernels`
+               (Numba on the CPU, CUDA on a GPU), tested against the reference;
+* ``fused``    the fused op set itself (imported on first use).
 
 ``get_backend("auto")`` picks CuPy when it is importable and a GPU is present and
-NumPy otherwise. CuPy is imported lazily, only when asked for.
+NumPy otherwise. CuPy and Numba are imported lazily, only when first used.
+The kernels default to "auto": fused where the benchmarks show them faster
+(NumPy), reference elsewhere; ``SCRATCHLM_KERNELS=reference|fused`` in the
+environment overrides that default, and ``get_backend(..., kernels=...)``
+overrides both.
 """
+
+import importlib.util
+import os
 
 import numpy
 
 from .errors import BackendUnavailable
 
 _DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
+_KERNELS = ("auto", "reference", "fused")
+KERNELS_ENV = "SCRATCHLM_KERNELS"
 _GPU_HINT = 'install the GPU extra with  pip install "scratchlm[gpu]"  on a machine with a CUDA GPU, or use backend="numpy"'
 
 
 class Backend:
-    """An array module plus a dtype. Build one with :func:`get_backend`."""
+    """An array module, a dtype and a choice of kernels. Build one with :func:`get_backend`."""
 
-    def __init__(self, name, xp, dtype):
+    def __init__(self, name, xp, dtype, kernels="reference"):
         self.name = name          # "numpy" or "cupy"
         self.xp = xp
         self.dtype = xp.dtype(dtype)
+        self.kernels = kernels    # "reference" or "fused"
+        self._fused = None
 
     def __repr__(self):
-        return f"Backend({self.name!r}, dtype={self.dtype.name!r})"
+        return f"Backend({self.name!r}, dtype={self.dtype.name!r}, kernels={self.kernels!r})"
+
+    @property
+    def fused(self):
+        """The fused op set for this array module (``scratchlm.kernels.cpu`` or ``.gpu``), imported on first use."""
+        if self._fused is None:
+            from scratchlm import kernels
+            self._fused = kernels.for_backend(self.name)
+        return self._fused
 
     # -- creation and transfer ---------------------------------------------
     def zeros(self, shape, dtype=None):
@@ -70,8 +94,11 @@ class Backend:
         index, then add each run of equal indices with one ``sum`` (a contiguous
         block, summed pairwise). ``np.add.at`` does the same one row at a time
         and is ~100x slower; ``np.add.reduceat`` is ~10x slower. CuPy: atomic
-        adds on the device.
+        adds on the device. Fused kernels: one streaming pass (see
+        ``scratchlm.kernels``).
         """
+        if self.kernels == "fused":
+            return self.fused.scatter_add(target, index, rows)
         if self.name == "cupy":
             import cupyx
             cupyx.scatter_add(target, index, rows)
@@ -112,27 +139,51 @@ def array_module(a):
     return cupy.get_array_module(a)
 
 
-def get_backend(name="auto", dtype=None):
+def get_backend(name="auto", dtype=None, kernels=None):
     """Return a :class:`Backend`.
 
     name: "numpy", "cupy", "auto" (CuPy when importable and a GPU is present,
-    else NumPy), or an existing Backend (returned as is unless another dtype is asked for).
+    else NumPy), or an existing Backend (returned as is unless another dtype
+    or kernels choice is asked for).
     dtype: "float32" (the default) or "float64".
+    kernels: "fused", "reference" or "auto" (fused where it is faster: on
+    NumPy when Numba is installed; the CuPy kernels await GPU measurements).
+    None means the ``SCRATCHLM_KERNELS`` environment variable, else "auto".
     """
     if isinstance(name, Backend):
-        if dtype is None or name.dtype == numpy.dtype(dtype):
+        same_dtype = dtype is None or name.dtype == numpy.dtype(dtype)
+        if same_dtype and (kernels is None or _resolve_kernels(kernels, name.name) == name.kernels):
             return name
+        dtype = name.dtype.name if dtype is None else dtype
+        kernels = name.kernels if kernels is None else kernels
         name = name.name
     key = str(dtype if dtype is not None else "float32")
     if key not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: use 'float32' or 'float64'")
     if name == "numpy":
-        return Backend("numpy", numpy, _DTYPES[key])
-    if name == "cupy":
-        return Backend("cupy", _cupy_or_raise(), _DTYPES[key])
-    if name == "auto":
+        xp = numpy
+    elif name == "cupy":
+        xp = _cupy_or_raise()
+    elif name == "auto":
         try:
-            return Backend("cupy", _cupy_or_raise(), _DTYPES[key])
+            xp, name = _cupy_or_raise(), "cupy"
         except BackendUnavailable:
-            return Backend("numpy", numpy, _DTYPES[key])
-    raise BackendUnavailable(f"unknown backend {name!r}: choose 'numpy', 'cupy' or 'auto'")
+            xp, name = numpy, "numpy"
+    else:
+        raise BackendUnavailable(f"unknown backend {name!r}: choose 'numpy', 'cupy' or 'auto'")
+    return Backend(name, xp, _DTYPES[key], _resolve_kernels(kernels, name))
+
+
+def _resolve_kernels(kernels, name):
+    """The kernels option resolved to "reference" or "fused" for backend ``name`` (None: environment, else "auto")."""
+    source = "kernels"
+    if kernels is None:
+        kernels, source = os.environ.get(KERNELS_ENV) or "auto", KERNELS_ENV
+    if kernels not in _KERNELS:
+        raise BackendUnavailable(f"unknown {source} {kernels!r}: choose 'fused', 'reference' or 'auto'")
+    has_numba = importlib.util.find_spec("numba") is not None
+    if kernels == "auto":
+        return "fused" if name == "numpy" and has_numba else "reference"
+    if kernels == "fused" and name == "numpy" and not has_numba:
+        raise BackendUnavailable("the fused CPU kernels need Numba: pip install numba, or use kernels='reference'")
+    return kernels

@@ -1,9 +1,13 @@
 """Layers with hand-written forward and backward passes: Embedding, LSTM, Dense.
 
 This is the reference path: plain ``xp`` code (NumPy or CuPy) that every fast
-kernel is tested against. Sequences are **time-major** inside the layers,
-(T, B, ...), so that the slice for one time step is contiguous; the model
-converts from the batch-major (B, T) arrays users pass in.
+kernel is tested against. A backend with ``kernels="fused"`` runs the LSTM
+time loop in :mod:`scratchlm.kernels` instead (same equations, one fused pass
+per step); the loops below are what those kernels compute.
+
+Sequences are **time-major** inside the layers, (T, B, ...), so that the slice
+for one time step is contiguous; the model converts from the batch-major (B, T)
+arrays users pass in.
 
 Each ``forward`` returns what the layer computes plus a ``cache`` holding what
 its ``backward`` needs; ``backward`` returns the gradients of the inputs and a
@@ -115,6 +119,9 @@ class LSTM:
     The work is split the way fast implementations do it: the input projection
     x_t W + b for all steps at once (``project`` / ``project_tokens``), then the
     recurrence with one (B, H) x (H, 4H) product per step (``forward``).
+    ``forward_tokens`` does both for token input; on the fused path it never
+    materialises the projections but gathers each step's rows from the (V, 4H)
+    table inside the step kernel.
     """
 
     def __init__(self, input_size, units, backend, rng, return_sequences=True, stateful=False):
@@ -152,23 +159,27 @@ class LSTM:
         dx = (dz2 @ self.kernel.T).reshape(T, B, D)
         return dx, {"kernel": x.reshape(T * B, D).T @ dz2, "bias": dz2.sum(axis=0)}
 
-    def project_tokens(self, ids, embeddings=None):
-        """Input projection of token ids by row lookup in a (V, 4H) table.
+    def token_table(self, embeddings=None):
+        """The input projection of every token id, a (V, 4H) table.
 
         One-hot input (``embeddings`` None, D = V): x_t W is row ids[t] of W, so
             table = W + b.
         Embedding input (``embeddings`` E (V, E), D = E): x_t = E[ids[t]], so
-            table = E W + b
-        and zx[t, b] = table[ids[t, b]]. No one-hot tensor and, for small V, no
-        (T·B, E) x (E, 4H) product is ever formed. ids (T, B) -> zx (T, B, 4H).
+            table = E W + b.
         """
         if embeddings is None:
-            zx = self.kernel[ids]                                         # rows of W, (T, B, 4H)
-            zx += self.bias
-            return zx
+            return self.kernel + self.bias                                # (V, 4H)
         table = embeddings @ self.kernel                                  # (V, 4H)
         table += self.bias
-        return table[ids]
+        return table
+
+    def project_tokens(self, ids, embeddings=None):
+        """Input projection of token ids by row lookup: zx[t, b] = table[ids[t, b]].
+
+        No one-hot tensor and, for small V, no (T·B, E) x (E, 4H) product is
+        ever formed (see :meth:`token_table`). ids (T, B) -> zx (T, B, 4H).
+        """
+        return self.token_table(embeddings)[ids]
 
     def project_tokens_backward(self, ids, dzx, embeddings=None):
         """Gradients of :meth:`project_tokens`.
@@ -203,10 +214,29 @@ class LSTM:
         return h0, c0
 
     def forward(self, zx, initial_state=None, mask=None, return_sequences=None):
+        """Run the recurrence over precomputed input projections (see :meth:`_run`)."""
+        return self._run(zx, None, None, initial_state, mask, return_sequences)
+
+    def forward_tokens(self, ids, embeddings=None, initial_state=None, mask=None, return_sequences=None):
+        """``forward(project_tokens(ids, embeddings), ...)`` for token input, ids (T, B).
+
+        On the fused path the projections are not materialised: each step
+        kernel adds its rows of :meth:`token_table` itself.
+        """
+        table = self.token_table(embeddings)                              # (V, 4H)
+        if self.backend.kernels != "fused":
+            return self.forward(table[ids], initial_state, mask, return_sequences)
+        T, B = ids.shape
+        gates = self.backend.fused.empty_workspace((T, B, table.shape[1]), self.backend.dtype)
+        return self._run(gates, table, ids, initial_state, mask, return_sequences)
+
+    def _run(self, zx, table, ids, initial_state, mask, return_sequences):
         """Run the recurrence over precomputed input projections.
 
         zx: (T, B, 4H) = x_t W + b for every step; it is used as the gate buffer
-            and overwritten with the gate activations [i f g o].
+            and overwritten with the gate activations [i f g o]. (Fused path
+            only: with ``table`` (V, 4H) and ``ids`` (T, B) given, the projection
+            of step t is table[ids[t]] and zx is just the buffer.)
         initial_state: (h0, c0), each (B, H), or None for zeros (or, when
             stateful, the state the previous call ended with).
         mask: (T, B) bool, True = real step, or None.
@@ -225,26 +255,31 @@ class LSTM:
         h0, c0 = self._initial_state(initial_state, B)
 
         gates = zx                                                        # (T, B, 4H)
-        hs = self.backend.empty((T + 1, B, H))                            # h_0 … h_T
-        cs = self.backend.empty((T + 1, B, H))                            # c_0 … c_T
-        tanh_c = self.backend.empty((T, B, H))                            # tanh(c̃_t)
-        hs[0], cs[0] = h0, c0
         keep = None if mask is None else mask.astype(bool)[:, :, None]    # (T, B, 1)
-        for t in range(T):
-            z = gates[t]                                                  # (B, 4H)
-            z += hs[t] @ U
-            i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-            _sigmoid(xp, z[:, :2 * H], out=z[:, :2 * H])                      # i, f
-            xp.tanh(g, out=g)
-            _sigmoid(xp, o, out=o)
-            c = cs[t + 1]
-            xp.multiply(f, cs[t], out=c)
-            c += i * g                                                    # c̃_t = f ⊙ c_{t-1} + i ⊙ g
-            xp.tanh(c, out=tanh_c[t])
-            xp.multiply(o, tanh_c[t], out=hs[t + 1])                      # h̃_t = o ⊙ tanh(c̃_t)
-            if keep is not None:                                          # masked step: keep h, c
-                hs[t + 1] = xp.where(keep[t], hs[t + 1], hs[t])
-                cs[t + 1] = xp.where(keep[t], cs[t + 1], cs[t])
+        if self.backend.kernels == "fused":                               # the same loop, fused per step
+            hs, cs = self.backend.fused.lstm_forward(gates, U, h0, c0, None if mask is None else keep[:, :, 0],
+                                                     table, ids)
+            tanh_c = None
+        else:
+            hs = self.backend.empty((T + 1, B, H))                        # h_0 … h_T
+            cs = self.backend.empty((T + 1, B, H))                        # c_0 … c_T
+            tanh_c = self.backend.empty((T, B, H))                        # tanh(c̃_t)
+            hs[0], cs[0] = h0, c0
+            for t in range(T):
+                z = gates[t]                                              # (B, 4H)
+                z += hs[t] @ U
+                i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+                _sigmoid(xp, z[:, :2 * H], out=z[:, :2 * H])              # i, f
+                xp.tanh(g, out=g)
+                _sigmoid(xp, o, out=o)
+                c = cs[t + 1]
+                xp.multiply(f, cs[t], out=c)
+                c += i * g                                                # c̃_t = f ⊙ c_{t-1} + i ⊙ g
+                xp.tanh(c, out=tanh_c[t])
+                xp.multiply(o, tanh_c[t], out=hs[t + 1])                  # h̃_t = o ⊙ tanh(c̃_t)
+                if keep is not None:                                      # masked step: keep h, c
+                    hs[t + 1] = xp.where(keep[t], hs[t + 1], hs[t])
+                    cs[t + 1] = xp.where(keep[t], cs[t + 1], cs[t])
 
         seen = None
         y = hs[1:]                                                        # (T, B, H)
@@ -257,7 +292,7 @@ class LSTM:
         if carry:
             self.state = (hs[T].copy(), cs[T].copy())
         cache = {"gates": gates, "hs": hs, "cs": cs, "tanh_c": tanh_c, "keep": keep, "seen": seen,
-                 "return_sequences": return_sequences}
+                 "return_sequences": return_sequences, "fused": tanh_c is None}
         return y, state, cache
 
     def backward(self, cache, dy=None, dstate=None):
@@ -267,7 +302,8 @@ class LSTM:
         dstate: (dh_T, dc_T), gradients of the final state, or None.
         Returns (dzx (T, B, 4H), {"recurrent_kernel": dU}, (dh_0, dc_0)).
         dzx is the gradient of the input projections; pass it to
-        ``project_backward`` or ``project_tokens_backward``.
+        ``project_backward`` or ``project_tokens_backward``. (The fused path
+        writes dzx over the cached gates, so call backward once per forward.)
         """
         xp = self.backend.xp
         gates, hs, cs, tanh_c = cache["gates"], cache["hs"], cache["cs"], cache["tanh_c"]
@@ -286,6 +322,12 @@ class LSTM:
                 dc += dc_T
         if dy is not None and not sequences:                  # y = s_T ⊙ h_T
             dh += dy if seen is None else dy * seen[-1]
+        if cache["fused"]:                                                # the same loop, one fused pass per step
+            if dy is not None and sequences and seen is not None:
+                dy = dy * seen
+            dZ, dU, dh, dc = self.backend.fused.lstm_backward(
+                gates, hs, cs, U, dy if sequences else None, dh, dc, None if keep is None else keep[:, :, 0])
+            return dZ, {"recurrent_kernel": dU}, (dh, dc)
         dZ = self.backend.empty((T, B, G))                                # ∂L/∂z_t
         for t in reversed(range(T)):
             if dy is not None and sequences:                  # y_t = s_t ⊙ h_t

@@ -8,6 +8,12 @@ Inside, sequences run time-major (T, B, ...) so each time step is contiguous.
     opt.step(model.params, grads)                            # in-place update
     ids           = model.generate(prompt_ids, 200, temperature=0.5)
 
+The backend decides which code does the work: with ``kernels="fused"`` (the
+default on NumPy, see :func:`scratchlm.backend.get_backend`) the LSTM time loop,
+the loss, the scatter-adds and generation run in :mod:`scratchlm.kernels`; with
+``kernels="reference"`` (or ``SCRATCHLM_KERNELS=reference``) everything runs
+the plain code of :mod:`scratchlm.layers` and :mod:`scratchlm.losses`.
+
 Parameter and gradient dicts use Keras-like names: ``embedding/embeddings``,
 ``lstm_0/kernel``, ``lstm_0/recurrent_kernel``, ``lstm_0/bias``, ``lstm_1/…``,
 ``dense/kernel``, ``dense/bias``.
@@ -15,6 +21,7 @@ Parameter and gradient dicts use Keras-like names: ``embedding/embeddings``,
 
 from . import checkpoint, sampling
 from .backend import Backend, get_backend
+from .errors import SamplingError
 from .layers import LSTM, Dense, Embedding
 from .losses import softmax_cross_entropy
 
@@ -129,24 +136,19 @@ class LanguageModel:
     def _forward(self, ids, state, mask, last_only):
         """ids (T, B), mask (T, B) or None -> (logits, new state, caches for backward)."""
         T, B = ids.shape
-        first = self.lstms[0]
         table = self._use_table(T, B)
         E = None if self.embedding is None else self.embedding.embeddings
-        if table:
-            zx = first.project_tokens(ids, E)                             # (T, B, 4H)
-            x = None
-        else:
-            x = self.embedding.forward(ids)                               # (T, B, E)
-            zx = first.project(x)
         caches, new_state = [], []
         top = len(self.lstms) - 1
         for n, lstm in enumerate(self.lstms):
-            if n > 0:
-                x = y
-                zx = lstm.project(x)
-            y, layer_state, cache = lstm.forward(
-                zx, None if state is None else state[n], mask,
-                return_sequences=not (last_only and n == top))
+            initial = None if state is None else state[n]
+            sequences = not (last_only and n == top)
+            if n == 0 and table:                                          # rows of the (V, 4H) table
+                x = None
+                y, layer_state, cache = lstm.forward_tokens(ids, E, initial, mask, sequences)
+            else:
+                x = self.embedding.forward(ids) if n == 0 else y          # (T, B, D)
+                y, layer_state, cache = lstm.forward(lstm.project(x), initial, mask, sequences)
             caches.append((x, cache))
             new_state.append(layer_state)
         logits = self.dense.forward(y)                                    # (T, B, V) or (B, V)
@@ -197,10 +199,11 @@ class LanguageModel:
         if y.size and (int(y.min()) < 0 or int(y.max()) >= self.vocab_size):
             raise ValueError(f"y holds token ids outside [0, {self.vocab_size})")
         logits, _, cache = self._forward(x.T, state, mask_tm, last_only)
+        xent = self.backend.fused.softmax_cross_entropy if self.backend.kernels == "fused" else softmax_cross_entropy
         if last_only:
-            loss, dlogits = softmax_cross_entropy(logits, y)                          # (B, V)
+            loss, dlogits = xent(logits, y)                                           # (B, V)
         else:
-            loss, dlogits = softmax_cross_entropy(logits, y.T, mask_tm)               # (T, B, V)
+            loss, dlogits = xent(logits, y.T, mask_tm)                                # (T, B, V)
         return loss, dlogits, cache
 
     def loss(self, x, y, mask=None, state=None, last_only=False):
@@ -232,6 +235,9 @@ class LanguageModel:
         first EOS; finished rows are padded with ``eos_id`` and generation ends
         when every row has finished. Returns (length',) or (B, length') with
         length' <= length. The model's own stateful state is left untouched.
+        On the fused path (without top_k/top_p) the token loop runs in
+        ``scratchlm.kernels``: the same draws and, up to float round-off in
+        the logits, the same ids.
         """
         sampling.check_options(temperature, top_k, top_p)
         length = int(length)
@@ -251,6 +257,9 @@ class LanguageModel:
         zeros = [(self.backend.zeros((B, h)), self.backend.zeros((B, h))) for h in self.hidden_sizes]
 
         logits, state, _ = self._forward(prompt.T, zeros, None, last_only=True)     # (B, V)
+        if self.backend.kernels == "fused" and top_k is None and top_p is None:
+            out = self._decode_fused(logits, state, length, temperature, banned, eos_id, rng)
+            return out[0] if single else out
         out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
         done = self.backend.to_host(xp.zeros(B, dtype=bool))
         for k in range(length):
@@ -266,6 +275,31 @@ class LanguageModel:
             if k + 1 < length:
                 logits, state, _ = self._forward(ids[None, :], state, None, last_only=True)
         return out[0] if single else out
+
+    def _decode_fused(self, logits, state, length, temperature, banned, eos_id, rng):
+        """The token loop of :meth:`generate` on the fused kernels: the same draws from ``rng``,
+        the same ids (up to float round-off), without rebuilding anything per token."""
+        xp = self.backend.xp
+        B, V = logits.shape
+        finfo = xp.finfo(self.backend.dtype)
+        if temperature == 0:                                              # greedy: no draws
+            temperature, u = 0.0, xp.zeros((length, B))
+        else:                                                             # as sampling: T kept finite and > 0
+            temperature = min(max(float(temperature), float(finfo.tiny)), float(finfo.max))
+            u = xp.asarray(rng.random((length, B)))                       # (length, B), one per row and token
+        banned_mask = xp.zeros(V, dtype=bool)
+        banned_mask[banned] = True
+        first = self.lstms[0]
+        E = None if self.embedding is None else self.embedding.embeddings
+        table = first.token_table(E) if self._use_table(length, B) else None
+        out = self.backend.fused.decode(
+            logits, state, table, (E, first.kernel, first.bias),
+            [(lstm.kernel, lstm.bias) for lstm in self.lstms[1:]],
+            [lstm.recurrent_kernel for lstm in self.lstms], (self.dense.kernel, self.dense.bias),
+            length, self.backend.dtype.type(temperature), banned_mask, eos_id, u)
+        if out is None:
+            raise SamplingError("logits must be finite: a row holds NaN or +inf")
+        return self.backend.to_host(out)
 
     # -- checkpoints ---------------------------------------------------------------
     def save(self, path, optimizer=None, rng=None, metadata=None):

@@ -39,8 +39,11 @@ TOLERANCES = {"float32": {"forward": 1e-5, "gradient": 1e-4, "update": 1e-6},
 # The ways scratchlm can compute: each is a function dtype -> Backend for LanguageModel(backend=...).
 # A path that cannot run here raises BackendUnavailable and its tests skip. Adding a path is one line.
 BACKEND_PATHS = [
-    pytest.param(lambda dtype: get_backend("numpy", dtype), id="numpy"),
-    pytest.param(lambda dtype: get_backend("cupy", dtype), id="cupy", marks=pytest.mark.gpu),
+    pytest.param(lambda dtype: get_backend("numpy", dtype, kernels="reference"), id="numpy-reference"),
+    pytest.param(lambda dtype: get_backend("numpy", dtype, kernels="fused"), id="numpy-fused"),
+    pytest.param(lambda dtype: get_backend("cupy", dtype, kernels="reference"), id="cupy-reference",
+                 marks=pytest.mark.gpu),
+    pytest.param(lambda dtype: get_backend("cupy", dtype, kernels="fused"), id="cupy-fused", marks=pytest.mark.gpu),
 ]
 
 

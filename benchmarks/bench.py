@@ -1,0 +1,342 @@
+"""Benchmark scratchlm (fused and reference kernels) against Keras and PyTorch on the same workloads.
+
+    python benchmarks/bench.py [--workloads book,s2s,gen,gpu] [--repeat N] [--json out.json]
+                               [--frameworks scratchlm,scratchlm-reference,keras,torch]
+
+Workloads (details in benchmarks/frameworks.py): ``book`` (the Nietzsche model:
+one-hot -> LSTM 128, T=60, B=128, RMSprop, last-step loss), ``s2s``
+(Embedding 64 -> LSTM 512, T=100, B=64, Adam, loss at every step), ``gen``
+(that model sampling, batch 1 and batch 64) and ``gpu`` (Embedding 64 -> LSTM
+1024, T=100, B=256 on a CUDA GPU: scratchlm on CuPy against PyTorch/cuDNN; run
+only where a GPU is present). Frameworks that are not installed are left out.
+
+How it measures:
+
+* every (framework, workload) pair runs in its own worker process, built and
+  warmed up (JIT compilation, graph tracing) before any timing;
+* the workers of a workload then take turns, round after round, in a rotating
+  order (so a drift of the machine's speed touches all of them alike), and the
+  table shows the median over the rounds;
+* memory is measured in separate worker processes (one round each, after the
+  warm-up) from /proc/self/status: the peak RSS is reset before the round and
+  read after it, so "step peak" is how far the resident set rose above its
+  level before the round (activations, gradients, temporaries) and "process
+  peak" the whole process at its peak (scratchlm's reusable work buffers are
+  released before the round, so they count; on the GPU, device memory). These
+  workers force big allocations to ``mmap`` (``MALLOC_MMAP_THRESHOLD_``) so
+  that freed memory leaves the resident set at once instead of lingering in
+  the heap; the timing workers do not (it slows PyTorch's generation loop ~7x);
+* a roofline per training workload: its GEMM FLOPs per step divided by the
+  sgemm rate measured here, once at the machine's peak (a large square GEMM)
+  and once as the time the same GEMMs take at the workload's own shapes.
+
+``main(argv)`` is the entry point (for a ``scratchlm bench`` command).
+"""
+
+import argparse
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import frameworks as fw  # noqa: E402
+
+FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]
+WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"], "gpu": ["gpu"]}
+ROUND = {"book": 10, "s2s": 3, "gen-b1": 400, "gen-b64": 100, "gpu": 5}      # units per round
+WARMUP = {"book": 3, "s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3}
+TARGETS = [                                                         # (case, framework, minimum speed-up) from issue 5
+    ("book", "keras", 2.0), ("book", "torch", 2.0), ("s2s", "keras", 1.6), ("s2s", "torch", 1.15),
+    ("gen-b1", "torch", 4.0), ("gpu", "torch", 0.7)]
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+# -- memory, read from /proc -------------------------------------------------------------------------------
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss():
+    """Set the kernel's peak-RSS mark (VmHWM) back to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+# -- the worker: one framework, one workload ------------------------------------------------------------------
+
+def worker(framework, case):
+    """Build, warm up, then serve {"units": n, "memory": bool} requests on stdin, one JSON line each on stdout."""
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)                                                   # library chatter on stdout goes to stderr
+    run, unit = fw.BUILDERS[framework](case)
+    run(WARMUP[case])
+    reply.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        request = json.loads(line)
+        n = request["units"]
+        if request.get("memory"):                                   # count kept work buffers as the step's
+            fw.RELEASE.get(framework, lambda: None)()
+            gc.collect()
+        _reset_peak_rss()
+        before = _status_kb("VmRSS")
+        seconds = run(n)
+        peak = _status_kb("VmHWM")
+        result = {"seconds": seconds, "count": n * unit,
+                  "step_peak_mb": (peak - before) / 1024, "process_peak_mb": peak / 1024}
+        if fw.CASES[case].get("gpu"):
+            result["device_peak_mb"] = fw.device_peak_mb(framework)
+        reply.write(json.dumps(result) + "\n")
+
+
+class Worker:
+    def __init__(self, framework, case, extra_env=None):
+        env = {**os.environ, **WORKER_ENV, **(extra_env or {}),
+               "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+        self.log = open(os.devnull, "w")
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", framework, case], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        self.name = framework
+        ready = self.proc.stdout.readline()
+        if not ready:
+            raise RuntimeError(f"the {framework} worker for {case} died while starting "
+                               f"(run: python {__file__} --worker {framework} {case})")
+
+    def measure(self, units, memory=False):
+        self.proc.stdin.write(json.dumps({"units": units, "memory": memory}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.log.close()
+
+
+def run_case(case, frameworks, repeat):
+    """Rounds of alternating timings of one case, then one memory round per framework.
+
+    Returns ({framework: [timed rounds]}, {framework: memory round}).
+    """
+    workers = []
+    for f in frameworks:
+        try:
+            workers.append(Worker(f, case))
+        except RuntimeError as exc:                                 # e.g. PyTorch without CUDA for "gpu"
+            print(f"# {exc}; left out")
+    rounds = {w.name: [] for w in workers}
+    try:
+        for r in range(repeat):
+            for k in range(len(workers)):
+                w = workers[(r + k) % len(workers)]
+                time.sleep(0.3)                                     # let the previous worker's threads go idle
+                rounds[w.name].append(w.measure(ROUND[case]))
+    finally:
+        for w in workers:
+            w.close()
+    memory = {}
+    for f in rounds:
+        w = Worker(f, case, MEMORY_ENV)
+        try:
+            memory[f] = w.measure(ROUND[case], memory=True)
+        finally:
+            w.close()
+    return rounds, memory
+
+
+# -- roofline ----------------------------------------------------------------------------------------------
+
+def gemms(case):
+    """The GEMMs of one training step of scratchlm's algorithm: [(M, K, N, count)]."""
+    c = fw.CASES[case]
+    T, B, H, V = c["T"], c["B"], c["H"], fw.V
+    out = [(B, H, 4 * H, T),                                        # h_{t-1} U, every step
+           (B, 4 * H, H, T),                                        # dz_t Uᵀ, every step
+           (H, T * B, 4 * H, 1)]                                    # dU = Hᵀ dZ
+    rows = B if c["last_only"] else T * B
+    out += [(rows, H, V, 1), (rows, V, H, 1), (H, rows, V, 1)]      # dense forward, dx, dW
+    if c["embedding"]:
+        out += [(V, c["embedding"], 4 * H, 1), (c["embedding"], V, 4 * H, 1), (V, 4 * H, c["embedding"], 1)]
+    return out
+
+
+def sgemm_seconds(M, K, N, repeat=20):
+    """The fastest of ``repeat`` float32 (M, K) x (K, N) products: the rate this BLAS can reach."""
+    a = np.random.default_rng(0).standard_normal((M, K)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((K, N)).astype(np.float32)
+    out = np.empty((M, N), dtype=np.float32)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def roofline(cases):
+    peak = 2 * 2048**3 / sgemm_seconds(2048, 2048, 2048, repeat=5)
+    result = {"peak_sgemm_gflops": peak / 1e9}
+    for case in cases:
+        if fw.CASES[case]["kind"] != "train" or fw.CASES[case].get("gpu"):
+            continue
+        flops = sum(2 * M * K * N * n for M, K, N, n in gemms(case))
+        at_shapes = sum(sgemm_seconds(M, K, N) * n for M, K, N, n in gemms(case))
+        result[case] = {"gflop_per_step": flops / 1e9, "bound_ms_at_peak": 1e3 * flops / peak,
+                        "gemm_ms_at_shapes": 1e3 * at_shapes}
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+def summarise(case, rounds, memory):
+    c = fw.CASES[case]
+    out = {}
+    for name, rs in rounds.items():
+        per_unit = statistics.median(r["seconds"] / r["count"] for r in rs)   # s per step or per character
+        entry = {"step_peak_mb": memory[name]["step_peak_mb"], "process_peak_mb": memory[name]["process_peak_mb"],
+                 "rounds": rs}
+        if "device_peak_mb" in memory[name]:
+            entry["device_peak_mb"] = memory[name]["device_peak_mb"]
+        if c["kind"] == "train":
+            entry.update(ms_per_step=1e3 * per_unit, tokens_per_s=c["B"] * c["T"] / per_unit)
+        else:
+            entry.update(chars_per_s=1 / per_unit)
+        out[name] = entry
+    return out
+
+
+def throughput(entry):
+    return entry.get("tokens_per_s") or entry["chars_per_s"]
+
+
+def table(results):
+    lines = ["| workload | framework | ms/step | tokens or chars/s | scratchlm speed-up | step peak MB "
+             "| process peak MB |", "|---|---|---:|---:|---:|---:|---:|"]
+    for case, entries in results.items():
+        ours = entries.get("scratchlm")
+        for name, e in entries.items():
+            ms = f"{e['ms_per_step']:.1f}" if "ms_per_step" in e else "–"
+            ratio = f"{throughput(ours) / throughput(e):.2f}x" if ours and name != "scratchlm" else ""
+            memory = f"{e['device_peak_mb']:.0f} (device)" if "device_peak_mb" in e else f"{e['step_peak_mb']:.0f}"
+            lines.append(f"| {case} | {name} | {ms} | {throughput(e):,.0f} | {ratio} | "
+                         f"{memory} | {e['process_peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def have_gpu():
+    try:
+        from scratchlm import BackendUnavailable, get_backend
+        get_backend("cupy")
+        return True
+    except BackendUnavailable:
+        return False
+
+
+def versions():
+    found = {"python": platform.python_version()}
+    for dist in ("numpy", "numba", "scratchlm", "torch", "tensorflow-cpu", "tensorflow", "keras"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    found["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    return found
+
+
+def machine():
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="book,s2s,gen,gpu", help="comma-separated: book, s2s, gen, gpu")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per workload (default 5)")
+    parser.add_argument("--json", help="write all results, raw rounds included, to this file")
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(*args.worker)
+        return 0
+
+    unknown = [w for w in args.workloads.split(",") if w not in WORKLOAD_CASES]
+    unknown += [f for f in args.frameworks.split(",") if f not in FRAMEWORKS]
+    if unknown:
+        parser.error(f"unknown workloads or frameworks: {', '.join(unknown)}")
+    cases = [c for w in args.workloads.split(",") for c in WORKLOAD_CASES[w]]
+    if "gpu" in cases and not have_gpu():
+        cases.remove("gpu")
+        print("# gpu: no CuPy with a CUDA GPU here, left out")
+    names = [f for f in args.frameworks.split(",") if importlib.util.find_spec(fw.MODULES[f]) is not None]
+    skipped = sorted(set(args.frameworks.split(",")) - set(names))
+    report = {"machine": machine(), "versions": versions(), "threads": fw.THREADS, "repeat": args.repeat,
+              "units_per_round": {c: ROUND[c] for c in cases}, "skipped": skipped}
+    print(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores, load average "
+          f"{report['machine']['load_average'][0]:.2f} at the start"
+          + (f"; not installed: {skipped}" if skipped else ""))
+    report["roofline"] = roofline(cases)
+    results = {}
+    for case in cases:
+        here = [n for n in names if not (fw.CASES[case].get("gpu") and n == "keras")]
+        print(f"# {case}: {', '.join(here)} x {args.repeat} rounds", flush=True)
+        results[case] = summarise(case, *run_case(case, here, args.repeat))
+    report["results"] = results
+    report["load_average_after"] = os.getloadavg()
+
+    print()
+    print(table(results))
+    print()
+    roof = report["roofline"]
+    for case in cases:
+        if case in roof and "scratchlm" in results[case] and not fw.CASES[case].get("gpu"):
+            r, ms = roof[case], results[case]["scratchlm"]["ms_per_step"]
+            print(f"roofline {case}: {r['gflop_per_step']:.2f} GFLOP/step; at the peak sgemm rate "
+                  f"({roof['peak_sgemm_gflops']:.0f} GFLOP/s) {r['bound_ms_at_peak']:.1f} ms; the same GEMMs at their "
+                  f"shapes {r['gemm_ms_at_shapes']:.1f} ms; scratchlm {ms:.1f} ms = "
+                  f"{ms / r['bound_ms_at_peak']:.2f}x / {ms / r['gemm_ms_at_shapes']:.2f}x of those")
+    report["targets"] = []
+    for case, other, goal in TARGETS:
+        entries = results.get(case, {})
+        if "scratchlm" in entries and other in entries:
+            got = throughput(entries["scratchlm"]) / throughput(entries[other])
+            report["targets"].append({"case": case, "versus": other, "goal": goal, "speed_up": got, "met": got >= goal})
+            print(f"target {case}: >= {goal}x {other}: {got:.2f}x {'met' if got >= goal else 'MISSED'}")
+    if "gen-b64" in results and "scratchlm" in results["gen-b64"]:
+        got = results["gen-b64"]["scratchlm"]["chars_per_s"]
+        print(f"target gen-b64: >= 50,000 chars/s: {got:,.0f} {'met' if got >= 50000 else 'MISSED'}")
+    if "s2s" in results and {"scratchlm", "torch"} <= set(results["s2s"]):
+        ours, theirs = results["s2s"]["scratchlm"]["step_peak_mb"], results["s2s"]["torch"]["step_peak_mb"]
+        print(f"target s2s step memory <= torch: {ours:.0f} MB vs {theirs:.0f} MB "
+              f"{'met' if ours <= theirs else 'MISSED'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

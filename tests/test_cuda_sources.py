@@ -1,0 +1,43 @@
+"""Every CUDA source of scratchlm.kernels compiles with nvcc and defines the kernels that gpu.py loads.
+
+Runs where nvcc is installed (CI has it), with or without a GPU: the sources are
+compiled to PTX, warnings count as errors, and the PTX must hold each
+``<name>_f32`` / ``<name>_f64`` entry point that ``kernels/gpu.py`` asks for.
+"""
+
+import importlib.resources
+import re
+import shutil
+import subprocess
+
+import pytest
+
+KERNELS = importlib.resources.files("scratchlm.kernels")
+SOURCES = sorted(p.name for p in KERNELS.iterdir() if p.name.endswith(".cu"))
+NVCC = shutil.which("nvcc")
+
+
+def loaded_by_gpu_module():
+    """{source name: kernel names} from the ``_kernel("<module>", "<name>", ...)`` calls in gpu.py."""
+    wanted = {}
+    for module, name in re.findall(r'_kernel\("(\w+)", "(\w+)"', KERNELS.joinpath("gpu.py").read_text()):
+        wanted.setdefault(f"{module}.cu", set()).add(name)
+    return wanted
+
+
+def test_every_kernel_gpu_py_loads_has_a_source():
+    wanted = loaded_by_gpu_module()
+    assert wanted and set(wanted) <= set(SOURCES)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("name", SOURCES)
+def test_cuda_source_compiles(name, tmp_path):
+    ptx = tmp_path / f"{name}.ptx"
+    with importlib.resources.as_file(KERNELS.joinpath(name)) as source:
+        result = subprocess.run([NVCC, "--ptx", "-std=c++14", "--Werror", "all-warnings", "-o", str(ptx), str(source)],
+                                capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
+    for kernel in loaded_by_gpu_module().get(name, ()):
+        assert {f"{kernel}_f32", f"{kernel}_f64"} <= entries, entries

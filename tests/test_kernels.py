@@ -1,0 +1,451 @@
+"""The fused kernels against the reference path: the same numbers, on random shapes, in both dtypes.
+
+Every fused operation is compared with the plain-``xp`` code it replaces, run on
+the same weights and inputs: the LSTM layer (forward and every gradient, with
+masks, initial states, sequence and last-step outputs), the whole model (one-hot,
+embedding-table and embedding-direct input, stacked layers, last-step loss),
+the softmax cross-entropy, the scatter-add and generation. An array passes when
+max |fused − reference| <= rtol · max |reference| + atol, with
+
+* float64: rtol 1e-12, atol 1e-14 — both paths do the same arithmetic up to
+  libm-versus-NumPy last-bit differences in exp/tanh and the order of sums;
+* float32: rtol 2e-5, atol 1e-6 — the fused σ/tanh differ from NumPy's by
+  <= ~1.5e-7 relative (``test_float32_activations_are_accurate``), a few time
+  steps and sums amplify that, and a gradient that is a small difference of
+  O(1) terms (e.g. one dh_0 entry of 1e-4) carries their ~1e-7 absolute error.
+
+The CuPy kernels are compared the same way when a GPU is present.
+"""
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scratchlm import BackendUnavailable, LanguageModel, get_backend
+from scratchlm.backend import KERNELS_ENV, Backend
+from scratchlm.gradcheck import check_model
+from scratchlm.layers import LSTM
+from scratchlm.losses import softmax_cross_entropy
+
+pytest.importorskip("numba")
+
+TOL = {"float64": 1e-12, "float32": 2e-5}                            # rtol, and for the loss
+ATOL = {"float64": 1e-14, "float32": 1e-6}
+EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def close(got, want, dtype):
+    """max |got − want| <= rtol · max |want| + atol (see the module docstring)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape
+    return np.max(np.abs(got - want), initial=0.0) <= TOL[dtype] * np.max(np.abs(want), initial=0.0) + ATOL[dtype]
+
+
+def backends(dtype, name="numpy"):
+    return get_backend(name, dtype, kernels="reference"), get_backend(name, dtype, kernels="fused")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_kernels():
+    """Compile (or load from Numba's cache) every kernel once, before the timed examples."""
+    for dtype in ("float32", "float64"):
+        model = LanguageModel(5, None, [3, 2], dtype=dtype, backend=get_backend("numpy", dtype, "fused"))
+        x = np.zeros((2, 3), dtype=np.int64)
+        mask = np.ones((2, 3), dtype=bool)
+        model.loss_and_grads(x, x, mask=mask)
+        model.loss_and_grads(x, x[:, 0], last_only=True)
+        model.generate([1], 2, seed=0)
+
+
+def random_mask(rng, T, B):
+    """(T, B) bool, anything from all real to all padding."""
+    return rng.random((T, B)) < rng.choice([0.3, 0.7, 1.0])
+
+
+# -- activations -------------------------------------------------------------------------------------
+
+def test_float32_activations_are_accurate():
+    from scratchlm.kernels._jit import jit
+    from scratchlm.kernels.activations import exp, sigmoid, tanh
+
+    @jit
+    def apply(x, out):
+        for k in range(x.shape[0]):
+            out[0, k], out[1, k], out[2, k] = tanh(x[k]), sigmoid(x[k]), exp(x[k])
+
+    x = np.concatenate([np.linspace(-90, 90, 400001), np.geomspace(1e-30, 20, 20001),
+                        -np.geomspace(1e-30, 20, 20001)]).astype(np.float32)
+    out = np.empty((3, x.size), dtype=np.float32)
+    apply(x, out)
+    x64 = x.astype(np.float64)
+    exact = [np.tanh(x64), 1 / (1 + np.exp(-x64)), np.exp(x64)]
+    kept = [np.ones(x.size, bool), exact[1] > 1e-30, (x64 > -87) & (x64 < 88)]   # normal float32 range
+    for name, got, want, k in zip(("tanh", "sigmoid", "exp"), out, exact, kept):
+        rel = np.abs(got[k] - want[k]) / np.abs(want[k]).clip(1e-300)
+        assert rel.max() <= 2e-7, (name, rel.max(), x[k][rel.argmax()])
+
+
+def test_float64_activations_are_libm():
+    from scratchlm.kernels._jit import jit
+    from scratchlm.kernels.activations import sigmoid, tanh
+
+    @jit
+    def apply(x, out):
+        for k in range(x.shape[0]):
+            out[0, k], out[1, k] = tanh(x[k]), sigmoid(x[k])
+
+    x = np.linspace(-40, 40, 10001)
+    out = np.empty((2, x.size))
+    apply(x, out)
+    np.testing.assert_allclose(out[0], np.tanh(x), rtol=1e-15, atol=1e-300)
+    np.testing.assert_allclose(out[1], 1 / (1 + np.exp(-x)), rtol=1e-15, atol=1e-300)
+
+
+# -- the LSTM layer ------------------------------------------------------------------------------------
+
+def lstm_pair(dtype, D, H, sequences, rng):
+    ref_be, fused_be = backends(dtype)
+    ref = LSTM(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
+    fused = LSTM(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
+    bias = rng.standard_normal(4 * H)                                # every gate matters
+    ref.bias[:] = bias
+    fused.bias[:] = bias
+    return ref, fused
+
+
+def run_lstm(lstm, x, state, mask, dy, dstate):
+    y, (hT, cT), cache = lstm.forward(lstm.project(x), state, mask)
+    dzx, g_rec, (dh0, dc0) = lstm.backward(cache, dy, dstate)
+    dx, g_in = lstm.project_backward(x, dzx)
+    return {"y": y, "h_T": hT, "c_T": cT, "dx": dx, "dh_0": dh0, "dc_0": dc0, **g_in, **g_rec}
+
+
+@EXAMPLES
+@given(T=st.integers(1, 7), B=st.integers(1, 5), D=st.integers(1, 6), H=st.integers(1, 11),
+       masked=st.booleans(), sequences=st.booleans(), with_state=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
+def test_lstm_layer_matches_reference(T, B, D, H, masked, sequences, with_state, dtype, seed):
+    rng = np.random.default_rng(seed)
+    ref, fused = lstm_pair(dtype, D, H, sequences, rng)
+    cast = ref.backend.asarray
+    x = cast(rng.standard_normal((T, B, D)))
+    state = (cast(rng.standard_normal((B, H))), cast(rng.standard_normal((B, H)))) if with_state else None
+    mask = random_mask(rng, T, B) if masked else None
+    dy = cast(rng.standard_normal((T, B, H) if sequences else (B, H)))
+    dstate = (cast(rng.standard_normal((B, H))), cast(rng.standard_normal((B, H))))
+    want = run_lstm(ref, x, state, mask, dy, dstate)
+    got = run_lstm(fused, x, state, mask, dy, dstate)
+    for name in want:
+        assert close(got[name], want[name], dtype), name
+
+
+def test_masked_fused_step_keeps_state_exactly(rng):
+    """A masked step copies h and c bit for bit, as the reference does."""
+    _, fused_be = backends("float32")
+    lstm = LSTM(3, 5, fused_be, Backend.rng(0))
+    x = fused_be.asarray(rng.standard_normal((4, 2, 3)))
+    mask = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=bool)
+    _, _, cache = lstm.forward(lstm.project(x), None, mask)
+    hs, cs = cache["hs"], cache["cs"]
+    for t, b in zip(*np.nonzero(~mask)):
+        np.testing.assert_array_equal(hs[t + 1, b], hs[t, b])
+        np.testing.assert_array_equal(cs[t + 1, b], cs[t, b])
+
+
+# -- the whole model -------------------------------------------------------------------------------------
+
+INPUTS = {"one-hot": dict(V=7, embedding_dim=None),
+          "embedding-table": dict(V=7, embedding_dim=4),
+          "embedding-direct": dict(V=61, embedding_dim=4)}             # V > T·B: gather, then one GEMM
+
+
+def model_pair(dtype, inp, hidden_sizes, **kw):
+    spec = INPUTS[inp]
+    models = [LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, backend=be, dtype=dtype, seed=3, **kw)
+              for be in backends(dtype)]
+    rng = np.random.default_rng(5)
+    for lstms in zip(*(m.lstms for m in models)):
+        bias = rng.standard_normal(lstms[0].bias.shape)
+        for lstm in lstms:
+            lstm.bias[:] = bias
+    return models
+
+
+@EXAMPLES
+@given(inp=st.sampled_from(list(INPUTS)), hidden_sizes=st.lists(st.integers(1, 9), min_size=1, max_size=2),
+       T=st.integers(1, 6), B=st.integers(1, 4), masked=st.booleans(), last_only=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
+def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dtype, seed):
+    ref, fused = model_pair(dtype, inp, hidden_sizes)
+    rng = np.random.default_rng(seed)
+    V = ref.vocab_size
+    x = rng.integers(0, V, (B, T))
+    y = rng.integers(0, V, (B,) if last_only else (B, T))
+    mask = None
+    if masked:
+        mask = random_mask(rng, T, B).T
+        mask[0, -1] = True                                           # at least one scored token
+    loss_ref, grads_ref = ref.loss_and_grads(x, y, mask=mask, last_only=last_only)
+    loss_fused, grads_fused = fused.loss_and_grads(x, y, mask=mask, last_only=last_only)
+    assert abs(loss_fused - loss_ref) <= TOL[dtype] * abs(loss_ref)
+    for name in grads_ref:
+        assert close(grads_fused[name], grads_ref[name], dtype), name
+    logits_ref, state_ref = ref.forward(x, mask=mask)
+    logits_fused, state_fused = fused.forward(x, mask=mask)
+    assert close(logits_fused, logits_ref, dtype)
+    for (h_f, c_f), (h_r, c_r) in zip(state_fused, state_ref):
+        assert close(h_f, h_r, dtype) and close(c_f, c_r, dtype)
+
+
+def test_stateful_fused_model_carries_state(rng):
+    ref, fused = model_pair("float64", "embedding-table", [5, 4], stateful=True)
+    for _ in range(3):
+        x = rng.integers(0, 7, (2, 4))
+        loss_ref, grads_ref = ref.loss_and_grads(x, x)
+        loss_fused, grads_fused = fused.loss_and_grads(x, x)
+        assert loss_fused == pytest.approx(loss_ref, rel=1e-12)
+        assert all(close(grads_fused[k], grads_ref[k], "float64") for k in grads_ref)
+
+
+@pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
+    ("one-hot", (5,), True, True),
+    ("embedding-table", (5, 6), True, False),
+    ("embedding-direct", (4,), False, False),
+])
+def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked, last_only):
+    _, model = model_pair("float64", inp, hidden_sizes)
+    assert model.backend.kernels == "fused"
+    B, T, V = 3, 5, model.vocab_size
+    x = rng.integers(0, V, (B, T))
+    y = rng.integers(0, V, (B,) if last_only else (B, T))
+    mask = None
+    if masked:
+        mask = np.ones((B, T), dtype=bool)
+        mask[0, -2:] = False
+        mask[1, :2] = False
+    errors = check_model(model, x, y, mask=mask, last_only=last_only)
+    assert max(errors.values()) <= 1e-6, errors
+
+
+# -- loss and scatter-add ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax_cross_entropy_matches_reference(rng, dtype, masked):
+    fused = get_backend("numpy", dtype, "fused").fused.softmax_cross_entropy
+    logits = (rng.standard_normal((5, 7, 11)) * 4).astype(dtype)
+    logits[0, 0, 3] = 90                                             # a row far from the others
+    targets = rng.integers(0, 11, (5, 7))
+    mask = rng.random((5, 7)) < 0.6 if masked else None
+    loss_ref, d_ref = softmax_cross_entropy(logits, targets, mask)
+    buffer = logits.copy()
+    loss, d = fused(buffer, targets, mask)
+    assert d is buffer or np.shares_memory(d, buffer)                # in place
+    assert loss == pytest.approx(loss_ref, rel=TOL[dtype])
+    assert close(d, d_ref, dtype)
+
+
+def test_fused_softmax_cross_entropy_rejects_an_empty_mask(rng):
+    fused = get_backend("numpy", "float32", "fused").fused.softmax_cross_entropy
+    with pytest.raises(ValueError, match="scores no token"):
+        fused(rng.standard_normal((2, 3, 4)).astype(np.float32), np.zeros((2, 3), int), np.zeros((2, 3), bool))
+
+
+@pytest.mark.parametrize("V,N,C", [(1, 5, 3), (7, 40, 9), (50, 3, 2), (5, 0, 3), (3, 100, 17)])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_scatter_add_matches_a_plain_loop(V, N, C, index_dtype):
+    be = get_backend("numpy", "float64", "fused")
+    rng = np.random.default_rng(V + N)
+    index = rng.integers(0, V, N).astype(index_dtype)
+    rows = rng.standard_normal((N, C))
+    expected = np.zeros((V, C))
+    for k in range(N):
+        expected[index[k]] += rows[k]
+    target = np.zeros((V, C))
+    assert be.scatter_add(target, index, rows) is target
+    np.testing.assert_allclose(target, expected, rtol=1e-12, atol=1e-12)
+
+
+# -- generation ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("inp,hidden_sizes", [("one-hot", (6,)), ("embedding-table", (5, 7)),
+                                              ("embedding-direct", (4,))])
+@pytest.mark.parametrize("options", [dict(temperature=0), dict(temperature=1.0, seed=3),
+                                     dict(temperature=0.4, seed=1, banned_ids=[2, 3]),
+                                     dict(temperature=1.5, seed=2, eos_id=4)])
+def test_generation_matches_reference(dtype, inp, hidden_sizes, options):
+    ref, fused = model_pair(dtype, inp, hidden_sizes)
+    prompt = np.random.default_rng(0).integers(0, ref.vocab_size, (3, 4))
+    want = ref.generate(prompt, 30, **options)
+    got = fused.generate(prompt, 30, **options)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(fused.generate(prompt[0], 12, **options), ref.generate(prompt[0], 12, **options))
+
+
+def test_fused_generation_runs_the_prompt_once_then_never_reruns_the_prefix(rng, monkeypatch):
+    _, fused = model_pair("float32", "embedding-table", (5,))
+    steps = []
+    forward = fused._forward
+    monkeypatch.setattr(fused, "_forward", lambda ids, *a, **k: steps.append(ids.shape[0]) or forward(ids, *a, **k))
+    fused.generate(rng.integers(0, 7, (2, 10)), 8, seed=0)
+    assert steps == [10]                                             # the rest is one kernel step per token
+
+
+def test_generation_with_top_k_or_top_p_uses_the_reference_sampler():
+    ref, fused = model_pair("float64", "embedding-table", (5,))
+    for options in (dict(top_k=3), dict(top_p=0.8)):
+        np.testing.assert_array_equal(fused.generate([1, 2], 20, seed=4, **options),
+                                      ref.generate([1, 2], 20, seed=4, **options))
+
+
+def test_fused_generation_reports_non_finite_logits():
+    _, fused = model_pair("float32", "one-hot", (4,))
+    fused.dense.bias[0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        fused.generate([1, 2], 5, seed=0)
+
+
+# -- dispatch ---------------------------------------------------------------------------------------------------
+
+def test_kernels_option_and_environment(monkeypatch):
+    monkeypatch.delenv(KERNELS_ENV, raising=False)
+    assert get_backend("numpy").kernels == "fused"                   # auto: Numba is installed here
+    assert get_backend("numpy", kernels="reference").kernels == "reference"
+    monkeypatch.setenv(KERNELS_ENV, "reference")
+    assert get_backend("numpy").kernels == "reference"
+    assert get_backend("numpy", kernels="fused").kernels == "fused"  # an explicit option wins
+    monkeypatch.setenv(KERNELS_ENV, "fast")
+    with pytest.raises(BackendUnavailable, match=KERNELS_ENV):
+        get_backend("numpy")
+    with pytest.raises(BackendUnavailable, match="'fused', 'reference' or 'auto'"):
+        get_backend("numpy", kernels="turbo")
+
+
+def test_backend_passthrough_keeps_or_changes_the_kernels():
+    fused = get_backend("numpy", "float32", "fused")
+    assert get_backend(fused) is fused
+    assert get_backend(fused, "float32", "fused") is fused
+    ref = get_backend(fused, kernels="reference")
+    assert ref.kernels == "reference" and ref.dtype == np.float32
+    as64 = get_backend(fused, "float64")
+    assert as64.kernels == "fused" and as64.dtype == np.float64
+    assert "kernels='fused'" in repr(fused)
+    assert LanguageModel(5, None, [3], backend=ref).backend.kernels == "reference"
+
+
+def test_fused_without_numba_names_the_fix(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    with pytest.raises(BackendUnavailable, match="pip install numba"):
+        get_backend("numpy", kernels="fused")
+    assert get_backend("numpy", kernels="auto").kernels == "reference"
+
+
+def test_import_scratchlm_does_not_import_numba():
+    code = "import sys, scratchlm; scratchlm.LanguageModel(5); print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_workspace_reuses_a_buffer_only_when_nothing_refers_to_it():
+    from scratchlm.kernels import workspace
+    workspace.release()
+    a = workspace.take((3, 5), np.float32)
+    b = workspace.take((3, 5), np.float32)
+    assert a is not b                                                # a is still held
+    a_id, view = id(a), a[1:]
+    del a
+    assert id(workspace.take((3, 5), np.float32)) != a_id            # a view of it is still alive
+    del view
+    assert id(workspace.take((3, 5), np.float32)) == a_id            # now it is free
+    assert workspace.take((3, 5), np.float64).dtype == np.float64
+    workspace.release()
+
+
+def test_jit_works_without_a_writable_cache(monkeypatch):
+    import numba
+
+    from scratchlm.kernels import _jit
+
+    real = numba.njit
+
+    def no_cache_location(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_jit.numba, "njit", no_cache_location)
+
+    def add_one(a):
+        for k in range(a.shape[0]):
+            a[k] += 1
+
+    kernel = _jit.jit(add_one)
+    a = np.zeros(3)
+    kernel(a)
+    np.testing.assert_array_equal(a, 1)
+
+
+# -- CuPy ------------------------------------------------------------------------------------------------
+
+def _gpu_or_skip():
+    try:
+        get_backend("cupy")
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
+    ("one-hot", (6,), True, True), ("embedding-table", (5, 7), True, False), ("embedding-direct", (4,), False, False)])
+def test_cupy_fused_model_matches_numpy_reference(dtype, inp, hidden_sizes, masked, last_only):
+    _gpu_or_skip()
+    spec = INPUTS[inp]
+    ref = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3,
+                        backend=get_backend("numpy", dtype, "reference"))
+    gpu = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3,
+                        backend=get_backend("cupy", dtype, "fused"))
+    rng = np.random.default_rng(2)
+    B, T = 3, 5
+    x = rng.integers(0, spec["V"], (B, T))
+    y = rng.integers(0, spec["V"], (B,) if last_only else (B, T))
+    mask = np.ones((B, T), dtype=bool)
+    if masked:
+        mask[0, -2:] = False
+        mask[1, :2] = False
+    loss_ref, grads_ref = ref.loss_and_grads(x, y, mask=mask, last_only=last_only)
+    loss_gpu, grads_gpu = gpu.loss_and_grads(x, y, mask=mask, last_only=last_only)
+    assert loss_gpu == pytest.approx(loss_ref, rel=TOL[dtype])
+    for name in grads_ref:
+        assert close(gpu.backend.to_host(grads_gpu[name]), grads_ref[name], dtype), name
+    prompt = rng.integers(0, spec["V"], (2, 3))
+    for options in (dict(temperature=0), dict(temperature=1.0, seed=3, eos_id=2)):
+        np.testing.assert_array_equal(gpu.generate(prompt, 20, **options), ref.generate(prompt, 20, **options))
+
+
+@pytest.mark.gpu
+def test_cupy_scatter_add_and_loss_match_numpy():
+    _gpu_or_skip()
+    import cupy
+    be = get_backend("cupy", "float64", "fused")
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 7, 300)
+    rows = rng.standard_normal((300, 33))
+    expected = np.zeros((7, 33))
+    get_backend("numpy", "float64", "reference").scatter_add(expected, index, rows)
+    target = cupy.zeros((7, 33))
+    be.scatter_add(target, cupy.asarray(index), cupy.asarray(rows))
+    np.testing.assert_allclose(cupy.asnumpy(target), expected, rtol=1e-12, atol=1e-12)
+    logits = rng.standard_normal((4, 6, 70))
+    targets = rng.integers(0, 70, (4, 6))
+    loss_ref, d_ref = softmax_cross_entropy(logits, targets)
+    loss, d = be.fused.softmax_cross_entropy(cupy.asarray(logits), cupy.asarray(targets))
+    assert loss == pytest.approx(loss_ref, rel=1e-12)
+    assert close(cupy.asnumpy(d), d_ref, "float64")
