@@ -89,6 +89,7 @@ def build_parser():
     _add_train(commands)
     _add_sample(commands)
     _add_info(commands)
+    _add_bench(commands)
     return parser
 
 
@@ -198,8 +199,20 @@ def _add_info(commands):
     p.set_defaults(run=cmd_info)
 
 
+def _add_bench(commands):
+    commands.add_parser("bench", help="time scratchlm against Keras and PyTorch (from a source checkout)",
+                        add_help=False)                   # its options are benchmarks/bench.py's: see cmd_bench
+
+
 def main(argv=None):
     """Entry point of the ``scratchlm`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:                             # everything after it belongs to benchmarks/bench.py
+        try:
+            return cmd_bench(argv[1:])
+        except ScratchLMError as exc:
+            print(f"scratchlm bench: error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
@@ -403,6 +416,20 @@ def cmd_sample(args):
         label = "greedy" if t == 0 else f"temperature {t:g}"
         print(f"--- {label}\n{shown}{render(tokenizer, out)}\n", flush=True)
     return 0
+
+
+# -- bench ------------------------------------------------------------------------
+
+BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def cmd_bench(options):
+    """``scratchlm bench [OPTIONS]`` = ``python benchmarks/bench.py [OPTIONS]`` in a source checkout."""
+    if not BENCH_SCRIPT.is_file():
+        raise ScratchLMError("the benchmarks come with the source repository, not the installed package: clone it "
+                             "and run  python benchmarks/bench.py  there")
+    import runpy
+    return runpy.run_path(str(BENCH_SCRIPT))["main"](options) or 0
 
 
 # -- info -------------------------------------------------------------------------

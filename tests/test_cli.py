@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from scratchlm import checkpoint
+import scratchlm.cli as cli_module
 from scratchlm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,3 +278,17 @@ def test_kill_9_then_resume_loses_nothing(tmp_path, capsys):
     assert a.metadata["train"]["step"] == b.metadata["train"]["step"] > stopped_at
     assert all(np.array_equal(a.model.params[k], p) for k, p in b.model.params.items())
     assert [e["loss"] for e in a.metadata["train"]["history"]] == [e["loss"] for e in b.metadata["train"]["history"]]
+
+
+def test_bench_hands_its_options_to_the_benchmark_script(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main(["bench", "--workloads", "nonsense"])
+    assert exit_info.value.code == 2
+    assert "unknown workloads" in capsys.readouterr().err
+
+
+def test_bench_outside_a_source_checkout(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli_module, "BENCH_SCRIPT", tmp_path / "missing.py")
+    assert cli_module.main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "source repository" in err
