@@ -17,6 +17,8 @@ import importlib.resources
 import cupy
 import numpy as np
 
+from scratchlm.losses import token_weights
+
 _THREADS = 256
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -101,14 +103,7 @@ def softmax_cross_entropy(logits, targets, mask=None):
     N = z.shape[0]
     if y.shape[0] != N:
         raise ValueError(f"targets have {y.shape[0]} entries but logits have {N} rows")
-    if mask is None:
-        w = cupy.full(N, 1.0 / N, dtype=z.dtype)
-    else:
-        m = mask.reshape(-1).astype(z.dtype)
-        count = float(m.sum())
-        if count == 0:
-            raise ValueError("the mask scores no token: at least one target must be unmasked")
-        w = m / count
+    w = token_weights(cupy, N, z.dtype, mask)                   # (N,)
     log_p = cupy.empty(N, dtype=z.dtype)
     threads = min(1024, 1 << max(5, (V - 1).bit_length()))           # a power of two >= V (32..1024)
     kernel = _kernel("softmax_xent", "softmax_xent", z.dtype)

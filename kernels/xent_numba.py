@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from scratchlm.losses import token_weights
+
 from ._jit import jit
 from .activations import exp
 
@@ -60,14 +62,7 @@ def softmax_cross_entropy(logits, targets, mask=None):
     N = z.shape[0]
     if y.shape[0] != N:
         raise ValueError(f"targets have {y.shape[0]} entries but logits have {N} rows")
-    if mask is None:
-        w = np.full(N, 1.0 / N, dtype=z.dtype)
-    else:
-        m = mask.reshape(-1).astype(z.dtype)
-        count = float(m.sum())
-        if count == 0:
-            raise ValueError("the mask scores no token: at least one target must be unmasked")
-        w = m / count
+    w = token_weights(np, N, z.dtype, mask)                   # (N,)
     log_p = np.empty(N, dtype=z.dtype)
     _softmax_xent(z, y, w, log_p)
     return -float((w * log_p).sum()), z.reshape(logits.shape)

@@ -26,6 +26,20 @@ def softmax(logits, axis=-1):
     return e
 
 
+def token_weights(xp, N, dtype, mask=None):
+    """w_n = m_n / Σ m (1/N without a mask): the weight of each of N tokens in the mean loss.
+
+    Raises ValueError when the mask scores no token at all.
+    """
+    if mask is None:
+        return xp.full(N, 1.0 / N, dtype=dtype)
+    m = mask.reshape(-1).astype(dtype)
+    count = float(m.sum())
+    if count == 0:
+        raise ValueError("the mask scores no token: at least one target must be unmasked")
+    return m / count
+
+
 def softmax_cross_entropy(logits, targets, mask=None):
     """Mean cross-entropy over the scored tokens and its gradient.
 
@@ -50,14 +64,7 @@ def softmax_cross_entropy(logits, targets, mask=None):
     dz = exp                                                    # reuse the buffer: softmax - onehot
     dz /= sum_exp[:, None]
     dz[rows, y] -= 1
-    if mask is None:
-        weight = xp.full(N, 1.0 / N, dtype=z.dtype)             # (N,)
-    else:
-        m = mask.reshape(-1).astype(z.dtype)
-        count = float(m.sum())
-        if count == 0:
-            raise ValueError("the mask scores no token: at least one target must be unmasked")
-        weight = m / count
+    weight = token_weights(xp, N, z.dtype, mask)                # (N,)
     loss = -float((weight * log_p_target).sum())
     dz *= weight[:, None]
     return loss, dz.reshape(logits.shape)
