@@ -25,9 +25,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, ScratchLMError, data, optim
+from scratchlm import LanguageModel, data, optim
 from scratchlm.text import CharTokenizer, from_config
-from scratchlm.train import Sampler, Trainer, open_run
+from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
 
 def main(argv=None):
@@ -43,37 +43,35 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     run_dir = args.run_dir or Path("runs") / ("nietzsche_char_fast" if args.fast else "nietzsche_char")
-    try:
-        text = data.load_text(args.corpus or "nietzsche").lower()
-        ckpt = open_run(run_dir, args.resume, args.backend)
-        tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
-                     CharTokenizer.fit(text, reserved=False))                     # V = 60 on the full corpus
-        ids = tokenizer.encode(text)
-        if args.fast:
-            train_ids, val_ids = data.split_tail(ids, 0.05)
-            train, val = data.Streams(train_ids, batch_size=64, seq_len=64), data.Streams(val_ids, 16, 64)
-        else:
-            train, val = data.Windows(ids, maxlen=60, step=3, batch_size=128, seed=args.seed), None
-        options = dict(run_dir=run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
-                       sampler=Sampler(tokenizer, temperatures=(0.2, 0.5, 1.0, 1.2), length=400, seed=args.seed))
-        if ckpt:
-            trainer = Trainer.resume(ckpt, train, val, **options)
-        else:
-            model = LanguageModel(tokenizer.vocab_size, embedding_dim=32 if args.fast else None,
-                                  hidden_sizes=[128], backend=args.backend, seed=args.seed, stateful=args.fast)
-            opt = optim.Adam(lr=3e-3, global_clipnorm=5.0) if args.fast else optim.RMSprop(lr=0.01)
-            trainer = Trainer(model, opt, train, val, metadata={"tokenizer": tokenizer.config}, **options)
-        trainer.print(f"{trainer.model} on {len(text):,} characters, {tokenizer.vocab_size} distinct: {train}")
-        trainer.fit()
-        if trainer.batch:                          # stopped inside an epoch by --max-steps: show where it got
-            trainer.sampler(trainer)
-    except ScratchLMError as exc:
-        print(f"nietzsche_char: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nnietzsche_char: interrupted; continue with --resume (from {run_dir}/last.npz)", file=sys.stderr)
-        return 130
-    return 0
+    return run_script("nietzsche_char", run_dir, lambda: run(args, run_dir))
+
+
+def run(args, run_dir):
+    """Train (or continue) the run, printing its progress and samples."""
+    text = data.load_text(args.corpus or "nietzsche").lower()
+    ckpt = open_run(run_dir, args.resume, args.backend)
+    tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
+                 CharTokenizer.fit(text, reserved=False))                     # V = 60 on the full corpus
+    ids = tokenizer.encode(text)
+    if args.fast:
+        train_ids, val_ids = data.split_tail(ids, 0.05)
+        train, val = data.Streams(train_ids, batch_size=64, seq_len=64), data.Streams(val_ids, 16, 64)
+    else:
+        train, val = data.Windows(ids, maxlen=60, step=3, batch_size=128, seed=args.seed), None
+    options = dict(run_dir=run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
+                   sampler=Sampler(tokenizer, temperatures=(0.2, 0.5, 1.0, 1.2), length=400, seed=args.seed))
+
+    def build():
+        model = LanguageModel(tokenizer.vocab_size, embedding_dim=32 if args.fast else None,
+                              hidden_sizes=[128], backend=args.backend, seed=args.seed, stateful=args.fast)
+        opt = optim.Adam(lr=3e-3, global_clipnorm=5.0) if args.fast else optim.RMSprop(lr=0.01)
+        return model, opt
+
+    trainer = start_or_resume(ckpt, train, val, build, tokenizer, **options)
+    trainer.print(f"{trainer.model} on {len(text):,} characters, {tokenizer.vocab_size} distinct: {train}")
+    trainer.fit()
+    if trainer.batch:                          # stopped inside an epoch by --max-steps: show where it got
+        trainer.sampler(trainer)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, ScratchLMError, data, optim
+from scratchlm import LanguageModel, data, optim
 from scratchlm.text import WordTokenizer, from_config
-from scratchlm.train import Sampler, Trainer, open_run
+from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "recipes.json"
 
@@ -56,39 +56,35 @@ def main(argv=None):
     p.add_argument("--backend", default="numpy")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        texts = recipe_texts(args.recipes)
-        ckpt = open_run(args.run_dir, args.resume, args.backend)
-        tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
-                     WordTokenizer.fit(texts, max_tokens=args.max_tokens, lower=True))
-        sequences = [tokenizer.encode(t, unknown="unk") for t in texts]
-        train_seqs, val_seqs = data.split_sequences(sequences, 0.1, seed=args.seed)
-        train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
-                            seed=args.seed)
-        val = data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
-                          shuffle=False) if val_seqs else None
-        sampler = Sampler(tokenizer, temperatures=(0.2, 1.0), length=100, prime="recipe for roasted vegetables |")
-        options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
-                       log_every=10, sampler=sampler)
-        if ckpt:
-            trainer = Trainer.resume(ckpt, train, val, **options)
-        else:
-            model = LanguageModel(tokenizer.vocab_size, embedding_dim=100, hidden_sizes=[128],
-                                  backend=args.backend, seed=args.seed)
-            trainer = Trainer(model, optim.Adam(lr=1e-3), train, val,
-                              metadata={"tokenizer": tokenizer.config}, **options)
-        trainer.print(f"{trainer.model}, {tokenizer} from {len(texts):,} recipes: {train}")
-        trainer.fit()
-        if trainer.batch:                          # stopped inside an epoch by --max-steps
-            sampler(trainer)
-    except ScratchLMError as exc:
-        print(f"recipes_word: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nrecipes_word: interrupted; continue with --resume (from {args.run_dir}/last.npz)",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_script("recipes_word", args.run_dir, lambda: run(args))
+
+
+def run(args):
+    """Train (or continue) the run, printing its progress and samples."""
+    texts = recipe_texts(args.recipes)
+    ckpt = open_run(args.run_dir, args.resume, args.backend)
+    tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
+                 WordTokenizer.fit(texts, max_tokens=args.max_tokens, lower=True))
+    sequences = [tokenizer.encode(t, unknown="unk") for t in texts]
+    train_seqs, val_seqs = data.split_sequences(sequences, 0.1, seed=args.seed)
+    train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
+                        seed=args.seed)
+    val = data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
+                      shuffle=False) if val_seqs else None
+    sampler = Sampler(tokenizer, temperatures=(0.2, 1.0), length=100, prime="recipe for roasted vegetables |")
+    options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
+                   log_every=10, sampler=sampler)
+
+    def build():
+        model = LanguageModel(tokenizer.vocab_size, embedding_dim=100, hidden_sizes=[128],
+                              backend=args.backend, seed=args.seed)
+        return model, optim.Adam(lr=1e-3)
+
+    trainer = start_or_resume(ckpt, train, val, build, tokenizer, **options)
+    trainer.print(f"{trainer.model}, {tokenizer} from {len(texts):,} recipes: {train}")
+    trainer.fit()
+    if trainer.batch:                          # stopped inside an epoch by --max-steps
+        sampler(trainer)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, ScratchLMError, data, optim
+from scratchlm import LanguageModel, data, optim
 from scratchlm.text import CharTokenizer, from_config
-from scratchlm.train import Sampler, Trainer, open_run
+from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
 
 def main(argv=None):
@@ -40,36 +40,32 @@ def main(argv=None):
     p.add_argument("--backend", default="auto", help="auto (default: the GPU when CuPy finds one), numpy, cupy")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        text = data.load_text(args.corpus or "tinyshakespeare")
-        ckpt = open_run(args.run_dir, args.resume, args.backend)
-        tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit(text)
-        train_ids, val_ids = data.split_tail(tokenizer.encode(text), 0.05)
-        train = data.Streams(train_ids, batch_size=args.batch_size, seq_len=args.seq_len)
-        val = data.Streams(val_ids, batch_size=min(args.batch_size, (len(val_ids) - 1) // args.seq_len),
-                           seq_len=args.seq_len)
-        sampler = Sampler(tokenizer, temperatures=(0.5, 1.0), length=args.sample_length, prime="ROMEO:")
-        options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100,
-                       sampler=sampler)
-        if ckpt:
-            trainer = Trainer.resume(ckpt, train, val, **options)
-        else:
-            model = LanguageModel(tokenizer.vocab_size, embedding_dim=args.embedding_dim,
-                                  hidden_sizes=[args.hidden], backend=args.backend, seed=args.seed, stateful=True)
-            trainer = Trainer(model, optim.Adam(lr=1e-3), train, val,
-                              metadata={"tokenizer": tokenizer.config}, **options)
-        trainer.print(f"{trainer.model}, {tokenizer}: {train}")
-        trainer.fit()
-        if trainer.batch:                          # stopped inside an epoch by --max-steps
-            sampler(trainer)
-    except ScratchLMError as exc:
-        print(f"shakespeare_char: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nshakespeare_char: interrupted; continue with --resume (from {args.run_dir}/last.npz)",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_script("shakespeare_char", args.run_dir, lambda: run(args))
+
+
+def run(args):
+    """Train (or continue) the run, printing its progress and samples."""
+    text = data.load_text(args.corpus or "tinyshakespeare")
+    ckpt = open_run(args.run_dir, args.resume, args.backend)
+    tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit(text)
+    train_ids, val_ids = data.split_tail(tokenizer.encode(text), 0.05)
+    train = data.Streams(train_ids, batch_size=args.batch_size, seq_len=args.seq_len)
+    val = data.Streams(val_ids, batch_size=min(args.batch_size, (len(val_ids) - 1) // args.seq_len),
+                       seq_len=args.seq_len)
+    sampler = Sampler(tokenizer, temperatures=(0.5, 1.0), length=args.sample_length, prime="ROMEO:")
+    options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100,
+                   sampler=sampler)
+
+    def build():
+        model = LanguageModel(tokenizer.vocab_size, embedding_dim=args.embedding_dim,
+                              hidden_sizes=[args.hidden], backend=args.backend, seed=args.seed, stateful=True)
+        return model, optim.Adam(lr=1e-3)
+
+    trainer = start_or_resume(ckpt, train, val, build, tokenizer, **options)
+    trainer.print(f"{trainer.model}, {tokenizer}: {train}")
+    trainer.fit()
+    if trainer.batch:                          # stopped inside an epoch by --max-steps
+        sampler(trainer)
 
 
 if __name__ == "__main__":

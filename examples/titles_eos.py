@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchlm import LanguageModel, ScratchLMError, data, optim
+from scratchlm import LanguageModel, data, optim
 from scratchlm.text import CharTokenizer, from_config
-from scratchlm.train import Sampler, Trainer, open_run, render
+from scratchlm.train import Sampler, open_run, render, run_script, start_or_resume
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "titles.txt"
 PRIMES = ("", "New ", "Local ", "Scientists ")
@@ -39,35 +39,32 @@ def main(argv=None):
     p.add_argument("--backend", default="numpy")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        titles = [line.strip() for line in data.read_text(args.titles).splitlines() if line.strip()]
-        ckpt = open_run(args.run_dir, args.resume, args.backend)
-        tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit("".join(titles))
-        sequences = [tokenizer.encode(t, unknown="unk") for t in titles]
-        train_seqs, val_seqs = data.split_sequences(sequences, 0.1, seed=args.seed)
-        train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
-                            seed=args.seed)
-        val = data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
-                          shuffle=False) if val_seqs else None
-        options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100,
-                       log_every=10, sampler=Sampler(tokenizer, temperatures=(0.5,), length=120))
-        if ckpt:
-            trainer = Trainer.resume(ckpt, train, val, **options)
-        else:
-            model = LanguageModel(tokenizer.vocab_size, embedding_dim=32, hidden_sizes=[args.hidden],
-                                  backend=args.backend, seed=args.seed)
-            trainer = Trainer(model, optim.Adam(lr=3e-3, global_clipnorm=5.0), train, val,
-                              metadata={"tokenizer": tokenizer.config}, **options)
-        trainer.print(f"{trainer.model}, {tokenizer}: {train}")
-        trainer.fit()
-        show_titles(trainer.model, tokenizer, seed=args.seed)
-    except ScratchLMError as exc:
-        print(f"titles_eos: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ntitles_eos: interrupted; continue with --resume (from {args.run_dir}/last.npz)", file=sys.stderr)
-        return 130
-    return 0
+    return run_script("titles_eos", args.run_dir, lambda: run(args))
+
+
+def run(args):
+    """Train (or continue) the run, printing its progress and samples."""
+    titles = [line.strip() for line in data.read_text(args.titles).splitlines() if line.strip()]
+    ckpt = open_run(args.run_dir, args.resume, args.backend)
+    tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit("".join(titles))
+    sequences = [tokenizer.encode(t, unknown="unk") for t in titles]
+    train_seqs, val_seqs = data.split_sequences(sequences, 0.1, seed=args.seed)
+    train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
+                        seed=args.seed)
+    val = data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
+                      shuffle=False) if val_seqs else None
+    options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100,
+                   log_every=10, sampler=Sampler(tokenizer, temperatures=(0.5,), length=120))
+
+    def build():
+        model = LanguageModel(tokenizer.vocab_size, embedding_dim=32, hidden_sizes=[args.hidden],
+                              backend=args.backend, seed=args.seed)
+        return model, optim.Adam(lr=3e-3, global_clipnorm=5.0)
+
+    trainer = start_or_resume(ckpt, train, val, build, tokenizer, **options)
+    trainer.print(f"{trainer.model}, {tokenizer}: {train}")
+    trainer.fit()
+    show_titles(trainer.model, tokenizer, seed=args.seed)
 
 
 def show_titles(model, tokenizer, seed=0):

@@ -92,6 +92,35 @@ def open_run(run_dir, resume, backend="numpy"):
     return None
 
 
+def start_or_resume(ckpt, train, val, build, tokenizer, **options):
+    """The Trainer of a run: continuing ``ckpt`` (from :func:`open_run`), or new on ``build()``'s (model, optimizer).
+
+    A new run keeps the tokenizer's config in its checkpoints, so that sampling
+    and resuming find the vocabulary. ``options`` go to :class:`Trainer`.
+    """
+    if ckpt:
+        return Trainer.resume(ckpt, train, val, **options)
+    model, optimizer = build()
+    return Trainer(model, optimizer, train, val, metadata={"tokenizer": tokenizer.config}, **options)
+
+
+def run_script(name, run_dir, body):
+    """Run ``body()`` with the command-line contract; returns the exit code.
+
+    0 when it finishes; 2 and one line on stderr for a ScratchLMError (bad
+    input); 130 on Ctrl-C, saying how to continue from the run's last checkpoint.
+    """
+    try:
+        body()
+    except ScratchLMError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted; continue with --resume (from {Path(run_dir) / LAST})", file=sys.stderr)
+        return 130
+    return 0
+
+
 class Sampler:
     """End-of-epoch text samples at several temperatures, as the book's callback prints them.
 
