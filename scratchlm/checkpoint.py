@@ -15,8 +15,6 @@ unpickles (``allow_pickle=False``): a file from a stranger cannot run code.
 """
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +24,7 @@ import numpy
 from . import optim
 from .backend import get_backend
 from .errors import CheckpointError
+from .files import atomic_write
 
 FORMAT = "scratchlm-checkpoint"
 VERSION = 1
@@ -44,7 +43,6 @@ class Checkpoint(NamedTuple):
 
 def save(path, model, optimizer=None, rng=None, metadata=None):
     """Write ``model`` (and optionally optimizer state, RNG state, JSON metadata) to ``path``."""
-    path = Path(path)
     to_host = model.backend.to_host
     arrays = {f"param/{name}": to_host(p) for name, p in model.params.items()}
     header = {"format": FORMAT, "version": VERSION, "model": model.config,
@@ -57,39 +55,8 @@ def save(path, model, optimizer=None, rng=None, metadata=None):
         header["rng"] = rng.bit_generator.state
     arrays[_HEADER] = numpy.frombuffer(json.dumps(header).encode("utf-8"), dtype=numpy.uint8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())                                  # mkstemp makes it 0600
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as f:
+        numpy.savez(f, **arrays)
 
 
 def _read_arrays(path):

@@ -41,9 +41,7 @@ non-finite weights, so ``last.npz`` stays the last good state.
 import base64
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,6 +50,7 @@ from tqdm import tqdm
 
 from . import checkpoint, optim
 from .errors import CheckpointError, ScratchLMError
+from .files import atomic_write
 
 LAST, BEST, METRICS, PLOT = "last.npz", "best.npz", "metrics.jsonl", "loss.png"
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
@@ -483,14 +482,6 @@ def plot_metrics(metrics_path, png_path):
     ax.set_ylabel("nats per token")
     ax.legend()
     ax.grid(alpha=0.3)
-    png_path = Path(png_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".tmp", dir=png_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, png_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(png_path) as f:
+        fig.savefig(f, format="png", dpi=100)
     return True
