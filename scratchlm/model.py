@@ -107,10 +107,12 @@ class LanguageModel:
                 f"{self.backend.name}, {self.backend.dtype.name})")
 
     # -- input checks ------------------------------------------------------------
-    def _tokens(self, x, name="x"):
+    def _tokens(self, x, name="x", shape=None):
+        """x as a device array of token ids: integer, in [0, V), of ``shape`` (default: any (batch, time))."""
         x = self.backend.xp.asarray(x)
-        if x.ndim != 2 or x.dtype.kind not in "iu":
-            raise ValueError(f"{name} must be an integer array of shape (batch, time), got {x.dtype} {x.shape}")
+        if (x.ndim != 2 if shape is None else x.shape != shape) or x.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer array of shape {shape or '(batch, time)'}, "
+                             f"got {x.dtype} {x.shape}")
         if x.size and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
             raise ValueError(f"{name} holds token ids outside [0, {self.vocab_size})")
         return x
@@ -192,12 +194,7 @@ class LanguageModel:
         x = self._tokens(x)
         B, T = x.shape
         mask_tm = self._time_major_mask(mask, x.shape)
-        y = self.backend.xp.asarray(y)
-        expected = (B,) if last_only else (B, T)
-        if y.shape != expected or y.dtype.kind not in "iu":
-            raise ValueError(f"y must be an integer array of shape {expected}, got {y.dtype} {y.shape}")
-        if y.size and (int(y.min()) < 0 or int(y.max()) >= self.vocab_size):
-            raise ValueError(f"y holds token ids outside [0, {self.vocab_size})")
+        y = self._tokens(y, "y", (B,) if last_only else (B, T))
         logits, _, cache = self._forward(x.T, state, mask_tm, last_only)
         xent = self.backend.fused.softmax_cross_entropy if self.backend.kernels == "fused" else softmax_cross_entropy
         if last_only:
@@ -281,11 +278,10 @@ class LanguageModel:
         the same ids (up to float round-off), without rebuilding anything per token."""
         xp = self.backend.xp
         B, V = logits.shape
-        finfo = xp.finfo(self.backend.dtype)
         if temperature == 0:                                              # greedy: no draws
             temperature, u = 0.0, xp.zeros((length, B))
         else:                                                             # as sampling: T kept finite and > 0
-            temperature = min(max(float(temperature), float(finfo.tiny)), float(finfo.max))
+            temperature = sampling.representable_temperature(temperature, xp.finfo(self.backend.dtype))
             u = xp.asarray(rng.random((length, B)))                       # (length, B), one per row and token
         banned_mask = xp.zeros(V, dtype=bool)
         banned_mask[banned] = True

@@ -150,12 +150,18 @@ def _one_hot_argmax(z):
 def _softmax(z, temperature):
     """Row-wise softmax(z / T), stably: z (B, V) -> p (B, V)."""
     xp = array_module(z)
-    # T as a positive finite number of z's dtype: float32 would turn T = 1e-50
-    # into 0 (and 0/0 = NaN at the maximum) and T = 1e50 into inf (-inf/inf = NaN).
-    finfo = xp.finfo(z.dtype)
-    T = min(max(temperature, float(finfo.tiny)), float(finfo.max))
+    T = representable_temperature(temperature, xp.finfo(z.dtype))
     e = xp.exp((z - z.max(axis=1, keepdims=True)) / T)    # (B, V), each <= 1, the max = 1
     return e / e.sum(axis=1, keepdims=True)
+
+
+def representable_temperature(temperature, finfo):
+    """A temperature T > 0 as a positive finite number of the logits' dtype (``finfo`` of it).
+
+    float32 would turn T = 1e-50 into 0 (and 0/0 = NaN at the maximum) and
+    T = 1e50 into inf (-inf/inf = NaN); T is clamped to [finfo.tiny, finfo.max].
+    """
+    return min(max(float(temperature), float(finfo.tiny)), float(finfo.max))
 
 
 def _keep_top_k(p, k):
