@@ -251,10 +251,11 @@ class Batch(NamedTuple):
     targets: int                # number of scored targets (the loss is their mean)
 
 
-def _permutation(n, seed, epoch):
-    """A permutation of 0..n-1 determined by (seed, epoch), in int32 when it fits (half the memory)."""
+def _order(n, seed, epoch, shuffle):
+    """0..n-1, shuffled by (seed, epoch) when ``shuffle``; int32 when it fits (half the memory)."""
     order = numpy.arange(n, dtype=numpy.int32 if n < 2 ** 31 else numpy.int64)
-    numpy.random.default_rng([seed, epoch]).shuffle(order)
+    if shuffle:
+        numpy.random.default_rng([seed, epoch]).shuffle(order)
     return order
 
 
@@ -304,12 +305,10 @@ class Windows:
 
     def batches(self, epoch, start=0):
         """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
-        order = _permutation(self.num_windows, self.seed, epoch) if self.shuffle else None
+        order = _order(self.num_windows, self.seed, epoch, self.shuffle)
         B = self.batch_size
         for k in range(start, self.num_batches):
-            w = order[k * B:(k + 1) * B] if order is not None else numpy.arange(k * B, min((k + 1) * B,
-                                                                                        self.num_windows))
-            s = w.astype(numpy.int64) * self.step                              # (B,) window starts
+            s = order[k * B:(k + 1) * B].astype(numpy.int64) * self.step       # (B,) window starts
             x = self.ids[s[:, None] + self._offsets].astype(numpy.int64)      # (B, T)
             if self.last_only:
                 y = self.ids[s + self.maxlen].astype(numpy.int64)             # (B,)
@@ -425,8 +424,7 @@ class Padded:
         return self.ids[self.offsets[i]:self.offsets[i + 1]]
 
     def batches(self, epoch, start=0):
-        order = _permutation(self.num_sequences, self.seed, epoch) if self.shuffle else \
-            numpy.arange(self.num_sequences)
+        order = _order(self.num_sequences, self.seed, epoch, self.shuffle)
         B = self.batch_size
         for k in range(start, self.num_batches):
             rows = [self._sequence(i) for i in order[k * B:(k + 1) * B]]
