@@ -52,6 +52,14 @@ def _id_dtype(vocab_size):
     return numpy.uint8 if vocab_size <= 1 << 8 else numpy.uint16 if vocab_size <= 1 << 16 else numpy.uint32
 
 
+def _ids_in_range(ids, vocab_size):
+    """ids as a flat int64 array; VocabularyError unless every one lies in [0, vocab_size)."""
+    ids = numpy.asarray(ids, dtype=numpy.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise VocabularyError(f"ids must lie in [0, {vocab_size})")
+    return ids
+
+
 def _check_policy(unknown):
     if unknown not in UNKNOWN_POLICIES:
         raise VocabularyError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, got {unknown!r}")
@@ -168,9 +176,7 @@ class CharTokenizer:
 
     def decode(self, ids):
         """ids -> text. Reserved ids print as their names (<pad>, <unk>, <eos>)."""
-        ids = numpy.asarray(ids, dtype=numpy.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise VocabularyError(f"ids must lie in [0, {self.vocab_size})")
+        ids = _ids_in_range(ids, self.vocab_size)
         return "".join(self._strings[ids])
 
     # -- persistence ------------------------------------------------------------------
@@ -259,9 +265,7 @@ class WordTokenizer:
 
     def decode(self, ids):
         """ids -> the tokens joined by single spaces (reserved ids print as their names)."""
-        ids = numpy.asarray(ids, dtype=numpy.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise VocabularyError(f"ids must lie in [0, {self.vocab_size})")
+        ids = _ids_in_range(ids, self.vocab_size)
         return " ".join(self.tokens[i] for i in ids)
 
     @property
