@@ -1,8 +1,9 @@
 """Chollet's Nietzsche character LSTM (the Keras book's text-generation example), on scratchlm.
 
-    python examples/nietzsche_char.py                    # the book's setup (downloads the corpus once)
+    python examples/nietzsche_char.py                    # the book's setup, on the bundled nietzsche.txt
     python examples/nietzsche_char.py --fast             # streams + embedding: more learning per second
-    python examples/nietzsche_char.py --corpus nietzsche.txt --max-steps 30     # offline, a quick try
+    python examples/nietzsche_char.py --max-steps 30     # a quick try
+    python examples/nietzsche_char.py --corpus my.txt    # the same model on your own text
     python examples/nietzsche_char.py --resume           # continue after Ctrl-C, exactly
 
 The book's setup: the text is lower-cased and its 60 distinct characters are
@@ -32,8 +33,8 @@ from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", metavar="PATH", help="the text file to learn (default: download nietzsche.txt "
-                   "to $SCRATCHLM_CACHE, default ~/.cache/scratchlm)")
+    p.add_argument("--corpus", metavar="PATH", help="the text file to learn (default: the copy of "
+                   "nietzsche.txt bundled with scratchlm)")
     p.add_argument("--fast", action="store_true", help="streams + embedding + Adam instead of the book's setup")
     p.add_argument("--epochs", type=int, default=60, help="default 60, as in the book")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (a smoke run)")
@@ -48,7 +49,7 @@ def main(argv=None):
 
 def run(args, run_dir):
     """Train (or continue) the run, printing its progress and samples."""
-    text = data.load_text(args.corpus or "nietzsche").lower()
+    text = data.load_text(args.corpus or "nietzsche", local_hint="pass it with --corpus PATH").lower()
     ckpt = open_run(run_dir, args.resume, args.backend)
     tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
                  CharTokenizer.fit(text, reserved=False))                     # V = 60 on the full corpus

@@ -2,7 +2,7 @@
 
     python examples/shakespeare_char.py                  # Embedding 256, LSTM 1024 (GPU if there is one)
     python examples/shakespeare_char.py --hidden 256 --embedding-dim 64 --epochs 5     # laptop size
-    python examples/shakespeare_char.py --corpus input.txt --max-steps 20            # offline, a quick try
+    python examples/shakespeare_char.py --max-steps 20 --hidden 64 --embedding-dim 16   # a quick try
 
 The setup of TensorFlow's text-generation tutorial: the raw text (case kept);
 a vocabulary of its characters plus reserved <pad>, <unk> and <eos>; a learned
@@ -27,7 +27,8 @@ from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", metavar="PATH", help="the text to learn (default: download tinyshakespeare)")
+    p.add_argument("--corpus", metavar="PATH", help="the text to learn (default: the bundled tiny "
+                   "Shakespeare)")
     p.add_argument("--embedding-dim", type=int, default=256)
     p.add_argument("--hidden", type=int, default=1024, help="LSTM units (default 1024)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -45,7 +46,7 @@ def main(argv=None):
 
 def run(args):
     """Train (or continue) the run, printing its progress and samples."""
-    text = data.load_text(args.corpus or "tinyshakespeare")
+    text = data.load_text(args.corpus or "tinyshakespeare", local_hint="pass it with --corpus PATH")
     ckpt = open_run(args.run_dir, args.resume, args.backend)
     tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit(text)
     train_ids, val_ids = data.split_tail(tokenizer.encode(text), 0.05)

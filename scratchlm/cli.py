@@ -105,8 +105,9 @@ def _add_train(commands):
         "--lr 0.01 --clipnorm 0 --val-fraction 0\n  scratchlm train --resume runs/my --epochs 20",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("corpus", nargs="?", metavar="CORPUS",
-                   help="a UTF-8 text file, or 'nietzsche' / 'tinyshakespeare' (downloaded once and cached in "
-                   "$SCRATCHLM_CACHE, default ~/.cache/scratchlm). With --resume it defaults to the run's corpus.")
+                   help="a UTF-8 text file (plain or .gz), 'nietzsche' / 'tinyshakespeare' (bundled with "
+                   "scratchlm), or an http(s) URL (downloaded once and cached in $SCRATCHLM_CACHE, default "
+                   "~/.cache/scratchlm). With --resume it defaults to the run's corpus.")
     p.add_argument("--run-dir", type=Path, metavar="DIR",
                    help="where checkpoints (last.npz, best.npz), metrics.jsonl and loss.png go "
                    "(default runs/<corpus name>)")
@@ -259,7 +260,7 @@ def cmd_train(args):
     for t in settings["temperature"]:
         sampling.check_options(t)
     get_backend(settings["backend"])                        # fail early, before anything is read or built
-    text = data.load_text(corpus)
+    text = data.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
     if not text:
         raise data.CorpusError(f"{corpus} is empty: training needs text")
     tokenizer, train, val = prepare(settings, text, tokenizer, corpus)

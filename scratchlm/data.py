@@ -1,12 +1,17 @@
 """Corpora and batches: where training text comes from and how it is cut up.
 
-Corpora. :func:`fetch` downloads a named corpus (``nietzsche``, ``tinyshakespeare``)
-or a URL once into a cache directory (``$SCRATCHLM_CACHE``, default
-``~/.cache/scratchlm``), checks its SHA-256, and returns the local path. The
-download goes to ``<name>.part`` and is renamed into place only when complete
-and verified (atomic); an interrupted download is continued with an HTTP
-``Range`` request next time (resumable). :func:`load_text` takes a file path or
-a corpus name and returns the text.
+Corpora. The two seed corpora (``nietzsche``, ``tinyshakespeare``) ship inside
+the package, gzip-compressed in ``scratchlm/corpora/`` (their sources and
+checksums are in the README there): naming one needs neither a network nor a
+cache directory, and its SHA-256 is checked every time it is read. Any other
+corpus is a file path or an http(s) URL. :func:`fetch` downloads a URL (or a
+named corpus that is not bundled) once into a cache directory
+(``$SCRATCHLM_CACHE``, default ``~/.cache/scratchlm``), checks its SHA-256, and
+returns the local path. The download goes to ``<name>.part`` and is renamed
+into place only when complete and verified (atomic); an interrupted download is
+continued with an HTTP ``Range`` request next time (resumable).
+:func:`load_text` takes a file path (plain or ``.gz``), a corpus name or a URL
+and returns the text.
 
 Batches. Three ways to turn a token sequence into training batches, all with
 the same interface (``num_batches``, ``batches(epoch, start)``, ``last_only``,
@@ -29,13 +34,16 @@ exact batch where it stopped.
 """
 
 import functools
+import gzip
 import hashlib
+import importlib.resources
 import math
 import os
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,20 +65,29 @@ class DownloadError(CorpusError):
 
 class Source(NamedTuple):
     url: str
-    sha256: str
+    sha256: str                 # of the uncompressed text
     filename: str
+    bundled: bool = False       # shipped as scratchlm/corpora/<filename>.gz
 
 
 CORPORA = {
     # The Keras datasets copy of Nietzsche's "Beyond Good and Evil" (the book's corpus).
     "nietzsche": Source("https://s3.amazonaws.com/text-datasets/nietzsche.txt",
-                        "442ca0d2f6e62d041e591063704f897f92de93a6f96324009f510a4858a6049c", "nietzsche.txt"),
+                        "442ca0d2f6e62d041e591063704f897f92de93a6f96324009f510a4858a6049c", "nietzsche.txt",
+                        bundled=True),
     # char-rnn's tiny Shakespeare (about 1.1 MB).
     "tinyshakespeare": Source(
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "tinyshakespeare.txt"),
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "tinyshakespeare.txt", bundled=True),
 }
 _BLOCK = 1 << 16
+# How an offline user gets a corpus in anyway; the CLI and the examples name their own option.
+LOCAL_HINT = "pass the path of that file instead"
+
+
+def bundled_path(name):
+    """Where the package keeps its compressed copy of the named corpus ``name``."""
+    return Path(str(importlib.resources.files("scratchlm") / "corpora" / (CORPORA[name].filename + ".gz")))
 
 
 def default_cache_dir():
@@ -91,17 +108,24 @@ def _is_url(s):
     return urllib.parse.urlparse(str(s)).scheme in ("http", "https")
 
 
-def fetch(name_or_url, cache_dir=None, sha256=None, timeout=30.0):
+def fetch(name_or_url, cache_dir=None, sha256=None, timeout=30.0, local_hint=LOCAL_HINT):
     """Path of a local, verified copy of a named corpus or a URL, downloading it if needed.
 
     name_or_url: "nietzsche", "tinyshakespeare" or an http(s) URL.
     sha256: expected hex digest for a URL (the named corpora have theirs built in).
-    A cached file whose checksum does not match is downloaded again. Raises
-    :class:`DownloadError` when offline (naming the URL and the ``--corpus PATH``
-    way around it), on an HTTP error, or when the download's checksum is wrong.
+    A bundled corpus is never downloaded: its path in the package (a ``.gz``
+    file, which :func:`read_text` reads) is returned once the SHA-256 of its
+    text is checked. A cached file whose checksum does not match is downloaded
+    again. Raises :class:`DownloadError` when offline (naming the URL and, with
+    ``local_hint``, how to give a local copy instead), on an HTTP error, or when
+    the download's checksum is wrong.
     """
     if name_or_url in CORPORA:
-        url, sha256, filename = CORPORA[name_or_url]
+        url, sha256, filename, bundled = CORPORA[name_or_url]
+        if bundled:
+            path = bundled_path(name_or_url)
+            _read_bytes(path, sha256)
+            return path
     elif _is_url(name_or_url):
         url = str(name_or_url)
         base = Path(urllib.parse.urlparse(url).path).name or "download"
@@ -119,24 +143,23 @@ def fetch(name_or_url, cache_dir=None, sha256=None, timeout=30.0):
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
         return dest
     part = dest.with_name(dest.name + ".part")
-    _download(url, part, timeout)
+    _download(url, part, timeout, local_hint)
     if sha256 is not None:
         got = sha256_of(part)
         if got != sha256:
             part.unlink()
             raise DownloadError(f"the download of {url} has SHA-256 {got}, expected {sha256}: "
                                 "the file on the server changed or was damaged in transit; try again, "
-                                "or download it yourself and pass --corpus PATH")
+                                f"or download it yourself and {local_hint}")
     os.replace(part, dest)       # atomic: dest is either the old file or the complete new one
     return dest
 
 
-def _offline_hint(url):
-    return (f"download {url} yourself (or copy the file from another machine) "
-            "and pass it with --corpus PATH")
+def _offline_hint(url, local_hint):
+    return f"download {url} yourself (or copy the file from another machine) and {local_hint}"
 
 
-def _download(url, part, timeout):
+def _download(url, part, timeout, local_hint):
     """Download ``url`` into ``part``, continuing a partial ``part`` with an HTTP Range request.
 
     A server that ignores the Range header answers 200 with the whole file;
@@ -153,10 +176,11 @@ def _download(url, part, timeout):
         if exc.code == 416 and have:      # nothing after byte `have`: the partial file is already whole
             return
         raise DownloadError(f"could not download {url}: HTTP {exc.code} {exc.reason}; "
-                            + _offline_hint(url)) from None
+                            + _offline_hint(url, local_hint)) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"could not reach {url} ({reason}); are you offline? " + _offline_hint(url)) from None
+        raise DownloadError(f"could not reach {url} ({reason}); are you offline? "
+                            + _offline_hint(url, local_hint)) from None
     with response:
         resumed = have and response.status == 206 and \
             response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
@@ -171,32 +195,51 @@ def _download(url, part, timeout):
                     bar.update(len(block))
             except OSError as exc:  # connection reset, timeout, IncompleteRead
                 raise DownloadError(f"the download of {url} broke off after {f.tell():,} bytes ({exc}); "
-                                    "run again to continue it, or " + _offline_hint(url)) from None
+                                    "run again to continue it, or " + _offline_hint(url, local_hint)) from None
             finally:
                 f.flush()
                 os.fsync(f.fileno())
             size = f.tell()
     if expected is not None and size < expected:
         raise DownloadError(f"the download of {url} broke off after {size:,} of {expected:,} bytes; "
-                            "run again to continue it, or " + _offline_hint(url))
+                            "run again to continue it, or " + _offline_hint(url, local_hint))
+
+
+def _read_bytes(path, sha256=None):
+    """The bytes of a file (decompressed when its name ends in ``.gz``), checked against ``sha256`` if given."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorpusError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise CorpusError(f"{path} is a directory: pass a text file") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise CorpusError(f"{path} is not a whole gzip file ({exc}): decompress it yourself or fetch it again") \
+            from None
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
+    got = sha256 and hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise CorpusError(f"{path} holds text with SHA-256 {got}, expected {sha256}: "
+                          "the file is damaged; reinstall scratchlm (pip install --force-reinstall scratchlm)")
+    return data
 
 
 def read_text(path):
     """The UTF-8 text of a file, line ends as "\\n"; :class:`CorpusError` if it is missing, unreadable or not UTF-8.
 
-    Line ends are normalised as Python's text mode does (``open(path).read()``,
-    what the Keras seed uses): "\\r\\n" and a lone "\\r" become "\\n". The Keras copy of
-    nietzsche.txt has Windows line ends, and its 60-character vocabulary counts none of them.
+    A file whose name ends in ``.gz`` is decompressed first. Line ends are
+    normalised as Python's text mode does (``open(path).read()``, what the Keras
+    seed uses): "\\r\\n" and a lone "\\r" become "\\n". The Keras copy of
+    nietzsche.txt has Windows line ends, and its 60-character vocabulary counts
+    none of them.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CorpusError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise CorpusError(f"{path} is a directory: pass a text file") from None
-    except OSError as exc:
-        raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
+    data = _read_bytes(path)
     try:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
@@ -204,12 +247,16 @@ def read_text(path):
                           "convert it to UTF-8 first") from None
 
 
-def load_text(corpus, cache_dir=None):
-    """Text of ``corpus``: an existing file path, a named corpus (fetched) or a URL (fetched)."""
+def load_text(corpus, cache_dir=None, local_hint=LOCAL_HINT):
+    """Text of ``corpus``: an existing file path, a named corpus (bundled or fetched) or a URL (fetched).
+
+    ``local_hint`` finishes the message of a failed download: how the caller
+    takes a local file instead (the CLI and the examples name their option).
+    """
     if Path(corpus).exists():
         return read_text(corpus)
     if corpus in CORPORA or _is_url(corpus):
-        return read_text(fetch(corpus, cache_dir=cache_dir))
+        return read_text(fetch(corpus, cache_dir=cache_dir, local_hint=local_hint))
     raise CorpusError(f"no such file: {corpus} (the named corpora are {', '.join(CORPORA)})")
 
 

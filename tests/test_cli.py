@@ -147,6 +147,25 @@ def test_missing_or_unreadable_corpus(tmp_path, capsys):
     fails(cli(capsys, "train", tmp_path / "latin1.txt", "--run-dir", tmp_path / "r"), "not UTF-8")
 
 
+def test_offline_download_names_the_corpus_argument(tmp_path, capsys, monkeypatch):
+    import socket
+    with socket.socket() as s:                       # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/corpus.txt"
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
+    err = fails(cli(capsys, "train", url, "--run-dir", tmp_path / "r"), url, "are you offline",
+                "scratchlm train PATH")
+    assert "--corpus" not in err and not (tmp_path / "r").exists()
+
+
+def test_bundled_corpus_by_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
+    code, out, err = cli(capsys, "train", "nietzsche", "--run-dir", tmp_path / "r", "--max-steps", 2,
+                         "--sample-length", 0, *TINY)
+    assert code == 0, err
+    assert "CharTokenizer(V=89" in out and not (tmp_path / "cache").exists()
+
+
 def test_prime_with_unknown_characters(trained, capsys):
     before = snapshot(trained)
     err = fails(cli(capsys, "sample", trained, "--prime", "It was Zq\u20ac"), "'Z'", "'q'", "'\u20ac'")

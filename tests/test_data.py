@@ -1,16 +1,16 @@
-"""Corpora (download, cache, checksum, resume, offline) and the three batchers.
+"""Corpora (bundled, download, cache, checksum, resume, offline) and the three batchers.
 
 Downloads are tested against a local HTTP server on 127.0.0.1 run in a thread:
 no test touches the network.
 """
 
+import gzip
 import hashlib
 import http.server
-import shutil
+import re
 import socket
 import threading
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +18,6 @@ import pytest
 from scratchlm import data
 from scratchlm.data import CorpusError, DownloadError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BODY = b"".join(b"line %d of a small corpus served over http\n" % i for i in range(2000))   # ~90 kB
 SHA = hashlib.sha256(BODY).hexdigest()
 
@@ -114,7 +113,9 @@ def test_fetch_offline_names_the_url_and_the_way_out(tmp_path):
     url = f"http://127.0.0.1:{port}/corpus.txt"
     with pytest.raises(DownloadError) as err:
         data.fetch(url, cache_dir=tmp_path, timeout=5)
-    assert url in str(err.value) and "--corpus PATH" in str(err.value)
+    assert url in str(err.value) and data.LOCAL_HINT in str(err.value)
+    with pytest.raises(DownloadError, match="pass it with --corpus PATH"):
+        data.load_text(url, cache_dir=tmp_path, local_hint="pass it with --corpus PATH")
 
 
 def test_fetch_http_error(server, tmp_path):
@@ -139,13 +140,43 @@ def test_unknown_corpus_name(tmp_path):
         data.load_text(str(tmp_path / "missing.txt"))
 
 
-@pytest.mark.skipif(not (SHARED / "SHA256SUMS").exists(), reason="../shared/data not present")
-def test_built_in_checksums_match_the_shared_copies(tmp_path):
-    sums = dict(reversed(line.split()) for line in (SHARED / "SHA256SUMS").read_text().splitlines() if line)
+@pytest.mark.parametrize("name", sorted(data.CORPORA))
+def test_bundled_corpora_need_no_network_nor_cache(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_download", None)                     # any download attempt would fail
+    source = data.CORPORA[name]
+    path = data.fetch(name)
+    assert source.bundled and path == data.bundled_path(name) and path.name == source.filename + ".gz"
+    raw = gzip.decompress(path.read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == source.sha256
+    assert data.load_text(name) == raw.decode().replace("\r\n", "\n").replace("\r", "\n")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_corpora_readme_records_every_source_and_checksum():
+    readme = (data.bundled_path("nietzsche").parent / "README.md").read_text()
     for name, source in data.CORPORA.items():
-        assert sums[source.filename] == source.sha256
-        shutil.copy(SHARED / source.filename, tmp_path / source.filename)
-        assert data.fetch(name, cache_dir=tmp_path) == tmp_path / source.filename     # cached: no network
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` |"))
+        assert source.url in row and source.sha256 in row and f"`{source.filename}.gz`" in row
+
+
+def test_a_damaged_bundled_corpus_is_refused(tmp_path, monkeypatch):
+    damaged = tmp_path / "nietzsche.txt.gz"
+    damaged.write_bytes(gzip.compress(b"not what was shipped\n"))
+    monkeypatch.setattr(data, "bundled_path", lambda name: damaged)
+    with pytest.raises(CorpusError, match=re.escape(data.CORPORA["nietzsche"].sha256) + ".*reinstall"):
+        data.load_text("nietzsche")
+    damaged.write_bytes(damaged.read_bytes()[:-9])                        # truncated
+    with pytest.raises(CorpusError, match="not a whole gzip file"):
+        data.fetch("nietzsche")
+
+
+def test_read_text_reads_gzip_files(tmp_path):
+    (tmp_path / "mine.txt.gz").write_bytes(gzip.compress("caf\u00e9\r\nbar\n".encode()))
+    assert data.load_text(str(tmp_path / "mine.txt.gz")) == "caf\u00e9\nbar\n"
+    (tmp_path / "fake.txt.gz").write_text("plain text under a .gz name")
+    with pytest.raises(CorpusError, match="not a whole gzip file"):
+        data.read_text(tmp_path / "fake.txt.gz")
 
 
 def test_read_text_normalises_line_ends_and_reports_problems(tmp_path):
@@ -203,10 +234,9 @@ def test_windows_all_positions_and_unshuffled():
     assert b.mask is None and b.targets == 8
 
 
-@pytest.mark.skipif(not (SHARED / "nietzsche.txt").exists(), reason="../shared/data not present")
 def test_nietzsche_book_window_count():
     from scratchlm.text import CharTokenizer
-    text = data.read_text(SHARED / "nietzsche.txt").lower()
+    text = data.load_text("nietzsche").lower()
     tok = CharTokenizer.fit(text, reserved=False)
     w = data.Windows(tok.encode(text), maxlen=60, step=3, batch_size=128)
     assert (len(text), tok.vocab_size, w.num_windows, w.num_batches) == (600902, 60, 200281, 1565)

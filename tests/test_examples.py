@@ -1,23 +1,24 @@
 """Smoke runs of the four seed examples (`--max-steps`), offline, each in a few seconds.
 
-The Nietzsche example runs exactly as issue 4 asks for CI, in its default book
-configuration: `python examples/nietzsche_char.py --corpus ../shared/data/nietzsche.txt
---max-steps 30` from the repository root (plus a temporary --run-dir).
+The Nietzsche example runs as a new user runs it, in its default book
+configuration on the bundled corpus: `python examples/nietzsche_char.py
+--max-steps 20` from the repository root, with an empty download cache and a
+HOME of its own (plus a temporary --run-dir). A wheel built from the checkout
+holds the corpora and the CUDA sources.
 """
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
-import pytest
 
 from scratchlm import data
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "nietzsche.txt").exists(), reason="../shared/data not present")
 
 
 def example(name):
@@ -28,20 +29,13 @@ def example(name):
     return module
 
 
-def corpus_file(tmp_path, name):
-    """The shared copy of a corpus, or (without ../shared/data) a text of our own making."""
-    if (SHARED / name).exists():
-        return SHARED / name
-    path = tmp_path / name
-    path.write_text("ROMEO:\nTo be, or not to be, that is the question.\nWhether 'tis nobler in the mind.\n" * 300)
-    return path
-
-
-@needs_shared
-def test_nietzsche_book_smoke_run_as_in_ci(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "examples/nietzsche_char.py", "--corpus", "../shared/data/nietzsche.txt",
-                             "--max-steps", "30", "--run-dir", str(tmp_path / "run")],
+def test_nietzsche_book_smoke_run_on_a_fresh_machine(tmp_path):
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "SCRATCHLM_CACHE": str(cache),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "examples/nietzsche_char.py", "--max-steps", "20",
+                             "--run-dir", str(tmp_path / "run")],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -50,12 +44,29 @@ def test_nietzsche_book_smoke_run_as_in_ci(tmp_path):
     assert [line.split()[-1] for line in out.splitlines() if line.startswith("----- temperature")] == \
         ["0.2", "0.5", "1", "1.2"]
     assert (tmp_path / "run" / "last.npz").exists()
+    assert not cache.exists() and list(home.iterdir()) == []          # nothing downloaded, nothing cached
+
+
+def test_a_built_wheel_holds_the_corpora_and_the_cuda_sources(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "runs", "build", "dist", "*.egg-info",
+                                                                 "__pycache__", ".pytest_cache", ".hypothesis"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                             "--wheel-dir", str(tmp_path / "wheels"), str(source)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "wheels").glob("scratchlm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name, corpus in data.CORPORA.items():
+        assert f"scratchlm/corpora/{corpus.filename}.gz" in names
+    assert "scratchlm/corpora/README.md" in names
+    cuda = {p.name for p in (ROOT / "kernels").glob("*.cu")}
+    assert cuda and {f"scratchlm/kernels/{n}" for n in cuda} <= names
 
 
 def test_nietzsche_fast_smoke_run_and_resume(tmp_path, capsys):
     module = example("nietzsche_char")
-    corpus = corpus_file(tmp_path, "nietzsche.txt")
-    argv = ["--corpus", str(corpus), "--fast", "--run-dir", str(tmp_path / "run")]
+    argv = ["--fast", "--run-dir", str(tmp_path / "run")]
     assert module.main(argv + ["--max-steps", "5"]) == 0
     assert module.main(argv + ["--max-steps", "8", "--resume"]) == 0
     out = capsys.readouterr().out
@@ -78,9 +89,8 @@ def test_nietzsche_offline_says_so(tmp_path, capsys, monkeypatch):
 
 
 def test_shakespeare_smoke_run(tmp_path, capsys):
-    corpus = corpus_file(tmp_path, "tinyshakespeare.txt")
     code = example("shakespeare_char").main([
-        "--corpus", str(corpus), "--max-steps", "10", "--hidden", "32", "--embedding-dim", "8", "--batch-size", "8",
+        "--max-steps", "10", "--hidden", "32", "--embedding-dim", "8", "--batch-size", "8",
         "--seq-len", "32", "--sample-length", "200", "--backend", "numpy", "--run-dir", str(tmp_path / "run")])
     assert code == 0
     out = capsys.readouterr().out
