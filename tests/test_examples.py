@@ -15,7 +15,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 from scratchlm import data
 
 ROOT = Path(__file__).resolve().parents[1]
