@@ -28,11 +28,12 @@ overrides both.
 """
 
 import importlib.util
+import numbers
 import os
 
 import numpy
 
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, ModelError
 
 _DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
 _KERNELS = ("auto", "reference", "fused")
@@ -83,7 +84,13 @@ class Backend:
 
     @staticmethod
     def rng(seed=None):
-        """A seeded host random generator (``numpy.random.Generator``, PCG64)."""
+        """A seeded host random generator (``numpy.random.Generator``, PCG64).
+
+        seed: None (fresh entropy from the OS) or a whole number >= 0 (a Python
+        or NumPy integer); anything else raises :class:`ModelError`.
+        """
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ModelError(f"seed must be None or a whole number >= 0, got {seed!r}: pass e.g. seed=0")
         return numpy.random.default_rng(seed)
 
     # -- primitives --------------------------------------------------------
@@ -159,7 +166,7 @@ def get_backend(name="auto", dtype=None, kernels=None):
         name = name.name
     key = str(dtype if dtype is not None else "float32")
     if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: use 'float32' or 'float64'")
+        raise ModelError(f"unknown dtype {dtype!r}: use 'float32' or 'float64'")
     if name == "numpy":
         xp = numpy
     elif name == "cupy":

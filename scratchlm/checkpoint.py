@@ -10,27 +10,88 @@ Layout of the zip archive (NumPy's ``.npz``):
 Arrays are stored on the host, so a checkpoint written on one backend loads on
 the other. Writing is atomic: the archive goes to a temporary file in the same
 directory, is flushed to disk, then renamed over the destination, so a crash
-never leaves a half-written checkpoint where a good one was. Reading never
-unpickles (``allow_pickle=False``): a file from a stranger cannot run code.
+never leaves a half-written checkpoint where a good one was.
+
+Reading trusts nothing in the file. :func:`read` first looks at the ``.npy``
+headers alone: the archive must hold only arrays, none of Python objects,
+each exactly as large as its entry, all together fitting in memory. Then every
+header field must have the type and range :func:`save` writes, and the arrays
+must be exactly the parameters the header's model config implies (the shapes
+of :func:`parameter_shapes`, the header's dtype) plus slots of its optimizer
+for those parameters. Only then is any array read, and only then does
+:func:`load` build the model: a checkpoint that lies raises CheckpointError
+naming the field and the array, and never makes scratchlm allocate what its
+header claims. Reading never unpickles (``allow_pickle=False``): a file from a
+stranger cannot run code.
 """
 
+import contextlib
 import json
+import math
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy
+from numpy.lib import format as npy_format
 
 from . import optim
 from .backend import get_backend
+from .budget import check_fits
 from .errors import CheckpointError
 from .files import atomic_write
 
 FORMAT = "scratchlm-checkpoint"
 VERSION = 1
+EDITED = "the file is corrupt or was edited: use another checkpoint (e.g. the run's best.npz) or retrain"
 _HEADER = "header.json"
+_FIELDS = ("format", "version", "model", "optimizer", "rng", "metadata")
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+_ARCHIVE_ERRORS = (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, zlib.error,
+                   zipfile.BadZipFile, zipfile.LargeZipFile)
 _BIT_GENERATORS = {"PCG64": numpy.random.PCG64, "PCG64DXSM": numpy.random.PCG64DXSM,
                    "Philox": numpy.random.Philox, "SFC64": numpy.random.SFC64, "MT19937": numpy.random.MT19937}
+
+
+def _whole(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _count(v):
+    return _whole(v) and v >= 0
+
+
+def _positive(v):
+    return _whole(v) and v > 0
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Field -> (check, what it must be), for the dicts a checkpoint's header and a Trainer's metadata hold.
+_MODEL_RULES = {
+    "vocab_size": (_positive, "a positive whole number"),
+    "embedding_dim": (lambda v: v is None or _positive(v), "null (one-hot input) or a positive whole number"),
+    "hidden_sizes": (lambda v: isinstance(v, list) and len(v) > 0 and all(_positive(h) for h in v),
+                     "a non-empty list of positive whole numbers"),
+    "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+    "stateful": (lambda v: isinstance(v, bool), "true or false"),
+    "seed": (lambda v: v is None or _count(v), "null or a whole number >= 0"),
+}
+_OPTIMIZER_RULES = {"name": (lambda v: isinstance(v, str), "a string"),
+                    "iterations": (_count, "a whole number >= 0")}
+_POSITION_RULES = {
+    "epoch": (_count, "a whole number >= 0"), "batch": (_count, "a whole number >= 0"),
+    "step": (_count, "a whole number >= 0"), "best_val_loss": (lambda v: v is None or _number(v), "null or a number"),
+    "epoch_loss": (_number, "a number"), "epoch_targets": (_count, "a whole number >= 0"),
+    "epoch_seconds": (_number, "a number"), "history": (lambda v: isinstance(v, list), "a list of epoch records"),
+}
+_EPOCH_RULES = {"epoch": (_positive, "a positive whole number"), "step": (_count, "a whole number >= 0"),
+                "loss": (_number, "a number"), "val_loss": (lambda v: v is None or _number(v), "null or a number"),
+                "seconds": (_number, "a number")}
 
 
 class Checkpoint(NamedTuple):
@@ -59,58 +120,279 @@ def save(path, model, optimizer=None, rng=None, metadata=None):
         numpy.savez(f, **arrays)
 
 
-def _read_arrays(path):
+def parameter_shapes(config):
+    """Name -> shape of every parameter of ``LanguageModel(**config)``, in ``model.params`` order, by arithmetic.
+
+    With V = vocab_size, E = embedding_dim, H_n = hidden_sizes[n]: embedding/embeddings (V, E) unless E is
+    None (one-hot input); lstm_n/kernel (D_n, 4 H_n), lstm_n/recurrent_kernel (H_n, 4 H_n), lstm_n/bias (4 H_n,)
+    where D_0 = E (V for one-hot input) and D_n = H_{n-1}; dense/kernel (H_last, V), dense/bias (V,).
+    """
+    V, E, hidden = config["vocab_size"], config["embedding_dim"], config["hidden_sizes"]
+    shapes = {} if E is None else {"embedding/embeddings": (V, E)}
+    for n, (d, h) in enumerate(zip([E or V] + hidden[:-1], hidden)):
+        shapes.update({f"lstm_{n}/kernel": (d, 4 * h), f"lstm_{n}/recurrent_kernel": (h, 4 * h),
+                       f"lstm_{n}/bias": (4 * h,)})
+    shapes.update({"dense/kernel": (hidden[-1], V), "dense/bias": (V,)})
+    return shapes
+
+
+def describe(config, backend="numpy"):
+    """The text of ``repr(LanguageModel(**config))`` on the backend named ``backend``, without building it."""
+    V, E = config["vocab_size"], config["embedding_dim"]
+    inp = "one-hot" if E is None else f"Embedding({V}, {E})"
+    return f"LanguageModel({inp} -> LSTM{config['hidden_sizes']} -> Dense({V}), {backend}, {config['dtype']})"
+
+
+def check_position(position):
+    """CheckpointError unless ``position`` is a training position as a Trainer stores it in ``metadata["train"]``.
+
+    epoch, batch, step and epoch_targets whole numbers >= 0; best_val_loss null or a number; epoch_loss,
+    epoch_seconds and (when present) window_loss numbers; history a list of epoch records, each with epoch
+    (>= 1), step, loss, val_loss (null or a number) and seconds. Whether ``batch`` lies within an epoch depends
+    on the data: the Trainer checks it.
+    """
+    _check_fields(position, _POSITION_RULES, "the training position (metadata['train'])")
+    if not _number(position.get("window_loss", 0.0)):       # absent in checkpoints written before it was kept
+        raise CheckpointError(f"the training position (metadata['train']): field 'window_loss' must be a number, "
+                              f"got {_short(position['window_loss'])}; {EDITED}")
+    for n, record in enumerate(position["history"]):
+        _check_fields(record, _EPOCH_RULES, f"record {n} of the training history (metadata['train']['history'])")
+
+
+def _short(value, limit=60):
+    """repr(value), cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_fields(obj, rules, what):
+    """CheckpointError unless ``obj`` is a dict holding every field of ``rules``, each passing its check."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} must be a JSON object, got {_short(obj)}; {EDITED}")
+    for name, (ok, rule) in rules.items():
+        if name not in obj:
+            raise CheckpointError(f"{what} has no field {name!r}; {EDITED}")
+        if not ok(obj[name]):
+            raise CheckpointError(f"{what}: field {name!r} must be {rule}, got {_short(obj[name])}; {EDITED}")
+
+
+@contextlib.contextmanager
+def _unreadable_as_corrupt(path):
+    """Turn the errors of reading a damaged archive into one CheckpointError that says so."""
+    try:
+        yield
+    except _ARCHIVE_ERRORS as exc:
+        raise CheckpointError(f"{path} is not a readable scratchlm checkpoint ({exc.__class__.__name__}: {exc}); "
+                              "it may be truncated or corrupt: use an earlier checkpoint or retrain") from None
+
+
+def _open(path):
+    """The zip archive at ``path``; CheckpointError when there is none, it cannot be read, or it is no archive."""
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: check the path (a run directory keeps them as *.npz)")
     if not path.is_file():
         raise CheckpointError(f"{path} is not a file: pass the checkpoint file itself")
     try:
-        with numpy.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable scratchlm checkpoint ({exc.__class__.__name__}: {exc}); "
-            "it may be truncated or corrupt: use an earlier checkpoint or retrain") from None
-    if _HEADER not in arrays:
+        with open(path, "rb") as f:
+            magic = f.read(len(_ZIP_MAGIC))
+    except OSError as exc:
+        fix = "fix its permissions" if isinstance(exc, PermissionError) else "check the file and its disk"
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc} ({fix})") from None
+    if not magic:
+        raise CheckpointError(f"{path} is empty, not a checkpoint (a write may have failed): use an earlier "
+                              "checkpoint or retrain")
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"{path} is not a scratchlm checkpoint (not an .npz archive): pass a checkpoint "
+                              "file that scratchlm wrote, such as a run directory's last.npz")
+    with _unreadable_as_corrupt(path):
+        return zipfile.ZipFile(path)
+
+
+def _scan(archive, path):
+    """Key -> (shape, dtype) of every array in ``archive``, from the .npy headers alone (no array data is read).
+
+    Refuses entries that are not .npy arrays, arrays of Python objects (they would need unpickling) and arrays
+    whose header claims more or fewer bytes than their entry holds; then checks that all of them fit in memory.
+    """
+    entries, total = {}, 0
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            raise CheckpointError(f"{path}: unexpected entry {info.filename!r} (a scratchlm checkpoint holds only "
+                                  f".npy arrays); {EDITED}")
+        key = info.filename[:-len(".npy")]
+        with archive.open(info) as f:
+            version = npy_format.read_magic(f)
+            if version not in _NPY_HEADER_READERS:
+                raise ValueError(f"array {key} has .npy format version {version}, which scratchlm never writes")
+            shape, _, dtype = _NPY_HEADER_READERS[version](f)
+            header_size = f.tell()
+        if dtype.hasobject:
+            raise CheckpointError(f"{path}: array {key} holds Python objects, which only unpickling could read; "
+                                  "scratchlm never unpickles a file (it could run code), and never writes one")
+        if header_size + math.prod(shape) * dtype.itemsize != info.file_size:
+            raise CheckpointError(f"{path}: array {key} claims shape {_short(shape)} of {dtype}, which is not what "
+                                  f"its {info.file_size:,}-byte entry holds; {EDITED}")
+        entries[key] = (shape, dtype)
+        total += info.file_size
+    check_fits(total, f"reading {path}", "it cannot be loaded on this machine")
+    return entries
+
+
+def _read_array(archive, key):
+    with archive.open(key + ".npy") as f:
+        return npy_format.read_array(f, allow_pickle=False)
+
+
+def _read_header(archive, entries, path):
+    """The JSON object of the archive's header.json (any JSON value: :func:`_check_header` judges it)."""
+    if _HEADER not in entries:
         raise CheckpointError(f"{path} is an .npz file but not a scratchlm checkpoint (no {_HEADER})")
+    shape, dtype = entries[_HEADER]
+    if len(shape) != 1 or dtype != numpy.uint8:
+        raise CheckpointError(f"{path}: unreadable checkpoint header ({_HEADER} is not a byte string); {EDITED}")
+    raw = _read_array(archive, _HEADER).tobytes()
     try:
-        header = json.loads(arrays.pop(_HEADER).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint header ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a scratchlm checkpoint (format {header.get('format')!r})"
-                              if isinstance(header, dict) else f"{path}: malformed checkpoint header")
-    if header.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {header.get('version')!r}; this scratchlm "
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:           # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: unreadable checkpoint header ({exc}); {EDITED}") from None
+
+
+def _check_header(header, path):
+    """CheckpointError unless ``header`` is a version-1 header with the fields :func:`save` writes.
+
+    The model config: exactly the fields of :data:`_MODEL_RULES`, each of its type and range; metadata a dict.
+    The optimizer and RNG states are checked by :func:`_optimizer` and :func:`_rng`.
+    """
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: malformed checkpoint header (not a JSON object); {EDITED}")
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a scratchlm checkpoint (format {_short(header.get('format'))})")
+    if header.get("version") != VERSION or not _whole(header.get("version")):
+        raise CheckpointError(f"{path} has checkpoint version {_short(header.get('version'))}; this scratchlm "
                               f"reads version {VERSION}: upgrade scratchlm or re-save the model")
+    missing = [name for name in _FIELDS if name not in header]
+    unexpected = sorted(set(header) - set(_FIELDS))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the checkpoint header " + (f"lacks {', '.join(missing)}" if missing else
+                              f"has unexpected fields {_short(unexpected)}") + f"; {EDITED}")
+    config = header["model"]
+    _check_fields(config, _MODEL_RULES, f"{path}: the model config in the header")
+    unexpected = sorted(set(config) - set(_MODEL_RULES))
+    if unexpected:
+        raise CheckpointError(f"{path}: the model config in the header has unexpected fields {_short(unexpected)} "
+                              f"(a LanguageModel takes {', '.join(_MODEL_RULES)}); {EDITED}")
+    if not isinstance(header["metadata"], dict):
+        raise CheckpointError(f"{path}: the checkpoint's metadata must be a JSON object, got "
+                              f"{_short(header['metadata'])}; {EDITED}")
+
+
+def _optimizer(config, path):
+    """The optimizer (without its slots) that ``config`` describes, or None for None.
+
+    CheckpointError unless ``config`` is what :meth:`Optimizer.state_dict` writes: a known name, a whole
+    number of iterations >= 0, and hyperparameters that the optimizer takes with exactly these values.
+    """
+    if config is None:
+        return None
+    _check_fields(config, _OPTIMIZER_RULES, f"{path}: the optimizer state in the header")
+    try:
+        opt = optim.from_state(config, {})
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: unusable optimizer state ({exc}); {EDITED}") from None
+    for name, value in opt.hyperparameters().items():
+        given = config.get(name, value)
+        if given != value or isinstance(given, bool) != isinstance(value, bool):
+            raise CheckpointError(f"{path}: the {opt.name} optimizer setting {name} = {_short(given)} is not one "
+                                  f"it takes (it would read it as {value!r}); {EDITED}")
+    return opt
+
+
+def _parameter_of(key, slot_names):
+    """The parameter an array key stores (``param/<name>``, or ``optimizer/<slot>/<name>`` for a slot in
+    ``slot_names``), else None."""
+    kind, _, rest = key.partition("/")
+    if kind == "param":
+        return rest
+    slot, _, name = rest.partition("/")
+    return name if kind == "optimizer" and slot in slot_names else None
+
+
+def _check_arrays(entries, config, optimizer, path):
+    """CheckpointError unless the arrays are exactly the parameters the model ``config`` implies, with exactly
+    their shapes and the config's dtype, plus (when there is an optimizer) slots of those parameters that
+    it keeps, shaped and typed like them."""
+    model = ", ".join(f"{k}={_short(config[k])}" for k in ("vocab_size", "embedding_dim", "hidden_sizes"))
+    stored = sum(key.startswith("param/") for key in entries)
+    implied = 3 * len(config["hidden_sizes"]) + 2 + (config["embedding_dim"] is not None)
+    if stored != implied:                                 # before parameter_shapes: hidden_sizes may be very long
+        raise CheckpointError(f"{path} holds {stored} parameter arrays, but the model in its header ({model}) has "
+                              f"{implied}; {EDITED}")
+    shapes = parameter_shapes(config)
+    for name in shapes:
+        if f"param/{name}" not in entries:
+            raise CheckpointError(f"{path}: no array param/{name}, which the model in its header ({model}) has; "
+                                  f"{EDITED}")
+    dtype = numpy.dtype(config["dtype"])
+    slot_names = () if optimizer is None else optimizer.slot_names
+    slots = f"{optimizer.name} keeps {', '.join(slot_names)}" if optimizer else "none is saved"
+    for key, (shape, stored_dtype) in entries.items():
+        if key == _HEADER:
+            continue
+        name = _parameter_of(key, slot_names)
+        if name not in shapes:
+            raise CheckpointError(f"{path}: unexpected array {key}, neither a parameter of the model in its header "
+                                  f"({model}) nor an optimizer slot of one ({slots}); {EDITED}")
+        if shape != shapes[name]:
+            raise CheckpointError(f"{path}: array {key} has shape {shape}, but the model in its header ({model}) "
+                                  f"has {name} of shape {shapes[name]}; {EDITED}")
+        if stored_dtype != dtype:
+            raise CheckpointError(f"{path}: array {key} is {stored_dtype}, but the header says the model is "
+                                  f"{dtype}, and parameters and optimizer slots must be {dtype} too; {EDITED}")
+
+
+def _rng(state, path):
+    """The random generator whose ``state`` the header saved, or None for None; CheckpointError if unusable."""
+    if state is None:
+        return None
+    try:
+        rng = numpy.random.Generator(_BIT_GENERATORS[state["bit_generator"]]())
+        rng.bit_generator.state = state
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unreadable RNG state ({exc.__class__.__name__}: {exc}); {EDITED}") from None
+    return rng
+
+
+def read(path):
+    """Read and check a checkpoint without building anything -> (header, arrays).
+
+    header: the JSON header, checked as the module docstring says (model config, optimizer and RNG state,
+    metadata a dict). arrays: key ("param/<name>", "optimizer/<slot>/<name>") -> host array, exactly the
+    arrays the header implies. Raises CheckpointError on any problem, before reading any array data.
+    """
+    path = Path(path)
+    with _open(path) as archive:
+        with _unreadable_as_corrupt(path):
+            entries = _scan(archive, path)
+            header = _read_header(archive, entries, path)
+        _check_header(header, path)
+        _check_arrays(entries, header["model"], _optimizer(header["optimizer"], path), path)
+        _rng(header["rng"], path)
+        with _unreadable_as_corrupt(path):
+            arrays = {key: _read_array(archive, key) for key in entries if key != _HEADER}
     return header, arrays
 
 
 def load(path, backend="numpy"):
-    """Read a checkpoint written by :func:`save`. Raises CheckpointError on any problem."""
+    """Read a checkpoint written by :func:`save` (checked by :func:`read`), then build its model, optimizer
+    and RNG. Raises CheckpointError on any problem."""
     from .model import LanguageModel
 
-    path = Path(path)
-    header, arrays = _read_arrays(path)
-    config = header.get("model")
-    try:
-        model = LanguageModel(backend=get_backend(backend, config["dtype"]), **config)
-        model.set_params({name[len("param/"):]: a for name, a in arrays.items() if name.startswith("param/")})
-    except (TypeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: checkpoint does not describe a valid model ({exc})") from None
+    header, arrays = read(path)
+    config = header["model"]
+    model = LanguageModel(backend=get_backend(backend, config["dtype"]), **config)
+    model.set_params({key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")})
     optimizer = None
-    if header.get("optimizer") is not None:
-        slots = {name[len("optimizer/"):]: a for name, a in arrays.items() if name.startswith("optimizer/")}
-        try:
-            optimizer = optim.from_state(header["optimizer"], slots, backend=model.backend)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable optimizer state ({exc})") from None
-    rng = None
-    if header.get("rng") is not None:
-        try:
-            bit_generator = _BIT_GENERATORS[header["rng"]["bit_generator"]]
-            rng = numpy.random.Generator(bit_generator())
-            rng.bit_generator.state = header["rng"]
-        except (TypeError, KeyError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"{path}: unreadable RNG state ({exc})") from None
-    return Checkpoint(model, optimizer, rng, header.get("metadata") or {})
+    if header["optimizer"] is not None:
+        slots = {key[len("optimizer/"):]: a for key, a in arrays.items() if key.startswith("optimizer/")}
+        optimizer = optim.from_state(header["optimizer"], slots, backend=model.backend)
+    return Checkpoint(model, optimizer, _rng(header["rng"], Path(path)), header["metadata"])

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy
 
-from . import data, optim, sampling
+from . import checkpoint, data, optim, rundir, sampling
 from .backend import get_backend
-from .errors import ScratchLMError
+from .errors import CheckpointError, ScratchLMError
 from .model import LanguageModel
 from .text import CharTokenizer, VocabularyError, WordTokenizer, from_config, listing
 from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, load_checkpoint, render
@@ -149,7 +149,8 @@ def _add_train(commands):
                    help="stop after N steps in all, e.g. for a quick try (counting steps before a resume)")
     g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                    help="also write last.npz every N steps (default 500), besides after every epoch")
-    g.add_argument("--seed", type=int, help="seeds the weights, the batch order and the samples (default 0)")
+    g.add_argument("--seed", type=_nonnegative_int,
+                   help="seeds the weights, the batch order and the samples (default 0)")
     g.add_argument("--backend", choices=["numpy", "cupy", "auto"],
                    help="numpy (CPU, default), cupy (CUDA GPU; needs the gpu extra) or auto")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -184,7 +185,8 @@ def _add_sample(commands):
     p.add_argument("--top-k", type=_positive_int, metavar="K", help="sample only among the K most likely tokens")
     p.add_argument("--top-p", type=_number, metavar="P",
                    help="sample only among the most likely tokens whose probabilities add up to P (0 < P <= 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed, the same text")
+    p.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="random seed (default 0): the same seed, the same text")
     p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
     p.add_argument("--unknown", choices=["error", "skip", "unk"], default="error",
                    help="what to do with prime characters/words the vocabulary lacks: stop with an error "
@@ -223,9 +225,74 @@ def main(argv=None):
         return 2
 
 
+# -- what a checkpoint's metadata must hold ---------------------------------------
+
+def _whole_at_least(least):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _real(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# What the settings of a `scratchlm train` run (metadata["cli"]) must look like for --resume to use them.
+SETTING_RULES = {
+    "corpus": (lambda v: isinstance(v, str) and v != "", "a corpus name or path"),
+    "tokenizer": (lambda v: v in ("char", "word"), "'char' or 'word'"),
+    "lower": (lambda v: isinstance(v, bool), "true or false"),
+    "max_tokens": (_whole_at_least(1), "a whole number >= 1"),
+    "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows' or 'padded'"),
+    "seq_len": (_whole_at_least(1), "a whole number >= 1"),
+    "step": (_whole_at_least(1), "a whole number >= 1"),
+    "batch_size": (_whole_at_least(1), "a whole number >= 1"),
+    "val_fraction": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "seed": (_whole_at_least(0), "a whole number >= 0"),
+    "epochs": (_whole_at_least(1), "a whole number >= 1"),
+    "max_steps": (lambda v: v is None or _whole_at_least(1)(v), "null or a whole number >= 1"),
+    "checkpoint_every": (_whole_at_least(1), "a whole number >= 1"),
+    "backend": (lambda v: v in ("numpy", "cupy", "auto"), "'numpy', 'cupy' or 'auto'"),
+    "progress": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
+    "sample_length": (_whole_at_least(0), "a whole number >= 0"),
+    "temperature": (lambda v: isinstance(v, list) and v != [] and all(_real(t) and t >= 0 for t in v),
+                    "a list of numbers >= 0"),
+    "prime": (lambda v: v is None or isinstance(v, str), "null or a text"),
+}
+
+
+def _metadata_dict(meta, key, path):
+    """``meta[key]``, which must be a dict; CheckpointError otherwise."""
+    if not isinstance(meta[key], dict):
+        raise CheckpointError(f"{path}: metadata[{key!r}] must be a JSON object, got {type(meta[key]).__name__}; "
+                              f"{checkpoint.EDITED}")
+    return meta[key]
+
+
+def _tokenizer_of(meta, vocab_size, path):
+    """The tokenizer a checkpoint's metadata describes (None if it has none); it must fit the model's vocabulary."""
+    if "tokenizer" not in meta:
+        return None
+    tok = from_config(meta["tokenizer"])
+    if tok.vocab_size != vocab_size:
+        raise CheckpointError(f"{path}: its tokenizer has {tok.vocab_size:,} tokens, its model "
+                              f"{vocab_size:,}, where they must be equal; {checkpoint.EDITED}")
+    return tok
+
+
+def _settings_of(meta, path):
+    """The `scratchlm train` settings a checkpoint records, each checked against :data:`SETTING_RULES`."""
+    settings = _metadata_dict(meta, "cli", path)
+    for name, (ok, rule) in SETTING_RULES.items():
+        if name not in settings or not ok(settings[name]):
+            got = repr(settings[name]) if name in settings else "nothing"
+            raise CheckpointError(f"{path}: the run's setting {name!r} (metadata['cli']) must be {rule}, got "
+                                  f"{got}; {checkpoint.EDITED}")
+    return settings
+
+
 # -- train ------------------------------------------------------------------------
 
 def cmd_train(args):
+    """Check the options that need no file, then train holding the run directory's lock."""
     given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
     if args.resume is not None:
         if args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
@@ -235,31 +302,45 @@ def cmd_train(args):
             names = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise ScratchLMError(f"{names} cannot change when resuming (the run's settings are in its "
                                  "checkpoint): leave them out, or start a new run with another --run-dir")
-        ckpt = load_checkpoint(args.resume, backend=given.get("backend", "numpy"))
-        settings = ckpt.metadata.get("cli")
-        if settings is None:
+        if args.resume.is_file():
+            raise ScratchLMError(f"--resume takes the run directory, not a checkpoint file: "
+                                 f"--resume {args.resume.parent}")
+        if not args.resume.is_dir():
+            raise ScratchLMError(f"there is no run directory {args.resume} to resume: check the path")
+        run_dir = args.resume
+    elif args.corpus is None:
+        raise ScratchLMError("name a corpus: scratchlm train FILE (or nietzsche, tinyshakespeare), "
+                             "or continue a run with --resume DIR")
+    else:
+        run_dir = args.run_dir or Path("runs") / Path(args.corpus).stem
+    for t in given.get("temperature", ()):
+        sampling.check_options(t)
+    get_backend(given.get("backend", "numpy"))              # fail early, before anything is read or built
+    with rundir.lock(run_dir):
+        return _train(args, given, run_dir)
+
+
+def _train(args, given, run_dir):
+    if args.resume is not None:
+        ckpt = load_checkpoint(run_dir, backend=given.get("backend", "numpy"))
+        where = run_dir / LAST
+        if "cli" not in ckpt.metadata:
             raise ScratchLMError(f"{args.resume} was not trained with `scratchlm train`; continue it with the "
                                  "script that trained it")
-        settings = {**settings, **given}
+        settings = {**_settings_of(ckpt.metadata, where), **given}
         corpus = args.corpus or settings["corpus"]
-        tokenizer = from_config(ckpt.metadata["tokenizer"])
-        run_dir = args.resume
+        tokenizer = _tokenizer_of(ckpt.metadata, ckpt.model.vocab_size, where)
+        if tokenizer is None:
+            raise CheckpointError(f"{where} records no tokenizer (metadata['tokenizer']); {checkpoint.EDITED}")
     else:
-        if args.corpus is None:
-            raise ScratchLMError("name a corpus: scratchlm train FILE (or nietzsche, tinyshakespeare), "
-                                 "or continue a run with --resume DIR")
         settings = _resolve(given)
         corpus = args.corpus
-        run_dir = args.run_dir or Path("runs") / Path(corpus).stem
         if (run_dir / LAST).exists():
             raise ScratchLMError(f"{run_dir} already holds a run ({LAST}): continue it with --resume {run_dir}, "
                                  "or choose another --run-dir")
         settings["corpus"] = str(Path(corpus).resolve()) if Path(corpus).exists() else corpus
         tokenizer = None
 
-    for t in settings["temperature"]:
-        sampling.check_options(t)
-    get_backend(settings["backend"])                        # fail early, before anything is read or built
     text = data.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
     if not text:
         raise data.CorpusError(f"{corpus} is empty: training needs text")
@@ -378,12 +459,13 @@ def _checkpoint_path(path):
 def cmd_sample(args):
     for t in args.temperature:
         sampling.check_options(t, args.top_k, args.top_p)
-    ckpt = load_checkpoint(_checkpoint_path(args.checkpoint), backend=args.backend)
-    if "tokenizer" not in ckpt.metadata:
+    path = _checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(path, backend=args.backend)
+    tokenizer = _tokenizer_of(ckpt.metadata, ckpt.model.vocab_size, path)
+    if tokenizer is None:
         raise ScratchLMError(f"{args.checkpoint} holds a model but no tokenizer, so its ids cannot be turned into "
                              "text: sample from it in Python with model.generate")
-    tokenizer = from_config(ckpt.metadata["tokenizer"])
-    lines = (ckpt.metadata.get("data") or {}).get("kind") == "padded"
+    lines = "data" in ckpt.metadata and _metadata_dict(ckpt.metadata, "data", path).get("kind") == "padded"
     eos = tokenizer.eos_id if lines else None
     banned = [i for i in tokenizer.special_ids if i != eos]
     if args.prime_file is not None:
@@ -435,35 +517,50 @@ def cmd_bench(options):
 
 # -- info -------------------------------------------------------------------------
 
+def _info_path(arg):
+    """The checkpoint ``scratchlm info ARG`` describes: a file itself, else the run directory's last.npz (its
+    latest state), else its best.npz."""
+    if not arg.is_dir():
+        return arg
+    for name in (LAST, BEST):
+        if (arg / name).exists():
+            return arg / name
+    raise CheckpointError(f"{arg} holds no {LAST} or {BEST}: it is not a run directory, or its run wrote no "
+                          "checkpoint yet")
+
+
 def cmd_info(args):
-    path = _checkpoint_path(args.checkpoint)
-    if args.checkpoint.is_dir() and path.name == BEST and (args.checkpoint / LAST).exists():
-        path = args.checkpoint / LAST                     # info describes the run's latest state
-    ckpt = load_checkpoint(path)
-    model, meta = ckpt.model, ckpt.metadata
-    params = sum(int(p.size) for p in model.params.values())
+    """Describe a checkpoint from its checked header and the sizes of its arrays: the model is never built."""
+    path = _info_path(args.checkpoint)
+    header, arrays = checkpoint.read(path)
+    config, meta = header["model"], header["metadata"]
+    params = sum(a.size for key, a in arrays.items() if key.startswith("param/"))
     rows = [("checkpoint", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),
-            ("model", f"{model}, {params:,} parameters" + (", stateful" if model.stateful else ""))]
-    if "tokenizer" in meta:
-        tok = from_config(meta["tokenizer"])
+            ("model", f"{checkpoint.describe(config)}, {params:,} parameters"
+             + (", stateful" if config["stateful"] else ""))]
+    tok = _tokenizer_of(meta, config["vocab_size"], path)
+    if tok is not None:
         extra = (", lower-cased" if tok.lower else "") + ("" if tok.reserved else ", no reserved ids")
         rows.append(("tokenizer", f"{tok.kind}, {tok.vocab_size:,} tokens{extra}"))
-    if ckpt.optimizer is not None:
-        hyper = ", ".join(f"{k}={v}" for k, v in ckpt.optimizer.hyperparameters().items())
-        rows.append(("optimizer", f"{ckpt.optimizer.name} ({hyper}), {ckpt.optimizer.iterations:,} steps"))
+    if header["optimizer"] is not None:
+        opt = optim.from_state(header["optimizer"], {})
+        hyper = ", ".join(f"{k}={v}" for k, v in opt.hyperparameters().items())
+        rows.append(("optimizer", f"{opt.name} ({hyper}), {opt.iterations:,} steps"))
     if "data" in meta:
-        rows.append(("data", ", ".join(f"{k}={v}" for k, v in meta["data"].items() if k != "fingerprint")))
+        data_config = _metadata_dict(meta, "data", path)
+        rows.append(("data", ", ".join(f"{k}={v}" for k, v in data_config.items() if k != "fingerprint")))
     if "cli" in meta:
-        rows.append(("corpus", str(meta["cli"].get("corpus"))))
+        rows.append(("corpus", str(_metadata_dict(meta, "cli", path).get("corpus"))))
     position = meta.get("train")
-    if position:
+    if position is not None:
+        checkpoint.check_position(position)
         done = (f"{position['epoch']} epochs complete" if position["batch"] == 0 else
                 f"in epoch {position['epoch'] + 1}, after batch {position['batch']:,}")
         rows.append(("position", f"{done}, {position['step']:,} steps taken"))
-        if position.get("best_val_loss") is not None:
+        if position["best_val_loss"] is not None:
             rows.append(("best val loss", f"{position['best_val_loss']:.4f}"))
-        for r in position.get("history", []):
-            val = f", val {r['val_loss']:.4f}" if r.get("val_loss") is not None else ""
+        for r in position["history"]:
+            val = f", val {r['val_loss']:.4f}" if r["val_loss"] is not None else ""
             rows.append((f"epoch {r['epoch']}", f"loss {r['loss']:.4f}{val}, {r['seconds']:.1f} s"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

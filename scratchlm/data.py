@@ -271,18 +271,19 @@ def fingerprint(*arrays):
 
 
 def split_tail(ids, val_fraction):
-    """(train, val): the last ``val_fraction`` of a token sequence is held out, contiguous."""
-    if not 0 <= val_fraction < 1:
-        raise CorpusError(f"the validation fraction must lie in [0, 1), got {val_fraction}")
+    """(train, val): the last ``val_fraction`` (a number in [0, 1)) of a token sequence is held out, contiguous."""
+    _check_fraction(val_fraction)
     n_val = int(len(ids) * val_fraction)
     return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
 
 
 def split_sequences(sequences, val_fraction, seed=0):
-    """(train, val) lists of sequences: a seeded random ``val_fraction`` of them is held out."""
-    if not 0 <= val_fraction < 1:
-        raise CorpusError(f"the validation fraction must lie in [0, 1), got {val_fraction}")
-    order = numpy.random.default_rng(seed).permutation(len(sequences))
+    """(train, val) lists of sequences: a seeded random ``val_fraction`` of them is held out.
+
+    val_fraction: a number in [0, 1); seed: a whole number >= 0.
+    """
+    _check_fraction(val_fraction)
+    order = numpy.random.default_rng(_whole("seed", seed, 0)).permutation(len(sequences))
     n_val = int(len(sequences) * val_fraction)
     held = set(order[:n_val].tolist())
     return ([s for i, s in enumerate(sequences) if i not in held],
@@ -306,10 +307,35 @@ def _order(n, seed, epoch, shuffle):
     return order
 
 
-def _positive(name, value):
-    if int(value) < 1:
-        raise CorpusError(f"{name} must be at least 1, got {value}")
+def _check_fraction(val_fraction):
+    """Raise CorpusError unless the validation fraction is a real number in [0, 1)."""
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, numpy.integer, numpy.floating))
+            or not 0 <= val_fraction < 1):
+        raise CorpusError(f"the validation fraction must be a number in [0, 1) such as 0.1, got {val_fraction!r}")
+
+
+def _whole(name, value, minimum=1):
+    """``value`` as an int; CorpusError unless it is a whole number (Python or NumPy integer, not bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < minimum:
+        raise CorpusError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _id_array(ids):
+    """``ids`` as a 1-D NumPy array; :func:`_check_ids` checks its values once a too-short corpus is ruled out."""
+    ids = numpy.asarray(ids)
+    if ids.ndim != 1:
+        raise CorpusError(f"token ids must form a 1-D sequence, got an array of shape {ids.shape}: "
+                          "pass one flat array of ids")
+    return ids
+
+
+def _check_ids(ids):
+    """Raise CorpusError unless the 1-D array ``ids`` holds non-negative integers (token ids)."""
+    if ids.dtype.kind not in "iu":
+        raise CorpusError(f"token ids must be integers, got {ids.dtype}: encode the text with a tokenizer")
+    if ids.size and int(ids.min()) < 0:
+        raise CorpusError(f"token ids must be >= 0, got {int(ids.min())}")
 
 
 class Windows:
@@ -321,21 +347,25 @@ class Windows:
     ``fit``). ``last_only`` (default): one target per window, y (B,); otherwise
     y (B, maxlen) holds the next token of every position.
     Memory: the ids plus one int32 permutation of the windows per epoch.
+    ids: a 1-D array of non-negative integer token ids; maxlen, step,
+    batch_size: whole numbers >= 1; seed: a whole number >= 0. Raises
+    :class:`CorpusError` otherwise, or when the corpus holds no window.
     """
 
     stateful = False
     eos_id = None                 # sequences run on; no <eos> ends them
 
     def __init__(self, ids, maxlen=60, step=3, batch_size=128, seed=0, shuffle=True, last_only=True):
-        self.ids = numpy.asarray(ids)
-        self.maxlen = _positive("maxlen", maxlen)
-        self.step = _positive("step", step)
-        self.batch_size = _positive("batch size", batch_size)
-        self.seed, self.shuffle, self.last_only = int(seed), bool(shuffle), bool(last_only)
+        self.ids = _id_array(ids)
+        self.maxlen = _whole("maxlen", maxlen)
+        self.step = _whole("step", step)
+        self.batch_size = _whole("batch size", batch_size)
+        self.seed, self.shuffle, self.last_only = _whole("seed", seed, 0), bool(shuffle), bool(last_only)
         self.num_windows = max(0, math.ceil((len(self.ids) - self.maxlen) / self.step))
         if self.num_windows == 0:
             raise CorpusError(f"the corpus holds {len(self.ids):,} tokens; windows of {self.maxlen} need at "
                               f"least {self.maxlen + 1:,}: use a longer corpus or a smaller window")
+        _check_ids(self.ids)
         self.num_batches = math.ceil(self.num_windows / self.batch_size)
         self._offsets = numpy.arange(self.maxlen)                              # (T,)
 
@@ -385,6 +415,9 @@ class Streams:
     only T steps. The batch order is fixed (it *is* the text order); the model's
     state must be reset at each epoch's start. The tail that does not fill a
     whole chunk (fewer than T tokens per stream) is left out.
+    ids: a 1-D array of non-negative integer token ids; batch_size, seq_len:
+    whole numbers >= 1. Raises :class:`CorpusError` otherwise, or when the
+    corpus does not fill one chunk of every stream.
     """
 
     stateful = True
@@ -392,14 +425,15 @@ class Streams:
     eos_id = None
 
     def __init__(self, ids, batch_size=64, seq_len=100):
-        self.ids = numpy.asarray(ids)
-        self.batch_size = B = _positive("batch size", batch_size)
-        self.seq_len = T = _positive("sequence length", seq_len)
-        self.stream_len = (len(self.ids) - 1) // B
+        self.ids = _id_array(ids)
+        self.batch_size = B = _whole("batch size", batch_size)
+        self.seq_len = T = _whole("sequence length", seq_len)
+        self.stream_len = max(0, len(self.ids) - 1) // B                  # an empty corpus: 0, not -1
         self.num_batches = self.stream_len // T
         if self.num_batches == 0:
             raise CorpusError(f"the corpus holds {len(self.ids):,} tokens; {B} streams of chunks of {T} need at "
                               f"least {B * T + 1:,}: use a longer corpus, a smaller batch size or sequence length")
+        _check_ids(self.ids)
         self._starts = numpy.arange(B, dtype=numpy.int64)[:, None] * self.stream_len   # (B, 1)
         self._offsets = numpy.arange(T)                                                   # (T,)
 
@@ -435,25 +469,29 @@ class Padded:
     with ``pad_id`` to its longest row; mask (B, T) marks the real steps, so
     padding neither moves the LSTM state nor counts in the loss. Sequences
     are stored concatenated with an offsets array, not as (N, T) rows.
+    sequences: an iterable of 1-D arrays of non-negative integer token ids
+    (empty ones are dropped, at least one must remain); eos_id, pad_id: whole
+    numbers >= 0; batch_size and maxlen (or None): whole numbers >= 1; seed:
+    a whole number >= 0. Raises :class:`CorpusError` otherwise.
     """
 
     stateful = False
     last_only = False
 
     def __init__(self, sequences, eos_id, pad_id, batch_size=32, maxlen=None, seed=0, shuffle=True):
-        sequences = [numpy.asarray(s).reshape(-1) for s in sequences]
-        sequences = [s for s in sequences if s.size]
+        sequences = [s for s in map(_id_array, sequences) if s.size]
         if not sequences:
             raise CorpusError("the corpus holds no non-empty sequence (line or record) to train on")
         if eos_id is None or pad_id is None:
             raise CorpusError("padded batches need a vocabulary with <pad> and <eos> ids (reserved=True)")
-        self.eos_id, self.pad_id = int(eos_id), int(pad_id)
-        self.batch_size = _positive("batch size", batch_size)
-        self.maxlen = None if maxlen is None else _positive("maxlen", maxlen)
-        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.eos_id, self.pad_id = _whole("eos_id", eos_id, 0), _whole("pad_id", pad_id, 0)
+        self.batch_size = _whole("batch size", batch_size)
+        self.maxlen = None if maxlen is None else _whole("maxlen", maxlen)
+        self.seed, self.shuffle = _whole("seed", seed, 0), bool(shuffle)
         lengths = numpy.array([s.size for s in sequences], dtype=numpy.int64)
         self.offsets = numpy.concatenate([[0], numpy.cumsum(lengths)])        # (n+1,)
         self.ids = numpy.concatenate(sequences)
+        _check_ids(self.ids)
         self.num_sequences = len(sequences)
         self.num_batches = math.ceil(self.num_sequences / self.batch_size)
 

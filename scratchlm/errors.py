@@ -19,3 +19,7 @@ class CheckpointError(ScratchLMError):
 
 class SamplingError(ScratchLMError, ValueError):
     """A sampling option (temperature, top-k, top-p, banned ids) or the logits cannot be sampled from."""
+
+
+class ModelError(ScratchLMError, ValueError):
+    """An argument of a LanguageModel (sizes, seed, token ids, mask, state, generation length) is unusable."""

@@ -19,44 +19,77 @@ Parameter and gradient dicts use Keras-like names: ``embedding/embeddings``,
 ``dense/kernel``, ``dense/bias``.
 """
 
+import math
+import numbers
+from collections.abc import Mapping
+
 from . import checkpoint, sampling
 from .backend import Backend, get_backend
-from .errors import SamplingError
+from .budget import check_fits
+from .errors import ModelError, SamplingError
 from .layers import LSTM, Dense, Embedding
 from .losses import softmax_cross_entropy
+
+
+def _is_whole(x):
+    """A Python or NumPy integer, not a bool (True is an int, but never a sensible size or id)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def generation_bytes(batch, length):
+    """What :meth:`LanguageModel.generate` allocates in proportion to its output: int64 ids and float64 uniforms."""
+    return 16 * batch * length
+
+
+def parameter_count(vocab_size, embedding_dim, hidden_sizes):
+    """The number of weights of a model with these sizes, computed without building it."""
+    config = {"vocab_size": vocab_size, "embedding_dim": embedding_dim, "hidden_sizes": list(hidden_sizes)}
+    return sum(math.prod(shape) for shape in checkpoint.parameter_shapes(config).values())
 
 
 class LanguageModel:
     """An LSTM language model over a vocabulary of ``vocab_size`` token ids.
 
+    vocab_size: a whole number V >= 1 (a Python or NumPy integer; not a float or bool).
     embedding_dim: None for one-hot input (the first LSTM's kernel is then
-        (V, 4H) and its input projection is a row lookup), or the size E of a
-        learned Embedding.
-    hidden_sizes: units of each stacked LSTM layer, bottom first.
+        (V, 4H) and its input projection is a row lookup), or the size E >= 1
+        of a learned Embedding (a whole number).
+    hidden_sizes: a non-empty list or tuple of whole numbers >= 1: the units
+        of each stacked LSTM layer, bottom first.
     backend: "numpy", "cupy", "auto" or a Backend; dtype: "float32" | "float64".
-    seed: seeds the weight initialisation (the same seed gives the same
-        weights on every backend).
-    stateful: carry (h, c) from one call to the next (truncated BPTT over
-        consecutive chunks of parallel streams); see :meth:`reset_state`.
+    seed: None or a whole number >= 0; seeds the weight initialisation (the
+        same seed gives the same weights on every backend).
+    stateful: True or False: carry (h, c) from one call to the next (truncated
+        BPTT over consecutive chunks of parallel streams); see :meth:`reset_state`.
+    Raises :class:`ModelError` (a ValueError) for anything else, and
+    :class:`scratchlm.budget.ResourceError` before allocating when the weights,
+    their gradients and two optimizer slots (four copies) would not fit in memory.
     """
 
     def __init__(self, vocab_size, embedding_dim=None, hidden_sizes=(128,), backend="numpy",
                  dtype="float32", seed=0, stateful=False):
-        hidden_sizes = [int(h) for h in hidden_sizes]
-        if int(vocab_size) < 1:
-            raise ValueError(f"vocab_size must be at least 1, got {vocab_size}")
-        if not hidden_sizes or min(hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes must be a non-empty list of positive sizes, got {hidden_sizes}")
-        if embedding_dim is not None and int(embedding_dim) < 1:
-            raise ValueError(f"embedding_dim must be None (one-hot input) or positive, got {embedding_dim}")
+        if not _is_whole(vocab_size) or vocab_size < 1:
+            raise ModelError(f"vocab_size must be a whole number >= 1, got {vocab_size!r}")
+        if embedding_dim is not None and (not _is_whole(embedding_dim) or embedding_dim < 1):
+            raise ModelError(f"embedding_dim must be None (one-hot input) or a whole number >= 1, "
+                             f"got {embedding_dim!r}")
+        if (not isinstance(hidden_sizes, (list, tuple)) or not hidden_sizes
+                or not all(_is_whole(h) and h >= 1 for h in hidden_sizes)):
+            raise ModelError(f"hidden_sizes must be a non-empty list of whole numbers >= 1 (units per LSTM "
+                             f"layer, e.g. [128]), got {hidden_sizes!r}")
+        if not isinstance(stateful, bool):
+            raise ModelError(f"stateful must be True or False, got {stateful!r}")
         self.backend = get_backend(backend, dtype)
+        rng = Backend.rng(seed)
         self.vocab_size = V = int(vocab_size)
         self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
-        self.hidden_sizes = hidden_sizes
-        self.stateful = bool(stateful)
-        self.seed = seed
+        self.hidden_sizes = hidden_sizes = [int(h) for h in hidden_sizes]
+        check_fits(4 * parameter_count(V, self.embedding_dim, hidden_sizes) * self.backend.dtype.itemsize,
+                   "the model's weights, gradients and optimizer state",
+                   "use fewer or smaller LSTM layers (hidden_sizes, --hidden), a smaller embedding or vocabulary")
+        self.stateful = stateful
+        self.seed = None if seed is None else int(seed)
 
-        rng = Backend.rng(seed)
         self.embedding = None if embedding_dim is None else Embedding(V, self.embedding_dim, self.backend, rng)
         sizes = [self.embedding_dim or V] + hidden_sizes
         self.lstms = [LSTM(d_in, h, self.backend, rng, stateful=self.stateful)
@@ -85,15 +118,21 @@ class LanguageModel:
         return named
 
     def set_params(self, values):
-        """Copy arrays (host or device) into the parameters, by name; shapes must match."""
+        """Copy arrays (host or device) into the parameters, by name; shapes must match.
+
+        values: a mapping name -> array of numbers holding every name of :attr:`params`
+        (other names are ignored). Raises :class:`ModelError` otherwise.
+        """
+        if not isinstance(values, Mapping):
+            raise ModelError(f"set_params takes a dict name -> array, got {type(values).__name__}")
         params = self.params
         missing = sorted(set(params) - set(values))
         if missing:
-            raise ValueError(f"missing parameters: {', '.join(missing)}")
+            raise ModelError(f"missing parameters: {', '.join(missing)}")
         for name, p in params.items():
-            v = self.backend.asarray(values[name], dtype=p.dtype)
-            if v.shape != p.shape:
-                raise ValueError(f"parameter {name} has shape {p.shape}, got {v.shape}")
+            v = self._array(values[name], f"parameter {name}")
+            if v.shape != p.shape or v.dtype.kind not in "iuf":
+                raise ModelError(f"parameter {name} must be a real array of shape {p.shape}, got {v.dtype} {v.shape}")
             p[...] = v
 
     def reset_state(self):
@@ -102,28 +141,54 @@ class LanguageModel:
             lstm.reset_state()
 
     def __repr__(self):
-        inp = "one-hot" if self.embedding is None else f"Embedding({self.vocab_size}, {self.embedding_dim})"
-        return (f"LanguageModel({inp} -> LSTM{self.hidden_sizes} -> Dense({self.vocab_size}), "
-                f"{self.backend.name}, {self.backend.dtype.name})")
+        return checkpoint.describe(self.config, self.backend.name)
 
     # -- input checks ------------------------------------------------------------
+    def _array(self, a, name):
+        """``a`` as an array of this backend; ModelError for what is no array (ragged lists, ...)."""
+        try:
+            return self.backend.xp.asarray(a)
+        except (TypeError, ValueError):
+            raise ModelError(f"{name} must be a rectangular array of numbers, got {type(a).__name__}") from None
+
     def _tokens(self, x, name="x", shape=None):
-        """x as a device array of token ids: integer, in [0, V), of ``shape`` (default: any (batch, time))."""
-        x = self.backend.xp.asarray(x)
+        """x as a device array of token ids: non-empty, integer, in [0, V), of ``shape`` (default: (batch, time))."""
+        x = self._array(x, name)
+        if x.size == 0:
+            raise ModelError(f"{name} is empty (shape {x.shape}): give at least one sequence of at least one token id")
         if (x.ndim != 2 if shape is None else x.shape != shape) or x.dtype.kind not in "iu":
-            raise ValueError(f"{name} must be an integer array of shape {shape or '(batch, time)'}, "
+            raise ModelError(f"{name} must be an integer array of shape {shape or '(batch, time)'}, "
                              f"got {x.dtype} {x.shape}")
-        if x.size and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
-            raise ValueError(f"{name} holds token ids outside [0, {self.vocab_size})")
+        if int(x.min()) < 0 or int(x.max()) >= self.vocab_size:
+            raise ModelError(f"{name} holds token ids outside [0, {self.vocab_size})")
         return x
 
     def _time_major_mask(self, mask, shape):
+        """mask (B, T) as :meth:`forward` documents it -> (T, B) bool, or None."""
         if mask is None:
             return None
-        mask = self.backend.xp.asarray(mask)
+        mask = self._array(mask, "mask")
         if mask.shape != shape:
-            raise ValueError(f"mask must have the shape of x {shape}, got {mask.shape}")
+            raise ModelError(f"mask must have the shape of x {shape}, got {mask.shape}")
+        if mask.dtype.kind != "b" and (mask.dtype.kind not in "iuf" or not bool(((mask == 0) | (mask == 1)).all())):
+            raise ModelError(f"mask must be boolean (True = real token) or hold only 0 and 1, got {mask.dtype} "
+                             "with other values: build it with dtype=bool")
         return mask.astype(bool).T                                        # (T, B)
+
+    def _check_state(self, state, B):
+        """Raise ModelError unless state is None or one (h, c) pair of (B, H_l) arrays per layer."""
+        if state is None:
+            return
+        want = [((B, h), (B, h)) for h in self.hidden_sizes]
+        try:
+            ok = len(state) == len(want) and all(tuple(a.shape for a in pair) == shapes
+                                                 for pair, shapes in zip(state, want))
+        except (TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise ModelError(f"state must be None (zeros) or one (h, c) pair of arrays per LSTM layer, of shapes "
+                             f"{[shapes[0] for shapes in want]} for this batch of {B}: pass the state that "
+                             "forward returned for a batch of this size")
 
     # -- forward / backward ----------------------------------------------------------
     def _use_table(self, T, B):
@@ -181,19 +246,26 @@ class LanguageModel:
     def forward(self, x, state=None, mask=None):
         """x (B, T) int -> (logits (B, T, V), state).
 
+        x: a non-empty (B, T) integer array (or nested list) of ids in [0, V).
         state: per layer (h, c), each (B, H_l), or None for zeros (or, in
         stateful mode, the state the previous call ended with).
-        mask: (B, T) bool, True = real token; masked steps keep the LSTM state
+        mask: (B, T) bool, True = real token, or (B, T) integers or floats that
+        are all 0 or 1 (1 = real token); masked steps keep the LSTM state
         (Keras semantics). The returned state is the final (h, c) per layer.
+        Raises :class:`ModelError` for anything else.
         """
         x = self._tokens(x)
+        self._check_state(state, x.shape[0])
         logits, new_state, _ = self._forward(x.T, state, self._time_major_mask(mask, x.shape), False)
         return logits.transpose(1, 0, 2), new_state
 
     def _scored_forward(self, x, y, mask, state, last_only):
         x = self._tokens(x)
         B, T = x.shape
+        self._check_state(state, B)
         mask_tm = self._time_major_mask(mask, x.shape)
+        if mask_tm is not None and not last_only and not bool(mask_tm.any()):
+            raise ModelError("the mask scores no token: at least one step must be real (True)")
         y = self._tokens(y, "y", (B,) if last_only else (B, T))
         logits, _, cache = self._forward(x.T, state, mask_tm, last_only)
         xent = self.backend.fused.softmax_cross_entropy if self.backend.kernels == "fused" else softmax_cross_entropy
@@ -210,10 +282,11 @@ class LanguageModel:
     def loss_and_grads(self, x, y, mask=None, state=None, last_only=False):
         """Mean cross-entropy (nats per scored token) and the gradient of every parameter.
 
-        x (B, T) int inputs. y: (B, T) next-token targets, or with ``last_only``
-        (B,) targets for the final step only (the seed Nietzsche model: read a
-        window, predict the character after it). mask (B, T): padding steps are
-        skipped by the LSTM and, unless ``last_only``, not scored.
+        x (B, T) int inputs, state and mask as in :meth:`forward`. y: (B, T)
+        next-token targets, or with ``last_only`` (B,) targets for the final
+        step only (the seed Nietzsche model: read a window, predict the
+        character after it). mask (B, T): padding steps are skipped by the LSTM
+        and, unless ``last_only``, not scored (so it must keep at least one step).
         Returns (loss: float, grads: dict name -> array shaped like params[name]).
         """
         loss, dlogits, cache = self._scored_forward(x, y, mask, state, last_only)
@@ -224,39 +297,56 @@ class LanguageModel:
                  banned_ids=(), seed=None):
         """Sample ``length`` tokens after each prompt; returns host int64 ids.
 
-        prompt_ids: (T_p,) or (B, T_p) ints, equal-length prompts, T_p >= 1.
+        prompt_ids: (T_p,) or (B, T_p) integer ids in [0, V), equal-length
+        prompts, B >= 1 and T_p >= 1. length: a whole number >= 0.
         The prompt is run once; each new token then costs one LSTM step fed
         with the state of the previous one (the prefix is never re-run).
-        temperature 0 = greedy; top_k / top_p restrict the candidates;
-        banned_ids are never produced. With ``eos_id``, a sequence stops at its
-        first EOS; finished rows are padded with ``eos_id`` and generation ends
-        when every row has finished. Returns (length',) or (B, length') with
-        length' <= length. The model's own stateful state is left untouched.
-        On the fused path (without top_k/top_p) the token loop runs in
-        ``scratchlm.kernels``: the same draws and, up to float round-off in
+        temperature 0 = greedy; top_k / top_p restrict the candidates (see
+        :func:`scratchlm.sampling.check_options`); banned_ids (integer ids in
+        [0, V), not all of them) are never produced. With ``eos_id`` (an id in
+        [0, V)), a sequence stops at its first EOS; finished rows are padded
+        with ``eos_id`` and generation ends when every row has finished.
+        seed: None or a whole number >= 0.
+        Returns (length',) or (B, length') with length' <= length (length 0:
+        an empty (0,) or (B, 0) array). The model's own stateful state is left
+        untouched. On the fused path (without top_k/top_p) the token loop runs
+        in ``scratchlm.kernels``: the same draws and, up to float round-off in
         the logits, the same ids.
+        Raises :class:`ModelError` or :class:`SamplingError` (both ValueErrors)
+        for unusable arguments, and :class:`scratchlm.budget.ResourceError`
+        before allocating when the output would not fit in memory.
         """
         sampling.check_options(temperature, top_k, top_p)
-        length = int(length)
-        if length < 0:
-            raise ValueError(f"length must be >= 0, got {length}")
-        xp = self.backend.xp
-        host = self.backend.to_host(xp.asarray(prompt_ids))
-        single = host.ndim == 1
-        prompt = self._tokens(host[None, :] if single else host, name="prompt_ids")
-        B, T = prompt.shape
-        if T < 1:
-            raise ValueError("the prompt must hold at least one token")
-        banned = [int(b) for b in banned_ids]
-        if any(not 0 <= b < self.vocab_size for b in banned):
-            raise ValueError(f"banned_ids must lie in [0, {self.vocab_size})")
+        if not _is_whole(length) or length < 0:
+            raise ModelError(f"length must be a whole number of tokens >= 0, got {length!r}")
+        prompt = self._array(prompt_ids, "prompt_ids")
+        if prompt.size == 0:
+            raise ModelError(f"the prompt is empty (shape {prompt.shape}): give at least one token id")
+        single = prompt.ndim == 1
+        prompt = self._tokens(prompt[None, :] if single else prompt, name="prompt_ids")
+        B = prompt.shape[0]
+        if eos_id is not None and (not _is_whole(eos_id) or not 0 <= eos_id < self.vocab_size):
+            raise ModelError(f"eos_id must be None or a token id in [0, {self.vocab_size}), got {eos_id!r}")
+        banned = sampling.check_banned(banned_ids, self.vocab_size)
         rng = Backend.rng(seed)
-        zeros = [(self.backend.zeros((B, h)), self.backend.zeros((B, h))) for h in self.hidden_sizes]
+        what = f"generating {length:,} tokens" + (f" for each of {B:,} prompts" if B > 1 else "")
+        check_fits(generation_bytes(B, length), what, "ask for fewer tokens at a time")
+        if length == 0:                                                   # nothing to sample: skip the prompt
+            out = self.backend.to_host(self.backend.xp.zeros((B, 0), dtype=self.backend.xp.int64))
+        else:
+            zeros = [(self.backend.zeros((B, h)), self.backend.zeros((B, h))) for h in self.hidden_sizes]
+            logits, state, _ = self._forward(prompt.T, zeros, None, last_only=True)     # (B, V)
+            if self.backend.kernels == "fused" and top_k is None and top_p is None:
+                out = self._decode_fused(logits, state, length, temperature, banned, eos_id, rng)
+            else:
+                out = self._decode(logits, state, length, temperature, top_k, top_p, banned, eos_id, rng)
+        return out[0] if single else out
 
-        logits, state, _ = self._forward(prompt.T, zeros, None, last_only=True)     # (B, V)
-        if self.backend.kernels == "fused" and top_k is None and top_p is None:
-            out = self._decode_fused(logits, state, length, temperature, banned, eos_id, rng)
-            return out[0] if single else out
+    def _decode(self, logits, state, length, temperature, top_k, top_p, banned, eos_id, rng):
+        """The token loop of :meth:`generate` on the reference path: one :func:`sampling.sample`
+        and one LSTM step per token, from the prompt's ``logits`` (B, V) and ``state``."""
+        xp = self.backend.xp
+        B = logits.shape[0]
         out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
         done = self.backend.to_host(xp.zeros(B, dtype=bool))
         for k in range(length):
@@ -267,11 +357,10 @@ class LanguageModel:
                 done |= step == eos_id
             out[:, k] = step
             if eos_id is not None and done.all():
-                out = out[:, :k + 1]
-                break
+                return out[:, :k + 1]
             if k + 1 < length:
                 logits, state, _ = self._forward(ids[None, :], state, None, last_only=True)
-        return out[0] if single else out
+        return out
 
     def _decode_fused(self, logits, state, length, temperature, banned, eos_id, rng):
         """The token loop of :meth:`generate` on the fused kernels: the same draws from ``rng``,

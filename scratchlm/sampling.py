@@ -46,7 +46,6 @@ row (V,). Everything runs in the logits' array module (NumPy or CuPy) and dtype.
 
 import math
 import numbers
-import operator
 
 from .backend import array_module
 from .errors import SamplingError
@@ -67,17 +66,41 @@ def check_options(temperature=1.0, top_k=None, top_p=None):
         raise SamplingError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
+def check_banned(banned_ids, vocab_size):
+    """The banned ids as a sorted list of distinct ints; :class:`SamplingError` unless they are usable.
+
+    banned_ids: an iterable of whole numbers (Python or NumPy integers, not
+    bools) in [0, vocab_size); at least one id of the vocabulary must stay allowed.
+    """
+    try:
+        ids = list(banned_ids)
+    except TypeError:
+        raise SamplingError(f"banned ids must be an iterable of token ids such as [0, 3], got {banned_ids!r}") from None
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+    if bad:
+        raise SamplingError(f"banned ids must be whole numbers (token ids), got {bad[0]!r}")
+    ids = sorted({int(i) for i in ids})
+    V = vocab_size
+    if ids and not (0 <= ids[0] and ids[-1] < V):
+        raise SamplingError(f"banned ids must lie in [0, {V}) for a vocabulary of {V}, got {ids[0]}..{ids[-1]}")
+    if len(ids) == V:
+        raise SamplingError(f"every token id is banned (all {V} of them): there is nothing left to sample; "
+                            "ban fewer ids")
+    return ids
+
+
 def probabilities(logits, temperature=1.0, top_k=None, top_p=None, banned_ids=()):
     """The distribution that :func:`sample` draws from.
 
-    logits: (B, V) or (V,) float array (not modified).
+    logits: (B, V) or (V,) NumPy or CuPy array of real numbers, V >= 1 (not modified).
     temperature, top_k, top_p: see :func:`check_options` and the module docstring.
-    banned_ids: iterable of ids in [0, V) that get probability exactly 0.
+    banned_ids: iterable of integer ids in [0, V) that get probability exactly 0
+        (see :func:`check_banned`).
     Returns probabilities of the same shape, array module and dtype; each row
     sums to 1. With temperature 0 each row is the one-hot of the argmax over the
     ids that are not banned (the first one on ties). Integer logits are taken
-    as float64. Raises :class:`SamplingError` for bad options, banned ids
-    outside [0, V), every id banned, or logits with NaN or +inf.
+    as float64. Raises :class:`SamplingError` for bad options, bad banned ids,
+    every id banned, logits that are not such an array, or logits with NaN or +inf.
     """
     return _probability_rows(logits, temperature, top_k, top_p, banned_ids).reshape(logits.shape)
 
@@ -88,10 +111,13 @@ def sample(logits, rng, temperature=1.0, top_k=None, top_p=None, banned_ids=()):
     logits: (B, V) or (V,) float array; the other options as in :func:`probabilities`.
     rng: a host ``numpy.random.Generator`` (``Backend.rng(seed)``); B uniform
     numbers are drawn from it per call, none when temperature is 0 (greedy).
+    Anything without a ``random`` method raises :class:`SamplingError`.
     Returns int64 ids in the logits' array module: shape (B,) for (B, V) logits,
     a 0-d array for (V,) logits (``int(ids)`` makes it a Python int).
     An id with probability 0 (banned, or cut by top-k/top-p) is never returned.
     """
+    if not callable(getattr(rng, "random", None)):
+        raise SamplingError(f"rng must be a random generator such as Backend.rng(seed), got {type(rng).__name__}")
     p = _probability_rows(logits, temperature, top_k, top_p, banned_ids)   # (B, V)
     xp = array_module(p)
     if temperature == 0:
@@ -121,17 +147,17 @@ def _probability_rows(logits, temperature, top_k, top_p, banned_ids):
 
 def _masked_logits(logits, banned_ids):
     """A float (B, V) copy of the logits with the banned columns set to -inf."""
+    if not hasattr(logits, "dtype"):
+        raise SamplingError(f"logits must be a NumPy or CuPy array, got {type(logits).__name__}: "
+                            "pass numpy.asarray(logits)")
+    if logits.dtype.kind not in "iuf":
+        raise SamplingError(f"logits must hold real numbers (float or integer), got {logits.dtype}")
+    if logits.ndim not in (1, 2) or logits.shape[-1] == 0:
+        raise SamplingError(f"logits must have shape (B, V) or (V,) with V >= 1, got {logits.shape}")
     xp = array_module(logits)
-    if logits.ndim not in (1, 2):
-        raise SamplingError(f"logits must have shape (B, V) or (V,), got {logits.shape}")
     dtype = logits.dtype if logits.dtype.kind == "f" else xp.float64
     z = xp.array(logits, dtype=dtype, ndmin=2)    # a copy: the caller's logits stay as they are
-    V = z.shape[1]
-    ids = sorted({operator.index(i) for i in banned_ids})
-    if ids and not (0 <= ids[0] and ids[-1] < V):
-        raise SamplingError(f"banned ids must lie in [0, {V}) for a vocabulary of {V}, got {ids[0]}..{ids[-1]}")
-    if len(ids) == V:
-        raise SamplingError(f"all {V} token ids are banned: there is nothing left to sample")
+    ids = check_banned(banned_ids, z.shape[1])
     if ids:
         z[:, ids] = -math.inf
     if not bool(xp.isfinite(z.max(axis=1)).all()):

@@ -277,13 +277,24 @@ class WordTokenizer:
 
 
 def from_config(config):
-    """Rebuild a tokenizer from its ``config`` dict (as stored in a checkpoint's metadata)."""
-    try:
-        kind = config["kind"]
-        if kind == "char":
-            return CharTokenizer(config["chars"], lower=config["lower"], reserved=config["reserved"])
-        if kind == "word":
-            return WordTokenizer(config["words"], lower=config["lower"])
-    except (TypeError, KeyError) as exc:
-        raise VocabularyError(f"malformed tokenizer description ({exc.__class__.__name__}: {exc})") from None
-    raise VocabularyError(f"unknown tokenizer kind {kind!r}: expected 'char' or 'word'")
+    """Rebuild a tokenizer from its ``config`` dict (as stored in a checkpoint's metadata).
+
+    Raises VocabularyError, naming the field, unless ``config`` has the shape ``config`` writes: kind "char"
+    with chars (a list of characters), lower and reserved (true/false), or kind "word" with words (a list
+    of strings) and lower.
+    """
+    fix = "it is not a scratchlm tokenizer's config (a checkpoint holding it is corrupt or was edited)"
+    if not isinstance(config, dict):
+        raise VocabularyError(f"malformed tokenizer description, a {type(config).__name__} instead of a dict: {fix}")
+    kind = config.get("kind")
+    if kind not in ("char", "word"):
+        raise VocabularyError(f"unknown tokenizer kind {kind!r:.60}: expected 'char' or 'word'")
+    rules = ({"chars": (list, "a list of characters"), "reserved": (bool, "true or false")} if kind == "char" else
+             {"words": (list, "a list of words")})
+    for name, (type_, rule) in {**rules, "lower": (bool, "true or false")}.items():
+        if not isinstance(config.get(name), type_):
+            raise VocabularyError(f"malformed {kind} tokenizer description: {name!r} must be {rule}, got "
+                                  f"{config.get(name)!r:.60}; {fix}")
+    if kind == "char":
+        return CharTokenizer(config["chars"], lower=config["lower"], reserved=config["reserved"])
+    return WordTokenizer(config["words"], lower=config["lower"])

@@ -39,8 +39,10 @@ non-finite weights, so ``last.npz`` stays the last good state.
 """
 
 import base64
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,9 +50,12 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
-from . import checkpoint, optim
+from . import checkpoint, optim, rundir
 from .errors import CheckpointError, ScratchLMError
+from .budget import check_fits
 from .files import atomic_write
+from .model import generation_bytes
+from .text import VocabularyError, listing
 
 LAST, BEST, METRICS, PLOT = "last.npz", "best.npz", "metrics.jsonl", "loss.png"
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
@@ -107,10 +112,13 @@ def run_script(name, run_dir, body):
     """Run ``body()`` with the command-line contract; returns the exit code.
 
     0 when it finishes; 2 and one line on stderr for a ScratchLMError (bad
-    input); 130 on Ctrl-C, saying how to continue from the run's last checkpoint.
+    input, or a run directory another run is using: ``body`` runs holding
+    ``run_dir``'s lock); 130 on Ctrl-C, saying how to continue from the run's
+    last checkpoint.
     """
     try:
-        body()
+        with rundir.lock(run_dir):
+            body()
     except ScratchLMError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
@@ -128,6 +136,8 @@ class Sampler:
         book: 0.2, 0.5, 1.0, 1.2 and 400 characters).
     prime: text every sample starts from, or None for a random window of the
         training data (the book's seed sentence; <eos> for padded sequences).
+        A prime with tokens the vocabulary lacks is refused at once (a word-level
+        vocabulary with <unk> maps them to it), not silently replaced.
     Reserved ids (<pad>, <unk>, and <eos> unless the data end sequences with it)
     are never sampled; with <eos>-terminated data a sample stops at <eos>.
     Randomness comes from ``numpy.random.default_rng([seed, epoch])``: sampling
@@ -139,17 +149,31 @@ class Sampler:
         self.tokenizer = tokenizer
         self.temperatures = [float(t) for t in temperatures]
         self.length, self.prime, self.top_k, self.top_p, self.seed = int(length), prime, top_k, top_p, seed
+        check_fits(generation_bytes(1, self.length), f"samples of {self.length:,} tokens",
+                   "ask for shorter samples (--sample-length)")
+        self.prime_ids = None
+        if prime is not None:
+            unknown = "unk" if tokenizer.kind == "word" and tokenizer.unk_id is not None else "error"
+            try:
+                self.prime_ids = tokenizer.encode(prime, unknown=unknown).astype(numpy.int64)
+            except VocabularyError as exc:
+                raise VocabularyError(f"the samples' prime {prime!r} holds {listing(exc.missing)}, which the "
+                                      "vocabulary lacks: choose a prime made of the corpus' own tokens",
+                                      exc.missing) from None
 
     def __call__(self, trainer):
         """Print one sample per temperature from ``trainer.model`` (seeded by ``trainer.epoch``)."""
         tok = self.tokenizer
         rng = numpy.random.default_rng([self.seed, trainer.epoch])
         eos = trainer.train.eos_id
-        prompt = [] if self.prime is None else tok.encode(self.prime, unknown="skip")
-        if eos is not None and self.prime is not None:
-            prompt = numpy.concatenate([[eos], prompt])
-        if len(prompt) == 0:                          # no prime, or none of its characters is known
+        if self.prime_ids is None:
             prompt = trainer.train.random_prompt(rng)
+        elif eos is not None:
+            prompt = numpy.concatenate([[eos], self.prime_ids])
+        elif len(self.prime_ids):
+            prompt = self.prime_ids
+        else:
+            raise ScratchLMError("the samples' prime is empty: give it some text, or no prime for a random one")
         banned = [i for i in tok.special_ids if i != eos]
         shown = render(tok, prompt)
         trainer.print(f'--- samples at step {trainer.step:,} (epoch {trainer.epoch + 1}), primed with: "{shown}"')
@@ -214,6 +238,8 @@ class Trainer:
         self._epoch_loss = 0.0              # Σ loss·targets over the epoch's steps so far
         self._epoch_targets = 0
         self._epoch_seconds = 0.0
+        self._window_loss = 0.0             # Σ loss of the steps since the last step record
+        self._window_skipped = 0            # steps of that window not taken here (before a resume with no record)
         self.saved_step = None              # step of the latest checkpoint written (or resumed from)
         self.history = []                   # one dict per completed epoch
         self._metrics = None
@@ -232,32 +258,69 @@ class Trainer:
         if position is None or ckpt.optimizer is None:
             raise ResumeError("this checkpoint holds no training position or optimizer state "
                               "(it was not written by a Trainer): start a new run instead")
+        checkpoint.check_position(position)
+        if not isinstance(recorded, dict):
+            raise CheckpointError(f"this checkpoint's description of its training data (metadata['data']) is "
+                                  f"{type(recorded).__name__}, not a JSON object; {checkpoint.EDITED}")
         if recorded != train.config:
-            differ = sorted(k for k in set(recorded or {}) | set(train.config)
-                            if (recorded or {}).get(k) != train.config.get(k))
+            differ = sorted(k for k in set(recorded) | set(train.config) if recorded.get(k) != train.config.get(k))
             what = "the corpus or its tokenization" if differ == ["fingerprint"] else ", ".join(differ)
             raise ResumeError(f"the training data differ from the checkpoint's ({what}): resume with the "
                               "same corpus and data settings, or start a new run")
-        trainer = cls(ckpt.model, ckpt.optimizer, train, val, metadata=meta, **kwargs)
+        if position["batch"] > train.num_batches:
+            raise CheckpointError(f"this checkpoint's training position, after batch {position['batch']:,} of an "
+                                  f"epoch, lies beyond the {train.num_batches:,} batches of an epoch of its data; "
+                                  f"{checkpoint.EDITED}")
+        model = ckpt.model
+        layers = len(model.lstms)
+        if carried is None:
+            carried = [None] * layers
+        elif not (model.stateful and isinstance(carried, list) and len(carried) == layers
+                  and all(s is None or isinstance(s, list) and len(s) == 2 for s in carried)):
+            raise CheckpointError("this checkpoint's carried LSTM state (metadata['state']) must be null, or for a "
+                                  f"stateful model a list of {layers} entries, each null or [h, c]"
+                                  + ("" if model.stateful else " (its model is not stateful)")
+                                  + f"; {checkpoint.EDITED}")
+        states = [None if s is None else tuple(
+                      _decode_array(a, (train.batch_size, lstm.units), model.backend.dtype,
+                                    f"the carried {name} of LSTM layer {n} (metadata['state'][{n}])")
+                      for name, a in zip("hc", s))
+                  for n, (lstm, s) in enumerate(zip(model.lstms, carried))]
+        trainer = cls(model, ckpt.optimizer, train, val, metadata=meta, **kwargs)
         trainer.epoch, trainer.batch, trainer.step = position["epoch"], position["batch"], position["step"]
         trainer.best_val_loss = position["best_val_loss"]
         trainer._epoch_loss = position["epoch_loss"]
         trainer._epoch_targets = position["epoch_targets"]
         trainer._epoch_seconds = position["epoch_seconds"]
+        if "window_loss" in position:
+            trainer._window_loss = position["window_loss"]
+        else:                                    # an older checkpoint: the window's earlier losses are unknown
+            trainer._window_skipped = trainer.step % trainer.log_every
         trainer.history = position["history"]
         trainer.saved_step = trainer.step
-        if carried is not None:
-            for lstm, state in zip(ckpt.model.lstms, carried):
-                lstm.state = None if state is None else tuple(
-                    ckpt.model.backend.asarray(_decode_array(a)) for a in state)
+        for lstm, state in zip(model.lstms, states):
+            lstm.state = None if state is None else tuple(model.backend.asarray(a) for a in state)
         return trainer
 
     # -- the loop -------------------------------------------------------------------
     def fit(self):
         """Train until ``epochs`` are complete or ``max_steps`` are taken; returns the epoch history."""
+        with contextlib.ExitStack() as stack:
+            if self.run_dir is not None:
+                stack.enter_context(rundir.lock(self.run_dir))
+            return self._fit()
+
+    def _fit(self):
+        bad = self._non_finite_params()
+        if bad:
+            raise TrainingDiverged(f"the weights {', '.join(bad)} are not finite before training starts, so "
+                                   "nothing can be learnt from them: resume from an earlier checkpoint or start "
+                                   "a new run")
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.run_dir / METRICS, "a", encoding="utf-8")
+            if self.saved_step is None and (self.run_dir / LAST).exists():
+                raise ResumeError(f"{self.run_dir} already holds a run ({LAST}): resume it, or choose another "
+                                  "run directory")
+            self._metrics = _open_log(self.run_dir / METRICS)
         try:
             self._record({"event": "resume" if self.step else "start", "step": self.step,
                           "epoch": self.epoch + 1, "time": time.time()})
@@ -294,13 +357,14 @@ class Trainer:
         bar = tqdm(total=n, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
                    disable=None if self.progress is None else not self.progress, leave=False, file=sys.stderr,
                    dynamic_ncols=True)
-        window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        window_tokens, window_start = 0, time.perf_counter()
         tick = time.perf_counter()
         try:
             for batch in self.train.batches(self.epoch, self.batch):
-                loss, grads = self.model.loss_and_grads(batch.x, batch.y, mask=batch.mask,
-                                                        last_only=self.train.last_only)
-                norm = optim.global_norm(grads)
+                with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guard reports it
+                    loss, grads = self.model.loss_and_grads(batch.x, batch.y, mask=batch.mask,
+                                                            last_only=self.train.last_only)
+                    norm = optim.global_norm(grads)
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     self._diverged(loss, norm)
                 self.optimizer.step(self.model.params, grads)
@@ -310,8 +374,8 @@ class Trainer:
                 self._epoch_loss += loss * batch.targets
                 self._epoch_targets += batch.targets
                 tokens = batch.x.size if batch.mask is None else int(batch.mask.sum())
-                window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, \
-                    window_tokens + tokens
+                self._window_loss += loss
+                window_tokens += tokens
                 now = time.perf_counter()
                 self._epoch_seconds += now - tick
                 tick = now
@@ -320,9 +384,10 @@ class Trainer:
                                 refresh=False)
                 bar.update(1)
                 if self.step % self.log_every == 0:
+                    steps = self.log_every - self._window_skipped
                     self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1,
-                                  "loss": window_loss / window_steps, "grad_norm": norm, "tokens_per_s": rate})
-                    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
+                                  "loss": self._window_loss / steps, "grad_norm": norm, "tokens_per_s": rate})
+                    self._window_loss, self._window_skipped, window_tokens, window_start = 0.0, 0, 0, now
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                     self._save(LAST)
                 if self.on_step is not None:
@@ -348,13 +413,13 @@ class Trainer:
         if val_loss is not None:
             line += f"  val_loss {val_loss:.4f}" + (" (best)" if improved else "")
         self.print(line + f"  {self._epoch_seconds:.1f} s  ({self.step:,} steps)")
+        self._save(LAST, epoch_done=True)         # first the checkpoint: a Ctrl-C while sampling loses nothing
+        if improved:
+            self._save(BEST, epoch_done=True)
+        self._plot()
         if self.sampler is not None:
             self.sampler(self)
         self.epoch, self.batch = self.epoch + 1, 0
-        self._save(LAST)
-        if improved:
-            self._save(BEST)
-        self._plot()
 
     def evaluate(self, batches):
         """Mean loss per scored target over all of ``batches`` (epoch 0 order), without training.
@@ -364,6 +429,8 @@ class Trainer:
         """
         carried = [lstm.state for lstm in self.model.lstms]
         total, count = 0.0, 0
+        if batches.num_batches < 1:
+            raise ScratchLMError("the validation set holds no batch: give it more data, or no validation set")
         try:
             self.model.reset_state()
             for batch in batches.batches(0):
@@ -396,12 +463,20 @@ class Trainer:
         """Path of ``last.npz`` if one was written or resumed from, else None."""
         return None if self.run_dir is None or self.saved_step is None else self.run_dir / LAST
 
-    def _save(self, name):
-        """Write a checkpoint of the current position (atomically; never from non-finite weights)."""
+    def _non_finite_params(self):
+        xp = self.model.backend.xp
+        return [k for k, p in self.model.params.items() if not bool(xp.isfinite(p).all())]
+
+    def _save(self, name, epoch_done=False):
+        """Write a checkpoint of the current position (atomically; never from non-finite weights).
+
+        epoch_done: the epoch's last batch is taken; the checkpoint's position is
+        the start of the next epoch (written before the epoch's samples, which
+        come before the trainer moves on).
+        """
         if self.run_dir is None:
             return
-        xp = self.model.backend.xp
-        bad = [k for k, p in self.model.params.items() if not bool(xp.isfinite(p).all())]
+        bad = self._non_finite_params()
         if bad:
             self._diverged(math.nan, math.nan, f"weights {', '.join(bad)} are not finite")
         carried = None
@@ -409,9 +484,11 @@ class Trainer:
             to_host = self.model.backend.to_host
             carried = [None if lstm.state is None else [_encode_array(to_host(a)) for a in lstm.state]
                        for lstm in self.model.lstms]
-        position = {"epoch": self.epoch, "batch": self.batch, "step": self.step,
+        epoch, batch = (self.epoch + 1, 0) if epoch_done else (self.epoch, self.batch)
+        position = {"epoch": epoch, "batch": batch, "step": self.step,
                     "best_val_loss": self.best_val_loss, "epoch_loss": self._epoch_loss,
                     "epoch_targets": self._epoch_targets, "epoch_seconds": self._epoch_seconds,
+                    "window_loss": self._window_loss,
                     "history": self.history}
         metadata = {**self.metadata, "data": self.train.config, "train": position, "state": carried}
         self.model.save(self.run_dir / name, optimizer=self.optimizer, metadata=metadata)
@@ -421,10 +498,14 @@ class Trainer:
     def _diverged(self, loss, norm, what=None):
         what = what or f"the loss is {loss} and the gradient norm {norm}"
         self._record({"event": "diverged", "step": self.step + 1, "epoch": self.epoch + 1})
-        kept = (f"the last good checkpoint, {self.last_checkpoint} (step {self.saved_step}), is kept"
-                if self.last_checkpoint is not None else "no checkpoint was written")
+        if self.last_checkpoint is not None:
+            advice = (f"the last good checkpoint, {self.last_checkpoint} (step {self.saved_step}), is kept: "
+                      "resume from it with a lower learning rate or gradient clipping")
+        else:
+            advice = ("no checkpoint was written yet: start again with a lower learning rate or gradient "
+                      "clipping")
         raise TrainingDiverged(f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}; "
-                               f"{kept}: resume from it with a lower learning rate or gradient clipping")
+                               + advice)
 
 
 def _encode_array(a):
@@ -433,11 +514,37 @@ def _encode_array(a):
     return {"dtype": a.dtype.str, "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
-def _decode_array(d):
-    dtype = numpy.dtype(d["dtype"])
-    if dtype.kind not in "fiu":
-        raise CheckpointError(f"unexpected dtype {d['dtype']!r} in a checkpoint's carried state")
-    return numpy.frombuffer(base64.b64decode(d["base64"]), dtype=dtype).reshape(d["shape"]).copy()
+def _decode_array(d, shape, dtype, what):
+    """The host array that :func:`_encode_array` turned into ``d``; CheckpointError naming ``what`` unless
+    ``d`` holds exactly a ``dtype`` array of ``shape``."""
+    dtype = numpy.dtype(dtype)
+    wrong = f"{what} must be a {dtype} array of shape {tuple(shape)}"
+    if not isinstance(d, dict) or not isinstance(d.get("base64"), str):
+        raise CheckpointError(f"{wrong}, encoded as dtype, shape and base64; {checkpoint.EDITED}")
+    if d.get("dtype") != dtype.str or d.get("shape") != list(shape):
+        raise CheckpointError(f"{wrong}, got dtype {d.get('dtype')!r:.20} and shape {d.get('shape')!r:.40}; "
+                              f"{checkpoint.EDITED}")
+    try:
+        data = base64.b64decode(d["base64"], validate=True)
+    except ValueError:                                    # binascii.Error
+        raise CheckpointError(f"{wrong}: its base64 text does not decode; {checkpoint.EDITED}") from None
+    if len(data) != math.prod(shape) * dtype.itemsize:
+        raise CheckpointError(f"{wrong}: it holds {len(data):,} bytes instead of {math.prod(shape) * dtype.itemsize:,}"
+                              f"; {checkpoint.EDITED}")
+    return numpy.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def _open_log(path):
+    """``path`` opened for appending lines; a torn last line (a killed writer) is ended first."""
+    torn = False
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END):
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    log = open(path, "a", encoding="utf-8")
+    if torn:
+        log.write("\n")
+    return log
 
 
 def read_metrics(path):
