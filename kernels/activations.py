@@ -3,7 +3,7 @@
 Numba from PyPI has no vector math library: ``math.exp`` and ``math.tanh`` become
 one scalar libm call per element, and a loop containing them is not vectorised
 (a fused LSTM gate kernel written that way is ~10x slower than NumPy's own
-AVX-512 ``np.tanh``; see DESIGN.md). So in float32 the kernels use functions
+AVX-512 ``np.tanh``; see docs/design.md). So in float32 the kernels use functions
 made only of arithmetic, selects and one integer-to-float bit cast, which LLVM
 turns into 16-wide AVX-512 code:
 

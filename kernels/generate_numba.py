@@ -1,6 +1,6 @@
 """Token-by-token sampling on the CPU with O(1) work per token.
 
-What :meth:`scratchlm.model.LanguageModel.generate` does on the reference path,
+What :meth:`scratchlm.models.LanguageModel.generate` does on the reference path,
 minus its per-token overheads: the input table E·W + b is built once per call
 (not once per token), every buffer is allocated once, and each token costs, per
 layer, one GEMM and one fused step kernel, then one GEMM for the logits and one

@@ -3,12 +3,13 @@
 Embedding, LSTM forward and backpropagation-through-time with explicit gate
 math, softmax cross-entropy, Adam/RMSprop/SGD and temperature sampling, written
 once against an array backend (NumPy on CPU, CuPy on GPU). Start reading at
-:mod:`scratchlm.layers` (the LSTM equations) and :mod:`scratchlm.model`.
+:mod:`scratchlm.layers` (the LSTM equations) and :mod:`scratchlm.models`;
+docs/design.md describes the whole.
 """
 
 from .backend import Backend, get_backend
 from .errors import BackendUnavailable, CheckpointError, ScratchLMError
-from .model import LanguageModel
+from .models import LanguageModel
 
 __version__ = "0.1.0"
 __all__ = ["Backend", "BackendUnavailable", "CheckpointError", "LanguageModel", "ScratchLMError",

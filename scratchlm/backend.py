@@ -12,7 +12,7 @@ math. A :class:`Backend` carries:
                samples on either backend;
 * ``asarray`` / ``to_host``  host <-> device transfer;
 * ``scatter_add`` the one primitive NumPy lacks a fast form of (``np.add.at`` is
-               ~100x slower than a sort-and-reduce; see DESIGN.md);
+               ~100x slower than a sort-and-reduce; see docs/design.md);
 * ``kernels``  which code runs the hot loops: "reference" — the plain ``xp`` code
                of :mod:`scratchlm.layers` and :mod:`scratchlm.losses`, written to
                be read — or "fused" — the kernels of :mod:`scratchlm.kernels`

@@ -12,17 +12,23 @@ the other. Writing is atomic: the archive goes to a temporary file in the same
 directory, is flushed to disk, then renamed over the destination, so a crash
 never leaves a half-written checkpoint where a good one was.
 
+This module knows the file format only, not what a model is: the caller of
+:func:`read` says which parameters a model config implies, and
+:func:`scratchlm.models.load` builds the model. Version 2 records the model's
+kind in ``header["model"]["kind"]`` (and a recurrent model's ``cell``);
+version 1 files, written before there was more than one model, hold an LSTM
+``LanguageModel`` and are read as such.
+
 Reading trusts nothing in the file. :func:`read` first looks at the ``.npy``
 headers alone: the archive must hold only arrays, none of Python objects,
 each exactly as large as its entry, all together fitting in memory. Then every
 header field must have the type and range :func:`save` writes, and the arrays
-must be exactly the parameters the header's model config implies (the shapes
-of :func:`parameter_shapes`, the header's dtype) plus slots of its optimizer
-for those parameters. Only then is any array read, and only then does
-:func:`load` build the model: a checkpoint that lies raises CheckpointError
-naming the field and the array, and never makes scratchlm allocate what its
-header claims. Reading never unpickles (``allow_pickle=False``): a file from a
-stranger cannot run code.
+must be exactly the parameters the header's model config implies (with the
+header's dtype) plus slots of its optimizer for those parameters. Only then is
+any array read: a checkpoint that lies raises CheckpointError naming the field
+and the array, and never makes scratchlm allocate what its header claims.
+Reading never unpickles (``allow_pickle=False``): a file from a stranger
+cannot run code.
 """
 
 import contextlib
@@ -31,19 +37,18 @@ import math
 import zipfile
 import zlib
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy
 from numpy.lib import format as npy_format
 
 from . import optim
-from .backend import get_backend
 from .budget import check_fits
 from .errors import CheckpointError
 from .files import atomic_write
 
 FORMAT = "scratchlm-checkpoint"
-VERSION = 1
+VERSION = 2
+_V1_MODEL = {"kind": "recurrent", "cell": "lstm"}        # what a version-1 header's model config leaves out
 EDITED = "the file is corrupt or was edited: use another checkpoint (e.g. the run's best.npz) or retrain"
 _HEADER = "header.json"
 _FIELDS = ("format", "version", "model", "optimizer", "rng", "metadata")
@@ -71,42 +76,15 @@ def _number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# Field -> (check, what it must be), for the dicts a checkpoint's header and a Trainer's metadata hold.
-_MODEL_RULES = {
-    "vocab_size": (_positive, "a positive whole number"),
-    "embedding_dim": (lambda v: v is None or _positive(v), "null (one-hot input) or a positive whole number"),
-    "hidden_sizes": (lambda v: isinstance(v, list) and len(v) > 0 and all(_positive(h) for h in v),
-                     "a non-empty list of positive whole numbers"),
-    "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
-    "stateful": (lambda v: isinstance(v, bool), "true or false"),
-    "seed": (lambda v: v is None or _count(v), "null or a whole number >= 0"),
-}
+# Field -> (check, what it must be), for the dicts a checkpoint's header holds.
 _OPTIMIZER_RULES = {"name": (lambda v: isinstance(v, str), "a string"),
                     "iterations": (_count, "a whole number >= 0")}
-_POSITION_RULES = {
-    "epoch": (_count, "a whole number >= 0"), "batch": (_count, "a whole number >= 0"),
-    "step": (_count, "a whole number >= 0"), "best_val_loss": (lambda v: v is None or _number(v), "null or a number"),
-    "epoch_loss": (_number, "a number"), "epoch_targets": (_count, "a whole number >= 0"),
-    "epoch_seconds": (_number, "a number"), "history": (lambda v: isinstance(v, list), "a list of epoch records"),
-}
-_EPOCH_RULES = {"epoch": (_positive, "a positive whole number"), "step": (_count, "a whole number >= 0"),
-                "loss": (_number, "a number"), "val_loss": (lambda v: v is None or _number(v), "null or a number"),
-                "seconds": (_number, "a number")}
-
-
-class Checkpoint(NamedTuple):
-    """What :func:`load` returns."""
-    model: object                 # LanguageModel
-    optimizer: object             # Optimizer or None
-    rng: object                   # numpy.random.Generator or None
-    metadata: dict
-
-
-def save(path, model, optimizer=None, rng=None, metadata=None):
-    """Write ``model`` (and optionally optimizer state, RNG state, JSON metadata) to ``path``."""
-    to_host = model.backend.to_host
-    arrays = {f"param/{name}": to_host(p) for name, p in model.params.items()}
-    header = {"format": FORMAT, "version": VERSION, "model": model.config,
+def save(path, params, config, optimizer=None, rng=None, metadata=None, backend=None):
+    """Write a model's ``params`` (name -> host array) and ``config`` (JSON, with its ``kind``), optionally an
+    optimizer's state (its slots moved to the host by ``backend``), an RNG's state and JSON metadata."""
+    to_host = (lambda a: a) if backend is None else backend.to_host
+    arrays = {f"param/{name}": p for name, p in params.items()}
+    header = {"format": FORMAT, "version": VERSION, "model": config,
               "optimizer": None, "rng": None, "metadata": metadata or {}}
     if optimizer is not None:
         config, slots = optimizer.state_dict()
@@ -120,53 +98,15 @@ def save(path, model, optimizer=None, rng=None, metadata=None):
         numpy.savez(f, **arrays)
 
 
-def parameter_shapes(config):
-    """Name -> shape of every parameter of ``LanguageModel(**config)``, in ``model.params`` order, by arithmetic.
-
-    With V = vocab_size, E = embedding_dim, H_n = hidden_sizes[n]: embedding/embeddings (V, E) unless E is
-    None (one-hot input); lstm_n/kernel (D_n, 4 H_n), lstm_n/recurrent_kernel (H_n, 4 H_n), lstm_n/bias (4 H_n,)
-    where D_0 = E (V for one-hot input) and D_n = H_{n-1}; dense/kernel (H_last, V), dense/bias (V,).
-    """
-    V, E, hidden = config["vocab_size"], config["embedding_dim"], config["hidden_sizes"]
-    shapes = {} if E is None else {"embedding/embeddings": (V, E)}
-    for n, (d, h) in enumerate(zip([E or V] + hidden[:-1], hidden)):
-        shapes.update({f"lstm_{n}/kernel": (d, 4 * h), f"lstm_{n}/recurrent_kernel": (h, 4 * h),
-                       f"lstm_{n}/bias": (4 * h,)})
-    shapes.update({"dense/kernel": (hidden[-1], V), "dense/bias": (V,)})
-    return shapes
-
-
-def describe(config, backend="numpy"):
-    """The text of ``repr(LanguageModel(**config))`` on the backend named ``backend``, without building it."""
-    V, E = config["vocab_size"], config["embedding_dim"]
-    inp = "one-hot" if E is None else f"Embedding({V}, {E})"
-    return f"LanguageModel({inp} -> LSTM{config['hidden_sizes']} -> Dense({V}), {backend}, {config['dtype']})"
-
-
-def check_position(position):
-    """CheckpointError unless ``position`` is a training position as a Trainer stores it in ``metadata["train"]``.
-
-    epoch, batch, step and epoch_targets whole numbers >= 0; best_val_loss null or a number; epoch_loss,
-    epoch_seconds and (when present) window_loss numbers; history a list of epoch records, each with epoch
-    (>= 1), step, loss, val_loss (null or a number) and seconds. Whether ``batch`` lies within an epoch depends
-    on the data: the Trainer checks it.
-    """
-    _check_fields(position, _POSITION_RULES, "the training position (metadata['train'])")
-    if not _number(position.get("window_loss", 0.0)):       # absent in checkpoints written before it was kept
-        raise CheckpointError(f"the training position (metadata['train']): field 'window_loss' must be a number, "
-                              f"got {_short(position['window_loss'])}; {EDITED}")
-    for n, record in enumerate(position["history"]):
-        _check_fields(record, _EPOCH_RULES, f"record {n} of the training history (metadata['train']['history'])")
-
-
 def _short(value, limit=60):
     """repr(value), cut to ``limit`` characters for an error message."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _check_fields(obj, rules, what):
-    """CheckpointError unless ``obj`` is a dict holding every field of ``rules``, each passing its check."""
+def check_fields(obj, rules, what, exact=False):
+    """CheckpointError unless ``obj`` is a dict holding every field of ``rules`` (name -> (check, what it must
+    be)), each passing its check, and (``exact``) no other field."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} must be a JSON object, got {_short(obj)}; {EDITED}")
     for name, (ok, rule) in rules.items():
@@ -174,6 +114,10 @@ def _check_fields(obj, rules, what):
             raise CheckpointError(f"{what} has no field {name!r}; {EDITED}")
         if not ok(obj[name]):
             raise CheckpointError(f"{what}: field {name!r} must be {rule}, got {_short(obj[name])}; {EDITED}")
+    unexpected = sorted(set(obj) - set(rules))
+    if exact and unexpected:
+        raise CheckpointError(f"{what} has unexpected fields {_short(unexpected)} (it takes "
+                              f"{', '.join(rules)}); {EDITED}")
 
 
 @contextlib.contextmanager
@@ -258,29 +202,29 @@ def _read_header(archive, entries, path):
 
 
 def _check_header(header, path):
-    """CheckpointError unless ``header`` is a version-1 header with the fields :func:`save` writes.
+    """CheckpointError unless ``header`` is a version-1 or -2 header with the fields :func:`save` writes.
 
-    The model config: exactly the fields of :data:`_MODEL_RULES`, each of its type and range; metadata a dict.
-    The optimizer and RNG states are checked by :func:`_optimizer` and :func:`_rng`.
+    The model config: a JSON object (its fields are judged by :func:`read`'s caller); metadata a dict. A
+    version-1 model config gains the kind and cell it implies. The optimizer and RNG states are checked by
+    :func:`_optimizer` and :func:`_rng`.
     """
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: malformed checkpoint header (not a JSON object); {EDITED}")
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a scratchlm checkpoint (format {_short(header.get('format'))})")
-    if header.get("version") != VERSION or not _whole(header.get("version")):
+    if header.get("version") not in (1, VERSION) or not _whole(header.get("version")):
         raise CheckpointError(f"{path} has checkpoint version {_short(header.get('version'))}; this scratchlm "
-                              f"reads version {VERSION}: upgrade scratchlm or re-save the model")
+                              f"reads versions 1 to {VERSION}: upgrade scratchlm or re-save the model")
     missing = [name for name in _FIELDS if name not in header]
     unexpected = sorted(set(header) - set(_FIELDS))
     if missing or unexpected:
         raise CheckpointError(f"{path}: the checkpoint header " + (f"lacks {', '.join(missing)}" if missing else
                               f"has unexpected fields {_short(unexpected)}") + f"; {EDITED}")
-    config = header["model"]
-    _check_fields(config, _MODEL_RULES, f"{path}: the model config in the header")
-    unexpected = sorted(set(config) - set(_MODEL_RULES))
-    if unexpected:
-        raise CheckpointError(f"{path}: the model config in the header has unexpected fields {_short(unexpected)} "
-                              f"(a LanguageModel takes {', '.join(_MODEL_RULES)}); {EDITED}")
+    if not isinstance(header["model"], dict):
+        raise CheckpointError(f"{path}: the model config in the header must be a JSON object, got "
+                              f"{_short(header['model'])}; {EDITED}")
+    if header["version"] == 1 and not set(_V1_MODEL) & set(header["model"]):
+        header["model"] = {**_V1_MODEL, **header["model"]}
     if not isinstance(header["metadata"], dict):
         raise CheckpointError(f"{path}: the checkpoint's metadata must be a JSON object, got "
                               f"{_short(header['metadata'])}; {EDITED}")
@@ -294,7 +238,7 @@ def _optimizer(config, path):
     """
     if config is None:
         return None
-    _check_fields(config, _OPTIMIZER_RULES, f"{path}: the optimizer state in the header")
+    check_fields(config, _OPTIMIZER_RULES, f"{path}: the optimizer state in the header")
     try:
         opt = optim.from_state(config, {})
     except ValueError as exc:
@@ -317,17 +261,20 @@ def _parameter_of(key, slot_names):
     return name if kind == "optimizer" and slot in slot_names else None
 
 
-def _check_arrays(entries, config, optimizer, path):
-    """CheckpointError unless the arrays are exactly the parameters the model ``config`` implies, with exactly
+def _check_arrays(entries, shapes_of, config, optimizer, path):
+    """CheckpointError unless the arrays are exactly the parameters ``shapes_of(config)`` yields, with exactly
     their shapes and the config's dtype, plus (when there is an optimizer) slots of those parameters that
     it keeps, shaped and typed like them."""
-    model = ", ".join(f"{k}={_short(config[k])}" for k in ("vocab_size", "embedding_dim", "hidden_sizes"))
+    model = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
     stored = sum(key.startswith("param/") for key in entries)
-    implied = 3 * len(config["hidden_sizes"]) + 2 + (config["embedding_dim"] is not None)
-    if stored != implied:                                 # before parameter_shapes: hidden_sizes may be very long
+    shapes = {}
+    for name, shape in shapes_of(config):                 # stop early: a lying config may imply millions
+        shapes[name] = shape
+        if len(shapes) > stored:
+            break
+    if len(shapes) != stored:
         raise CheckpointError(f"{path} holds {stored} parameter arrays, but the model in its header ({model}) has "
-                              f"{implied}; {EDITED}")
-    shapes = parameter_shapes(config)
+                              f"{'more' if len(shapes) > stored else len(shapes)}; {EDITED}")
     for name in shapes:
         if f"param/{name}" not in entries:
             raise CheckpointError(f"{path}: no array param/{name}, which the model in its header ({model}) has; "
@@ -362,12 +309,14 @@ def _rng(state, path):
     return rng
 
 
-def read(path):
+def read(path, shapes_of):
     """Read and check a checkpoint without building anything -> (header, arrays).
 
-    header: the JSON header, checked as the module docstring says (model config, optimizer and RNG state,
-    metadata a dict). arrays: key ("param/<name>", "optimizer/<slot>/<name>") -> host array, exactly the
-    arrays the header implies. Raises CheckpointError on any problem, before reading any array data.
+    shapes_of(config, what): yields (name, shape) of every parameter the header's model config implies, after
+    raising CheckpointError (naming ``what``) when the config is not a valid one; the config's ``dtype``
+    is the dtype of every parameter. header: the JSON header, checked as the module docstring says.
+    arrays: key ("param/<name>", "optimizer/<slot>/<name>") -> host array, exactly the arrays the header
+    implies. Raises CheckpointError on any problem, before reading any array data.
     """
     path = Path(path)
     with _open(path) as archive:
@@ -375,24 +324,23 @@ def read(path):
             entries = _scan(archive, path)
             header = _read_header(archive, entries, path)
         _check_header(header, path)
-        _check_arrays(entries, header["model"], _optimizer(header["optimizer"], path), path)
+        what = f"{path}: the model config in the header"
+        _check_arrays(entries, lambda config: shapes_of(config, what), header["model"],
+                      _optimizer(header["optimizer"], path), path)
         _rng(header["rng"], path)
         with _unreadable_as_corrupt(path):
             arrays = {key: _read_array(archive, key) for key in entries if key != _HEADER}
     return header, arrays
 
 
-def load(path, backend="numpy"):
-    """Read a checkpoint written by :func:`save` (checked by :func:`read`), then build its model, optimizer
-    and RNG. Raises CheckpointError on any problem."""
-    from .model import LanguageModel
+def optimizer_of(header, arrays, backend):
+    """The optimizer a :func:`read` checkpoint holds, with its slots on ``backend``, or None."""
+    if header["optimizer"] is None:
+        return None
+    slots = {key[len("optimizer/"):]: a for key, a in arrays.items() if key.startswith("optimizer/")}
+    return optim.from_state(header["optimizer"], slots, backend=backend)
 
-    header, arrays = read(path)
-    config = header["model"]
-    model = LanguageModel(backend=get_backend(backend, config["dtype"]), **config)
-    model.set_params({key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")})
-    optimizer = None
-    if header["optimizer"] is not None:
-        slots = {key[len("optimizer/"):]: a for key, a in arrays.items() if key.startswith("optimizer/")}
-        optimizer = optim.from_state(header["optimizer"], slots, backend=model.backend)
-    return Checkpoint(model, optimizer, _rng(header["rng"], Path(path)), header["metadata"])
+
+def rng_of(header, path):
+    """The random generator a :func:`read` checkpoint holds, or None."""
+    return _rng(header["rng"], Path(path))

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy
 
-from . import checkpoint, data, optim, rundir, sampling
+from . import checkpoint, data, models, optim, rundir, sampling
 from .backend import get_backend
 from .errors import CheckpointError, ScratchLMError
-from .model import LanguageModel
+from .models import LanguageModel
 from .text import CharTokenizer, VocabularyError, WordTokenizer, from_config, listing
-from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, load_checkpoint, render
+from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, check_position, load_checkpoint, render
 
 # Settings of `scratchlm train`, with their defaults. None means "depends on another setting".
 DEFAULTS = {
@@ -532,11 +532,11 @@ def _info_path(arg):
 def cmd_info(args):
     """Describe a checkpoint from its checked header and the sizes of its arrays: the model is never built."""
     path = _info_path(args.checkpoint)
-    header, arrays = checkpoint.read(path)
+    header, arrays = models.read(path)
     config, meta = header["model"], header["metadata"]
     params = sum(a.size for key, a in arrays.items() if key.startswith("param/"))
     rows = [("checkpoint", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),
-            ("model", f"{checkpoint.describe(config)}, {params:,} parameters"
+            ("model", f"{models.describe(config)}, {params:,} parameters"
              + (", stateful" if config["stateful"] else ""))]
     tok = _tokenizer_of(meta, config["vocab_size"], path)
     if tok is not None:
@@ -553,7 +553,7 @@ def cmd_info(args):
         rows.append(("corpus", str(_metadata_dict(meta, "cli", path).get("corpus"))))
     position = meta.get("train")
     if position is not None:
-        checkpoint.check_position(position)
+        check_position(position)
         done = (f"{position['epoch']} epochs complete" if position["batch"] == 0 else
                 f"in epoch {position['epoch'] + 1}, after batch {position['batch']:,}")
         rows.append(("position", f"{done}, {position['step']:,} steps taken"))

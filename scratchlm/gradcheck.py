@@ -9,7 +9,7 @@ and the analytic gradient a is compared per parameter tensor by
     rel = max_k |a_k - n_k| / max(max_k (|a_k| + |n_k|), tiny)
 
 Run it in float64: with h = 1e-4 a correct gradient gives rel ~ 1e-8 on the small
-models of the tests, while a wrong derivative gives rel ~ 0.1–1 (DESIGN.md).
+models of the tests, while a wrong derivative gives rel ~ 0.1–1 (docs/design.md).
 """
 
 from .backend import Backend, array_module

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ScratchLMError
-from .model import LanguageModel
+from .models import LanguageModel
 
 _EXTRA = 'pip install "scratchlm[reference]"'
 _SHAPE = "[Embedding] -> LSTM -> ... -> LSTM -> Dense"

@@ -50,11 +50,11 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
-from . import checkpoint, optim, rundir
+from . import checkpoint, models, optim, rundir
 from .errors import CheckpointError, ScratchLMError
 from .budget import check_fits
 from .files import atomic_write
-from .model import generation_bytes
+from .models.base import generation_bytes
 from .text import VocabularyError, listing
 
 LAST, BEST, METRICS, PLOT = "last.npz", "best.npz", "metrics.jsonl", "loss.png"
@@ -69,6 +69,43 @@ class ResumeError(ScratchLMError):
     """A checkpoint cannot be resumed with the data or options given."""
 
 
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What a Trainer's position in metadata["train"] holds: field -> (check, what it must be).
+_POSITION_RULES = {
+    "epoch": (_count, "a whole number >= 0"), "batch": (_count, "a whole number >= 0"),
+    "step": (_count, "a whole number >= 0"), "best_val_loss": (lambda v: v is None or _number(v), "null or a number"),
+    "epoch_loss": (_number, "a number"), "epoch_targets": (_count, "a whole number >= 0"),
+    "epoch_seconds": (_number, "a number"), "history": (lambda v: isinstance(v, list), "a list of epoch records"),
+}
+_EPOCH_RULES = {"epoch": (lambda v: _count(v) and v > 0, "a positive whole number"), "step": (_count, "a whole number >= 0"),
+                "loss": (_number, "a number"), "val_loss": (lambda v: v is None or _number(v), "null or a number"),
+                "seconds": (_number, "a number")}
+
+
+def check_position(position):
+    """CheckpointError unless ``position`` is a training position as a Trainer stores it in ``metadata["train"]``.
+
+    epoch, batch, step and epoch_targets whole numbers >= 0; best_val_loss null or a number; epoch_loss,
+    epoch_seconds and (when present) window_loss numbers; history a list of epoch records, each with epoch
+    (>= 1), step, loss, val_loss (null or a number) and seconds. Whether ``batch`` lies within an epoch depends
+    on the data: :meth:`Trainer.resume` checks it.
+    """
+    checkpoint.check_fields(position, _POSITION_RULES, "the training position (metadata['train'])")
+    if not _number(position.get("window_loss", 0.0)):       # absent in checkpoints written before it was kept
+        raise CheckpointError("the training position (metadata['train']): field 'window_loss' must be a number, "
+                              f"got {position['window_loss']!r}; {checkpoint.EDITED}")
+    for n, record in enumerate(position["history"]):
+        checkpoint.check_fields(record, _EPOCH_RULES,
+                                f"record {n} of the training history (metadata['train']['history'])")
+
+
 def load_checkpoint(path, backend="numpy"):
     """Load a run directory's ``last.npz`` (or a checkpoint file) -> :class:`Checkpoint`."""
     path = Path(path)
@@ -77,7 +114,7 @@ def load_checkpoint(path, backend="numpy"):
             raise CheckpointError(f"{path} holds no {LAST}: it is not a run directory, or its run wrote no "
                                   "checkpoint yet")
         path = path / LAST
-    return checkpoint.load(path, backend=backend)
+    return models.load(path, backend=backend)
 
 
 def open_run(run_dir, resume, backend="numpy"):
@@ -258,7 +295,7 @@ class Trainer:
         if position is None or ckpt.optimizer is None:
             raise ResumeError("this checkpoint holds no training position or optimizer state "
                               "(it was not written by a Trainer): start a new run instead")
-        checkpoint.check_position(position)
+        check_position(position)
         if not isinstance(recorded, dict):
             raise CheckpointError(f"this checkpoint's description of its training data (metadata['data']) is "
                                   f"{type(recorded).__name__}, not a JSON object; {checkpoint.EDITED}")
@@ -272,20 +309,21 @@ class Trainer:
                                   f"epoch, lies beyond the {train.num_batches:,} batches of an epoch of its data; "
                                   f"{checkpoint.EDITED}")
         model = ckpt.model
-        layers = len(model.lstms)
+        shapes = model.state_shapes(train.batch_size)                     # per layer, one shape per state part
+        names = model.state_names()
         if carried is None:
-            carried = [None] * layers
-        elif not (model.stateful and isinstance(carried, list) and len(carried) == layers
-                  and all(s is None or isinstance(s, list) and len(s) == 2 for s in carried)):
-            raise CheckpointError("this checkpoint's carried LSTM state (metadata['state']) must be null, or for a "
-                                  f"stateful model a list of {layers} entries, each null or [h, c]"
+            carried = [None] * len(shapes)
+        elif not (model.stateful and isinstance(carried, list) and len(carried) == len(shapes)
+                  and all(s is None or isinstance(s, list) and len(s) == len(want) for s, want in zip(carried, shapes))):
+            parts = "[" + ", ".join(name.split()[0] for name in names[0]) + "]" if names else "[]"
+            raise CheckpointError("this checkpoint's carried state (metadata['state']) must be null, or for a "
+                                  f"stateful model a list of {len(shapes)} entries, each null or {parts}"
                                   + ("" if model.stateful else " (its model is not stateful)")
                                   + f"; {checkpoint.EDITED}")
         states = [None if s is None else tuple(
-                      _decode_array(a, (train.batch_size, lstm.units), model.backend.dtype,
-                                    f"the carried {name} of LSTM layer {n} (metadata['state'][{n}])")
-                      for name, a in zip("hc", s))
-                  for n, (lstm, s) in enumerate(zip(model.lstms, carried))]
+                      _decode_array(a, shape, model.backend.dtype, f"the carried {name} (metadata['state'][{n}])")
+                      for shape, name, a in zip(want, layer_names, s))
+                  for n, (want, layer_names, s) in enumerate(zip(shapes, names, carried))]
         trainer = cls(model, ckpt.optimizer, train, val, metadata=meta, **kwargs)
         trainer.epoch, trainer.batch, trainer.step = position["epoch"], position["batch"], position["step"]
         trainer.best_val_loss = position["best_val_loss"]
@@ -298,8 +336,7 @@ class Trainer:
             trainer._window_skipped = trainer.step % trainer.log_every
         trainer.history = position["history"]
         trainer.saved_step = trainer.step
-        for lstm, state in zip(model.lstms, states):
-            lstm.state = None if state is None else tuple(model.backend.asarray(a) for a in state)
+        model.set_state(states)
         return trainer
 
     # -- the loop -------------------------------------------------------------------
@@ -427,7 +464,7 @@ class Trainer:
         The model's carried state is set aside and restored, so evaluating in the
         middle of a stateful run does not change what the next training step sees.
         """
-        carried = [lstm.state for lstm in self.model.lstms]
+        carried = self.model.get_state()
         total, count = 0.0, 0
         if batches.num_batches < 1:
             raise ScratchLMError("the validation set holds no batch: give it more data, or no validation set")
@@ -439,8 +476,7 @@ class Trainer:
                 loss = self.model.loss(batch.x, batch.y, mask=batch.mask, last_only=batches.last_only)
                 total, count = total + loss * batch.targets, count + batch.targets
         finally:
-            for lstm, state in zip(self.model.lstms, carried):
-                lstm.state = state
+            self.model.set_state(carried)
         return total / count
 
     # -- output -------------------------------------------------------------------------
@@ -482,8 +518,8 @@ class Trainer:
         carried = None
         if self.model.stateful:
             to_host = self.model.backend.to_host
-            carried = [None if lstm.state is None else [_encode_array(to_host(a)) for a in lstm.state]
-                       for lstm in self.model.lstms]
+            carried = [None if state is None else [_encode_array(to_host(a)) for a in state]
+                       for state in self.model.get_state()]
         epoch, batch = (self.epoch + 1, 0) if epoch_done else (self.epoch, self.batch)
         position = {"epoch": epoch, "batch": batch, "step": self.step,
                     "best_val_loss": self.best_val_loss, "epoch_loss": self._epoch_loss,

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from scratchlm import CheckpointError, LanguageModel, checkpoint, optim
+from scratchlm import CheckpointError, LanguageModel, checkpoint, models, optim
 from scratchlm.backend import Backend
 
 
@@ -28,7 +28,7 @@ def test_round_trip_restores_everything(tmp_path):
     model, opt, rng = trained()
     path = tmp_path / "run" / "model.npz"
     model.save(path, optimizer=opt, rng=rng, metadata={"epoch": 3, "note": "ok"})
-    ck = checkpoint.load(path)
+    ck = models.load(path)
     assert ck.model.config == model.config
     for name, p in model.params.items():
         np.testing.assert_array_equal(ck.model.params[name], p)
@@ -55,7 +55,7 @@ def test_resume_continues_exactly(tmp_path):
     model, opt, rng = trained()
     model.save(tmp_path / "ck.npz", optimizer=opt, rng=rng)
     straight = steps(model, opt, rng, 3)
-    ck = checkpoint.load(tmp_path / "ck.npz")
+    ck = models.load(tmp_path / "ck.npz")
     resumed = steps(ck.model, ck.optimizer, ck.rng, 3)
     assert resumed == straight
     for name, p in model.params.items():
@@ -172,3 +172,17 @@ def test_loads_across_backends(tmp_path):
     back = LanguageModel.load(tmp_path / "g.npz", backend="numpy")
     for name, p in model.params.items():
         np.testing.assert_array_equal(back.params[name], p)
+
+
+def test_version_1_files_written_before_model_kinds_still_load(tmp_path):
+    """Version 1 headers hold no model kind: they are LSTM LanguageModels."""
+    model = LanguageModel(9, 4, [6, 5], seed=3)
+    model.save(tmp_path / "v2.npz", optimizer=optim.Adam())
+
+    def as_version_1(arrays, header):
+        header["version"] = 1
+        del header["model"]["kind"], header["model"]["cell"]
+    _rewrite(tmp_path / "v2.npz", tmp_path / "v1.npz", as_version_1)
+    loaded = models.load(tmp_path / "v1.npz")
+    assert type(loaded.model) is LanguageModel and loaded.model.config == model.config
+    assert all(np.array_equal(loaded.model.params[k], p) for k, p in model.params.items())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from scratchlm import CheckpointError, LanguageModel, budget, checkpoint, optim
+from scratchlm import models, CheckpointError, LanguageModel, budget, checkpoint, optim
 from scratchlm.backend import Backend
 from scratchlm.cli import main
 from scratchlm.train import _encode_array
@@ -178,7 +178,7 @@ def test_a_huge_header_allocates_nothing(run, capsys):
     start = time.perf_counter()
     try:
         with pytest.raises(CheckpointError, match="hidden_sizes"):
-            checkpoint.load(run / "last.npz")
+            models.load(run / "last.npz")
         for argv in COMMANDS.values():
             fails(cli(capsys, *argv, run), "hidden_sizes")
         peak = tracemalloc.get_traced_memory()[1]
@@ -316,7 +316,7 @@ def test_text_or_npy_files_are_no_npz_archive(tmp_path, capsys):
     np.save(tmp_path / "weights.npy", np.ones(3))
     for name in ("notes.txt", "weights.npy"):
         with pytest.raises(CheckpointError, match="not an .npz archive") as info:
-            checkpoint.load(tmp_path / name)
+            models.load(tmp_path / name)
         assert "pickle" not in str(info.value)
         for argv in (["info"], ["sample"]):
             err = fails(cli(capsys, *argv, tmp_path / name), "not a scratchlm checkpoint", "not an .npz archive")
@@ -368,7 +368,7 @@ def test_an_array_that_claims_more_than_its_entry_holds(tmp_path):
     npz(tmp_path / "big.npz", {"header.json.npy": header, "param/dense/bias.npy": claims.getvalue() + bytes(16)})
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match="param/dense/bias claims shape"):      # 40 GB, from 16 bytes
-        checkpoint.read(tmp_path / "big.npz")
+        models.read(tmp_path / "big.npz")
     assert time.perf_counter() - start < 2
 
 
@@ -377,13 +377,13 @@ def test_entries_that_are_no_arrays_and_headers_that_are_no_json(run):
     with zipfile.ZipFile(path, "a") as z:
         z.writestr("README.txt", b"hello")
     with pytest.raises(CheckpointError, match="unexpected entry 'README.txt'"):
-        checkpoint.read(path)
+        models.read(path)
     for raw, words in ((np.arange(3, dtype=np.int64), "not a byte string"),
                        (np.frombuffer(b"[" * 100000 + b"]" * 100000, np.uint8), "unreadable checkpoint header"),
                        (np.frombuffer(b"\xff\xfe{}", np.uint8), "unreadable checkpoint header")):
         np.savez(path, **{"header.json": raw})
         with pytest.raises(CheckpointError, match=words):
-            checkpoint.read(path)
+            models.read(path)
 
 
 def test_arrays_larger_than_the_memory_available(run, capsys, monkeypatch):
@@ -406,8 +406,8 @@ OPTIMIZERS = [None, optim.SGD(lr=0.1, momentum=0.9, nesterov=True), optim.RMSpro
 @pytest.mark.parametrize("config", CONFIGS)
 def test_parameter_shapes_and_description_match_the_model(config):
     model = LanguageModel(**config)
-    assert list(checkpoint.parameter_shapes(model.config).items()) == [(k, p.shape) for k, p in model.params.items()]
-    assert checkpoint.describe(model.config) == repr(model)
+    assert list(LanguageModel.parameter_shapes(model.config)) == [(k, p.shape) for k, p in model.params.items()]
+    assert models.describe(model.config) == repr(model)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -423,9 +423,9 @@ def test_what_save_writes_loads_exactly(tmp_path, config, opt):
             _, grads = model.loss_and_grads(x, np.roll(x, -1, 1))
             opt.step(model.params, grads)
     model.save(tmp_path / "m.npz", optimizer=opt, rng=rng, metadata={"note": [1, 2]})
-    header, arrays = checkpoint.read(tmp_path / "m.npz")
+    header, arrays = models.read(tmp_path / "m.npz")
     assert header["model"] == model.config and header["metadata"] == {"note": [1, 2]}
-    ck = checkpoint.load(tmp_path / "m.npz")
+    ck = models.load(tmp_path / "m.npz")
     for name, p in model.params.items():
         assert ck.model.params[name].dtype == p.dtype
         np.testing.assert_array_equal(ck.model.params[name], p)
@@ -441,7 +441,7 @@ def test_what_save_writes_loads_exactly(tmp_path, config, opt):
 def test_info_describes_the_model_as_loading_it_would(trained, capsys):
     code, out, err = cli(capsys, "info", trained)
     assert code == 0, err
-    ck = checkpoint.load(trained / "last.npz")
+    ck = models.load(trained / "last.npz")
     params = sum(p.size for p in ck.model.params.values())
     assert f"  {ck.model}, {params:,} parameters, stateful\n" in out
     assert f"  {ck.optimizer.name} (" in out and f"{ck.optimizer.iterations:,} steps" in out

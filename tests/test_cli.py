@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchlm import checkpoint
+from scratchlm import models
 import scratchlm.cli as cli_module
 from scratchlm.cli import main
 
@@ -278,14 +278,14 @@ def test_kill_9_then_resume_loses_nothing(tmp_path, capsys):
         deadline = time.monotonic() + 300          # generous: a cold Numba cache compiles first
         while time.monotonic() < deadline and proc.poll() is None:
             if (killed / "last.npz").exists() and \
-                    checkpoint.load(killed / "last.npz").metadata["train"]["step"] >= 30:
+                    models.load(killed / "last.npz").metadata["train"]["step"] >= 30:
                 break
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    stopped_at = checkpoint.load(killed / "last.npz").metadata["train"]["step"]
+    stopped_at = models.load(killed / "last.npz").metadata["train"]["step"]
     assert stopped_at >= 30
 
     code, out, err = cli(capsys, "train", "--resume", killed, "--epochs", 2)
@@ -293,7 +293,7 @@ def test_kill_9_then_resume_loses_nothing(tmp_path, capsys):
     reference = tmp_path / "reference"
     code, _, err = cli(capsys, *_train_command(corpus, reference, epochs=2)[3:])
     assert code == 0, err
-    a, b = checkpoint.load(killed / "last.npz"), checkpoint.load(reference / "last.npz")
+    a, b = models.load(killed / "last.npz"), models.load(reference / "last.npz")
     assert a.metadata["train"]["step"] == b.metadata["train"]["step"] > stopped_at
     assert all(np.array_equal(a.model.params[k], p) for k, p in b.model.params.items())
     assert [e["loss"] for e in a.metadata["train"]["history"]] == [e["loss"] for e in b.metadata["train"]["history"]]

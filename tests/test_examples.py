@@ -61,6 +61,8 @@ def test_a_built_wheel_holds_the_corpora_and_the_cuda_sources(tmp_path):
     assert "scratchlm/corpora/README.md" in names
     cuda = {p.name for p in (ROOT / "kernels").glob("*.cu")}
     assert cuda and {f"scratchlm/kernels/{n}" for n in cuda} <= names
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "scratchlm").rglob("*.py")}
+    assert modules and modules <= names                                  # every subpackage is packaged
 
 
 def test_nietzsche_fast_smoke_run_and_resume(tmp_path, capsys):

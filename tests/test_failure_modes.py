@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchlm import checkpoint, cli, rundir
+from scratchlm import cli, models, rundir
 from scratchlm.errors import ScratchLMError
 from scratchlm.train import LAST, METRICS, Sampler, Trainer, TrainingDiverged, load_checkpoint, read_metrics
 
@@ -87,7 +87,7 @@ def test_a_second_run_on_a_directory_in_use_is_refused_and_a_killed_run_holds_no
     assert (run_dir / rundir.LOCK).exists()                       # left behind by the killed run ...
     stale = run_dir / ".last.npz.x1y2z3.tmp"                      # ... like a half-written checkpoint
     stale.write_bytes(b"half a checkpoint")
-    step = checkpoint.load(run_dir / LAST).metadata["train"]["step"]
+    step = models.load(run_dir / LAST).metadata["train"]["step"]
     resumed = scratchlm("train", "--resume", run_dir, "--max-steps", step + 2, "--no-progress")
     assert resumed.returncode == 0, resumed.stderr                # ... and blocks nobody
     assert not stale.exists() and not (run_dir / rundir.LOCK).exists()

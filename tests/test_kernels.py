@@ -119,10 +119,9 @@ def lstm_pair(dtype, D, H, sequences, rng):
 
 
 def run_lstm(lstm, x, state, mask, dy, dstate):
-    y, (hT, cT), cache = lstm.forward(lstm.project(x), state, mask)
-    dzx, g_rec, (dh0, dc0) = lstm.backward(cache, dy, dstate)
-    dx, g_in = lstm.project_backward(x, dzx)
-    return {"y": y, "h_T": hT, "c_T": cT, "dx": dx, "dh_0": dh0, "dc_0": dc0, **g_in, **g_rec}
+    y, (hT, cT), cache = lstm.forward(x, state, mask)
+    (dx, (dh0, dc0)), grads = lstm.backward(cache, dy, dstate)
+    return {"y": y, "h_T": hT, "c_T": cT, "dx": dx, "dh_0": dh0, "dc_0": dc0, **grads}
 
 
 @EXAMPLES
@@ -150,8 +149,8 @@ def test_masked_fused_step_keeps_state_exactly(rng):
     lstm = LSTM(3, 5, fused_be, Backend.rng(0))
     x = fused_be.asarray(rng.standard_normal((4, 2, 3)))
     mask = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=bool)
-    _, _, cache = lstm.forward(lstm.project(x), None, mask)
-    hs, cs = cache["hs"], cache["cs"]
+    _, _, cache = lstm.forward(x, None, mask)
+    hs, cs = cache.steps.hs, cache.steps.cs
     for t, b in zip(*np.nonzero(~mask)):
         np.testing.assert_array_equal(hs[t + 1, b], hs[t, b])
         np.testing.assert_array_equal(cs[t + 1, b], cs[t, b])
@@ -169,7 +168,7 @@ def model_pair(dtype, inp, hidden_sizes, **kw):
     models = [LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, backend=be, dtype=dtype, seed=3, **kw)
               for be in backends(dtype)]
     rng = np.random.default_rng(5)
-    for lstms in zip(*(m.lstms for m in models)):
+    for lstms in zip(*(m.recurrent for m in models)):
         bias = rng.standard_normal(lstms[0].bias.shape)
         for lstm in lstms:
             lstm.bias[:] = bias

@@ -17,7 +17,7 @@ def test_embedding_forward_is_a_gather_and_backward_a_scatter_add(be64, rng):
     ids = rng.integers(0, 6, (4, 5))
     np.testing.assert_array_equal(emb.forward(ids), emb.embeddings[ids])
     R = rng.standard_normal((4, 5, 3))
-    grads = emb.backward(ids, R)
+    _, grads = emb.backward(ids, R)
     errs = check_gradients(lambda: float((emb.forward(ids) * R).sum()), emb.params, grads)
     assert errs["embeddings"] <= TOL
 
@@ -47,11 +47,10 @@ def test_lstm_keras_initialisation(rng):
 
 def lstm_loss_and_grads(lstm, x, R, Rh, Rc, h0, c0, mask):
     """L = Σ R⊙y + Σ Rh⊙h_T + Σ Rc⊙c_T for a dense-input LSTM; analytic grads of everything."""
-    y, (hT, cT), cache = lstm.forward(lstm.project(x), (h0, c0), mask)
+    y, (hT, cT), cache = lstm.forward(x, (h0, c0), mask)
     loss = float((y * R).sum() + (hT * Rh).sum() + (cT * Rc).sum())
-    dzx, g_rec, (dh0, dc0) = lstm.backward(cache, R, (Rh, Rc))
-    dx, g_in = lstm.project_backward(x, dzx)
-    return loss, {**g_in, **g_rec, "x": dx, "h0": dh0, "c0": dc0}
+    (dx, (dh0, dc0)), grads = lstm.backward(cache, R, (Rh, Rc))
+    return loss, {**grads, "x": dx, "h0": dh0, "c0": dc0}
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -100,15 +99,15 @@ def test_masked_step_keeps_state_and_repeats_output(be64, rng):
     mask = np.ones((T, B), bool)
     mask[:2, 1] = False                                          # leading padding in sequence 1
     mask[3, 0] = False                                           # a hole in sequence 0
-    y, (hT, cT), cache = lstm.forward(lstm.project(x), (h0, c0), mask)
-    hs, cs = cache["hs"], cache["cs"]
+    y, (hT, cT), cache = lstm.forward(x, (h0, c0), mask)
+    hs, cs = cache.steps.hs, cache.steps.cs
     np.testing.assert_array_equal(y[3, 0], y[2, 0])              # repeats the previous output
     np.testing.assert_array_equal(hs[4, 0], hs[3, 0])
     np.testing.assert_array_equal(cs[4, 0], cs[3, 0])
     np.testing.assert_array_equal(y[:2, 1], 0.0)                 # zeros before the first real step
     np.testing.assert_array_equal(hs[2, 1], h0[1])               # ... while the state stays h0
     # a fully unmasked run of the remaining steps of sequence 1 gives the same final state
-    y1, (h1, c1), _ = lstm.forward(lstm.project(x[2:, 1:2]), (h0[1:2], c0[1:2]))
+    y1, (h1, c1), _ = lstm.forward(x[2:, 1:2], (h0[1:2], c0[1:2]))
     np.testing.assert_allclose(hT[1], h1[0], atol=1e-12)
     np.testing.assert_allclose(cT[1], c1[0], atol=1e-12)
 
@@ -118,17 +117,17 @@ def test_stateful_layer_carries_state_between_calls(be64, rng):
     full = LSTM(D, H, be64, Backend.rng(5))
     chunked = LSTM(D, H, be64, Backend.rng(5), stateful=True)
     x = rng.standard_normal((T, B, D))
-    y_full, (h_full, c_full), _ = full.forward(full.project(x))
-    y_a, _, _ = chunked.forward(chunked.project(x[:4]))
-    y_b, (h_b, c_b), _ = chunked.forward(chunked.project(x[4:]))
+    y_full, (h_full, c_full), _ = full.forward(x)
+    y_a, _, _ = chunked.forward(x[:4])
+    y_b, (h_b, c_b), _ = chunked.forward(x[4:])
     np.testing.assert_allclose(np.concatenate([y_a, y_b]), y_full, atol=1e-12)
     np.testing.assert_allclose(h_b, h_full, atol=1e-12)
     chunked.reset_state()
-    y_again, _, _ = chunked.forward(chunked.project(x[:4]))
+    y_again, _, _ = chunked.forward(x[:4])
     np.testing.assert_allclose(y_again, y_a, atol=1e-12)
 
 
 def test_bad_initial_state_shape(be64):
     lstm = LSTM(2, 3, be64, Backend.rng(0))
     with pytest.raises(ValueError, match="initial state"):
-        lstm.forward(lstm.project(np.zeros((2, 4, 2))), (np.zeros((4, 2)), np.zeros((4, 3))))
+        lstm.forward(np.zeros((2, 4, 2)), (np.zeros((4, 2)), np.zeros((4, 3))))

@@ -14,7 +14,6 @@ from scratchlm.budget import ResourceError
 from scratchlm.cli import main
 from scratchlm.data import CorpusError
 from scratchlm.errors import ModelError, SamplingError, ScratchLMError
-from scratchlm.model import parameter_count
 from scratchlm.text import CharTokenizer
 
 KERNELS = ["reference", "fused"]
@@ -98,7 +97,7 @@ def test_constructor_takes_numpy_integers():
 @pytest.mark.parametrize("V_, E, hidden", [(7, None, [5]), (60, 16, [32, 24]), (23, 4, [5, 6, 3])])
 def test_parameter_count_is_the_size_of_params(V_, E, hidden):
     m = LanguageModel(V_, embedding_dim=E, hidden_sizes=hidden)
-    assert parameter_count(V_, E, hidden) == sum(p.size for p in m.params.values())
+    assert LanguageModel.parameter_count({"vocab_size": V_, "embedding_dim": E, "hidden_sizes": hidden}) == sum(p.size for p in m.params.values())
 
 
 def test_a_model_too_large_for_memory_is_refused_before_allocating(monkeypatch):
@@ -108,7 +107,7 @@ def test_a_model_too_large_for_memory_is_refused_before_allocating(monkeypatch):
 
 
 def test_the_model_memory_estimate_is_four_copies_of_the_parameters(monkeypatch):
-    need = 4 * parameter_count(V, 3, [5, 4]) * 8                 # float64
+    need = 4 * LanguageModel.parameter_count({"vocab_size": V, "embedding_dim": 3, "hidden_sizes": [5, 4]}) * 8                 # float64
     monkeypatch.setattr(budget, "available_bytes", lambda: need)
     model()
     monkeypatch.setattr(budget, "available_bytes", lambda: need - 1)

@@ -15,7 +15,7 @@ def make(V=7, embedding_dim=None, hidden_sizes=(5,), **kw):
     model = LanguageModel(V, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype="float64",
                           seed=11, **kw)
     rng = np.random.default_rng(3)
-    for lstm in model.lstms:                                     # non-trivial biases: every gate matters
+    for lstm in model.recurrent:                                     # non-trivial biases: every gate matters
         lstm.bias[:] = rng.standard_normal(lstm.bias.shape)
     return model
 
@@ -59,10 +59,10 @@ def test_model_gradients_with_stateful_carry(rng):
     x1, x2 = rng.integers(0, 7, (B, T)), rng.integers(0, 7, (B, T))
     y2 = rng.integers(0, 7, (B, T))
     model.forward(x1)
-    carried = [tuple(a.copy() for a in lstm.state) for lstm in model.lstms]
+    carried = [tuple(a.copy() for a in lstm.state) for lstm in model.recurrent]
 
     def restore_carried_state():
-        for lstm, (h, c) in zip(model.lstms, carried):
+        for lstm, (h, c) in zip(model.recurrent, carried):
             lstm.state = (h.copy(), c.copy())
 
     def loss_fn():
@@ -204,9 +204,9 @@ def test_eos_stops_each_sequence(rng):
 def test_generate_leaves_stateful_state_alone(rng):
     model = make(embedding_dim=3, stateful=True)
     model.forward(rng.integers(0, 7, (2, 4)))
-    before = [s.copy() for s in model.lstms[0].state]
+    before = [s.copy() for s in model.recurrent[0].state]
     model.generate([1, 2], 5, seed=0)
-    for a, b in zip(before, model.lstms[0].state):
+    for a, b in zip(before, model.recurrent[0].state):
         np.testing.assert_array_equal(a, b)
 
 

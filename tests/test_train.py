@@ -103,7 +103,7 @@ def test_resume_restores_the_carried_state_of_streams(tmp_path):
     assert ckpt.metadata["state"] is not None
     model, _, batches = make("streams")
     trainer = Trainer.resume(ckpt, batches, progress=False, out=io.StringIO(), max_steps=n + 3)
-    for lstm in trainer.model.lstms:
+    for lstm in trainer.model.recurrent:
         lstm.reset_state()                                # forget the carried state on purpose
     trainer.fit()
     assert trainer.last_loss != full[n + 3]

@@ -11,6 +11,9 @@ and calls :func:`keras_reference` on random configs.
     pip install -e ".[reference]"
     python tests/reference/make_tf_reference.py            # (re)write the fixtures
     python tests/reference/make_tf_reference.py --check    # regenerate in memory, compare bytes
+    python tests/reference/make_tf_reference.py --only adam_trajectory rmsprop_trajectory
+                                                           # (re)write only these cases; the manifest
+                                                           # keeps every other entry as it is
 
 A fixture holds (B batch, T steps, V vocabulary, H_n units of LSTM n):
 
@@ -22,6 +25,16 @@ A fixture holds (B batch, T steps, V vocabulary, H_n units of LSTM n):
     loss                              the loss the gradients are of (see below)
     keras_loss                        Keras' own loss object on the same output
     updated/<name>                    weights after one optimizer step (optimizer cases)
+
+A trajectory fixture (:data:`TRAJECTORIES`, manifest section ``trajectories``) is
+S training steps of one model with one optimizer, a different batch each step:
+
+    x, y (S, B, T) int32, mask (S, B, T) bool     the batch of every step
+    param/<name>                      the weights before the first step
+    loss (S,)                         the loss at every step, before that step's update
+    keras_loss (S,)                   Keras' own loss object on the same output
+    grad_norm (S,)                    the global gradient norm at every step (before clipping)
+    final/<name>                      the weights after the last step
 
 The loss. scratchlm scores the mean over unmasked tokens, Σ m·ce / Σ m. The
 tape computes exactly that, explicitly. Keras 3's loss objects agree when the
@@ -99,6 +112,23 @@ CASES = {
     "clipped_adam_step": dict(_SHAKESPEARE, optimizer={"name": "adam", "global_clipnorm": 0.1}, seed=10),
 }
 
+# Multi-step trajectories (as llm.c checks 10 steps against PyTorch): a refactor that changes
+# any step -- forward, backward, clipping, an optimizer slot, the step count -- shows in the
+# losses of the later steps and in the final weights. Seed 11 is the .weights.h5 model's.
+_TRAJECTORY = dict(vocab_size=11, embedding_dim=6, hidden_sizes=[7, 5], batch=4, time=6, steps=10)
+TRAJECTORIES = {
+    "adam_trajectory": dict(_TRAJECTORY, optimizer={"name": "adam", "lr": 0.01, "global_clipnorm": 0.22}, seed=12),
+    "rmsprop_trajectory": dict(_TRAJECTORY, mask=True, optimizer={"name": "rmsprop", "lr": 0.01}, seed=13),
+}
+
+
+def trajectory_config(dtype="float32", steps=10, **spec):
+    """A trajectory case: :func:`config` plus ``steps`` (sequence loss over every token, no initial state)."""
+    cfg = dict(config(**spec, dtype=dtype), steps=steps)
+    assert not (cfg["last_only"] or cfg["softmax_output"] or cfg["initial_state"]), "not supported in trajectories"
+    assert cfg["embedding_dim"] is not None and cfg["optimizer"] is not None
+    return cfg
+
 
 # -- inputs and weights -------------------------------------------------------------
 def param_shapes(cfg):
@@ -128,13 +158,19 @@ def padding_mask(rng, B, T):
     return mask
 
 
+def draw_params(rng, cfg):
+    """param/<name> -> weights uniform in [-0.5, 0.5), drawn in float64 in scratchlm's order, then cast."""
+    dtype = np.dtype(cfg["dtype"])
+    return {f"param/{name}": rng.uniform(-0.5, 0.5, shape).astype(dtype)
+            for name, shape in param_shapes(cfg).items()}
+
+
 def make_inputs(cfg):
     """The case's weights and batch, all drawn from default_rng(seed) in float64, then cast."""
     rng = np.random.default_rng(cfg["seed"])
     dtype = np.dtype(cfg["dtype"])
     V, B, T = cfg["vocab_size"], cfg["batch"], cfg["time"]
-    arrays = {f"param/{name}": rng.uniform(-0.5, 0.5, shape).astype(dtype)
-              for name, shape in param_shapes(cfg).items()}
+    arrays = draw_params(rng, cfg)
     padded_by_zero = cfg["mask"] and cfg["embedding_dim"] is not None
     low = 1 if padded_by_zero else 0                    # token 0 is padding under mask_zero
     x = rng.integers(low, V, (B, T))
@@ -149,6 +185,27 @@ def make_inputs(cfg):
         for n, H in enumerate(cfg["hidden_sizes"]):
             arrays[f"initial_state/h_{n}"] = rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
             arrays[f"initial_state/c_{n}"] = rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
+    return arrays
+
+
+def make_trajectory_inputs(cfg):
+    """The weights, then one batch per step (x, y and, masked, the mask), from default_rng(seed)."""
+    rng = np.random.default_rng(cfg["seed"])
+    V, B, T = cfg["vocab_size"], cfg["batch"], cfg["time"]
+    arrays = draw_params(rng, cfg)
+    xs, ys, masks = [], [], []
+    for _ in range(cfg["steps"]):
+        x = rng.integers(1 if cfg["mask"] else 0, V, (B, T))    # token 0 is padding under mask_zero
+        if cfg["mask"]:
+            mask = padding_mask(rng, B, T)
+            x[~mask] = 0
+            masks.append(mask)
+        xs.append(x)
+        ys.append(rng.integers(0, V, (B, T)))
+    arrays["x"] = np.stack(xs).astype(np.int32)
+    arrays["y"] = np.stack(ys).astype(np.int32)
+    if cfg["mask"]:
+        arrays["mask"] = np.stack(masks)
     return arrays
 
 
@@ -336,6 +393,45 @@ def keras_reference(cfg):
     return arrays
 
 
+def keras_trajectory(cfg):
+    """Train one trajectory case in Keras, one optimizer for all steps; returns the fixture's arrays."""
+    tf, keras = import_keras()
+    arrays = make_trajectory_inputs(cfg)
+    dtype = cfg["dtype"]
+    losses, keras_losses, norms = [], [], []
+    with floatx(keras, dtype):
+        model = build_keras_model(keras, cfg)                       # Embedding(mask_zero=mask) -> LSTMs -> logits
+        variables = keras_variables(model, cfg)
+        for name, var in variables.items():
+            var.assign(arrays[f"param/{name}"])
+        opt = keras_optimizer(keras, cfg["optimizer"], dtype)
+        for step in range(cfg["steps"]):
+            x, y = arrays["x"][step], arrays["y"][step]
+            with tf.GradientTape() as tape:
+                out, *_ = model([x], training=False)
+                ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True)
+                if cfg["mask"]:
+                    m = tf.cast(arrays["mask"][step], dtype)
+                    loss = tf.reduce_sum(ce * m) / tf.reduce_sum(m)     # mean over real tokens
+                else:
+                    loss = tf.reduce_mean(ce)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, list(variables.values()))]
+            losses.append(loss.numpy())
+            keras_losses.append(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, out).numpy())
+            norms.append(np.sqrt(sum(float(np.sum(g.numpy().astype(np.float64) ** 2)) for g in grads)))
+            opt.apply_gradients(zip(grads, variables.values()))
+        assert int(opt.iterations.numpy()) == cfg["steps"]
+        for name, var in variables.items():
+            arrays[f"final/{name}"] = var.numpy()
+    arrays["loss"] = np.asarray(losses, dtype=dtype)
+    arrays["keras_loss"] = np.asarray(keras_losses, dtype=dtype)
+    arrays["grad_norm"] = np.asarray(norms, dtype=dtype)
+    for key, a in arrays.items():
+        if a.dtype.kind == "f":
+            assert a.dtype == np.dtype(dtype), f"{key} is {a.dtype}, expected {dtype}"
+    return arrays
+
+
 def weights_h5_reference(directory):
     """A small Keras LM saved with ``save_weights``, and what it computes, for the interop tests.
 
@@ -391,41 +487,110 @@ def versions():
             "h5py": h5py.__version__, "python": platform.python_version()}
 
 
-def generate(directory):
-    """Write every fixture, the ``.weights.h5`` pair and ``manifest.json`` into ``directory``."""
-    directory = Path(directory)
-    cases = {}
-    for case, spec in CASES.items():
+def _one_step_fixture(case, dtype):
+    """(config, arrays) of one single-step case."""
+    cfg = config(**CASES[case], dtype=dtype)
+    arrays = keras_reference(cfg)
+    clipnorm = (cfg["optimizer"] or {}).get("global_clipnorm")
+    if clipnorm is not None:
+        norm = np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2))
+                           for k, a in arrays.items() if k.startswith("grad/")))
+        assert norm > clipnorm, f"{case}: global norm {norm} <= global_clipnorm {clipnorm}, nothing clipped"
+    return cfg, arrays
+
+
+def _trajectory_fixture(case, dtype):
+    """(config, arrays) of one trajectory case."""
+    cfg = trajectory_config(**TRAJECTORIES[case], dtype=dtype)
+    arrays = keras_trajectory(cfg)
+    clipnorm = cfg["optimizer"].get("global_clipnorm")
+    if clipnorm is not None:                             # both branches of the clip, at different steps
+        clipped = arrays["grad_norm"] > clipnorm
+        assert clipped.any() and not clipped.all(), f"{case}: clipped at steps {np.flatnonzero(clipped)}"
+    return cfg, arrays
+
+
+def _write_fixtures(directory, cases, make):
+    """Write both dtypes of each case; returns the manifest entries, file name -> {case, config, sha256}."""
+    entries = {}
+    for case in cases:
         for dtype in DTYPES:
-            cfg = config(**spec, dtype=dtype)
+            cfg, arrays = make(case, dtype)
             name = fixture_name(case, dtype)
-            arrays = keras_reference(cfg)
-            clipnorm = (cfg["optimizer"] or {}).get("global_clipnorm")
-            if clipnorm is not None:
-                norm = np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2))
-                                   for k, a in arrays.items() if k.startswith("grad/")))
-                assert norm > clipnorm, f"{name}: global norm {norm} <= global_clipnorm {clipnorm}, nothing clipped"
             data = npz_bytes(arrays)
-            (directory / name).write_bytes(data)
-            cases[name] = {"case": case, "config": cfg, "sha256": hashlib.sha256(data).hexdigest()}
-    weights_h5_reference(directory)
-    manifest = {"generator": "tests/reference/make_tf_reference.py", "versions": versions(),
-                "environment": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")},
-                "seeds": {case: spec["seed"] for case, spec in CASES.items()},
-                "fixtures": cases,
-                "weights_h5": {"file": WEIGHTS_H5, "expected": WEIGHTS_H5_EXPECTED,
-                               "sha256": {f: hashlib.sha256((directory / f).read_bytes()).hexdigest()
-                                          for f in (WEIGHTS_H5, WEIGHTS_H5_EXPECTED)}}}
+            (Path(directory) / name).write_bytes(data)
+            entries[name] = {"case": case, "config": cfg, "sha256": hashlib.sha256(data).hexdigest()}
+    return entries
+
+
+def _trajectory_section(entries, made_with):
+    return {"versions": made_with, "seeds": {case: spec["seed"] for case, spec in TRAJECTORIES.items()},
+            "fixtures": entries}
+
+
+def generate(directory, only=None):
+    """Write fixtures into ``directory``: every one, the ``.weights.h5`` pair and a new ``manifest.json``;
+    or, with ``only`` (case names of :data:`CASES` / :data:`TRAJECTORIES`), just those cases' files,
+    updating their entries in the folder's existing ``manifest.json`` and leaving every other file and
+    entry as it is.
+
+    A manifest section (the single-step cases with the ``.weights.h5`` pair, under the top-level
+    ``versions``; the trajectories, under ``trajectories/versions``) records one set of versions, so
+    regenerating only part of a section with other versions than it records is refused.
+    """
+    directory = Path(directory)
+    made_with = versions()
+    if only is None:
+        fixtures = _write_fixtures(directory, CASES, _one_step_fixture)
+        trajectories = _write_fixtures(directory, TRAJECTORIES, _trajectory_fixture)
+        weights_h5_reference(directory)
+        manifest = {"generator": "tests/reference/make_tf_reference.py", "versions": made_with,
+                    "environment": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")},
+                    "seeds": {case: spec["seed"] for case, spec in CASES.items()},
+                    "fixtures": fixtures,
+                    "trajectories": _trajectory_section(trajectories, made_with),
+                    "weights_h5": {"file": WEIGHTS_H5, "expected": WEIGHTS_H5_EXPECTED,
+                                   "sha256": {f: hashlib.sha256((directory / f).read_bytes()).hexdigest()
+                                              for f in (WEIGHTS_H5, WEIGHTS_H5_EXPECTED)}}}
+    else:
+        unknown = [case for case in only if case not in CASES and case not in TRAJECTORIES]
+        if unknown:
+            raise SystemExit(f"unknown cases {unknown}; known: {sorted(CASES) + sorted(TRAJECTORIES)}")
+        manifest = json.loads((directory / "manifest.json").read_text())
+        one_step = [case for case in CASES if case in only]
+        multi = [case for case in TRAJECTORIES if case in only]
+        if one_step and manifest["versions"] != made_with:
+            raise SystemExit(f"the single-step fixtures were made with {manifest['versions']}, this is {made_with}: "
+                             "regenerate everything (no --only)")
+        section = manifest.setdefault("trajectories", _trajectory_section({}, made_with))
+        others = [e["case"] for e in section["fixtures"].values() if e["case"] not in multi]
+        if multi and others and section["versions"] != made_with:
+            raise SystemExit(f"the trajectories {sorted(set(others))} were made with {section['versions']}, "
+                             f"this is {made_with}: regenerate all of them")
+        manifest["fixtures"].update(_write_fixtures(directory, one_step, _one_step_fixture))
+        if multi:
+            section["fixtures"].update(_write_fixtures(directory, multi, _trajectory_fixture))
+            section["versions"] = made_with
+            section["seeds"] = {case: spec["seed"] for case, spec in TRAJECTORIES.items()}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
 
-def check(directory):
-    """Regenerate into a temporary folder and compare every file byte for byte; returns differing names."""
+def check(directory, only=None):
+    """Regenerate into a temporary folder and compare bytes; returns the names that differ.
+
+    Without ``only``: every file the generator writes. With ``only``: those cases' fixtures and
+    ``manifest.json`` (regenerated from a copy of the folder's manifest).
+    """
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        generate(tmp)
-        names = sorted(p.name for p in Path(tmp).iterdir())
+        if only is None:
+            generate(tmp)
+            names = sorted(p.name for p in Path(tmp).iterdir())
+        else:
+            (Path(tmp) / "manifest.json").write_bytes((Path(directory) / "manifest.json").read_bytes())
+            generate(tmp, only)
+            names = sorted(fixture_name(case, dtype) for case in only for dtype in DTYPES) + ["manifest.json"]
         return [n for n in names if (Path(tmp) / n).read_bytes() != (Path(directory) / n).read_bytes()]
 
 
@@ -433,16 +598,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(HERE), help="output folder (default: next to this script)")
     parser.add_argument("--check", action="store_true", help="regenerate in a temporary folder and compare bytes")
+    parser.add_argument("--only", nargs="+", metavar="CASE",
+                        help="just these cases (both dtypes); the other files and manifest entries stay")
     args = parser.parse_args(argv)
     if args.check:
-        differ = check(args.out)
+        differ = check(args.out, args.only)
         print("all fixtures identical" if not differ else f"differ: {', '.join(differ)}")
         return 1 if differ else 0
-    manifest = generate(args.out)
-    total = sum((Path(args.out) / f).stat().st_size for f in list(manifest["fixtures"])
-                + [WEIGHTS_H5, WEIGHTS_H5_EXPECTED])
-    print(f"wrote {len(manifest['fixtures'])} fixtures + {WEIGHTS_H5} ({total / 1024:.0f} KiB) "
-          f"with TensorFlow {manifest['versions']['tensorflow']}, Keras {manifest['versions']['keras']}")
+    manifest = generate(args.out, args.only)
+    written = [name for name, entry in {**manifest["fixtures"], **manifest["trajectories"]["fixtures"]}.items()
+               if args.only is None or entry["case"] in args.only]
+    if args.only is None:
+        written += [WEIGHTS_H5, WEIGHTS_H5_EXPECTED]
+    total = sum((Path(args.out) / f).stat().st_size for f in written)
+    made_with = manifest["versions"] if args.only is None else versions()
+    print(f"wrote {len(written)} files ({total / 1024:.0f} KiB) "
+          f"with TensorFlow {made_with['tensorflow']}, Keras {made_with['keras']}")
     return 0
 
 

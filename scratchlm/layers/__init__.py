@@ -1,0 +1,26 @@
+"""Layers with hand-written forward and backward passes, one concept per module.
+
+    embedding.py   Embedding: token ids -> vectors (gather / scatter-add)
+    dense.py       Dense: the affine map to logits
+    recurrent.py   what every recurrent cell shares: the input projection (and its
+                   token-table form), initial and carried state, masks, the cache
+    lstm.py        LSTM: the cell's gate math and its backpropagation through time
+
+This is the reference path: plain ``xp`` code (NumPy or CuPy) that every fast
+kernel is tested against. Sequences are **time-major** inside the layers,
+(T, B, ...), so that the slice for one time step is contiguous; the models
+convert from the batch-major (B, T) arrays users pass in.
+
+One convention for every layer: ``forward`` returns what the layer computes
+(and, where backward needs more than the inputs, a cache: a NamedTuple with
+shapes in comments); ``backward`` returns ``(d_inputs, param_grads)``, the
+gradient of what was fed in and a dict of parameter gradients keyed like
+``params``. Notation (see docs/design.md): T time steps, B batch, V vocabulary,
+E embedding size, D input size, H hidden units.
+"""
+
+from .dense import Dense
+from .embedding import Embedding
+from .lstm import LSTM
+
+__all__ = ["Dense", "Embedding", "LSTM"]
