@@ -3,11 +3,12 @@
     python examples/titles_eos.py                        # the 100 made-up headlines in examples/data/titles.txt
     python examples/titles_eos.py my_titles.txt --epochs 20
     python examples/titles_eos.py --max-steps 10         # a quick try
+    python examples/titles_eos.py --cell gru             # a GRU instead of the LSTM
 
 Each line is one sequence. The model reads "<eos> t_1 ... t_n" and learns to
 predict "t_1 ... t_n <eos>": after an <eos> it starts a title, and it ends one
 by predicting <eos>. A batch pads its lines to the longest with <pad>, and a
-mask keeps padding from moving the LSTM state or counting in the loss.
+mask keeps padding from moving the recurrent state or counting in the loss.
 Generation starts from <eos> (plus an optional prime) and stops at the next
 <eos>. At the end it prints greedy titles (always the most likely character:
 the same title every time) and titles sampled at temperatures 0.5 and 1.0.
@@ -33,7 +34,9 @@ def main(argv=None):
                    "(default: the sample file shipped with the examples)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--max-steps", type=int, help="stop after this many steps (a smoke run)")
-    p.add_argument("--hidden", type=int, default=128, help="LSTM units (default 128)")
+    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm",
+                   help="the recurrent cell: lstm (default) or gru (the seed's closing suggestion)")
+    p.add_argument("--hidden", type=int, default=128, help="units of the recurrent layer (default 128)")
     p.add_argument("--run-dir", type=Path, default=Path("runs/titles_eos"))
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
     p.add_argument("--backend", default="numpy")
@@ -57,7 +60,7 @@ def run(args):
                    log_every=10, sampler=Sampler(tokenizer, temperatures=(0.5,), length=120))
 
     def build():
-        model = LanguageModel(tokenizer.vocab_size, embedding_dim=32, hidden_sizes=[args.hidden],
+        model = LanguageModel(tokenizer.vocab_size, embedding_dim=32, hidden_sizes=[args.hidden], cell=args.cell,
                               backend=args.backend, seed=args.seed)
         return model, optim.Adam(lr=3e-3, global_clipnorm=5.0)
 

@@ -30,7 +30,7 @@ from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, check_position, l
 DEFAULTS = {
     "tokenizer": "char", "lower": False, "max_tokens": 10000,
     "batching": "streams", "seq_len": None, "step": 3, "batch_size": None, "val_fraction": 0.05,
-    "embedding_dim": None, "hidden": [256], "dtype": "float32",
+    "embedding_dim": None, "hidden": [256], "cell": "lstm", "dtype": "float32",
     "optimizer": "adam", "lr": None, "clipnorm": 5.0,
     "epochs": 10, "max_steps": None, "checkpoint_every": 500, "seed": 0, "backend": "numpy",
     "sample_length": 400, "temperature": list(TEMPERATURES), "prime": None, "progress": None,
@@ -136,8 +136,10 @@ def _add_train(commands):
     g = p.add_argument_group("model and optimizer")
     g.add_argument("--embedding-dim", type=_nonnegative_int, metavar="E",
                    help="size of the learned token embedding; 0 feeds one-hot tokens (default 64, word level 100)")
+    g.add_argument("--cell", choices=["lstm", "gru"], help="the recurrent cell of every layer: lstm (default) "
+                   "or gru (Keras' GRU, reset gate after the recurrent product)")
     g.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
-                   help="units of each stacked LSTM layer, e.g. --hidden 512 512 (default 256)")
+                   help="units of each stacked recurrent layer, e.g. --hidden 512 512 (default 256)")
     g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam")
     g.add_argument("--lr", type=_number, help="learning rate (default 0.002 adam, 0.001 rmsprop, 0.01 sgd)")
     g.add_argument("--clipnorm", type=_number, metavar="C",
@@ -256,6 +258,7 @@ SETTING_RULES = {
     "temperature": (lambda v: isinstance(v, list) and v != [] and all(_real(t) and t >= 0 for t in v),
                     "a list of numbers >= 0"),
     "prime": (lambda v: v is None or isinstance(v, str), "null or a text"),
+    "cell": (lambda v: v in ("lstm", "gru"), "'lstm' or 'gru'"),
 }
 
 
@@ -280,7 +283,7 @@ def _tokenizer_of(meta, vocab_size, path):
 
 def _settings_of(meta, path):
     """The `scratchlm train` settings a checkpoint records, each checked against :data:`SETTING_RULES`."""
-    settings = _metadata_dict(meta, "cli", path)
+    settings = {"cell": "lstm", **_metadata_dict(meta, "cli", path)}     # runs from before --cell were LSTMs
     for name, (ok, rule) in SETTING_RULES.items():
         if name not in settings or not ok(settings[name]):
             got = repr(settings[name]) if name in settings else "nothing"
@@ -361,7 +364,7 @@ def _train(args, given, run_dir):
         trainer.print(f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}")
     else:
         model = LanguageModel(tokenizer.vocab_size, embedding_dim=settings["embedding_dim"] or None,
-                              hidden_sizes=settings["hidden"], backend=settings["backend"],
+                              hidden_sizes=settings["hidden"], cell=settings["cell"], backend=settings["backend"],
                               dtype=settings["dtype"], seed=settings["seed"],
                               stateful=settings["batching"] == "streams")
         try:

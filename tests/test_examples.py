@@ -108,6 +108,11 @@ def test_titles_smoke_run(tmp_path, capsys):
     assert "<eos>" not in out
 
 
+def test_titles_with_a_gru(tmp_path, capsys):
+    assert example("titles_eos").main(["--cell", "gru", "--max-steps", "4", "--run-dir", str(tmp_path / "run")]) == 0
+    assert "GRU[128]" in capsys.readouterr().out
+
+
 def test_titles_from_a_file_of_ones_own_and_bad_file(tmp_path, capsys):
     titles = tmp_path / "mine.txt"
     titles.write_text("First title\nSecond title\n\nThird one here\n")

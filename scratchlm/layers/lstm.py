@@ -66,7 +66,7 @@ class LSTM(Recurrent):
         return hs, LSTMSteps(gates, hs, cs, tanh_c), (hs[T], cs[T])
 
     def _loop_backward(self, cache, dy, d_final):
-        """BPTT from (dh_T, dc_T) = d_final with dy (T, B, H) or None -> (dZ (T, B, 4H), dU, (dh_0, dc_0))."""
+        """BPTT from (dh_T, dc_T) = d_final with dy (T, B, H) or None -> (dZ (T, B, 4H), {dU}, (dh_0, dc_0))."""
         xp = self.backend.xp
         gates, hs, cs, tanh_c = cache.steps
         keep = cache.keep
@@ -77,7 +77,7 @@ class LSTM(Recurrent):
         if self.fused is not None:                                        # the same loop, one fused pass per step
             dZ, dU, dh, dc = self.fused.lstm_backward(gates, hs, cs, U, dy, dh, dc,
                                                       None if keep is None else keep[:, :, 0])
-            return dZ, dU, (dh, dc)
+            return dZ, {"recurrent_kernel": dU}, (dh, dc)
         dZ = self.backend.empty((T, B, G))                                # ∂L/∂z_t
         for t in reversed(range(T)):
             if dy is not None:
@@ -103,4 +103,4 @@ class LSTM(Recurrent):
                 dc_prev += dc * ~m
             dh, dc = dh_prev, dc_prev
         dU = hs[:-1].reshape(T * B, H).T @ dZ.reshape(T * B, G)           # (H, 4H)
-        return dZ, dU, (dh, dc)
+        return dZ, {"recurrent_kernel": dU}, (dh, dc)

@@ -47,7 +47,11 @@ class Recurrent:
     A cell sets ``gates`` (G, the number of gate blocks) and ``state_names``
     (LSTM: h and c), creates ``kernel`` W (D, G·H), ``recurrent_kernel`` U
     (H, G·H) and ``bias`` in :meth:`_init_params`, and implements the time loop
-    (:meth:`_loop`) and its backpropagation (:meth:`_loop_backward`).
+    (:meth:`_loop`) and its backpropagation (:meth:`_loop_backward`, returning
+    the gradient of the input projections, a dict with ``recurrent_kernel`` and
+    any other recurrent gradients, and the initial state's gradient). A cell
+    whose bias is not just the input bias (the GRU) overrides
+    :attr:`input_bias` and :meth:`_bias_gradient`.
     """
 
     gates = None
@@ -73,6 +77,16 @@ class Recurrent:
     @property
     def params(self):
         return {"kernel": self.kernel, "recurrent_kernel": self.recurrent_kernel, "bias": self.bias}
+
+    @classmethod
+    def param_shapes(cls, input_size, units):
+        """Name -> shape of the parameters of a layer of this cell, without building one."""
+        G = cls.gates * units
+        return {"kernel": (input_size, G), "recurrent_kernel": (units, G), "bias": cls.bias_shape(units)}
+
+    @classmethod
+    def bias_shape(cls, units):
+        return (cls.gates * units,)
 
     @property
     def input_bias(self):
@@ -229,10 +243,15 @@ class Recurrent:
                 dy_steps = dy
             else:
                 d_final[0] += dy
-        dzx, dU, dstate0 = self._loop_backward(cache, dy_steps, d_final)
+        dzx, recurrent, dstate0 = self._loop_backward(cache, dy_steps, d_final)
         if cache.x is not None:
             dx, g_in = self.project_backward(cache.x, dzx)
         else:
             dx, g_in = self.project_tokens_backward(cache.ids, dzx, cache.embeddings)
-        return RecurrentGrads(dx, dstate0), {"kernel": g_in["kernel"], "recurrent_kernel": dU,
-                                             "bias": g_in["bias"]}
+        grads = {"kernel": g_in["kernel"], "recurrent_kernel": recurrent["recurrent_kernel"],
+                 "bias": self._bias_gradient(g_in["bias"], recurrent)}
+        return RecurrentGrads(dx, dstate0), grads
+
+    def _bias_gradient(self, d_input_bias, recurrent):
+        """The gradient of ``bias`` from that of the input bias and the loop's ``recurrent`` gradients."""
+        return d_input_bias

@@ -1,4 +1,4 @@
-"""LanguageModel: tokens -> [Embedding | one-hot] -> LSTM x L -> Dense -> logits.
+"""LanguageModel: tokens -> [Embedding | one-hot] -> LSTM or GRU x L -> Dense -> logits.
 
     logits, state = model.forward(x)                         # (B, T, V)
     loss, grads   = model.loss_and_grads(x, y)               # mean nats per token
@@ -12,8 +12,8 @@ the loss, the scatter-adds and generation run in :mod:`scratchlm.kernels`; with
 the plain code of :mod:`scratchlm.layers` and :mod:`scratchlm.losses`.
 
 Parameter and gradient dicts use Keras-like names: ``embedding/embeddings``,
-``lstm_0/kernel``, ``lstm_0/recurrent_kernel``, ``lstm_0/bias``, ``lstm_1/…``,
-``dense/kernel``, ``dense/bias``.
+``lstm_0/kernel``, ``lstm_0/recurrent_kernel``, ``lstm_0/bias``, ``lstm_1/…`` (``gru_0/…``
+for GRU cells), ``dense/kernel``, ``dense/bias``.
 """
 
 import math
@@ -23,9 +23,10 @@ from .. import checkpoint, sampling
 from ..backend import Backend
 from ..errors import ModelError, SamplingError
 from ..layers import LSTM, Dense, Embedding
+from ..layers.gru import GRU
 from .base import TokenModel, is_whole
 
-CELLS = {"lstm": LSTM}
+CELLS = {"lstm": LSTM, "gru": GRU}
 
 
 class RecurrentModelCache(NamedTuple):
@@ -60,7 +61,7 @@ class LanguageModel(TokenModel):
         of a learned Embedding (a whole number).
     hidden_sizes: a non-empty list or tuple of whole numbers >= 1: the units
         of each stacked recurrent layer, bottom first.
-    cell: "lstm" (the recurrent cell of every layer).
+    cell: "lstm" or "gru" (Keras 3's GRU, ``reset_after=True``): the recurrent cell of every layer.
     backend: "numpy", "cupy", "auto" or a Backend; dtype: "float32" | "float64".
     seed: None or a whole number >= 0; seeds the weight initialisation (the
         same seed gives the same weights on every backend).
@@ -123,20 +124,19 @@ class LanguageModel(TokenModel):
     def parameter_shapes(config):
         """(name, shape) of every parameter of ``LanguageModel(**config)``, in ``params`` order, by arithmetic.
 
-        With V = vocab_size, E = embedding_dim, H_n = hidden_sizes[n], G = 4 gate blocks (LSTM):
-        embedding/embeddings (V, E) unless E is None (one-hot input); lstm_n/kernel (D_n, G H_n),
-        lstm_n/recurrent_kernel (H_n, G H_n), lstm_n/bias (G H_n,) where D_0 = E (V for one-hot input) and
-        D_n = H_{n-1}; dense/kernel (H_last, V), dense/bias (V,). A generator: a caller may stop early.
+        With V = vocab_size, E = embedding_dim, H_n = hidden_sizes[n]: embedding/embeddings (V, E) unless E
+        is None (one-hot input); then per layer the cell's own (``{cell}_n/kernel`` (D_n, G H_n),
+        ``recurrent_kernel`` (H_n, G H_n), ``bias``: LSTM (4 H_n,), GRU (2, 3 H_n)) where D_0 = E (V for
+        one-hot input) and D_n = H_{n-1}; dense/kernel (H_last, V), dense/bias (V,). A generator: a caller
+        may stop early.
         """
         V, E, hidden = config["vocab_size"], config["embedding_dim"], config["hidden_sizes"]
         cell = config.get("cell", "lstm")
-        G = CELLS[cell].gates
         if E is not None:
             yield "embedding/embeddings", (V, E)
         for n, (d, h) in enumerate(zip([E or V] + hidden[:-1], hidden)):
-            yield f"{cell}_{n}/kernel", (d, G * h)
-            yield f"{cell}_{n}/recurrent_kernel", (h, G * h)
-            yield f"{cell}_{n}/bias", (G * h,)
+            for name, shape in CELLS[cell].param_shapes(d, h).items():
+                yield f"{cell}_{n}/{name}", shape
         yield "dense/kernel", (hidden[-1], V)
         yield "dense/bias", (V,)
 
