@@ -240,7 +240,7 @@ class LanguageModel(TokenModel):
         """The token loop of :meth:`generate` on the fused kernels: the same draws from ``rng``,
         the same ids (up to float round-off), without rebuilding anything per token."""
         first = self.recurrent[0]
-        if first.fused is None:
+        if first.fused is None or self.cell != "lstm":                   # the decode kernel is the LSTM's
             return None
         xp = self.backend.xp
         B, V = logits.shape
