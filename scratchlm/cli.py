@@ -30,7 +30,7 @@ from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, check_position, l
 DEFAULTS = {
     "tokenizer": "char", "lower": False, "max_tokens": 10000,
     "batching": "streams", "seq_len": None, "step": 3, "batch_size": None, "val_fraction": 0.05,
-    "embedding_dim": None, "hidden": [256], "cell": "lstm", "dtype": "float32",
+    "embedding_dim": None, "hidden": [256], "cell": "lstm", "dropout": 0.0, "dtype": "float32",
     "optimizer": "adam", "lr": None, "clipnorm": 5.0,
     "epochs": 10, "max_steps": None, "checkpoint_every": 500, "seed": 0, "backend": "numpy",
     "sample_length": 400, "temperature": list(TEMPERATURES), "prime": None, "progress": None,
@@ -140,6 +140,8 @@ def _add_train(commands):
                    "or gru (Keras' GRU, reset gate after the recurrent product)")
     g.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
                    help="units of each stacked recurrent layer, e.g. --hidden 512 512 (default 256)")
+    g.add_argument("--dropout", type=_number, metavar="RATE",
+                   help="Keras-style dropout on each recurrent layer's output, in training only (default 0 = none)")
     g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam")
     g.add_argument("--lr", type=_number, help="learning rate (default 0.002 adam, 0.001 rmsprop, 0.01 sgd)")
     g.add_argument("--clipnorm", type=_number, metavar="C",
@@ -259,6 +261,7 @@ SETTING_RULES = {
                     "a list of numbers >= 0"),
     "prime": (lambda v: v is None or isinstance(v, str), "null or a text"),
     "cell": (lambda v: v in ("lstm", "gru"), "'lstm' or 'gru'"),
+    "dropout": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
 
 
@@ -283,7 +286,7 @@ def _tokenizer_of(meta, vocab_size, path):
 
 def _settings_of(meta, path):
     """The `scratchlm train` settings a checkpoint records, each checked against :data:`SETTING_RULES`."""
-    settings = {"cell": "lstm", **_metadata_dict(meta, "cli", path)}     # runs from before --cell were LSTMs
+    settings = {"cell": "lstm", "dropout": 0.0, **_metadata_dict(meta, "cli", path)}   # runs from before these
     for name, (ok, rule) in SETTING_RULES.items():
         if name not in settings or not ok(settings[name]):
             got = repr(settings[name]) if name in settings else "nothing"
@@ -364,7 +367,8 @@ def _train(args, given, run_dir):
         trainer.print(f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}")
     else:
         model = LanguageModel(tokenizer.vocab_size, embedding_dim=settings["embedding_dim"] or None,
-                              hidden_sizes=settings["hidden"], cell=settings["cell"], backend=settings["backend"],
+                              hidden_sizes=settings["hidden"], cell=settings["cell"], dropout=settings["dropout"],
+                              backend=settings["backend"],
                               dtype=settings["dtype"], seed=settings["seed"],
                               stateful=settings["batching"] == "streams")
         try:
@@ -399,6 +403,8 @@ def _resolve(given):
         s["embedding_dim"] = 100 if word else 64
     if s["lr"] is None:
         s["lr"] = LEARNING_RATE[s["optimizer"]]
+    if not 0 <= s["dropout"] < 1:
+        raise ScratchLMError(f"--dropout must be a rate in [0, 1), got {s['dropout']}")
     if not 0 <= s["val_fraction"] < 1:
         raise ScratchLMError(f"--val-fraction must lie in [0, 1), got {s['val_fraction']}")
     if not (s["lr"] > 0 and math.isfinite(s["lr"])):

@@ -22,15 +22,16 @@ A run directory holds
     loss.png        training and validation loss curves (only when matplotlib is installed)
 
 Exact resume. Everything that decides the next step is in the checkpoint: the
-weights and optimizer slots (exact float arrays), the position (epoch and
-batch within it), and, for stateful streams, the LSTM state carried into the
-next chunk. The batch order is a function of (seed, epoch) (see
-:mod:`scratchlm.data`), so a resumed run gathers exactly the batches the
-uninterrupted run would have, from exactly the same weights and state: its
-losses are equal, bit for bit. Samples and validation never touch the training
-state (their randomness comes from their own seeds, and the carried state is
-set aside while validating). A run killed between checkpoints loses only the
-steps after its last checkpoint, and repeats them identically on resume.
+weights and optimizer slots (exact float arrays), the position (epoch and batch
+within it), the state of the dropout masks' generator, and, for stateful
+streams, the recurrent state carried into the next chunk. The batch order is a
+function of (seed, epoch) (see :mod:`scratchlm.data`), so a resumed run gathers
+exactly the batches the uninterrupted run would have, from exactly the same
+weights and state: its losses are equal, bit for bit. Samples and validation
+never touch the training state (their randomness comes from their own seeds,
+and the carried state is set aside while validating). A run killed between
+checkpoints loses only the steps after its last checkpoint, and repeats them
+identically on resume.
 
 NaN/Inf guard. Before each update the loss and the global gradient norm are
 checked; a non-finite value stops training with :class:`TrainingDiverged`
@@ -84,7 +85,8 @@ _POSITION_RULES = {
     "epoch_loss": (_number, "a number"), "epoch_targets": (_count, "a whole number >= 0"),
     "epoch_seconds": (_number, "a number"), "history": (lambda v: isinstance(v, list), "a list of epoch records"),
 }
-_EPOCH_RULES = {"epoch": (lambda v: _count(v) and v > 0, "a positive whole number"), "step": (_count, "a whole number >= 0"),
+_EPOCH_RULES = {"epoch": (lambda v: _count(v) and v > 0, "a positive whole number"),
+                "step": (_count, "a whole number >= 0"),
                 "loss": (_number, "a number"), "val_loss": (lambda v: v is None or _number(v), "null or a number"),
                 "seconds": (_number, "a number")}
 
@@ -190,7 +192,7 @@ class Sampler:
                    "ask for shorter samples (--sample-length)")
         self.prime_ids = None
         if prime is not None:
-            unknown = "unk" if tokenizer.kind == "word" and tokenizer.unk_id is not None else "error"
+            unknown = "unk" if tokenizer.kind in ("word", "vector") and tokenizer.unk_id is not None else "error"
             try:
                 self.prime_ids = tokenizer.encode(prime, unknown=unknown).astype(numpy.int64)
             except VocabularyError as exc:
@@ -314,7 +316,8 @@ class Trainer:
         if carried is None:
             carried = [None] * len(shapes)
         elif not (model.stateful and isinstance(carried, list) and len(carried) == len(shapes)
-                  and all(s is None or isinstance(s, list) and len(s) == len(want) for s, want in zip(carried, shapes))):
+                  and all(s is None or isinstance(s, list) and len(s) == len(want)
+                          for s, want in zip(carried, shapes))):
             parts = "[" + ", ".join(name.split()[0] for name in names[0]) + "]" if names else "[]"
             raise CheckpointError("this checkpoint's carried state (metadata['state']) must be null, or for a "
                                   f"stateful model a list of {len(shapes)} entries, each null or {parts}"
@@ -337,6 +340,8 @@ class Trainer:
         trainer.history = position["history"]
         trainer.saved_step = trainer.step
         model.set_state(states)
+        if ckpt.rng is not None:
+            model.dropout_rng = ckpt.rng                 # the next dropout masks are the uninterrupted run's
         return trainer
 
     # -- the loop -------------------------------------------------------------------
@@ -400,7 +405,7 @@ class Trainer:
             for batch in self.train.batches(self.epoch, self.batch):
                 with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guard reports it
                     loss, grads = self.model.loss_and_grads(batch.x, batch.y, mask=batch.mask,
-                                                            last_only=self.train.last_only)
+                                                            last_only=self.train.last_only, training=True)
                     norm = optim.global_norm(grads)
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     self._diverged(loss, norm)
@@ -527,7 +532,7 @@ class Trainer:
                     "window_loss": self._window_loss,
                     "history": self.history}
         metadata = {**self.metadata, "data": self.train.config, "train": position, "state": carried}
-        self.model.save(self.run_dir / name, optimizer=self.optimizer, metadata=metadata)
+        self.model.save(self.run_dir / name, optimizer=self.optimizer, rng=self.model.dropout_rng, metadata=metadata)
         if name == LAST:
             self.saved_step = self.step
 

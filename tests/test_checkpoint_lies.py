@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import time
 import tracemalloc
 import zipfile
 
@@ -122,7 +121,8 @@ HEADER_LIES = {
     "stateful 'yes'": (model(stateful="yes"), ["'stateful'"]),
     "negative seed": (model(seed=-1), ["'seed'"]),
     "no seed": (without("seed"), ["no field 'seed'"]),
-    "an unknown model field": (model(dropout=0.5), ["dropout"]),
+    "an unknown model field": (model(attention_heads=2), ["attention_heads"]),
+    "a dropout rate of 1.5": (model(dropout=1.5), ["'dropout'", "[0, 1)"]),
     "model a list": (top(model=[1, 2]), ["model config", "JSON object"]),
     "version true": (top(version=True), ["version True"]),
     "an unknown header field": (top(extra=1), ["extra"]),
@@ -172,10 +172,9 @@ def test_header_and_array_lies_are_refused_everywhere(run, capsys, case):
 
 
 def test_a_huge_header_allocates_nothing(run, capsys):
-    """hidden_sizes [10^9] would need 238 GiB - 1.7 TiB: refused in well under a second, using a few MB."""
+    """hidden_sizes [10^9] would need 238 GiB - 1.7 TiB: refused using a few MB."""
     rewrite(run / "last.npz", model(hidden_sizes=[10 ** 9, 12]))
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(CheckpointError, match="hidden_sizes"):
             models.load(run / "last.npz")
@@ -184,14 +183,22 @@ def test_a_huge_header_allocates_nothing(run, capsys):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - start < 2 and peak < 50e6
+    assert peak < 50e6
 
 
-def test_thousands_of_layers_in_the_header_are_refused_before_listing_them(run, capsys):
+def test_thousands_of_layers_in_the_header_are_refused_before_listing_them(run, capsys, monkeypatch):
+    stored = sum(key.startswith("param/") for key in models.read(run / "last.npz")[1])
     rewrite(run / "last.npz", model(hidden_sizes=[16] * 10 ** 6))
-    start = time.perf_counter()
+    listed = []
+    shapes = LanguageModel.parameter_shapes
+
+    def counted(config):
+        for item in shapes(config):
+            listed.append(item)
+            yield item
+    monkeypatch.setattr(LanguageModel, "parameter_shapes", staticmethod(counted))
     fails(cli(capsys, "info", run), "parameter arrays")
-    assert time.perf_counter() - start < 2
+    assert len(listed) == stored + 1                                   # stopped one past the stored arrays
 
 
 def metadata(**fields):
@@ -366,10 +373,14 @@ def test_an_array_that_claims_more_than_its_entry_holds(tmp_path):
     npy_format.write_array_header_1_0(claims, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 10,)})
     header = npy_bytes(np.frombuffer(json.dumps({"format": "scratchlm-checkpoint"}).encode(), np.uint8))
     npz(tmp_path / "big.npz", {"header.json.npy": header, "param/dense/bias.npy": claims.getvalue() + bytes(16)})
-    start = time.perf_counter()
-    with pytest.raises(CheckpointError, match="param/dense/bias claims shape"):      # 40 GB, from 16 bytes
-        models.read(tmp_path / "big.npz")
-    assert time.perf_counter() - start < 2
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="param/dense/bias claims shape"):  # 40 GB, from 16 bytes
+            models.read(tmp_path / "big.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6
 
 
 def test_entries_that_are_no_arrays_and_headers_that_are_no_json(run):

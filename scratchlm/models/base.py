@@ -6,7 +6,7 @@ logits. Users pass batch-major int arrays like Keras, ``x`` and ``y`` of shape
 ``recurrent.py``) provides:
 
     _named_layers()                     [(name, layer)]: its parameters are name/param
-    _forward(ids, state, mask, last)    ids (T, B) -> (logits, new state, cache)
+    _forward(ids, state, mask, last, dropout_masks)   ids (T, B) -> (logits, new state, cache)
     _backward(cache, dlogits)           -> {parameter name: gradient}
     _start(prompt) / _step(ids, state)  the prompt's and one new token's logits (B, V) and state
     state_shapes(B), get_state(), set_state(state), reset_state()   carried state (stateful models)
@@ -43,6 +43,7 @@ class TokenModel:
     """Base of the language models over a vocabulary of ``vocab_size`` token ids (see the module docstring)."""
 
     kind = None                      # the name checkpoints record (header["model"]["kind"])
+    dropout_rng = None               # the host generator of a model's dropout masks (saved in checkpoints)
 
     def __init__(self, vocab_size, backend, dtype):
         if not is_whole(vocab_size) or vocab_size < 1:
@@ -151,26 +152,28 @@ class TokenModel:
         logits, new_state, _ = self._forward(x.T, state, self._time_major_mask(mask, x.shape), False)
         return logits.transpose(1, 0, 2), new_state
 
-    def _scored_forward(self, x, y, mask, state, last_only):
+    def _scored_forward(self, x, y, mask, state, last_only, dropout_masks, training=False):
         x = self._tokens(x)
         B, T = x.shape
+        if training and dropout_masks is None:
+            dropout_masks = self.dropout_masks(B, T, last_only)
         self._check_state(state, B)
         mask_tm = self._time_major_mask(mask, x.shape)
         if mask_tm is not None and not last_only and not bool(mask_tm.any()):
             raise ModelError("the mask scores no token: at least one step must be real (True)")
         y = self._tokens(y, "y", (B,) if last_only else (B, T))
-        logits, _, cache = self._forward(x.T, state, mask_tm, last_only)
+        logits, _, cache = self._forward(x.T, state, mask_tm, last_only, dropout_masks)
         if last_only:
             loss, dlogits = self._xent(logits, y)                                     # (B, V)
         else:
             loss, dlogits = self._xent(logits, y.T, mask_tm)                          # (T, B, V)
         return loss, dlogits, cache
 
-    def loss(self, x, y, mask=None, state=None, last_only=False):
-        """The loss of :meth:`loss_and_grads` alone (no backward pass)."""
-        return self._scored_forward(x, y, mask, state, last_only)[0]
+    def loss(self, x, y, mask=None, state=None, last_only=False, dropout_masks=None):
+        """The loss of :meth:`loss_and_grads` alone (no backward pass, no dropout unless masks are given)."""
+        return self._scored_forward(x, y, mask, state, last_only, dropout_masks)[0]
 
-    def loss_and_grads(self, x, y, mask=None, state=None, last_only=False):
+    def loss_and_grads(self, x, y, mask=None, state=None, last_only=False, training=False, dropout_masks=None):
         """Mean cross-entropy (nats per scored token) and the gradient of every parameter.
 
         x (B, T) int inputs, state and mask as in :meth:`forward`. y: (B, T)
@@ -178,10 +181,17 @@ class TokenModel:
         step only (the seed Nietzsche model: read a window, predict the
         character after it). mask (B, T): padding steps are skipped and, unless
         ``last_only``, not scored (so it must keep at least one step).
+        training: a training step: a model with dropout draws fresh masks
+        (:meth:`dropout_masks`); dropout_masks: use these instead (a gradient
+        check holds them fixed and passes the same to :meth:`loss`).
         Returns (loss: float, grads: dict name -> array shaped like params[name]).
         """
-        loss, dlogits, cache = self._scored_forward(x, y, mask, state, last_only)
+        loss, dlogits, cache = self._scored_forward(x, y, mask, state, last_only, dropout_masks, training)
         return loss, self._backward(cache, dlogits)
+
+    def dropout_masks(self, B, T, last_only=False):
+        """Fresh dropout keep-masks for a training batch of (B, T), or None for a model without dropout."""
+        return None
 
     # -- generation ---------------------------------------------------------------
     def generate(self, prompt_ids, length, temperature=1.0, top_k=None, top_p=None, eos_id=None,

@@ -19,10 +19,13 @@ for GRU cells), ``dense/kernel``, ``dense/bias``.
 import math
 from typing import NamedTuple
 
+import numpy
+
 from .. import checkpoint, sampling
 from ..backend import Backend
 from ..errors import ModelError, SamplingError
 from ..layers import LSTM, Dense, Embedding
+from ..layers.dropout import Dropout
 from ..layers.gru import GRU
 from .base import TokenModel, is_whole
 
@@ -34,7 +37,8 @@ class RecurrentModelCache(NamedTuple):
     ids: object               # (T, B) token ids
     table: bool               # the first layer's input projection was a token-table lookup
     layers: list              # one RecurrentCache per recurrent layer, bottom first
-    top: object               # (T, B, H) or (B, H): the top layer's output, the Dense layer's input
+    top: object               # (T, B, H) or (B, H): the top (dropped-out) output, the Dense layer's input
+    dropout: object           # one keep-mask per recurrent layer's output (shaped like it), or None
 
 
 def _rules():
@@ -49,6 +53,8 @@ def _rules():
         "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
         "stateful": (lambda v: isinstance(v, bool), "true or false"),
         "seed": (lambda v: v is None or (is_whole(v) and v >= 0), "null or a whole number >= 0"),
+        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                    "a number in [0, 1)"),
     }
 
 
@@ -67,6 +73,11 @@ class LanguageModel(TokenModel):
         same seed gives the same weights on every backend).
     stateful: True or False: carry the state from one call to the next (truncated
         BPTT over consecutive chunks of parallel streams); see :meth:`reset_state`.
+    dropout: a rate in [0, 1): Keras-style inverted dropout on the output of every
+        recurrent layer, in training steps only (``loss_and_grads(..., training=True)``,
+        as the Trainer calls it); never in ``forward``, ``loss`` or ``generate``. Its
+        masks come from :attr:`dropout_rng` (seeded by ``seed``; a checkpoint saves
+        its state, so a resumed run draws the masks the uninterrupted one would).
     Raises :class:`ModelError` (a ValueError) for anything else, and
     :class:`scratchlm.budget.ResourceError` before allocating when the weights,
     their gradients and two optimizer slots (four copies) would not fit in memory.
@@ -74,9 +85,10 @@ class LanguageModel(TokenModel):
 
     kind = "recurrent"
     CONFIG_RULES = _rules()
+    CONFIG_DEFAULTS = {"dropout": 0.0}        # fields a config written before they existed may lack
 
     def __init__(self, vocab_size, embedding_dim=None, hidden_sizes=(128,), backend="numpy",
-                 dtype="float32", seed=0, stateful=False, cell="lstm"):
+                 dtype="float32", seed=0, stateful=False, cell="lstm", dropout=0.0):
         super().__init__(vocab_size, backend, dtype)
         if embedding_dim is not None and (not is_whole(embedding_dim) or embedding_dim < 1):
             raise ModelError(f"embedding_dim must be None (one-hot input) or a whole number >= 1, "
@@ -89,6 +101,8 @@ class LanguageModel(TokenModel):
             raise ModelError(f"stateful must be True or False, got {stateful!r}")
         if cell not in CELLS:
             raise ModelError(f"cell must be {self.CONFIG_RULES['cell'][1]}, got {cell!r}")
+        if not self.CONFIG_RULES["dropout"][0](dropout):
+            raise ModelError(f"dropout must be a rate in [0, 1), got {dropout!r}")
         rng = Backend.rng(seed)
         V = self.vocab_size
         self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
@@ -106,6 +120,8 @@ class LanguageModel(TokenModel):
         self.recurrent = [CELLS[cell](d_in, h, self.backend, rng, stateful=self.stateful)
                           for d_in, h in zip(sizes[:-1], sizes[1:])]
         self.dense = Dense(hidden_sizes[-1], V, self.backend, rng)
+        self.dropout = Dropout(float(dropout), self.backend)
+        self.dropout_rng = numpy.random.default_rng(None if seed is None else [int(seed), 1])   # not the weights'
 
     # -- what a config means, without building the model -----------------------------
     @property
@@ -113,12 +129,14 @@ class LanguageModel(TokenModel):
         """What it takes to rebuild this model (JSON-serialisable; ``kind`` names the class)."""
         return {"kind": self.kind, "cell": self.cell, "vocab_size": self.vocab_size,
                 "embedding_dim": self.embedding_dim, "hidden_sizes": list(self.hidden_sizes),
-                "dtype": self.backend.dtype.name, "stateful": self.stateful, "seed": self.seed}
+                "dtype": self.backend.dtype.name, "stateful": self.stateful, "seed": self.seed,
+                "dropout": self.dropout.rate}
 
     @classmethod
     def check_config(cls, config, what):
-        """CheckpointError unless ``config`` holds exactly the fields of :data:`CONFIG_RULES`, each valid."""
-        checkpoint.check_fields(config, cls.CONFIG_RULES, what, exact=True)
+        """CheckpointError unless ``config`` holds exactly the fields of :data:`CONFIG_RULES` (those of
+        :data:`CONFIG_DEFAULTS` may be missing), each valid."""
+        checkpoint.check_fields({**cls.CONFIG_DEFAULTS, **config}, cls.CONFIG_RULES, what, exact=True)
 
     @staticmethod
     def parameter_shapes(config):
@@ -190,8 +208,17 @@ class LanguageModel(TokenModel):
         """
         return self.embedding is None or self.vocab_size <= T * B
 
-    def _forward(self, ids, state, mask, last_only):
-        """ids (T, B), mask (T, B) or None -> (logits, new state, RecurrentModelCache)."""
+    def dropout_masks(self, B, T, last_only=False):
+        """One keep-mask per recurrent layer's output ((T, B, H_n); the top one (B, H) with ``last_only``),
+        drawn from :attr:`dropout_rng`; None without dropout."""
+        if self.dropout.rate == 0:
+            return None
+        top = len(self.hidden_sizes) - 1
+        return [self.dropout.draw((B, h) if last_only and n == top else (T, B, h), self.dropout_rng)
+                for n, h in enumerate(self.hidden_sizes)]
+
+    def _forward(self, ids, state, mask, last_only, dropout_masks=None):
+        """ids (T, B), mask (T, B) or None, dropout keep-masks or None -> (logits, new state, cache)."""
         T, B = ids.shape
         table = self._use_table(T, B)
         E = None if self.embedding is None else self.embedding.embeddings
@@ -207,14 +234,18 @@ class LanguageModel(TokenModel):
                 y, layer_state, cache = layer.forward(x, initial, mask, sequences)
             caches.append(cache)
             new_state.append(layer_state)
+            if dropout_masks is not None:
+                y = self.dropout.forward(y, dropout_masks[n])
         logits = self.dense.forward(y)                                    # (T, B, V) or (B, V)
-        return logits, new_state, RecurrentModelCache(ids, table, caches, y)
+        return logits, new_state, RecurrentModelCache(ids, table, caches, y, dropout_masks)
 
     def _backward(self, cache, dlogits):
         grads = {}
         dy, g = self.dense.backward(cache.top, dlogits)
         grads.update({f"dense/{k}": v for k, v in g.items()})
         for n in reversed(range(len(self.recurrent))):
+            if cache.dropout is not None:
+                dy, _ = self.dropout.backward(cache.dropout[n], dy)
             (dx, _), g = self.recurrent[n].backward(cache.layers[n], dy)
             grads.update({f"{self.cell}_{n}/{k}": v for k, v in g.items()})
             dy = dx                                                       # for the layer below, or dE
