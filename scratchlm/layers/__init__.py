@@ -1,10 +1,15 @@
 """Layers with hand-written forward and backward passes, one concept per module.
 
-    embedding.py   Embedding: token ids -> vectors (gather / scatter-add)
+    embedding.py   Embedding: token ids -> vectors (gather / scatter-add);
+                   PositionalEmbedding: tokens plus learned positions (B, T, E)
     dense.py       Dense: the affine map to logits
     recurrent.py   what every recurrent cell shares: the input projection (and its
                    token-table form), initial and carried state, masks, the cache
     lstm.py        LSTM: the cell's gate math and its backpropagation through time
+    attention.py   MultiHeadAttention in Keras 3's layout, batch-major (B, T, E)
+                   unlike the recurrent layers; causal and padding masks
+    layernorm.py   LayerNormalization over the last axis (Keras: epsilon 1e-3, biased variance)
+    feedforward.py FeedForward: Dense, ReLU, Dense, over any leading shape
 
 This is the reference path: plain ``xp`` code (NumPy or CuPy) that every fast
 kernel is tested against. Sequences are **time-major** inside the layers,
@@ -19,8 +24,12 @@ gradient of what was fed in and a dict of parameter gradients keyed like
 E embedding size, D input size, H hidden units.
 """
 
+from .attention import MultiHeadAttention, causal_mask, combine_masks, padding_mask
 from .dense import Dense
-from .embedding import Embedding
+from .embedding import Embedding, PositionalEmbedding
+from .feedforward import FeedForward
+from .layernorm import LayerNormalization
 from .lstm import LSTM
 
-__all__ = ["Dense", "Embedding", "LSTM"]
+__all__ = ["Dense", "Embedding", "FeedForward", "LSTM", "LayerNormalization", "MultiHeadAttention",
+           "PositionalEmbedding", "causal_mask", "combine_masks", "padding_mask"]

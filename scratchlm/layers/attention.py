@@ -1,0 +1,205 @@
+"""Multi-head attention in Keras 3's layout, and the causal and padding masks it takes.
+
+Attention works **batch-major**, (B, T, E), unlike the recurrent layers
+(time-major): every position is computed at once, so there is no per-step
+slice to keep contiguous. Notation: B batch, T query positions, S key/value
+positions, E embedding size, N heads, K key_dim (the size of each head; in
+Keras' layout heads are *not* slices of E: each has K dimensions of its own).
+
+Keras 3 semantics (``MultiHeadAttention``, TF backend ``dot_product_attention``;
+see ../shared/DESIGN.md, "The Transformer decoder of the IMDB seed"):
+
+    Q = query Wq + bq        Wq (E, N, K), bq (N, K)           (B, T, N, K)
+    K = key   Wk + bk        Wk (E, N, K), bk (N, K)           (B, S, N, K)
+    V = value Wv + bv        Wv (E, N, K), bv (N, K)           (B, S, N, K)
+    per head n:
+      S = Q Kᵀ / √K                                            (B, N, T, S)
+      S[~mask] = FILL        masked entries *replaced* (not added) by
+                             FILL = -0.7 · 3.38953e38 ≈ -2.37e38, Keras'
+                             ``_get_large_negative`` for float32 and float64
+      P = softmax(S) over the key axis                         (B, N, T, S)
+      O = P V                                                  (B, N, T, K)
+    out = Σ_{n,k} O[.., n, k] Wo[n, k, :] + bo   Wo (N, K, E), bo (E,)   (B, T, E)
+
+A row whose keys are all masked holds S copies of FILL, so its softmax is the
+uniform 1/S (as in Keras); elsewhere exp(FILL - max) underflows to exactly 0.
+Since masked scores are replaced by a constant, no gradient reaches them.
+
+Backward, without a (T×T) Jacobian per row (llm.c, FlashAttention), with
+dO = dout Woᵀ per head:
+
+    dV = Pᵀ dO                   dP = dO Vᵀ
+    dS = P ⊙ (dP − rowsum(dO ⊙ O))         (rowsum(dP ⊙ P) = rowsum(dO ⊙ O))
+    dS[~mask] = 0                          (the replaced entries)
+    dQ = dS K / √K               dK = dSᵀ Q / √K
+    then through the projections: dWq = queryᵀ dQ, dbq = Σ dQ, dquery = dQ Wqᵀ, ...
+
+Masks are bool, True = may attend, and combine by AND: query padding
+[B, T, 1] ∧ key padding [B, 1, S] ∧ causal [T, S] (see :func:`padding_mask`,
+:func:`causal_mask`, :func:`combine_masks`).
+
+Initialisation (Keras 3 defaults, measured on Keras 3.15: the EinsumDense
+kernels of MultiHeadAttention take their fans from the einsum, not from the
+convolution rule of ``compute_fans``): glorot-uniform with
+fan_in = E, fan_out = N·K for the query/key/value kernels (E, N, K), and
+fan_in = N·K, fan_out = E for the output kernel (N, K, E); zero biases.
+Draw order: query, key, value, output (Keras' ``get_weights()`` order).
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy
+
+from ..errors import ModelError
+from ..initializers import uniform
+
+FILL = -0.7 * 3.38953e38          # Keras' large negative for float32 and float64 (≈ -2.37e38)
+
+
+def causal_mask(T, S=None, xp=numpy):
+    """(T, S) bool, True where key j may be seen by query i: j ≤ i (Keras' lower band)."""
+    S = T if S is None else S
+    return xp.arange(S)[None, :] <= xp.arange(T)[:, None]             # (T, S)
+
+
+def padding_mask(query_keep, value_keep):
+    """query_keep (B, T), value_keep (B, S) bool -> (B, T, S) = query_keep[:, :, None] ∧ value_keep[:, None, :]."""
+    return query_keep[:, :, None] & value_keep[:, None, :]            # (B, T, S)
+
+
+def combine_masks(*masks):
+    """AND of the masks that are not None (broadcast: (T, S) with (B, T, S)); None if all are None."""
+    out = None
+    for m in masks:
+        if m is not None:
+            out = m if out is None else out & m
+    return out
+
+
+class AttentionCache(NamedTuple):
+    """What :meth:`MultiHeadAttention.backward` needs from its forward."""
+    query: object             # (B, T, E) query input
+    value: object             # (B, S, E) value input
+    key: object               # (B, S, E) key input (the value input when key was None)
+    q: object                 # (B, N, T, K) projected queries, head-major
+    k: object                 # (B, N, S, K) projected keys
+    v: object                 # (B, N, S, K) projected values
+    p: object                 # (B, N, T, S) attention probabilities
+    o: object                 # (B, N, T, K) per-head outputs P V
+    mask: object              # (B, 1, T, S) bool, True = may attend, or None
+
+
+class AttentionGrads(NamedTuple):
+    """The ``d_inputs`` of :meth:`MultiHeadAttention.backward`.
+
+    In self-attention (query, key and value all x) the gradient of x is
+    d_query + d_value + d_key; with key=None (key is value) it is the value
+    input's d_value + d_key. The caller adds them.
+    """
+    d_query: object           # (B, T, E)
+    d_value: object           # (B, S, E)
+    d_key: object             # (B, S, E)
+
+
+class MultiHeadAttention:
+    """Keras 3 ``MultiHeadAttention(num_heads=N, key_dim=K)`` on (B, T, E) inputs; see the module docstring."""
+
+    def __init__(self, embed_dim, num_heads, key_dim, backend, rng):
+        self.backend = backend
+        E, N, K = embed_dim, num_heads, key_dim
+        self.embed_dim, self.num_heads, self.key_dim = E, N, K
+        self.scale = 1.0 / math.sqrt(K)
+        proj = math.sqrt(6.0 / (E + N * K))                            # glorot, fan_in E, fan_out N·K
+        self._params = {}
+        for name in ("query", "key", "value"):
+            self._params[f"{name}/kernel"] = uniform((E, N, K), rng, backend, limit=proj)   # (E, N, K)
+            self._params[f"{name}/bias"] = backend.zeros((N, K))                          # (N, K)
+        self._params["output/kernel"] = uniform((N, K, E), rng, backend, limit=proj)      # (N, K, E)
+        self._params["output/bias"] = backend.zeros((E,))                                 # (E,)
+
+    @property
+    def params(self):
+        return dict(self._params)
+
+    # -- projections (E) <-> (N, K) -----------------------------------------
+    def _project(self, x, name):
+        """x (B, L, E) -> x W + b, head-major (B, N, L, K)."""
+        B, L, E = x.shape
+        W, b = self._params[f"{name}/kernel"], self._params[f"{name}/bias"]
+        y = x.reshape(B * L, E) @ W.reshape(E, -1)                     # (B·L, N·K)
+        y = y.reshape(B, L, self.num_heads, self.key_dim) + b          # (B, L, N, K)
+        return y.transpose(0, 2, 1, 3)                                 # (B, N, L, K)
+
+    def _project_backward(self, x, dy, name):
+        """dy (B, N, L, K) -> (dx (B, L, E), {name/kernel: xᵀ dy (E, N, K), name/bias: Σ dy (N, K)})."""
+        B, L, E = x.shape
+        W = self._params[f"{name}/kernel"]
+        dy2 = dy.transpose(0, 2, 1, 3).reshape(B * L, -1)              # (B·L, N·K)
+        dx = (dy2 @ W.reshape(E, -1).T).reshape(B, L, E)               # (B, L, E)
+        return dx, {f"{name}/kernel": (x.reshape(B * L, E).T @ dy2).reshape(W.shape),
+                    f"{name}/bias": dy2.sum(axis=0).reshape(self.num_heads, self.key_dim)}
+
+    def _check_mask(self, mask, B, T, S):
+        """mask (B, T, S) or (T, S) bool -> (B, 1, T, S) bool (broadcast over heads), or None."""
+        if mask is None:
+            return None
+        mask = self.backend.asarray(mask)                              # host masks move to the device
+        if mask.dtype != bool or mask.shape not in ((B, T, S), (T, S)):
+            raise ModelError(f"attention mask must be a bool array of shape (B, T, S) = {(B, T, S)} "
+                             f"or (T, S), got {mask.dtype} {tuple(mask.shape)}")
+        return self.backend.xp.broadcast_to(mask, (B, T, S))[:, None]  # (B, 1, T, S)
+
+    # -- forward and backward ----------------------------------------------
+    def forward(self, query, value, key=None, mask=None):
+        """query (B, T, E), value (B, S, E), key (B, S, E) or None (= value), mask (B, T, S) bool
+        (True = may attend) or None -> (out (B, T, E), cache)."""
+        xp = self.backend.xp
+        key = value if key is None else key
+        B, T, E = query.shape
+        S = value.shape[1]
+        if value.shape != (B, S, E) or key.shape != (B, S, E):
+            raise ModelError(f"attention inputs must be query (B, T, E), value and key (B, S, E) with E = "
+                             f"{self.embed_dim}: got {tuple(query.shape)}, {tuple(value.shape)}, {tuple(key.shape)}")
+        mask = self._check_mask(mask, B, T, S)
+        q = self._project(query, "query")                              # (B, N, T, K)
+        k = self._project(key, "key")                                  # (B, N, S, K)
+        v = self._project(value, "value")                              # (B, N, S, K)
+        s = (q @ k.transpose(0, 1, 3, 2)) * self.scale                 # (B, N, T, S)
+        if mask is not None:
+            s = xp.where(mask, s, s.dtype.type(FILL))                  # replace, not add
+        s -= s.max(axis=-1, keepdims=True)
+        p = xp.exp(s)                                                  # (B, N, T, S)
+        p /= p.sum(axis=-1, keepdims=True)
+        o = p @ v                                                      # (B, N, T, K)
+        Wo = self._params["output/kernel"]
+        out = o.transpose(0, 2, 1, 3).reshape(B * T, -1) @ Wo.reshape(-1, E)   # (B·T, E)
+        out += self._params["output/bias"]
+        return out.reshape(B, T, E), AttentionCache(query, value, key, q, k, v, p, o, mask)
+
+    def backward(self, cache, dout):
+        """dout (B, T, E) -> (AttentionGrads(d_query, d_value, d_key), param grads keyed like ``params``)."""
+        c = cache
+        B, T, E = dout.shape
+        N, K = self.num_heads, self.key_dim
+        Wo = self._params["output/kernel"]
+        dout2 = dout.reshape(B * T, E)                                 # (B·T, E)
+        o2 = c.o.transpose(0, 2, 1, 3).reshape(B * T, N * K)           # (B·T, N·K)
+        grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E),
+                 "output/bias": dout2.sum(axis=0)}
+        do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)   # (B, N, T, K)
+        dv = c.p.transpose(0, 1, 3, 2) @ do                            # (B, N, S, K)  dV = Pᵀ dO
+        dp = do @ c.v.transpose(0, 1, 3, 2)                            # (B, N, T, S)  dP = dO Vᵀ
+        ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))       # (B, N, T, S)
+        if c.mask is not None:
+            ds = self.backend.xp.where(c.mask, ds, 0)                  # replaced scores get nothing
+        ds *= self.scale
+        dq = ds @ c.k                                                  # (B, N, T, K)  dQ = dS K / √K
+        dk = ds.transpose(0, 1, 3, 2) @ c.q                            # (B, N, S, K)  dK = dSᵀ Q / √K
+        d_query, g = self._project_backward(c.query, dq, "query")
+        grads.update(g)
+        d_key, g = self._project_backward(c.key, dk, "key")
+        grads.update(g)
+        d_value, g = self._project_backward(c.value, dv, "value")
+        grads.update(g)
+        return AttentionGrads(d_query, d_value, d_key), grads

@@ -1,0 +1,62 @@
+"""LayerNormalization over the last axis, Keras 3 defaults (epsilon 1e-3, gamma ones, beta zeros).
+
+Forward, over the last axis of x (..., D), biased variance:
+
+    μ = mean(x)         σ² = mean((x − μ)²)         σ = √(σ² + ε)
+    x̂ = (x − μ) / σ     y = x̂ ⊙ γ + β               γ, β (D,)
+
+Backward, with g = dy ⊙ γ (means over the last axis, sums over all leading positions):
+
+    dx = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ
+    dγ = Σ dy ⊙ x̂        dβ = Σ dy
+
+Computed in at least float32 (as Keras does); the output has the input's dtype.
+Note Keras' epsilon is 1e-3, not the 1e-5 of GPT code.
+"""
+
+from typing import NamedTuple
+
+
+class LayerNormCache(NamedTuple):
+    """What :meth:`LayerNormalization.backward` needs from its forward."""
+    xhat: object              # (..., D) normalised input x̂, in the compute dtype
+    rstd: object              # (..., 1) 1/σ = 1/√(σ² + ε)
+
+
+class LayerNormalization:
+    """y = (x − μ)/√(σ² + ε) ⊙ γ + β over the last axis; see the module docstring."""
+
+    def __init__(self, dim, backend, epsilon=1e-3):
+        self.backend = backend
+        self.epsilon = epsilon
+        self.gamma = backend.asarray(backend.xp.ones((dim,)))            # (D,)
+        self.beta = backend.zeros((dim,))                                 # (D,)
+
+    @property
+    def params(self):
+        return {"gamma": self.gamma, "beta": self.beta}
+
+    def forward(self, x):
+        """x (..., D) -> (y (..., D), cache)."""
+        xp = self.backend.xp
+        xc = x.astype(xp.result_type(x.dtype, xp.float32), copy=False)   # at least float32
+        mu = xc.mean(axis=-1, keepdims=True)                              # (..., 1)
+        d = xc - mu                                                       # (..., D)
+        var = (d * d).mean(axis=-1, keepdims=True)                        # (..., 1) biased
+        rstd = 1.0 / xp.sqrt(var + self.epsilon)                          # (..., 1)
+        xhat = d * rstd                                                   # (..., D)
+        y = xhat * self.gamma + self.beta
+        return y.astype(x.dtype, copy=False), LayerNormCache(xhat, rstd)
+
+    def backward(self, cache, dy):
+        """dy (..., D) -> (dx (..., D), {"gamma": Σ dy ⊙ x̂, "beta": Σ dy})."""
+        xhat, rstd = cache
+        D = xhat.shape[-1]
+        dyc = dy.astype(xhat.dtype, copy=False)
+        g = dyc * self.gamma                                              # (..., D)
+        dx = (g - g.mean(axis=-1, keepdims=True)
+              - xhat * (g * xhat).mean(axis=-1, keepdims=True)) * rstd    # (..., D)
+        dy2, xhat2 = dyc.reshape(-1, D), xhat.reshape(-1, D)              # (M, D)
+        grads = {"gamma": (dy2 * xhat2).sum(axis=0).astype(self.gamma.dtype, copy=False),
+                 "beta": dy2.sum(axis=0).astype(self.beta.dtype, copy=False)}
+        return dx.astype(dy.dtype, copy=False), grads
