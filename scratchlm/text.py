@@ -17,6 +17,9 @@ the 60 distinct characters of the lower-cased text, V = 60. ``CharTokenizer``
 takes ``reserved=False`` for that. ``WordTokenizer`` always reserves them,
 because a capped word vocabulary needs ``<unk>``.
 
+``VectorTokenizer`` is Keras' ``TextVectorization`` as the IMDB seed uses it:
+its own reserved ids, 0 = "" (padding) and 1 = "[UNK]", and no <eos>.
+
 Unknown tokens. ``encode(text, unknown=...)`` decides what happens to text the
 vocabulary lacks: ``"error"`` raises :class:`VocabularyError` listing what is
 missing, ``"skip"`` drops it, ``"unk"`` maps it to ``<unk>``.
@@ -276,20 +279,143 @@ class WordTokenizer:
         return f"WordTokenizer(V={self.vocab_size}, lower={self.lower})"
 
 
+_ASCII_WHITESPACE_RUN = re.compile("[^ \t\n\v\f\r]+")       # what TensorFlow's whitespace split keeps
+
+
+class VectorTokenizer:
+    """Keras ``TextVectorization(max_tokens, output_sequence_length)`` as the IMDB seed uses it.
+
+    The seed (Chollet, *Deep Learning with Python*, listings 12.3-12.5) reads the reviews, replaces every
+    ``"<br />"`` by a space (``tf.strings.regex_replace(x, "<br />", " ")``), then lets
+    ``TextVectorization(max_tokens=15000, output_mode="int", output_sequence_length=100)`` standardize,
+    split and look words up. This class does the same, step by step, as Keras 3 does it:
+
+    1. ``strip_br``: every exact ``"<br />"`` becomes one space (before lower-casing, as in the seed).
+    2. ``standardize="lower_and_strip_punctuation"``: ``tf.strings.lower`` (which, with its default
+       encoding, lower-cases ASCII letters only: "É" stays "É") when ``lower``, then every character of
+       ``string.punctuation`` (Keras' ``DEFAULT_STRIP_REGEX``, the 32 ASCII punctuation marks) is deleted,
+       not replaced by a space: "don't" -> "dont", "well-made" -> "wellmade".
+    3. ``split="whitespace"``: runs of ASCII whitespace (space, \\t, \\n, \\v, \\f, \\r: TensorFlow's
+       ``isspace``) separate words; other Unicode spaces (U+00A0) stay inside words.
+    4. Lookup: id 0 is the padding/mask token ``""``, id 1 the out-of-vocabulary token ``"[UNK]"``, then
+       the ``max_tokens - 2`` most frequent words by falling count; equal counts are ordered as Keras'
+       ``IndexLookup.finalize_state`` does it, ``numpy.lexsort((tokens, counts))[::-1]``: the reverse
+       of (count, token) ascending, i.e. ties in *descending* (reverse alphabetical, UTF-8 byte) order.
+       V = min(max_tokens, 2 + distinct words).
+    5. ``encode_sequence(text, length)`` is ``output_sequence_length``: the ids cut after ``length`` or
+       padded with 0 at the end.
+
+    words: the vocabulary's words in id order after "" and "[UNK]"; use :meth:`fit` to count them.
+    """
+
+    kind = "vector"
+    PAD, UNK = "", "[UNK]"
+    pad_id, unk_id, eos_id = 0, 1, None
+    special_ids = (0, 1)
+    reserved = True
+
+    def __init__(self, words, lower=True, strip_br=True):
+        words = list(words)
+        if any(not isinstance(w, str) or not w for w in words):
+            raise VocabularyError("a vector vocabulary must be a list of non-empty strings")
+        if len(set(words)) != len(words) or self.UNK in words:
+            raise VocabularyError("a vector vocabulary must not repeat a word or hold '[UNK]'")
+        self.words = words
+        self.lower, self.strip_br = bool(lower), bool(strip_br)
+        self.tokens = [self.PAD, self.UNK] + words
+        self._index = {w: i for i, w in enumerate(self.tokens) if i >= 2}
+        self._dtype = _id_dtype(self.vocab_size)
+
+    @classmethod
+    def fit(cls, texts, max_tokens=15000, lower=True, strip_br=True):
+        """The vocabulary of ``texts`` (a string or an iterable of strings, read one at a time and
+        counted, never held together), as ``TextVectorization.adapt`` builds it."""
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 2:
+            raise VocabularyError(f"max_tokens must be a whole number above 2 (it counts '' and '[UNK]'), "
+                                  f"got {max_tokens!r}")
+        counts = collections.Counter()
+        for text in [texts] if isinstance(texts, str) else texts:
+            counts.update(cls._split(text, lower, strip_br))
+        ranked = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)   # Keras' tie order
+        return cls([w for w, _ in ranked[:max_tokens - 2]], lower=lower, strip_br=strip_br)
+
+    _LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+    _STRIP = dict.fromkeys(map(ord, string.punctuation))
+
+    @classmethod
+    def _split(cls, text, lower, strip_br):
+        if strip_br:
+            text = text.replace("<br />", " ")
+        text = text.translate({**cls._LOWER, **cls._STRIP} if lower else cls._STRIP)
+        return _ASCII_WHITESPACE_RUN.findall(text)
+
+    def standardize(self, text):
+        """text -> list of words, after steps 1-3 above."""
+        return self._split(text, self.lower, self.strip_br)
+
+    split = standardize
+
+    @property
+    def vocab_size(self):
+        return len(self.tokens)
+
+    def encode(self, text, unknown="unk"):
+        """text -> ids (N,), one per word. ``unknown="unk"`` (the default, as Keras) maps a word the
+        vocabulary lacks to 1; "skip" drops it; "error" raises :class:`VocabularyError` listing them."""
+        _check_policy(unknown)
+        ids, missing = [], set()
+        for word in self.standardize(text):
+            i = self._index.get(word)
+            if i is None:
+                if unknown == "error":
+                    missing.add(word)
+                    continue
+                if unknown == "skip":
+                    continue
+                i = self.unk_id
+            ids.append(i)
+        if missing:
+            raise VocabularyError(_missing_message(sorted(missing), "words"), sorted(missing))
+        return numpy.array(ids, dtype=self._dtype)
+
+    def encode_sequence(self, text, length, unknown="unk"):
+        """text -> exactly ``length`` ids: cut at the end or padded with 0 at the end
+        (``output_sequence_length``)."""
+        if isinstance(length, bool) or not isinstance(length, (int, numpy.integer)) or length < 1:
+            raise VocabularyError(f"the sequence length must be a whole number >= 1, got {length!r}")
+        ids = self.encode(text, unknown=unknown)[:length]
+        out = numpy.zeros(int(length), dtype=self._dtype)
+        out[:len(ids)] = ids
+        return out
+
+    def decode(self, ids):
+        """ids -> the words joined by single spaces; padding (0) prints as nothing, 1 as "[UNK]"."""
+        ids = _ids_in_range(ids, self.vocab_size)
+        return " ".join(self.tokens[i] for i in ids if i != self.pad_id)
+
+    @property
+    def config(self):
+        return {"kind": self.kind, "words": self.words, "lower": self.lower, "strip_br": self.strip_br}
+
+    def __repr__(self):
+        return f"VectorTokenizer(V={self.vocab_size}, lower={self.lower}, strip_br={self.strip_br})"
+
+
 def from_config(config):
     """Rebuild a tokenizer from its ``config`` dict (as stored in a checkpoint's metadata).
 
     Raises VocabularyError, naming the field, unless ``config`` has the shape ``config`` writes: kind "char"
-    with chars (a list of characters), lower and reserved (true/false), or kind "word" with words (a list
-    of strings) and lower.
+    with chars (a list of characters), lower and reserved (true/false), kind "word" with words (a list
+    of strings) and lower, or kind "vector" with words, lower and strip_br (true/false).
     """
     fix = "it is not a scratchlm tokenizer's config (a checkpoint holding it is corrupt or was edited)"
     if not isinstance(config, dict):
         raise VocabularyError(f"malformed tokenizer description, a {type(config).__name__} instead of a dict: {fix}")
     kind = config.get("kind")
-    if kind not in ("char", "word"):
-        raise VocabularyError(f"unknown tokenizer kind {kind!r:.60}: expected 'char' or 'word'")
+    if kind not in ("char", "word", "vector"):
+        raise VocabularyError(f"unknown tokenizer kind {kind!r:.60}: expected 'char', 'word' or 'vector'")
     rules = ({"chars": (list, "a list of characters"), "reserved": (bool, "true or false")} if kind == "char" else
+             {"words": (list, "a list of words"), "strip_br": (bool, "true or false")} if kind == "vector" else
              {"words": (list, "a list of words")})
     for name, (type_, rule) in {**rules, "lower": (bool, "true or false")}.items():
         if not isinstance(config.get(name), type_):
@@ -297,4 +423,6 @@ def from_config(config):
                                   f"{config.get(name)!r:.60}; {fix}")
     if kind == "char":
         return CharTokenizer(config["chars"], lower=config["lower"], reserved=config["reserved"])
+    if kind == "vector":
+        return VectorTokenizer(config["words"], lower=config["lower"], strip_br=config["strip_br"])
     return WordTokenizer(config["words"], lower=config["lower"])

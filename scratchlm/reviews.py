@@ -1,0 +1,358 @@
+"""Review corpora laid out like ``aclImdb/``: the archive, the files, and the seed's batches.
+
+The IMDB seed (Chollet, *Deep Learning with Python*, ch. 12) downloads
+``aclImdb_v1.tar.gz``, extracts it, reads every review with
+``keras.utils.text_dataset_from_directory("aclImdb", label_mode=None)``,
+vectorises each one to ``output_sequence_length=100`` word ids and trains on
+x = ids[:, :-1], y = ids[:, 1:]. This module does each step:
+
+* :func:`fetch_archive` / :func:`fetch_imdb` — download with the cache,
+  checksum, resume and offline message of :func:`scratchlm.data.fetch`, then
+  extract the ``.tar.gz`` safely (no member may land outside the target folder)
+  into a temporary folder renamed into place; later calls reuse the folder.
+* :func:`review_paths` / :func:`iter_review_files` — the ``.txt`` files in the
+  order Keras finds them (without its shuffle), read one at a time.
+* :func:`vectorize` and :class:`Vectorized` — the (N, L) id matrix, stored
+  compactly, and batches with the interface of :mod:`scratchlm.data`'s.
+"""
+
+import functools
+import gzip
+import math
+import os
+import posixpath
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy
+
+from .data import Batch, CorpusError, _order, _whole, default_cache_dir, fetch, fingerprint
+
+
+class Archive(NamedTuple):
+    url: str
+    sha256: str                 # of the .tar.gz file itself
+    folder: str                 # the top-level folder it extracts to
+
+
+ARCHIVES = {
+    # Maas et al. 2011, "Learning Word Vectors for Sentiment Analysis": 50,000 labelled + 50,000 unlabelled
+    # reviews, 84,125,825 bytes. The SHA-256 is the one published alongside the URL by independent
+    # downloaders (DataDeps.jl's IMDB registration, GoMLX's imdb dataset, TFDS' imdb_reviews checksums).
+    "imdb": Archive("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+                    "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe", "aclImdb"),
+}
+# How an offline user of examples/imdb_transformer.py gets the reviews in anyway.
+IMDB_HINT = "extract it (tar -xzf aclImdb_v1.tar.gz) and pass the aclImdb folder with --data DIR"
+SEQUENCE_LENGTH = 100           # the seed's output_sequence_length: x and y have 99 positions
+_MARK = ".scratchlm-extracted"  # written last into an extracted folder: the archive's SHA-256
+
+
+# -- the archive -------------------------------------------------------------------
+
+def fetch_imdb(cache_dir=None, local_hint=IMDB_HINT, timeout=30.0):
+    """Path of the extracted ``aclImdb`` folder, downloading and extracting the archive once.
+
+    The archive and the extracted tree live in the cache directory
+    (``$SCRATCHLM_CACHE``, default ``~/.cache/scratchlm``).
+    """
+    source = ARCHIVES["imdb"]
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = fetch_archive(source.url, source.sha256, directory / "imdb", cache_dir=directory,
+                         local_hint=local_hint, timeout=timeout)
+    return root / source.folder
+
+
+def fetch_archive(url, sha256, dest_dir, cache_dir=None, local_hint=IMDB_HINT, timeout=30.0):
+    """Download the ``.tar.gz`` at ``url``, check it, extract it safely into ``dest_dir``; return ``dest_dir``.
+
+    sha256: the archive's expected hex SHA-256 (required: nothing unverified is extracted).
+    The download is :func:`scratchlm.data.fetch`'s (cached in ``cache_dir``, resumed with HTTP Range,
+    renamed into place only when verified; offline, its :class:`~scratchlm.data.DownloadError` names the
+    URL and ``local_hint``). Extraction goes to a fresh temporary folder beside ``dest_dir``, which is
+    renamed to ``dest_dir`` once every member is out (atomic: ``dest_dir`` is absent or complete). A
+    folder already extracted from the same archive (it holds a ``.scratchlm-extracted`` mark with its
+    SHA-256) is reused without touching the network or the archive. Every member is checked first and
+    the archive is refused, with :class:`CorpusError` and nothing written outside the temporary folder,
+    if any member has an absolute name or a ``..`` component, passes through a symbolic link of the
+    archive, is a symbolic or hard link whose target lies outside the folder, or is a device or FIFO.
+    """
+    if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise CorpusError(f"fetch_archive needs the archive's SHA-256 (64 lower-case hex digits), got "
+                          f"{sha256!r:.80}: nothing is extracted unverified")
+    dest = Path(dest_dir)
+    if _extracted(dest, sha256):
+        return dest
+    archive = fetch(url, cache_dir=cache_dir, sha256=sha256, timeout=timeout, local_hint=local_hint)
+    extract_archive(archive, dest, sha256)
+    return dest
+
+
+def _extracted(dest, sha256):
+    try:
+        return (dest / _MARK).read_text().strip() == sha256
+    except OSError:
+        return False
+
+
+def extract_archive(archive, dest_dir, mark=""):
+    """Extract the (gzip) tar file ``archive`` safely into ``dest_dir`` (see :func:`fetch_archive`)."""
+    archive, dest = Path(archive), Path(dest_dir)
+    if dest.exists() and not _extracted(dest, mark):
+        try:
+            dest.rmdir()                                  # an empty folder may be replaced, nothing else
+        except OSError:
+            raise CorpusError(f"{dest} already exists and was not extracted from {archive.name} by "
+                              "scratchlm: move it away, or pass the reviews' folder itself") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                _check_members(members, archive)
+                _extract_members(tar, members, tmp, archive)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise CorpusError(f"{archive} is not a whole tar archive ({exc}): delete it and fetch it again") \
+                from None
+        except OSError as exc:
+            raise CorpusError(f"cannot extract {archive.name} into {dest.parent} ({exc.strerror or exc}): "
+                              "free some space or choose another cache directory (SCRATCHLM_CACHE)") from None
+        (tmp / _MARK).write_text(mark + "\n")
+        try:
+            os.rename(tmp, dest)                          # atomic; fails if another process got there first
+        except OSError:
+            if not _extracted(dest, mark):
+                raise CorpusError(f"cannot move the extracted archive into {dest}: it appeared meanwhile "
+                                  "and holds something else; move it away and try again") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _unsafe(archive, member, why):
+    return CorpusError(f"{archive} holds an unsafe member {member.name!r:.200} ({why}); refusing to extract "
+                       "it: the archive is damaged or malicious, delete it")
+
+
+def _inside(name):
+    """The normalised relative POSIX form of ``name``, or None when it is absolute or climbs out with ``..``."""
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        return None
+    norm = posixpath.normpath("/".join(parts))
+    return None if norm.startswith("..") else norm
+
+
+def _check_members(members, archive):
+    """Refuse the whole archive before anything is written if one member could escape the target."""
+    symlinks, files = set(), set()
+    for m in members:
+        name = _inside(m.name)
+        if name is None:
+            raise _unsafe(archive, m, "an absolute path or a '..' component")
+        parents = name.split("/")[:-1]
+        if any("/".join(parents[:k + 1]) in symlinks for k in range(len(parents))):
+            raise _unsafe(archive, m, "it lies under a symbolic link of the archive")
+        if m.issym():
+            target = m.linkname
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+            if not target or target.startswith(("/", "\\")) or resolved == ".." or resolved.startswith("../"):
+                raise _unsafe(archive, m, f"a symbolic link to {target!r:.100}, outside the folder")
+            symlinks.add(name)
+        elif m.islnk():
+            target = _inside(m.linkname)
+            if target is None or target not in files:
+                raise _unsafe(archive, m, f"a hard link to {m.linkname!r:.100}, not a file of the archive")
+            files.add(name)
+        elif m.isreg():
+            files.add(name)
+        elif not m.isdir():
+            raise _unsafe(archive, m, "a device, FIFO or other special file")
+
+
+def _extract_members(tar, members, tmp, archive):
+    """Write the checked members under ``tmp``, re-checking each real path on disk before writing."""
+    root = os.path.realpath(tmp)
+
+    def target(m, name):
+        path = os.path.join(tmp, *name.split("/"))
+        real = os.path.realpath(os.path.dirname(path))
+        if real != root and not real.startswith(root + os.sep):
+            raise _unsafe(archive, m, "it would be written outside the folder")
+        return path
+
+    for m in members:
+        name = _inside(m.name)
+        if name == ".":
+            continue
+        path = target(m, name)
+        if m.isdir():
+            os.makedirs(path, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise _unsafe(archive, m, "a file where the archive already made a folder")
+            os.unlink(path)                             # a later member replaces an earlier one, as tar does
+        if m.issym():
+            os.symlink(m.linkname, path)
+        elif m.islnk():
+            source = target(m, _inside(m.linkname))
+            if os.path.islink(source) or not os.path.isfile(source):
+                raise _unsafe(archive, m, "a hard link to something that is not an extracted file")
+            shutil.copyfile(source, path)               # a copy, never a link to whatever is there
+        else:
+            with tar.extractfile(m) as src, open(path, "xb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+# -- the files -------------------------------------------------------------------
+
+def review_paths(directory):
+    """The ``.txt`` files of a folder laid out like ``aclImdb/``, in a fixed order.
+
+    As ``keras.utils.text_dataset_from_directory(directory, label_mode=None)`` finds them (labels
+    "inferred"): every immediate subfolder is a class, in sorted order, and each is walked
+    recursively (``os.walk``, symbolic links to folders not followed), its folders in sorted path
+    order and the files of each in sorted name order, keeping names that end in ``.txt`` (any case);
+    files directly in ``directory`` are not read, and folders whose name starts with "." are skipped.
+    Keras then shuffles the list (``shuffle=True`` by default); this order is left unshuffled, so it is
+    the same on every run. On ``aclImdb/`` the classes are ``test`` and ``train`` (with
+    ``train/unsup``), and, as in Keras, the ``urls_*.txt`` files count as reviews too.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CorpusError(f"no such folder: {directory} (pass the folder that holds the class folders, "
+                          "like aclImdb/)")
+    paths = []
+    for cls in sorted(os.listdir(directory)):
+        if cls.startswith(".") or not (directory / cls).is_dir():
+            continue
+        for root, _, files in sorted(os.walk(directory / cls), key=lambda entry: entry[0]):
+            if Path(root).name.startswith(".") and Path(root) != directory / cls:
+                continue
+            paths.extend(Path(root) / f for f in sorted(files) if f.lower().endswith(".txt"))
+    if not paths:
+        raise CorpusError(f"{directory} holds no .txt file in a class folder: it should look like aclImdb/, "
+                          "with one folder per class (e.g. pos/, neg/) holding one review per .txt file")
+    return paths
+
+
+def read_review(path):
+    """The UTF-8 text of one review file (bytes as they are: no line-end changes, as Keras reads it)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}): convert it to UTF-8 "
+                          "or remove it") from None
+
+
+def iter_review_files(directory):
+    """The texts of :func:`review_paths`, read one at a time (an iterator: never all in memory).
+
+    The folder is listed now (CorpusError at once when it is missing or empty); each file is read
+    when the iterator reaches it (CorpusError naming a file that is not UTF-8).
+    """
+    paths = review_paths(directory)
+    return (read_review(p) for p in paths)
+
+
+# -- the seed's batches ------------------------------------------------------------
+
+def vectorize(texts, tokenizer, length=SEQUENCE_LENGTH, chunk=4096):
+    """(N, length) ids, one row per text: ``tokenizer.encode_sequence(text, length)`` of each.
+
+    texts: any iterable of strings (e.g. :func:`iter_review_files`), consumed one at a time; the
+    rows go into blocks of ``chunk`` rows joined once at the end, in the tokenizer's smallest id dtype
+    (uint16 for V <= 65,536), so the peak is about twice the matrix, never the texts.
+    """
+    length = _whole("sequence length", length, 2)
+    dtype = numpy.uint16 if tokenizer.vocab_size <= 1 << 16 else numpy.uint32
+    blocks, block, n = [], numpy.zeros((chunk, length), dtype=dtype), 0
+    for text in texts:
+        block[n] = tokenizer.encode_sequence(text, length)
+        n += 1
+        if n == chunk:
+            blocks.append(block)
+            block, n = numpy.zeros((chunk, length), dtype=dtype), 0
+    blocks.append(block[:n])
+    return numpy.concatenate(blocks) if len(blocks) > 1 else block[:n].copy()
+
+
+class Vectorized:
+    """Batches of the seed: rows of L ids cut into x = ids[:, :-1], y = ids[:, 1:], mask = x != 0.
+
+    ids: an (N, L) integer matrix, L >= 2, padded with ``pad_id`` (0) at the end of each row, as
+    :func:`vectorize` makes it. Rows that are all padding (a review with no word) are dropped: they
+    hold no target. The loss is the mean over positions whose *input* token is not padding (Keras
+    masks the seed's loss with the embedding's mask, x != 0), so the last word of a short review is
+    trained to predict padding (y = 0), as in the seed. Each epoch visits the rows in the order
+    ``numpy.random.default_rng([seed, epoch])`` draws (when ``shuffle``), in batches of
+    ``batch_size`` (the last may be smaller). Memory: the id matrix alone, in a compact dtype (uint16
+    when V < 65,536), plus one int32 permutation per epoch; (B, L-1) int64 x and y are gathered per batch.
+    """
+
+    stateful = False
+    last_only = False
+    eos_id = None
+
+    def __init__(self, ids, batch_size=32, seed=0, shuffle=True, pad_id=0):
+        ids = numpy.asarray(ids)
+        if ids.ndim != 2 or ids.shape[1] < 2:
+            raise CorpusError(f"vectorized reviews must form an (N, L) matrix with L >= 2, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise CorpusError(f"token ids must be integers, got {ids.dtype}: vectorize the texts first")
+        if ids.size and int(ids.min()) < 0:
+            raise CorpusError(f"token ids must be >= 0, got {int(ids.min())}")
+        self.pad_id = _whole("pad_id", pad_id, 0)
+        self.batch_size = _whole("batch size", batch_size)
+        self.seed, self.shuffle = _whole("seed", seed, 0), bool(shuffle)
+        keep = (ids != self.pad_id).any(axis=1)
+        if not keep.all():
+            ids = ids[keep]
+        if len(ids) == 0:
+            raise CorpusError("no review holds a word to train on (every row is padding)")
+        top = int(ids.max())
+        dtype = numpy.uint8 if top < 1 << 8 else numpy.uint16 if top < 1 << 16 else numpy.uint32
+        self.ids = ids if ids.dtype == dtype else ids.astype(dtype)
+        self.num_sequences, self.length = self.ids.shape
+        self.num_batches = math.ceil(self.num_sequences / self.batch_size)
+
+    def __str__(self):
+        return (f"{self.num_sequences:,} reviews of {self.length} ids (x, y: {self.length - 1}) in "
+                f"{self.num_batches:,} batches of {self.batch_size} per epoch")
+
+    @functools.cached_property
+    def config(self):
+        """What a checkpoint records and a resumed run must match (the fingerprint hashes the ids once)."""
+        return {"kind": "vectorized", "length": self.length, "batch_size": self.batch_size, "seed": self.seed,
+                "shuffle": self.shuffle, "pad_id": self.pad_id, "num_batches": self.num_batches,
+                "fingerprint": fingerprint(self.ids)}
+
+    def batches(self, epoch, start=0):
+        """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
+        order = _order(self.num_sequences, self.seed, epoch, self.shuffle)
+        B = self.batch_size
+        for k in range(start, self.num_batches):
+            rows = self.ids[order[k * B:(k + 1) * B]].astype(numpy.int64)     # (B, L)
+            x, y = rows[:, :-1], rows[:, 1:]
+            mask = x != self.pad_id
+            yield Batch(numpy.ascontiguousarray(x), numpy.ascontiguousarray(y), mask, int(mask.sum()))
+
+    def random_prompt(self, rng, length=2):
+        """The first ``length`` words (default 2, like the seed's "this movie") of a random review."""
+        row = self.ids[int(rng.integers(0, self.num_sequences))]
+        words = row[row != self.pad_id]
+        return words[:max(1, int(length))].astype(numpy.int64)
