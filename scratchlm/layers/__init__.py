@@ -6,10 +6,14 @@
     recurrent.py   what every recurrent cell shares: the input projection (and its
                    token-table form), initial and carried state, masks, the cache
     lstm.py        LSTM: the cell's gate math and its backpropagation through time
+    gru.py         GRU (Keras 3's reset_after layout): the same for the GRU cell
+    dropout.py     Dropout: Keras' inverted dropout, masks drawn by the caller
     attention.py   MultiHeadAttention in Keras 3's layout, batch-major (B, T, E)
                    unlike the recurrent layers; causal and padding masks
     layernorm.py   LayerNormalization over the last axis (Keras: epsilon 1e-3, biased variance)
     feedforward.py FeedForward: Dense, ReLU, Dense, over any leading shape
+    decoder.py     the Transformer decoder blocks (the seed's post-LN one, GPT's pre-LN one)
+                   and the KV cache of generation
 
 This is the reference path: plain ``xp`` code (NumPy or CuPy) that every fast
 kernel is tested against. Sequences are **time-major** inside the layers,
@@ -29,7 +33,11 @@ from .dense import Dense
 from .embedding import Embedding, PositionalEmbedding
 from .feedforward import FeedForward
 from .layernorm import LayerNormalization
+from .decoder import BookDecoderBlock, GPTDecoderBlock
+from .dropout import Dropout
+from .gru import GRU
 from .lstm import LSTM
 
-__all__ = ["Dense", "Embedding", "FeedForward", "LSTM", "LayerNormalization", "MultiHeadAttention",
-           "PositionalEmbedding", "causal_mask", "combine_masks", "padding_mask"]
+__all__ = ["BookDecoderBlock", "Dense", "Dropout", "Embedding", "FeedForward", "GPTDecoderBlock", "GRU", "LSTM",
+           "LayerNormalization", "MultiHeadAttention", "PositionalEmbedding", "causal_mask", "combine_masks",
+           "padding_mask"]

@@ -7,7 +7,7 @@ positions, E embedding size, N heads, K key_dim (the size of each head; in
 Keras' layout heads are *not* slices of E: each has K dimensions of its own).
 
 Keras 3 semantics (``MultiHeadAttention``, TF backend ``dot_product_attention``;
-see ../shared/DESIGN.md, "The Transformer decoder of the IMDB seed"):
+see docs/design.md):
 
     Q = query Wq + bq        Wq (E, N, K), bq (N, K)           (B, T, N, K)
     K = key   Wk + bk        Wk (E, N, K), bk (N, K)           (B, S, N, K)
@@ -57,10 +57,11 @@ from ..initializers import uniform
 FILL = -0.7 * 3.38953e38          # Keras' large negative for float32 and float64 (≈ -2.37e38)
 
 
-def causal_mask(T, S=None, xp=numpy):
-    """(T, S) bool, True where key j may be seen by query i: j ≤ i (Keras' lower band)."""
+def causal_mask(T, S=None, xp=numpy, offset=0):
+    """(T, S) bool, True where key j may be seen by query i: j ≤ i (Keras' lower band); with ``offset``,
+    query i sits at position offset + i (new queries after ``offset`` cached keys): j ≤ offset + i."""
     S = T if S is None else S
-    return xp.arange(S)[None, :] <= xp.arange(T)[:, None]             # (T, S)
+    return xp.arange(S)[None, :] <= offset + xp.arange(T)[:, None]    # (T, S)
 
 
 def padding_mask(query_keep, value_keep):
@@ -154,7 +155,6 @@ class MultiHeadAttention:
     def forward(self, query, value, key=None, mask=None):
         """query (B, T, E), value (B, S, E), key (B, S, E) or None (= value), mask (B, T, S) bool
         (True = may attend) or None -> (out (B, T, E), cache)."""
-        xp = self.backend.xp
         key = value if key is None else key
         B, T, E = query.shape
         S = value.shape[1]
@@ -165,17 +165,42 @@ class MultiHeadAttention:
         q = self._project(query, "query")                              # (B, N, T, K)
         k = self._project(key, "key")                                  # (B, N, S, K)
         v = self._project(value, "value")                              # (B, N, S, K)
+        p, o = self._attention(q, k, v, mask)
+        return self._output(o), AttentionCache(query, value, key, q, k, v, p, o, mask)
+
+    def _attention(self, q, k, v, mask):
+        """(P, O) = (softmax(Q Kᵀ/√K, masked by replacement), P V), head-major."""
+        xp = self.backend.xp
         s = (q @ k.transpose(0, 1, 3, 2)) * self.scale                 # (B, N, T, S)
         if mask is not None:
             s = xp.where(mask, s, s.dtype.type(FILL))                  # replace, not add
         s -= s.max(axis=-1, keepdims=True)
         p = xp.exp(s)                                                  # (B, N, T, S)
         p /= p.sum(axis=-1, keepdims=True)
-        o = p @ v                                                      # (B, N, T, K)
+        return p, p @ v                                                # O (B, N, T, K)
+
+    def _output(self, o):
+        """Per-head outputs O (B, N, T, K) -> Σ_{n,k} O Wo + bo (B, T, E)."""
+        B, N, T, K = o.shape
         Wo = self._params["output/kernel"]
-        out = o.transpose(0, 2, 1, 3).reshape(B * T, -1) @ Wo.reshape(-1, E)   # (B·T, E)
+        out = o.transpose(0, 2, 1, 3).reshape(B * T, N * K) @ Wo.reshape(N * K, -1)   # (B·T, E)
         out += self._params["output/bias"]
-        return out.reshape(B, T, E), AttentionCache(query, value, key, q, k, v, p, o, mask)
+        return out.reshape(B, T, -1)
+
+    # -- decoding with a key/value cache ------------------------------------
+    def keys_values(self, x):
+        """The projections a KV cache keeps: x (B, L, E) -> (K, V), each head-major (B, N, L, K)."""
+        return self._project(x, "key"), self._project(x, "value")
+
+    def attend(self, query, k, v, mask=None):
+        """Attention of new queries (B, T, E) over cached keys and values (B, N, S, K) -> (B, T, E).
+
+        The same numbers as :meth:`forward` with those keys and values, but
+        nothing is kept for backward: this is the generation step.
+        """
+        B, T, _ = query.shape
+        mask = self._check_mask(mask, B, T, k.shape[2])
+        return self._output(self._attention(self._project(query, "query"), k, v, mask)[1])
 
     def backward(self, cache, dout):
         """dout (B, T, E) -> (AttentionGrads(d_query, d_value, d_key), param grads keyed like ``params``)."""

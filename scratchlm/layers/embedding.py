@@ -54,8 +54,8 @@ class PositionalEmbedding:
     def params(self):
         return {"token_embeddings": self.token_embeddings, "position_embeddings": self.position_embeddings}
 
-    def _check(self, ids):
-        if ids.ndim != 2 or ids.shape[1] > self.sequence_length:
+    def _check(self, ids, start=0):
+        if ids.ndim != 2 or start + ids.shape[1] > self.sequence_length:
             raise ModelError(f"PositionalEmbedding takes token ids of shape (B, T) with T <= sequence_length "
                              f"= {self.sequence_length}, got shape {tuple(ids.shape)}: cut the sequences "
                              f"to at most {self.sequence_length} tokens")
@@ -65,11 +65,11 @@ class PositionalEmbedding:
         """ids (B, T) -> (B, T) bool, True for real tokens (id != 0, Keras' mask_zero)."""
         return ids != 0
 
-    def forward(self, ids):
-        """ids (B, T) int, T <= L -> vectors (B, T, E)."""
-        self._check(ids)
+    def forward(self, ids, start=0):
+        """ids (B, T) int at positions start … start+T-1 (<= L) -> vectors (B, T, E)."""
+        self._check(ids, start)
         T = ids.shape[1]
-        return self.token_embeddings[ids] + self.position_embeddings[:T]                 # (B, T, E)
+        return self.token_embeddings[ids] + self.position_embeddings[start:start + T]    # (B, T, E)
 
     def backward(self, ids, dy):
         """dy (B, T, E) -> (None, {"token_embeddings": (V, E), "position_embeddings": (L, E)})."""

@@ -1,7 +1,8 @@
 """The language models, and the one way to load a checkpoint: ``load(path)`` builds the right class.
 
     base.py        TokenModel: what every language model shares
-    recurrent.py   LanguageModel: [Embedding | one-hot] -> LSTM x L -> Dense
+    recurrent.py   LanguageModel: [Embedding | one-hot] -> LSTM or GRU x L -> Dense
+    transformer.py TransformerLM: PositionalEmbedding -> decoder blocks -> Dense (the IMDB seed)
 
 A model's ``config`` names its kind; :data:`MODELS` maps kinds to classes, and
 each class says what a config of its kind means (``check_config``,
@@ -16,8 +17,9 @@ from ..backend import get_backend
 from ..errors import CheckpointError
 from .base import TokenModel
 from .recurrent import LanguageModel
+from .transformer import TransformerLM
 
-MODELS = {cls.kind: cls for cls in (LanguageModel,)}
+MODELS = {cls.kind: cls for cls in (LanguageModel, TransformerLM)}
 
 
 class Checkpoint(NamedTuple):
@@ -68,4 +70,5 @@ def load(path, backend="numpy"):
                       checkpoint.rng_of(header, path), header["metadata"])
 
 
-__all__ = ["Checkpoint", "LanguageModel", "MODELS", "TokenModel", "describe", "load", "model_class", "read"]
+__all__ = ["Checkpoint", "LanguageModel", "MODELS", "TokenModel", "TransformerLM", "describe", "load", "model_class",
+           "read"]

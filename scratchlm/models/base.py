@@ -121,6 +121,10 @@ class TokenModel:
                              "with other values: build it with dtype=bool")
         return mask.astype(bool).T                                        # (T, B)
 
+    def _mask(self, x, mask):
+        """The (T, B) bool mask of the positions that count for token ids x (B, T), or None for all of them."""
+        return self._time_major_mask(mask, x.shape)
+
     def _check_state(self, state, B):
         """Raise ModelError unless state is None or, per layer, the arrays of :meth:`state_shapes`."""
         if state is None:
@@ -149,7 +153,7 @@ class TokenModel:
         """
         x = self._tokens(x)
         self._check_state(state, x.shape[0])
-        logits, new_state, _ = self._forward(x.T, state, self._time_major_mask(mask, x.shape), False)
+        logits, new_state, _ = self._forward(x.T, state, self._mask(x, mask), False)
         return logits.transpose(1, 0, 2), new_state
 
     def _scored_forward(self, x, y, mask, state, last_only, dropout_masks, training=False):
@@ -158,7 +162,7 @@ class TokenModel:
         if training and dropout_masks is None:
             dropout_masks = self.dropout_masks(B, T, last_only)
         self._check_state(state, B)
-        mask_tm = self._time_major_mask(mask, x.shape)
+        mask_tm = self._mask(x, mask)
         if mask_tm is not None and not last_only and not bool(mask_tm.any()):
             raise ModelError("the mask scores no token: at least one step must be real (True)")
         y = self._tokens(y, "y", (B,) if last_only else (B, T))

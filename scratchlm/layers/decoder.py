@@ -1,0 +1,192 @@
+"""Transformer decoder blocks: the IMDB seed's post-LayerNorm block and the pre-LayerNorm (GPT) block.
+
+Both work batch-major on x (B, T, E) with one attention mask (B, T, T) bool,
+True = may attend (causal ∧ query padding ∧ key padding, see
+:mod:`scratchlm.layers.attention`), and compose the layers' own forward and
+backward: a residual y = x + f(x) has dx = dy + (∂f)ᵀ dy, and an attention
+whose query, key and value are the same x passes d_query + d_key + d_value.
+
+The book block (Chollet's ``TransformerDecoder(embed_dim, dense_dim, num_heads)``
+called as ``decoder(x, x)``, so its "encoder outputs" are x itself):
+
+    a1  = LN1(x + MHA1(q = x,  k = v = x))
+    a2  = LN2(a1 + MHA2(q = a1, k = v = x))
+    out = LN3(a2 + FFN(a2))
+
+The GPT block (one causal self-attention, LayerNorm before each sublayer; the
+model adds a final LayerNorm after the last block):
+
+    h   = x + MHA(LN1(x))
+    out = h + FFN(LN2(h))
+
+For generation, the keys and values of every attention come from positions
+that never change once computed (the book block's both attentions read x; the
+GPT block's reads LN1(x)), so :meth:`step` needs only the new positions' own
+work plus attention over a :class:`KVCache`. Memory per block in training: the
+attention probabilities (B, N, T, T) of each attention, the FFN's hidden
+(B, T, F) and a handful of (B, T, E) activations.
+"""
+
+from typing import NamedTuple
+
+from .attention import MultiHeadAttention
+from .feedforward import FeedForward
+from .layernorm import LayerNormalization
+
+
+class KVCache:
+    """The keys and values of one attention for positions 0 … length-1, (B, N, L, K) each, grown in place."""
+
+    def __init__(self, backend, B, N, L, K):
+        self.k = backend.zeros((B, N, L, K))
+        self.v = backend.zeros((B, N, L, K))
+        self.length = 0
+
+    def append(self, k, v):
+        """Add the keys and values of the next positions, (B, N, T, K) each; returns all so far."""
+        T = k.shape[2]
+        self.k[:, :, self.length:self.length + T] = k
+        self.v[:, :, self.length:self.length + T] = v
+        self.length += T
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+
+def _named(layers):
+    return {f"{prefix}/{k}": v for prefix, layer in layers for k, v in layer.params.items()}
+
+
+class BookBlockCache(NamedTuple):
+    x: object                 # (B, T, E) block input
+    attention_1: object       # AttentionCache of MHA1
+    layernorm_1: object       # LayerNormCache of LN1
+    attention_2: object       # AttentionCache of MHA2
+    layernorm_2: object       # LayerNormCache of LN2
+    ffn: object               # FeedForwardCache
+    layernorm_3: object       # LayerNormCache of LN3
+
+
+class BookDecoderBlock:
+    """The seed's post-LayerNorm decoder block; see the module docstring."""
+
+    def __init__(self, embed_dim, dense_dim, num_heads, key_dim, backend, rng):
+        self.backend = backend
+        self.attention_1 = MultiHeadAttention(embed_dim, num_heads, key_dim, backend, rng)
+        self.attention_2 = MultiHeadAttention(embed_dim, num_heads, key_dim, backend, rng)
+        self.ffn = FeedForward(embed_dim, dense_dim, backend, rng)
+        self.layernorm_1, self.layernorm_2, self.layernorm_3 = (LayerNormalization(embed_dim, backend)
+                                                                for _ in range(3))
+
+    @property
+    def params(self):
+        named = _named([("attention_1", self.attention_1), ("attention_2", self.attention_2),
+                        ("layernorm_1", self.layernorm_1), ("layernorm_2", self.layernorm_2),
+                        ("layernorm_3", self.layernorm_3)])
+        return {**named, **self.ffn.params}
+
+    def forward(self, x, mask):
+        """x (B, T, E), mask (B, T, T) bool -> (out (B, T, E), BookBlockCache)."""
+        m1, c_m1 = self.attention_1.forward(x, x, mask=mask)
+        a1, c_ln1 = self.layernorm_1.forward(x + m1)
+        m2, c_m2 = self.attention_2.forward(a1, x, mask=mask)
+        a2, c_ln2 = self.layernorm_2.forward(a1 + m2)
+        f, c_ffn = self.ffn.forward(a2)
+        out, c_ln3 = self.layernorm_3.forward(a2 + f)
+        return out, BookBlockCache(x, c_m1, c_ln1, c_m2, c_ln2, c_ffn, c_ln3)
+
+    def backward(self, cache, dout):
+        """dout (B, T, E) -> (dx (B, T, E), param grads keyed like ``params``)."""
+        grads = {}
+
+        def add(prefix, g):
+            grads.update({f"{prefix}/{k}": v for k, v in g.items()})
+        d, g = self.layernorm_3.backward(cache.layernorm_3, dout)          # d(a2 + f)
+        add("layernorm_3", g)
+        da2, g = self.ffn.backward(cache.ffn, d)
+        grads.update(g)
+        da2 = da2 + d
+        d, g = self.layernorm_2.backward(cache.layernorm_2, da2)           # d(a1 + m2)
+        add("layernorm_2", g)
+        d2, g = self.attention_2.backward(cache.attention_2, d)
+        add("attention_2", g)
+        da1 = d + d2.d_query
+        dx = d2.d_value + d2.d_key                                         # MHA2's keys and values are x
+        d, g = self.layernorm_1.backward(cache.layernorm_1, da1)           # d(x + m1)
+        add("layernorm_1", g)
+        d1, g = self.attention_1.backward(cache.attention_1, d)
+        add("attention_1", g)
+        return dx + d + d1.d_query + d1.d_value + d1.d_key, grads
+
+    def new_cache(self, B, L):
+        """Empty KV caches for generating up to L positions at batch B."""
+        a = self.attention_1
+        return [KVCache(self.backend, B, a.num_heads, L, a.key_dim) for _ in range(2)]
+
+    def step(self, x, kv, mask):
+        """New positions x (B, T, E) after those already in ``kv``; mask (B, T, S) over all S positions so far."""
+        k1, v1 = kv[0].append(*self.attention_1.keys_values(x))
+        k2, v2 = kv[1].append(*self.attention_2.keys_values(x))
+        a1 = self.layernorm_1.forward(x + self.attention_1.attend(x, k1, v1, mask))[0]
+        a2 = self.layernorm_2.forward(a1 + self.attention_2.attend(a1, k2, v2, mask))[0]
+        return self.layernorm_3.forward(a2 + self.ffn.forward(a2)[0])[0]
+
+
+class GPTBlockCache(NamedTuple):
+    x: object                 # (B, T, E) block input
+    layernorm_1: object       # LayerNormCache of LN1
+    attention_1: object       # AttentionCache of MHA
+    layernorm_2: object       # LayerNormCache of LN2
+    ffn: object               # FeedForwardCache
+
+
+class GPTDecoderBlock:
+    """The pre-LayerNorm (GPT) decoder block; see the module docstring."""
+
+    def __init__(self, embed_dim, dense_dim, num_heads, key_dim, backend, rng):
+        self.backend = backend
+        self.attention_1 = MultiHeadAttention(embed_dim, num_heads, key_dim, backend, rng)
+        self.ffn = FeedForward(embed_dim, dense_dim, backend, rng)
+        self.layernorm_1, self.layernorm_2 = LayerNormalization(embed_dim, backend), LayerNormalization(
+            embed_dim, backend)
+
+    @property
+    def params(self):
+        named = _named([("attention_1", self.attention_1), ("layernorm_1", self.layernorm_1),
+                        ("layernorm_2", self.layernorm_2)])
+        return {**named, **self.ffn.params}
+
+    def forward(self, x, mask):
+        """x (B, T, E), mask (B, T, T) bool -> (out (B, T, E), GPTBlockCache)."""
+        n1, c_ln1 = self.layernorm_1.forward(x)
+        m, c_m = self.attention_1.forward(n1, n1, mask=mask)
+        h = x + m
+        n2, c_ln2 = self.layernorm_2.forward(h)
+        f, c_ffn = self.ffn.forward(n2)
+        return h + f, GPTBlockCache(x, c_ln1, c_m, c_ln2, c_ffn)
+
+    def backward(self, cache, dout):
+        """dout (B, T, E) -> (dx (B, T, E), param grads keyed like ``params``)."""
+        grads = {}
+        dn2, g = self.ffn.backward(cache.ffn, dout)
+        grads.update(g)
+        d, g = self.layernorm_2.backward(cache.layernorm_2, dn2)
+        grads.update({f"layernorm_2/{k}": v for k, v in g.items()})
+        dh = dout + d
+        da, g = self.attention_1.backward(cache.attention_1, dh)
+        grads.update({f"attention_1/{k}": v for k, v in g.items()})
+        d, g = self.layernorm_1.backward(cache.layernorm_1, da.d_query + da.d_value + da.d_key)
+        grads.update({f"layernorm_1/{k}": v for k, v in g.items()})
+        return dh + d, grads
+
+    def new_cache(self, B, L):
+        a = self.attention_1
+        return [KVCache(self.backend, B, a.num_heads, L, a.key_dim)]
+
+    def step(self, x, kv, mask):
+        """New positions x (B, T, E) after those already in ``kv``; mask (B, T, S) over all S positions so far."""
+        n1 = self.layernorm_1.forward(x)[0]
+        k, v = kv[0].append(*self.attention_1.keys_values(n1))
+        h = x + self.attention_1.attend(n1, k, v, mask)
+        return h + self.ffn.forward(self.layernorm_2.forward(h)[0])[0]
+
+
+BLOCKS = {"book": BookDecoderBlock, "gpt": GPTDecoderBlock}
