@@ -49,6 +49,12 @@ def lstm_group(rng, d_in, H):
             "cell/vars/2": rng.standard_normal(4 * H)}
 
 
+def gru_group(rng, d_in, H, reset_after=True):
+    """A Keras GRU's weights: reset_after=True has a (2, 3H) bias [b_in; b_rec], reset_after=False a (3H,) one."""
+    return {"cell/vars/0": rng.standard_normal((d_in, 3 * H)), "cell/vars/1": rng.standard_normal((H, 3 * H)),
+            "cell/vars/2": rng.standard_normal((2, 3 * H) if reset_after else 3 * H)}
+
+
 # -- the committed Keras file, no TensorFlow ------------------------------------------------------
 def test_reads_the_committed_keras_weights_file(h5py, expected):
     model = from_keras(WEIGHTS_H5)
@@ -103,12 +109,45 @@ def test_one_hot_model_without_biases(h5py, tmp_path):
 
 def test_unsupported_layer_in_file_is_named(h5py, tmp_path):
     rng = np.random.default_rng(2)
-    path = write_weights_h5(h5py, tmp_path / "gru.weights.h5",
+    path = write_weights_h5(h5py, tmp_path / "rnn.weights.h5",
                             [("embedding", "emb", {"vars/0": rng.standard_normal((7, 3))}),
-                             ("gru", "my_gru", {"cell/vars/0": rng.standard_normal((3, 12))}),
+                             ("simple_rnn", "my_rnn", {"cell/vars/0": rng.standard_normal((3, 4))}),
                              ("dense", "dense", {"vars/0": rng.standard_normal((4, 7)), "vars/1": np.zeros(7)})])
-    with pytest.raises(KerasInteropError, match="'my_gru' \\(gru\\) is not supported"):
+    with pytest.raises(KerasInteropError, match="'my_rnn' \\(simple_rnn\\) is not supported"):
         from_keras(path)
+
+
+def test_reads_a_gru_weights_file(h5py, tmp_path):
+    """gru, gru_1 groups with (2, 3H) biases -> LanguageModel(cell="gru"), the arrays as they are."""
+    rng = np.random.default_rng(4)
+    groups = [gru_group(rng, 3, 5), gru_group(rng, 5, 4)]
+    layers = [("embedding", "emb", {"vars/0": rng.standard_normal((7, 3))}),
+              ("gru", "g0", groups[0]), ("gru_1", "g1", groups[1]),
+              ("dense", "out", {"vars/0": rng.standard_normal((4, 7)), "vars/1": rng.standard_normal(7)})]
+    model = from_keras(write_weights_h5(h5py, tmp_path / "gru.weights.h5", layers))
+    assert (model.cell, model.embedding_dim, model.hidden_sizes) == ("gru", 3, [5, 4])
+    for n, group in enumerate(groups):
+        for i, name in enumerate(("kernel", "recurrent_kernel", "bias")):
+            np.testing.assert_array_equal(model.params[f"gru_{n}/{name}"], group[f"cell/vars/{i}"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rng, layers: layers.__setitem__(1, ("gru", "old", gru_group(rng, 3, 4, reset_after=False))),
+     "'old' \\(gru\\): bias of shape \\(12,\\) is a GRU with reset_after=False"),
+    (lambda rng, layers: layers[1][2].pop("cell/vars/2"), "'g' \\(gru\\): a GRU without bias.*reset_after"),
+    (lambda rng, layers: layers[1][2].update({"cell/vars/2": np.zeros((2, 9))}), "'g' \\(gru\\): bias of shape"),
+    (lambda rng, layers: layers[1][2].update({"cell/vars/1": np.zeros((4, 16))}), "'g' \\(gru\\).*do not fit a GRU"),
+    (lambda rng, layers: layers[1][2].pop("cell/vars/1"), "'g' \\(gru\\): unexpected weights"),
+    (lambda rng, layers: layers.insert(2, ("lstm", "l", lstm_group(rng, 4, 4))), "mixes LSTM layers.*GRU layers"),
+])
+def test_gru_files_that_do_not_fit(h5py, tmp_path, change, message):
+    rng = np.random.default_rng(5)
+    layers = [("embedding", "emb", {"vars/0": rng.standard_normal((7, 3))}), ("gru", "g", gru_group(rng, 3, 4)),
+              ("dense", "out", {"vars/0": rng.standard_normal((4, 7)), "vars/1": np.zeros(7)})]
+    from_keras(write_weights_h5(h5py, tmp_path / "good.weights.h5", layers))
+    change(rng, layers)
+    with pytest.raises(KerasInteropError, match=message):
+        from_keras(write_weights_h5(h5py, tmp_path / "bad.weights.h5", layers))
 
 
 @pytest.mark.parametrize("break_it, message", [
@@ -117,7 +156,7 @@ def test_unsupported_layer_in_file_is_named(h5py, tmp_path):
     (lambda layers: layers[0][2].update({"vars/0": np.zeros((8, 3))}), "'emb' \\(embedding\\).*vocabulary of 7"),
     (lambda layers: layers.pop(), "exactly one Dense"),
     (lambda layers: layers.append(("dense_1", "extra", {"vars/0": np.zeros((7, 7))})), "exactly one Dense"),
-    (lambda layers: layers.pop(1), "no LSTM layer"),
+    (lambda layers: layers.pop(1), "no recurrent layer \\(LSTM or GRU\\)"),
     (lambda layers: layers[1][2].update({"cell/vars/3": np.zeros(3)}), "'rnn' \\(lstm\\): unexpected weights"),
 ])
 def test_bad_shapes_in_file_name_the_layer(h5py, tmp_path, break_it, message):
@@ -188,26 +227,57 @@ TOL = {"float32": 1e-5, "float64": 1e-9}
 
 @pytest.mark.tf
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")   # inside Keras' save code
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("embedding_dim, hidden_sizes", [(None, [6]), (4, [5, 3]), (3, [4, 4, 2])])
-def test_round_trip_through_keras(keras, tmp_path, dtype, embedding_dim, hidden_sizes):
-    model = LanguageModel(9, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype=dtype, seed=5)
+def test_round_trip_through_keras(keras, tmp_path, dtype, embedding_dim, hidden_sizes, cell):
+    model = LanguageModel(9, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype=dtype, seed=5, cell=cell)
+    if cell == "gru":                                     # non-zero biases in both rows: b_in and b_rec both count
+        rng = np.random.default_rng(6)
+        for n in range(len(hidden_sizes)):
+            bias = model.params[f"gru_{n}/bias"]
+            bias[...] = rng.uniform(-0.5, 0.5, bias.shape)
     x = np.random.default_rng(0).integers(0, 9, (3, 7))
     km = to_keras(model)
+    rnns = [layer for layer in km.layers if type(layer).__name__ in ("LSTM", "GRU")]
+    assert [type(layer).__name__ for layer in rnns] == [cell.upper()] * len(hidden_sizes)
+    assert all(layer.cell.reset_after for layer in rnns if cell == "gru")
     logits, _ = model.forward(x)
     assert np.abs(km(keras_input(model, x)).numpy() - logits).max() <= TOL[dtype]
 
     km.save_weights(tmp_path / "lm.weights.h5")
     km.save(tmp_path / "lm.keras")
     for back in (from_keras(km), from_keras(tmp_path / "lm.weights.h5"), from_keras(tmp_path / "lm.keras")):
-        assert (back.embedding_dim, back.hidden_sizes, back.backend.dtype) == (embedding_dim, hidden_sizes, dtype)
+        assert (back.cell, back.embedding_dim, back.hidden_sizes, back.backend.dtype) == (
+            cell, embedding_dim, hidden_sizes, dtype)
         for name, p in model.params.items():
             np.testing.assert_array_equal(back.params[name], p, err_msg=name)
+        assert np.abs(back.forward(x)[0] - logits).max() == 0
 
 
 @pytest.mark.tf
-def test_to_keras_last_step_softmax_and_mask(keras):
-    model = LanguageModel(8, embedding_dim=3, hidden_sizes=[5, 4], seed=1)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_keras_gru_model_gives_the_same_logits(keras, dtype):
+    """A Keras-built Embedding -> GRU -> GRU -> Dense (Keras' own initialisation, biases set) loads and agrees."""
+    keras.utils.set_random_seed(3)
+    km = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(10, 4, dtype=dtype),
+                           keras.layers.GRU(6, return_sequences=True, dtype=dtype),
+                           keras.layers.GRU(5, return_sequences=True, dtype=dtype),
+                           keras.layers.Dense(10, dtype=dtype)])
+    rng = np.random.default_rng(7)
+    for layer in km.layers[1:3]:
+        layer.cell.bias.assign(rng.uniform(-0.5, 0.5, (2, 3 * layer.units)).astype(dtype))
+    x = rng.integers(0, 10, (4, 8))
+    model = from_keras(km)
+    assert (model.cell, model.hidden_sizes, model.backend.dtype) == ("gru", [6, 5], dtype)
+    logits, _ = model.forward(x)
+    assert np.abs(km(x).numpy() - logits).max() <= TOL[dtype]
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_to_keras_last_step_softmax_and_mask(keras, cell):
+    model = LanguageModel(8, embedding_dim=3, hidden_sizes=[5, 4], seed=1, cell=cell)
     x = np.random.default_rng(1).integers(1, 8, (4, 6))
     x[0, 4:] = 0
     x[1, :2] = 0
@@ -220,10 +290,12 @@ def test_to_keras_last_step_softmax_and_mask(keras):
 
 
 @pytest.mark.tf
-def test_a_keras_nietzsche_model_samples_the_same(keras):
-    """A Keras-built one-hot -> LSTM -> Dense(softmax) model gives scratchlm the same next-char distribution."""
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_a_keras_nietzsche_model_samples_the_same(keras, cell):
+    """A Keras-built one-hot -> LSTM|GRU -> Dense(softmax) model gives scratchlm the same next-char distribution."""
     V, T = 11, 9
-    km = keras.Sequential([keras.Input((T, V)), keras.layers.LSTM(7), keras.layers.Dense(V, activation="softmax")])
+    km = keras.Sequential([keras.Input((T, V)), getattr(keras.layers, cell)(7),
+                           keras.layers.Dense(V, activation="softmax")])
     x = np.random.default_rng(2).integers(0, V, (5, T))
     probs = km(np.eye(V, dtype="float32")[x]).numpy()
     model = from_keras(km)
@@ -232,15 +304,27 @@ def test_a_keras_nietzsche_model_samples_the_same(keras):
 
 
 @pytest.mark.tf
-def test_stateful_keras_model_gives_a_stateful_model(keras):
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_stateful_keras_model_gives_a_stateful_model(keras, cell):
     km = keras.Sequential([keras.Input(batch_shape=(2, None)), keras.layers.Embedding(6, 3),
-                           keras.layers.LSTM(4, return_sequences=True, stateful=True), keras.layers.Dense(6)])
-    assert from_keras(km).stateful
+                           getattr(keras.layers, cell)(4, return_sequences=True, stateful=True), keras.layers.Dense(6)])
+    model = from_keras(km)
+    assert model.stateful and model.cell == cell.lower()
 
 
 @pytest.mark.tf
 @pytest.mark.parametrize("make, message", [
-    (lambda L: [L.Embedding(7, 3), L.GRU(4, name="my_gru"), L.Dense(7)], "'my_gru' \\(GRU\\) is not supported"),
+    (lambda L: [L.Embedding(7, 3), L.SimpleRNN(4, name="my_rnn"), L.Dense(7)],
+     "'my_rnn' \\(SimpleRNN\\) is not supported"),
+    (lambda L: [L.Embedding(7, 3), L.GRU(4, reset_after=False, name="old"), L.Dense(7)],
+     "'old' \\(GRU\\) has reset_after=False"),
+    (lambda L: [L.Embedding(7, 3), L.LSTM(4, return_sequences=True), L.GRU(4), L.Dense(7)],
+     "mixes LSTM layers.*GRU layers"),
+    (lambda L: [L.Embedding(7, 3), L.GRU(4, activation="relu", name="g"), L.Dense(7)], "'g' \\(GRU\\).*relu"),
+    (lambda L: [L.Embedding(7, 3), L.GRU(4, recurrent_activation="hard_sigmoid", name="g"), L.Dense(7)],
+     "'g' \\(GRU\\).*hard_sigmoid"),
+    (lambda L: [L.Embedding(7, 3), L.GRU(4, go_backwards=True, name="gb"), L.Dense(7)], "'gb' \\(GRU\\)"),
+    (lambda L: [L.Embedding(7, 3), L.GRU(4), L.Dense(5, name="small")], "vocabulary of 5"),
     (lambda L: [L.Embedding(7, 3), L.Bidirectional(L.LSTM(4), name="bi"), L.Dense(7)], "'bi' \\(Bidirectional\\)"),
     (lambda L: [L.Embedding(7, 3), L.LSTM(4, activation="relu", name="r"), L.Dense(7)], "'r' \\(LSTM\\).*relu"),
     (lambda L: [L.Embedding(7, 3), L.LSTM(4), L.Dense(7, activation="relu", name="d")], "'d' \\(Dense\\).*relu"),

@@ -4,8 +4,13 @@ The fixtures in ``tests/reference/`` were written by ``make_tf_reference.py`` wi
 TensorFlow/Keras (versions in ``manifest.json``); these tests need neither. Each
 fixture case runs on every backend path of :data:`BACKEND_PATHS` that works here.
 
+Every case exists for the LSTM and, with Keras' ``GRU(reset_after=True)`` (config ``"cell": "gru"``,
+fixtures ``gru_*``), for the GRU; both are held to the same bars. Measured on the GRU
+fixtures (TensorFlow 2.21, NumPy paths): float32 at most 2.4e-7 (forward), 2.5e-7
+(gradients), 3.0e-8 (updates); float64 8.9e-16, 8.1e-16, 5.6e-17.
+
 Tolerances (float32 / float64):
-    forward   outputs, final (h, c), loss          max abs error  1e-5 / 1e-9
+    forward   outputs, final (h, c) or h, loss     max abs error  1e-5 / 1e-9
     gradient  every parameter                      relative error 1e-4 / 1e-9
               (max|a - k| / max(|a| + |k|) per tensor, scratchlm.gradcheck.relative_error)
     update    weights after one optimizer step     max abs error  1e-6 / 1e-9
@@ -21,8 +26,8 @@ round-off: scratchlm in float64 from the same float32 start differs from Keras b
 same 1.5e-6, and ±1 ulp on the starting weights does not make it grow. The bars are
 about 10x the measurement.
 
-Live mode: ``pytest -m tf`` (TensorFlow importable) draws random cases, runs them
-through Keras in memory and compares the same way. SCRATCHLM_TF_SEED (default 0)
+Live mode: ``pytest -m tf`` (TensorFlow importable) draws random cases, LSTM and GRU,
+runs them through Keras in memory and compares the same way. SCRATCHLM_TF_SEED (default 0)
 shifts the seeds, SCRATCHLM_TF_CASES (default 8) sets how many per dtype.
 """
 
@@ -75,24 +80,36 @@ def backend_for(request):
 
 
 # -- the comparison ---------------------------------------------------------------------
+STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",)}       # each layer's state, as the fixtures name it
+
+
+def cell_of(cfg):
+    """The config's recurrent cell; the LSTM configs predate the ``cell`` key."""
+    return cfg.get("cell", "lstm")
+
+
+def make_model(cfg, backend):
+    return LanguageModel(cfg["vocab_size"], embedding_dim=cfg["embedding_dim"], hidden_sizes=cfg["hidden_sizes"],
+                         backend=backend, dtype=cfg["dtype"], cell=cell_of(cfg))
+
+
 def max_abs(a, b):
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)), initial=0.0))
 
 
 def measure(arrays, cfg, backend):
     """Run scratchlm on a reference case; returns {quantity: error}, see :func:`kind` for which error."""
-    model = LanguageModel(cfg["vocab_size"], embedding_dim=cfg["embedding_dim"], hidden_sizes=cfg["hidden_sizes"],
-                          backend=backend, dtype=cfg["dtype"])
+    model = make_model(cfg, backend)
     params = {key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")}
     assert set(params) == set(model.params)
     model.set_params(params)
     host = backend.to_host
     x, y, mask = arrays["x"], arrays["y"], arrays.get("mask")
     layers = range(len(cfg["hidden_sizes"]))
+    parts = STATE_NAMES[cell_of(cfg)]
     state = None
     if cfg["initial_state"]:
-        state = [(backend.asarray(arrays[f"initial_state/h_{n}"]), backend.asarray(arrays[f"initial_state/c_{n}"]))
-                 for n in layers]
+        state = [tuple(backend.asarray(arrays[f"initial_state/{part}_{n}"]) for part in parts) for n in layers]
     errors = {}
 
     logits, final = model.forward(x, state=state, mask=mask)                 # (B, T, V)
@@ -100,9 +117,11 @@ def measure(arrays, cfg, backend):
     if cfg["last_only"]:
         logits = logits[:, -1]                                                # (B, V)
     errors["output"] = max_abs(softmax(logits) if cfg["softmax_output"] else logits, arrays["output"])
-    for n, (h, c) in zip(layers, final):
-        errors[f"state/h_{n}"] = max_abs(host(h), arrays[f"state/h_{n}"])
-        errors[f"state/c_{n}"] = max_abs(host(c), arrays[f"state/c_{n}"])
+    assert len(final) == len(layers)
+    for n, layer_state in zip(layers, final):
+        assert len(layer_state) == len(parts)
+        for part, a in zip(parts, layer_state):
+            errors[f"state/{part}_{n}"] = max_abs(host(a), arrays[f"state/{part}_{n}"])
 
     loss, grads = model.loss_and_grads(x, y, mask=mask, state=state, last_only=cfg["last_only"])
     errors["loss"] = abs(loss - float(arrays["loss"]))
@@ -155,8 +174,7 @@ def replay(arrays, cfg, backend, optimizer=None, order=None):
     Quantities: ``loss/<step>`` and ``keras_loss/<step>`` (Keras' loss object) for every step,
     ``final/<name>`` for every weight after the last step.
     """
-    model = LanguageModel(cfg["vocab_size"], embedding_dim=cfg["embedding_dim"], hidden_sizes=cfg["hidden_sizes"],
-                          backend=backend, dtype=cfg["dtype"])
+    model = make_model(cfg, backend)
     params = {key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")}
     assert set(params) == set(model.params)
     model.set_params(params)
@@ -210,17 +228,35 @@ def test_fixtures_are_the_ones_in_the_manifest():
     assert total < 2 * 1024 * 1024
 
 
-def test_fixtures_cover_the_cases():
-    """Both dtypes of every case, and the features the cases exist for."""
-    cfgs = [entry["config"] for entry in MANIFEST["fixtures"].values()]
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fixtures_cover_the_cases(cell):
+    """Both dtypes of every case, and the features the cases exist for, for either cell."""
+    cfgs = [entry["config"] for entry in MANIFEST["fixtures"].values() if cell_of(entry["config"]) == cell]
     assert {c["dtype"] for c in cfgs} == {"float32", "float64"}
     assert any(c["embedding_dim"] is None and c["last_only"] and c["softmax_output"] for c in cfgs)
     assert any(len(c["hidden_sizes"]) > 1 for c in cfgs)
     assert any(c["mask"] for c in cfgs) and any(c["initial_state"] for c in cfgs)
+    assert any(c["mask"] and c["initial_state"] for c in cfgs)
     optimizers = [c["optimizer"] for c in cfgs if c["optimizer"]]
+    if cell == "gru":                                     # one RMSprop step; the optimizers are cell-blind
+        assert "rmsprop" in {o["name"] for o in optimizers}
+        return
     assert {"adam", "rmsprop"} <= {o["name"] for o in optimizers}
     assert any(o.get("lr") == 0.01 and o["name"] == "rmsprop" for o in optimizers)
     assert any("global_clipnorm" in o for o in optimizers)
+
+
+def test_gru_fixtures_hold_keras_reset_after_weights():
+    """The GRU fixtures carry (2, 3H) biases (reset_after=True), state h only, gru_n names."""
+    names = [name for name, entry in MANIFEST["fixtures"].items() if cell_of(entry["config"]) == "gru"]
+    assert len(names) == 14
+    for name in names:
+        cfg, arrays = MANIFEST["fixtures"][name]["config"], load_fixture(name)
+        for n, H in enumerate(cfg["hidden_sizes"]):
+            assert arrays[f"param/gru_{n}/bias"].shape == (2, 3 * H)
+            assert arrays[f"param/gru_{n}/recurrent_kernel"].shape == (H, 3 * H)
+            assert f"state/h_{n}" in arrays and f"state/c_{n}" not in arrays
+        assert not any(key.startswith(("param/lstm", "grad/lstm")) for key in arrays), name
 
 
 def test_trajectories_cover_the_cases():
@@ -265,15 +301,39 @@ def test_the_trajectory_catches_a_changed_step(change, dtype):
         assert_trajectory_within_tolerance(errors, dtype)
 
 
-def test_the_comparison_catches_a_wrong_gradient():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_comparison_catches_a_wrong_gradient(cell):
     """A planted error in one Keras gradient entry, 1e-3 of the tensor's scale, fails the check."""
-    name = "stacked-float64.npz"
+    name = "stacked-float64.npz" if cell == "lstm" else "gru_stacked-float64.npz"
     arrays = load_fixture(name)
-    g = arrays["grad/lstm_0/recurrent_kernel"]
+    g = arrays[f"grad/{cell}_0/recurrent_kernel"]
     g.flat[3] += 1e-3 * np.abs(g).max()
     errors = measure(arrays, MANIFEST["fixtures"][name]["config"], get_backend("numpy", "float64"))
-    with pytest.raises(AssertionError, match="lstm_0/recurrent_kernel"):
+    with pytest.raises(AssertionError, match=f"{cell}_0/recurrent_kernel"):
         assert_within_tolerance(errors, "float64")
+
+
+def test_the_comparison_catches_reset_before():
+    """A GRU with the reset gate applied before the recurrent product (Keras' reset_after=False)
+    fails the reference: the fixtures tell the two layouts apart."""
+    name = "gru_embedding_sequence-float64.npz"
+    arrays = load_fixture(name)
+    cfg = MANIFEST["fixtures"][name]["config"]
+    model = make_model(cfg, get_backend("numpy", "float64", kernels="reference"))
+    model.set_params({key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")})
+    E, W, U, b = (model.params[k] for k in ("embedding/embeddings", "gru_0/kernel", "gru_0/recurrent_kernel",
+                                               "gru_0/bias"))
+    H = U.shape[0]
+    sigmoid = (lambda a: 1 / (1 + np.exp(-a)))
+    h = np.zeros((cfg["batch"], H))
+    for t in range(cfg["time"]):                          # h̃ = tanh(x̂_h + (r ⊙ h) U_h + b_rec,h)
+        xh = E[arrays["x"][:, t]] @ W + b[0]
+        z = sigmoid(xh[:, :H] + h @ U[:, :H] + b[1, :H])
+        r = sigmoid(xh[:, H:2 * H] + h @ U[:, H:2 * H] + b[1, H:2 * H])
+        h = z * h + (1 - z) * np.tanh(xh[:, 2 * H:] + (r * h) @ U[:, 2 * H:] + b[1, 2 * H:])
+    assert max_abs(h, arrays["state/h_0"]) > 1e-3
+    _, (final,) = model.forward(arrays["x"])
+    assert max_abs(final[0], arrays["state/h_0"]) <= 1e-9
 
 
 # -- live mode: random cases through Keras, no fixtures ---------------------------------------
@@ -299,6 +359,20 @@ LIVE_CASES = int(os.environ.get("SCRATCHLM_TF_CASES", "8"))
 def test_live_random_case(seed, dtype, backend_for):
     gen = generator()
     cfg = gen.random_config(seed, dtype)
+    errors = measure(gen.keras_reference(cfg), cfg, backend_for(dtype))
+    assert_within_tolerance(errors, dtype)
+
+
+GRU_SEED = SEED + 1000                                    # other sizes than the LSTM cases draw
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("seed", range(GRU_SEED, GRU_SEED + LIVE_CASES))
+def test_live_random_gru_case(seed, dtype, backend_for):
+    """Random sizes, layers, masks, initial states and optimizers through Keras' GRU(reset_after=True)."""
+    gen = generator()
+    cfg = gen.random_config(seed, dtype, cell="gru")
     errors = measure(gen.keras_reference(cfg), cfg, backend_for(dtype))
     assert_within_tolerance(errors, dtype)
 

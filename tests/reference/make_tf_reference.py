@@ -15,16 +15,21 @@ and calls :func:`keras_reference` on random configs.
                                                            # (re)write only these cases; the manifest
                                                            # keeps every other entry as it is
 
-A fixture holds (B batch, T steps, V vocabulary, H_n units of LSTM n):
+A fixture holds (B batch, T steps, V vocabulary, H_n units of recurrent layer n):
 
     x (B, T) int32 token ids          y (B, T) int32 targets, or (B,) for a last-step loss
-    mask (B, T) bool                  initial_state/h_n, initial_state/c_n (B, H_n)
+    mask (B, T) bool                  initial_state/h_n, initial_state/c_n (B, H_n) (GRU: h_n only)
     param/<name>, grad/<name>         every weight and dL/dweight, scratchlm names
     output                            logits (B, T, V) / (B, V), or probabilities
-    state/h_n, state/c_n (B, H_n)     final LSTM state per layer
+    state/h_n, state/c_n (B, H_n)     final LSTM state per layer (GRU: state/h_n only)
     loss                              the loss the gradients are of (see below)
     keras_loss                        Keras' own loss object on the same output
     updated/<name>                    weights after one optimizer step (optimizer cases)
+
+GRU cases (:data:`GRU_CASES`, config ``"cell": "gru"``) use ``keras.layers.GRU(H, reset_after=True)``,
+Keras 3's default, whose weights scratchlm's GRU stores as they are: ``gru_n/kernel`` (D, 3H),
+``gru_n/recurrent_kernel`` (H, 3H), ``gru_n/bias`` (2, 3H), gates z, r, h. A config without a
+``cell`` key is an LSTM case (the LSTM fixtures predate the key).
 
 A trajectory fixture (:data:`TRAJECTORIES`, manifest section ``trajectories``) is
 S training steps of one model with one optimizer, a different batch each step:
@@ -73,7 +78,8 @@ WEIGHTS_H5_EXPECTED = "keras_lm_expected.npz"
 
 
 def config(vocab_size, embedding_dim, hidden_sizes, batch, time, seed, last_only=False,
-           softmax_output=False, mask=False, initial_state=False, optimizer=None, dtype="float32"):
+           softmax_output=False, mask=False, initial_state=False, optimizer=None, dtype="float32",
+           cell="lstm"):
     """One case: the model, the batch and what to compare.
 
     embedding_dim None = one-hot input (Keras is fed one-hot float vectors).
@@ -86,11 +92,25 @@ def config(vocab_size, embedding_dim, hidden_sizes, batch, time, seed, last_only
         the mask is a model input passed to every LSTM.
     optimizer: None or {"name": "adam" | "rmsprop" | "sgd", "lr": ..., "global_clipnorm": ...};
         unnamed hyperparameters keep their Keras 3 defaults.
+    cell: "lstm" or "gru" (Keras' GRU with reset_after=True). Only a GRU config carries the
+        key, so the LSTM configs (and the manifest entries written before GRU) stay as they were.
     """
-    return {"vocab_size": vocab_size, "embedding_dim": embedding_dim, "hidden_sizes": list(hidden_sizes),
-            "batch": batch, "time": time, "seed": seed, "last_only": last_only,
-            "softmax_output": softmax_output, "mask": mask, "initial_state": initial_state,
-            "optimizer": optimizer, "dtype": dtype}
+    assert cell in ("lstm", "gru"), cell
+    cfg = {"vocab_size": vocab_size, "embedding_dim": embedding_dim, "hidden_sizes": list(hidden_sizes),
+           "batch": batch, "time": time, "seed": seed, "last_only": last_only,
+           "softmax_output": softmax_output, "mask": mask, "initial_state": initial_state,
+           "optimizer": optimizer, "dtype": dtype}
+    if cell != "lstm":
+        cfg["cell"] = cell
+    return cfg
+
+
+def cell_of(cfg):
+    """"lstm" or "gru": the recurrent cell of a config (no ``cell`` key: an LSTM case)."""
+    return cfg.get("cell", "lstm")
+
+
+STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",)}      # the parts of each layer's state, in Keras' order
 
 
 _SHAKESPEARE = dict(vocab_size=11, embedding_dim=6, hidden_sizes=[8], batch=4, time=7)   # Embedding -> LSTM -> logits
@@ -111,6 +131,21 @@ CASES = {
     "rmsprop_seed_step": dict(_NIETZSCHE, optimizer={"name": "rmsprop", "lr": 0.01}, seed=9),
     "clipped_adam_step": dict(_SHAKESPEARE, optimizer={"name": "adam", "global_clipnorm": 0.1}, seed=10),
 }
+
+# The same cases with a GRU (Keras 3's default reset_after=True) in place of every LSTM.
+GRU_CASES = {
+    "gru_embedding_sequence": dict(_SHAKESPEARE, cell="gru", seed=21),
+    "gru_onehot_last_step": dict(_NIETZSCHE, cell="gru", seed=22),
+    "gru_stacked": dict(vocab_size=10, embedding_dim=5, hidden_sizes=[7, 6], batch=3, time=6, cell="gru", seed=23),
+    "gru_masked": dict(vocab_size=12, embedding_dim=5, hidden_sizes=[6, 5], batch=4, time=8, mask=True,
+                       cell="gru", seed=24),
+    "gru_initial_state": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=3, time=5,
+                              initial_state=True, cell="gru", seed=25),
+    "gru_initial_state_masked": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=4, time=6,
+                                     initial_state=True, mask=True, cell="gru", seed=26),
+    "gru_rmsprop_step": dict(_SHAKESPEARE, optimizer={"name": "rmsprop"}, cell="gru", seed=27),
+}
+CASES.update(GRU_CASES)
 
 # Multi-step trajectories (as llm.c checks 10 steps against PyTorch): a refactor that changes
 # any step -- forward, backward, clipping, an optimizer slot, the step count -- shows in the
@@ -138,10 +173,16 @@ def param_shapes(cfg):
     if E is not None:
         shapes["embedding/embeddings"] = (V, E)
     d_in = V if E is None else E
+    cell = cell_of(cfg)
     for n, H in enumerate(cfg["hidden_sizes"]):
-        shapes[f"lstm_{n}/kernel"] = (d_in, 4 * H)
-        shapes[f"lstm_{n}/recurrent_kernel"] = (H, 4 * H)
-        shapes[f"lstm_{n}/bias"] = (4 * H,)
+        if cell == "lstm":
+            shapes[f"lstm_{n}/kernel"] = (d_in, 4 * H)
+            shapes[f"lstm_{n}/recurrent_kernel"] = (H, 4 * H)
+            shapes[f"lstm_{n}/bias"] = (4 * H,)
+        else:                                           # GRU, reset_after=True: bias rows b_in, b_rec
+            shapes[f"gru_{n}/kernel"] = (d_in, 3 * H)
+            shapes[f"gru_{n}/recurrent_kernel"] = (H, 3 * H)
+            shapes[f"gru_{n}/bias"] = (2, 3 * H)
         d_in = H
     shapes["dense/kernel"] = (d_in, V)
     shapes["dense/bias"] = (V,)
@@ -183,8 +224,8 @@ def make_inputs(cfg):
     arrays["y"] = rng.integers(0, V, (B,) if cfg["last_only"] else (B, T)).astype(np.int32)
     if cfg["initial_state"]:
         for n, H in enumerate(cfg["hidden_sizes"]):
-            arrays[f"initial_state/h_{n}"] = rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
-            arrays[f"initial_state/c_{n}"] = rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
+            for part in STATE_NAMES[cell_of(cfg)]:
+                arrays[f"initial_state/{part}_{n}"] = rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
     return arrays
 
 
@@ -209,8 +250,11 @@ def make_trajectory_inputs(cfg):
     return arrays
 
 
-def random_config(seed, dtype=None):
-    """A random case for the live tests: sizes, vocabulary, layers, lengths, masks, optimizer."""
+def random_config(seed, dtype=None, cell="lstm"):
+    """A random case for the live tests: sizes, vocabulary, layers, lengths, masks, optimizer.
+
+    ``cell`` takes no draw: the same seed gives the same sizes, batch and options for either cell.
+    """
     rng = np.random.default_rng(seed)
     optimizer = None
     if rng.random() < 0.5:
@@ -223,7 +267,7 @@ def random_config(seed, dtype=None):
                   batch=int(rng.integers(1, 6)), time=int(rng.integers(1, 10)), seed=int(seed),
                   last_only=bool(rng.random() < 0.3), softmax_output=bool(rng.random() < 0.3),
                   mask=bool(rng.random() < 0.5), initial_state=bool(rng.random() < 0.5),
-                  optimizer=optimizer, dtype=dtype or str(rng.choice(DTYPES)))
+                  optimizer=optimizer, dtype=dtype or str(rng.choice(DTYPES)), cell=cell)
 
 
 # -- TensorFlow / Keras -----------------------------------------------------------------
@@ -257,7 +301,10 @@ def floatx(keras, dtype):
 
 
 def build_keras_model(keras, cfg):
-    """Functional model: inputs [tokens | one-hot, (mask), (h0_n, c0_n)...] -> [output, h_n, c_n...]."""
+    """Functional model: inputs [tokens | one-hot, (mask), (h0_n, c0_n)...] -> [output, h_n, c_n...].
+
+    GRU cases: ``GRU(reset_after=True)`` layers named ``gru_n``, state h_n only (inputs h0_n, outputs h_n).
+    """
     layers = keras.layers
     V, E, T, dtype = cfg["vocab_size"], cfg["embedding_dim"], cfg["time"], cfg["dtype"]
     if E is None:
@@ -278,18 +325,23 @@ def build_keras_model(keras, cfg):
         x = layers.Embedding(V, E, mask_zero=cfg["mask"], dtype=dtype, name="embedding")(x)
     states = []
     top = len(cfg["hidden_sizes"]) - 1
+    cell = cell_of(cfg)
     for n, H in enumerate(cfg["hidden_sizes"]):
-        lstm = layers.LSTM(H, return_sequences=not (cfg["last_only"] and n == top), return_state=True,
-                           dtype=dtype, name=f"lstm_{n}")
+        sequences = not (cfg["last_only"] and n == top)
+        if cell == "lstm":
+            rnn = layers.LSTM(H, return_sequences=sequences, return_state=True, dtype=dtype, name=f"lstm_{n}")
+        else:
+            rnn = layers.GRU(H, reset_after=True, return_sequences=sequences, return_state=True,
+                             dtype=dtype, name=f"gru_{n}")
         kwargs = {}
         if cfg["initial_state"]:
-            h0, c0 = keras.Input((H,), dtype=dtype, name=f"h0_{n}"), keras.Input((H,), dtype=dtype, name=f"c0_{n}")
-            inputs += [h0, c0]
-            kwargs["initial_state"] = [h0, c0]
+            initial = [keras.Input((H,), dtype=dtype, name=f"{part}0_{n}") for part in STATE_NAMES[cell]]
+            inputs += initial
+            kwargs["initial_state"] = initial
         if mask is not None:
             kwargs["mask"] = mask
-        x, h, c = lstm(x, **kwargs)
-        states += [h, c]
+        x, *layer_states = rnn(x, **kwargs)
+        states += layer_states
     out = layers.Dense(V, activation="softmax" if cfg["softmax_output"] else None, dtype=dtype, name="dense")(x)
     return keras.Model(inputs, [out] + states)
 
@@ -299,11 +351,14 @@ def keras_variables(model, cfg):
     named = {}
     if cfg["embedding_dim"] is not None:
         named["embedding/embeddings"] = model.get_layer("embedding").embeddings
+    kind = cell_of(cfg)
     for n in range(len(cfg["hidden_sizes"])):
-        cell = model.get_layer(f"lstm_{n}").cell
-        named[f"lstm_{n}/kernel"] = cell.kernel
-        named[f"lstm_{n}/recurrent_kernel"] = cell.recurrent_kernel
-        named[f"lstm_{n}/bias"] = cell.bias
+        cell = model.get_layer(f"{kind}_{n}").cell
+        if kind == "gru":
+            assert cell.reset_after and tuple(cell.bias.shape) == (2, 3 * cell.units)
+        named[f"{kind}_{n}/kernel"] = cell.kernel
+        named[f"{kind}_{n}/recurrent_kernel"] = cell.recurrent_kernel
+        named[f"{kind}_{n}/bias"] = cell.bias
     dense = model.get_layer("dense")
     named["dense/kernel"], named["dense/bias"] = dense.kernel, dense.bias
     return named
@@ -348,9 +403,10 @@ def keras_reference(cfg):
         feed = [np.eye(V, dtype=dtype)[x] if cfg["embedding_dim"] is None else x]
         if cfg["mask"] and cfg["embedding_dim"] is None:
             feed.append(arrays["mask"])
+        parts = STATE_NAMES[cell_of(cfg)]
         if cfg["initial_state"]:
             for n in range(len(cfg["hidden_sizes"])):
-                feed += [arrays[f"initial_state/h_{n}"], arrays[f"initial_state/c_{n}"]]
+                feed += [arrays[f"initial_state/{part}_{n}"] for part in parts]
         y = arrays["y"]
         per_token_mask = cfg["mask"] and not cfg["last_only"]
 
@@ -375,8 +431,8 @@ def keras_reference(cfg):
 
         arrays["output"] = out.numpy()
         for n in range(len(cfg["hidden_sizes"])):
-            arrays[f"state/h_{n}"] = states[2 * n].numpy()
-            arrays[f"state/c_{n}"] = states[2 * n + 1].numpy()
+            for k, part in enumerate(parts):
+                arrays[f"state/{part}_{n}"] = states[len(parts) * n + k].numpy()
         arrays["loss"] = np.asarray(loss.numpy(), dtype=dtype)
         arrays["keras_loss"] = np.asarray(keras_loss.numpy(), dtype=dtype)
         for name, g in zip(variables, grads):
@@ -568,6 +624,7 @@ def generate(directory, only=None):
             raise SystemExit(f"the trajectories {sorted(set(others))} were made with {section['versions']}, "
                              f"this is {made_with}: regenerate all of them")
         manifest["fixtures"].update(_write_fixtures(directory, one_step, _one_step_fixture))
+        manifest["seeds"].update({case: CASES[case]["seed"] for case in one_step})
         if multi:
             section["fixtures"].update(_write_fixtures(directory, multi, _trajectory_fixture))
             section["versions"] = made_with
