@@ -135,3 +135,29 @@ def test_recipes_bad_json(tmp_path, capsys):
     for name, words in (("bad.json", "not valid JSON"), ("empty.json", "no record")):
         assert module.main([str(tmp_path / name), "--run-dir", str(tmp_path / "r")]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_imdb_transformer_smoke_run_on_the_shipped_sample_and_resume(tmp_path, capsys):
+    module = example("imdb_transformer")
+    argv = ["--data", str(ROOT / "examples" / "data" / "reviews"), "--batch-size", "8",
+            "--run-dir", str(tmp_path / "run")]
+    assert module.main(argv + ["--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "TransformerLM(PositionalEmbedding(" in out and "40 reviews" in out
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("----- temperature")] == \
+        ["0.2", "0.5", "0.7", "1", "1.5"]
+    assert 'primed with: " this movie"' in out
+    assert module.main(argv + ["--max-steps", "3", "--resume"]) == 0
+
+
+def test_imdb_offline_names_the_data_option(tmp_path, capsys, monkeypatch):
+    import socket
+    from scratchlm import reviews
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/aclImdb_v1.tar.gz"
+    monkeypatch.setitem(reviews.ARCHIVES, "imdb", reviews.ARCHIVES["imdb"]._replace(url=url))
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
+    assert example("imdb_transformer").main(["--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert url in err and "--data DIR" in err and err.count("\n") == 1
