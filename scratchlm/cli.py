@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy
 
-from . import checkpoint, data, models, optim, rundir, sampling
+from . import checkpoint, data, models, optim, reviews, rundir, sampling
 from .backend import get_backend
 from .errors import CheckpointError, ScratchLMError
-from .models import LanguageModel
-from .text import CharTokenizer, VocabularyError, WordTokenizer, from_config, listing
+from .models import LanguageModel, TransformerLM
+from .text import CharTokenizer, VectorTokenizer, VocabularyError, WordTokenizer, from_config, listing
 from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, check_position, load_checkpoint, render
 
 # Settings of `scratchlm train`, with their defaults. None means "depends on another setting".
@@ -31,12 +31,13 @@ DEFAULTS = {
     "tokenizer": "char", "lower": False, "max_tokens": 10000,
     "batching": "streams", "seq_len": None, "step": 3, "batch_size": None, "val_fraction": 0.05,
     "embedding_dim": None, "hidden": [256], "cell": "lstm", "dropout": 0.0, "dtype": "float32",
-    "optimizer": "adam", "lr": None, "clipnorm": 5.0,
+    "model": "recurrent", "block": "book", "heads": 2, "dense_dim": 2048, "key_dim": None, "layers": 1,
+    "optimizer": None, "lr": None, "clipnorm": 5.0,
     "epochs": 10, "max_steps": None, "checkpoint_every": 500, "seed": 0, "backend": "numpy",
     "sample_length": 400, "temperature": list(TEMPERATURES), "prime": None, "progress": None,
 }
-SEQ_LEN = {"windows": 60, "streams": 100, "padded": 200}
-BATCH_SIZE = {"windows": 128, "streams": 64, "padded": 32}
+SEQ_LEN = {"windows": 60, "streams": 100, "padded": 200, "vectorized": 100}
+BATCH_SIZE = {"windows": 128, "streams": 64, "padded": 32, "vectorized": 32}
 LEARNING_RATE = {"adam": 2e-3, "rmsprop": 1e-3, "sgd": 1e-2}
 # What `train --resume` may change; everything else comes from the checkpoint.
 RESUMABLE = {"epochs", "max_steps", "checkpoint_every", "backend", "progress", "sample_length", "temperature",
@@ -140,9 +141,21 @@ def _add_train(commands):
                    "or gru (Keras' GRU, reset gate after the recurrent product)")
     g.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
                    help="units of each stacked recurrent layer, e.g. --hidden 512 512 (default 256)")
+    g.add_argument("--model", choices=["recurrent", "transformer"],
+                   help="recurrent (default: an LSTM or GRU stack) or transformer (the IMDB seed's decoder LM: "
+                   "word ids as TextVectorization makes them, one sequence per line or per .txt file of a "
+                   "folder laid out like aclImdb/, cut to --seq-len, default 100)")
+    g.add_argument("--block", choices=["book", "gpt"], help="transformer: the seed's post-LayerNorm block "
+                   "(default) or a pre-LayerNorm GPT block")
+    g.add_argument("--heads", type=_positive_int, metavar="N", help="transformer: attention heads (default 2)")
+    g.add_argument("--key-dim", type=_positive_int, metavar="K",
+                   help="transformer: dimensions of each head (default: the embedding size, as the seed)")
+    g.add_argument("--dense-dim", type=_positive_int, metavar="F",
+                   help="transformer: hidden units of the feed-forward (default 2048)")
+    g.add_argument("--layers", type=_positive_int, metavar="L", help="transformer: decoder blocks (default 1)")
     g.add_argument("--dropout", type=_number, metavar="RATE",
                    help="Keras-style dropout on each recurrent layer's output, in training only (default 0 = none)")
-    g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam")
+    g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam (transformer: rmsprop)")
     g.add_argument("--lr", type=_number, help="learning rate (default 0.002 adam, 0.001 rmsprop, 0.01 sgd)")
     g.add_argument("--clipnorm", type=_number, metavar="C",
                    help="rescale the gradients so that their global norm is at most C (default 5; 0 = off)")
@@ -242,10 +255,10 @@ def _real(v):
 # What the settings of a `scratchlm train` run (metadata["cli"]) must look like for --resume to use them.
 SETTING_RULES = {
     "corpus": (lambda v: isinstance(v, str) and v != "", "a corpus name or path"),
-    "tokenizer": (lambda v: v in ("char", "word"), "'char' or 'word'"),
+    "tokenizer": (lambda v: v in ("char", "word", "vector"), "'char', 'word' or 'vector'"),
     "lower": (lambda v: isinstance(v, bool), "true or false"),
     "max_tokens": (_whole_at_least(1), "a whole number >= 1"),
-    "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows' or 'padded'"),
+    "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows', 'padded' or 'vectorized'"),
     "seq_len": (_whole_at_least(1), "a whole number >= 1"),
     "step": (_whole_at_least(1), "a whole number >= 1"),
     "batch_size": (_whole_at_least(1), "a whole number >= 1"),
@@ -262,6 +275,12 @@ SETTING_RULES = {
     "prime": (lambda v: v is None or isinstance(v, str), "null or a text"),
     "cell": (lambda v: v in ("lstm", "gru"), "'lstm' or 'gru'"),
     "dropout": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model": (lambda v: v in ("recurrent", "transformer"), "'recurrent' or 'transformer'"),
+    "block": (lambda v: v in ("book", "gpt"), "'book' or 'gpt'"),
+    "heads": (_whole_at_least(1), "a whole number >= 1"),
+    "dense_dim": (_whole_at_least(1), "a whole number >= 1"),
+    "key_dim": (lambda v: v is None or _whole_at_least(1)(v), "null or a whole number >= 1"),
+    "layers": (_whole_at_least(1), "a whole number >= 1"),
 }
 
 
@@ -286,7 +305,9 @@ def _tokenizer_of(meta, vocab_size, path):
 
 def _settings_of(meta, path):
     """The `scratchlm train` settings a checkpoint records, each checked against :data:`SETTING_RULES`."""
-    settings = {"cell": "lstm", "dropout": 0.0, **_metadata_dict(meta, "cli", path)}   # runs from before these
+    older = {"cell": "lstm", "dropout": 0.0, "model": "recurrent", "block": "book", "heads": 2, "dense_dim": 2048,
+             "key_dim": None, "layers": 1}                        # what runs from before these settings used
+    settings = {**older, **_metadata_dict(meta, "cli", path)}
     for name, (ok, rule) in SETTING_RULES.items():
         if name not in settings or not ok(settings[name]):
             got = repr(settings[name]) if name in settings else "nothing"
@@ -347,10 +368,17 @@ def _train(args, given, run_dir):
         settings["corpus"] = str(Path(corpus).resolve()) if Path(corpus).exists() else corpus
         tokenizer = None
 
-    text = data.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
-    if not text:
-        raise data.CorpusError(f"{corpus} is empty: training needs text")
-    tokenizer, train, val = prepare(settings, text, tokenizer, corpus)
+    if settings["model"] == "transformer" and Path(corpus).is_dir():
+        tokenizer, train, val = prepare_vectorized(settings, lambda: reviews.iter_review_files(corpus), tokenizer)
+    else:
+        text = data.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
+        if not text:
+            raise data.CorpusError(f"{corpus} is empty: training needs text")
+        if settings["model"] == "transformer":
+            tokenizer, train, val = prepare_vectorized(
+                settings, lambda: (line for line in text.splitlines() if line.strip()), tokenizer)
+        else:
+            tokenizer, train, val = prepare(settings, text, tokenizer, corpus)
     sampler = None
     if settings["sample_length"] > 0:
         sampler = Sampler(tokenizer, settings["temperature"], settings["sample_length"], prime=settings["prime"],
@@ -366,11 +394,7 @@ def _train(args, given, run_dir):
             return 0
         trainer.print(f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}")
     else:
-        model = LanguageModel(tokenizer.vocab_size, embedding_dim=settings["embedding_dim"] or None,
-                              hidden_sizes=settings["hidden"], cell=settings["cell"], dropout=settings["dropout"],
-                              backend=settings["backend"],
-                              dtype=settings["dtype"], seed=settings["seed"],
-                              stateful=settings["batching"] == "streams")
+        model = build_model(settings, tokenizer.vocab_size)
         try:
             opt = optim.get(settings["optimizer"], lr=settings["lr"], global_clipnorm=settings["clipnorm"] or None)
         except ValueError as exc:
@@ -392,9 +416,34 @@ def _train(args, given, run_dir):
     return 0
 
 
+def build_model(settings, vocab_size):
+    """The model a new run's settings describe."""
+    if settings["model"] == "transformer":
+        return TransformerLM(vocab_size, settings["seq_len"], embed_dim=settings["embedding_dim"],
+                             dense_dim=settings["dense_dim"], num_heads=settings["heads"],
+                             key_dim=settings["key_dim"], num_layers=settings["layers"], block=settings["block"],
+                             backend=settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
+    return LanguageModel(vocab_size, embedding_dim=settings["embedding_dim"] or None,
+                         hidden_sizes=settings["hidden"], cell=settings["cell"], dropout=settings["dropout"],
+                         backend=settings["backend"], dtype=settings["dtype"], seed=settings["seed"],
+                         stateful=settings["batching"] == "streams")
+
+
 def _resolve(given):
     """Settings for a new run: the options given, defaults for the rest."""
     s = {**DEFAULTS, **given}
+    if s["model"] == "transformer":                       # the IMDB seed: TextVectorization ids, RMSprop
+        wrong = [f"--{k}" for k in ("tokenizer", "batching", "cell", "hidden", "dropout", "step") if k in given]
+        if wrong:
+            raise ScratchLMError(f"{', '.join(wrong)}: not a setting of --model transformer; leave it out")
+        s.update(tokenizer="vector", batching="vectorized", lower=True)
+        s["max_tokens"] = given.get("max_tokens", 15000)
+        s["embedding_dim"] = s["embedding_dim"] or 256
+        s["optimizer"] = s["optimizer"] or "rmsprop"
+    elif any(k in given for k in ("block", "heads", "key_dim", "dense_dim", "layers")):
+        raise ScratchLMError("--block, --heads, --key-dim, --dense-dim and --layers are settings of "
+                             "--model transformer")
+    s["optimizer"] = s["optimizer"] or "adam"
     word = s["tokenizer"] == "word"
     s["lower"] = bool(s["lower"]) or word
     s["seq_len"] = s["seq_len"] or SEQ_LEN[s["batching"]]
@@ -412,6 +461,21 @@ def _resolve(given):
     if not (s["clipnorm"] >= 0 and math.isfinite(s["clipnorm"])):
         raise ScratchLMError(f"--clipnorm must be a number >= 0 (0 = off), got {s['clipnorm']}")
     return s
+
+
+def prepare_vectorized(settings, texts, tokenizer):
+    """(tokenizer, train, validation or None) for --model transformer: every text of ``texts()`` (a fresh
+    iterator each call) vectorised to ``seq_len`` ids; a seeded ``val_fraction`` of them held out."""
+    if tokenizer is None:
+        tokenizer = VectorTokenizer.fit(texts(), max_tokens=settings["max_tokens"])
+    ids = reviews.vectorize(texts(), tokenizer, length=settings["seq_len"])                # (N, L)
+    held = numpy.random.default_rng(settings["seed"]).permutation(len(ids))[:int(len(ids) * settings["val_fraction"])]
+    is_val = numpy.zeros(len(ids), dtype=bool)
+    is_val[held] = True
+    B = settings["batch_size"]
+    train = reviews.Vectorized(ids[~is_val], B, seed=settings["seed"])
+    val = reviews.Vectorized(ids[is_val], B, shuffle=False) if is_val.any() and ids[is_val].any() else None
+    return tokenizer, train, val
 
 
 def prepare(settings, text, tokenizer, corpus):
@@ -546,7 +610,7 @@ def cmd_info(args):
     params = sum(a.size for key, a in arrays.items() if key.startswith("param/"))
     rows = [("checkpoint", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),
             ("model", f"{models.describe(config)}, {params:,} parameters"
-             + (", stateful" if config["stateful"] else ""))]
+             + (", stateful" if config.get("stateful") else ""))]
     tok = _tokenizer_of(meta, config["vocab_size"], path)
     if tok is not None:
         extra = (", lower-cased" if tok.lower else "") + ("" if tok.reserved else ", no reserved ids")

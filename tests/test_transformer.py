@@ -165,3 +165,29 @@ def test_trains_with_the_trainer_and_resumes_exactly(tmp_path, kernels):
     assert [e["loss"] for e in resumed.history] == [e["loss"] for e in full.history]
     assert all(np.array_equal(p, full.model.params[k]) for k, p in resumed.model.params.items())
     assert full.history[-1]["loss"] < full.history[0]["loss"]
+
+
+def test_cli_trains_samples_describes_and_resumes_a_transformer(tmp_path, capsys):
+    from pathlib import Path
+    from scratchlm.cli import main
+    reviews_dir = Path(__file__).resolve().parents[1] / "examples" / "data" / "reviews"
+    run = tmp_path / "run"
+    tiny = ["--embedding-dim", "8", "--dense-dim", "12", "--key-dim", "4", "--batch-size", "8", "--no-progress"]
+    assert main(["train", str(reviews_dir), "--model", "transformer", "--run-dir", str(run), "--max-steps", "3",
+                 "--sample-length", "5", "--prime", "this movie", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "TransformerLM(PositionalEmbedding(" in out and "VectorTokenizer" in out
+    assert main(["info", str(run)]) == 0
+    assert "kind=vectorized" in capsys.readouterr().out
+    assert main(["sample", str(run), "--prime", "this movie", "--length", "5"]) == 0
+    assert capsys.readouterr().out.startswith("--- temperature 1\n this movie ")
+    assert main(["train", "--resume", str(run), "--max-steps", "5", "--no-progress"]) == 0
+    lines = tmp_path / "lines.txt"
+    lines.write_text("a good film\n\nthe worst movie of the year\n" * 20)
+    assert main(["train", str(lines), "--model", "transformer", "--run-dir", str(tmp_path / "r2"), "--max-steps",
+                 "2", "--sample-length", "0", "--seq-len", "12", *tiny]) == 0
+    for wrong, words in ((["--cell", "gru"], "--cell"), (["--tokenizer", "char"], "--tokenizer")):
+        assert main(["train", str(lines), "--model", "transformer", "--run-dir", str(tmp_path / "r3"), *wrong]) == 2
+        assert words in capsys.readouterr().err
+    assert main(["train", str(lines), "--heads", "3", "--run-dir", str(tmp_path / "r3")]) == 2
+    assert "--model transformer" in capsys.readouterr().err and not (tmp_path / "r3").exists()
