@@ -4,11 +4,12 @@ Installed as ``scratchlm.kernels``. The plain-``xp`` code in
 :mod:`scratchlm.layers` is the reference; these kernels compute the same
 functions faster and are tested against it (``tests/test_kernels.py``).
 A backend built with ``kernels="fused"`` (the default where it is faster, see
-:func:`scratchlm.backend.get_backend`) routes the LSTM recurrence, the softmax
+:func:`scratchlm.backend.get_backend`) routes the LSTM and GRU recurrences, the softmax
 cross-entropy, the scatter-add and generation through them.
 
     cpu.py            the op set of the NumPy backend
       lstm_numba.py     LSTM step forward/backward kernels and the time loops
+      gru_numba.py      the same for the GRU (reset gate after the recurrent product)
       xent_numba.py     softmax cross-entropy, forward and backward in place
       scatter_numba.py  scatter-add (embedding and input-table gradients)
       generate_numba.py the one-token-per-step sampling loop
@@ -16,7 +17,7 @@ cross-entropy, the scatter-add and generation through them.
       workspace.py      big work buffers, reused from step to step when free
       _jit.py           the Numba options every kernel is compiled with
     gpu.py            the op set of the CuPy backend, loading the .cu files:
-      lstm_cell.cu  softmax_xent.cu  scatter_add.cu  sample.cu
+      lstm_cell.cu  gru_cell.cu  softmax_xent.cu  scatter_add.cu  sample.cu
 
 Measurements and the design decisions behind these files: docs/benchmarks.md.
 

@@ -7,10 +7,12 @@ compiled at its first call (or loaded from Numba's cache).
 """
 
 from .generate_numba import decode
+from .gru_numba import backward as gru_backward
+from .gru_numba import forward as gru_forward
 from .lstm_numba import backward as lstm_backward
 from .lstm_numba import forward as lstm_forward
 from .scatter_numba import scatter_add
 from .workspace import take as empty_workspace
 from .xent_numba import softmax_cross_entropy
 
-__all__ = ["decode", "empty_workspace", "lstm_backward", "lstm_forward", "scatter_add", "softmax_cross_entropy"]
+__all__ = ["decode", "empty_workspace", "gru_backward", "gru_forward", "lstm_backward", "lstm_forward", "scatter_add", "softmax_cross_entropy"]

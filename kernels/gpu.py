@@ -95,6 +95,58 @@ def lstm_backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
     return z, dU, dh0, dc
 
 
+def gru_forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
+    """As :func:`scratchlm.kernels.gru_numba.forward`: returns (hs, uh), a left holding the gates [z r h̃]."""
+    T, B, G = a.shape
+    H = G // 3
+    step = _kernel("gru_cell", "gru_step_forward", a.dtype)
+    hs = cupy.empty((T + 1, B, H), dtype=a.dtype)
+    uh = cupy.empty((T, B, H), dtype=a.dtype)
+    hs[0] = h0
+    all_kept = cupy.ones(B, dtype=bool)
+    keep = None if keep is None else cupy.ascontiguousarray(keep, dtype=bool)
+    b_rec = cupy.ascontiguousarray(b_rec, dtype=a.dtype)
+    u = cupy.empty((B, G), dtype=a.dtype)                            # h_{t-1} U
+    if table is None:
+        rows = cupy.arange(B, dtype=cupy.int64)                      # x̂ read from a[t] itself
+    else:
+        ids = cupy.ascontiguousarray(ids, dtype=cupy.int64)
+    for t in range(T):
+        cupy.matmul(hs[t], U, out=u)
+        src, src_rows = (a[t], rows) if table is None else (table, ids[t])
+        keep_t = all_kept if keep is None else keep[t]
+        _launch(step, B * H, (a[t], src, src_rows, u, b_rec, hs[t], keep_t, hs[t + 1], uh[t],
+                              np.int32(B), np.int32(H)))
+    return hs, uh
+
+
+def gru_backward(a, hs, uh, U, dy=None, dh_T=None, keep=None):
+    """As :func:`scratchlm.kernels.gru_numba.backward`: returns (dX̂, dU, db_rec, dh_0), dX̂ written over a."""
+    T, B, G = a.shape
+    H = G // 3
+    step = _kernel("gru_cell", "gru_step_backward", a.dtype)
+    dh_rec = cupy.zeros((B, H), dtype=a.dtype) if dh_T is None else cupy.array(dh_T, dtype=a.dtype)
+    carry = cupy.zeros((B, H), dtype=a.dtype)
+    du = cupy.empty((B, G), dtype=a.dtype)                           # dû_t
+    all_kept = cupy.ones(B, dtype=bool)
+    keep = None if keep is None else cupy.ascontiguousarray(keep, dtype=bool)
+    dy = None if dy is None else cupy.ascontiguousarray(dy, dtype=a.dtype)
+    Ut = cupy.ascontiguousarray(U.T)                                 # (3H, H)
+    for t in reversed(range(T)):
+        keep_t = all_kept if keep is None else keep[t]
+        args = (a[t], hs[t], uh[t], dh_rec, carry if dy is None else dy[t], np.int32(dy is not None), keep_t,
+                carry, du, np.int32(B), np.int32(H))
+        _launch(step, B * H, args)
+        cupy.matmul(du, Ut, out=dh_rec)                              # dû_t Uᵀ
+    dh0 = dh_rec + carry
+    hs2 = hs[:-1].reshape(T * B, H).T
+    dX2 = a.reshape(T * B, G)
+    duh2 = uh.reshape(T * B, H)
+    dU = cupy.concatenate([hs2 @ dX2[:, :2 * H], hs2 @ duh2], axis=1)          # (H, 3H)
+    db_rec = cupy.concatenate([dX2[:, :2 * H].sum(axis=0), duh2.sum(axis=0)])
+    return a, dU, db_rec, dh0
+
+
 def softmax_cross_entropy(logits, targets, mask=None):
     """As :func:`scratchlm.kernels.xent_numba.softmax_cross_entropy`: (loss, dlogits over the logits)."""
     V = logits.shape[-1]

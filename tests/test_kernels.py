@@ -1,8 +1,9 @@
 """The fused kernels against the reference path: the same numbers, on random shapes, in both dtypes.
 
 Every fused operation is compared with the plain-``xp`` code it replaces, run on
-the same weights and inputs: the LSTM layer (forward and every gradient, with
-masks, initial states, sequence and last-step outputs), the whole model (one-hot,
+the same weights and inputs: the LSTM and GRU layers (forward and every gradient,
+with masks, initial states, sequence and last-step outputs; the GRU also with
+token-table input), the whole model with either cell (one-hot,
 embedding-table and embedding-direct input, stacked layers, last-step loss),
 the softmax cross-entropy, the scatter-add and generation. An array passes when
 max |fused − reference| <= rtol · max |reference| + atol, with
@@ -30,6 +31,7 @@ from scratchlm import BackendUnavailable, LanguageModel, get_backend
 from scratchlm.backend import KERNELS_ENV, Backend
 from scratchlm.gradcheck import check_model
 from scratchlm.layers import LSTM
+from scratchlm.layers.gru import GRU
 from scratchlm.losses import softmax_cross_entropy
 
 pytest.importorskip("numba")
@@ -54,12 +56,14 @@ def backends(dtype, name="numpy"):
 def compiled_kernels():
     """Compile (or load from Numba's cache) every kernel once, before the timed examples."""
     for dtype in ("float32", "float64"):
-        model = LanguageModel(5, None, [3, 2], dtype=dtype, backend=get_backend("numpy", dtype, "fused"))
-        x = np.zeros((2, 3), dtype=np.int64)
-        mask = np.ones((2, 3), dtype=bool)
-        model.loss_and_grads(x, x, mask=mask)
-        model.loss_and_grads(x, x[:, 0], last_only=True)
-        model.generate([1], 2, seed=0)
+        for cell in ("lstm", "gru"):
+            model = LanguageModel(5, None, [3, 2], dtype=dtype, backend=get_backend("numpy", dtype, "fused"),
+                                  cell=cell)
+            x = np.zeros((2, 3), dtype=np.int64)
+            mask = np.ones((2, 3), dtype=bool)
+            model.loss_and_grads(x, x, mask=mask)
+            model.loss_and_grads(x, x[:, 0], last_only=True)
+            model.generate([1], 2, seed=0)
 
 
 def random_mask(rng, T, B):
@@ -156,6 +160,84 @@ def test_masked_fused_step_keeps_state_exactly(rng):
         np.testing.assert_array_equal(cs[t + 1, b], cs[t, b])
 
 
+# -- the GRU layer -------------------------------------------------------------------------------------
+
+GRU_INPUTS = ("dense", "one-hot", "embedding-table")
+
+
+def gru_pair(dtype, D, H, sequences, rng):
+    ref_be, fused_be = backends(dtype)
+    ref = GRU(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
+    fused = GRU(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
+    assert ref.fused is None and fused.fused is fused_be.fused
+    bias = rng.standard_normal((2, 3 * H))                           # every gate matters, b_in and b_rec
+    ref.bias[:] = bias
+    fused.bias[:] = bias
+    return ref, fused
+
+
+def run_gru(gru, inp, x, E, state, mask, dy, dstate):
+    if inp == "dense":
+        y, (hT,), cache = gru.forward(x, state, mask)
+    else:                                                            # x: (T, B) token ids
+        y, (hT,), cache = gru.forward_tokens(x, E, state, mask)
+    gates, uh = cache.steps.gates.copy(), cache.steps.uh.copy()      # the backward overwrites them (fused)
+    (dx, (dh0,)), grads = gru.backward(cache, dy, dstate)
+    out = {"y": y, "h_T": hT, "gates": gates, "uh": uh, "hs": cache.steps.hs, "dh_0": dh0, **grads}
+    if dx is not None:
+        out["dx"] = dx
+    return out
+
+
+@EXAMPLES
+@given(T=st.integers(1, 7), B=st.integers(1, 5), D=st.integers(1, 6), H=st.integers(1, 11),
+       inp=st.sampled_from(GRU_INPUTS), masked=st.booleans(), sequences=st.booleans(), with_state=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
+def test_gru_layer_matches_reference(T, B, D, H, inp, masked, sequences, with_state, dtype, seed):
+    rng = np.random.default_rng(seed)
+    ref, fused = gru_pair(dtype, D, H, sequences, rng)
+    cast = ref.backend.asarray
+    E = None
+    if inp == "dense":
+        x = cast(rng.standard_normal((T, B, D)))
+    else:
+        V = D if inp == "one-hot" else 1 + seed % 9                  # one-hot: D = V; embedding: D = E's width
+        if inp == "embedding-table":
+            E = cast(rng.standard_normal((V, D)))
+        x = rng.integers(0, V, (T, B))
+    state = (cast(rng.standard_normal((B, H))),) if with_state else None
+    mask = random_mask(rng, T, B) if masked else None
+    dy = cast(rng.standard_normal((T, B, H) if sequences else (B, H)))
+    dstate = (cast(rng.standard_normal((B, H))),)
+    want = run_gru(ref, inp, x, E, state, mask, dy, dstate)
+    got = run_gru(fused, inp, x, E, state, mask, dy, dstate)
+    assert set(got) == set(want)
+    for name in want:
+        assert close(got[name], want[name], dtype), name
+
+
+def test_masked_fused_gru_step_keeps_state_exactly(rng):
+    """A masked step copies h bit for bit, as the reference does; its gradients are exactly zero."""
+    _, fused_be = backends("float32")
+    gru = GRU(3, 5, fused_be, Backend.rng(0))
+    gru.bias[:] = rng.standard_normal(gru.bias.shape)
+    x = fused_be.asarray(rng.standard_normal((4, 2, 3)))
+    mask = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=bool)
+    y, _, cache = gru.forward(x, (fused_be.asarray(rng.standard_normal((2, 5))),), mask)
+    hs = cache.steps.hs
+    for t, b in zip(*np.nonzero(~mask)):
+        np.testing.assert_array_equal(hs[t + 1, b], hs[t, b])
+    np.testing.assert_array_equal(y[0, 1], 0.0)                      # before the first real step
+    np.testing.assert_array_equal(y[1, 1], 0.0)
+    np.testing.assert_array_equal(y[1, 0], y[0, 0])                  # a masked step repeats the output
+    dy = fused_be.asarray(rng.standard_normal(y.shape))
+    dstate = (fused_be.asarray(rng.standard_normal((2, 5))),)
+    (dx, _), _ = gru.backward(cache, dy, dstate)
+    for t, b in zip(*np.nonzero(~mask)):
+        np.testing.assert_array_equal(cache.steps.gates[t, b], 0.0)  # dX̂ of a masked step
+        np.testing.assert_array_equal(dx[t, b], 0.0)
+
+
 # -- the whole model -------------------------------------------------------------------------------------
 
 INPUTS = {"one-hot": dict(V=7, embedding_dim=None),
@@ -164,6 +246,7 @@ INPUTS = {"one-hot": dict(V=7, embedding_dim=None),
 
 
 def model_pair(dtype, inp, hidden_sizes, **kw):
+    """A reference and a fused model with the same weights (random biases); ``cell`` among ``kw``."""
     spec = INPUTS[inp]
     models = [LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, backend=be, dtype=dtype, seed=3, **kw)
               for be in backends(dtype)]
@@ -178,9 +261,10 @@ def model_pair(dtype, inp, hidden_sizes, **kw):
 @EXAMPLES
 @given(inp=st.sampled_from(list(INPUTS)), hidden_sizes=st.lists(st.integers(1, 9), min_size=1, max_size=2),
        T=st.integers(1, 6), B=st.integers(1, 4), masked=st.booleans(), last_only=st.booleans(),
-       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
-def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dtype, seed):
-    ref, fused = model_pair(dtype, inp, hidden_sizes)
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16),
+       cell=st.sampled_from(["lstm", "gru"]))
+def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dtype, seed, cell):
+    ref, fused = model_pair(dtype, inp, hidden_sizes, cell=cell)
     rng = np.random.default_rng(seed)
     V = ref.vocab_size
     x = rng.integers(0, V, (B, T))
@@ -197,12 +281,14 @@ def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dty
     logits_ref, state_ref = ref.forward(x, mask=mask)
     logits_fused, state_fused = fused.forward(x, mask=mask)
     assert close(logits_fused, logits_ref, dtype)
-    for (h_f, c_f), (h_r, c_r) in zip(state_fused, state_ref):
-        assert close(h_f, h_r, dtype) and close(c_f, c_r, dtype)
+    for parts_f, parts_r in zip(state_fused, state_ref):             # LSTM (h, c), GRU (h,)
+        assert len(parts_f) == len(parts_r) == (2 if cell == "lstm" else 1)
+        assert all(close(f, r, dtype) for f, r in zip(parts_f, parts_r))
 
 
-def test_stateful_fused_model_carries_state(rng):
-    ref, fused = model_pair("float64", "embedding-table", [5, 4], stateful=True)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stateful_fused_model_carries_state(rng, cell):
+    ref, fused = model_pair("float64", "embedding-table", [5, 4], stateful=True, cell=cell)
     for _ in range(3):
         x = rng.integers(0, 7, (2, 4))
         loss_ref, grads_ref = ref.loss_and_grads(x, x)
@@ -211,14 +297,15 @@ def test_stateful_fused_model_carries_state(rng):
         assert all(close(grads_fused[k], grads_ref[k], "float64") for k in grads_ref)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
     ("one-hot", (5,), True, True),
     ("embedding-table", (5, 6), True, False),
     ("embedding-direct", (4,), False, False),
 ])
-def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked, last_only):
-    _, model = model_pair("float64", inp, hidden_sizes)
-    assert model.backend.kernels == "fused"
+def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked, last_only, cell):
+    _, model = model_pair("float64", inp, hidden_sizes, cell=cell)
+    assert model.backend.kernels == "fused" and all(layer.fused is not None for layer in model.recurrent)
     B, T, V = 3, 5, model.vocab_size
     x = rng.integers(0, V, (B, T))
     y = rng.integers(0, V, (B,) if last_only else (B, T))
@@ -229,6 +316,31 @@ def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked
         mask[1, :2] = False
     errors = check_model(model, x, y, mask=mask, last_only=last_only)
     assert max(errors.values()) <= 1e-6, errors
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
+    ("one-hot", (6,), True, True), ("embedding-table", (5, 7), True, False), ("embedding-direct", (4, 3), False, False),
+    ("one-hot", (8, 5), False, True)])
+def test_gru_model_gradients_are_the_same_on_both_kernel_paths(dtype, inp, hidden_sizes, masked, last_only):
+    ref, fused = model_pair(dtype, inp, hidden_sizes, cell="gru")
+    assert ref.recurrent[0].fused is None and fused.recurrent[0].fused is not None
+    rng = np.random.default_rng(len(hidden_sizes) + masked)
+    B, T, V = 4, 7, ref.vocab_size
+    x = rng.integers(0, V, (B, T))
+    y = rng.integers(0, V, (B,) if last_only else (B, T))
+    mask = None
+    if masked:
+        mask = np.ones((B, T), dtype=bool)
+        mask[0, -2:] = False
+        mask[1, :3] = False
+        mask[2, 3] = False
+    loss_ref, grads_ref = ref.loss_and_grads(x, y, mask=mask, last_only=last_only)
+    loss_fused, grads_fused = fused.loss_and_grads(x, y, mask=mask, last_only=last_only)
+    assert loss_fused == pytest.approx(loss_ref, rel=TOL[dtype])
+    assert set(grads_fused) == set(grads_ref) and any(k.startswith("gru_") for k in grads_ref)
+    for name in grads_ref:
+        assert close(grads_fused[name], grads_ref[name], dtype), name
 
 
 # -- loss and scatter-add ------------------------------------------------------------------------------------
@@ -401,15 +513,16 @@ def _gpu_or_skip():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
     ("one-hot", (6,), True, True), ("embedding-table", (5, 7), True, False), ("embedding-direct", (4,), False, False)])
-def test_cupy_fused_model_matches_numpy_reference(dtype, inp, hidden_sizes, masked, last_only):
+def test_cupy_fused_model_matches_numpy_reference(dtype, inp, hidden_sizes, masked, last_only, cell):
     _gpu_or_skip()
     spec = INPUTS[inp]
-    ref = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3,
+    ref = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3, cell=cell,
                         backend=get_backend("numpy", dtype, "reference"))
-    gpu = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3,
+    gpu = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3, cell=cell,
                         backend=get_backend("cupy", dtype, "fused"))
     rng = np.random.default_rng(2)
     B, T = 3, 5

@@ -47,12 +47,16 @@ class GRU(Recurrent):
         dU = [h_0 … h_{T-1}]ᵀ dÛ     db_rec = Σ dÛ     dW = [x_1 … x_T]ᵀ dX̂     db_in = Σ dX̂
 
     Memory: per step it keeps z, r, h̃, û_h and h, (T, B, 5H) values in all.
-    No fused kernel yet: the reference loop runs on every backend.
+
+    On a backend with ``kernels="fused"`` the same two loops run in the fused
+    kernels (``kernels/gru_numba.py``, ``kernels/gru_cell.cu``): per step one
+    GEMM h_{t-1} U (forward) or dû_t Uᵀ (backward) and one pass for all the gate
+    math, the token-table gather and the mask; the backward overwrites the
+    cached gates with dX̂ and û_h with dû_h.
     """
 
     gates = 3
     state_names = ("h",)
-    fused = None
 
     def _init_params(self, input_size, units, rng):
         H = units
@@ -74,6 +78,10 @@ class GRU(Recurrent):
         T, B, _ = gates.shape
         H = self.units
         U, b_rec = self.recurrent_kernel, self.bias[1]
+        if self.fused is not None:                                        # the same loop, fused per step
+            hs, uh = self.fused.gru_forward(gates, U, b_rec, state0[0], None if keep is None else keep[:, :, 0],
+                                            table, ids)
+            return hs, GRUSteps(gates, hs, uh), (hs[T],)
         hs = self.backend.empty((T + 1, B, H))                            # h_0 … h_T
         uh = self.backend.empty((T, B, H))                                # û_h
         hs[0] = state0[0]
@@ -102,6 +110,10 @@ class GRU(Recurrent):
         H = self.units
         U = self.recurrent_kernel
         (dh,) = d_final                                                   # ∂L/∂h_t
+        if self.fused is not None:                                        # the same loop, one fused pass per step
+            dX, dU, db_rec, dh = self.fused.gru_backward(gates, hs, uh, U, dy, dh,
+                                                         None if keep is None else keep[:, :, 0])
+            return dX, {"recurrent_kernel": dU, "recurrent_bias": db_rec}, (dh,)
         dX = self.backend.empty((T, B, G))                                # ∂L/∂x̂_t
         dUh = self.backend.empty((T, B, G))                               # ∂L/∂û_t
         for t in reversed(range(T)):
