@@ -1,16 +1,17 @@
-"""scratchlm: a from-scratch LSTM language-model engine.
+"""scratchlm: a from-scratch language-model engine (LSTM, GRU, Transformer).
 
-Embedding, LSTM forward and backpropagation-through-time with explicit gate
-math, softmax cross-entropy, Adam/RMSprop/SGD and temperature sampling, written
-once against an array backend (NumPy on CPU, CuPy on GPU). Start reading at
-:mod:`scratchlm.layers` (the LSTM equations) and :mod:`scratchlm.models`;
+Embedding, LSTM and GRU forward and backpropagation-through-time with explicit
+gate math, a Transformer decoder with hand-written backward, softmax
+cross-entropy, Adam/RMSprop/SGD and temperature sampling, written once against
+an array backend (NumPy on CPU, CuPy on GPU). Start reading at
+:mod:`scratchlm.layers` (the equations) and :mod:`scratchlm.models`;
 docs/design.md describes the whole.
 """
 
 from .backend import Backend, get_backend
 from .errors import BackendUnavailable, CheckpointError, ScratchLMError
-from .models import LanguageModel
+from .models import LanguageModel, TransformerLM
 
 __version__ = "0.1.0"
 __all__ = ["Backend", "BackendUnavailable", "CheckpointError", "LanguageModel", "ScratchLMError",
-           "get_backend", "__version__"]
+           "TransformerLM", "get_backend", "__version__"]
