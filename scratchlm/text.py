@@ -73,6 +73,26 @@ def listing(tokens, limit=20):
     return ", ".join(repr(t) for t in tokens[:limit]) + (f", ... ({len(tokens)} in all)" if len(tokens) > limit else "")
 
 
+def _encode_words(words, index, unk_id, unknown, dtype):
+    """Ids of ``words`` by ``index`` (word -> id); a word it lacks is dropped ("skip"), mapped to ``unk_id``
+    ("unk") or, with "error", listed in a :class:`VocabularyError`."""
+    _check_policy(unknown)
+    ids, missing = [], set()
+    for word in words:
+        i = index.get(word)
+        if i is None:
+            if unknown == "error":
+                missing.add(word)
+                continue
+            if unknown == "skip":
+                continue
+            i = unk_id
+        ids.append(i)
+    if missing:
+        raise VocabularyError(_missing_message(sorted(missing), "words"), sorted(missing))
+    return numpy.array(ids, dtype=dtype)
+
+
 def _missing_message(missing, what):
     what = what if len(missing) > 1 else what[:-1]
     return (f"the text holds {len(missing)} {what} that the vocabulary lacks: {listing(missing)} "
@@ -250,21 +270,7 @@ class WordTokenizer:
 
     def encode(self, text, unknown="error"):
         """text -> ids (N,); see the module docstring for ``unknown``."""
-        _check_policy(unknown)
-        ids, missing = [], set()
-        for word in self.split(text):
-            i = self._index.get(word)
-            if i is None:
-                if unknown == "error":
-                    missing.add(word)
-                    continue
-                if unknown == "skip":
-                    continue
-                i = self.unk_id
-            ids.append(i)
-        if missing:
-            raise VocabularyError(_missing_message(sorted(missing), "words"), sorted(missing))
-        return numpy.array(ids, dtype=_id_dtype(self.vocab_size))
+        return _encode_words(self.split(text), self._index, self.unk_id, unknown, _id_dtype(self.vocab_size))
 
     def decode(self, ids):
         """ids -> the tokens joined by single spaces (reserved ids print as their names)."""
@@ -362,21 +368,7 @@ class VectorTokenizer:
     def encode(self, text, unknown="unk"):
         """text -> ids (N,), one per word. ``unknown="unk"`` (the default, as Keras) maps a word the
         vocabulary lacks to 1; "skip" drops it; "error" raises :class:`VocabularyError` listing them."""
-        _check_policy(unknown)
-        ids, missing = [], set()
-        for word in self.standardize(text):
-            i = self._index.get(word)
-            if i is None:
-                if unknown == "error":
-                    missing.add(word)
-                    continue
-                if unknown == "skip":
-                    continue
-                i = self.unk_id
-            ids.append(i)
-        if missing:
-            raise VocabularyError(_missing_message(sorted(missing), "words"), sorted(missing))
-        return numpy.array(ids, dtype=self._dtype)
+        return _encode_words(self.standardize(text), self._index, self.unk_id, unknown, self._dtype)
 
     def encode_sequence(self, text, length, unknown="unk"):
         """text -> exactly ``length`` ids: cut at the end or padded with 0 at the end

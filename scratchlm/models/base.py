@@ -19,6 +19,7 @@ and this class turns them into the public interface: ``forward``, ``loss``,
 """
 
 import functools
+import math
 import numbers
 from collections.abc import Mapping
 
@@ -55,6 +56,11 @@ class TokenModel:
     def _xent(self):
         """The softmax cross-entropy this model uses: the fused kernel or the reference (chosen here only)."""
         return self.backend.fused.softmax_cross_entropy if self.backend.kernels == "fused" else softmax_cross_entropy
+
+    @classmethod
+    def parameter_count(cls, config):
+        """The number of weights of ``cls(**config)``, from :meth:`parameter_shapes`, without building it."""
+        return sum(math.prod(shape) for _, shape in cls.parameter_shapes(config))
 
     def _check_fits(self, parameters, fix):
         """ResourceError unless four copies of ``parameters`` weights (weights, gradients, two optimizer

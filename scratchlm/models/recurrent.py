@@ -16,7 +16,6 @@ Parameter and gradient dicts use Keras-like names: ``embedding/embeddings``,
 for GRU cells), ``dense/kernel``, ``dense/bias``.
 """
 
-import math
 from typing import NamedTuple
 
 import numpy
@@ -157,11 +156,6 @@ class LanguageModel(TokenModel):
                 yield f"{cell}_{n}/{name}", shape
         yield "dense/kernel", (hidden[-1], V)
         yield "dense/bias", (V,)
-
-    @classmethod
-    def parameter_count(cls, config):
-        """The number of weights of ``LanguageModel(**config)``, computed without building it."""
-        return sum(math.prod(shape) for _, shape in cls.parameter_shapes(config))
 
     @staticmethod
     def describe(config, backend="numpy"):

@@ -19,7 +19,6 @@ Parameter names, so that Keras weights map by name: ``embedding/token_embeddings
 ``final_layernorm/{gamma,beta}`` (gpt block), ``dense/{kernel,bias}``.
 """
 
-import math
 from typing import NamedTuple
 
 from .. import checkpoint
@@ -146,10 +145,6 @@ class TransformerLM(TokenModel):
             yield "final_layernorm/beta", (E,)
         yield "dense/kernel", (E, V)
         yield "dense/bias", (V,)
-
-    @classmethod
-    def parameter_count(cls, config):
-        return sum(math.prod(shape) for _, shape in cls.parameter_shapes(config))
 
     @staticmethod
     def describe(config, backend="numpy"):
