@@ -17,6 +17,7 @@ import pytest
 from scratchlm import LanguageModel, ScratchLMError
 from scratchlm.interop import KerasInteropError, from_keras, to_keras
 from scratchlm.losses import softmax
+from scratchlm.models import TransformerLM
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 WEIGHTS_H5 = REFERENCE / "keras_lm.weights.h5"
@@ -353,3 +354,78 @@ def test_multi_input_models_are_refused(keras):
     km = keras.Model([tokens, h0], keras.layers.Dense(7)(y))
     with pytest.raises(KerasInteropError, match="2 inputs"):
         from_keras(km)
+
+
+# -- the Transformer ----------------------------------------------------------------------------
+def test_to_keras_transformer_refuses_recurrent_options():
+    """last_only / softmax / mask_zero are LSTM options; the Transformer's Keras model builds its masks itself."""
+    model = TransformerLM(7, 4, embed_dim=4, dense_dim=5, num_heads=2, key_dim=3)
+    for option in ("last_only", "softmax", "mask_zero"):
+        with pytest.raises(KerasInteropError, match="takes no last_only, softmax or mask_zero"):
+            to_keras(model, **{option: True})
+
+
+# Keras' MultiHeadAttention runs its softmax in float32 even when its layers are float64 (measured, see
+# ../shared/DESIGN.md), so a float64 Keras Transformer agrees with float64 scratchlm to ~1e-7, not 1e-9.
+TRANSFORMER_TOL = {"float32": 1e-5, "float64": 1e-6}
+
+
+@pytest.mark.tf
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block, num_layers, num_heads, key_dim", [("book", 1, 2, None), ("book", 2, 3, 4),
+                                                                    ("gpt", 2, 2, 5), ("gpt", 1, 1, 3)])
+def test_transformer_round_trip_through_keras(keras, tmp_path, dtype, block, num_layers, num_heads, key_dim):
+    """to_keras(TransformerLM) computes the same logits from ids alone (padding 0 masked inside, both
+    attentions of the book block), and from_keras of it and of its .weights.h5 gives the weights back exactly."""
+    model = TransformerLM(13, 9, embed_dim=6, dense_dim=7, num_heads=num_heads, key_dim=key_dim,
+                          num_layers=num_layers, block=block, dtype=dtype, seed=4)
+    rng = np.random.default_rng(8)
+    for name, p in model.params.items():                   # biases, gammas, betas away from 0 and 1
+        if name.endswith(("/bias", "/gamma", "/beta")):
+            p[...] += rng.uniform(-0.3, 0.3, p.shape)
+    x = rng.integers(1, 13, (4, 7))
+    x[0, 5:] = 0                                           # right padding
+    x[1, :2] = 0                                           # left padding
+    x[2, 3] = 0                                            # a hole
+    km = to_keras(model)
+    logits, _ = model.forward(x)
+    got = km(x).numpy()
+    assert got.shape == (4, 7, 13) and got.dtype == dtype
+    assert np.abs(got - logits).max() <= TRANSFORMER_TOL[dtype]
+    assert np.abs(km(x[:, :4]).numpy() - model.forward(x[:, :4])[0]).max() <= TRANSFORMER_TOL[dtype]  # T < L
+
+    km.save_weights(tmp_path / "tlm.weights.h5")
+    for back in (from_keras(km), from_keras(tmp_path / "tlm.weights.h5")):
+        assert isinstance(back, TransformerLM)
+        assert dict(back.config, seed=None) == dict(model.config, seed=None)      # the seed is not a weight
+        for name, p in model.params.items():
+            np.testing.assert_array_equal(back.params[name], p, err_msg=name)
+        assert np.abs(back.forward(x)[0] - logits).max() == 0
+
+
+@pytest.mark.tf
+def test_transformer_keras_model_ignores_what_follows_padding(keras):
+    """The Keras model masks inside: changing a padded id's embedding row (id 0) changes no real position."""
+    model = TransformerLM(9, 6, embed_dim=4, dense_dim=5, num_heads=2, key_dim=3, seed=2)
+    x = np.array([[3, 4, 0, 0, 0], [0, 0, 5, 6, 7]])
+    km = to_keras(model)
+    before = km(x).numpy()
+    table = km.embedding.token_embeddings.embeddings.numpy()
+    table[0] += 5.0                                        # the padding id's row only
+    km.embedding.token_embeddings.embeddings.assign(table)
+    after = km(x).numpy()
+    real = x != 0
+    assert np.abs(after[real] - before[real]).max() <= 1e-6
+
+
+@pytest.mark.tf
+def test_transformer_weights_file_of_another_model_is_refused(keras, tmp_path):
+    km = to_keras(TransformerLM(9, 6, embed_dim=4, dense_dim=5, num_heads=2, key_dim=3, block="gpt"))
+    km.save_weights(tmp_path / "gpt.weights.h5")
+    assert from_keras(tmp_path / "gpt.weights.h5").block == "gpt"
+    import h5py
+    with h5py.File(tmp_path / "gpt.weights.h5", "a") as f:
+        del f["embedding/position_embeddings/vars/0"]
+    with pytest.raises(KerasInteropError, match="position_embeddings"):
+        from_keras(tmp_path / "gpt.weights.h5")

@@ -26,6 +26,18 @@ round-off: scratchlm in float64 from the same float32 start differs from Keras b
 same 1.5e-6, and ±1 ulp on the starting weights does not make it grow. The bars are
 about 10x the measurement.
 
+Transformer (TransformerLM, manifest section ``transformers``): the seed's book block and the gpt block
+on padded batches (2 layers, 2 heads of key_dim 5 != E / N) and one RMSprop step, same bars. The float32
+fixtures are Keras' own layers (MultiHeadAttention given attention_mask = causal ∧ padding explicitly);
+the float64 ones plain TensorFlow ops in float64, since Keras' MultiHeadAttention runs its softmax in
+float32 even at floatx float64 (the generator cross-checks them against the Keras float32 layers: at most
+1.8e-6 in logits, 1.0e-6 relative in gradients; against the float64 Keras layers 3.3e-8 / 2.1e-8).
+Key-bias gradients are exactly zero in exact arithmetic and are compared on the model's gradient scale
+(:func:`transformer_grad_errors`). Measured (TensorFlow 2.21, NumPy paths): float32 at most 1.1e-6
+(forward), 1.3e-6 (gradients), 7.5e-7 (trained weights); float64 1.8e-15, 2.1e-15, 1.0e-15. Live random
+cases (SCRATCHLM_TF_TRANSFORMER_CASES, default 4 per dtype and block): float32 9.5e-7 / 2.6e-6, float64
+1.9e-15 / 2.3e-15.
+
 Live mode: ``pytest -m tf`` (TensorFlow importable) draws random cases, LSTM and GRU,
 runs them through Keras in memory and compares the same way. SCRATCHLM_TF_SEED (default 0)
 shifts the seeds, SCRATCHLM_TF_CASES (default 8) sets how many per dtype.
@@ -41,6 +53,7 @@ import numpy as np
 import pytest
 
 from scratchlm import LanguageModel, get_backend, optim
+from scratchlm.models import TransformerLM
 from scratchlm.errors import BackendUnavailable
 from scratchlm.gradcheck import relative_error
 from scratchlm.losses import softmax
@@ -54,6 +67,9 @@ TOLERANCES = {"float32": {"forward": 1e-5, "gradient": 1e-4, "update": 1e-6},
 
 TRAJECTORY_SECTION = MANIFEST.get("trajectories", {"fixtures": {}})
 TRAJECTORIES = sorted(TRAJECTORY_SECTION["fixtures"])
+TRANSFORMER_SECTION = MANIFEST.get("transformers", {"fixtures": {}})
+TRANSFORMERS = sorted(TRANSFORMER_SECTION["fixtures"])
+
 TRAJECTORY_TOLERANCES = {"float32": {"loss": 2e-6, "final": 2e-5},     # relative; see the module docstring
                          "float64": {"loss": 1e-9, "final": 1e-9}}
 
@@ -220,6 +236,7 @@ def test_fixtures_are_the_ones_in_the_manifest():
     total = 0
     files = dict((name, entry["sha256"]) for name, entry in MANIFEST["fixtures"].items())
     files.update((name, entry["sha256"]) for name, entry in TRAJECTORY_SECTION["fixtures"].items())
+    files.update((name, entry["sha256"]) for name, entry in TRANSFORMER_SECTION["fixtures"].items())
     files.update(MANIFEST["weights_h5"]["sha256"])
     for name, sha in files.items():
         data = (REFERENCE / name).read_bytes()
@@ -336,6 +353,112 @@ def test_the_comparison_catches_reset_before():
     assert max_abs(final[0], arrays["state/h_0"]) <= 1e-9
 
 
+# -- the Transformer (TransformerLM, the IMDB seed's model) ----------------------------------------
+def make_transformer(cfg, backend):
+    keys = ("vocab_size", "sequence_length", "embed_dim", "dense_dim", "num_heads", "key_dim", "num_layers",
+            "block")
+    return TransformerLM(**{k: cfg[k] for k in keys}, backend=backend, dtype=cfg["dtype"])
+
+
+ZERO_GRADIENT = 1e-3      # a gradient tensor below this fraction of the model's largest entry is round-off
+
+
+def transformer_grad_errors(grads, arrays):
+    """grad/<name> -> relative error (scratchlm.gradcheck.relative_error) per tensor, except for gradients
+    that are exactly zero in exact arithmetic, where both sides hold round-off only: the key biases (softmax
+    over keys ignores the per-query constant q·bk), and in a live case whose every real query sees one key
+    (T = 1, or one real token per row) the query and key weights too. Those (Keras' max|k| below
+    ZERO_GRADIENT of the model's largest gradient entry) get max|a - k| over that largest entry instead.
+    Measured on the fixtures: key biases 1e-17 (float64) / 1e-9 (float32) of the scale, every other
+    gradient above 1e-2 of it."""
+    scale = max(float(np.max(np.abs(a))) for k, a in arrays.items() if k.startswith("grad/"))
+    errors = {}
+    for name, g in grads.items():
+        want = arrays[f"grad/{name}"]
+        if name.endswith("/key/bias") or float(np.max(np.abs(want), initial=0.0)) <= ZERO_GRADIENT * scale:
+            errors[f"grad/{name}"] = max_abs(g, want) / scale
+        else:
+            errors[f"grad/{name}"] = relative_error(np.asarray(g, dtype=np.float64), want.astype(np.float64))
+    return errors
+
+
+def measure_transformer(arrays, cfg, backend):
+    """Run TransformerLM on a Transformer reference case -> {quantity: error} (tolerance kinds as :func:`kind`).
+
+    Logits at every position (padding positions included: their attention rows are all masked and come out
+    uniform, in Keras as here), the loss (mean over positions whose input token is not 0), every gradient,
+    and with an optimizer the weights after one step (``updated/``: scratchlm's optimizer on Keras' gradients;
+    ``trained/``: scratchlm's gradients too).
+    """
+    model = make_transformer(cfg, backend)
+    params = {key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")}
+    assert set(params) == set(model.params)
+    model.set_params(params)
+    host = backend.to_host
+    x, y = arrays["x"], arrays["y"]
+    assert (arrays["mask"] == (x != 0)).all() and not arrays["mask"].all()       # padded batches
+    logits, _ = model.forward(x)                                                   # (B, T, V)
+    errors = {"output": max_abs(host(logits), arrays["output"])}
+    loss, grads = model.loss_and_grads(x, y)
+    errors["loss"] = abs(loss - float(arrays["loss"]))
+    errors.update(transformer_grad_errors({name: host(g) for name, g in grads.items()}, arrays))
+    if cfg["optimizer"] is not None:
+        hyper = {k: v for k, v in cfg["optimizer"].items() if k != "name"}
+        weights = {name: backend.xp.array(backend.asarray(p)) for name, p in params.items()}
+        optim.get(cfg["optimizer"]["name"], **hyper).step(
+            weights, {name: backend.asarray(arrays[f"grad/{name}"]) for name in params})
+        optim.get(cfg["optimizer"]["name"], **hyper).step(model.params, grads)
+        for name in params:
+            errors[f"updated/{name}"] = max_abs(host(weights[name]), arrays[f"updated/{name}"])
+            errors[f"trained/{name}"] = max_abs(host(model.params[name]), arrays[f"updated/{name}"])
+    return errors
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS, ids=[n[:-len(".npz")] for n in TRANSFORMERS])
+def test_transformer_matches_keras_reference(name, backend_for):
+    """The book block and the gpt block on padded batches, and one RMSprop step, as Keras computes them."""
+    cfg = TRANSFORMER_SECTION["fixtures"][name]["config"]
+    errors = measure_transformer(load_fixture(name), cfg, backend_for(cfg["dtype"]))
+    assert len([q for q in errors if q.startswith("grad/")]) == len(make_transformer(
+        cfg, get_backend("numpy", cfg["dtype"])).params)
+    assert_within_tolerance(errors, cfg["dtype"])
+
+
+def test_transformer_fixtures_cover_the_cases():
+    """Both blocks and both dtypes, padding in every batch, 2 layers, heads with key_dim != E / N, RMSprop."""
+    cfgs = [entry["config"] for entry in TRANSFORMER_SECTION["fixtures"].values()]
+    assert {(c["block"], c["dtype"]) for c in cfgs} == {(b, d) for b in ("book", "gpt") for d in ("float32", "float64")}
+    assert any(c["num_layers"] > 1 for c in cfgs)
+    assert all(c["num_heads"] > 1 and c["num_heads"] * c["key_dim"] != c["embed_dim"] for c in cfgs)
+    assert {(c["optimizer"] or {}).get("name") for c in cfgs} == {None, "rmsprop"}
+    for name, entry in TRANSFORMER_SECTION["fixtures"].items():
+        arrays = load_fixture(name)
+        x = arrays["x"]
+        assert (x == 0).any() and (x != 0).any(axis=1).all(), name
+        assert any((row == 0).any() and (row != 0).any() for row in x), name          # padded and real in a row
+        biases = [a for k, a in arrays.items() if k.startswith("param/") and k.endswith(("/bias", "/beta"))]
+        assert all(np.abs(b).max() > 0 for b in biases), f"{name}: a zero bias tests nothing"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_transformer_reference_catches_the_missing_padding_mask(dtype, monkeypatch):
+    """The trap of the book's code under Keras 3 (no padding mask reaches the attentions: causal only) and a
+    planted error in one gradient entry (1e-3 of its scale) both fail the fixture check."""
+    name = f"transformer_book-{dtype}.npz"
+    cfg, arrays = TRANSFORMER_SECTION["fixtures"][name]["config"], load_fixture(name)
+    backend = get_backend("numpy", dtype)
+    with monkeypatch.context() as m:                                    # attention masks: causal only
+        m.setattr(TransformerLM, "_attention_mask",
+                  lambda self, keep, T: np.broadcast_to(np.tril(np.ones((T, T), dtype=bool)), (len(keep), T, T)))
+        errors = measure_transformer(arrays, cfg, backend)
+    with pytest.raises(AssertionError, match="output"):
+        assert_within_tolerance(errors, dtype)
+    g = arrays["grad/decoder_0/attention_2/value/kernel"]
+    g.flat[4] += 1e-3 * np.abs(g).max()
+    with pytest.raises(AssertionError, match="decoder_0/attention_2/value/kernel"):
+        assert_within_tolerance(measure_transformer(arrays, cfg, backend), dtype)
+
+
 # -- live mode: random cases through Keras, no fixtures ---------------------------------------
 def generator():
     """The fixture generator as a module, with TensorFlow imported; skips without TensorFlow."""
@@ -403,3 +526,36 @@ def test_live_fixture_cases_regenerate_identically():
                     np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-7, err_msg=f"{name}: {key}")
                 else:
                     np.testing.assert_array_equal(got, want, err_msg=f"{name}: {key}")
+
+
+TRANSFORMER_SEED = SEED + 2000
+TRANSFORMER_LIVE_CASES = int(os.environ.get("SCRATCHLM_TF_TRANSFORMER_CASES", "4"))
+_transformer_references = {}
+
+
+def live_transformer_reference(seed, dtype, block):
+    """A random Transformer case and its reference (float32: Keras' layers; float64: TF ops), computed once
+    per case for all backend paths."""
+    gen = generator()
+    key = (seed, dtype, block)
+    if key not in _transformer_references:
+        cfg = gen.random_transformer_config(seed, dtype, block)
+        _transformer_references[key] = (cfg, gen.transformer_reference(cfg))
+    return _transformer_references[key]
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("block", ["book", "gpt"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("seed", range(TRANSFORMER_SEED, TRANSFORMER_SEED + TRANSFORMER_LIVE_CASES))
+def test_live_random_transformer_case(seed, dtype, block, backend_for):
+    """Random V, L, T <= L, E, F, heads, key_dim, layers, batch, padding (rows may be all padding), some with an
+    RMSprop step: float32 against Keras' own layers at the float32 bars, float64 against plain TF ops."""
+    cfg, arrays = live_transformer_reference(seed, dtype, block)
+    errors = measure_transformer(arrays, cfg, backend_for(dtype))
+    if dtype == "float32":
+        # trained/ (scratchlm's own gradients through RMSprop) is left out in float32: the step
+        # g / (√v + ε) ≈ ±lr·√10 magnifies the float32 round-off of tiny gradient entries (measured up to
+        # 3e-6 at lr 0.01). updated/ still checks the rule on Keras' gradients, grad/ the gradients.
+        errors = {q: e for q, e in errors.items() if not q.startswith("trained/")}
+    assert_within_tolerance(errors, dtype)

@@ -14,6 +14,9 @@ and calls :func:`keras_reference` on random configs.
     python tests/reference/make_tf_reference.py --only adam_trajectory rmsprop_trajectory
                                                            # (re)write only these cases; the manifest
                                                            # keeps every other entry as it is
+    python tests/reference/make_tf_reference.py --only transformer_book transformer_gpt transformer_rmsprop_step
+                                                           # the Transformer fixtures (manifest section
+                                                           # ``transformers``; see "the Transformer" below)
 
 A fixture holds (B batch, T steps, V vocabulary, H_n units of recurrent layer n):
 
@@ -512,6 +515,314 @@ def weights_h5_reference(directory):
     save_npz(Path(directory) / WEIGHTS_H5_EXPECTED, expected)
 
 
+# -- the Transformer (the IMDB seed's model) --------------------------------------------------
+# PositionalEmbedding (token Embedding(V, E, mask_zero=True) + position Embedding(L, E)) -> decoder blocks
+# -> Dense(V) logits, token id 0 = padding. The book block is the seed's post-LN block, the gpt block the
+# pre-LN one with a final LayerNorm; both attentions of the book block get attention_mask = causal ∧ query
+# padding ∧ key padding explicitly (the seed's code, under Keras 3, never receives its padding mask; see
+# ../shared/DESIGN.md). The loss is the mean over positions whose input token is not padding.
+#
+# Two references per case, from the same weights:
+#   float32 fixtures   keras.layers (Embedding, MultiHeadAttention(N, K), LayerNormalization(epsilon=1e-3),
+#                      Dense) in float32 under GradientTape: Keras itself is the judge;
+#   float64 fixtures   the same function in plain TensorFlow ops in float64 (einsum projections, scores
+#                      replaced by Keras' large negative where masked, softmax in float64, LayerNorm): Keras'
+#                      MultiHeadAttention runs its softmax in float32 even under floatx float64, which would
+#                      hold a float64 fixture to ~1e-7 only. The generator cross-checks the float64 TF-ops
+#                      reference against the float32 Keras layers (TRANSFORMER_CROSS_CHECK) on every case.
+# Transformer fixtures live in the manifest section ``transformers`` (their configs are not LSTM configs).
+
+def transformer_config(vocab_size, sequence_length, embed_dim, dense_dim, num_heads, key_dim, num_layers, block,
+                       batch, time, seed, optimizer=None, dtype="float32"):
+    """One Transformer case: TransformerLM's config plus the batch (B, T <= L), seed and optimizer."""
+    assert block in ("book", "gpt") and time <= sequence_length, (block, time, sequence_length)
+    return {"model": "transformer", "vocab_size": vocab_size, "sequence_length": sequence_length,
+            "embed_dim": embed_dim, "dense_dim": dense_dim, "num_heads": num_heads, "key_dim": key_dim,
+            "num_layers": num_layers, "block": block, "batch": batch, "time": time, "seed": seed,
+            "optimizer": optimizer, "dtype": dtype}
+
+
+_TRANSFORMER = dict(vocab_size=17, sequence_length=9, embed_dim=8, dense_dim=12, num_heads=2, key_dim=5,
+                    batch=3, time=7)
+TRANSFORMER_CASES = {
+    "transformer_book": dict(_TRANSFORMER, block="book", num_layers=2, seed=31),
+    "transformer_gpt": dict(_TRANSFORMER, block="gpt", num_layers=2, seed=32),
+    "transformer_rmsprop_step": dict(_TRANSFORMER, block="book", num_layers=1,
+                                     optimizer={"name": "rmsprop", "lr": 0.01}, seed=33),
+}
+TRANSFORMER_CROSS_CHECK = {"output": 1e-5, "gradient": 1e-4}   # float64 TF ops vs float32 Keras layers
+KERAS_LARGE_NEGATIVE = -0.7 * 3.38953e38                       # keras.src...._get_large_negative, float32/64
+
+
+def transformer_model_config(cfg):
+    """The TransformerLM(**config) of a case."""
+    keys = ("vocab_size", "sequence_length", "embed_dim", "dense_dim", "num_heads", "key_dim", "num_layers",
+            "block")
+    return {k: cfg[k] for k in keys}
+
+
+def make_transformer_inputs(cfg):
+    """Weights: scratchlm's initial weights of ``TransformerLM(seed=seed)`` (Keras' initialisers), drawn in
+    float64, by name; biases, gammas and betas (zeros and ones at initialisation) are then moved by
+    U(-0.2, 0.2) so a wrong bias or LayerNorm parameter shows. Batch: x (B, T) in 1..V-1 with padding
+    (token 0) where :func:`padding_mask` says, y (B, T) in 0..V-1. All from default_rng(seed), then cast."""
+    sys.path.insert(0, str(HERE.parent.parent))                 # the repository's scratchlm
+    from scratchlm.models import TransformerLM
+    rng = np.random.default_rng(cfg["seed"])
+    dtype = np.dtype(cfg["dtype"])
+    model = TransformerLM(**transformer_model_config(cfg), dtype="float64", seed=cfg["seed"])
+    arrays = {}
+    for name, p in model.params.items():
+        p = np.array(p, dtype=np.float64)
+        if name.endswith(("/bias", "/gamma", "/beta")):
+            p = p + rng.uniform(-0.2, 0.2, p.shape)
+        arrays[f"param/{name}"] = p.astype(dtype)
+    V, B, T = cfg["vocab_size"], cfg["batch"], cfg["time"]
+    x = rng.integers(1, V, (B, T))
+    mask = padding_mask(rng, B, T)
+    x[~mask] = 0
+    arrays["x"] = x.astype(np.int32)
+    arrays["mask"] = mask
+    arrays["y"] = rng.integers(0, V, (B, T)).astype(np.int32)
+    return arrays
+
+
+def random_transformer_config(seed, dtype=None, block=None):
+    """A random Transformer case for the live tests: sizes, heads, key_dim, layers, block, batch, padding.
+
+    embed_dim >= 4: LayerNormalization over 1 to 3 features is ill-conditioned (with 2, x̂ = ±1 whatever
+    the input), which shows Keras' float32 round-off at 1e-4 relative in the gradients below it."""
+    rng = np.random.default_rng(seed)
+    L = int(rng.integers(1, 12))
+    return transformer_config(vocab_size=int(rng.integers(2, 25)), sequence_length=L,
+                              embed_dim=int(rng.integers(4, 11)), dense_dim=int(rng.integers(1, 17)),
+                              num_heads=int(rng.integers(1, 4)), key_dim=int(rng.integers(1, 8)),
+                              num_layers=int(rng.integers(1, 3)),
+                              block=block or str(rng.choice(["book", "gpt"])),
+                              batch=int(rng.integers(1, 5)), time=int(rng.integers(1, L + 1)), seed=int(seed),
+                              optimizer=({"name": "rmsprop", "lr": 0.01} if rng.random() < 0.3 else None),
+                              dtype=dtype or str(rng.choice(DTYPES)))
+
+
+def attention_mask_of(tf, x):
+    """x (B, T) int -> (B, T, T) bool: causal (key j <= query i) ∧ query x != 0 ∧ key x != 0."""
+    T = tf.shape(x)[1]
+    keep = tf.not_equal(x, 0)
+    causal = tf.linalg.band_part(tf.ones((T, T), dtype=tf.bool), -1, 0)          # lower triangle
+    return causal[None] & keep[:, :, None] & keep[:, None, :]
+
+
+def build_keras_transformer(keras, cfg):
+    """The case's model in keras.layers, as a dict of layers and a function tokens -> logits (B, T, V).
+
+    Called eagerly (not a functional graph), so every mask is visibly passed as ``attention_mask``.
+    """
+    layers = keras.layers
+    V, L, E, F = cfg["vocab_size"], cfg["sequence_length"], cfg["embed_dim"], cfg["dense_dim"]
+    N, K, dtype = cfg["num_heads"], cfg["key_dim"], cfg["dtype"]
+    named = {"embedding/token_embeddings": layers.Embedding(V, E, mask_zero=True, dtype=dtype),
+             "embedding/position_embeddings": layers.Embedding(L, E, dtype=dtype)}
+    attentions = ("attention_1", "attention_2") if cfg["block"] == "book" else ("attention_1",)
+    norms = ("layernorm_1", "layernorm_2", "layernorm_3") if cfg["block"] == "book" else ("layernorm_1", "layernorm_2")
+    for n in range(cfg["num_layers"]):
+        for a in attentions:
+            named[f"decoder_{n}/{a}"] = layers.MultiHeadAttention(num_heads=N, key_dim=K, dtype=dtype)
+        for ln in norms:
+            named[f"decoder_{n}/{ln}"] = layers.LayerNormalization(epsilon=1e-3, dtype=dtype)
+        named[f"decoder_{n}/ffn_1"] = layers.Dense(F, activation="relu", dtype=dtype)
+        named[f"decoder_{n}/ffn_2"] = layers.Dense(E, dtype=dtype)
+    if cfg["block"] == "gpt":
+        named["final_layernorm"] = layers.LayerNormalization(epsilon=1e-3, dtype=dtype)
+    named["dense"] = layers.Dense(V, dtype=dtype)
+
+    def forward(x):
+        import tensorflow as tf
+        T = x.shape[1]
+        mask = attention_mask_of(tf, x)
+        h = named["embedding/token_embeddings"](x) + named["embedding/position_embeddings"](tf.range(T))[None]
+        for n in range(cfg["num_layers"]):
+            get = (lambda part: named[f"decoder_{n}/{part}"])
+            if cfg["block"] == "book":
+                a1 = get("layernorm_1")(h + get("attention_1")(h, h, attention_mask=mask))
+                a2 = get("layernorm_2")(a1 + get("attention_2")(a1, h, attention_mask=mask))
+                h = get("layernorm_3")(a2 + get("ffn_2")(get("ffn_1")(a2)))
+            else:
+                n1 = get("layernorm_1")(h)
+                h = h + get("attention_1")(n1, n1, attention_mask=mask)
+                h = h + get("ffn_2")(get("ffn_1")(get("layernorm_2")(h)))
+        if cfg["block"] == "gpt":
+            h = named["final_layernorm"](h)
+        return named["dense"](h)
+    return named, forward
+
+
+def keras_transformer_variables(named, cfg):
+    """scratchlm parameter name -> the Keras variable holding it (layers built by one forward call first)."""
+    out = {"embedding/token_embeddings": named["embedding/token_embeddings"].embeddings,
+           "embedding/position_embeddings": named["embedding/position_embeddings"].embeddings}
+    for prefix, layer in named.items():
+        cls = type(layer).__name__
+        if cls == "MultiHeadAttention":
+            for proj, dense in (("query", layer.query_dense), ("key", layer.key_dense),
+                                ("value", layer.value_dense), ("output", layer.output_dense)):
+                out[f"{prefix}/{proj}/kernel"], out[f"{prefix}/{proj}/bias"] = dense.kernel, dense.bias
+        elif cls == "LayerNormalization":
+            out[f"{prefix}/gamma"], out[f"{prefix}/beta"] = layer.gamma, layer.beta
+        elif cls == "Dense":
+            out[f"{prefix}/kernel"], out[f"{prefix}/bias"] = layer.kernel, layer.bias
+    return out
+
+
+def tf_ops_transformer(tf, w, x, cfg):
+    """The same model in plain TensorFlow ops at the weights' dtype (float64: softmax in float64 too).
+
+    w: scratchlm name -> tensor or variable. Returns logits (B, T, V). Attention as Keras computes it:
+    S = (Q Kᵀ)/√K, masked entries replaced by Keras' large negative, softmax over keys, O = P V.
+    """
+    T, N, K = x.shape[1], cfg["num_heads"], cfg["key_dim"]
+    mask = attention_mask_of(tf, x)[:, None]                                          # (B, 1, T, T)
+    dtype = w["dense/kernel"].dtype
+
+    def mha(p, q_in, kv_in):
+        q = tf.einsum("bte,enk->btnk", q_in, w[f"{p}/query/kernel"]) + w[f"{p}/query/bias"]
+        k = tf.einsum("bse,enk->bsnk", kv_in, w[f"{p}/key/kernel"]) + w[f"{p}/key/bias"]
+        v = tf.einsum("bse,enk->bsnk", kv_in, w[f"{p}/value/kernel"]) + w[f"{p}/value/bias"]
+        s = tf.einsum("btnk,bsnk->bnts", q, k) * tf.constant(1.0 / np.sqrt(K), dtype)
+        s = tf.where(mask, s, tf.constant(KERAS_LARGE_NEGATIVE, dtype))
+        o = tf.einsum("bnts,bsnk->btnk", tf.nn.softmax(s, axis=-1), v)
+        return tf.einsum("btnk,nke->bte", o, w[f"{p}/output/kernel"]) + w[f"{p}/output/bias"]
+
+    def ln(p, h):
+        mu = tf.reduce_mean(h, axis=-1, keepdims=True)
+        var = tf.reduce_mean(tf.square(h - mu), axis=-1, keepdims=True)
+        return (h - mu) / tf.sqrt(var + tf.constant(1e-3, dtype)) * w[f"{p}/gamma"] + w[f"{p}/beta"]
+
+    def ffn(p, h):
+        h = tf.nn.relu(tf.matmul(h, w[f"{p}/ffn_1/kernel"]) + w[f"{p}/ffn_1/bias"])
+        return tf.matmul(h, w[f"{p}/ffn_2/kernel"]) + w[f"{p}/ffn_2/bias"]
+
+    h = tf.gather(w["embedding/token_embeddings"], x) + w["embedding/position_embeddings"][:T][None]
+    for n in range(cfg["num_layers"]):
+        p = f"decoder_{n}"
+        if cfg["block"] == "book":
+            a1 = ln(f"{p}/layernorm_1", h + mha(f"{p}/attention_1", h, h))
+            a2 = ln(f"{p}/layernorm_2", a1 + mha(f"{p}/attention_2", a1, h))
+            h = ln(f"{p}/layernorm_3", a2 + ffn(p, a2))
+        else:
+            n1 = ln(f"{p}/layernorm_1", h)
+            h = h + mha(f"{p}/attention_1", n1, n1)
+            h = h + ffn(p, ln(f"{p}/layernorm_2", h))
+    if cfg["block"] == "gpt":
+        h = ln("final_layernorm", h)
+    return tf.matmul(h, w["dense/kernel"]) + w["dense/bias"]
+
+
+def _masked_loss(tf, keras, x, y, logits):
+    """Mean sparse cross-entropy over positions whose input token is not padding (the seed's loss)."""
+    ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)    # (B, T)
+    m = tf.cast(tf.not_equal(x, 0), logits.dtype)
+    return tf.reduce_sum(ce * m) / tf.reduce_sum(m)
+
+
+def _keras_transformer_run(tf, keras, cfg, arrays, variables_of, forward):
+    """Loss, logits, gradients (and one optimizer step) of one reference; returns the fixture's arrays."""
+    x, y = tf.constant(arrays["x"]), tf.constant(arrays["y"])
+    out = dict(arrays)
+    variables = variables_of()
+    with tf.GradientTape() as tape:
+        logits = forward(x)
+        loss = _masked_loss(tf, keras, x, y, logits)
+    grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, list(variables.values()))]
+    out["output"] = logits.numpy()
+    out["loss"] = np.asarray(loss.numpy(), dtype=cfg["dtype"])
+    for name, g in zip(variables, grads):
+        out[f"grad/{name}"] = g.numpy()
+    if cfg["optimizer"] is not None:
+        opt = keras_optimizer(keras, cfg["optimizer"], cfg["dtype"])
+        opt.apply_gradients(zip(grads, variables.values()))
+        for name, var in variables.items():
+            out[f"updated/{name}"] = np.asarray(var.numpy())
+    return out
+
+
+def keras_layers_transformer(cfg, arrays=None):
+    """The case through keras.layers at the case's dtype (float64: Keras' float32 softmax inside)."""
+    tf, keras = import_keras()
+    arrays = make_transformer_inputs(cfg) if arrays is None else arrays
+    with floatx(keras, cfg["dtype"]):
+        named, forward = build_keras_transformer(keras, cfg)
+        forward(tf.constant(arrays["x"]))                                             # builds every layer
+        variables = keras_transformer_variables(named, cfg)
+        assert set(variables) == {k[len("param/"):] for k in arrays if k.startswith("param/")}
+        for name, var in variables.items():
+            assert tuple(var.shape) == arrays[f"param/{name}"].shape, name
+            var.assign(arrays[f"param/{name}"])
+        return _keras_transformer_run(tf, keras, cfg, arrays, lambda: variables, forward)
+
+
+def tf_ops_transformer_reference(cfg, arrays=None):
+    """The case in plain TensorFlow ops at the case's dtype (keras.Variable weights, Keras' optimizer)."""
+    tf, keras = import_keras()
+    arrays = make_transformer_inputs(cfg) if arrays is None else arrays
+    with floatx(keras, cfg["dtype"]):
+        variables = {k[len("param/"):]: keras.Variable(a, dtype=cfg["dtype"], name=k.replace("/", "_"))
+                     for k, a in arrays.items() if k.startswith("param/")}
+        return _keras_transformer_run(
+            tf, keras, cfg, arrays, lambda: variables,
+            lambda x: tf_ops_transformer(tf, {n: v.value for n, v in variables.items()}, x, cfg))
+
+
+def transformer_reference(cfg):
+    """The fixture of one Transformer case: Keras layers in float32, plain TF ops in float64 (see above)."""
+    make = keras_layers_transformer if cfg["dtype"] == "float32" else tf_ops_transformer_reference
+    arrays = make(cfg)
+    for key, a in arrays.items():
+        if a.dtype.kind == "f":
+            assert a.dtype == np.dtype(cfg["dtype"]), f"{key} is {a.dtype}, expected {cfg['dtype']}"
+    return arrays
+
+
+def transformer_cross_check(cfg):
+    """max errors of the float64 TF-ops reference against the float32 Keras layers (and the float64 Keras
+    layers) on one case: {"keras32/output": ..., "keras32/grad": ..., "keras64/output": ..., "keras64/grad": ...}.
+    Gradients: the largest max|a - k| / max(|a| + |k|) over the parameters."""
+    ref = tf_ops_transformer_reference(dict(cfg, dtype="float64"))
+    errors = {}
+    for tag, dtype in (("keras32", "float32"), ("keras64", "float64")):
+        other = keras_layers_transformer(dict(cfg, dtype=dtype))
+        errors[f"{tag}/output"] = float(np.max(np.abs(other["output"] - ref["output"])))
+        errors[f"{tag}/grad"] = max(transformer_grad_errors(other, ref).values())
+    return errors
+
+
+def transformer_grad_errors(got, want):
+    """grad/<name> -> relative error max|a - k| / max(|a| + |k|) per tensor, except the key biases: their
+    gradient is exactly zero (softmax over keys ignores the per-query constant q·bk), so both sides hold
+    round-off only, measured against the largest gradient entry of the model instead."""
+    keys = [k for k in want if k.startswith("grad/")]
+    scale = max(float(np.max(np.abs(np.asarray(want[k], dtype=np.float64)), initial=0.0)) for k in keys)
+    out = {}
+    for k in keys:
+        a, b = np.asarray(got[k], dtype=np.float64), np.asarray(want[k], dtype=np.float64)
+        diff = float(np.max(np.abs(a - b), initial=0.0))
+        if k.endswith("/key/bias"):
+            out[k] = diff / max(scale, 1e-300)
+        else:
+            out[k] = diff / max(float(np.max(np.abs(a) + np.abs(b), initial=0.0)), 1e-300)
+    return out
+
+
+def _transformer_fixture(case, dtype):
+    """(config, arrays) of one Transformer case; the float64 one is first cross-checked against Keras' layers."""
+    cfg = transformer_config(**TRANSFORMER_CASES[case], dtype=dtype)
+    if dtype == "float64":
+        errors = transformer_cross_check(cfg)
+        assert errors["keras32/output"] <= TRANSFORMER_CROSS_CHECK["output"] and \
+            errors["keras32/grad"] <= TRANSFORMER_CROSS_CHECK["gradient"], f"{case}: {errors}"
+        print(f"{case}: float64 TF ops vs Keras layers: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    return cfg, transformer_reference(cfg)
+
+
 # -- files ------------------------------------------------------------------------------
 def npz_bytes(arrays):
     """An ``.npz`` (uncompressed zip of ``.npy`` members, sorted by name) with fixed timestamps."""
@@ -584,6 +895,11 @@ def _trajectory_section(entries, made_with):
             "fixtures": entries}
 
 
+def _transformer_section(entries, made_with):
+    return {"versions": made_with, "seeds": {case: spec["seed"] for case, spec in TRANSFORMER_CASES.items()},
+            "cross_check": TRANSFORMER_CROSS_CHECK, "fixtures": entries}
+
+
 def generate(directory, only=None):
     """Write fixtures into ``directory``: every one, the ``.weights.h5`` pair and a new ``manifest.json``;
     or, with ``only`` (case names of :data:`CASES` / :data:`TRAJECTORIES`), just those cases' files,
@@ -591,7 +907,8 @@ def generate(directory, only=None):
     entry as it is.
 
     A manifest section (the single-step cases with the ``.weights.h5`` pair, under the top-level
-    ``versions``; the trajectories, under ``trajectories/versions``) records one set of versions, so
+    ``versions``; the trajectories, under ``trajectories/versions``; the Transformer cases of
+    :data:`TRANSFORMER_CASES`, under ``transformers/versions``) records one set of versions, so
     regenerating only part of a section with other versions than it records is refused.
     """
     directory = Path(directory)
@@ -599,19 +916,22 @@ def generate(directory, only=None):
     if only is None:
         fixtures = _write_fixtures(directory, CASES, _one_step_fixture)
         trajectories = _write_fixtures(directory, TRAJECTORIES, _trajectory_fixture)
+        transformers = _write_fixtures(directory, TRANSFORMER_CASES, _transformer_fixture)
         weights_h5_reference(directory)
         manifest = {"generator": "tests/reference/make_tf_reference.py", "versions": made_with,
                     "environment": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")},
                     "seeds": {case: spec["seed"] for case, spec in CASES.items()},
                     "fixtures": fixtures,
                     "trajectories": _trajectory_section(trajectories, made_with),
+                    "transformers": _transformer_section(transformers, made_with),
                     "weights_h5": {"file": WEIGHTS_H5, "expected": WEIGHTS_H5_EXPECTED,
                                    "sha256": {f: hashlib.sha256((directory / f).read_bytes()).hexdigest()
                                               for f in (WEIGHTS_H5, WEIGHTS_H5_EXPECTED)}}}
     else:
-        unknown = [case for case in only if case not in CASES and case not in TRAJECTORIES]
+        known = {**CASES, **TRAJECTORIES, **TRANSFORMER_CASES}
+        unknown = [case for case in only if case not in known]
         if unknown:
-            raise SystemExit(f"unknown cases {unknown}; known: {sorted(CASES) + sorted(TRAJECTORIES)}")
+            raise SystemExit(f"unknown cases {unknown}; known: {sorted(known)}")
         manifest = json.loads((directory / "manifest.json").read_text())
         one_step = [case for case in CASES if case in only]
         multi = [case for case in TRAJECTORIES if case in only]
@@ -629,6 +949,16 @@ def generate(directory, only=None):
             section["fixtures"].update(_write_fixtures(directory, multi, _trajectory_fixture))
             section["versions"] = made_with
             section["seeds"] = {case: spec["seed"] for case, spec in TRAJECTORIES.items()}
+        chosen = [case for case in TRANSFORMER_CASES if case in only]
+        if chosen:
+            section = manifest.setdefault("transformers", _transformer_section({}, made_with))
+            others = [e["case"] for e in section["fixtures"].values() if e["case"] not in chosen]
+            if others and section["versions"] != made_with:
+                raise SystemExit(f"the Transformer fixtures {sorted(set(others))} were made with "
+                                 f"{section['versions']}, this is {made_with}: regenerate all of them")
+            section["fixtures"].update(_write_fixtures(directory, chosen, _transformer_fixture))
+            section["versions"] = made_with
+            section["seeds"] = {case: spec["seed"] for case, spec in TRANSFORMER_CASES.items()}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
@@ -663,7 +993,8 @@ def main(argv=None):
         print("all fixtures identical" if not differ else f"differ: {', '.join(differ)}")
         return 1 if differ else 0
     manifest = generate(args.out, args.only)
-    written = [name for name, entry in {**manifest["fixtures"], **manifest["trajectories"]["fixtures"]}.items()
+    written = [name for name, entry in {**manifest["fixtures"], **manifest["trajectories"]["fixtures"],
+                                        **manifest.get("transformers", {"fixtures": {}})["fixtures"]}.items()
                if args.only is None or entry["case"] in args.only]
     if args.only is None:
         written += [WEIGHTS_H5, WEIGHTS_H5_EXPECTED]
