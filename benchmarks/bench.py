@@ -1,14 +1,22 @@
 """Benchmark scratchlm (fused and reference kernels) against Keras and PyTorch on the same workloads.
 
-    python benchmarks/bench.py [--workloads book,s2s,gen,gpu] [--repeat N] [--json out.json]
-                               [--frameworks scratchlm,scratchlm-reference,keras,torch]
+    python benchmarks/bench.py [--workloads book,s2s,gen,gpu,transformer,transformer-gen] [--repeat N]
+                               [--json out.json]
+                               [--frameworks scratchlm,scratchlm-reference,scratchlm-rerun,keras,torch]
 
 Workloads (details in benchmarks/frameworks.py): ``book`` (the Nietzsche model:
 one-hot -> LSTM 128, T=60, B=128, RMSprop, last-step loss), ``s2s``
 (Embedding 64 -> LSTM 512, T=100, B=64, Adam, loss at every step), ``gen``
 (that model sampling, batch 1 and batch 64) and ``gpu`` (Embedding 64 -> LSTM
 1024, T=100, B=256 on a CUDA GPU: scratchlm on CuPy against PyTorch/cuDNN; run
-only where a GPU is present). Frameworks that are not installed are left out.
+only where a GPU is present); ``transformer`` (the IMDB seed of issue 11:
+PositionalEmbedding -> one book decoder block, E 256, 2 heads of key_dim 256,
+dense 2048 -> Dense 15000, T=99, B=32, RMSprop, padded batches) and
+``transformer-gen`` (that model generating 50 tokens after a 2-token prompt,
+batch 1: scratchlm's KV cache against the seed's full re-run per token, in
+Keras and as ``scratchlm-rerun``). These two are not in the default list (a
+transformer step takes seconds here). Frameworks that are not installed are
+left out, and a case runs only the frameworks it lists (if it lists any).
 
 How it measures:
 
@@ -52,13 +60,15 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import frameworks as fw  # noqa: E402
 
-FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]
-WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"], "gpu": ["gpu"]}
+FRAMEWORKS = ["scratchlm", "scratchlm-reference", "scratchlm-rerun", "keras", "torch"]
+WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"], "gpu": ["gpu"],
+                  "transformer": ["transformer"], "transformer-gen": ["transformer-gen"]}
 # Units per round: enough that the fastest framework's round lasts >= ~0.1 s, so that waking its threads and
 # refilling its caches after the pause between rounds does not dominate (a 400-token gen-b1 round took 16 ms and
 # measured scratchlm ~30% slower than back-to-back rounds do).
-ROUND = {"book": 10, "s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5}
-WARMUP = {"book": 3, "s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3}
+# transformer: one step (0.5-10 s here); transformer-gen: one 50-token generation.
+ROUND = {"book": 10, "s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5, "transformer": 1, "transformer-gen": 2}
+WARMUP = {"book": 3, "s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3, "transformer": 1, "transformer-gen": 1}
 TARGETS = [                                                         # (case, framework, minimum speed-up) from issue 5
     ("book", "keras", 2.0), ("book", "torch", 2.0), ("s2s", "keras", 1.6), ("s2s", "torch", 1.15),
     ("gen-b1", "torch", 4.0), ("gpu", "torch", 0.7)]
@@ -168,6 +178,8 @@ def run_case(case, frameworks, repeat):
 def gemms(case):
     """The GEMMs of one training step of scratchlm's algorithm: [(M, K, N, count)]."""
     c = fw.CASES[case]
+    if c.get("model") == "transformer":
+        return transformer_gemms(c)
     T, B, H, V = c["T"], c["B"], c["H"], fw.V
     out = [(B, H, 4 * H, T),                                        # h_{t-1} U, every step
            (B, 4 * H, H, T),                                        # dz_t Uᵀ, every step
@@ -177,6 +189,21 @@ def gemms(case):
     if c["embedding"]:
         out += [(V, c["embedding"], 4 * H, 1), (c["embedding"], V, 4 * H, 1), (V, 4 * H, c["embedding"], 1)]
     return out
+
+
+def transformer_gemms(c):
+    """One training step of the book block model: every forward product (M, K, N) and its two backward ones,
+    dX = dY Wᵀ (M, N, K) and dW = Xᵀ dY (K, M, N) (for the attention products: dQ, dK and dP, dV).
+    The embeddings are lookups (their backward a scatter-add): no FLOPs counted."""
+    BT, E, F, N, K, T, V = c["B"] * c["T"], c["E"], c["F"], c["N"], c["K"], c["T"], c["V"]
+    BN = c["B"] * N
+    forward = [(BT, E, N * K, 6),                                   # q, k, v projections of both attentions
+               (BT, N * K, E, 2),                                   # output projections
+               (T, K, T, 2 * BN),                                   # S = Q Kᵀ per batch row and head
+               (T, T, K, 2 * BN),                                   # O = P V
+               (BT, E, F, 1), (BT, F, E, 1),                        # feed-forward
+               (BT, E, V, 1)]                                       # Dense(V)
+    return [shape for M, Kd, Nd, n in forward for shape in ((M, Kd, Nd, n), (M, Nd, Kd, n), (Kd, M, Nd, n))]
 
 
 def sgemm_seconds(M, K, N, repeat=20):
@@ -200,7 +227,8 @@ def roofline(cases):
         if fw.CASES[case]["kind"] != "train" or fw.CASES[case].get("gpu"):
             continue
         flops = sum(2 * M * K * N * n for M, K, N, n in gemms(case))
-        at_shapes = sum(sgemm_seconds(M, K, N) * n for M, K, N, n in gemms(case))
+        at_shapes = sum(sgemm_seconds(M, K, N, repeat=20 if M * K * N < 10**9 else 5) * n
+                        for M, K, N, n in gemms(case))
         result[case] = {"gflop_per_step": flops / 1e9, "bound_ms_at_peak": 1e3 * flops / peak,
                         "gemm_ms_at_shapes": 1e3 * at_shapes}
     return result
@@ -276,7 +304,8 @@ def machine():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="book,s2s,gen,gpu", help="comma-separated: book, s2s, gen, gpu")
+    parser.add_argument("--workloads", default="book,s2s,gen,gpu",
+                        help="comma-separated: book, s2s, gen, gpu, transformer, transformer-gen")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
     parser.add_argument("--repeat", type=int, default=5, help="rounds per workload (default 5)")
     parser.add_argument("--json", help="write all results, raw rounds included, to this file")
@@ -304,7 +333,8 @@ def main(argv=None):
     report["roofline"] = roofline(cases)
     results = {}
     for case in cases:
-        here = [n for n in names if not (fw.CASES[case].get("gpu") and n == "keras")]
+        allowed = fw.CASES[case].get("frameworks", fw.DEFAULT_FRAMEWORKS)
+        here = [n for n in names if n in allowed and not (fw.CASES[case].get("gpu") and n == "keras")]
         print(f"# {case}: {', '.join(here)} x {args.repeat} rounds", flush=True)
         results[case] = summarise(case, *run_case(case, here, args.repeat))
     report["results"] = results

@@ -17,6 +17,14 @@ Cases (see benchmarks/bench.py):
     gen-b64  the same, batch 64
     gpu      Embedding(60, 64) -> LSTM 1024 -> Dense 60, T=100, B=256, Adam, on a CUDA GPU
              (scratchlm on CuPy, PyTorch on cuDNN; Keras is the CPU build here and sits it out)
+    transformer      the IMDB seed (issue 11): PositionalEmbedding(15000, 100, 256) -> one book decoder
+             block (2 heads, key_dim 256, dense 2048, causal ∧ padding masks) -> Dense 15000; sequences of
+             100 ids cut into x = ids[:, :-1], y = ids[:, 1:] (T=99), B=32, RMSprop(1e-3), sparse
+             cross-entropy over the positions whose input is not padding (id 0)
+    transformer-gen  that model generating 50 tokens after a 2-token prompt, batch 1: scratchlm's
+             ``generate`` (KV cache) against the seed's way, the full model re-run on the whole text
+             for every token (Keras ``model(x)`` as the book's callback does, and ``scratchlm-rerun``:
+             scratchlm's ``forward`` the same way); one unit is one 50-token generation
 """
 
 import time
@@ -30,7 +38,14 @@ CASES = {
     "gen-b1": dict(kind="generate", embedding=64, H=512, B=1, prompt=10),
     "gen-b64": dict(kind="generate", embedding=64, H=512, B=64, prompt=10),
     "gpu": dict(kind="train", embedding=64, H=1024, T=100, B=256, optimizer="adam", last_only=False, gpu=True),
+    # The IMDB seed's Transformer (issue 11). "frameworks": the only ones that run this case.
+    "transformer": dict(kind="train", model="transformer", V=15000, L=100, T=99, B=32, E=256, F=2048, N=2, K=256,
+                        optimizer="rmsprop", lr=1e-3,
+                        frameworks=["scratchlm", "scratchlm-reference", "keras", "torch"]),
+    "transformer-gen": dict(kind="generate", model="transformer", V=15000, L=100, E=256, F=2048, N=2, K=256,
+                            B=1, prompt=2, length=50, frameworks=["scratchlm", "scratchlm-rerun", "keras"]),
 }
+DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]     # cases without "frameworks"
 THREADS = 2
 
 
@@ -38,11 +53,33 @@ def data(case):
     """(x ids (B, T), y targets) for a training case, or the prompt ids (B, P) for generation."""
     c = CASES[case]
     rng = np.random.default_rng(0)
+    if c.get("model") == "transformer":
+        return transformer_data(c, rng)
     if c["kind"] == "generate":
         return rng.integers(0, V, (c["B"], c["prompt"]))
     x = rng.integers(0, V, (c["B"], c["T"]))
     y = rng.integers(0, V, (c["B"],) if c["last_only"] else (c["B"], c["T"]))
     return x, y
+
+
+def transformer_data(c, rng):
+    """Random word ids in [2, V) (no padding, no [UNK]), laid out as the seed's TextVectorization gives them:
+    sequences of L=100 ids, each a review of 40 to 100 words padded with 0 at the end (about 30% of the
+    positions are padding), cut into x = ids[:, :-1], y = ids[:, 1:]; for generation a 2-token prompt (1, 2)."""
+    if c["kind"] == "generate":
+        return rng.integers(2, c["V"], (c["B"], c["prompt"]))
+    ids = rng.integers(2, c["V"], (c["B"], c["L"]))
+    lengths = rng.integers(40, c["L"] + 1, c["B"])
+    ids[np.arange(c["L"])[None, :] >= lengths[:, None]] = 0
+    return ids[:, :-1], ids[:, 1:]
+
+
+def sample_host(logits, rng, temperature=1.0):
+    """One id from host logits (V,) at ``temperature``, never id 0 (padding; the seed's vocabulary has "" there)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z[0] = -np.inf
+    p = np.exp(z - z.max())
+    return int(rng.choice(p.size, p=p / p.sum()))
 
 
 # -- scratchlm --------------------------------------------------------------------------------------------
@@ -51,6 +88,8 @@ def build_scratchlm(case, kernels="fused"):
     from scratchlm import LanguageModel, get_backend, optim
 
     c = CASES[case]
+    if c.get("model") == "transformer":
+        return _scratchlm_transformer(c, get_backend("numpy", "float32", kernels), optim)
     backend = get_backend("cupy" if c.get("gpu") else "numpy", "float32", kernels)
     model = LanguageModel(V, c["embedding"], [c["H"]], backend=backend)
     sync = backend.xp.cuda.Device().synchronize if c.get("gpu") else lambda: None
@@ -81,6 +120,73 @@ def build_scratchlm_reference(case):
     return build_scratchlm(case, kernels="reference")
 
 
+def _scratchlm_transformer(c, backend, optim, rerun=False):
+    from scratchlm.models.transformer import TransformerLM
+
+    model = TransformerLM(c["V"], c["L"], embed_dim=c["E"], dense_dim=c["F"], num_heads=c["N"], key_dim=c["K"],
+                          num_layers=1, block="book", backend=backend, seed=0)
+    if c["kind"] == "generate":
+        prompt = transformer_data(c, np.random.default_rng(0))
+        calls = iter(range(10**9))
+        if rerun:
+            return _rerun_generator(lambda ids: model.forward(ids)[0], c, prompt), c["length"]
+
+        def run(n):
+            start = time.perf_counter()
+            for _ in range(n):
+                model.generate(prompt, c["length"], temperature=1.0, banned_ids=(0,), seed=next(calls))
+            return time.perf_counter() - start
+        return run, c["length"]
+
+    x, y = (backend.asarray(a) for a in transformer_data(c, np.random.default_rng(0)))
+    opt = optim.RMSprop(lr=c["lr"])
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            _, grads = model.loss_and_grads(x, y)                   # mean over x != 0 (padding masked)
+            opt.step(model.params, grads)
+        return time.perf_counter() - start
+    return run, 1
+
+
+def build_scratchlm_rerun(case):
+    """The seed's way of generating, with scratchlm's model: the full forward pass per token."""
+    from scratchlm import get_backend, optim
+
+    c = CASES[case]
+    if c.get("model") != "transformer" or c["kind"] != "generate":
+        raise RuntimeError("scratchlm-rerun runs only the transformer-gen case")
+    return _scratchlm_transformer(c, get_backend("numpy", "float32", "fused"), optim, rerun=True)
+
+
+def _rerun_generator(predict, c, prompt):
+    """The book's TextGenerator callback, on ids: for every new token the text so far, padded with 0 to the
+    model's sequence_length (as its ``text_vectorization([sentence])`` does), goes through the whole model
+    (``predict``: ids (1, L) -> logits (1, L, V)) and the next token is drawn from the last real position
+    (the book reads position ``i``, its loop counter: the same cost, but not the last token's prediction)."""
+    rng = np.random.default_rng(0)
+    L, length = c["L"], c["length"]
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            ids = np.zeros((1, L), dtype=np.int32)
+            used = prompt.shape[1]
+            ids[0, :used] = prompt[0]
+            for _ in range(length):
+                logits = np.asarray(predict(ids))[0, used - 1]
+                token = sample_host(logits, rng)
+                if used < L:
+                    ids[0, used] = token
+                    used += 1
+                else:                                               # past L words the book's vectorizer cuts
+                    ids[0, :-1] = ids[0, 1:]                        # the text; keep the last L instead
+                    ids[0, -1] = token
+        return time.perf_counter() - start
+    return run
+
+
 # -- PyTorch ------------------------------------------------------------------------------------------------
 
 def build_torch(case):
@@ -89,6 +195,8 @@ def build_torch(case):
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     c = CASES[case]
+    if c.get("model") == "transformer":
+        return _torch_transformer(torch, c)
     device = "cuda" if c.get("gpu") else "cpu"
     sync = torch.cuda.synchronize if c.get("gpu") else lambda: None
 
@@ -152,6 +260,71 @@ def _torch_generator(torch, net, c, prompt):
     return run, c["B"]
 
 
+def _torch_transformer(torch, c):
+    """The seed's book block in torch.nn. nn.MultiheadAttention splits E into N heads of E/N, while the seed's
+    heads have key_dim = E dimensions each, so the attention is written out: Linear projections to N·K, torch
+    matmuls and softmax, masked entries replaced by Keras' large negative (a fully masked padding row is then
+    uniform, as in Keras, instead of NaN)."""
+    nn, F = torch.nn, torch.nn.functional
+    V, L, E, Fd, N, K = c["V"], c["L"], c["E"], c["F"], c["N"], c["K"]
+    fill = -0.7 * float(torch.finfo(torch.float32).max)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query, self.key, self.value = nn.Linear(E, N * K), nn.Linear(E, N * K), nn.Linear(E, N * K)
+            self.output = nn.Linear(N * K, E)
+
+        def forward(self, query, kv, mask):                        # (B, T, E), (B, S, E), (B, 1, T, S) bool
+            B, T_, _ = query.shape
+            S = kv.shape[1]
+            q = self.query(query).view(B, T_, N, K).transpose(1, 2)                    # (B, N, T, K)
+            k = self.key(kv).view(B, S, N, K).transpose(1, 2)
+            v = self.value(kv).view(B, S, N, K).transpose(1, 2)
+            s = (q @ k.transpose(-1, -2)) * (1.0 / K ** 0.5)                          # (B, N, T, S)
+            p = torch.softmax(s.masked_fill(~mask, fill), dim=-1)
+            return self.output((p @ v).transpose(1, 2).reshape(B, T_, N * K))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.positions = nn.Embedding(V, E), nn.Embedding(L, E)
+            self.attention_1, self.attention_2 = Attention(), Attention()
+            self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(E, eps=1e-3) for _ in range(3))
+            self.ffn_1, self.ffn_2 = nn.Linear(E, Fd), nn.Linear(Fd, E)
+            self.dense = nn.Linear(E, V)
+
+        def forward(self, ids):                                    # (B, T) -> logits (B, T, V)
+            T_ = ids.shape[1]
+            pos = torch.arange(T_)
+            x = self.tokens(ids) + self.positions(pos)[None]
+            keep = ids != 0
+            mask = ((pos[:, None] >= pos[None, :])[None] & keep[:, :, None] & keep[:, None, :])[:, None]
+            a1 = self.ln1(x + self.attention_1(x, x, mask))
+            a2 = self.ln2(a1 + self.attention_2(a1, x, mask))
+            return self.dense(self.ln3(a2 + self.ffn_2(F.relu(self.ffn_1(a2)))))
+
+    net = Net()
+    x, y = (torch.as_tensor(a) for a in data_for(c))
+    y = torch.where(x != 0, y, torch.full_like(y, -100))          # ignore_index: mean over non-padding inputs
+    opt = torch.optim.RMSprop(net.parameters(), lr=c["lr"], alpha=0.9, eps=1e-7)     # Keras' rho, epsilon
+    loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            opt.zero_grad()
+            loss = loss_fn(net(x).reshape(-1, V), y.reshape(-1))
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+    return run, 1
+
+
+def data_for(c):
+    return transformer_data(c, np.random.default_rng(0))
+
+
 # -- Keras (TensorFlow) ----------------------------------------------------------------------------------------
 
 def build_keras(case):
@@ -165,6 +338,8 @@ def build_keras(case):
     c = CASES[case]
     if c.get("gpu"):
         raise RuntimeError("the Keras worker benchmarks TensorFlow's CPU build only")
+    if c.get("model") == "transformer":
+        return _keras_transformer(keras, tf, c)
     if c["kind"] == "generate":
         return _keras_generator(keras, tf, c, data(case))
 
@@ -218,6 +393,54 @@ def _keras_generator(keras, tf, c, prompt):
     return run, c["B"]
 
 
+def _keras_transformer(keras, tf, c):
+    """The seed's model with keras.layers, the masks passed explicitly (under Keras 3 the book's
+    TransformerDecoder never receives its padding mask; see docs/design.md): training with model.fit as the
+    other Keras workloads, generation with model(x) per token as the book's TextGenerator callback."""
+    from keras import layers, ops
+    V, L, E, Fd, N, K = c["V"], c["L"], c["E"], c["F"], c["N"], c["K"]
+
+    class Seed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.positions = layers.Embedding(V, E), layers.Embedding(L, E)
+            self.attention_1 = layers.MultiHeadAttention(num_heads=N, key_dim=K)
+            self.attention_2 = layers.MultiHeadAttention(num_heads=N, key_dim=K)
+            self.ln1, self.ln2, self.ln3 = (layers.LayerNormalization(epsilon=1e-3) for _ in range(3))
+            self.ffn_1, self.ffn_2 = layers.Dense(Fd, activation="relu"), layers.Dense(E)
+            self.dense = layers.Dense(V)
+
+        def call(self, ids):                                       # (B, T) int32 -> logits (B, T, V)
+            pos = ops.arange(ops.shape(ids)[1])
+            x = self.tokens(ids) + self.positions(pos)[None]
+            keep = ops.not_equal(ids, 0)
+            mask = ops.logical_and(ops.logical_and((pos[:, None] >= pos[None, :])[None], keep[:, :, None]),
+                                   keep[:, None, :])               # causal ∧ query ∧ key padding (B, T, T)
+            a1 = self.ln1(x + self.attention_1(x, x, attention_mask=mask))
+            a2 = self.ln2(a1 + self.attention_2(a1, x, attention_mask=mask))
+            return self.dense(self.ln3(a2 + self.ffn_2(self.ffn_1(a2))))
+
+    model = Seed()
+    if c["kind"] == "generate":
+        model(np.zeros((1, L), dtype=np.int32))                    # build
+        prompt = transformer_data(c, np.random.default_rng(0))
+        return _rerun_generator(lambda ids: model(ids, training=False), c, prompt), c["length"]
+
+    x, y = (a.astype(np.int32) for a in data_for(c))
+    weights = (x != 0).astype(np.float32)                           # padding positions do not count
+    model.compile(optimizer=keras.optimizers.RMSprop(c["lr"]),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    batches = tf.data.Dataset.from_tensors((x, y, weights)).repeat()
+    ends = []
+    clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
+
+    def run(n):
+        ends.clear()
+        model.fit(batches, steps_per_epoch=n + 1, epochs=1, verbose=0, callbacks=[clock])
+        return ends[-1] - ends[0]
+    return run, 1
+
+
 def release_scratchlm():
     """Free the fused kernels' kept work buffers, so that a memory round counts them as the step's."""
     from scratchlm.kernels import workspace
@@ -225,9 +448,10 @@ def release_scratchlm():
 
 
 BUILDERS = {"scratchlm": build_scratchlm, "scratchlm-reference": build_scratchlm_reference,
-            "keras": build_keras, "torch": build_torch}
-MODULES = {"scratchlm": "scratchlm", "scratchlm-reference": "scratchlm", "keras": "tensorflow", "torch": "torch"}
-RELEASE = {"scratchlm": release_scratchlm}          # called before a memory round
+            "scratchlm-rerun": build_scratchlm_rerun, "keras": build_keras, "torch": build_torch}
+MODULES = {"scratchlm": "scratchlm", "scratchlm-reference": "scratchlm", "scratchlm-rerun": "scratchlm",
+           "keras": "tensorflow", "torch": "torch"}
+RELEASE = {"scratchlm": release_scratchlm, "scratchlm-rerun": release_scratchlm}          # called before a memory round
 
 
 def device_peak_mb(framework):
