@@ -14,6 +14,10 @@ atomic write left behind (see :func:`scratchlm.files.remove_stale_temporaries`).
 
 The lock is re-entrant within a process (the CLI takes it, then the Trainer
 takes it again). On a system without ``fcntl`` (Windows) no lock is taken.
+
+Under MPI with several ranks (see :mod:`scratchlm.distributed`) only rank 0,
+the one that writes, takes the lock; and an exception inside the block on any
+rank ends every rank after one line (instead of leaving the others waiting).
 """
 
 import contextlib
@@ -22,6 +26,7 @@ import os
 import socket
 from pathlib import Path
 
+from . import distributed
 from .errors import ScratchLMError
 from .files import remove_stale_temporaries
 
@@ -46,6 +51,18 @@ def lock(run_dir):
     it, and when the directory cannot be created or written. A directory that
     this call created and that is still empty afterwards is removed again.
     """
+    world = distributed.world()
+    if world.parallel:
+        with world.failing_together():
+            with _lock(run_dir) if world.is_root else contextlib.nullcontext():
+                yield
+        return
+    with _lock(run_dir):
+        yield
+
+
+@contextlib.contextmanager
+def _lock(run_dir):
     run_dir = Path(run_dir)
     key = run_dir.resolve()
     if key in _held:

@@ -37,6 +37,17 @@ NaN/Inf guard. Before each update the loss and the global gradient norm are
 checked; a non-finite value stops training with :class:`TrainingDiverged`
 before the weights are touched, and no checkpoint is ever written from
 non-finite weights, so ``last.npz`` stays the last good state.
+
+Data parallel. Started by ``mpiexec -n N`` (see :mod:`scratchlm.distributed` and
+docs/distributed.md), every rank starts from rank 0's weights, takes the rows
+[r·B/N, (r+1)·B/N) of each global batch and computes their mean loss and
+gradients; one all-reduce of gradient·tokens, divided by the global token
+count, gives every rank the single-process step of the global batch, clipped
+afterwards by the optimizer. Dropout masks are drawn for the global batch on
+every rank (one generator, the same everywhere) and sliced. Rank 0 alone
+prints, logs and writes checkpoints; a checkpoint holds the whole carried
+state (gathered from the ranks), so a run resumes with any number of ranks
+that divides the batch size of stateful streams.
 """
 
 import base64
@@ -51,7 +62,7 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
-from . import checkpoint, models, optim, rundir
+from . import checkpoint, distributed, models, optim, rundir
 from .errors import CheckpointError, ScratchLMError
 from .budget import check_fits
 from .files import atomic_write
@@ -259,6 +270,14 @@ class Trainer:
             raise ScratchLMError(f"epochs and max_steps must be at least 1, got {epochs} and {max_steps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
             raise ScratchLMError(f"checkpoint_every must be at least 1 (or None), got {checkpoint_every}")
+        self.world = distributed.world()
+        if self.world.parallel:
+            for what, batches in (("training", train), ("validation", val)):
+                if batches is not None and batches.stateful and batches.batch_size % self.world.size:
+                    raise ScratchLMError(
+                        f"the {what} streams' batch size {batches.batch_size} does not divide among "
+                        f"{self.world.size} MPI ranks: each rank carries the state of its own rows, so the "
+                        f"batch size must be a multiple of the number of ranks")
         self.model, self.optimizer, self.train, self.val = model, optimizer, train, val
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.epochs = int(epochs)
@@ -282,6 +301,7 @@ class Trainer:
         self.saved_step = None              # step of the latest checkpoint written (or resumed from)
         self.history = []                   # one dict per completed epoch
         self._metrics = None
+        self._state_sharded = False         # MPI: the model carries only this rank's rows of the state
 
     # -- resume ---------------------------------------------------------------------
     @classmethod
@@ -348,9 +368,36 @@ class Trainer:
     def fit(self):
         """Train until ``epochs`` are complete or ``max_steps`` are taken; returns the epoch history."""
         with contextlib.ExitStack() as stack:
+            if self.world.parallel:
+                stack.enter_context(self.world.failing_together())
             if self.run_dir is not None:
                 stack.enter_context(rundir.lock(self.run_dir))
+            if self.world.parallel:
+                self._join_world()
             return self._fit()
+
+    def _join_world(self):
+        """MPI: wait for every rank, take rank 0's weights, optimizer slots and dropout generator, and keep
+        only this rank's rows of the carried state."""
+        world, model = self.world, self.model
+        world.wait_for_all()
+        for what, batches in (("training", self.train), ("validation", self.val)):
+            config = None if batches is None else batches.config
+            if world.broadcast(config) != config:
+                raise ScratchLMError(f"rank {world.rank}'s {what} data differ from rank 0's (corpus, tokenization or "
+                                     "batch settings): every rank must read the same corpus with the same settings")
+        world.broadcast_arrays(model.params, model.backend)
+        world.broadcast_arrays(self.optimizer.slots, model.backend)
+        if model.dropout_rng is not None:
+            model.dropout_rng.bit_generator.state = world.broadcast(model.dropout_rng.bit_generator.state)
+        if model.stateful and not self._state_sharded:
+            B = self.train.batch_size
+            lo, hi = world.shard(B)
+            model.set_state([None if state is None else tuple(
+                                 a if a.shape[axis] != B else a[(slice(None),) * axis + (slice(lo, hi),)]
+                                 for a, axis in zip(state, axes))
+                             for state, axes in zip(model.get_state(), _state_batch_axes(model))])
+            self._state_sharded = True
 
     def _fit(self):
         bad = self._non_finite_params()
@@ -362,7 +409,8 @@ class Trainer:
             if self.saved_step is None and (self.run_dir / LAST).exists():
                 raise ResumeError(f"{self.run_dir} already holds a run ({LAST}): resume it, or choose another "
                                   "run directory")
-            self._metrics = _open_log(self.run_dir / METRICS)
+            if self.world.is_root:
+                self._metrics = _open_log(self.run_dir / METRICS)
         try:
             self._record({"event": "resume" if self.step else "start", "step": self.step,
                           "epoch": self.epoch + 1, "time": time.time()})
@@ -397,15 +445,19 @@ class Trainer:
         """Steps from the current batch to the epoch's end; False if max_steps stopped it first."""
         n = self.train.num_batches
         bar = tqdm(total=n, initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="batch",
-                   disable=None if self.progress is None else not self.progress, leave=False, file=sys.stderr,
+                   disable=(None if self.progress is None else not self.progress) if self.world.is_root else True,
+                   leave=False, file=sys.stderr,
                    dynamic_ncols=True)
         window_tokens, window_start = 0, time.perf_counter()
         tick = time.perf_counter()
         try:
             for batch in self.train.batches(self.epoch, self.batch):
                 with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guard reports it
-                    loss, grads = self.model.loss_and_grads(batch.x, batch.y, mask=batch.mask,
-                                                            last_only=self.train.last_only, training=True)
+                    if self.world.parallel:
+                        loss, grads = self._parallel_loss_and_grads(batch)
+                    else:
+                        loss, grads = self.model.loss_and_grads(batch.x, batch.y, mask=batch.mask,
+                                                                last_only=self.train.last_only, training=True)
                     norm = optim.global_norm(grads)
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     self._diverged(loss, norm)
@@ -441,6 +493,24 @@ class Trainer:
             bar.close()
         return True
 
+    def _parallel_loss_and_grads(self, batch):
+        """MPI: the global batch's mean loss and gradients, from this rank's rows and one all-reduce."""
+        model, last_only = self.model, self.train.last_only
+        rows = len(batch.x)
+        lo, hi = self.world.shard(rows)
+        T = batch.x.shape[1]
+        masks = model.dropout_masks(rows, T, last_only)          # the global batch's, as one process draws them
+        if masks is not None:
+            masks = [m[lo:hi] if m.ndim == 2 else m[:, lo:hi] for m in masks]
+        if hi > lo:
+            part = _rows(batch, lo, hi, last_only)
+            loss, grads = model.loss_and_grads(part.x, part.y, mask=part.mask, last_only=last_only,
+                                               training=True, dropout_masks=masks)
+            tokens = part.targets
+        else:                                                     # a last short batch with fewer rows than ranks
+            loss, grads, tokens = 0.0, None, 0
+        return self.world.reduce_step(model.params, grads, loss, tokens, batch.targets, model.backend)
+
     def _end_epoch(self):
         train_loss = self._epoch_loss / max(self._epoch_targets, 1)
         val_loss = self.evaluate(self.val) if self.val is not None else None
@@ -459,7 +529,7 @@ class Trainer:
         if improved:
             self._save(BEST, epoch_done=True)
         self._plot()
-        if self.sampler is not None:
+        if self.sampler is not None and self.world.is_root:
             self.sampler(self)
         self.epoch, self.batch = self.epoch + 1, 0
 
@@ -478,15 +548,24 @@ class Trainer:
             for batch in batches.batches(0):
                 if not batches.stateful:
                     self.model.reset_state()
+                if self.world.parallel:                    # this rank's rows; the sums are added below
+                    lo, hi = self.world.shard(len(batch.x))
+                    if hi == lo:
+                        continue
+                    batch = _rows(batch, lo, hi, batches.last_only)
                 loss = self.model.loss(batch.x, batch.y, mask=batch.mask, last_only=batches.last_only)
                 total, count = total + loss * batch.targets, count + batch.targets
         finally:
             self.model.set_state(carried)
+        if self.world.parallel:
+            total, count = self.world.sum([total, count])
         return total / count
 
     # -- output -------------------------------------------------------------------------
     def print(self, text):
-        print(text, file=self.out or sys.stdout, flush=True)
+        """Print a line of the run's output (under MPI on rank 0 only)."""
+        if self.world.is_root:
+            print(text, file=self.out or sys.stdout, flush=True)
 
     def _record(self, record):
         if self._metrics is not None:
@@ -495,7 +574,7 @@ class Trainer:
             self._metrics.flush()
 
     def _plot(self):
-        if self.run_dir is not None and (self.run_dir / METRICS).exists():
+        if self.run_dir is not None and self.world.is_root and (self.run_dir / METRICS).exists():
             plot_metrics(self.run_dir / METRICS, self.run_dir / PLOT)
 
     # -- checkpoints and the guard ---------------------------------------------------------
@@ -523,8 +602,12 @@ class Trainer:
         carried = None
         if self.model.stateful:
             to_host = self.model.backend.to_host
-            carried = [None if state is None else [_encode_array(to_host(a)) for a in state]
-                       for state in self.model.get_state()]
+            state = self.model.get_state()
+            if self.world.parallel:                  # every rank's rows, joined on rank 0
+                state = [None if s is None else [self.world.gather_rows(to_host(a), axis) for a, axis in zip(s, axes)]
+                         for s, axes in zip(state, _state_batch_axes(self.model))]
+            if self.world.is_root:
+                carried = [None if s is None else [_encode_array(to_host(a)) for a in s] for s in state]
         epoch, batch = (self.epoch + 1, 0) if epoch_done else (self.epoch, self.batch)
         position = {"epoch": epoch, "batch": batch, "step": self.step,
                     "best_val_loss": self.best_val_loss, "epoch_loss": self._epoch_loss,
@@ -532,7 +615,9 @@ class Trainer:
                     "window_loss": self._window_loss,
                     "history": self.history}
         metadata = {**self.metadata, "data": self.train.config, "train": position, "state": carried}
-        self.model.save(self.run_dir / name, optimizer=self.optimizer, rng=self.model.dropout_rng, metadata=metadata)
+        if self.world.is_root:
+            self.model.save(self.run_dir / name, optimizer=self.optimizer, rng=self.model.dropout_rng,
+                            metadata=metadata)
         if name == LAST:
             self.saved_step = self.step
 
@@ -547,6 +632,20 @@ class Trainer:
                       "clipping")
         raise TrainingDiverged(f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}; "
                                + advice)
+
+
+def _rows(batch, lo, hi, last_only):
+    """Rows [lo, hi) of a Batch, with their own count of scored targets."""
+    x, y = batch.x[lo:hi], batch.y[lo:hi]
+    mask = None if batch.mask is None else batch.mask[lo:hi]
+    targets = y.size if mask is None or last_only else int(mask.sum())
+    return type(batch)(x, y, mask, targets)
+
+
+def _state_batch_axes(model):
+    """Per layer, per state part, the axis of the carried state that runs over the batch's rows."""
+    return [[next(i for i, (a, b) in enumerate(zip(one, two)) if a != b) for one, two in zip(ones, twos)]
+            for ones, twos in zip(model.state_shapes(1), model.state_shapes(2))]
 
 
 def _encode_array(a):

@@ -32,6 +32,7 @@ def test_nietzsche_book_smoke_run_on_a_fresh_machine(tmp_path):
     home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "SCRATCHLM_CACHE": str(cache),
+           "MPLCONFIGDIR": str(tmp_path / "matplotlib"),     # matplotlib's own font cache, where the plot extra is
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run([sys.executable, "examples/nietzsche_char.py", "--max-steps", "20",
                              "--run-dir", str(tmp_path / "run")],
