@@ -1,6 +1,7 @@
 """Benchmark scratchlm (fused and reference kernels) against Keras and PyTorch on the same workloads.
 
-    python benchmarks/bench.py [--workloads book,s2s,gen,gpu,transformer,transformer-gen] [--repeat N]
+    python benchmarks/bench.py [--workloads book,s2s,gen,gpu,gru-book,gru-s2s,transformer,transformer-gen]
+                               [--repeat N]
                                [--json out.json]
                                [--frameworks scratchlm,scratchlm-reference,scratchlm-rerun,keras,torch]
 
@@ -9,7 +10,9 @@ one-hot -> LSTM 128, T=60, B=128, RMSprop, last-step loss), ``s2s``
 (Embedding 64 -> LSTM 512, T=100, B=64, Adam, loss at every step), ``gen``
 (that model sampling, batch 1 and batch 64) and ``gpu`` (Embedding 64 -> LSTM
 1024, T=100, B=256 on a CUDA GPU: scratchlm on CuPy against PyTorch/cuDNN; run
-only where a GPU is present); ``transformer`` (the IMDB seed of issue 11:
+only where a GPU is present); ``gru-book`` and ``gru-s2s`` (the book and s2s
+shapes with a GRU: Keras' GRU with reset_after=True, torch.nn.GRU; not in the
+default list); ``transformer`` (the IMDB seed of issue 11:
 PositionalEmbedding -> one book decoder block, E 256, 2 heads of key_dim 256,
 dense 2048 -> Dense 15000, T=99, B=32, RMSprop, padded batches) and
 ``transformer-gen`` (that model generating 50 tokens after a 2-token prompt,
@@ -62,13 +65,14 @@ import frameworks as fw  # noqa: E402
 
 FRAMEWORKS = ["scratchlm", "scratchlm-reference", "scratchlm-rerun", "keras", "torch"]
 WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"], "gpu": ["gpu"],
+                  "gru-book": ["gru-book"], "gru-s2s": ["gru-s2s"],
                   "transformer": ["transformer"], "transformer-gen": ["transformer-gen"]}
 # Units per round: enough that the fastest framework's round lasts >= ~0.1 s, so that waking its threads and
 # refilling its caches after the pause between rounds does not dominate (a 400-token gen-b1 round took 16 ms and
 # measured scratchlm ~30% slower than back-to-back rounds do).
 # transformer: one step (0.5-10 s here); transformer-gen: one 50-token generation.
-ROUND = {"book": 10, "s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5, "transformer": 1, "transformer-gen": 2}
-WARMUP = {"book": 3, "s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3, "transformer": 1, "transformer-gen": 1}
+ROUND = {"book": 10, "s2s": 3, "gru-book": 10, "gru-s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5, "transformer": 1, "transformer-gen": 2}
+WARMUP = {"book": 3, "s2s": 2, "gru-book": 3, "gru-s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3, "transformer": 1, "transformer-gen": 1}
 TARGETS = [                                                         # (case, framework, minimum speed-up) from issue 5
     ("book", "keras", 2.0), ("book", "torch", 2.0), ("s2s", "keras", 1.6), ("s2s", "torch", 1.15),
     ("gen-b1", "torch", 4.0), ("gpu", "torch", 0.7)]
@@ -181,13 +185,14 @@ def gemms(case):
     if c.get("model") == "transformer":
         return transformer_gemms(c)
     T, B, H, V = c["T"], c["B"], c["H"], fw.V
-    out = [(B, H, 4 * H, T),                                        # h_{t-1} U, every step
-           (B, 4 * H, H, T),                                        # dz_t Uᵀ, every step
-           (H, T * B, 4 * H, 1)]                                    # dU = Hᵀ dZ
+    G = 3 if c.get("cell") == "gru" else 4                          # gates: GRU z, r, h; LSTM i, f, c, o
+    out = [(B, H, G * H, T),                                        # h_{t-1} U, every step
+           (B, G * H, H, T),                                        # dz_t Uᵀ, every step
+           (H, T * B, G * H, 1)]                                    # dU = Hᵀ dZ
     rows = B if c["last_only"] else T * B
     out += [(rows, H, V, 1), (rows, V, H, 1), (H, rows, V, 1)]      # dense forward, dx, dW
     if c["embedding"]:
-        out += [(V, c["embedding"], 4 * H, 1), (c["embedding"], V, 4 * H, 1), (V, 4 * H, c["embedding"], 1)]
+        out += [(V, c["embedding"], G * H, 1), (c["embedding"], V, G * H, 1), (V, G * H, c["embedding"], 1)]
     return out
 
 
@@ -305,7 +310,8 @@ def machine():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="book,s2s,gen,gpu",
-                        help="comma-separated: book, s2s, gen, gpu, transformer, transformer-gen")
+                        help="comma-separated: book, s2s, gen, gpu, gru-book, gru-s2s, transformer, "
+                             "transformer-gen")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
     parser.add_argument("--repeat", type=int, default=5, help="rounds per workload (default 5)")
     parser.add_argument("--json", help="write all results, raw rounds included, to this file")
@@ -358,6 +364,14 @@ def main(argv=None):
             got = throughput(entries["scratchlm"]) / throughput(entries[other])
             report["targets"].append({"case": case, "versus": other, "goal": goal, "speed_up": got, "met": got >= goal})
             print(f"target {case}: >= {goal}x {other}: {got:.2f}x {'met' if got >= goal else 'MISSED'}")
+    for lstm, gru in (("book", "gru-book"), ("s2s", "gru-s2s")):     # issue 12: the GRU as far ahead as the LSTM
+        for other in ("keras", "torch"):
+            got = {case: throughput(results[case]["scratchlm"]) / throughput(results[case][other])
+                   for case in (lstm, gru) if {"scratchlm", other} <= set(results.get(case, {}))}
+            if gru in got:
+                versus = (f"; {lstm} (LSTM) {got[lstm]:.2f}x: {'met' if got[gru] >= got[lstm] else 'MISSED'}"
+                          if lstm in got else " (run the LSTM workload in the same run to compare)")
+                print(f"target {gru}: speed-up over {other} at least the LSTM's: {got[gru]:.2f}x{versus}")
     if "gen-b64" in results and "scratchlm" in results["gen-b64"]:
         got = results["gen-b64"]["scratchlm"]["chars_per_s"]
         print(f"target gen-b64: >= 50,000 chars/s: {got:,.0f} {'met' if got >= 50000 else 'MISSED'}")

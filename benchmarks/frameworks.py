@@ -13,6 +13,9 @@ before timing: the cost of a step does not depend on the values.
 Cases (see benchmarks/bench.py):
     book     one-hot V=60 -> LSTM 128 -> Dense 60, T=60, B=128, RMSprop(0.01), loss on the last step
     s2s      Embedding(60, 64) -> LSTM 512 -> Dense 60, T=100, B=64, Adam(1e-3), loss on every step
+    gru-book the book shapes with a GRU: one-hot V=60 -> GRU 128 -> Dense 60, T=60, B=128, RMSprop(0.01)
+    gru-s2s  the s2s shapes with a GRU: Embedding(60, 64) -> GRU 512 -> Dense 60, T=100, B=64, Adam(1e-3)
+             (Keras 3's GRU, reset_after=True, whose equations torch.nn.GRU shares)
     gen-b1   the s2s model sampling at temperature 1, batch 1
     gen-b64  the same, batch 64
     gpu      Embedding(60, 64) -> LSTM 1024 -> Dense 60, T=100, B=256, Adam, on a CUDA GPU
@@ -35,6 +38,10 @@ V = 60
 CASES = {
     "book": dict(kind="train", embedding=None, H=128, T=60, B=128, optimizer="rmsprop", last_only=True),
     "s2s": dict(kind="train", embedding=64, H=512, T=100, B=64, optimizer="adam", last_only=False),
+    # The same shapes with a GRU (issue 12): Keras' GRU(reset_after=True), torch.nn.GRU.
+    "gru-book": dict(kind="train", cell="gru", embedding=None, H=128, T=60, B=128, optimizer="rmsprop",
+                     last_only=True),
+    "gru-s2s": dict(kind="train", cell="gru", embedding=64, H=512, T=100, B=64, optimizer="adam", last_only=False),
     "gen-b1": dict(kind="generate", embedding=64, H=512, B=1, prompt=10),
     "gen-b64": dict(kind="generate", embedding=64, H=512, B=64, prompt=10),
     "gpu": dict(kind="train", embedding=64, H=1024, T=100, B=256, optimizer="adam", last_only=False, gpu=True),
@@ -91,7 +98,7 @@ def build_scratchlm(case, kernels="fused"):
     if c.get("model") == "transformer":
         return _scratchlm_transformer(c, get_backend("numpy", "float32", kernels), optim)
     backend = get_backend("cupy" if c.get("gpu") else "numpy", "float32", kernels)
-    model = LanguageModel(V, c["embedding"], [c["H"]], backend=backend)
+    model = LanguageModel(V, c["embedding"], [c["H"]], backend=backend, cell=c.get("cell", "lstm"))
     sync = backend.xp.cuda.Device().synchronize if c.get("gpu") else lambda: None
     if c["kind"] == "generate":
         prompt = data(case)
@@ -204,7 +211,8 @@ def build_torch(case):
         def __init__(self):
             super().__init__()
             self.embedding = None if c["embedding"] is None else torch.nn.Embedding(V, c["embedding"])
-            self.lstm = torch.nn.LSTM(c["embedding"] or V, c["H"], batch_first=True)
+            rnn = torch.nn.GRU if c.get("cell") == "gru" else torch.nn.LSTM
+            self.lstm = rnn(c["embedding"] or V, c["H"], batch_first=True)
             self.dense = torch.nn.Linear(c["H"], V)
 
         def forward(self, x, state=None):
@@ -344,14 +352,20 @@ def build_keras(case):
         return _keras_generator(keras, tf, c, data(case))
 
     x, y = data(case)
+    if c.get("cell") == "gru":
+        def rnn(**kwargs):
+            return keras.layers.GRU(c["H"], reset_after=True, **kwargs)
+    else:
+        def rnn(**kwargs):
+            return keras.layers.LSTM(c["H"], **kwargs)
     if c["embedding"] is None:
         inputs = keras.Input((c["T"], V))
         x = np.eye(V, dtype=np.float32)[x]                                          # (B, T, V) one-hot
-        hidden = keras.layers.LSTM(c["H"], return_sequences=not c["last_only"])(inputs)
+        hidden = rnn(return_sequences=not c["last_only"])(inputs)
     else:
         inputs = keras.Input((c["T"],), dtype="int32")
         x = x.astype(np.int32)
-        hidden = keras.layers.LSTM(c["H"], return_sequences=True)(keras.layers.Embedding(V, c["embedding"])(inputs))
+        hidden = rnn(return_sequences=True)(keras.layers.Embedding(V, c["embedding"])(inputs))
     model = keras.Model(inputs, keras.layers.Dense(V)(hidden))
     opt = keras.optimizers.RMSprop(0.01) if c["optimizer"] == "rmsprop" else keras.optimizers.Adam(1e-3)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
