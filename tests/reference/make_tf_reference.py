@@ -679,7 +679,7 @@ def tf_ops_transformer(tf, w, x, cfg):
     w: scratchlm name -> tensor or variable. Returns logits (B, T, V). Attention as Keras computes it:
     S = (Q Kᵀ)/√K, masked entries replaced by Keras' large negative, softmax over keys, O = P V.
     """
-    T, N, K = x.shape[1], cfg["num_heads"], cfg["key_dim"]
+    T, K = x.shape[1], cfg["key_dim"]
     mask = attention_mask_of(tf, x)[:, None]                                          # (B, 1, T, T)
     dtype = w["dense/kernel"].dtype
 
