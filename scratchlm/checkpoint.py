@@ -64,21 +64,19 @@ def _whole(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _count(v):
-    return _whole(v) and v >= 0
+def whole_at_least(least):
+    """The check of a JSON field that must be a whole number >= ``least`` (not a bool), for :func:`check_fields`."""
+    return lambda v: _whole(v) and v >= least
 
 
-def _positive(v):
-    return _whole(v) and v > 0
-
-
-def _number(v):
+def is_number(v):
+    """The check of a JSON field that must be a number (not a bool), for :func:`check_fields`."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # Field -> (check, what it must be), for the dicts a checkpoint's header holds.
 _OPTIMIZER_RULES = {"name": (lambda v: isinstance(v, str), "a string"),
-                    "iterations": (_count, "a whole number >= 0")}
+                    "iterations": (whole_at_least(0), "a whole number >= 0")}
 def save(path, params, config, optimizer=None, rng=None, metadata=None, backend=None):
     """Write a model's ``params`` (name -> host array) and ``config`` (JSON, with its ``kind``), optionally an
     optimizer's state (its slots moved to the host by ``backend``), an RNG's state and JSON metadata."""

@@ -244,10 +244,6 @@ def main(argv=None):
 
 # -- what a checkpoint's metadata must hold ---------------------------------------
 
-def _whole_at_least(least):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least
-
-
 def _real(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -257,19 +253,19 @@ SETTING_RULES = {
     "corpus": (lambda v: isinstance(v, str) and v != "", "a corpus name or path"),
     "tokenizer": (lambda v: v in ("char", "word", "vector"), "'char', 'word' or 'vector'"),
     "lower": (lambda v: isinstance(v, bool), "true or false"),
-    "max_tokens": (_whole_at_least(1), "a whole number >= 1"),
+    "max_tokens": (checkpoint.whole_at_least(1), "a whole number >= 1"),
     "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows', 'padded' or 'vectorized'"),
-    "seq_len": (_whole_at_least(1), "a whole number >= 1"),
-    "step": (_whole_at_least(1), "a whole number >= 1"),
-    "batch_size": (_whole_at_least(1), "a whole number >= 1"),
+    "seq_len": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "step": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "batch_size": (checkpoint.whole_at_least(1), "a whole number >= 1"),
     "val_fraction": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "seed": (_whole_at_least(0), "a whole number >= 0"),
-    "epochs": (_whole_at_least(1), "a whole number >= 1"),
-    "max_steps": (lambda v: v is None or _whole_at_least(1)(v), "null or a whole number >= 1"),
-    "checkpoint_every": (_whole_at_least(1), "a whole number >= 1"),
+    "seed": (checkpoint.whole_at_least(0), "a whole number >= 0"),
+    "epochs": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "max_steps": (lambda v: v is None or checkpoint.whole_at_least(1)(v), "null or a whole number >= 1"),
+    "checkpoint_every": (checkpoint.whole_at_least(1), "a whole number >= 1"),
     "backend": (lambda v: v in ("numpy", "cupy", "auto"), "'numpy', 'cupy' or 'auto'"),
     "progress": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
-    "sample_length": (_whole_at_least(0), "a whole number >= 0"),
+    "sample_length": (checkpoint.whole_at_least(0), "a whole number >= 0"),
     "temperature": (lambda v: isinstance(v, list) and v != [] and all(_real(t) and t >= 0 for t in v),
                     "a list of numbers >= 0"),
     "prime": (lambda v: v is None or isinstance(v, str), "null or a text"),
@@ -277,10 +273,10 @@ SETTING_RULES = {
     "dropout": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
     "model": (lambda v: v in ("recurrent", "transformer"), "'recurrent' or 'transformer'"),
     "block": (lambda v: v in ("book", "gpt"), "'book' or 'gpt'"),
-    "heads": (_whole_at_least(1), "a whole number >= 1"),
-    "dense_dim": (_whole_at_least(1), "a whole number >= 1"),
-    "key_dim": (lambda v: v is None or _whole_at_least(1)(v), "null or a whole number >= 1"),
-    "layers": (_whole_at_least(1), "a whole number >= 1"),
+    "heads": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "dense_dim": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "key_dim": (lambda v: v is None or checkpoint.whole_at_least(1)(v), "null or a whole number >= 1"),
+    "layers": (checkpoint.whole_at_least(1), "a whole number >= 1"),
 }
 
 

@@ -81,12 +81,7 @@ class ResumeError(ScratchLMError):
     """A checkpoint cannot be resumed with the data or options given."""
 
 
-def _count(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+_count, _number = checkpoint.whole_at_least(0), checkpoint.is_number
 
 
 # What a Trainer's position in metadata["train"] holds: field -> (check, what it must be).
@@ -96,7 +91,7 @@ _POSITION_RULES = {
     "epoch_loss": (_number, "a number"), "epoch_targets": (_count, "a whole number >= 0"),
     "epoch_seconds": (_number, "a number"), "history": (lambda v: isinstance(v, list), "a list of epoch records"),
 }
-_EPOCH_RULES = {"epoch": (lambda v: _count(v) and v > 0, "a positive whole number"),
+_EPOCH_RULES = {"epoch": (checkpoint.whole_at_least(1), "a positive whole number"),
                 "step": (_count, "a whole number >= 0"),
                 "loss": (_number, "a number"), "val_loss": (lambda v: v is None or _number(v), "null or a number"),
                 "seconds": (_number, "a number")}
