@@ -230,16 +230,17 @@ def _read_bytes(path, sha256=None):
     return data
 
 
-def read_text(path):
+def read_text(path, sha256=None):
     """The UTF-8 text of a file, line ends as "\\n"; :class:`CorpusError` if it is missing, unreadable or not UTF-8.
 
-    A file whose name ends in ``.gz`` is decompressed first. Line ends are
+    A file whose name ends in ``.gz`` is decompressed first; ``sha256`` (of the
+    uncompressed bytes) is checked when given. Line ends are
     normalised as Python's text mode does (``open(path).read()``, what the Keras
     seed uses): "\\r\\n" and a lone "\\r" become "\\n". The Keras copy of
     nietzsche.txt has Windows line ends, and its 60-character vocabulary counts
     none of them.
     """
-    data = _read_bytes(path)
+    data = _read_bytes(path, sha256)
     try:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
@@ -255,6 +256,8 @@ def load_text(corpus, cache_dir=None, local_hint=LOCAL_HINT):
     """
     if Path(corpus).exists():
         return read_text(corpus)
+    if corpus in CORPORA and CORPORA[corpus].bundled:            # checked as it is read: one decompression
+        return read_text(bundled_path(corpus), CORPORA[corpus].sha256)
     if corpus in CORPORA or _is_url(corpus):
         return read_text(fetch(corpus, cache_dir=cache_dir, local_hint=local_hint))
     raise CorpusError(f"no such file: {corpus} (the named corpora are {', '.join(CORPORA)})")
