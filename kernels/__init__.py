@@ -10,6 +10,8 @@ cross-entropy, the scatter-add and generation through them.
     cpu.py            the op set of the NumPy backend
       lstm_numba.py     LSTM step forward/backward kernels and the time loops
       gru_numba.py      the same for the GRU (reset gate after the recurrent product)
+      blas.py           OpenBLAS's GEMM called from inside the Numba time loops; its thread count
+      shards.py         the time loops of a batch split into row shards, one per core
       xent_numba.py     softmax cross-entropy, forward and backward in place
       scatter_numba.py  scatter-add (embedding and input-table gradients)
       generate_numba.py the one-token-per-step sampling loop

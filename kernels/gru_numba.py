@@ -1,7 +1,9 @@
-"""Fused GRU recurrence on the CPU: NumPy/OpenBLAS GEMMs plus one Numba pass per step.
+"""Fused GRU recurrence on the CPU: the whole time loop in one Numba call, OpenBLAS GEMMs inside it.
 
 The same equations as :class:`scratchlm.layers.GRU` (read its docstring first;
-Keras 3's ``reset_after=True`` cell), organised like :mod:`lstm_numba`:
+Keras 3's ``reset_after=True`` cell), organised like :mod:`lstm_numba` (the
+time loop in one Numba function calling OpenBLAS itself, run in batch shards,
+one per core: :mod:`shards`):
 
 * per step, ``h_{t-1} U`` is one GEMM into a (B, 3H) buffer (not into the gate
   buffer as for the LSTM: the reset gate multiplies the recurrent part of h̃
@@ -22,8 +24,8 @@ gates z r h̃, then (after backward) dx̂; hs (T+1, B, H) holds h_0..h_T and uh
 (T, B, H) û_h (then dû_h). Only these have size T; hs and uh come from
 :mod:`workspace`.
 
-As for the LSTM the elementwise kernels run on one thread, vectorised, and the
-GEMMs use OpenBLAS's threads (no ``prange``: see :mod:`lstm_numba`). Each batch
+As for the LSTM the elementwise kernels are vectorised and a shard runs on one
+thread (no ``prange``: see :mod:`lstm_numba`). Each batch
 row gets short passes over a few (B-row slices of) arrays each — four forward,
 four backward — so that LLVM's runtime alias checks stay few and every loop
 vectorises (docs/design.md §4: one loop over many arrays did not).
@@ -31,7 +33,7 @@ vectorises (docs/design.md §4: one loop over many arrays did not).
 
 import numpy as np
 
-from . import workspace
+from . import blas, shards, workspace
 from ._jit import jit
 from .activations import sigmoid, tanh
 
@@ -42,8 +44,8 @@ def step_forward(a, table, rows, u, b_rec, h_prev, keep, h, uh):
 
     a (B, 3H): x̂ = x_t W + b_in on entry when ``table`` is None (else ignored);
         the gates [z r h̃] on exit.
-    table (R, 3H) or None, rows (B,): x̂[b] = table[rows[b]] — the input
-        projection looked up by token id.
+    table (R, 3H) and rows (B,), or both None: x̂[b] = table[rows[b]] — the
+        input projection looked up by token id.
     u (B, 3H): h_{t-1} U.  b_rec (3H,).  h_prev (B, H): h_{t-1}.
     keep (B,) bool: the mask m_t.
     h (B, H) out: h_t (h_{t-1} where m_t = 0).  uh (B, H) out: û_h = (h_{t-1} U + b_rec)_h.
@@ -182,6 +184,35 @@ def _dr(r, du_h, uh, du_r):
         uh[j] = duh
 
 
+@jit
+def forward_rows(gemm_at, a, U, b_rec, table, ids, keep, hs, uh, u, lo, hi):
+    """The forward time loop of batch rows lo:hi (all T steps): u <- h_{t-1} U by the BLAS at ``gemm_at``,
+    then :func:`step_forward`. ``ids`` None: a[t] holds x̂ (``table`` ignored)."""
+    for t in range(a.shape[0]):
+        ut = u[lo:hi]
+        blas.gemm(gemm_at, hs[t, lo:hi], U, ut)
+        if ids is None:
+            step_forward(a[t, lo:hi], None, None, ut, b_rec, hs[t, lo:hi], keep[t, lo:hi],
+                         hs[t + 1, lo:hi], uh[t, lo:hi])
+        else:
+            step_forward(a[t, lo:hi], table, ids[t, lo:hi], ut, b_rec, hs[t, lo:hi], keep[t, lo:hi],
+                         hs[t + 1, lo:hi], uh[t, lo:hi])
+
+
+@jit
+def backward_rows(gemm_at, a, hs, uh, U, dy, keep, dh_rec, carry, du, lo, hi):
+    """The backward time loop of batch rows lo:hi: :func:`step_backward`, then dh_rec <- dû_t Uᵀ, t = T … 1."""
+    for t in range(a.shape[0] - 1, -1, -1):
+        dut = du[lo:hi]
+        if dy is None:
+            step_backward(a[t, lo:hi], hs[t, lo:hi], uh[t, lo:hi], dh_rec[lo:hi], None, keep[t, lo:hi],
+                          carry[lo:hi], dut)
+        else:
+            step_backward(a[t, lo:hi], hs[t, lo:hi], uh[t, lo:hi], dh_rec[lo:hi], dy[t, lo:hi], keep[t, lo:hi],
+                          carry[lo:hi], dut)
+        blas.gemm(gemm_at, dut, U, dh_rec[lo:hi], True)                # dû_t Uᵀ
+
+
 def forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
     """Run the recurrence; returns (hs (T+1, B, H) = h_0..h_T, uh (T, B, H) = û_h of every step).
 
@@ -196,21 +227,18 @@ def forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
     hs = workspace.take((T + 1, B, H), a.dtype)
     uh = workspace.take((T, B, H), a.dtype)
     hs[0] = h0
-    all_kept = np.ones(B, dtype=bool)
-    keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     b_rec = np.ascontiguousarray(b_rec, dtype=a.dtype)
+    ids = None if ids is None else np.ascontiguousarray(ids)
+    U = np.ascontiguousarray(U)
     u = np.empty((B, G), dtype=a.dtype)                             # h_{t-1} U
-    if table is None:
-        rows = np.zeros(B, dtype=np.int64)                          # unused
-    else:
-        ids = np.ascontiguousarray(ids)
-    for t in range(T):
-        keep_t = all_kept if keep is None else keep[t]
-        np.matmul(hs[t], U, out=u)
-        if table is None:                                           # a[t] holds x_t W + b_in
-            step_forward(a[t], None, rows, u, b_rec, hs[t], keep_t, hs[t + 1], uh[t])
-        else:                                                       # x̂ = table[ids[t]], gathered in the kernel
-            step_forward(a[t], table, ids[t], u, b_rec, hs[t], keep_t, hs[t + 1], uh[t])
+    gemm_at = blas.GEMM.get(a.dtype)
+    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+        for t in range(T):
+            np.matmul(hs[t], U, out=u)
+            step_forward(a[t], table, None if ids is None else ids[t], u, b_rec, hs[t], keep[t], hs[t + 1], uh[t])
+        return hs, uh
+    shards.run(lambda lo, hi: forward_rows(gemm_at, a, U, b_rec, table, ids, keep, hs, uh, u, lo, hi), B)
     return hs, uh
 
 
@@ -227,14 +255,16 @@ def backward(a, hs, uh, U, dy=None, dh_T=None, keep=None):
     dh_rec = np.zeros((B, H), dtype=a.dtype) if dh_T is None else np.array(dh_T, dtype=a.dtype)
     carry = np.zeros((B, H), dtype=a.dtype)
     du = np.empty((B, G), dtype=a.dtype)                            # dû_t
-    all_kept = np.ones(B, dtype=bool)
-    keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     dy = None if dy is None else np.ascontiguousarray(dy, dtype=a.dtype)
-    Ut = np.ascontiguousarray(U.T)                                  # (3H, H)
-    for t in reversed(range(T)):
-        keep_t = all_kept if keep is None else keep[t]
-        step_backward(a[t], hs[t], uh[t], dh_rec, None if dy is None else dy[t], keep_t, carry, du)
-        np.matmul(du, Ut, out=dh_rec)                               # dû_t Uᵀ
+    U = np.ascontiguousarray(U)
+    gemm_at = blas.GEMM.get(a.dtype)
+    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+        for t in reversed(range(T)):
+            step_backward(a[t], hs[t], uh[t], dh_rec, None if dy is None else dy[t], keep[t], carry, du)
+            np.matmul(du, U.T, out=dh_rec)                          # dû_t Uᵀ
+    else:
+        shards.run(lambda lo, hi: backward_rows(gemm_at, a, hs, uh, U, dy, keep, dh_rec, carry, du, lo, hi), B)
     dh0 = dh_rec + carry
     hs2 = hs[:-1].reshape(T * B, H).T                               # (H, T·B)
     dX2 = a.reshape(T * B, G)

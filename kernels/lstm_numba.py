@@ -1,8 +1,13 @@
-"""Fused LSTM recurrence on the CPU: NumPy/OpenBLAS GEMMs plus one Numba pass per step.
+"""Fused LSTM recurrence on the CPU: the whole time loop in one Numba call, OpenBLAS GEMMs inside it.
 
 The same equations as :class:`scratchlm.layers.LSTM` (read its docstring first),
 organised for speed:
 
+* the time loop is one Numba function (:func:`forward_rows`, :func:`backward_rows`)
+  that calls OpenBLAS's GEMM itself (:mod:`blas`), so no step pays the Python
+  interpreter, and the GIL is released from the first step to the last; the
+  batch is split into one shard of rows per core, each running its own loop
+  (:mod:`shards`);
 * per step, ``h_{t-1} U`` is one GEMM written straight into the step's slot of
   the gate buffer (no temporary), then **one** elementwise pass does the rest:
   add the input projection — gathered by token id from a (V, 4H) table, so the
@@ -18,17 +23,19 @@ gates i f g o, then (after backward) dz; hs and cs (T+1, B, H) hold h_0..h_T
 and c_0..c_T. Nothing else of size T is allocated, and these come from
 :mod:`workspace`, reused from step to step.
 
-The elementwise kernels run on one thread, vectorised (AVX-512 where the CPU
-has it); the GEMMs use OpenBLAS's threads. Splitting the batch over threads
-with ``prange`` was measured and does not pay on two cores: with Numba's
-OpenMP layer the spinning worker threads fight OpenBLAS's for the cores (a
-step became ~100x slower), and with passive waiting or the workqueue layer the
-hand-over costs about what it saves (docs/benchmarks.md).
+The elementwise kernels are vectorised (AVX-512 or AVX2). Within one shard
+everything runs on one thread; with one shard (see :mod:`shards` for when) the
+per-step GEMMs use OpenBLAS's threads. Splitting each *step* over threads with
+``prange`` was measured and does not pay on two cores: with Numba's OpenMP
+layer the spinning worker threads fight OpenBLAS's for the cores (a step
+became ~100x slower), and with passive waiting or the workqueue layer the
+hand-over costs about what it saves (docs/benchmarks.md); shards meet only
+once, after the last step.
 """
 
 import numpy as np
 
-from . import workspace
+from . import blas, shards, workspace
 from ._jit import jit
 from .activations import sigmoid, tanh
 
@@ -123,6 +130,42 @@ def _cell_backward(z, c_prev, c, dh, dc):
         dc[j] = dct * f
 
 
+@jit
+def forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi):
+    """The forward time loop of batch rows lo:hi (all T steps), GEMMs by the BLAS at ``gemm_at``.
+
+    Token input (``ids`` (T, B)): z[t] <- h_{t-1} U, then the step adds table[ids[t]].
+    Float input (``ids`` None): z[t] holds x_t W + b; rec (B, 4H) is the buffer for h_{t-1} U
+    and ``table`` is ignored. keep (T, B) bool.
+    """
+    for t in range(z.shape[0]):
+        h_prev, c_prev, zt = hs[t, lo:hi], cs[t, lo:hi], z[t, lo:hi]
+        if ids is None:
+            r = rec[lo:hi]
+            blas.gemm(gemm_at, h_prev, U, r)
+            step_forward(zt, r, np.arange(hi - lo), c_prev, h_prev, keep[t, lo:hi], cs[t + 1, lo:hi], hs[t + 1, lo:hi])
+        else:
+            blas.gemm(gemm_at, h_prev, U, zt)
+            step_forward(zt, table, ids[t, lo:hi], c_prev, h_prev, keep[t, lo:hi], cs[t + 1, lo:hi], hs[t + 1, lo:hi])
+
+
+@jit
+def backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi):
+    """The backward time loop of batch rows lo:hi: :func:`step_backward`, then dh_rec <- dz_t Uᵀ, t = T … 1."""
+    T = z.shape[0]
+    all_kept = np.ones(hi - lo, dtype=np.bool_)
+    for t in range(T - 1, -1, -1):
+        keep_next = all_kept if t == T - 1 else keep[t + 1, lo:hi]
+        zt = z[t, lo:hi]
+        if dy is None:
+            step_backward(zt, cs[t, lo:hi], cs[t + 1, lo:hi], dh_rec[lo:hi], keep_next, None, keep[t, lo:hi],
+                          dh[lo:hi], dc[lo:hi])
+        else:
+            step_backward(zt, cs[t, lo:hi], cs[t + 1, lo:hi], dh_rec[lo:hi], keep_next, dy[t, lo:hi], keep[t, lo:hi],
+                          dh[lo:hi], dc[lo:hi])
+        blas.gemm(gemm_at, zt, U, dh_rec[lo:hi], True)                 # dz_t Uᵀ
+
+
 def forward(z, U, h0, c0, keep=None, table=None, ids=None):
     """Run the recurrence; returns (hs, cs), each (T+1, B, H): h_0..h_T and c_0..c_T.
 
@@ -132,24 +175,25 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
     holding the gates. keep (T, B) bool or None (no mask).
     """
     T, B, G = z.shape
-    H = G // 4
-    hs = workspace.take((T + 1, B, H), z.dtype)
-    cs = workspace.take((T + 1, B, H), z.dtype)
+    hs = workspace.take((T + 1, B, G // 4), z.dtype)
+    cs = workspace.take((T + 1, B, G // 4), z.dtype)
     hs[0], cs[0] = h0, c0
-    all_kept = np.ones(B, dtype=bool)
-    keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     ids = None if ids is None else np.ascontiguousarray(ids)
-    if table is None:
-        rec = np.empty((B, G), dtype=z.dtype)                       # h_{t-1} U
-        rows = np.arange(B)
-    for t in range(T):
-        keep_t = all_kept if keep is None else keep[t]
-        if table is None:                                           # z[t] holds x_t W + b
-            np.matmul(hs[t], U, out=rec)
-            step_forward(z[t], rec, rows, cs[t], hs[t], keep_t, cs[t + 1], hs[t + 1])
-        else:                                                       # z[t] <- h_{t-1} U, then + table[ids[t]]
-            np.matmul(hs[t], U, out=z[t])
-            step_forward(z[t], table, ids[t], cs[t], hs[t], keep_t, cs[t + 1], hs[t + 1])
+    table = z if table is None else table                           # (unused for float input)
+    rec = np.empty((B, G), dtype=z.dtype)
+    U = np.ascontiguousarray(U)
+    gemm_at = blas.GEMM.get(z.dtype)
+    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+        for t in range(T):
+            if ids is None:
+                np.matmul(hs[t], U, out=rec)
+                step_forward(z[t], rec, np.arange(B), cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1])
+            else:
+                np.matmul(hs[t], U, out=z[t])
+                step_forward(z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1])
+        return hs, cs
+    shards.run(lambda lo, hi: forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi), B)
     return hs, cs
 
 
@@ -165,15 +209,19 @@ def backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
     dh_rec = np.zeros((B, H), dtype=z.dtype) if dh_T is None else np.array(dh_T, dtype=z.dtype)
     dc = np.zeros((B, H), dtype=z.dtype) if dc_T is None else np.array(dc_T, dtype=z.dtype)
     dh = np.zeros((B, H), dtype=z.dtype)
-    all_kept = np.ones(B, dtype=bool)
-    keep = None if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    masked = keep is not None
+    keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     dy = None if dy is None else np.ascontiguousarray(dy, dtype=z.dtype)
-    Ut = np.ascontiguousarray(U.T)                                  # (4H, H)
-    for t in reversed(range(T)):
-        keep_next = all_kept if keep is None or t == T - 1 else keep[t + 1]
-        keep_t = all_kept if keep is None else keep[t]
-        step_backward(z[t], cs[t], cs[t + 1], dh_rec, keep_next, None if dy is None else dy[t], keep_t, dh, dc)
-        np.matmul(z[t], Ut, out=dh_rec)                             # dz_t Uᵀ
-    dh0 = dh_rec if keep is None else np.where(keep[0][:, None], dh_rec, dh_rec + dh)
+    U = np.ascontiguousarray(U)
+    gemm_at = blas.GEMM.get(z.dtype)
+    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+        all_kept = np.ones(B, dtype=bool)
+        for t in reversed(range(T)):
+            step_backward(z[t], cs[t], cs[t + 1], dh_rec, all_kept if t == T - 1 else keep[t + 1],
+                          None if dy is None else dy[t], keep[t], dh, dc)
+            np.matmul(z[t], U.T, out=dh_rec)                        # dz_t Uᵀ
+    else:
+        shards.run(lambda lo, hi: backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi), B)
+    dh0 = np.where(keep[0][:, None], dh_rec, dh_rec + dh) if masked else dh_rec
     dU = hs[:-1].reshape(T * B, H).T @ z.reshape(T * B, G)          # (H, 4H)
     return z, dU, dh0, dc

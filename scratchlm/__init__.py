@@ -8,6 +8,12 @@ an array backend (NumPy on CPU, CuPy on GPU). Start reading at
 docs/design.md describes the whole.
 """
 
+import os
+import sys
+
+if "numpy" not in sys.modules:          # OpenBLAS reads this when NumPy loads it: see kernels/shards.py
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 from .backend import Backend, get_backend
 from .errors import BackendUnavailable, CheckpointError, ScratchLMError
 from .models import LanguageModel, TransformerLM

@@ -5,7 +5,10 @@ the same weights and inputs: the LSTM and GRU layers (forward and every gradient
 with masks, initial states, sequence and last-step outputs; the GRU also with
 token-table input), the whole model with either cell (one-hot,
 embedding-table and embedding-direct input, stacked layers, last-step loss),
-the softmax cross-entropy, the scatter-add and generation. An array passes when
+the softmax cross-entropy, the scatter-add and generation. The layer tests run
+the CPU time loops three ways (``LOOPS``): as the batch's shards see fit, in
+three forced shards (``kernels/shards.py``), and as the Python loop used where
+NumPy's BLAS is not an OpenBLAS the kernels can call. An array passes when
 max |fused − reference| <= rtol · max |reference| + atol, with
 
 * float64: rtol 1e-12, atol 1e-14 — both paths do the same arithmetic up to
@@ -18,9 +21,11 @@ max |fused − reference| <= rtol · max |reference| + atol, with
 The CuPy kernels are compared the same way when a GPU is present.
 """
 
+import contextlib
 import importlib.util
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -64,6 +69,24 @@ def compiled_kernels():
             model.loss_and_grads(x, x, mask=mask)
             model.loss_and_grads(x, x[:, 0], last_only=True)
             model.generate([1], 2, seed=0)
+
+
+LOOPS = ["as-chosen", "three-shards", "python-loop"]
+
+
+@contextlib.contextmanager
+def cpu_loop(how):
+    """Run the fused CPU time loops ``how`` (one of LOOPS) inside the block."""
+    from scratchlm.kernels import blas, shards
+
+    if how == "three-shards":
+        with mock.patch.object(shards, "count", lambda rows: min(3, rows)):
+            yield
+    elif how == "python-loop":
+        with mock.patch.dict(blas.GEMM, clear=True):
+            yield
+    else:
+        yield
 
 
 def random_mask(rng, T, B):
@@ -131,8 +154,8 @@ def run_lstm(lstm, x, state, mask, dy, dstate):
 @EXAMPLES
 @given(T=st.integers(1, 7), B=st.integers(1, 5), D=st.integers(1, 6), H=st.integers(1, 11),
        masked=st.booleans(), sequences=st.booleans(), with_state=st.booleans(),
-       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
-def test_lstm_layer_matches_reference(T, B, D, H, masked, sequences, with_state, dtype, seed):
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16), loop=st.sampled_from(LOOPS))
+def test_lstm_layer_matches_reference(T, B, D, H, masked, sequences, with_state, dtype, seed, loop):
     rng = np.random.default_rng(seed)
     ref, fused = lstm_pair(dtype, D, H, sequences, rng)
     cast = ref.backend.asarray
@@ -142,7 +165,8 @@ def test_lstm_layer_matches_reference(T, B, D, H, masked, sequences, with_state,
     dy = cast(rng.standard_normal((T, B, H) if sequences else (B, H)))
     dstate = (cast(rng.standard_normal((B, H))), cast(rng.standard_normal((B, H))))
     want = run_lstm(ref, x, state, mask, dy, dstate)
-    got = run_lstm(fused, x, state, mask, dy, dstate)
+    with cpu_loop(loop):
+        got = run_lstm(fused, x, state, mask, dy, dstate)
     for name in want:
         assert close(got[name], want[name], dtype), name
 
@@ -192,8 +216,8 @@ def run_gru(gru, inp, x, E, state, mask, dy, dstate):
 @EXAMPLES
 @given(T=st.integers(1, 7), B=st.integers(1, 5), D=st.integers(1, 6), H=st.integers(1, 11),
        inp=st.sampled_from(GRU_INPUTS), masked=st.booleans(), sequences=st.booleans(), with_state=st.booleans(),
-       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
-def test_gru_layer_matches_reference(T, B, D, H, inp, masked, sequences, with_state, dtype, seed):
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16), loop=st.sampled_from(LOOPS))
+def test_gru_layer_matches_reference(T, B, D, H, inp, masked, sequences, with_state, dtype, seed, loop):
     rng = np.random.default_rng(seed)
     ref, fused = gru_pair(dtype, D, H, sequences, rng)
     cast = ref.backend.asarray
@@ -210,7 +234,8 @@ def test_gru_layer_matches_reference(T, B, D, H, inp, masked, sequences, with_st
     dy = cast(rng.standard_normal((T, B, H) if sequences else (B, H)))
     dstate = (cast(rng.standard_normal((B, H))),)
     want = run_gru(ref, inp, x, E, state, mask, dy, dstate)
-    got = run_gru(fused, inp, x, E, state, mask, dy, dstate)
+    with cpu_loop(loop):
+        got = run_gru(fused, inp, x, E, state, mask, dy, dstate)
     assert set(got) == set(want)
     for name in want:
         assert close(got[name], want[name], dtype), name
@@ -262,8 +287,8 @@ def model_pair(dtype, inp, hidden_sizes, **kw):
 @given(inp=st.sampled_from(list(INPUTS)), hidden_sizes=st.lists(st.integers(1, 9), min_size=1, max_size=2),
        T=st.integers(1, 6), B=st.integers(1, 4), masked=st.booleans(), last_only=st.booleans(),
        dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16),
-       cell=st.sampled_from(["lstm", "gru"]))
-def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dtype, seed, cell):
+       cell=st.sampled_from(["lstm", "gru"]), loop=st.sampled_from(LOOPS))
+def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dtype, seed, cell, loop):
     ref, fused = model_pair(dtype, inp, hidden_sizes, cell=cell)
     rng = np.random.default_rng(seed)
     V = ref.vocab_size
@@ -274,12 +299,14 @@ def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dty
         mask = random_mask(rng, T, B).T
         mask[0, -1] = True                                           # at least one scored token
     loss_ref, grads_ref = ref.loss_and_grads(x, y, mask=mask, last_only=last_only)
-    loss_fused, grads_fused = fused.loss_and_grads(x, y, mask=mask, last_only=last_only)
+    with cpu_loop(loop):
+        loss_fused, grads_fused = fused.loss_and_grads(x, y, mask=mask, last_only=last_only)
     assert abs(loss_fused - loss_ref) <= TOL[dtype] * abs(loss_ref)
     for name in grads_ref:
         assert close(grads_fused[name], grads_ref[name], dtype), name
     logits_ref, state_ref = ref.forward(x, mask=mask)
-    logits_fused, state_fused = fused.forward(x, mask=mask)
+    with cpu_loop(loop):
+        logits_fused, state_fused = fused.forward(x, mask=mask)
     assert close(logits_fused, logits_ref, dtype)
     for parts_f, parts_r in zip(state_fused, state_ref):             # LSTM (h, c), GRU (h,)
         assert len(parts_f) == len(parts_r) == (2 if cell == "lstm" else 1)
@@ -561,3 +588,53 @@ def test_cupy_scatter_add_and_loss_match_numpy():
     loss, d = be.fused.softmax_cross_entropy(cupy.asarray(logits), cupy.asarray(targets))
     assert loss == pytest.approx(loss_ref, rel=1e-12)
     assert close(cupy.asnumpy(d), d_ref, "float64")
+
+
+# -- the time loop's shards -------------------------------------------------------------------------------
+
+def test_shards_cover_the_batch_and_meet_once():
+    from scratchlm.kernels import shards
+
+    for rows in range(1, 40):
+        for n in range(1, min(rows, 5) + 1):
+            spans = shards.bounds(rows, n)
+            assert spans[0][0] == 0 and spans[-1][1] == rows
+            assert all(hi == lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+            assert max(hi - lo for lo, hi in spans) - min(hi - lo for lo, hi in spans) <= 1
+
+
+def test_a_shard_that_fails_fails_the_loop_and_blas_gets_its_threads_back():
+    from scratchlm.kernels import blas, shards
+
+    if blas.THREADS is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
+    before = blas.THREADS[0]()
+    done = []
+
+    def loop(lo, hi):
+        if lo > 0:
+            raise RuntimeError("shard failed")
+        done.append((lo, hi))
+
+    with mock.patch.object(shards, "count", lambda rows: 3), pytest.raises(RuntimeError, match="shard failed"):
+        shards.run(loop, 9)
+    assert done == [(0, 3)] and blas.THREADS[0]() == before
+
+
+def test_shards_only_where_openblas_threads_sleep_soon(monkeypatch):
+    from scratchlm.kernels import blas, shards
+
+    if blas.THREADS is None or not blas.GEMM:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS the kernels can call")
+    monkeypatch.setattr(blas, "THREADS", (lambda: 2, blas.THREADS[1]))
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "20")
+    assert shards.count(64) == 2 and shards.count(2 * shards.MIN_ROWS - 1) == 1
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")               # OpenBLAS's default: 2^28 cycles of spinning
+    assert shards.count(64) == 1
+
+
+def test_importing_scratchlm_first_sets_the_openblas_thread_timeout():
+    code = ("import os, scratchlm, numpy; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "20"
