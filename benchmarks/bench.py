@@ -1,6 +1,6 @@
 """Benchmark scratchlm (fused and reference kernels) against Keras and PyTorch on the same workloads.
 
-    python benchmarks/bench.py [--workloads book,s2s,gen,gpu,gru-book,gru-s2s,transformer,transformer-gen]
+    python benchmarks/bench.py [--workloads book,s2s,gen,gpu,gru-book,gru-s2s,transformer,transformer-gen,sweep]
                                [--repeat N]
                                [--json out.json]
                                [--frameworks scratchlm,scratchlm-reference,scratchlm-rerun,keras,torch]
@@ -18,7 +18,10 @@ dense 2048 -> Dense 15000, T=99, B=32, RMSprop, padded batches) and
 ``transformer-gen`` (that model generating 50 tokens after a 2-token prompt,
 batch 1: scratchlm's KV cache against the seed's full re-run per token, in
 Keras and as ``scratchlm-rerun``). These two are not in the default list (a
-transformer step takes seconds here). Frameworks that are not installed are
+transformer step takes seconds here). ``sweep`` (issue 14) is one training step
+of Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, for every B in 8 … 256 and
+H in 128 … 1024 (24 cases, no memory rounds); ``--sweep-png FILE`` draws the
+speed-ups over PyTorch as a heat map (needs matplotlib, the ``plot`` extra). Frameworks that are not installed are
 left out, and a case runs only the frameworks it lists (if it lists any).
 
 How it measures:
@@ -66,16 +69,21 @@ import frameworks as fw  # noqa: E402
 FRAMEWORKS = ["scratchlm", "scratchlm-reference", "scratchlm-rerun", "keras", "torch"]
 WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"], "gpu": ["gpu"],
                   "gru-book": ["gru-book"], "gru-s2s": ["gru-s2s"],
-                  "transformer": ["transformer"], "transformer-gen": ["transformer-gen"]}
+                  "transformer": ["transformer"], "transformer-gen": ["transformer-gen"],
+                  "sweep": [f"sweep-b{B}-h{H}" for H in fw.SWEEP_H for B in fw.SWEEP_B]}
 # Units per round: enough that the fastest framework's round lasts >= ~0.1 s, so that waking its threads and
 # refilling its caches after the pause between rounds does not dominate (a 400-token gen-b1 round took 16 ms and
 # measured scratchlm ~30% slower than back-to-back rounds do).
 # transformer: one step (0.5-10 s here); transformer-gen: one 50-token generation.
 ROUND = {"book": 10, "s2s": 3, "gru-book": 10, "gru-s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5, "transformer": 1, "transformer-gen": 2}
 WARMUP = {"book": 3, "s2s": 2, "gru-book": 3, "gru-s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3, "transformer": 1, "transformer-gen": 1}
-TARGETS = [                                                         # (case, framework, minimum speed-up) from issue 5
-    ("book", "keras", 2.0), ("book", "torch", 2.0), ("s2s", "keras", 1.6), ("s2s", "torch", 1.15),
+TARGETS = [                                                         # (case, framework, minimum speed-up), issues 5 and 14
+    ("book", "keras", 2.0), ("book", "torch", 2.0), ("s2s", "keras", 1.6), ("s2s", "torch", 1.3),
     ("gen-b1", "torch", 4.0), ("gpu", "torch", 0.7)]
+for _case in WORKLOAD_CASES["sweep"]:                            # ~0.2 s per round at ~50 GFLOP/s, one warm-up step
+    _c = fw.CASES[_case]
+    _flops = 6 * _c["T"] * _c["B"] * 4 * _c["H"] * (_c["H"] + 64) + 6 * _c["T"] * _c["B"] * _c["H"] * _c["V"]
+    ROUND[_case], WARMUP[_case] = max(1, round(0.2 * 50e9 / _flops)), 1
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
@@ -146,10 +154,10 @@ class Worker:
         self.log.close()
 
 
-def run_case(case, frameworks, repeat):
-    """Rounds of alternating timings of one case, then one memory round per framework.
+def run_case(case, frameworks, repeat, memory_rounds=True):
+    """Rounds of alternating timings of one case, then (``memory_rounds``) one memory round per framework.
 
-    Returns ({framework: [timed rounds]}, {framework: memory round}).
+    Returns ({framework: [timed rounds]}, {framework: memory round, or {} without memory rounds}).
     """
     workers = []
     for f in frameworks:
@@ -167,8 +175,8 @@ def run_case(case, frameworks, repeat):
     finally:
         for w in workers:
             w.close()
-    memory = {}
-    for f in rounds:
+    memory = {f: {} for f in rounds}
+    for f in rounds if memory_rounds else ():
         w = Worker(f, case, MEMORY_ENV)
         try:
             memory[f] = w.measure(ROUND[case], memory=True)
@@ -184,7 +192,7 @@ def gemms(case):
     c = fw.CASES[case]
     if c.get("model") == "transformer":
         return transformer_gemms(c)
-    T, B, H, V = c["T"], c["B"], c["H"], fw.V
+    T, B, H, V = c["T"], c["B"], c["H"], c.get("V", fw.V)
     G = 3 if c.get("cell") == "gru" else 4                          # gates: GRU z, r, h; LSTM i, f, c, o
     out = [(B, H, G * H, T),                                        # h_{t-1} U, every step
            (B, G * H, H, T),                                        # dz_t Uᵀ, every step
@@ -226,16 +234,18 @@ def sgemm_seconds(M, K, N, repeat=20):
 
 
 def roofline(cases):
+    """Per training case: GFLOP per step, the time at the peak sgemm rate and (not for the sweep's 24 cases,
+    where it would take minutes) the time of the same GEMMs at their own shapes."""
     peak = 2 * 2048**3 / sgemm_seconds(2048, 2048, 2048, repeat=5)
     result = {"peak_sgemm_gflops": peak / 1e9}
     for case in cases:
         if fw.CASES[case]["kind"] != "train" or fw.CASES[case].get("gpu"):
             continue
         flops = sum(2 * M * K * N * n for M, K, N, n in gemms(case))
-        at_shapes = sum(sgemm_seconds(M, K, N, repeat=20 if M * K * N < 10**9 else 5) * n
-                        for M, K, N, n in gemms(case))
-        result[case] = {"gflop_per_step": flops / 1e9, "bound_ms_at_peak": 1e3 * flops / peak,
-                        "gemm_ms_at_shapes": 1e3 * at_shapes}
+        result[case] = {"gflop_per_step": flops / 1e9, "bound_ms_at_peak": 1e3 * flops / peak}
+        if case not in WORKLOAD_CASES["sweep"]:
+            result[case]["gemm_ms_at_shapes"] = 1e3 * sum(sgemm_seconds(M, K, N, repeat=20 if M * K * N < 10**9 else 5)
+                                                          * n for M, K, N, n in gemms(case))
     return result
 
 
@@ -246,8 +256,7 @@ def summarise(case, rounds, memory):
     out = {}
     for name, rs in rounds.items():
         per_unit = statistics.median(r["seconds"] / r["count"] for r in rs)   # s per step or per character
-        entry = {"step_peak_mb": memory[name]["step_peak_mb"], "process_peak_mb": memory[name]["process_peak_mb"],
-                 "rounds": rs}
+        entry = {"rounds": rs, **{k: memory[name][k] for k in ("step_peak_mb", "process_peak_mb") if k in memory[name]}}
         if "device_peak_mb" in memory[name]:
             entry["device_peak_mb"] = memory[name]["device_peak_mb"]
         if c["kind"] == "train":
@@ -274,6 +283,66 @@ def table(results):
             lines.append(f"| {case} | {name} | {ms} | {throughput(e):,.0f} | {ratio} | "
                          f"{memory} | {e['process_peak_mb']:.0f} |")
     return "\n".join(lines)
+
+
+def sweep_speedups(results, other):
+    """{(B, H): scratchlm's tokens/s over ``other``'s} for the sweep cases both ran."""
+    out = {}
+    for case in WORKLOAD_CASES["sweep"]:
+        entries = results.get(case, {})
+        if {"scratchlm", other} <= set(entries):
+            c = fw.CASES[case]
+            out[c["B"], c["H"]] = throughput(entries["scratchlm"]) / throughput(entries[other])
+    return out
+
+
+def sweep_table(results, roof):
+    """Rows B, columns H: scratchlm ms/step, its speed-up over PyTorch and Keras, and its distance to the
+    roofline (ms/step over the time at the peak sgemm rate)."""
+    torch, keras = sweep_speedups(results, "torch"), sweep_speedups(results, "keras")
+    lines = ["| B \\ H | " + " | ".join(str(H) for H in fw.SWEEP_H) + " |", "|---:|" + "---:|" * len(fw.SWEEP_H)]
+    for B in fw.SWEEP_B:
+        cells = []
+        for H in fw.SWEEP_H:
+            case = f"sweep-b{B}-h{H}"
+            ours = results.get(case, {}).get("scratchlm")
+            if ours is None:
+                cells.append("–")
+                continue
+            parts = [f"{ours['ms_per_step']:.1f} ms"]
+            parts += [f"{name} {d[B, H]:.2f}x" for name, d in (("torch", torch), ("keras", keras)) if (B, H) in d]
+            if case in roof:
+                parts.append(f"roof {ours['ms_per_step'] / roof[case]['bound_ms_at_peak']:.2f}x")
+            cells.append("<br>".join(parts))
+        lines.append(f"| {B} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_heatmap(results, path):
+    """A heat map of scratchlm's speed-up over PyTorch (and, where Keras ran, over Keras) per (B, H)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, d) for name, d in (("PyTorch", sweep_speedups(results, "torch")),
+                                        ("Keras", sweep_speedups(results, "keras"))) if d]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (name, d) in zip(axes[0], panels):
+        grid = np.array([[d.get((B, H), np.nan) for H in fw.SWEEP_H] for B in fw.SWEEP_B])
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=2.5, origin="lower", aspect="auto")
+        for i in range(len(fw.SWEEP_B)):
+            for j in range(len(fw.SWEEP_H)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(len(fw.SWEEP_H)), [str(H) for H in fw.SWEEP_H])
+        ax.set_yticks(range(len(fw.SWEEP_B)), [str(B) for B in fw.SWEEP_B])
+        ax.set_xlabel("hidden units H")
+        ax.set_ylabel("batch B")
+        ax.set_title(f"scratchlm speed-up over {name}")
+        fig.colorbar(image, ax=ax)
+    fig.suptitle("one training step: Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, float32")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def have_gpu():
@@ -311,10 +380,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="book,s2s,gen,gpu",
                         help="comma-separated: book, s2s, gen, gpu, gru-book, gru-s2s, transformer, "
-                             "transformer-gen")
+                             "transformer-gen, sweep")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
     parser.add_argument("--repeat", type=int, default=5, help="rounds per workload (default 5)")
     parser.add_argument("--json", help="write all results, raw rounds included, to this file")
+    parser.add_argument("--sweep-png", help="with the sweep: draw the speed-ups as a heat map into this PNG file")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -342,15 +412,30 @@ def main(argv=None):
         allowed = fw.CASES[case].get("frameworks", fw.DEFAULT_FRAMEWORKS)
         here = [n for n in names if n in allowed and not (fw.CASES[case].get("gpu") and n == "keras")]
         print(f"# {case}: {', '.join(here)} x {args.repeat} rounds", flush=True)
-        results[case] = summarise(case, *run_case(case, here, args.repeat))
+        results[case] = summarise(case, *run_case(case, here, args.repeat,
+                                                  memory_rounds=case not in WORKLOAD_CASES["sweep"]))
     report["results"] = results
     report["load_average_after"] = os.getloadavg()
 
     print()
-    print(table(results))
+    named = {case: entries for case, entries in results.items() if case not in WORKLOAD_CASES["sweep"]}
+    if named:
+        print(table(named))
+    if len(named) < len(results):
+        print("sweep: scratchlm ms/step, speed-ups (tokens/s) and ms/step over the time at the peak sgemm rate")
+        print(sweep_table(results, report["roofline"]))
+        for other, goal in (("torch", 1.25), ("keras", 1.6)):
+            d = sweep_speedups(results, other)
+            if d:
+                missed = sorted(cell for cell, x in d.items() if x < goal)
+                print(f"target sweep: every cell >= {goal}x {other}: {len(d) - len(missed)} of {len(d)} met"
+                      + (f"; missed (B, H): {missed}" if missed else ""))
+        if args.sweep_png:
+            sweep_heatmap(results, args.sweep_png)
+            print(f"heat map: {args.sweep_png}")
     print()
     roof = report["roofline"]
-    for case in cases:
+    for case in named:
         if case in roof and "scratchlm" in results[case] and not fw.CASES[case].get("gpu"):
             r, ms = roof[case], results[case]["scratchlm"]["ms_per_step"]
             print(f"roofline {case}: {r['gflop_per_step']:.2f} GFLOP/step; at the peak sgemm rate "

@@ -16,6 +16,8 @@ Cases (see benchmarks/bench.py):
     gru-book the book shapes with a GRU: one-hot V=60 -> GRU 128 -> Dense 60, T=60, B=128, RMSprop(0.01)
     gru-s2s  the s2s shapes with a GRU: Embedding(60, 64) -> GRU 512 -> Dense 60, T=100, B=64, Adam(1e-3)
              (Keras 3's GRU, reset_after=True, whose equations torch.nn.GRU shares)
+    sweep-b{B}-h{H}  issue 14's sweep: Embedding(96, 64) -> LSTM H -> Dense 96, T=100, Adam(1e-3), loss on
+             every step, for B in 8 16 32 64 128 256 and H in 128 256 512 1024
     gen-b1   the s2s model sampling at temperature 1, batch 1
     gen-b64  the same, batch 64
     gpu      Embedding(60, 64) -> LSTM 1024 -> Dense 60, T=100, B=256, Adam, on a CUDA GPU
@@ -52,6 +54,12 @@ CASES = {
     "transformer-gen": dict(kind="generate", model="transformer", V=15000, L=100, E=256, F=2048, N=2, K=256,
                             B=1, prompt=2, length=50, frameworks=["scratchlm", "scratchlm-rerun", "keras"]),
 }
+# Issue 14's sweep: one training step of Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, at every B x H.
+SWEEP_B, SWEEP_H = (8, 16, 32, 64, 128, 256), (128, 256, 512, 1024)
+for _B in SWEEP_B:
+    for _H in SWEEP_H:
+        CASES[f"sweep-b{_B}-h{_H}"] = dict(kind="train", embedding=64, H=_H, T=100, B=_B, V=96, optimizer="adam",
+                                             last_only=False)
 DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]     # cases without "frameworks"
 THREADS = 2
 
@@ -62,10 +70,11 @@ def data(case):
     rng = np.random.default_rng(0)
     if c.get("model") == "transformer":
         return transformer_data(c, rng)
+    v = c.get("V", V)
     if c["kind"] == "generate":
-        return rng.integers(0, V, (c["B"], c["prompt"]))
-    x = rng.integers(0, V, (c["B"], c["T"]))
-    y = rng.integers(0, V, (c["B"],) if c["last_only"] else (c["B"], c["T"]))
+        return rng.integers(0, v, (c["B"], c["prompt"]))
+    x = rng.integers(0, v, (c["B"], c["T"]))
+    y = rng.integers(0, v, (c["B"],) if c["last_only"] else (c["B"], c["T"]))
     return x, y
 
 
@@ -98,7 +107,7 @@ def build_scratchlm(case, kernels="fused"):
     if c.get("model") == "transformer":
         return _scratchlm_transformer(c, get_backend("numpy", "float32", kernels), optim)
     backend = get_backend("cupy" if c.get("gpu") else "numpy", "float32", kernels)
-    model = LanguageModel(V, c["embedding"], [c["H"]], backend=backend, cell=c.get("cell", "lstm"))
+    model = LanguageModel(c.get("V", V), c["embedding"], [c["H"]], backend=backend, cell=c.get("cell", "lstm"))
     sync = backend.xp.cuda.Device().synchronize if c.get("gpu") else lambda: None
     if c["kind"] == "generate":
         prompt = data(case)
@@ -204,16 +213,17 @@ def build_torch(case):
     c = CASES[case]
     if c.get("model") == "transformer":
         return _torch_transformer(torch, c)
+    v = c.get("V", V)
     device = "cuda" if c.get("gpu") else "cpu"
     sync = torch.cuda.synchronize if c.get("gpu") else lambda: None
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.embedding = None if c["embedding"] is None else torch.nn.Embedding(V, c["embedding"])
+            self.embedding = None if c["embedding"] is None else torch.nn.Embedding(v, c["embedding"])
             rnn = torch.nn.GRU if c.get("cell") == "gru" else torch.nn.LSTM
-            self.lstm = rnn(c["embedding"] or V, c["H"], batch_first=True)
-            self.dense = torch.nn.Linear(c["H"], V)
+            self.lstm = rnn(c["embedding"] or v, c["H"], batch_first=True)
+            self.dense = torch.nn.Linear(c["H"], v)
 
         def forward(self, x, state=None):
             h, state = self.lstm(x if self.embedding is None else self.embedding(x), state)
@@ -224,7 +234,7 @@ def build_torch(case):
         return _torch_generator(torch, net, c, torch.as_tensor(data(case)))
 
     x, y = data(case)
-    x = torch.nn.functional.one_hot(torch.as_tensor(x), V).float() if c["embedding"] is None else torch.as_tensor(x)
+    x = torch.nn.functional.one_hot(torch.as_tensor(x), v).float() if c["embedding"] is None else torch.as_tensor(x)
     x, y = x.to(device), torch.as_tensor(y).to(device)
     if c["optimizer"] == "rmsprop":                   # Keras' rho = 0.9, eps = 1e-7
         opt = torch.optim.RMSprop(net.parameters(), lr=0.01, alpha=0.9, eps=1e-7)
@@ -238,7 +248,7 @@ def build_torch(case):
             opt.zero_grad()
             h, _ = net(x)
             logits = net.dense(h[:, -1] if c["last_only"] else h)
-            loss = loss_fn(logits.reshape(-1, V), y.reshape(-1))
+            loss = loss_fn(logits.reshape(-1, v), y.reshape(-1))
             loss.backward()
             opt.step()
         sync()
@@ -352,6 +362,7 @@ def build_keras(case):
         return _keras_generator(keras, tf, c, data(case))
 
     x, y = data(case)
+    v = c.get("V", V)
     if c.get("cell") == "gru":
         def rnn(**kwargs):
             return keras.layers.GRU(c["H"], reset_after=True, **kwargs)
@@ -359,14 +370,14 @@ def build_keras(case):
         def rnn(**kwargs):
             return keras.layers.LSTM(c["H"], **kwargs)
     if c["embedding"] is None:
-        inputs = keras.Input((c["T"], V))
-        x = np.eye(V, dtype=np.float32)[x]                                          # (B, T, V) one-hot
+        inputs = keras.Input((c["T"], v))
+        x = np.eye(v, dtype=np.float32)[x]                                          # (B, T, V) one-hot
         hidden = rnn(return_sequences=not c["last_only"])(inputs)
     else:
         inputs = keras.Input((c["T"],), dtype="int32")
         x = x.astype(np.int32)
-        hidden = rnn(return_sequences=True)(keras.layers.Embedding(V, c["embedding"])(inputs))
-    model = keras.Model(inputs, keras.layers.Dense(V)(hidden))
+        hidden = rnn(return_sequences=True)(keras.layers.Embedding(v, c["embedding"])(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(v)(hidden))
     opt = keras.optimizers.RMSprop(0.01) if c["optimizer"] == "rmsprop" else keras.optimizers.Adam(1e-3)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     batches = tf.data.Dataset.from_tensors((x, y)).repeat()
