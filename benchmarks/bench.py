@@ -86,6 +86,8 @@ for _case in WORKLOAD_CASES["sweep"]:                            # ~0.2 s per ro
     ROUND[_case], WARMUP[_case] = max(1, round(0.2 * 50e9 / _flops)), 1
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+# What `import scratchlm` sets where NumPy is not loaded yet (this script loads it first): kernels/shards.py.
+FRAMEWORK_ENV = {name: {"OPENBLAS_THREAD_TIMEOUT": "20"} for name in ("scratchlm", "scratchlm-reference", "scratchlm-rerun")}
 
 
 # -- memory, read from /proc -------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def worker(framework, case):
 
 class Worker:
     def __init__(self, framework, case, extra_env=None):
-        env = {**os.environ, **WORKER_ENV, **(extra_env or {}),
+        env = {**os.environ, **WORKER_ENV, **FRAMEWORK_ENV.get(framework, {}), **(extra_env or {}),
                "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
         self.log = open(os.devnull, "w")
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", framework, case], env=env, text=True,

@@ -18,11 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from scratchlm import LanguageModel, data, optim
+from scratchlm import LanguageModel, data, optim  # before NumPy: it tunes OpenBLAS (kernels/shards.py)
 from scratchlm.text import CharTokenizer, from_config
 from scratchlm.train import Sampler, open_run, render, run_script, start_or_resume
+
+import numpy as np  # noqa: E402  (after scratchlm)
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "titles.txt"
 PRIMES = ("", "New ", "Local ", "Scientists ")

@@ -272,5 +272,6 @@ def backward(a, hs, uh, U, dy=None, dh_T=None, keep=None):
     dU = np.empty((H, G), dtype=a.dtype)
     np.matmul(hs2, dX2[:, :2 * H], out=dU[:, :2 * H])               # z, r blocks: dÛ = dX̂ there
     np.matmul(hs2, duh2, out=dU[:, 2 * H:])                         # h block: da_h ⊙ r
-    db_rec = np.concatenate([dX2[:, :2 * H].sum(axis=0), duh2.sum(axis=0)])
+    ones = np.ones(T * B, dtype=a.dtype)                            # column sums as GEMVs: a strided
+    db_rec = np.concatenate([ones @ dX2[:, :2 * H], ones @ duh2])   # .sum(axis=0) took 12x as long
     return a, dU, db_rec, dh0
