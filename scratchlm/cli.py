@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy
 
-from . import checkpoint, data, models, optim, reviews, rundir, sampling
+from . import checkpoint, data, distributed, models, optim, reviews, rundir, sampling
 from .backend import get_backend
 from .errors import CheckpointError, ScratchLMError
 from .models import LanguageModel, TransformerLM
@@ -48,7 +48,15 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2) instead of usage + error."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if _reports() else None)
+
+
+def _reports():
+    """Whether this process prints an error that every process of the run meets: all but MPI ranks other than 0."""
+    try:
+        return distributed.world().is_root
+    except ScratchLMError:                    # under an MPI launcher without mpi4py: every process says so
+        return True
 
 
 def _whole(s, least):
@@ -236,6 +244,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except distributed.AgreedFailure as exc:              # MPI: every rank stops here; rank 0 says why
+        if exc.report:
+            print(f"scratchlm {args.command}: error{exc.where}: {exc}", file=sys.stderr)
+        return exc.code
     except ScratchLMError as exc:
         message = " ".join(str(exc).split())
         print(f"scratchlm {args.command}: error: {message}", file=sys.stderr)
@@ -315,8 +327,26 @@ def _settings_of(meta, path):
 # -- train ------------------------------------------------------------------------
 
 def cmd_train(args):
-    """Check the options that need no file, then train holding the run directory's lock."""
+    """Check the options that need no file, then train holding the run directory's lock.
+
+    Under MPI (see :mod:`scratchlm.distributed`) every rank runs this. The option checks, rank 0's taking
+    of the lock, and the setup (corpus, tokenizer, model, Trainer) are each followed by
+    :meth:`~scratchlm.distributed.World.agree`: a mistake found on any rank stops every rank there, with
+    one line from rank 0 and exit status 2, instead of one line per rank or ranks left waiting.
+    """
+    world = distributed.world()
     given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    run_dir = world.together(lambda: _check_train_options(args, given, world))
+    with rundir.lock(run_dir):
+        trainer, summary = world.together(lambda: _setup_train(args, given, run_dir))
+        if world.is_root:
+            print(summary, flush=True)
+        return 0 if trainer is None else _fit(trainer, run_dir)
+
+
+def _check_train_options(args, given, world):
+    """The run directory of `scratchlm train`, after the checks that need no file (and, for a cupy run under
+    MPI, this rank's GPU made current)."""
     if args.resume is not None:
         if args.run_dir is not None and args.run_dir.resolve() != args.resume.resolve():
             raise ScratchLMError("--resume DIR continues the run in DIR: leave out --run-dir")
@@ -338,12 +368,15 @@ def cmd_train(args):
         run_dir = args.run_dir or Path("runs") / Path(args.corpus).stem
     for t in given.get("temperature", ()):
         sampling.check_options(t)
-    get_backend(given.get("backend", "numpy"))              # fail early, before anything is read or built
-    with rundir.lock(run_dir):
-        return _train(args, given, run_dir)
+    backend = get_backend(given.get("backend", "numpy"))    # fail early, before anything is read or built
+    if world.parallel and backend.name == "cupy":
+        world.use_local_device()                            # before any array: one GPU per rank
+    return run_dir
 
 
-def _train(args, given, run_dir):
+def _setup_train(args, given, run_dir):
+    """(the Trainer of a new or resumed run, or None when there is nothing left to train; what to say about
+    it). Runs holding the run directory's lock."""
     if args.resume is not None:
         ckpt = load_checkpoint(run_dir, backend=given.get("backend", "numpy"))
         where = run_dir / LAST
@@ -385,10 +418,9 @@ def _train(args, given, run_dir):
         trainer = Trainer.resume(ckpt, train, val, **common)
         trainer.metadata["cli"] = settings
         if trainer.done:
-            trainer.print(f"{run_dir} is complete ({trainer.epoch} epochs, {trainer.step:,} steps): pass a larger "
-                          "--epochs or --max-steps to train on")
-            return 0
-        trainer.print(f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}")
+            return None, (f"{run_dir} is complete ({trainer.epoch} epochs, {trainer.step:,} steps): pass a "
+                          "larger --epochs or --max-steps to train on")
+        return trainer, f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}"
     else:
         model = build_model(settings, tokenizer.vocab_size)
         try:
@@ -398,14 +430,18 @@ def _train(args, given, run_dir):
         trainer = Trainer(model, opt, train, val, metadata={"tokenizer": tokenizer.config, "cli": settings},
                           **common)
         params = sum(int(p.size) for p in model.params.values())
-        trainer.print(f"{model}, {params:,} parameters\n{tokenizer}; training: {train}"
-                      + (f"; validation: {val}" if val is not None else ""))
+        return trainer, (f"{model}, {params:,} parameters\n{tokenizer}; training: {train}"
+                         + (f"; validation: {val}" if val is not None else ""))
+
+
+def _fit(trainer, run_dir):
     try:
         trainer.fit()
     except KeyboardInterrupt:
         where = (f"the last checkpoint is {trainer.last_checkpoint} (step {trainer.saved_step:,}): continue "
                  f"with  scratchlm train --resume {run_dir}" if trainer.last_checkpoint else "no checkpoint written")
-        print(f"\nscratchlm train: interrupted; {where}", file=sys.stderr)
+        if trainer.world.is_root:
+            print(f"\nscratchlm train: interrupted; {where}", file=sys.stderr)
         return 130
     trainer.print(f"done: {run_dir / LAST}" + (f", best validation loss {trainer.best_val_loss:.4f} in "
                                                 f"{run_dir / BEST}" if trainer.best_val_loss is not None else ""))

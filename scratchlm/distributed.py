@@ -18,9 +18,18 @@ the mean loss and gradients of its rows, and :meth:`World.reduce_step` sums
 ``Allreduce`` of one contiguous buffer and divides by the global token count:
 the step of the global batch, which every rank then applies identically.
 
+On GPUs (the cupy backend) each rank takes the GPU of its local rank on its
+machine (:meth:`World.use_local_device`), and the all-reduce runs on device
+buffers through NCCL (``cupy.cuda.nccl``; the NCCL unique id travels over MPI);
+cupy and NCCL are imported only then.
+
 Failures: inside :meth:`World.failing_together` an exception on any rank ends
 every rank (``MPI_Abort``) after one line on stderr, instead of leaving the
-others waiting forever in a collective call.
+others waiting forever in a collective call. Where every rank reaches the same
+point anyway (the setup of ``scratchlm train``, the start of training),
+:meth:`World.agree` and :meth:`World.together` do better: every rank learns of
+the first failing rank's error, rank 0 alone prints it, and every rank exits
+normally (no abort, no abort notice).
 """
 
 import contextlib
@@ -28,6 +37,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy
@@ -55,15 +65,39 @@ def launcher_size():
     return 1
 
 
+class AgreedFailure(ScratchLMError):
+    """An error that every rank raises at the same point (see :meth:`World.agree`): nobody is left waiting.
+
+    message: the failing rank's one-line message; rank, size: which rank failed first, of how many;
+    code: the exit status (2 for a ScratchLMError, 1 for a bug); report: True on rank 0 only, the
+    one that prints it. ``where`` is "" for rank 0's own error, else " (rank r of n)".
+    """
+
+    def __init__(self, message, rank, size, code, report):
+        super().__init__(message)
+        self.rank, self.size, self.code, self.report = rank, size, code, report
+        self.where = "" if rank == 0 else f" (rank {rank} of {size})"
+
+
+def describe(exc):
+    """(exit status, one line) for an exception: 2 and its message for a ScratchLMError, else 1 and its type too."""
+    text = " ".join(str(exc).split())
+    return (2, text) if isinstance(exc, ScratchLMError) else (1, f"{type(exc).__name__}: {text}")
+
+
 class World:
     """This process's place among the ranks: ``rank``, ``size``, ``is_root`` and the collective calls.
 
-    A one-process world (``comm`` None) has rank 0 and size 1; its methods are never needed.
+    local_rank, local_size: this rank's place among the ranks on its own machine (MPI's shared-memory
+    split of the world), which chooses its GPU. A one-process world (``comm`` None) has rank 0 and
+    size 1; its collective methods are never needed.
     """
 
-    def __init__(self, rank=0, size=1, comm=None):
+    def __init__(self, rank=0, size=1, comm=None, local_rank=0, local_size=1):
         self.rank, self.size, self.comm = int(rank), int(size), comm
-        self._buffers = {}                    # gradient layout -> (host buffer, offsets)
+        self.local_rank, self.local_size = int(local_rank), int(local_size)
+        self._buffers = {}                    # gradient layout -> (buffer, offsets)
+        self._nccl = None                     # the NCCL communicator, made by start_nccl
 
     def __repr__(self):
         return f"World(rank={self.rank}, size={self.size})"
@@ -93,6 +127,46 @@ class World:
                                      "(SCRATCHLM_MPI_START_TIMEOUT sets how long to wait)")
             time.sleep(0.002)
 
+    def agree(self, error):
+        """Collective: raise :class:`AgreedFailure` on every rank when ``error`` is not None on any rank.
+
+        error: this rank's exception, or None. Every rank must call this at the same point; it waits
+        (as :meth:`wait_for_all`, with its timeout) for all of them, then shares what went wrong, so
+        that every rank stops together with the first failing rank's message, which rank 0 alone reports.
+        In a one-process world ``error`` itself is raised.
+        """
+        if not self.parallel:
+            if error is not None:
+                raise error
+            return
+        self.wait_for_all()
+        failures = self.comm.allgather(None if error is None else describe(error))
+        for rank, failure in enumerate(failures):
+            if failure is not None:
+                code, message = failure
+                raise AgreedFailure(message, rank, self.size, code, report=self.is_root) from None
+
+    def together(self, fn):
+        """``fn()`` on every rank, followed by :meth:`agree` on whether it raised: its result, or AgreedFailure
+        on every rank. ``fn`` must make no collective call (a rank that failed early would not make it).
+
+        A bug (an exception other than a ScratchLMError) prints its traceback on the rank that hit it. In a
+        one-process world this is just ``fn()``.
+        """
+        if not self.parallel:
+            return fn()
+        result, error = None, None
+        try:
+            result = fn()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:              # noqa: BLE001 - every rank must hear of any failure
+            error = exc
+            if not isinstance(exc, ScratchLMError):
+                traceback.print_exc()
+        self.agree(error)
+        return result
+
     def broadcast_arrays(self, arrays, backend):
         """Overwrite every array of the dict ``arrays`` (sorted by name) with rank 0's values, in place."""
         for name in sorted(arrays):
@@ -105,16 +179,73 @@ class World:
         """Rank 0's ``obj`` (any picklable object) on every rank."""
         return self.comm.bcast(obj, root=0)
 
+    # -- GPUs -----------------------------------------------------------------------------
+    def use_local_device(self):
+        """Make the GPU of this rank's local rank CuPy's current device (before any array is made) -> its id.
+
+        One rank per GPU: the ranks on a machine take devices 0, 1, ... in local-rank order (modulo the
+        GPUs this process sees, so that a launcher giving each rank one visible GPU works too). Imports
+        cupy: call it only for the cupy backend.
+        """
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            raise ScratchLMError(f"rank {self.rank} sees no CUDA GPU: use --backend numpy, or start the ranks "
+                                 "on machines with GPUs")
+        device = self.local_rank % count
+        cupy.cuda.Device(device).use()
+        return device
+
+    def check_device(self, params):
+        """ScratchLMError unless every (cupy) array of ``params`` lives on this rank's GPU (see use_local_device)."""
+        import cupy
+        want = self.local_rank % cupy.cuda.runtime.getDeviceCount()
+        for name, p in params.items():
+            if p.device.id != want:
+                raise ScratchLMError(
+                    f"rank {self.rank}'s model lives on GPU {p.device.id} ({name}), but rank {self.rank} is "
+                    f"local rank {self.local_rank} of {self.local_size} on its machine and takes GPU {want} "
+                    "(one GPU per rank): call scratchlm.distributed.world().use_local_device() before building "
+                    "or loading the model (scratchlm train does)")
+        cupy.cuda.Device(want).use()          # the step's buffers go to the same GPU
+
+    def start_nccl(self):
+        """Collective: make the NCCL communicator of the world's GPUs, through which :meth:`reduce_step` then
+        reduces -> True; False (the host path stays) unless every rank's CuPy has NCCL.
+
+        Rank 0 makes NCCL's unique id and MPI broadcasts it; every rank joins with its MPI rank. Call it
+        on every rank at the same point, with this rank's GPU current (:meth:`use_local_device`).
+        """
+        if self._nccl is not None:
+            return True
+        try:
+            from cupy.cuda import nccl
+            available = bool(getattr(nccl, "available", False))
+        except ImportError:
+            available = False
+        if not all(self.comm.allgather(available)):
+            return False
+        uid = nccl.get_unique_id() if self.is_root else None
+        self._nccl = nccl.NcclCommunicator(self.size, self.comm.bcast(uid, root=0), self.rank)
+        return True
+
+    @property
+    def uses_nccl(self):
+        """True once :meth:`start_nccl` made the communicator: the all-reduce runs on device buffers."""
+        return self._nccl is not None
+
     # -- one step -----------------------------------------------------------------------
-    def _layout(self, params, dtype):
-        key = (numpy.dtype(dtype).str,) + tuple((name, tuple(p.shape)) for name, p in params.items())
+    def _layout(self, params, backend, on_device):
+        dtype = backend.dtype
+        key = (numpy.dtype(dtype).str, on_device) + tuple((name, tuple(p.shape)) for name, p in params.items())
         layout = self._buffers.get(key)
         if layout is None:
             offsets, n = {}, 0
             for name, p in params.items():
                 offsets[name] = (n, n + math.prod(p.shape), tuple(p.shape))
                 n += math.prod(p.shape)
-            buffer = numpy.empty(n + 1, dtype=dtype)           # the gradients, then Σ loss·tokens
+            xp = backend.xp if on_device else numpy
+            buffer = xp.empty(n + 1, dtype=dtype)              # the gradients, then Σ loss·tokens
             layout = self._buffers[key] = (buffer, offsets)
         return layout
 
@@ -123,26 +254,41 @@ class World:
 
         grads None (a rank with no rows of this batch) counts as zeros. Packs ``grads · tokens`` and
         ``loss · tokens`` into one contiguous buffer (allocated once per parameter layout), sums it over
-        the ranks with one in-place Allreduce, and divides by ``total_tokens``, the global batch's count.
-        The gradients returned are views of that buffer (valid until the next step).
+        the ranks with one in-place all-reduce, and divides by ``total_tokens``, the global batch's count.
+        The buffer is host memory reduced by MPI, or, after :meth:`start_nccl`, device memory reduced by
+        NCCL on the current stream. The gradients returned are views of it (valid until the next step).
         """
-        from mpi4py import MPI
-        buffer, offsets = self._layout(params, backend.dtype)
+        nccl = self._nccl is not None
+        buffer, offsets = self._layout(params, backend, on_device=nccl)
+        xp = backend.xp if nccl else numpy
         if grads is None:
             buffer[:] = 0
         else:
             for name, (lo, hi, _) in offsets.items():
-                g = backend.to_host(grads[name]).reshape(-1)
-                numpy.multiply(g, tokens, out=buffer[lo:hi])
+                g = grads[name].reshape(-1) if nccl else backend.to_host(grads[name]).reshape(-1)
+                xp.multiply(g, tokens, out=buffer[lo:hi])
             buffer[-1] = loss * tokens
-        self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        if nccl:
+            self._allreduce_nccl(buffer, backend)
+        else:
+            from mpi4py import MPI
+            self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
         buffer /= total_tokens
         loss = float(buffer[-1])
         out = {}
         for name, (lo, hi, shape) in offsets.items():
             view = buffer[lo:hi].reshape(shape)
-            out[name] = view if backend.name == "numpy" else backend.asarray(view)
+            out[name] = view if nccl or backend.name == "numpy" else backend.asarray(view)
         return loss, out
+
+    def _allreduce_nccl(self, buffer, backend):
+        """In-place NCCL sum of the device ``buffer`` over the ranks, queued on the current stream (after the
+        kernels that filled it; the ``float(buffer[-1])`` that follows waits for it)."""
+        import cupy
+        from cupy.cuda import nccl
+        kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[numpy.dtype(backend.dtype).name]
+        self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kind, nccl.NCCL_SUM,
+                             cupy.cuda.get_current_stream().ptr)
 
     def sum(self, values):
         """Element-wise sums over the ranks of a few numbers (float64) -> list of floats."""
@@ -162,20 +308,18 @@ class World:
         """Inside: an exception on this rank ends every rank, after one line on stderr (see :func:`fail`)."""
         try:
             yield
-        except (KeyboardInterrupt, SystemExit):
-            raise
+        except (KeyboardInterrupt, SystemExit, AgreedFailure):
+            raise                             # an AgreedFailure leaves no rank waiting: no need to abort
         except BaseException as exc:          # noqa: BLE001 - any failure must end every rank
             self.fail(exc)
 
     def fail(self, exc):
         """Print one line about ``exc`` and end every rank (MPI_Abort; exit status 2 for a ScratchLMError)."""
-        code = 2 if isinstance(exc, ScratchLMError) else 1
         if self.comm is None:
             raise exc
         if not self.is_root:
             time.sleep(GRACE)                 # rank 0 failing too ends this process meanwhile: one line
-        message = " ".join(str(exc).split()) if isinstance(exc, ScratchLMError) else \
-            f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        code, message = describe(exc)
         where = "" if self.is_root else f" (rank {self.rank} of {self.size})"
         with contextlib.suppress(Exception):
             print(f"{program()}: error{where}: {message}", file=sys.stderr, flush=True)
@@ -216,5 +360,12 @@ def world():
                 raise ScratchLMError(f"this process was started by an MPI launcher ({size} processes), but mpi4py "
                                      f"is not installed: {INSTALL_HINT} (or run without mpiexec)") from None
             comm = MPI.COMM_WORLD
-            _world = World(comm.Get_rank(), comm.Get_size(), comm if comm.Get_size() > 1 else None)
+            if comm.Get_size() > 1:
+                # A collective call, at the point where every rank starts (MPI_Init just waited for all
+                # of them): the ranks sharing this machine's memory, in rank order, choose the GPUs.
+                local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+                _world = World(comm.Get_rank(), comm.Get_size(), comm, local.Get_rank(), local.Get_size())
+                local.Free()
+            else:
+                _world = World()
     return _world

@@ -16,8 +16,10 @@ The lock is re-entrant within a process (the CLI takes it, then the Trainer
 takes it again). On a system without ``fcntl`` (Windows) no lock is taken.
 
 Under MPI with several ranks (see :mod:`scratchlm.distributed`) only rank 0,
-the one that writes, takes the lock; and an exception inside the block on any
-rank ends every rank after one line (instead of leaving the others waiting).
+the one that writes, takes the lock; when it cannot, every rank raises the same
+:class:`~scratchlm.distributed.AgreedFailure` (rank 0 says why, in one line);
+and an exception inside the block on any rank ends every rank after one line
+(instead of leaving the others waiting).
 """
 
 import contextlib
@@ -52,9 +54,10 @@ def lock(run_dir):
     this call created and that is still empty afterwards is removed again.
     """
     world = distributed.world()
-    if world.parallel:
-        with world.failing_together():
-            with _lock(run_dir) if world.is_root else contextlib.nullcontext():
+    if world.parallel:                        # rank 0 takes it; a failure to is agreed on (every rank raises it)
+        with contextlib.ExitStack() as held:
+            world.together(lambda: world.is_root and held.enter_context(_lock(run_dir)))
+            with world.failing_together():
                 yield
         return
     with _lock(run_dir):

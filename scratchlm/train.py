@@ -47,7 +47,10 @@ afterwards by the optimizer. Dropout masks are drawn for the global batch on
 every rank (one generator, the same everywhere) and sliced. Rank 0 alone
 prints, logs and writes checkpoints; a checkpoint holds the whole carried
 state (gathered from the ranks), so a run resumes with any number of ranks
-that divides the batch size of stateful streams.
+that divides the batch size of stateful streams. At the start every rank
+checks that it has rank 0's data, backend and dtype, and they stop together
+(one line from rank 0) if any has not; with the cupy backend the all-reduce
+then runs through NCCL on the GPUs, one per rank.
 """
 
 import base64
@@ -164,11 +167,16 @@ def run_script(name, run_dir, body):
     try:
         with rundir.lock(run_dir):
             body()
+    except distributed.AgreedFailure as exc:          # MPI: every rank stops here; rank 0 says why
+        if exc.report:
+            print(f"{name}: error{exc.where}: {exc}", file=sys.stderr)
+        return exc.code
     except ScratchLMError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n{name}: interrupted; continue with --resume (from {Path(run_dir) / LAST})", file=sys.stderr)
+        if distributed.world().is_root:
+            print(f"\n{name}: interrupted; continue with --resume (from {Path(run_dir) / LAST})", file=sys.stderr)
         return 130
     return 0
 
@@ -376,11 +384,30 @@ class Trainer:
         only this rank's rows of the carried state."""
         world, model = self.world, self.model
         world.wait_for_all()
-        for what, batches in (("training", self.train), ("validation", self.val)):
-            config = None if batches is None else batches.config
-            if world.broadcast(config) != config:
-                raise ScratchLMError(f"rank {world.rank}'s {what} data differ from rank 0's (corpus, tokenization or "
-                                     "batch settings): every rank must read the same corpus with the same settings")
+        backend = model.backend
+        mine = {"training": None if self.train is None else self.train.config,
+                "validation": None if self.val is None else self.val.config,
+                "backend": (backend.name, backend.dtype.name)}
+        root = world.broadcast(mine)
+        error = None                                  # every rank checks, then they stop together (agree)
+        for what in ("training", "validation"):
+            if error is None and root[what] != mine[what]:
+                error = ScratchLMError(f"rank {world.rank}'s {what} data differ from rank 0's (corpus, tokenization "
+                                       "or batch settings): every rank must read the same corpus with the same "
+                                       "settings")
+        if error is None and root["backend"] != mine["backend"]:
+            error = ScratchLMError(f"rank {world.rank} trains with the {backend.name} backend in {backend.dtype.name}, "
+                                   f"rank 0 with {root['backend'][0]} in {root['backend'][1]}: every rank must use "
+                                   "the same backend and dtype (name the backend rather than 'auto' when the "
+                                   "machines differ)")
+        if error is None and backend.name == "cupy":
+            try:
+                world.check_device(model.params)
+            except ScratchLMError as exc:
+                error = exc
+        world.agree(error)
+        if backend.name == "cupy":
+            world.start_nccl()                        # the all-reduce on device buffers, when CuPy has NCCL
         world.broadcast_arrays(model.params, model.backend)
         world.broadcast_arrays(self.optimizer.slots, model.backend)
         if model.dropout_rng is not None:

@@ -7,7 +7,8 @@ Rank 0 writes the losses of every step, the validation losses and the final weig
 Each rank builds its model with a different seed under MPI (``--seed-by-rank``): the Trainer must
 broadcast rank 0's weights. ``--fail-rank R --fail-step S`` makes rank R raise at step S
 (``--kill``: kill itself with SIGKILL instead); ``--bad-input-rank R``: rank R gets a corpus with an
-out-of-vocabulary id before training.
+out-of-vocabulary id before training. ``--backend cupy``: on the GPUs, one per rank (the
+all-reduce through NCCL when CuPy has it); rank 0 records in ``--out`` whether NCCL reduced.
 """
 
 import argparse
@@ -51,6 +52,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kind", choices=["streams", "windows", "padded"], default="streams")
     p.add_argument("--dtype", default="float64")
+    p.add_argument("--backend", default="numpy")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--out")
@@ -81,12 +83,14 @@ def main():
             trainer = Trainer.resume(load_checkpoint(args.run_dir), train, val, **options)
         else:
             seed = 1 + (100 * world.rank if args.seed_by_rank else 0)
+            if world.parallel and args.backend == "cupy":
+                world.use_local_device()                  # before the model: one GPU per rank
             model = LanguageModel(V, embedding_dim=5, hidden_sizes=(7, 6), dtype=args.dtype, seed=seed,
-                                  stateful=args.kind == "streams", dropout=args.dropout)
+                                  stateful=args.kind == "streams", dropout=args.dropout, backend=args.backend)
             trainer = Trainer(model, optim.Adam(lr=0.02, global_clipnorm=0.5), train, val, **options)
         trainer.fit()
         if world.is_root and args.out:
-            numpy.savez(args.out, losses=numpy.array(losses),
+            numpy.savez(args.out, losses=numpy.array(losses), nccl=world.uses_nccl,
                         val=numpy.array([r["val_loss"] for r in trainer.history], dtype=float),
                         **{"param/" + k: trainer.model.backend.to_host(v) for k, v in trainer.model.params.items()})
 
