@@ -230,3 +230,200 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
         cupy.matmul(below, W_d, out=logits)
         logits += b_d
     return out
+
+
+# -- the Transformer (issue 15): attention, LayerNorm, the feed-forward, the chunked loss ---------------------
+
+def _strides(a):
+    """(sb, sn, sl) in elements of a (B, N, L, K) array with unit stride along K (attention.cu's layout)."""
+    step = a.dtype.itemsize
+    return tuple(np.int64(s // step) for s in a.strides[:3])
+
+
+def _unit_last(a):
+    """a itself when its last axis has unit stride, else a copy that has."""
+    return a if a.strides[-1] == a.dtype.itemsize else cupy.ascontiguousarray(a)
+
+
+def _attention_threads(K):
+    """Threads per attention block: 128 (a tile of keys or queries), more while K > 4·threads (the backward
+    kernels keep 4 entries of a row per thread)."""
+    if K > 4096:
+        raise ValueError(f"the CUDA attention kernels take key_dim <= 4096, got {K}")
+    threads = 128
+    while threads * 4 < K:
+        threads *= 2
+    return threads
+
+
+def _attention_mask(mask, B, T, S):
+    """(mask (B, T, S) contiguous bool, has_mask) for attention.cu; a 1-element dummy without a mask."""
+    if mask is None:
+        return cupy.ones(1, dtype=bool), np.int32(0)
+    return cupy.ascontiguousarray(cupy.broadcast_to(mask, (B, T, S)), dtype=bool), np.int32(1)
+
+
+def _head_major(B, L, N, K, dtype):
+    return cupy.empty((B, L, N, K), dtype=dtype).transpose(0, 2, 1, 3)
+
+
+def attention_forward(q, k, v, mask, scale):
+    """As :func:`scratchlm.kernels.attention_numba.forward`: (o head-major view of (B, T, N, K), lse (B, N, T))."""
+    B, N, T, K = q.shape
+    S = k.shape[2]
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    o = _head_major(B, T, N, K, q.dtype)
+    lse = cupy.empty((B, N, T), dtype=q.dtype)
+    m, has_mask = _attention_mask(mask, B, T, S)
+    threads = _attention_threads(K)
+    kernel = _kernel("attention", "flash_forward", q.dtype)
+    kernel((T, N, B), (threads,), (q, *_strides(q), k, *_strides(k), v, *_strides(v), m, has_mask,
+                                  q.dtype.type(scale), o, *_strides(o), lse, np.int32(N), np.int32(T), np.int32(S),
+                                  np.int32(K)),
+           shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
+    return o, lse
+
+
+def attention_backward(q, k, v, o, lse, do, mask, scale):
+    """As :func:`scratchlm.kernels.attention_numba.backward`: (dq, dk, dv), head-major views."""
+    B, N, T, K = q.shape
+    S = k.shape[2]
+    q, k, v, o, do = (_unit_last(a) for a in (q, k, v, o, do))
+    lse = cupy.ascontiguousarray(lse)
+    D = cupy.empty((B, N, T), dtype=q.dtype)
+    rows = B * N * T
+    _launch(_kernel("attention", "attention_row_dot", q.dtype), rows,
+            (do, *_strides(do), o, *_strides(o), D, np.int32(B), np.int32(N), np.int32(T), np.int32(K)))
+    dq, dk, dv = _head_major(B, T, N, K, q.dtype), _head_major(B, S, N, K, q.dtype), _head_major(B, S, N, K, q.dtype)
+    m, has_mask = _attention_mask(mask, B, T, S)
+    scale = q.dtype.type(scale)
+    common = (q, *_strides(q), k, *_strides(k), v, *_strides(v), lse, D, do, *_strides(do), m, has_mask, scale)
+    sizes = (np.int32(N), np.int32(T), np.int32(S), np.int32(K))
+    threads = _attention_threads(K)
+    _kernel("attention", "flash_backward_dq", q.dtype)(
+        (T, N, B), (threads,), (*common, dq, *_strides(dq), *sizes), shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
+    _kernel("attention", "flash_backward_dkdv", q.dtype)(
+        (S, N, B), (threads,), (*common, dk, *_strides(dk), dv, *_strides(dv), *sizes),
+        shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
+    return dq, dk, dv
+
+
+def attention_decode(q, k, v, mask, scale, out=None):
+    """As :func:`scratchlm.kernels.attention_numba.attend`: the flash forward kernel on the few new queries."""
+    o, _ = attention_forward(q, k, v, mask, scale)
+    if out is None:
+        return o
+    out[...] = o
+    return out
+
+
+def _row_threads(D):
+    return min(1024, 1 << max(5, (D - 1).bit_length()))
+
+
+def layernorm_forward(x, gamma, beta, eps):
+    """As :func:`scratchlm.kernels.layernorm_numba.layernorm_forward`: (y, mean, rstd)."""
+    D = x.shape[-1]
+    x2 = cupy.ascontiguousarray(x).reshape(-1, D)
+    M = x2.shape[0]
+    y = cupy.empty_like(x2)
+    mean, rstd = cupy.empty(M, dtype=x.dtype), cupy.empty(M, dtype=x.dtype)
+    threads = _row_threads(D)
+    _kernel("layernorm", "layernorm_forward", x.dtype)(
+        (M,), (threads,), (x2, gamma, beta, x.dtype.type(eps), y, mean, rstd, np.int32(D)),
+        shared_mem=2 * threads * x.dtype.itemsize)
+    return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layernorm_backward(x, mean, rstd, gamma, dy):
+    """As :func:`scratchlm.kernels.layernorm_numba.layernorm_backward`: (dx, dgamma, dbeta)."""
+    D = x.shape[-1]
+    x2 = cupy.ascontiguousarray(x).reshape(-1, D)
+    dy2 = cupy.ascontiguousarray(dy, dtype=x.dtype).reshape(-1, D)
+    M = x2.shape[0]
+    mean, rstd = cupy.ascontiguousarray(mean).reshape(-1), cupy.ascontiguousarray(rstd).reshape(-1)
+    dx = cupy.empty_like(x2)
+    threads = _row_threads(D)
+    _kernel("layernorm", "layernorm_backward_dx", x.dtype)(
+        (M,), (threads,), (x2, mean, rstd, gamma, dy2, dx, np.int32(D)), shared_mem=2 * threads * x.dtype.itemsize)
+    dgamma, dbeta = cupy.empty(D, dtype=x.dtype), cupy.empty(D, dtype=x.dtype)
+    _launch(_kernel("layernorm", "layernorm_backward_params", x.dtype), D,
+            (x2, mean, rstd, dy2, dgamma, dbeta, np.int32(M), np.int32(D)))
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+def residual_layernorm(x, y, b, gamma, beta, eps, out=None):
+    """As :func:`scratchlm.kernels.layernorm_numba.residual_layernorm`: LN(x + (y + b)) over rows (M, D)."""
+    M, D = x.shape
+    x, y = cupy.ascontiguousarray(x), cupy.ascontiguousarray(y)
+    out = cupy.empty_like(x) if out is None else out
+    threads = _row_threads(D)
+    _kernel("layernorm", "residual_layernorm", x.dtype)(
+        (M,), (threads,), (x, y, b, gamma, beta, x.dtype.type(eps), out, np.int32(D)),
+        shared_mem=2 * threads * x.dtype.itemsize)
+    return out
+
+
+def bias_relu(z, b):
+    """z (M, F) <- max(z + b, 0) in place (C-contiguous z); returns z."""
+    _launch(_kernel("feedforward", "bias_relu", z.dtype), z.size, (z, b, np.int64(z.size), np.int32(z.shape[1])))
+    return z
+
+
+def relu_backward(dh, h):
+    """dh (M, F) <- dh ⊙ [h > 0] in place; returns (dh, Σ_rows dh (F,))."""
+    _launch(_kernel("feedforward", "relu_backward", dh.dtype), dh.size, (dh, h, np.int64(dh.size)))
+    return dh, dh.sum(axis=0)
+
+
+def dense_softmax_cross_entropy(x, W, b, targets, mask=None, backward=True, chunk=None):
+    """As :func:`scratchlm.kernels.xent_numba.dense_softmax_cross_entropy`: cuBLAS GEMMs per chunk of rows and
+    softmax_xent.cu in place; returns (loss, dx, dW, db), or (loss, None, None, None) without backward."""
+    N, D = x.shape
+    V = W.shape[1]
+    dtype = x.dtype
+    y = cupy.ascontiguousarray(targets.reshape(-1), dtype=cupy.int64)
+    if y.shape[0] != N:
+        raise ValueError(f"targets have {y.shape[0]} entries but x has {N} rows")
+    w = token_weights(cupy, N, dtype, mask)
+    scored = cupy.flatnonzero(w)
+    M = int(scored.size)
+    xs, ys, ws = (x, y, w) if M == N else (x[scored], y[scored], w[scored])
+    log_p = cupy.empty(M, dtype=dtype)
+    size = max(1, chunk or (1 << 23) // max(1, V))
+    size = -(-M // -(-M // size))                                    # even chunks
+    z_all = cupy.empty((size, V), dtype=dtype)
+    threads = min(1024, 1 << max(5, (V - 1).bit_length()))
+    xent = _kernel("softmax_xent", "softmax_xent", dtype)
+    dxs = cupy.empty((M, D), dtype=dtype) if backward else None
+    dW = cupy.zeros((D, V), dtype=dtype) if backward else None
+    db = cupy.zeros(V, dtype=dtype) if backward else None
+    for r0 in range(0, M, size):
+        r1 = min(M, r0 + size)
+        z = z_all[:r1 - r0]
+        cupy.matmul(xs[r0:r1], W, out=z)
+        z += b
+        xent((r1 - r0,), (threads,), (z, ys[r0:r1], ws[r0:r1], log_p[r0:r1], np.int32(V)),
+             shared_mem=2 * threads * z.dtype.itemsize)                # z <- dL/dz
+        if backward:
+            db += z.sum(axis=0)
+            cupy.matmul(z, W.T, out=dxs[r0:r1])
+            dW += xs[r0:r1].T @ z
+    loss = -float((ws * log_p).sum())
+    if not backward:
+        return loss, None, None, None
+    if M == N:
+        return loss, dxs, dW, db
+    dx = cupy.zeros((N, D), dtype=dtype)
+    dx[scored] = dxs
+    return loss, dx, dW, db
+
+
+def sample_logits(logits, banned, temperature, u, ids):
+    """As :func:`scratchlm.kernels.cpu.sample_logits`, on the device: ids (B,) from logits (B, V), overwritten."""
+    B, V = logits.shape
+    ok = cupy.ones(1, dtype=cupy.int32)
+    _launch(_kernel("sample", "sample", logits.dtype), B,
+            (logits, cupy.asarray(banned, dtype=bool), logits.dtype.type(temperature),
+             cupy.asarray(u, dtype=cupy.float64), ids, ok, np.int32(B), np.int32(V)))
+    return bool(int(ok[0]))

@@ -41,3 +41,35 @@ def test_cuda_source_compiles(name, tmp_path):
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
     for kernel in loaded_by_gpu_module().get(name, ()):
         assert {f"{kernel}_f32", f"{kernel}_f64"} <= entries, entries
+
+
+# -- the Transformer's kernels (issue 15) ------------------------------------------------------------------
+
+TRANSFORMER_SOURCES = ["attention.cu", "layernorm.cu", "feedforward.cu"]
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("name", TRANSFORMER_SOURCES)
+def test_transformer_kernels_assemble_for_a_real_gpu_without_spills(name, tmp_path):
+    """Past PTX: ptxas for sm_80 (A100), with register spills and local-memory use as errors (the backward
+    attention kernels keep 4 entries of a row per thread in registers)."""
+    cubin = tmp_path / f"{name}.cubin"
+    with importlib.resources.as_file(KERNELS.joinpath(name)) as source:
+        result = subprocess.run([NVCC, "--cubin", "-arch=sm_80", "-std=c++14", "--Werror", "all-warnings",
+                                 "-Xptxas", "-warn-spills,-warn-lmem-usage", "-o", str(cubin), str(source)],
+                                capture_output=True, text=True)
+    assert result.returncode == 0 and "spill" not in result.stderr, result.stderr
+
+
+def test_gpu_module_offers_every_operation_of_the_cpu_one():
+    """kernels/gpu.py defines every name of kernels/cpu.py's __all__ (read from the sources: CuPy need not be
+    installed), so a layer that finds a fused op on the NumPy backend finds it on CuPy too."""
+    import ast
+
+    def top_level(name):
+        return ast.parse(KERNELS.joinpath(name).read_text()).body
+
+    cpu_all = next(ast.literal_eval(node.value) for node in top_level("cpu.py")
+                   if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets))
+    gpu_defs = {node.name for node in top_level("gpu.py") if isinstance(node, ast.FunctionDef)}
+    assert set(cpu_all) <= gpu_defs, sorted(set(cpu_all) - gpu_defs)

@@ -38,6 +38,15 @@ Masks are bool, True = may attend, and combine by AND: query padding
 [B, T, 1] ∧ key padding [B, 1, S] ∧ causal [T, S] (see :func:`padding_mask`,
 :func:`causal_mask`, :func:`combine_masks`).
 
+The fused path (``backend.kernels == "fused"``, :attr:`MultiHeadAttention.fused`)
+computes the same functions with FlashAttention's scheme
+(``kernels/attention_numba.py``, ``kernels/attention.cu``): an online softmax
+over key blocks that keeps only the row log-sum-exp lse = m + log Σ exp(S − m)
+(B, N, T), never the (B, N, T, S) probabilities, and a backward that recomputes
+P = exp(S − lse) block by block. Memory per attention in training: q, k, v, o
+(B, T, N·K) each and lse (B, N, T), against the reference's P (B, N, T, S) on
+top of those. Generation attends over the KV cache with one kernel call.
+
 Initialisation (Keras 3 defaults, measured on Keras 3.15: the EinsumDense
 kernels of MultiHeadAttention take their fans from the einsum, not from the
 convolution rule of ``compute_fans``): glorot-uniform with
@@ -46,15 +55,18 @@ fan_in = N·K, fan_out = E for the output kernel (N, K, E); zero biases.
 Draw order: query, key, value, output (Keras' ``get_weights()`` order).
 """
 
+import functools
 import math
 from typing import NamedTuple
 
 import numpy
 
+from ..backend import array_module
 from ..errors import ModelError
 from ..initializers import uniform
 
 FILL = -0.7 * 3.38953e38          # Keras' large negative for float32 and float64 (≈ -2.37e38)
+DECODE_ROWS = 8                   # up to this many new queries, the fused decoding step attends in one kernel
 
 
 def causal_mask(T, S=None, xp=numpy, offset=0):
@@ -91,6 +103,31 @@ class AttentionCache(NamedTuple):
     mask: object              # (B, 1, T, S) bool, True = may attend, or None
 
 
+class FusedAttentionCache(NamedTuple):
+    """What the fused backward needs: the row log-sum-exp instead of the probabilities."""
+    query: object             # (B, T, E) query input
+    value: object             # (B, S, E) value input
+    key: object               # (B, S, E) key input
+    q: object                 # (B, N, T, K) projected queries, head-major (a view of (B, T, N, K))
+    k: object                 # (B, N, S, K) projected keys
+    v: object                 # (B, N, S, K) projected values
+    o: object                 # (B, N, T, K) per-head outputs P V (a view of (B, T, N, K))
+    lse: object               # (B, N, T) log Σ_j exp(S_ij) over the visible keys; +inf for a row with none
+    mask: object              # (B, 1, T, S) bool, True = may attend, or None
+    scale: float              # 1/√K
+
+    @property
+    def p(self):
+        """The probabilities (B, N, T, S), recomputed from lse on access (for inspection: backward never
+        builds them): exp(Q Kᵀ·scale − lse) where visible, 0 where masked, 1/S on a row with no key."""
+        xp = array_module(self.q)
+        p = xp.exp((self.q @ self.k.transpose(0, 1, 3, 2)) * self.q.dtype.type(self.scale) - self.lse[..., None])
+        if self.mask is not None:
+            p = xp.where(self.mask, p, 0)
+        dead = xp.isinf(self.lse)[..., None]
+        return xp.where(dead, p.dtype.type(1 / p.shape[-1]), p).astype(self.q.dtype, copy=False)
+
+
 class AttentionGrads(NamedTuple):
     """The ``d_inputs`` of :meth:`MultiHeadAttention.backward`.
 
@@ -122,6 +159,12 @@ class MultiHeadAttention:
     @property
     def params(self):
         return dict(self._params)
+
+    @functools.cached_property
+    def fused(self):
+        """The fused kernels this layer runs (:mod:`scratchlm.kernels`), or None for the reference path;
+        looked up at first use, so building a layer does not import Numba."""
+        return self.backend.fused if self.backend.kernels == "fused" else None
 
     # -- projections (E) <-> (N, K) -----------------------------------------
     def _project(self, x, name):
@@ -165,6 +208,9 @@ class MultiHeadAttention:
         q = self._project(query, "query")                              # (B, N, T, K)
         k = self._project(key, "key")                                  # (B, N, S, K)
         v = self._project(value, "value")                              # (B, N, S, K)
+        if self.fused is not None:                                     # flash: only lse is kept
+            o, lse = self.fused.attention_forward(q, k, v, None if mask is None else mask[:, 0], self.scale)
+            return self._output(o), FusedAttentionCache(query, value, key, q, k, v, o, lse, mask, self.scale)
         p, o = self._attention(q, k, v, mask)
         return self._output(o), AttentionCache(query, value, key, q, k, v, p, o, mask)
 
@@ -200,10 +246,18 @@ class MultiHeadAttention:
         """
         B, T, _ = query.shape
         mask = self._check_mask(mask, B, T, k.shape[2])
-        return self._output(self._attention(self._project(query, "query"), k, v, mask)[1])
+        q = self._project(query, "query")                              # (B, N, T, K)
+        if self.fused is not None:
+            m = None if mask is None else mask[:, 0]
+            if T <= DECODE_ROWS:                                       # a few new positions: one kernel
+                return self._output(self.fused.attention_decode(q, k, v, m, self.scale))
+            return self._output(self.fused.attention_forward(q, k, v, m, self.scale)[0])
+        return self._output(self._attention(q, k, v, mask)[1])
 
     def backward(self, cache, dout):
         """dout (B, T, E) -> (AttentionGrads(d_query, d_value, d_key), param grads keyed like ``params``)."""
+        if isinstance(cache, FusedAttentionCache):
+            return self._backward_fused(cache, dout)
         c = cache
         B, T, E = dout.shape
         N, K = self.num_heads, self.key_dim
@@ -221,6 +275,26 @@ class MultiHeadAttention:
         ds *= self.scale
         dq = ds @ c.k                                                  # (B, N, T, K)  dQ = dS K / √K
         dk = ds.transpose(0, 1, 3, 2) @ c.q                            # (B, N, S, K)  dK = dSᵀ Q / √K
+        d_query, g = self._project_backward(c.query, dq, "query")
+        grads.update(g)
+        d_key, g = self._project_backward(c.key, dk, "key")
+        grads.update(g)
+        d_value, g = self._project_backward(c.value, dv, "value")
+        grads.update(g)
+        return AttentionGrads(d_query, d_value, d_key), grads
+
+    def _backward_fused(self, c, dout):
+        """:meth:`backward` on the fused path: the same products, with dS from the recomputed probabilities."""
+        B, T, E = dout.shape
+        N, K = self.num_heads, self.key_dim
+        Wo = self._params["output/kernel"]
+        dout2 = dout.reshape(B * T, E)                                 # (B·T, E)
+        o2 = c.o.transpose(0, 2, 1, 3).reshape(B * T, N * K)           # (B·T, N·K), no copy
+        grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E),
+                 "output/bias": dout2.sum(axis=0)}
+        do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)   # (B, N, T, K)
+        dq, dk, dv = self.fused.attention_backward(c.q, c.k, c.v, c.o, c.lse, do,
+                                                   None if c.mask is None else c.mask[:, 0], self.scale)
         d_query, g = self._project_backward(c.query, dq, "query")
         grads.update(g)
         d_key, g = self._project_backward(c.key, dk, "key")

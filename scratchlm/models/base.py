@@ -8,6 +8,7 @@ logits. Users pass batch-major int arrays like Keras, ``x`` and ``y`` of shape
     _named_layers()                     [(name, layer)]: its parameters are name/param
     _forward(ids, state, mask, last, dropout_masks)   ids (T, B) -> (logits, new state, cache)
     _backward(cache, dlogits)           -> {parameter name: gradient}
+    _score(ids, y, state, mask, ...)    optional: forward and loss in one (default: _forward, then the loss)
     _start(prompt) / _step(ids, state)  the prompt's and one new token's logits (B, V) and state
     state_shapes(B), get_state(), set_state(state), reset_state()   carried state (stateful models)
     config, describe(config), parameter_shapes(config), check_config(config)
@@ -162,7 +163,7 @@ class TokenModel:
         logits, new_state, _ = self._forward(x.T, state, self._mask(x, mask), False)
         return logits.transpose(1, 0, 2), new_state
 
-    def _scored_forward(self, x, y, mask, state, last_only, dropout_masks, training=False):
+    def _scored_forward(self, x, y, mask, state, last_only, dropout_masks, training=False, backward=True):
         x = self._tokens(x)
         B, T = x.shape
         if training and dropout_masks is None:
@@ -172,16 +173,26 @@ class TokenModel:
         if mask_tm is not None and not last_only and not bool(mask_tm.any()):
             raise ModelError("the mask scores no token: at least one step must be real (True)")
         y = self._tokens(y, "y", (B,) if last_only else (B, T))
-        logits, _, cache = self._forward(x.T, state, mask_tm, last_only, dropout_masks)
+        return self._score(x.T, y, state, mask_tm, last_only, dropout_masks, backward)
+
+    def _score(self, ids, y, state, mask, last_only, dropout_masks, backward=True):
+        """Forward and loss: ids (T, B), y (B, T) or (B,), mask (T, B) or None -> (loss, dlogits, cache).
+
+        The hook for a model that scores without materialising all its logits
+        (TransformerLM, fused: the output projection and the loss in chunks of
+        rows). ``dlogits`` is whatever that model's ``_backward`` takes;
+        ``backward=False`` says it will not be used.
+        """
+        logits, _, cache = self._forward(ids, state, mask, last_only, dropout_masks)
         if last_only:
             loss, dlogits = self._xent(logits, y)                                     # (B, V)
         else:
-            loss, dlogits = self._xent(logits, y.T, mask_tm)                          # (T, B, V)
+            loss, dlogits = self._xent(logits, y.T, mask)                             # (T, B, V)
         return loss, dlogits, cache
 
     def loss(self, x, y, mask=None, state=None, last_only=False, dropout_masks=None):
         """The loss of :meth:`loss_and_grads` alone (no backward pass, no dropout unless masks are given)."""
-        return self._scored_forward(x, y, mask, state, last_only, dropout_masks)[0]
+        return self._scored_forward(x, y, mask, state, last_only, dropout_masks, backward=False)[0]
 
     def loss_and_grads(self, x, y, mask=None, state=None, last_only=False, training=False, dropout_masks=None):
         """Mean cross-entropy (nats per scored token) and the gradient of every parameter.

@@ -17,16 +17,26 @@ Parameter names, so that Keras weights map by name: ``embedding/token_embeddings
 ``decoder_{n}/attention_2/…`` (book block), ``decoder_{n}/layernorm_{1,2,3}/{gamma,beta}``,
 ``decoder_{n}/ffn_1/{kernel,bias}`` (E, F), ``decoder_{n}/ffn_2/{kernel,bias}`` (F, E),
 ``final_layernorm/{gamma,beta}`` (gpt block), ``dense/{kernel,bias}``.
+
+On a fused backend (the NumPy default where Numba is installed) the layers run
+their fused kernels (flash attention, one-pass LayerNorm, bias + ReLU), the loss
+over every position goes through :meth:`_score` (the output projection and the
+cross-entropy in chunks of rows: the (B·T, V) logits never exist), and
+generation through :meth:`_decode_fused` (each block's ``decode_step``). The
+numbers are the reference path's up to round-off (tests/test_transformer_kernels.py).
 """
 
 from typing import NamedTuple
 
-from .. import checkpoint
+import numpy
+
+from .. import checkpoint, sampling
 from ..backend import Backend
-from ..errors import ModelError
+from ..errors import ModelError, SamplingError
 from ..layers import Dense, LayerNormalization, PositionalEmbedding
 from ..layers.attention import causal_mask
 from ..layers.decoder import BLOCKS
+from ..layers.dense import ScoredGrads
 from .base import TokenModel, is_whole
 
 
@@ -172,8 +182,8 @@ class TransformerLM(TokenModel):
         return causal_mask(T, T, xp)[None] & keep[:, :, None] & keep[:, None, :]
 
     # -- forward / backward ----------------------------------------------------------
-    def _forward(self, ids, state, mask, last_only, dropout_masks=None):
-        """ids (T, B), mask (T, B) -> (logits (T, B, V), or (B, V) with ``last_only``, None, cache)."""
+    def _hidden(self, ids, mask, last_only):
+        """ids (T, B), mask (T, B) -> the Dense layer's input (B, T or 1, E) and the cache."""
         x = ids.T                                                          # (B, T)
         T = x.shape[1]
         if T > self.sequence_length:
@@ -190,16 +200,37 @@ class TransformerLM(TokenModel):
         if self.final_layernorm is not None:
             h, final = self.final_layernorm.forward(h)
         top = h[:, -1:] if last_only else h                                # (B, 1 or T, E)
+        return top, TransformerCache(x, caches, final, top, last_only)
+
+    def _forward(self, ids, state, mask, last_only, dropout_masks=None):
+        """ids (T, B), mask (T, B) -> (logits (T, B, V), or (B, V) with ``last_only``, None, cache)."""
+        top, cache = self._hidden(ids, mask, last_only)
         logits = self.dense.forward(top)                                   # (B, T', V)
         logits = logits[:, 0] if last_only else logits.transpose(1, 0, 2)  # (B, V) or (T, B, V)
-        return logits, [], TransformerCache(x, caches, final, top, last_only)
+        return logits, [], cache
+
+    def _score(self, ids, y, state, mask, last_only, dropout_masks, backward=True):
+        """On the fused path, the loss over every position without the (B·T, V) logits: Dense.score runs
+        the output projection and the cross-entropy in chunks of rows and hands back dtop, dW and db
+        (a ScoredGrads, which :meth:`_backward` takes instead of dlogits). Elsewhere, the default."""
+        if self.dense.fused is None or last_only:
+            return super()._score(ids, y, state, mask, last_only, dropout_masks, backward)
+        top, cache = self._hidden(ids, mask, False)                        # (B, T, E)
+        B, T, E = top.shape
+        keep = None if mask is None else mask.T.reshape(-1)                # (B·T,), batch-major like top
+        loss, grads = self.dense.score(top.reshape(B * T, E), y.reshape(-1), keep, backward)
+        return loss, grads, cache
 
     def _backward(self, cache, dlogits):
         grads = {}
-        d = dlogits[:, None] if cache.last_only else dlogits.transpose(1, 0, 2)   # (B, T', V)
-        dtop, g = self.dense.backward(cache.top, d)
-        grads.update({f"dense/{k}": v for k, v in g.items()})
         B, T = cache.ids.shape
+        if isinstance(dlogits, ScoredGrads):                               # from the chunked loss
+            dtop = dlogits.dx.reshape(cache.top.shape)
+            g = {"kernel": dlogits.kernel, "bias": dlogits.bias}
+        else:
+            d = dlogits[:, None] if cache.last_only else dlogits.transpose(1, 0, 2)   # (B, T', V)
+            dtop, g = self.dense.backward(cache.top, d)
+        grads.update({f"dense/{k}": v for k, v in g.items()})
         if cache.last_only:
             dh = self.backend.zeros((B, T, self.embed_dim))
             dh[:, -1:] = dtop
@@ -241,6 +272,64 @@ class TransformerLM(TokenModel):
         """The prompt (T, B) run once (its last ``sequence_length`` tokens at most)."""
         ids = prompt.T                                                     # (B, T)
         return self._window(ids, max(0, ids.shape[1] - self.sequence_length))
+
+    def _decode_fused(self, logits, state, length, temperature, banned, eos_id, rng):
+        """The token loop of :meth:`generate` on the fused kernels: the same draws from ``rng`` (one uniform per
+        row and token) and, up to float round-off in the logits, the same ids as the reference loop. Each
+        token while the window has room is one :meth:`_decode_step`; past ``sequence_length`` the window is
+        re-run as :meth:`_step` does."""
+        fused = self.dense.fused
+        if fused is None:
+            return None
+        xp = self.backend.xp
+        B, V = logits.shape
+        if temperature == 0:                                              # greedy: no draws
+            temperature, u = 0.0, xp.zeros((length, B))
+        else:                                                             # as sampling: T kept finite and > 0
+            temperature = sampling.representable_temperature(temperature, xp.finfo(self.backend.dtype))
+            u = xp.asarray(rng.random((length, B)))                       # (length, B), one per row and token
+        temperature = self.backend.dtype.type(temperature)
+        banned_mask = xp.zeros(V, dtype=bool)
+        banned_mask[banned] = True
+        weights = [block.decode_weights() for block in self.blocks]
+        out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
+        done = numpy.zeros(B, dtype=bool)
+        ids = xp.zeros(B, dtype=xp.int64)
+        logits = xp.array(logits)                                         # the sampler overwrites it
+        for k in range(length):
+            if not fused.sample_logits(logits, banned_mask, temperature, u[k], ids):
+                raise SamplingError("logits must be finite: a row holds NaN or +inf")
+            step = numpy.array(self.backend.to_host(ids))
+            if eos_id is not None:
+                step[done] = eos_id
+                done |= step == eos_id
+            out[:, k] = step
+            if eos_id is not None and done.all():
+                return out[:, :k + 1]
+            if k + 1 == length:
+                break
+            new = xp.asarray(step)
+            if state.ids.shape[1] + 1 - state.start > self.sequence_length:    # the window slides
+                logits, state = self._step(new, state)
+            else:
+                logits, state = self._decode_step(new, state, weights)
+        return out
+
+    def _decode_step(self, new_ids, state, weights):
+        """One new token per row, (B,), while the window has room: :meth:`_step`'s numbers through each
+        block's :meth:`decode_step` (one position's work, the fused kernels)."""
+        xp = self.backend.xp
+        ids = xp.concatenate([state.ids, new_ids[:, None]], axis=1)       # (B, n)
+        position = ids.shape[1] - 1 - state.start
+        real = new_ids != 0                                               # (B,)
+        keep = xp.concatenate([state.keep, real[:, None]], axis=1)        # (B, S), S = position + 1
+        mask = (keep & real[:, None])[:, None, :]                         # (B, 1, S): causal holds by construction
+        h = self.embedding.forward(new_ids[:, None], position)[:, 0]      # (B, E)
+        for block, caches, w in zip(self.blocks, state.kv, weights):
+            h = block.decode_step(h, caches, mask, w)
+        if self.final_layernorm is not None:
+            h = self.final_layernorm.forward(h)[0]
+        return self.dense.forward(h), DecodeState(ids, state.kv, state.start, keep)
 
     def _step(self, new_ids, state):
         """One new token per row, (B,): one position's work while the window has room. Past
