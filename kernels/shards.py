@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from . import blas
 
 MIN_ROWS = 16                           # rows per shard at least
-SPIN_TIMEOUT = 20                       # OPENBLAS_THREAD_TIMEOUT at most this: idle workers sleep after ~1 ms
+SPIN_TIMEOUT = 20                       # OPENBLAS_THREAD_TIMEOUT at most this: idle workers sleep after 2^20 cycles (~0.3 ms)
 _lock = threading.Lock()
 _pool = {}
 
