@@ -267,26 +267,50 @@ class TokenModel:
     def _decode(self, logits, state, length, temperature, top_k, top_p, banned, eos_id, rng):
         """The token loop of :meth:`generate`: one :func:`sampling.sample` and one :meth:`_step`
         per token, from the prompt's ``logits`` (B, V) and ``state``."""
+        return self._token_loop(logits, state, length, eos_id,
+                                lambda k, logits: sampling.sample(logits, rng, temperature, top_k, top_p, banned),
+                                self._step)
+
+    def _token_loop(self, logits, state, length, eos_id, draw, step):
+        """ids (B, length) on the host (fewer columns when every row has reached ``eos_id``).
+
+        draw(k, logits) -> the k-th token of every row, (B,), a fresh array; step(ids, state) -> the next
+        (logits, state). A row that has drawn ``eos_id`` repeats it from then on.
+        """
         xp = self.backend.xp
         B = logits.shape[0]
         out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
         done = self.backend.to_host(xp.zeros(B, dtype=bool))
         for k in range(length):
-            ids = sampling.sample(logits, rng, temperature, top_k, top_p, banned)   # (B,)
-            step = self.backend.to_host(ids)
+            ids = draw(k, logits)                                                   # (B,)
+            drawn = self.backend.to_host(ids)
             if eos_id is not None:
-                step[done] = eos_id
-                done |= step == eos_id
-            out[:, k] = step
+                drawn[done] = eos_id
+                done |= drawn == eos_id
+            out[:, k] = drawn
             if eos_id is not None and done.all():
                 return out[:, :k + 1]
             if k + 1 < length:
-                logits, state = self._step(ids, state)
+                logits, state = step(ids, state)
         return out
 
     def _decode_fused(self, logits, state, length, temperature, banned, eos_id, rng):
         """The token loop in a fused kernel -> host ids, or None where this model or backend has none."""
         return None
+
+    def _fused_draws(self, V, length, B, temperature, banned, rng):
+        """What the fused samplers take, drawn as :func:`sampling.sample` draws: (temperature in the model's
+        dtype, 0 for greedy; uniforms (length, B), one per row and token, zeros for greedy; banned ids as a
+        (V,) bool mask)."""
+        xp = self.backend.xp
+        if temperature == 0:                                              # greedy: no draws
+            temperature, u = 0.0, xp.zeros((length, B))
+        else:                                                             # as sampling: T kept finite and > 0
+            temperature = sampling.representable_temperature(temperature, xp.finfo(self.backend.dtype))
+            u = xp.asarray(rng.random((length, B)))
+        banned_mask = xp.zeros(V, dtype=bool)
+        banned_mask[banned] = True
+        return self.backend.dtype.type(temperature), u, banned_mask
 
     # -- carried state ---------------------------------------------------------------
     def state_shapes(self, B):

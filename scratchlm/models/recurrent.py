@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .. import checkpoint, sampling
+from .. import checkpoint
 from ..backend import Backend
 from ..errors import ModelError, SamplingError
 from ..layers import LSTM, Dense, Embedding
@@ -267,22 +267,15 @@ class LanguageModel(TokenModel):
         first = self.recurrent[0]
         if first.fused is None or self.cell != "lstm":                   # the decode kernel is the LSTM's
             return None
-        xp = self.backend.xp
         B, V = logits.shape
-        if temperature == 0:                                              # greedy: no draws
-            temperature, u = 0.0, xp.zeros((length, B))
-        else:                                                             # as sampling: T kept finite and > 0
-            temperature = sampling.representable_temperature(temperature, xp.finfo(self.backend.dtype))
-            u = xp.asarray(rng.random((length, B)))                       # (length, B), one per row and token
-        banned_mask = xp.zeros(V, dtype=bool)
-        banned_mask[banned] = True
+        temperature, u, banned_mask = self._fused_draws(V, length, B, temperature, banned, rng)
         E = None if self.embedding is None else self.embedding.embeddings
         table = first.token_table(E) if self._use_table(length, B) else None
         out = first.fused.decode(
             logits, state, table, (E, first.kernel, first.bias),
             [(layer.kernel, layer.bias) for layer in self.recurrent[1:]],
             [layer.recurrent_kernel for layer in self.recurrent], (self.dense.kernel, self.dense.bias),
-            length, self.backend.dtype.type(temperature), banned_mask, eos_id, u)
+            length, temperature, banned_mask, eos_id, u)
         if out is None:
             raise SamplingError("logits must be finite: a row holds NaN or +inf")
         return self.backend.to_host(out)

@@ -28,9 +28,7 @@ numbers are the reference path's up to round-off (tests/test_transformer_kernels
 
 from typing import NamedTuple
 
-import numpy
-
-from .. import checkpoint, sampling
+from .. import checkpoint
 from ..backend import Backend
 from ..errors import ModelError, SamplingError
 from ..layers import Dense, LayerNormalization, PositionalEmbedding
@@ -283,37 +281,21 @@ class TransformerLM(TokenModel):
             return None
         xp = self.backend.xp
         B, V = logits.shape
-        if temperature == 0:                                              # greedy: no draws
-            temperature, u = 0.0, xp.zeros((length, B))
-        else:                                                             # as sampling: T kept finite and > 0
-            temperature = sampling.representable_temperature(temperature, xp.finfo(self.backend.dtype))
-            u = xp.asarray(rng.random((length, B)))                       # (length, B), one per row and token
-        temperature = self.backend.dtype.type(temperature)
-        banned_mask = xp.zeros(V, dtype=bool)
-        banned_mask[banned] = True
+        temperature, u, banned_mask = self._fused_draws(V, length, B, temperature, banned, rng)
         weights = [block.decode_weights() for block in self.blocks]
-        out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
-        done = numpy.zeros(B, dtype=bool)
-        ids = xp.zeros(B, dtype=xp.int64)
-        logits = xp.array(logits)                                         # the sampler overwrites it
-        for k in range(length):
+
+        def draw(k, logits):                                              # the sampler overwrites the logits
+            ids = xp.zeros(B, dtype=xp.int64)
             if not fused.sample_logits(logits, banned_mask, temperature, u[k], ids):
                 raise SamplingError("logits must be finite: a row holds NaN or +inf")
-            step = numpy.array(self.backend.to_host(ids))
-            if eos_id is not None:
-                step[done] = eos_id
-                done |= step == eos_id
-            out[:, k] = step
-            if eos_id is not None and done.all():
-                return out[:, :k + 1]
-            if k + 1 == length:
-                break
-            new = xp.asarray(step)
+            return ids
+
+        def step(ids, state):
             if state.ids.shape[1] + 1 - state.start > self.sequence_length:    # the window slides
-                logits, state = self._step(new, state)
-            else:
-                logits, state = self._decode_step(new, state, weights)
-        return out
+                return self._step(ids, state)
+            return self._decode_step(ids, state, weights)
+
+        return self._token_loop(xp.array(logits), state, length, eos_id, draw, step)
 
     def _decode_step(self, new_ids, state, weights):
         """One new token per row, (B,), while the window has room: :meth:`_step`'s numbers through each
