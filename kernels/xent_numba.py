@@ -43,18 +43,29 @@ def _softmax_xent(z, y, w, log_p):
     N, V = z.shape
     for n in range(N):
         row = z[n]
-        m = row[0]
-        for v in range(V):
-            m = row[v] if row[v] > m else m
-        target = row[y[n]] - m
-        for v in range(V):
-            row[v] = exp(row[v] - m)
-        s = _sum(row)
-        log_p[n] = target - math.log(s)
+        log_p[n], s = _exp_shifted(row, y[n])
         scale = w[n] / s
         for v in range(V):
             row[v] = row[v] * scale                            # w · softmax
         row[y[n]] -= w[n]                                      # − w · onehot(y)
+
+
+@jit
+def _exp_shifted(row, t):
+    """row (V,) <- e_v = exp(row_v − max row) in place; returns (log p_t, s = Σ_v e_v) of its softmax."""
+    m = _row_max(row)
+    target = row[t] - m
+    for v in range(row.shape[0]):
+        row[v] = exp(row[v] - m)
+    s = _sum(row)
+    return target - math.log(s), s
+
+
+@jit
+def _add_bias(row, b):
+    """row += b, both (V,)."""
+    for v in range(row.shape[0]):
+        row[v] += b[v]
 
 
 @jit(fastmath={"reassoc", "nsz"})
@@ -100,14 +111,8 @@ def _dense_xent_rows(z, b, y, w, log_p, db):
     n_rows, V = z.shape
     for n in range(n_rows):
         row = z[n]
-        for v in range(V):
-            row[v] += b[v]
-        m = _row_max(row)
-        target = row[y[n]] - m
-        for v in range(V):
-            row[v] = exp(row[v] - m)
-        s = _sum(row)
-        log_p[n] = target - math.log(s)
+        _add_bias(row, b)
+        log_p[n], s = _exp_shifted(row, y[n])
         scale = w[n] / s
         for v in range(V):
             x = row[v] * scale                                 # w · softmax
@@ -120,16 +125,10 @@ def _dense_xent_rows(z, b, y, w, log_p, db):
 @jit
 def _dense_log_p(z, b, y, log_p):
     """Loss only: log p of the target of each row of z (n, V) = x W (b (V,) added in place)."""
-    n_rows, V = z.shape
-    for n in range(n_rows):
+    for n in range(z.shape[0]):
         row = z[n]
-        for v in range(V):
-            row[v] += b[v]
-        m = _row_max(row)
-        target = row[y[n]] - m
-        for v in range(V):
-            row[v] = exp(row[v] - m)
-        log_p[n] = target - math.log(_sum(row))
+        _add_bias(row, b)
+        log_p[n] = _exp_shifted(row, y[n])[0]
 
 
 def _chunks(n, V, chunk=None):
