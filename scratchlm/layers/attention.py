@@ -255,9 +255,10 @@ class MultiHeadAttention:
         return self._output(self._attention(q, k, v, mask)[1])
 
     def backward(self, cache, dout):
-        """dout (B, T, E) -> (AttentionGrads(d_query, d_value, d_key), param grads keyed like ``params``)."""
-        if isinstance(cache, FusedAttentionCache):
-            return self._backward_fused(cache, dout)
+        """dout (B, T, E) -> (AttentionGrads(d_query, d_value, d_key), param grads keyed like ``params``).
+
+        On the fused path (a FusedAttentionCache) the same products, with dS from the recomputed probabilities.
+        """
         c = cache
         B, T, E = dout.shape
         N, K = self.num_heads, self.key_dim
@@ -267,34 +268,18 @@ class MultiHeadAttention:
         grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E),
                  "output/bias": dout2.sum(axis=0)}
         do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)   # (B, N, T, K)
-        dv = c.p.transpose(0, 1, 3, 2) @ do                            # (B, N, S, K)  dV = Pᵀ dO
-        dp = do @ c.v.transpose(0, 1, 3, 2)                            # (B, N, T, S)  dP = dO Vᵀ
-        ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))       # (B, N, T, S)
-        if c.mask is not None:
-            ds = self.backend.xp.where(c.mask, ds, 0)                  # replaced scores get nothing
-        ds *= self.scale
-        dq = ds @ c.k                                                  # (B, N, T, K)  dQ = dS K / √K
-        dk = ds.transpose(0, 1, 3, 2) @ c.q                            # (B, N, S, K)  dK = dSᵀ Q / √K
-        d_query, g = self._project_backward(c.query, dq, "query")
-        grads.update(g)
-        d_key, g = self._project_backward(c.key, dk, "key")
-        grads.update(g)
-        d_value, g = self._project_backward(c.value, dv, "value")
-        grads.update(g)
-        return AttentionGrads(d_query, d_value, d_key), grads
-
-    def _backward_fused(self, c, dout):
-        """:meth:`backward` on the fused path: the same products, with dS from the recomputed probabilities."""
-        B, T, E = dout.shape
-        N, K = self.num_heads, self.key_dim
-        Wo = self._params["output/kernel"]
-        dout2 = dout.reshape(B * T, E)                                 # (B·T, E)
-        o2 = c.o.transpose(0, 2, 1, 3).reshape(B * T, N * K)           # (B·T, N·K), no copy
-        grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E),
-                 "output/bias": dout2.sum(axis=0)}
-        do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)   # (B, N, T, K)
-        dq, dk, dv = self.fused.attention_backward(c.q, c.k, c.v, c.o, c.lse, do,
-                                                   None if c.mask is None else c.mask[:, 0], self.scale)
+        if isinstance(c, FusedAttentionCache):
+            dq, dk, dv = self.fused.attention_backward(c.q, c.k, c.v, c.o, c.lse, do,
+                                                       None if c.mask is None else c.mask[:, 0], self.scale)
+        else:
+            dv = c.p.transpose(0, 1, 3, 2) @ do                        # (B, N, S, K)  dV = Pᵀ dO
+            dp = do @ c.v.transpose(0, 1, 3, 2)                        # (B, N, T, S)  dP = dO Vᵀ
+            ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))   # (B, N, T, S)
+            if c.mask is not None:
+                ds = self.backend.xp.where(c.mask, ds, 0)              # replaced scores get nothing
+            ds *= self.scale
+            dq = ds @ c.k                                              # (B, N, T, K)  dQ = dS K / √K
+            dk = ds.transpose(0, 1, 3, 2) @ c.q                        # (B, N, S, K)  dK = dSᵀ Q / √K
         d_query, g = self._project_backward(c.query, dq, "query")
         grads.update(g)
         d_key, g = self._project_backward(c.key, dk, "key")
