@@ -76,13 +76,7 @@ def _softmax_block(s, mask, masked, scale, lse):
         for n in range(N):
             for i in range(tq):
                 row = s[g, n, i]
-                m = ninf
-                for j in range(S):
-                    x = row[j] * scale
-                    if masked and not mask[g, i, j]:
-                        x = ninf
-                    row[j] = x
-                    m = max(m, x)
+                m = _scale_mask_max(row, mask, g, i, masked, scale)
                 if m == ninf:                                      # no key: uniform later (Keras)
                     row[:] = zero
                     lse[g, n, i] = inf
@@ -93,6 +87,19 @@ def _softmax_block(s, mask, masked, scale, lse):
                 for j in range(S):
                     row[j] = row[j] / total
                 lse[g, n, i] = m + math.log(total)
+
+
+@jit
+def _scale_mask_max(row, mask, g, i, masked, scale):
+    """row (S,) <- Sc = row · scale, −inf where ``masked`` and not mask[g, i]; returns max Sc (−inf: no key)."""
+    m = row.dtype.type(-np.inf)
+    for j in range(row.shape[0]):
+        x = row[j] * scale
+        if masked and not mask[g, i, j]:
+            x = row.dtype.type(-np.inf)
+        row[j] = x
+        m = max(m, x)
+    return m
 
 
 @jit
@@ -108,13 +115,7 @@ def _online_block(s, mask, masked, scale, m, l, alpha):
         for n in range(N):
             for i in range(tq):
                 row = s[g, n, i]
-                mb = ninf
-                for j in range(tk):
-                    x = row[j] * scale
-                    if masked and not mask[g, i, j]:
-                        x = ninf
-                    row[j] = x
-                    mb = max(mb, x)
+                mb = _scale_mask_max(row, mask, g, i, masked, scale)
                 m_old = m[g, n, i]
                 m_new = max(m_old, mb)
                 if m_new == ninf:                                  # nothing seen yet
