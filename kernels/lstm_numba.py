@@ -25,19 +25,29 @@ and c_0..c_T. Nothing else of size T is allocated, and these come from
 
 The elementwise kernels are vectorised (AVX-512 or AVX2). Within one shard
 everything runs on one thread; with one shard (see :mod:`shards` for when) the
-per-step GEMMs use OpenBLAS's threads. Splitting each *step* over threads with
-``prange`` was measured and does not pay on two cores: with Numba's OpenMP
-layer the spinning worker threads fight OpenBLAS's for the cores (a step
-became ~100x slower), and with passive waiting or the workqueue layer the
-hand-over costs about what it saves (docs/benchmarks.md); shards meet only
-once, after the last step.
+per-step GEMMs use OpenBLAS's threads.
+
+A batch of a few rows (at most ``UNIT_ROWS_FORWARD`` per core forward,
+``UNIT_ROWS_BACKWARD`` backward) is too thin for shards, and a GEMM of (8, H) x
+(H, 4H) spends its time packing U. Then the threads split each *step* by hidden
+units instead (:func:`forward_units`, :func:`backward_units`): thread k owns
+units j0:j1 — their four gate columns of U, forward, and their rows of U,
+backward — computes their share of the step's product as dot products
+(:mod:`dots`) and their elementwise work, and all meet at a spinning
+:mod:`barrier` (~0.2 µs) before the next step. Each core so reads only its
+share of U per step. Numba's own ``prange`` per step was measured and does not
+pay on two cores: its OpenMP threads spin against OpenBLAS's, and passive
+waiting costs about what the split saves (docs/benchmarks.md).
 """
 
 import numpy as np
 
-from . import blas, shards, workspace
+from . import barrier, blas, dots, shards, workspace
 from ._jit import jit
 from .activations import sigmoid, tanh
+
+UNIT_ROWS_FORWARD = 4                   # rows per thread at most for splitting the units of a step (shards.parties)
+UNIT_ROWS_BACKWARD = 8
 
 
 @jit
@@ -50,13 +60,19 @@ def step_forward(z, table, rows, c_prev, h_prev, keep, c, h):
     c_prev, h_prev (B, H): c_{t-1}, h_{t-1}. keep (B,) bool: the mask m_t.
     c, h (B, H) out: c_t, h_t (equal to c_{t-1}, h_{t-1} where m_t = 0).
     """
+    units_forward(z, table, rows, c_prev, h_prev, keep, c, h, 0, c.shape[1])
+
+
+@jit
+def units_forward(z, table, rows, c_prev, h_prev, keep, c, h, j0, j1):
+    """:func:`step_forward` for the hidden units j0:j1 only (their four gate columns, their c and h)."""
     for b in range(z.shape[0]):
-        _gates_forward(z[b], table[rows[b]])
+        _gates_forward(z[b], table[rows[b]], j0, j1)
         if keep[b]:
-            _cell_forward(z[b], c_prev[b], c[b], h[b])
+            _cell_forward(z[b], c_prev[b], c[b], h[b], j0, j1)
         else:                                                       # masked step: keep h, c
-            c[b] = c_prev[b]
-            h[b] = h_prev[b]
+            c[b, j0:j1] = c_prev[b, j0:j1]
+            h[b, j0:j1] = h_prev[b, j0:j1]
 
 
 @jit
@@ -73,61 +89,82 @@ def step_backward(z, c_prev, c, dh_rec, keep_next, dy, keep, dh, dc):
         dh_t = dz_{t+1} Uᵀ + (1 − m_{t+1}) dh_{t+1} + dy_t.
     dc (B, H): ∂L/∂c_t on entry; ∂L/∂c_{t-1} on exit.
     """
+    units_backward(z, c_prev, c, dh_rec, keep_next, dy, keep, dh, dc, 0, c.shape[1])
+
+
+@jit
+def units_backward(z, c_prev, c, dh_rec, keep_next, dy, keep, dh, dc, j0, j1):
+    """:func:`step_backward` for the hidden units j0:j1 only."""
     for b in range(z.shape[0]):
         if keep_next[b]:
-            dh[b] = dh_rec[b]
+            dh[b, j0:j1] = dh_rec[b, j0:j1]
         else:                                                       # step t+1 was masked: dh_{t+1} passed through it
-            dh[b] += dh_rec[b]
+            dh[b, j0:j1] += dh_rec[b, j0:j1]
         if dy is not None:
-            dh[b] += dy[b]
+            dh[b, j0:j1] += dy[b, j0:j1]
         if keep[b]:
-            _cell_backward(z[b], c_prev[b], c[b], dh[b], dc[b])
+            _cell_backward(z[b], c_prev[b], c[b], dh[b], dc[b], j0, j1)
         else:                                                       # masked step: nothing flows through it,
-            z[b] = 0                                                # dc passes on unchanged
+            H = c.shape[1]                                          # dc passes on unchanged
+            for g in range(4):
+                z[b, g * H + j0:g * H + j1] = 0
 
 
 @jit
-def _gates_forward(z, xw):
-    """z (4H,) = h_{t-1} U, xw (4H,) = x_t W + b  ->  z = [σ(z_i) σ(z_f) tanh(z_g) σ(z_o)], z_· = z + xw."""
-    H = z.shape[0] // 4
-    for k in range(2 * H):
-        z[k] = sigmoid(z[k] + xw[k])                                # i, f
-    for k in range(H):
-        z[2 * H + k] = tanh(z[2 * H + k] + xw[2 * H + k])           # g
-    for k in range(H):
-        z[3 * H + k] = sigmoid(z[3 * H + k] + xw[3 * H + k])        # o
+def _gates_forward(z, xw, j0, j1):
+    """z (4H,) = h_{t-1} U, xw (4H,) = x_t W + b  ->  z = [σ(z_i) σ(z_f) tanh(z_g) σ(z_o)], z_· = z + xw,
+    for the units j0:j1."""
+    zi, zf, zg, zo = _units(z, j0, j1)
+    xi, xf, xg, xo = _units(xw, j0, j1)
+    for j in range(j1 - j0):
+        zi[j] = sigmoid(zi[j] + xi[j])
+        zf[j] = sigmoid(zf[j] + xf[j])
+    for j in range(j1 - j0):
+        zg[j] = tanh(zg[j] + xg[j])
+        zo[j] = sigmoid(zo[j] + xo[j])
 
 
 @jit
-def _cell_forward(gates, c_prev, c, h):
-    """c = f ⊙ c_prev + i ⊙ g,  h = o ⊙ tanh(c): gates (4H,) = [i f g o], the rest (H,)."""
-    H = c.shape[0]
-    for j in range(H):
-        cj = gates[H + j] * c_prev[j] + gates[j] * gates[2 * H + j]
+def _cell_forward(gates, c_prev, c, h, j0, j1):
+    """c = f ⊙ c_prev + i ⊙ g,  h = o ⊙ tanh(c) for the units j0:j1: gates (4H,) = [i f g o], the rest (H,)."""
+    i, f, g, o = _units(gates, j0, j1)
+    c_prev, c, h = c_prev[j0:j1], c[j0:j1], h[j0:j1]
+    for j in range(j1 - j0):
+        cj = f[j] * c_prev[j] + i[j] * g[j]
         c[j] = cj
-        h[j] = gates[3 * H + j] * tanh(cj)
+        h[j] = o[j] * tanh(cj)
 
 
 @jit
-def _cell_backward(z, c_prev, c, dh, dc):
-    """Gate gradients of one sequence, in place: z (4H,) gates in, dz out; dc (H,) = dc_t in, dc_{t-1} out.
+def _cell_backward(z, c_prev, c, dh, dc, j0, j1):
+    """Gate gradients of one sequence's units j0:j1, in place: z (4H,) gates in, dz out; dc (H,) = dc_t in,
+    dc_{t-1} out.
 
         dc̃ = dc + dh ⊙ o ⊙ (1 − tanh²c_t)
         dz_i = dc̃ ⊙ g ⊙ i(1−i)        dz_f = dc̃ ⊙ c_{t-1} ⊙ f(1−f)
         dz_g = dc̃ ⊙ i ⊙ (1−g²)        dz_o = dh ⊙ tanh(c_t) ⊙ o(1−o)
         dc_{t-1} = dc̃ ⊙ f
     """
-    H = c.shape[0]
+    zi, zf, zg, zo = _units(z, j0, j1)
+    c_prev, c, dh, dc = c_prev[j0:j1], c[j0:j1], dh[j0:j1], dc[j0:j1]
     one = z.dtype.type(1)
-    for j in range(H):
-        i, f, g, o = z[j], z[H + j], z[2 * H + j], z[3 * H + j]
+    for j in range(j1 - j0):
+        i, f, g, o = zi[j], zf[j], zg[j], zo[j]
         tc = tanh(c[j])                                             # recomputed, not stored
         dct = dc[j] + dh[j] * o * (one - tc * tc)
-        z[j] = dct * g * (i * (one - i))
-        z[H + j] = dct * c_prev[j] * (f * (one - f))
-        z[2 * H + j] = dct * i * (one - g * g)
-        z[3 * H + j] = dh[j] * tc * (o * (one - o))
+        zi[j] = dct * g * (i * (one - i))
+        zf[j] = dct * c_prev[j] * (f * (one - f))
+        zg[j] = dct * i * (one - g * g)
+        zo[j] = dh[j] * tc * (o * (one - o))
         dc[j] = dct * f
+
+
+@jit
+def _units(z, j0, j1):
+    """The units j0:j1 of the four gate blocks of z (4H,), as four views indexed from 0 (so that LLVM can
+    prove every index in range and vectorise the loops over them)."""
+    H = z.shape[0] // 4
+    return z[j0:j1], z[H + j0:H + j1], z[2 * H + j0:2 * H + j1], z[3 * H + j0:3 * H + j1]
 
 
 @jit
@@ -166,6 +203,61 @@ def backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi):
         blas.gemm(gemm_at, zt, U, dh_rec[lo:hi], True)                 # dz_t Uᵀ
 
 
+@jit
+def forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, parties, j0, j1):
+    """The forward time loop of hidden units j0:j1, every row: one of ``parties`` threads that split each step.
+
+    Per step this thread computes its units' four gate columns of h_{t-1} U (:func:`dots.product_t`
+    against its rows of UT (4H, H), the buffer for Uᵀ, which it fills first; into zT (4H, B)),
+    then their gates, c_t and h_t; all threads meet (:func:`barrier.wait`) before the next step
+    reads the whole of h_t. Arguments as in :func:`forward_rows`; rec (B, 4H) holds each step's
+    product in the Keras layout.
+    """
+    T, B, G = z.shape
+    H = G // 4
+    every_row = np.arange(B)
+    for g in range(4):
+        dots.transpose_rows(U, UT, g * H + j0, g * H + j1)          # this thread's rows of Uᵀ
+    for t in range(T):
+        for g in range(4):
+            dots.product_t(hs[t], UT, zT, g * H + j0, g * H + j1)
+        product = rec if ids is None else z[t]                      # token input: the product goes straight to z[t]
+        for b in range(B):
+            for g in range(4):
+                for j in range(g * H + j0, g * H + j1):
+                    product[b, j] = zT[j, b]
+        if ids is None:
+            units_forward(z[t], rec, every_row, cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1], j0, j1)
+        else:
+            units_forward(z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1], j0, j1)
+        if not barrier.wait(sync, parties, t):
+            return
+
+
+@jit
+def backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, parties, j0, j1):
+    """The backward time loop of hidden units j0:j1, every row: one of ``parties`` threads that split each step.
+
+    Per step: :func:`units_backward` writes this thread's columns of dz_t; all threads meet; then this
+    thread's units of dz_t Uᵀ (against its rows of U, into dhT (H, B)) go to dh_rec. Arguments as in
+    :func:`backward_rows`.
+    """
+    T, B, G = z.shape
+    all_kept = np.ones(B, dtype=np.bool_)
+    for t in range(T - 1, -1, -1):
+        keep_next = all_kept if t == T - 1 else keep[t + 1]
+        if dy is None:
+            units_backward(z[t], cs[t], cs[t + 1], dh_rec, keep_next, None, keep[t], dh, dc, j0, j1)
+        else:
+            units_backward(z[t], cs[t], cs[t + 1], dh_rec, keep_next, dy[t], keep[t], dh, dc, j0, j1)
+        if not barrier.wait(sync, parties, T - 1 - t):
+            return
+        dots.product_t(z[t], U, dhT, j0, j1)                        # (dz_t Uᵀ)ᵀ for units j0:j1
+        for b in range(B):
+            for j in range(j0, j1):
+                dh_rec[b, j] = dhT[j, b]
+
+
 def forward(z, U, h0, c0, keep=None, table=None, ids=None):
     """Run the recurrence; returns (hs, cs), each (T+1, B, H): h_0..h_T and c_0..c_T.
 
@@ -175,8 +267,9 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
     holding the gates. keep (T, B) bool or None (no mask).
     """
     T, B, G = z.shape
-    hs = workspace.take((T + 1, B, G // 4), z.dtype)
-    cs = workspace.take((T + 1, B, G // 4), z.dtype)
+    H = G // 4
+    hs = workspace.take((T + 1, B, H), z.dtype)
+    cs = workspace.take((T + 1, B, H), z.dtype)
     hs[0], cs[0] = h0, c0
     keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     ids = None if ids is None else np.ascontiguousarray(ids)
@@ -193,7 +286,12 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
                 np.matmul(hs[t], U, out=z[t])
                 step_forward(z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1])
         return hs, cs
-    shards.run(lambda lo, hi: forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi), B)
+    n = shards.parties(B, H, UNIT_ROWS_FORWARD)
+    if n > 1:                                                       # a few rows: split each step's units instead
+        sync, spans, UT, zT = barrier.new(), shards.bounds(H, n), np.empty((G, H), z.dtype), np.empty((G, B), z.dtype)
+        shards.together(lambda k: forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, n, *spans[k]), n, sync)
+    else:
+        shards.run(lambda lo, hi: forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi), B)
     return hs, cs
 
 
@@ -221,7 +319,13 @@ def backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
                           None if dy is None else dy[t], keep[t], dh, dc)
             np.matmul(z[t], U.T, out=dh_rec)                        # dz_t Uᵀ
     else:
-        shards.run(lambda lo, hi: backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi), B)
+        n = shards.parties(B, H, UNIT_ROWS_BACKWARD)
+        if n > 1:
+            sync, spans, dhT = barrier.new(), shards.bounds(H, n), np.empty((H, B), z.dtype)
+            shards.together(lambda k: backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, n, *spans[k]), n,
+                            sync)
+        else:
+            shards.run(lambda lo, hi: backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi), B)
     dh0 = np.where(keep[0][:, None], dh_rec, dh_rec + dh) if masked else dh_rec
     dU = hs[:-1].reshape(T * B, H).T @ z.reshape(T * B, G)          # (H, 4H)
     return z, dU, dh0, dc

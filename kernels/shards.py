@@ -34,7 +34,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from . import blas
+from . import barrier, blas
 
 MIN_ROWS = 16                           # rows per shard at least
 SPIN_TIMEOUT = 20                       # OPENBLAS_THREAD_TIMEOUT at most this: idle workers sleep after 2^20 cycles (~0.3 ms)
@@ -72,6 +72,25 @@ def run(loop, rows):
     if n == 1:
         loop(0, rows)
         return
+    spans = bounds(rows, n)
+    together(lambda k: loop(*spans[k]), n)
+
+
+def together(loop, n, sync=None):
+    """Call ``loop(k)`` for k in range(n) on n threads at once (k = 0 on the caller's); returns when all are done.
+
+    BLAS runs single-threaded meanwhile. A party's exception is re-raised here;
+    with ``sync`` (:mod:`barrier`), a failing party also releases the others
+    from their barrier so that they stop instead of waiting for it forever.
+    """
+    def party(k):
+        try:
+            loop(k)
+        except BaseException:
+            if sync is not None:
+                barrier.abort(sync)
+            raise
+
     with _lock:
         get, set_ = blas.THREADS
         threads = get()
@@ -80,13 +99,27 @@ def run(loop, rows):
             pool = _pool[n] = ThreadPoolExecutor(n - 1, thread_name_prefix="scratchlm-shard")
         set_(1)
         try:
-            spans = bounds(rows, n)
-            others = [pool.submit(loop, lo, hi) for lo, hi in spans[1:]]
+            others = [pool.submit(party, k) for k in range(1, n)]
             try:
-                loop(*spans[0])
+                party(0)
             finally:
                 wait(others)
             for future in others:
-                future.result()                     # re-raises a shard's exception
+                future.result()                     # re-raises a party's exception
         finally:
             set_(threads)
+
+
+
+def parties(rows, units, most_rows):
+    """How many threads split each step's ``units`` hidden units between them (1: none, run by rows instead).
+
+    Splitting the units (:func:`together` with a :mod:`barrier` per step) pays when the batch is too thin for
+    shards: each thread then reads only its share of U per step, with the small product of :mod:`dots`. It
+    runs when there are at most ``most_rows`` rows per thread (the forward and backward loops measure
+    differently, docs/benchmarks.md) and at least 8 units per thread.
+    """
+    if blas.THREADS is None or not quick_to_sleep():
+        return 1
+    n = blas.THREADS[0]()
+    return n if 1 < n and rows <= most_rows * n and units >= 8 * n else 1

@@ -6,9 +6,10 @@ with masks, initial states, sequence and last-step outputs; the GRU also with
 token-table input), the whole model with either cell (one-hot,
 embedding-table and embedding-direct input, stacked layers, last-step loss),
 the softmax cross-entropy, the scatter-add and generation. The layer tests run
-the CPU time loops three ways (``LOOPS``): as the batch's shards see fit, in
-three forced shards (``kernels/shards.py``), and as the Python loop used where
-NumPy's BLAS is not an OpenBLAS the kernels can call. An array passes when
+the CPU time loops four ways (``LOOPS``): as the batch's shards see fit, in
+three forced shards (``kernels/shards.py``), the LSTM's with three threads
+forced to split every step's hidden units (``kernels/barrier.py``), and as the
+Python loop used where NumPy's BLAS is not an OpenBLAS the kernels can call. An array passes when
 max |fused − reference| <= rtol · max |reference| + atol, with
 
 * float64: rtol 1e-12, atol 1e-14 — both paths do the same arithmetic up to
@@ -71,7 +72,7 @@ def compiled_kernels():
             model.generate([1], 2, seed=0)
 
 
-LOOPS = ["as-chosen", "three-shards", "python-loop"]
+LOOPS = ["as-chosen", "three-shards", "three-unit-threads", "python-loop"]
 
 
 @contextlib.contextmanager
@@ -81,6 +82,9 @@ def cpu_loop(how):
 
     if how == "three-shards":
         with mock.patch.object(shards, "count", lambda rows: min(3, rows)):
+            yield
+    elif how == "three-unit-threads":
+        with mock.patch.object(shards, "parties", lambda rows, units, most_rows: 3):
             yield
     elif how == "python-loop":
         with mock.patch.dict(blas.GEMM, clear=True):
@@ -631,6 +635,112 @@ def test_shards_only_where_openblas_threads_sleep_soon(monkeypatch):
     assert shards.count(64) == 2 and shards.count(2 * shards.MIN_ROWS - 1) == 1
     monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")               # OpenBLAS's default: 2^28 cycles of spinning
     assert shards.count(64) == 1
+
+
+def test_units_split_only_for_thin_batches(monkeypatch):
+    from scratchlm.kernels import blas, shards
+
+    if blas.THREADS is None or not blas.GEMM:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS the kernels can call")
+    monkeypatch.setattr(blas, "THREADS", (lambda: 2, blas.THREADS[1]))
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "20")
+    assert shards.parties(8, 512, 4) == 2 and shards.parties(9, 512, 4) == 1 and shards.parties(16, 512, 8) == 2
+    assert shards.parties(8, 15, 4) == 1                        # fewer than 8 units per thread
+    monkeypatch.setattr(blas, "THREADS", (lambda: 1, blas.THREADS[1]))
+    assert shards.parties(8, 512, 4) == 1                       # OPENBLAS_NUM_THREADS=1 (an MPI rank per core)
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")
+    monkeypatch.setattr(blas, "THREADS", (lambda: 2, blas.THREADS[1]))
+    assert shards.parties(8, 512, 4) == 1
+
+
+# -- the small product and the barrier of the units split -------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(M=st.integers(1, 13), K=st.integers(1, 40), N=st.integers(1, 21), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 2**16), data=st.data())
+def test_dot_product_kernel_matches_numpy(M, K, N, dtype, seed, data):
+    from scratchlm.kernels import dots
+
+    rng = np.random.default_rng(seed)
+    lo = data.draw(st.integers(0, N))
+    hi = data.draw(st.integers(lo, N))
+    a = rng.standard_normal((M, K + 3)).astype(dtype)[:, :K]     # rows with a stride longer than K
+    b = rng.standard_normal((N, K)).astype(dtype)
+    out = np.full((N, M), 7.0, dtype=dtype)
+    dots.product_t(a, b, out, lo, hi)
+    want = np.full((N, M), 7.0)
+    want[lo:hi] = b[lo:hi] @ a.T
+    assert close(out, want, dtype)
+    u = rng.standard_normal((K, N)).astype(dtype)
+    ut = np.zeros((N, K), dtype=dtype)
+    dots.transpose_rows(u, ut, lo, hi)
+    assert np.array_equal(ut[lo:hi], u.T[lo:hi]) and not ut[:lo].any() and not ut[hi:].any()
+
+
+def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scratchlm.kernels import barrier, shards
+    from scratchlm.kernels._jit import jit
+
+    @jit
+    def steps(sync, parties, k, log, late):
+        for t in range(log.shape[0]):
+            log[t, k] = t
+            if not barrier.wait(sync, parties, t):
+                return t
+            for q in range(parties):                            # everyone wrote step t before anyone went on
+                if log[t, q] != t:
+                    late[0] += 1
+        return log.shape[0]
+
+    for parties in (2, 3):
+        log, late, sync = np.full((500, parties), -1), np.zeros(1, dtype=np.int64), barrier.new()
+        with ThreadPoolExecutor(parties) as pool:
+            done = list(pool.map(lambda k: steps(sync, parties, k, log, late), range(parties)))
+        assert done == [500] * parties and late[0] == 0 and (log == np.arange(500)[:, None]).all()
+
+    def party(k):                                               # party 1 fails before its first step
+        if k == 1:
+            raise RuntimeError("party failed")
+        return steps(sync, 2, k, np.full((5, 2), -1), np.zeros(1, dtype=np.int64))
+
+    sync = barrier.new()
+    if shards.blas.THREADS is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
+    with pytest.raises(RuntimeError, match="party failed"):
+        shards.together(party, 2, sync)                         # returns: party 0 is released, not left spinning
+    assert sync[1] == 1
+
+
+@pytest.mark.parametrize("parties", [2, 3, 5])
+@pytest.mark.parametrize("inputs", ["tokens", "dense"])
+def test_the_units_split_computes_what_the_row_loop_does(parties, inputs):
+    """forward/backward with every step's hidden units split over threads against the shards' row loop:
+    float64, masked, an initial state, H not a multiple of the thread count (5 threads: one owns 1 unit)."""
+    from scratchlm.kernels import blas, lstm_numba, shards
+
+    if blas.THREADS is None or not blas.GEMM:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS the kernels can call")
+    rng = np.random.default_rng(parties)
+    T, B, H, V = 7, 3, 6, 5
+    U = rng.standard_normal((H, 4 * H)) / 3
+    table = rng.standard_normal((V, 4 * H))
+    ids = rng.integers(0, V, (T, B))
+    x = rng.standard_normal((T, B, 4 * H))
+    keep = rng.random((T, B)) > 0.3
+    h0, c0, dy = rng.standard_normal((B, H)), rng.standard_normal((B, H)), rng.standard_normal((T, B, H))
+    dh_T, dc_T = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+
+    def run(split):
+        with mock.patch.object(shards, "parties", lambda rows, units, most_rows: split):
+            z = x.copy()
+            hs, cs = lstm_numba.forward(z, U, h0, c0, keep, *((table, ids) if inputs == "tokens" else ()))
+            hs, cs = hs.copy(), cs.copy()
+            return (hs, cs) + tuple(a.copy() for a in lstm_numba.backward(z, hs, cs, U, dy, dh_T, dc_T, keep))
+
+    for want, got in zip(run(1), run(parties)):
+        assert close(got, want, "float64")
 
 
 def test_importing_scratchlm_first_sets_the_openblas_thread_timeout():
