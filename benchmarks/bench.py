@@ -21,7 +21,8 @@ Keras and as ``scratchlm-rerun``). These two are not in the default list (a
 transformer step takes seconds here). ``sweep`` (issue 14) is one training step
 of Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, for every B in 8 … 256 and
 H in 128 … 1024 (24 cases, no memory rounds); ``--sweep-png FILE`` draws the
-speed-ups over PyTorch as a heat map (needs matplotlib, the ``plot`` extra). Frameworks that are not installed are
+speed-ups over PyTorch as a heat map (needs matplotlib, the ``plot`` extra); one
+cell runs by its case name (``--workloads sweep-b8-h512``). Frameworks that are not installed are
 left out, and a case runs only the frameworks it lists (if it lists any).
 
 How it measures:
@@ -393,11 +394,11 @@ def main(argv=None):
         worker(*args.worker)
         return 0
 
-    unknown = [w for w in args.workloads.split(",") if w not in WORKLOAD_CASES]
+    unknown = [w for w in args.workloads.split(",") if w not in WORKLOAD_CASES and w not in fw.CASES]
     unknown += [f for f in args.frameworks.split(",") if f not in FRAMEWORKS]
     if unknown:
         parser.error(f"unknown workloads or frameworks: {', '.join(unknown)}")
-    cases = [c for w in args.workloads.split(",") for c in WORKLOAD_CASES[w]]
+    cases = [c for w in args.workloads.split(",") for c in WORKLOAD_CASES.get(w, [w])]      # a workload or one case
     if "gpu" in cases and not have_gpu():
         cases.remove("gpu")
         print("# gpu: no CuPy with a CUDA GPU here, left out")

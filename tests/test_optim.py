@@ -143,6 +143,37 @@ def test_float32_stays_float32_and_close(kind, hyper):
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind, hyper", [VARIANTS[4], VARIANTS[8], VARIANTS[10]],
+                         ids=[VARIANT_IDS[4], VARIANT_IDS[8], VARIANT_IDS[10]])
+def test_one_pass_kernels_give_the_numpy_expressions_bits(kind, hyper, dtype, monkeypatch):
+    """Adam's and RMSprop's update kernels (kernels/optim_numba.py) against the NumPy code they replace:
+    identical weights and slots, bit for bit, over steps with tiny, huge and zero gradients."""
+    pytest.importorskip("numba")
+    from scratchlm.kernels import optim_numba
+
+    params, grad_steps = make_problem(seed=3, steps=5, dtype=dtype)
+    grad_steps[1] = {k: (g * 1e-30).astype(dtype) for k, g in grad_steps[1].items()}
+    grad_steps[2] = {k: (g * 1e15).astype(dtype) for k, g in grad_steps[2].items()}
+    grad_steps[3] = {k: np.zeros_like(g) for k, g in grad_steps[3].items()}
+    calls = []
+    for name in ("adam", "rmsprop"):
+        kernel = getattr(optim_numba, name)
+        monkeypatch.setattr(optim_numba, name, (lambda f: lambda *a: calls.append(f) or f(*a))(kernel))
+    results = {}
+    for kernels in ("reference", "fused"):
+        monkeypatch.setenv("SCRATCHLM_KERNELS", kernels)
+        opt = optim.get(kind, **hyper)
+        calls.clear()
+        results[kernels] = run(opt, copy.deepcopy(params), grad_steps), dict(opt.slots), list(calls)
+    (want, want_slots, none), (got, got_slots, used) = results["reference"], results["fused"]
+    assert not none and len(used) == 5 * len(SHAPES)
+    for k in SHAPES:
+        assert got[k].dtype == dtype and np.array_equal(got[k], want[k]), k
+    assert want_slots.keys() == got_slots.keys()
+    assert all(np.array_equal(got_slots[k], want_slots[k]) for k in want_slots)
+
+
 def test_keras_adam_first_step():
     """Hand-computed Keras 3 Adam step 1: alpha = lr·sqrt(1−β₂)/(1−β₁), m = 0.1g, v = 0.001g²."""
     w, g = np.array([1.0, -2.0]), np.array([0.5, -4.0])
