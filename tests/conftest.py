@@ -1,9 +1,14 @@
 """Shared test helpers: small float64 models and random data of their own making."""
 
-import numpy as np
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")  # what `import scratchlm` sets in a fresh process, before NumPy
+                                                        # loads OpenBLAS: in-process CLI runs then take the code paths
+                                                        # of a real `python -m scratchlm` (kernels/shards.py)
+import numpy as np  # noqa: E402
 import pytest
 
-from scratchlm import get_backend
+from scratchlm import get_backend  # noqa: E402
 
 
 @pytest.fixture
