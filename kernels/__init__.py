@@ -12,7 +12,10 @@ softmax cross-entropy, the scatter-add and generation through them.
       lstm_numba.py     LSTM step forward/backward kernels and the time loops
       gru_numba.py      the same for the GRU (reset gate after the recurrent product)
       blas.py           OpenBLAS's GEMM called from inside the Numba time loops; its thread count
-      shards.py         the time loops of a batch split into row shards, one per core
+      shards.py         the time loops of a batch split into row shards, one per core, or (thin batches)
+                        every step split by hidden units over the cores
+      dots.py           the per-step product of a few rows with U, as dot products (no packing)
+      barrier.py        a spinning barrier for threads that meet inside Numba loops, once per step
       xent_numba.py     softmax cross-entropy, forward and backward in place; the output projection and
                         cross-entropy fused and chunked over rows (the Transformer's full logits never exist)
       attention_numba.py  causal attention without the (T, T) probabilities (online softmax, FlashAttention's
@@ -20,6 +23,7 @@ softmax cross-entropy, the scatter-add and generation through them.
       layernorm_numba.py  LayerNorm forward/backward in one pass each; bias + ReLU of the feed-forward
       scatter_numba.py  scatter-add (embedding and input-table gradients)
       generate_numba.py the one-token-per-step sampling loop
+      optim_numba.py    Adam's and RMSprop's updates, one pass per parameter (used by scratchlm.optim)
       activations.py    σ, tanh, exp: vectorisable float32, exact float64
       workspace.py      big work buffers, reused from step to step when free
       _jit.py           the Numba options every kernel is compiled with

@@ -23,6 +23,11 @@ a 2-thread GEMM took 2x as long). ``import scratchlm`` sets
 is not imported yet; where it was imported first without the setting, the
 loops run as one shard.
 
+A batch too thin for shards (a few rows per core) is split the other way:
+:func:`together` runs one party per core over the whole time loop, each owning
+a share of the hidden units, meeting at a :mod:`barrier` after every step
+(:func:`parties` says when; ``lstm_numba.forward_units``).
+
 How many shards: as many as OpenBLAS has threads (``OPENBLAS_NUM_THREADS``, or
 the cores it found), so ``OPENBLAS_NUM_THREADS=1`` — one MPI rank per core,
 say — runs one shard on the caller's thread. While the shards run, OpenBLAS
