@@ -54,6 +54,7 @@ import numpy as np
 
 from . import shards
 from ._jit import jit
+from .dots import dot
 from .activations import exp
 from .xent_numba import _sum
 
@@ -367,15 +368,6 @@ def backward(q, k, v, o, lse, do, mask, scale):
 
 # -- the decoding step -----------------------------------------------------------------------------
 
-@jit(fastmath={"reassoc", "nsz"})
-def _dot(a, b):
-    """Σ_d a_d b_d, summed in any order (vectorised)."""
-    s = a.dtype.type(0)
-    for d in range(a.shape[0]):
-        s += a[d] * b[d]
-    return s
-
-
 @jit
 def _attend(q, k, v, mask, masked, scale, s, o):
     """Few queries over cached keys, all in one kernel: q (B, N, T, K), k, v (B, N, S, K), mask (B, T, S)
@@ -389,7 +381,7 @@ def _attend(q, k, v, mask, masked, scale, s, o):
                 m = ninf
                 qi = q[b, n, i]
                 for j in range(S):
-                    x = _dot(qi, k[b, n, j]) * scale
+                    x = dot(qi, k[b, n, j]) * scale
                     if masked and not mask[b, i, j]:
                         x = ninf
                     s[j] = x

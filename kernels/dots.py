@@ -42,11 +42,11 @@ def product_t(a, b, out, lo, hi):
             r += 4
         for q in range(r, M):
             for m in range(n, n + 3):
-                out[m, q] = _dot(a[q], b[m])
+                out[m, q] = dot(a[q], b[m])
         n += 3
     for m in range(n, hi):
         for q in range(M):
-            out[m, q] = _dot(a[q], b[m])
+            out[m, q] = dot(a[q], b[m])
 
 
 @jit(fastmath=_SUMS)
@@ -76,8 +76,8 @@ def _block_4x3(a, b, out, r, n):
 
 
 @jit(fastmath=_SUMS)
-def _dot(x, y):
-    """Σ_k x[k] y[k]."""
+def dot(x, y):
+    """Σ_k x[k] y[k], summed in any order (vectorised)."""
     s = x.dtype.type(0)
     for k in range(x.shape[0]):
         s += x[k] * y[k]
