@@ -18,6 +18,11 @@ product is written for that shape instead:
   runs of 4 contiguous floats. Written as (M, N) instead, the stores land rows
   of 4H floats apart and the same kernel ran at half the speed (measured).
 
+Partial blocks (M not a multiple of 4, a column range not of 3) repeat their
+last row or column instead of switching to other code, so that every element
+is summed the same way wherever a call's range starts (the same bits on any
+number of threads; at M = 5 this costs ~25% over a separate row loop).
+
 A block of columns [lo, hi) per call lets each core own its share of U (see
 :func:`scratchlm.kernels.lstm_numba.forward_units`).
 """
@@ -31,31 +36,25 @@ _SUMS = {"reassoc", "contract"}         # re-associate and fuse the sums (vector
 def product_t(a, b, out, lo, hi):
     """out[n, r] = Σ_k a[r, k] b[n, k] for n in [lo, hi) and every row r: a (M, K), b (N, K), out (N, M).
 
-    The rows of a, b and out must be contiguous (any row stride).
+    The rows of a, b and out must be contiguous (any row stride). Every element is summed by the same block code
+    (the last, partial blocks repeat their last row or column), so the result does not depend on how [0, N) is
+    split into calls: the units split gives the same bits on any number of threads.
     """
     M = a.shape[0]
-    n = lo
-    while n + 3 <= hi:
-        r = 0
-        while r + 4 <= M:
-            _block_4x3(a, b, out, r, n)
-            r += 4
-        for q in range(r, M):
-            for m in range(n, n + 3):
-                out[m, q] = dot(a[q], b[m])
-        n += 3
-    for m in range(n, hi):
-        for q in range(M):
-            out[m, q] = dot(a[q], b[m])
+    last_row, last = M - 1, hi - 1
+    for n in range(lo, hi, 3):
+        n1, n2 = min(n + 1, last), min(n + 2, last)
+        for r in range(0, M, 4):
+            _block_4x3(a, b, out, r, min(r + 1, last_row), min(r + 2, last_row), min(r + 3, last_row), n, n1, n2)
 
 
 @jit(fastmath=_SUMS)
-def _block_4x3(a, b, out, r, n):
-    """out[n:n+3, r:r+4] = (a[r:r+4] b[n:n+3]ᵀ)ᵀ: 12 sums along k at once."""
+def _block_4x3(a, b, out, r0, r1, r2, r3, n0, n1, n2):
+    """out[n, r] for n in (n0, n1, n2) and r in (r0, r1, r2, r3): 12 sums along k at once."""
     zero = out.dtype.type(0)
     s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = zero
-    a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]
-    b0, b1, b2 = b[n], b[n + 1], b[n + 2]
+    a0, a1, a2, a3 = a[r0], a[r1], a[r2], a[r3]
+    b0, b1, b2 = b[n0], b[n1], b[n2]
     for k in range(a.shape[1]):
         x, y, w = b0[k], b1[k], b2[k]
         s00 += a0[k] * x
@@ -70,9 +69,9 @@ def _block_4x3(a, b, out, r, n):
         s30 += a3[k] * x
         s31 += a3[k] * y
         s32 += a3[k] * w
-    out[n, r], out[n, r + 1], out[n, r + 2], out[n, r + 3] = s00, s10, s20, s30
-    out[n + 1, r], out[n + 1, r + 1], out[n + 1, r + 2], out[n + 1, r + 3] = s01, s11, s21, s31
-    out[n + 2, r], out[n + 2, r + 1], out[n + 2, r + 2], out[n + 2, r + 3] = s02, s12, s22, s32
+    out[n0, r0], out[n0, r1], out[n0, r2], out[n0, r3] = s00, s10, s20, s30
+    out[n1, r0], out[n1, r1], out[n1, r2], out[n1, r3] = s01, s11, s21, s31
+    out[n2, r0], out[n2, r1], out[n2, r2], out[n2, r3] = s02, s12, s22, s32
 
 
 @jit(fastmath=_SUMS)

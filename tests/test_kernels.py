@@ -671,6 +671,11 @@ def test_dot_product_kernel_matches_numpy(M, K, N, dtype, seed, data):
     want = np.full((N, M), 7.0)
     want[lo:hi] = b[lo:hi] @ a.T
     assert close(out, want, dtype)
+    cut = data.draw(st.integers(lo, hi))                         # the same bits whichever way [lo, hi) is split
+    parts = np.full((N, M), 7.0, dtype=dtype)
+    dots.product_t(a, b, parts, lo, cut)
+    dots.product_t(a, b, parts, cut, hi)
+    assert np.array_equal(parts, out)
     u = rng.standard_normal((K, N)).astype(dtype)
     ut = np.zeros((N, K), dtype=dtype)
     dots.transpose_rows(u, ut, lo, hi)
@@ -717,7 +722,8 @@ def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
 @pytest.mark.parametrize("inputs", ["tokens", "dense"])
 def test_the_units_split_computes_what_the_row_loop_does(parties, inputs):
     """forward/backward with every step's hidden units split over threads against the shards' row loop:
-    float64, masked, an initial state, H not a multiple of the thread count (5 threads: one owns 1 unit)."""
+    float64, masked, an initial state, H not a multiple of the thread count (5 threads: one owns 1 unit);
+    and bit for bit the same as with 2 threads."""
     from scratchlm.kernels import blas, lstm_numba, shards
 
     if blas.THREADS is None or not blas.GEMM:
@@ -739,8 +745,11 @@ def test_the_units_split_computes_what_the_row_loop_does(parties, inputs):
             hs, cs = hs.copy(), cs.copy()
             return (hs, cs) + tuple(a.copy() for a in lstm_numba.backward(z, hs, cs, U, dy, dh_T, dc_T, keep))
 
-    for want, got in zip(run(1), run(parties)):
+    split = run(parties)
+    for want, got in zip(run(1), split):
         assert close(got, want, "float64")
+    for one, other in zip(split, run(2)):                          # the same bits on any number of threads
+        assert np.array_equal(one, other)
 
 
 def test_importing_scratchlm_first_sets_the_openblas_thread_timeout():
