@@ -210,8 +210,8 @@ def forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, parties, j0
     Per step this thread computes its units' four gate columns of h_{t-1} U (:func:`dots.product_t`
     against its rows of UT (4H, H), the buffer for Uᵀ, which it fills first; into zT (4H, B)),
     then their gates, c_t and h_t; all threads meet (:func:`barrier.wait`) before the next step
-    reads the whole of h_t. Arguments as in :func:`forward_rows`; rec (B, 4H) holds each step's
-    product in the Keras layout.
+    reads the whole of h_t. Arguments as in :func:`forward_rows` (rec (B, 4H), for float input:
+    each step's product in the Keras layout).
     """
     T, B, G = z.shape
     H = G // 4

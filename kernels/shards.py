@@ -55,11 +55,17 @@ def quick_to_sleep():
         return False
 
 
-def count(rows):
-    """How many shards a loop over ``rows`` batch rows runs in."""
+def _cores():
+    """How many threads a time loop may use: OpenBLAS's thread count, or 1 where its GEMM cannot be called from the
+    loops or its idle threads do not sleep soon."""
     if blas.THREADS is None or not blas.GEMM or not quick_to_sleep():
         return 1
-    return max(1, min(blas.THREADS[0](), rows // MIN_ROWS))
+    return blas.THREADS[0]()
+
+
+def count(rows):
+    """How many shards a loop over ``rows`` batch rows runs in."""
+    return max(1, min(_cores(), rows // MIN_ROWS))
 
 
 def bounds(rows, n):
@@ -115,7 +121,6 @@ def together(loop, n, sync=None):
             set_(threads)
 
 
-
 def parties(rows, units, most_rows):
     """How many threads split each step's ``units`` hidden units between them (1: none, run by rows instead).
 
@@ -124,7 +129,5 @@ def parties(rows, units, most_rows):
     runs when there are at most ``most_rows`` rows per thread (the forward and backward loops measure
     differently, docs/benchmarks.md) and at least 8 units per thread.
     """
-    if blas.THREADS is None or not quick_to_sleep():
-        return 1
-    n = blas.THREADS[0]()
+    n = _cores()
     return n if 1 < n and rows <= most_rows * n and units >= 8 * n else 1

@@ -4,10 +4,10 @@ An optimizer turns gradients into weight updates. It is handed two dicts keyed b
 parameter name, ``params`` and ``grads``, and updates every ``params[name]`` in place,
 so the arrays a model holds stay the same objects. The code is written once against
 the array module of the parameters (NumPy or CuPy, found with
-:func:`scratchlm.backend.array_module`), so it runs on either device unchanged. On NumPy, Adam's and RMSprop's updates run
-as one pass per parameter (:mod:`scratchlm.kernels.optim_numba`, the same
-arithmetic in the same order, so the same bits) where the fused CPU kernels are
-chosen.
+:func:`scratchlm.backend.array_module`), so it runs on either device unchanged.
+On NumPy, Adam's and RMSprop's updates run as one pass per parameter
+(:mod:`scratchlm.kernels.optim_numba`, the same arithmetic in the same order, so
+the same bits) where the fused CPU kernels are chosen.
 
 Per-parameter state ("slots": momentum, moving averages) is created lazily on the
 first step as zeros of the parameter's shape and dtype, and stored under
@@ -31,23 +31,21 @@ Typical use::
 
 import math
 
+import numpy as np
+
 from . import backend as _backend
 from .backend import array_module
+from .errors import BackendUnavailable
 
 
-def _fused(*arrays):
-    """The one-pass update kernels (:mod:`scratchlm.kernels.optim_numba`) when they apply to these arrays:
-    NumPy arrays, C-contiguous, of one float dtype, and the fused CPU kernels chosen (``SCRATCHLM_KERNELS``,
-    default: wherever Numba is installed). None otherwise: the NumPy expressions run, with the same result."""
-    import numpy as np
-
-    w = arrays[0]
-    if not all(type(a) is np.ndarray and a.dtype == w.dtype and a.flags.c_contiguous for a in arrays):
-        return None
-    if w.dtype not in (np.float32, np.float64) or _backend._resolve_kernels(None, "numpy") != "fused":
-        return None
-    from .kernels import optim_numba
-    return optim_numba
+def _one_pass_chosen():
+    """Whether the fused CPU kernels are chosen for NumPy (``SCRATCHLM_KERNELS``, default: where Numba is installed),
+    read once per optimizer as a backend reads it once. A bad or unmet setting is the backend's to report: here it
+    just means the NumPy expressions."""
+    try:
+        return _backend._resolve_kernels(None, "numpy") == "fused"
+    except BackendUnavailable:
+        return False
 
 
 def global_norm(grads):
@@ -105,6 +103,7 @@ class Optimizer:
         self.global_clipnorm = global_clipnorm
         self.iterations = 0
         self.slots = {}
+        self._one_pass = _one_pass_chosen()
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -140,6 +139,18 @@ class Optimizer:
         for name, w in params.items():
             self._update(name, w, grads[name])
         self.iterations += 1
+
+    def _fused(self, *arrays):
+        """The one-pass update kernels (:mod:`scratchlm.kernels.optim_numba`) when they apply to these arrays:
+        NumPy arrays, C-contiguous, of one float dtype, and the fused CPU kernels chosen when the optimizer
+        was made (:func:`_one_pass_chosen`). None otherwise: the NumPy expressions run, with the same result."""
+        w = arrays[0]
+        if not self._one_pass or w.dtype not in (np.float32, np.float64):
+            return None
+        if not all(type(a) is np.ndarray and a.dtype == w.dtype and a.flags.c_contiguous for a in arrays):
+            return None
+        from .kernels import optim_numba
+        return optim_numba
 
     def _slot(self, slot, name, w):
         """The ``slot`` array of parameter ``name``, created as zeros like ``w`` on first use."""
@@ -249,7 +260,7 @@ class RMSprop(Optimizer):
     def _update(self, name, w, g):
         xp = array_module(w)
         v = self._slot("velocity", name, w)
-        kernels = None if self.centered or self.momentum > 0 else _fused(w, g, v)
+        kernels = None if self.centered or self.momentum > 0 else self._fused(w, g, v)
         if kernels is not None:
             kernels.rmsprop(w, g, v, self.lr, self.rho, self.epsilon)
             return
@@ -307,7 +318,7 @@ class Adam(Optimizer):
         alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
         m = self._slot("m", name, w)
         v = self._slot("v", name, w)
-        kernels = None if self.amsgrad else _fused(w, g, m, v)
+        kernels = None if self.amsgrad else self._fused(w, g, m, v)
         if kernels is not None:
             kernels.adam(w, g, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
             return
