@@ -10,11 +10,19 @@ and the analytic gradient a is compared per parameter tensor by
 
 Run it in float64: with h = 1e-4 a correct gradient gives rel ~ 1e-8 on the small
 models of the tests, while a wrong derivative gives rel ~ 0.1–1 (docs/design.md).
+
+A gradient that is zero in exact arithmetic (an attention key bias: softmax ignores
+the per-query constant q·bk) is round-off on both sides, 0 on one CPU and 4e-18 on
+another, so its relative error is anything from 0 to 1. Such tensors are named in
+``zero=`` and held to an absolute bound instead, on the scale of the largest
+gradient; a tensor not named there whose gradient is round-off raises, so that the
+trap shows on every machine rather than on some.
 """
 
 from .backend import Backend, array_module
 
 TINY = 1e-30
+ROUND_OFF = 1e-8    # a gradient tensor below this fraction of the largest entry of any tensor is round-off
 
 
 def relative_error(analytic, numeric):
@@ -49,14 +57,20 @@ def numerical_gradient(loss_fn, param, h=1e-4, indices=None):
     return xp.asarray(grads, dtype=param.dtype)
 
 
-def check_gradients(loss_fn, params, grads, h=1e-4, max_entries=None, seed=0):
+def check_gradients(loss_fn, params, grads, h=1e-4, max_entries=None, seed=0, zero=()):
     """Relative error of every analytic gradient against central differences.
 
     params, grads: dicts name -> array (same names, same shapes).
     max_entries: check at most this many randomly chosen entries per tensor
-    (default: all). Returns dict name -> relative error.
+    (default: all).
+    zero: names whose gradient is zero in exact arithmetic; each gets
+    max(|a|, |n|) / scale instead of a relative error, with scale the largest
+    analytic entry of any tensor.
+    Returns dict name -> error. Raises ValueError for a tensor outside ``zero``
+    whose gradients are both below ROUND_OFF · scale (a hidden zero).
     """
     rng = Backend.rng(seed)
+    scale = max((float(array_module(g).max(array_module(g).abs(g))) for g in grads.values() if g.size), default=0.0)
     errors = {}
     for name, p in params.items():
         a = grads[name].reshape(-1)
@@ -64,16 +78,26 @@ def check_gradients(loss_fn, params, grads, h=1e-4, max_entries=None, seed=0):
             idx = list(range(p.size))
         else:
             idx = sorted(int(k) for k in rng.choice(p.size, size=max_entries, replace=False))
+        xp = array_module(a)
+        a = a[xp.asarray(idx)]
         n = numerical_gradient(loss_fn, p, h=h, indices=idx)
-        errors[name] = relative_error(a[array_module(a).asarray(idx)], n)
+        largest = float(xp.max(xp.maximum(xp.abs(a), xp.abs(n)))) if a.size else 0.0
+        if name in zero:
+            errors[name] = largest / max(scale, TINY)
+        elif a.size and largest <= ROUND_OFF * scale:
+            raise ValueError(f"the gradient of {name} is round-off ({largest:.3g} against {scale:.3g}): if it is "
+                             "zero in theory, name it in zero=; otherwise make the check exercise it")
+        else:
+            errors[name] = relative_error(a, n)
     return errors
 
 
-def check_model(model, x, y, h=1e-4, max_entries=None, **loss_kwargs):
+def check_model(model, x, y, h=1e-4, max_entries=None, zero=(), **loss_kwargs):
     """Gradient check of ``model.loss_and_grads(x, y, **loss_kwargs)`` for every parameter.
 
     Stateful models are reset before every evaluation so that each loss sees
-    the same initial state. Returns dict name -> relative error.
+    the same initial state. ``zero`` as for :func:`check_gradients`. Returns
+    dict name -> error.
     """
     def loss_fn():
         model.reset_state()
@@ -81,4 +105,4 @@ def check_model(model, x, y, h=1e-4, max_entries=None, **loss_kwargs):
 
     model.reset_state()
     _, grads = model.loss_and_grads(x, y, **loss_kwargs)
-    return check_gradients(loss_fn, model.params, grads, h=h, max_entries=max_entries)
+    return check_gradients(loss_fn, model.params, grads, h=h, max_entries=max_entries, zero=zero)

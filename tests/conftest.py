@@ -22,7 +22,7 @@ def be64():
 
 
 def random_mask(rng, B, T):
-    """(B, T) bool mask with right padding, left padding and a hole, every row keeping a step."""
+    """(B, T) bool mask with right padding, left padding and a hole (row 0 keeps no step when T <= 2)."""
     mask = np.ones((B, T), dtype=bool)
     if B > 0:
         mask[0, T - 2:] = False                 # right padding
