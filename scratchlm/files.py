@@ -1,16 +1,25 @@
-"""Writing a file atomically: readers see the old file or the whole new one, never half of one.
+"""Writing a file atomically, and reading a user's file without hanging or filling memory.
 
-Checkpoints and the loss-curve PNG are written this way, so that a crash or a
-Ctrl-C in the middle of a write never destroys what a run already had.
+Checkpoints and the loss-curve PNG are written with :func:`atomic_write`
+(readers see the old file or the whole new one, never half of one), so that a
+crash or a Ctrl-C in the middle of a write never destroys what a run already
+had. Files a user names (a prime file, a review) are read with
+:func:`read_regular_text`: only a regular file, and only up to a size bound,
+so a FIFO, ``/dev/zero`` or a huge file is refused at once.
 """
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from .errors import ScratchLMError
+
 
 TEMPORARY = ".{name}.*.tmp"                      # how atomic_write names its temporary files
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}     # what read_regular_text refuses
 
 
 @contextlib.contextmanager
@@ -58,6 +67,55 @@ def remove_stale_temporaries(directory):
         except OSError:
             pass
     return removed
+
+
+def read_regular_text(path, what, limit, error=ScratchLMError, universal_newlines=False):
+    """The UTF-8 text of the regular file ``path``, which must hold at most ``limit`` bytes.
+
+    what: what the file is for, as the messages name it (e.g. "prime file").
+    error: the :class:`~scratchlm.errors.ScratchLMError` subclass raised, with a one-line message, when
+    the file is missing, unreadable, not a regular file (a folder, a FIFO, a device such as
+    ``/dev/zero``), larger than ``limit`` bytes or not UTF-8.
+    universal_newlines: turn "\\r\\n" and a lone "\\r" into "\\n" (as Python's text mode does);
+    by default the bytes are decoded as they are.
+    The file is opened with ``O_NONBLOCK``, so opening a FIFO does not wait for a writer, and its
+    kind is checked on the open file (``fstat``) before a byte is read, so it cannot be swapped in between.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"no such file: {path} (check the path of the {what})") from None
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror}") from None
+    kind = _kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise error(f"{path} is {kind}, not a regular file: pass a {what} that is a plain file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise error(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise error(f"{path} is larger than {_size(limit)}, the most a {what} may hold: pass a smaller file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (bad byte at offset {exc.start}): convert it to UTF-8 "
+                    "or remove it") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n") if universal_newlines else text
+
+
+def _kind(mode):
+    """None for a regular file, else what the file is, in words."""
+    if stat.S_ISREG(mode):
+        return None
+    return _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def _size(n):
+    """``n`` bytes in words: "16 MiB" when a whole number of MiB, else "1,000 bytes"."""
+    return f"{n >> 20} MiB" if n and n % (1 << 20) == 0 else f"{n:,} bytes"
 
 
 def _umask():

@@ -8,14 +8,17 @@ x = ids[:, :-1], y = ids[:, 1:]. This module does each step:
 
 * :func:`fetch_archive` / :func:`fetch_imdb` — download with the cache,
   checksum, resume and offline message of :func:`scratchlm.data.fetch`, then
-  extract the ``.tar.gz`` safely (no member may land outside the target folder)
-  into a temporary folder renamed into place; later calls reuse the folder.
+  extract the ``.tar.gz`` safely (folders and regular files only, none outside
+  the target folder) into a temporary folder renamed into place; later calls
+  reuse the folder.
 * :func:`review_paths` / :func:`iter_review_files` — the ``.txt`` files in the
-  order Keras finds them (without its shuffle), read one at a time.
+  order Keras finds them (without its shuffle), read one at a time, and only
+  regular files whose real path lies inside the folder.
 * :func:`vectorize` and :class:`Vectorized` — the (N, L) id matrix, stored
   compactly, and batches with the interface of :mod:`scratchlm.data`'s.
 """
 
+import errno
 import functools
 import gzip
 import math
@@ -31,6 +34,7 @@ from typing import NamedTuple
 import numpy
 
 from .data import Batch, CorpusError, _order, _whole, default_cache_dir, fetch, fingerprint
+from .files import read_regular_text
 
 
 class Archive(NamedTuple):
@@ -50,6 +54,9 @@ ARCHIVES = {
 IMDB_HINT = "extract it (tar -xzf aclImdb_v1.tar.gz) and pass the aclImdb folder with --data DIR"
 SEQUENCE_LENGTH = 100           # the seed's output_sequence_length: x and y have 99 positions
 _MARK = ".scratchlm-extracted"  # written last into an extracted folder: the archive's SHA-256
+MAX_DEPTH = 32                  # path components of an archive member (aclImdb's deepest has 4)
+REVIEW_LIMIT = 16 << 20         # bytes of one review file (aclImdb's largest has about 14,000)
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}   # errors that more space would cure
 
 
 # -- the archive -------------------------------------------------------------------
@@ -76,10 +83,11 @@ def fetch_archive(url, sha256, dest_dir, cache_dir=None, local_hint=IMDB_HINT, t
     URL and ``local_hint``). Extraction goes to a fresh temporary folder beside ``dest_dir``, which is
     renamed to ``dest_dir`` once every member is out (atomic: ``dest_dir`` is absent or complete). A
     folder already extracted from the same archive (it holds a ``.scratchlm-extracted`` mark with its
-    SHA-256) is reused without touching the network or the archive. Every member is checked first and
-    the archive is refused, with :class:`CorpusError` and nothing written outside the temporary folder,
-    if any member has an absolute name or a ``..`` component, passes through a symbolic link of the
-    archive, is a symbolic or hard link whose target lies outside the folder, or is a device or FIFO.
+    SHA-256) is reused without touching the network or the archive. Reviews are plain files, so
+    scratchlm extracts folders and regular files only: every member is checked first and the whole
+    archive is refused, with :class:`CorpusError` and nothing written, if any member has an absolute
+    name or a ``..`` component, is nested more than :data:`MAX_DEPTH` names deep, or is a symbolic
+    link, a hard link, a device or a FIFO. With no link on disk, a checked name cannot lead outside.
     """
     if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise CorpusError(f"fetch_archive needs the archive's SHA-256 (64 lower-case hex digits), got "
@@ -112,16 +120,15 @@ def extract_archive(archive, dest_dir, mark=""):
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
     try:
         try:
-            with tarfile.open(archive, "r:*") as tar:
+            with tarfile.open(archive, "r:gz") as tar:
                 members = tar.getmembers()
                 _check_members(members, archive)
-                _extract_members(tar, members, tmp, archive)
+                _extract_members(tar, members, tmp)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise CorpusError(f"{archive} is not a whole tar archive ({exc}): delete it and fetch it again") \
                 from None
         except OSError as exc:
-            raise CorpusError(f"cannot extract {archive.name} into {dest.parent} ({exc.strerror or exc}): "
-                              "free some space or choose another cache directory (SCRATCHLM_CACHE)") from None
+            raise _cannot_extract(archive, dest.parent, exc) from None
         (tmp / _MARK).write_text(mark + "\n")
         try:
             os.rename(tmp, dest)                          # atomic; fails if another process got there first
@@ -140,6 +147,16 @@ def _unsafe(archive, member, why):
                        "it: the archive is damaged or malicious, delete it")
 
 
+def _cannot_extract(archive, folder, exc):
+    """The CorpusError for an OSError met while writing: more space is advised only when space ran out."""
+    if exc.errno in _NO_SPACE:
+        advice = "free some space or choose another cache directory (SCRATCHLM_CACHE)"
+    else:
+        advice = "the archive is damaged or does not suit this file system: delete it, or choose another " \
+                 "cache directory (SCRATCHLM_CACHE)"
+    return CorpusError(f"cannot extract {archive.name} into {folder} ({exc.strerror or exc}): {advice}")
+
+
 def _inside(name):
     """The normalised relative POSIX form of ``name``, or None when it is absolute or climbs out with ``..``."""
     if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
@@ -152,66 +169,40 @@ def _inside(name):
 
 
 def _check_members(members, archive):
-    """Refuse the whole archive before anything is written if one member could escape the target."""
-    symlinks, files = set(), set()
+    """Refuse the whole archive before anything is written unless every member is a folder or a regular
+    file whose name stays inside the target."""
     for m in members:
         name = _inside(m.name)
         if name is None:
             raise _unsafe(archive, m, "an absolute path or a '..' component")
-        parents = name.split("/")[:-1]
-        if any("/".join(parents[:k + 1]) in symlinks for k in range(len(parents))):
-            raise _unsafe(archive, m, "it lies under a symbolic link of the archive")
-        if m.issym():
-            target = m.linkname
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-            if not target or target.startswith(("/", "\\")) or resolved == ".." or resolved.startswith("../"):
-                raise _unsafe(archive, m, f"a symbolic link to {target!r:.100}, outside the folder")
-            symlinks.add(name)
-        elif m.islnk():
-            target = _inside(m.linkname)
-            if target is None or target not in files:
-                raise _unsafe(archive, m, f"a hard link to {m.linkname!r:.100}, not a file of the archive")
-            files.add(name)
-        elif m.isreg():
-            files.add(name)
-        elif not m.isdir():
+        if m.issym() or m.islnk():
+            kind = "symbolic" if m.issym() else "hard"
+            raise _unsafe(archive, m, f"a {kind} link to {m.linkname!r:.100}; reviews are plain files and "
+                                      "scratchlm extracts no links")
+        if not (m.isreg() or m.isdir()):
             raise _unsafe(archive, m, "a device, FIFO or other special file")
+        depth = name.count("/") + 1
+        if depth > MAX_DEPTH:
+            raise _unsafe(archive, m, f"nested {depth} names deep, more than the {MAX_DEPTH} scratchlm extracts")
 
 
-def _extract_members(tar, members, tmp, archive):
-    """Write the checked members under ``tmp``, re-checking each real path on disk before writing."""
-    root = os.path.realpath(tmp)
+def _extract_members(tar, members, tmp):
+    """Write the checked members (folders and regular files only) under ``tmp``.
 
-    def target(m, name):
-        path = os.path.join(tmp, *name.split("/"))
-        real = os.path.realpath(os.path.dirname(path))
-        if real != root and not real.startswith(root + os.sep):
-            raise _unsafe(archive, m, "it would be written outside the folder")
-        return path
-
+    A later file of the same name replaces an earlier one, as tar does. Nothing written here is a
+    link, so no path built from a checked name can lead outside ``tmp``.
+    """
     for m in members:
         name = _inside(m.name)
         if name == ".":
             continue
-        path = target(m, name)
+        path = os.path.join(tmp, *name.split("/"))
         if m.isdir():
             os.makedirs(path, exist_ok=True)
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if os.path.lexists(path):
-            if os.path.isdir(path) and not os.path.islink(path):
-                raise _unsafe(archive, m, "a file where the archive already made a folder")
-            os.unlink(path)                             # a later member replaces an earlier one, as tar does
-        if m.issym():
-            os.symlink(m.linkname, path)
-        elif m.islnk():
-            source = target(m, _inside(m.linkname))
-            if os.path.islink(source) or not os.path.isfile(source):
-                raise _unsafe(archive, m, "a hard link to something that is not an extracted file")
-            shutil.copyfile(source, path)               # a copy, never a link to whatever is there
-        else:
-            with tar.extractfile(m) as src, open(path, "xb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+        with tar.extractfile(m) as src, open(path, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
 
 
 # -- the files -------------------------------------------------------------------
@@ -226,16 +217,18 @@ def review_paths(directory):
     files directly in ``directory`` are not read, and folders whose name starts with "." are skipped.
     Keras then shuffles the list (``shuffle=True`` by default); this order is left unshuffled, so it is
     the same on every run. On ``aclImdb/`` the classes are ``test`` and ``train`` (with
-    ``train/unsup``), and, as in Keras, the ``urls_*.txt`` files count as reviews too.
+    ``train/unsup``), and, as in Keras, the ``urls_*.txt`` files count as reviews too. A class folder
+    that is a symbolic link must lead to a folder inside ``directory`` (CorpusError otherwise).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise CorpusError(f"no such folder: {directory} (pass the folder that holds the class folders, "
                           "like aclImdb/)")
-    paths = []
+    folder, paths = os.path.realpath(directory), []
     for cls in sorted(os.listdir(directory)):
         if cls.startswith(".") or not (directory / cls).is_dir():
             continue
+        _real_path_inside(directory / cls, folder)
         for root, _, files in sorted(os.walk(directory / cls), key=lambda entry: entry[0]):
             if Path(root).name.startswith(".") and Path(root) != directory / cls:
                 continue
@@ -246,27 +239,34 @@ def review_paths(directory):
     return paths
 
 
+def _real_path_inside(path, folder):
+    """The real path of ``path`` (every link resolved); CorpusError unless it lies inside the real path ``folder``."""
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, folder]) != folder:
+        raise CorpusError(f"{path} leads to {real}, outside {folder}: reviews are read only inside their folder; "
+                          "copy the file in, or remove the link")
+    return real
+
+
 def read_review(path):
-    """The UTF-8 text of one review file (bytes as they are: no line-end changes, as Keras reads it)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}): convert it to UTF-8 "
-                          "or remove it") from None
+    """The UTF-8 text of one review file (bytes as they are: no line-end changes, as Keras reads it).
+
+    CorpusError when the file is not a regular file (a folder, a FIFO, a device), holds more than
+    :data:`REVIEW_LIMIT` bytes (16 MiB) or is not UTF-8: nothing waits on a pipe or fills memory.
+    """
+    return read_regular_text(path, "review", REVIEW_LIMIT, CorpusError)
 
 
 def iter_review_files(directory):
     """The texts of :func:`review_paths`, read one at a time (an iterator: never all in memory).
 
     The folder is listed now (CorpusError at once when it is missing or empty); each file is read
-    when the iterator reaches it (CorpusError naming a file that is not UTF-8).
+    when the iterator reaches it, and only when its real path (links resolved) lies inside
+    ``directory``: CorpusError names a file that leads outside, or that :func:`read_review` refuses.
     """
     paths = review_paths(directory)
-    return (read_review(p) for p in paths)
+    folder = os.path.realpath(directory)
+    return (read_review(_real_path_inside(p, folder)) for p in paths)
 
 
 # -- the seed's batches ------------------------------------------------------------

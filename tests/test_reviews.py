@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import io
 import json
-import os
 import socket
 import tarfile
 import threading
@@ -116,6 +115,13 @@ def test_review_files_in_keras_order(tmp_path):
     assert list(reviews.iter_review_files(root)) == ["e n 5", "url", "t n 0", "t p 0", "t p 1", "t u 0"]
 
 
+def test_links_that_stay_inside_the_folder_are_read_in_keras_order(tmp_path):
+    root = _tree(tmp_path / "aclImdb", {"train/pos/0_9.txt": "fine", "train/neg/0_1.txt": "dull"})
+    (root / "train/link.txt").symlink_to("pos/0_9.txt")
+    (root / "test").symlink_to("train/neg")                     # a class folder that is a link inside
+    assert list(reviews.iter_review_files(root)) == ["dull", "fine", "dull", "fine"]   # test/0_1, link, neg, pos
+
+
 def test_review_files_stream_and_name_a_bad_file(tmp_path):
     root = _tree(tmp_path / "r", {"neg/a.txt": "fine", "neg/b.txt": b"caf\xe9", "pos/c.txt": "later"})
     it = reviews.iter_review_files(root)
@@ -155,8 +161,9 @@ def _targz(path, members):
 GOOD = [({"name": "aclImdb", "type": tarfile.DIRTYPE}, None),
         ({"name": "aclImdb/train/pos/0_9.txt"}, b"A fine film.<br /><br />Truly."),
         ({"name": "aclImdb/train/neg/0_1.txt"}, b"A dull film."),
-        ({"name": "aclImdb/train/link.txt", "type": tarfile.SYMTYPE, "linkname": "pos/0_9.txt"}, None),
-        ({"name": "aclImdb/test/hard.txt", "type": tarfile.LNKTYPE, "linkname": "aclImdb/train/neg/0_1.txt"}, None)]
+        ({"name": "aclImdb/test/0_2.txt"}, b"A dull film."),
+        ({"name": "aclImdb/train/1_9.txt"}, b"An early film."),
+        ({"name": "aclImdb/train/1_9.txt"}, b"A fine film.<br /><br />Truly.")]   # the later one wins, as in tar
 
 EVIL = {
     "dotdot": [({"name": "aclImdb/../../evil.txt"}, b"x")],
@@ -169,6 +176,9 @@ EVIL = {
                       ({"name": "a/b", "type": tarfile.SYMTYPE, "linkname": "../outside"}, None)],
     "hardlink-out": [({"name": "aclImdb/h", "type": tarfile.LNKTYPE, "linkname": "../../etc/passwd"}, None)],
     "hardlink-abs": [({"name": "aclImdb/h", "type": tarfile.LNKTYPE, "linkname": "/etc/passwd"}, None)],
+    "symlink-in": [({"name": "aclImdb/train/link.txt", "type": tarfile.SYMTYPE, "linkname": "pos/0_9.txt"}, None)],
+    "hardlink-in": [({"name": "aclImdb/test/hard.txt", "type": tarfile.LNKTYPE,
+                      "linkname": "aclImdb/train/neg/0_1.txt"}, None)],
     "device": [({"name": "aclImdb/dev", "type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, None)],
     "fifo": [({"name": "aclImdb/fifo", "type": tarfile.FIFOTYPE}, None)],
 }
@@ -226,11 +236,11 @@ def test_fetch_archive_downloads_extracts_and_reuses(server, tmp_path):
     dest = reviews.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache")
     root = dest / "aclImdb"
     assert (root / "train/pos/0_9.txt").read_bytes() == b"A fine film.<br /><br />Truly."
-    assert os.readlink(root / "train/link.txt") == "pos/0_9.txt"
-    assert (root / "test/hard.txt").read_bytes() == b"A dull film." and not (root / "test/hard.txt").is_symlink()
+    assert (root / "train/1_9.txt").read_bytes() == b"A fine film.<br /><br />Truly."
+    assert not [p for p in root.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imdb")]       # no temporary folder left
     fine, dull = "A fine film.<br /><br />Truly.", "A dull film."
-    assert list(reviews.iter_review_files(root)) == [dull, fine, dull, fine]   # test/hard, train/link, neg, pos
+    assert list(reviews.iter_review_files(root)) == [dull, fine, dull, fine]   # test/0_2, train/1_9, neg, pos
     again = reviews.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache")
     assert again == dest and server.seen == ["/aclImdb_v1.tar.gz"]                 # reused: no second request
     (tmp_path / "cache").joinpath(next((tmp_path / "cache").iterdir()).name).unlink()
