@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy
 
-from . import checkpoint, data, distributed, models, optim, reviews, rundir, sampling
+from . import checkpoint, data, distributed, files, models, optim, reviews, rundir, sampling
 from .backend import get_backend
 from .errors import CheckpointError, ScratchLMError
 from .models import LanguageModel, TransformerLM
@@ -574,7 +574,7 @@ def cmd_sample(args):
     eos = tokenizer.eos_id if lines else None
     banned = [i for i in tokenizer.special_ids if i != eos]
     if args.prime_file is not None:
-        prime = data.read_text(args.prime_file)
+        prime = files.read_regular_text(args.prime_file, "prime file", 1 << 20, universal_newlines=True)
     elif args.prime is not None:
         prime = args.prime
     elif lines:
