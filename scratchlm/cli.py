@@ -21,7 +21,7 @@ import numpy
 
 from . import checkpoint, data, distributed, files, models, optim, reviews, rundir, sampling
 from .backend import get_backend
-from .errors import CheckpointError, ScratchLMError
+from .errors import CheckpointError, ModelError, ScratchLMError
 from .models import LanguageModel, TransformerLM
 from .text import CharTokenizer, VectorTokenizer, VocabularyError, WordTokenizer, from_config, listing
 from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, check_position, load_checkpoint, render
@@ -565,7 +565,10 @@ def cmd_sample(args):
     for t in args.temperature:
         sampling.check_options(t, args.top_k, args.top_p)
     path = _checkpoint_path(args.checkpoint)
-    ckpt = load_checkpoint(path, backend=args.backend)
+    try:
+        ckpt = load_checkpoint(path, backend=args.backend)
+    except ModelError as exc:                     # a file read whole whose model cannot be built (NaN weights)
+        raise CheckpointError(f"{path}: {exc}") from None
     tokenizer = _tokenizer_of(ckpt.metadata, ckpt.model.vocab_size, path)
     if tokenizer is None:
         raise ScratchLMError(f"{args.checkpoint} holds a model but no tokenizer, so its ids cannot be turned into "
@@ -634,6 +637,13 @@ def _info_path(arg):
                           "checkpoint yet")
 
 
+def _non_finite(arrays):
+    """'key: n of N values' for each float array of a checkpoint that holds NaN or infinity."""
+    counts = {key: int(a.size - numpy.count_nonzero(numpy.isfinite(a)))
+              for key, a in arrays.items() if a.dtype.kind == "f"}
+    return [f"{key}: {n:,} of {arrays[key].size:,} values" for key, n in counts.items() if n]
+
+
 def cmd_info(args):
     """Describe a checkpoint from its checked header and the sizes of its arrays: the model is never built."""
     path = _info_path(args.checkpoint)
@@ -643,6 +653,10 @@ def cmd_info(args):
     rows = [("checkpoint", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),
             ("model", f"{models.describe(config)}, {params:,} parameters"
              + (", stateful" if config.get("stateful") else ""))]
+    bad = _non_finite(arrays)
+    if bad:
+        rows.append(("not finite", f"{'; '.join(bad)}: the run diverged, this checkpoint cannot be sampled from "
+                                   "or resumed"))
     tok = _tokenizer_of(meta, config["vocab_size"], path)
     if tok is not None:
         extra = (", lower-cased" if tok.lower else "") + ("" if tok.reserved else ", no reserved ids")

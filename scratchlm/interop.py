@@ -77,7 +77,7 @@ def from_keras(model_or_path, backend="numpy", dtype=None):
     backend: "numpy", "cupy", "auto" or a Backend.
     dtype: "float32" or "float64"; None takes the weights' own (float64 if they are
         float64, else float32).
-    Raises KerasInteropError naming the layer that cannot be mapped.
+    Raises KerasInteropError naming the layer that cannot be mapped, or the weight that is NaN or infinite.
     """
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
@@ -212,8 +212,18 @@ def _datasets(group):
     return out
 
 
+def _check_finite(arrays):
+    """KerasInteropError naming the first of ``arrays`` ({what: array}) that holds NaN or infinity."""
+    for what, a in arrays.items():
+        a = np.asarray(a)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise KerasInteropError(f"{what} holds {int(a.size - np.isfinite(a).sum()):,} NaN or infinite "
+                                    "value(s): the Keras model's weights diverged; load an earlier copy of them")
+
+
 def _build(layers, backend, dtype, stateful):
-    """Check the chain's kinds and shapes, then make the LanguageModel and copy the weights in."""
+    """Check the chain's kinds, shapes and values, then make the LanguageModel and copy the weights in."""
+    _check_finite({f"layer {label}: {name}": a for _, label, weights in layers for name, a in weights.items()})
     kinds = [kind for kind, _, _ in layers]
     labels = {kind: [label for k, label, _ in layers if k == kind] for kind in ("embedding", "lstm", "gru", "dense")}
     if kinds.count("dense") != 1 or kinds[-1] != "dense":
@@ -492,7 +502,9 @@ def _transformer_to_keras(model):
 
 def _transformer_from_keras_model(km, backend, dtype):
     from .models import TransformerLM
-    params = {name: np.asarray(var.numpy()) for name, var in _transformer_keras_variables(km).items()}
+    variables = _transformer_keras_variables(km)
+    params = {name: np.asarray(var.numpy()) for name, var in variables.items()}
+    _check_finite({f"{variables[name].path} ({name})": a for name, a in params.items()})
     if dtype is None:
         dtype = "float64" if all(a.dtype == np.float64 for a in params.values()) else "float32"
     model = TransformerLM(**km.get_config(), backend=backend, dtype=dtype)

@@ -36,7 +36,10 @@ identically on resume.
 NaN/Inf guard. Before each update the loss and the global gradient norm are
 checked; a non-finite value stops training with :class:`TrainingDiverged`
 before the weights are touched, and no checkpoint is ever written from
-non-finite weights, so ``last.npz`` stays the last good state.
+non-finite weights, so ``last.npz`` stays the last good state. Finite weights
+can still overflow: a non-finite validation loss stops training before the
+epoch's checkpoint, and samples whose logits are not finite stop it too. NumPy's
+overflow warnings are silenced on the way, so the one error says it all.
 
 Data parallel. Started by ``mpiexec -n N`` (see :mod:`scratchlm.distributed` and
 docs/distributed.md), every rank starts from rank 0's weights, takes the rows
@@ -65,8 +68,8 @@ from pathlib import Path
 import numpy
 from tqdm import tqdm
 
-from . import checkpoint, distributed, models, optim, rundir
-from .errors import CheckpointError, ScratchLMError
+from . import checkpoint, distributed, models, optim, rundir, sampling
+from .errors import CheckpointError, SamplingError, ScratchLMError
 from .budget import check_fits
 from .files import atomic_write
 from .models.base import generation_bytes
@@ -76,8 +79,14 @@ LAST, BEST, METRICS, PLOT = "last.npz", "best.npz", "metrics.jsonl", "loss.png"
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
 
 
+def _quiet_overflow():
+    """NumPy's overflow warnings off: a diverging model's NaN and infinities are reported once, as
+    :class:`TrainingDiverged`, not as a RuntimeWarning per matmul before it."""
+    return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 class TrainingDiverged(ScratchLMError):
-    """The loss or the gradients became NaN or infinite; training stopped before using them."""
+    """The loss, the gradients, the validation loss or the samples' logits became NaN or infinite."""
 
 
 class ResumeError(ScratchLMError):
@@ -190,7 +199,12 @@ class Sampler:
     prime: text every sample starts from, or None for a random window of the
         training data (the book's seed sentence; <eos> for padded sequences).
         A prime with tokens the vocabulary lacks is refused at once (a word-level
-        vocabulary with <unk> maps them to it), not silently replaced.
+        vocabulary with <unk> maps them to it), not silently replaced, and so is
+        a prime of no known token (empty, only <unk>, or only what the tokenizer
+        drops, such as punctuation for a VectorTokenizer).
+    The options are checked here too (:func:`scratchlm.sampling.check_options`),
+    before any training; logits that are not finite when sampling mean the model
+    diverged, and stop training with :class:`TrainingDiverged`.
     Reserved ids (<pad>, <unk>, and <eos> unless the data end sequences with it)
     are never sampled; with <eos>-terminated data a sample stops at <eos>.
     Randomness comes from ``numpy.random.default_rng([seed, epoch])``: sampling
@@ -202,17 +216,11 @@ class Sampler:
         self.tokenizer = tokenizer
         self.temperatures = [float(t) for t in temperatures]
         self.length, self.prime, self.top_k, self.top_p, self.seed = int(length), prime, top_k, top_p, seed
+        for temperature in self.temperatures:
+            sampling.check_options(temperature, top_k, top_p)
         check_fits(generation_bytes(1, self.length), f"samples of {self.length:,} tokens",
                    "ask for shorter samples (--sample-length)")
-        self.prime_ids = None
-        if prime is not None:
-            unknown = "unk" if tokenizer.kind in ("word", "vector") and tokenizer.unk_id is not None else "error"
-            try:
-                self.prime_ids = tokenizer.encode(prime, unknown=unknown).astype(numpy.int64)
-            except VocabularyError as exc:
-                raise VocabularyError(f"the samples' prime {prime!r} holds {listing(exc.missing)}, which the "
-                                      "vocabulary lacks: choose a prime made of the corpus' own tokens",
-                                      exc.missing) from None
+        self.prime_ids = None if prime is None else _prime_ids(tokenizer, prime)
 
     def __call__(self, trainer):
         """Print one sample per temperature from ``trainer.model`` (seeded by ``trainer.epoch``)."""
@@ -223,18 +231,40 @@ class Sampler:
             prompt = trainer.train.random_prompt(rng)
         elif eos is not None:
             prompt = numpy.concatenate([[eos], self.prime_ids])
-        elif len(self.prime_ids):
-            prompt = self.prime_ids
         else:
-            raise ScratchLMError("the samples' prime is empty: give it some text, or no prime for a random one")
+            prompt = self.prime_ids
         banned = [i for i in tok.special_ids if i != eos]
         shown = render(tok, prompt)
         trainer.print(f'--- samples at step {trainer.step:,} (epoch {trainer.epoch + 1}), primed with: "{shown}"')
         for temperature in self.temperatures:
-            out = trainer.model.generate(prompt, self.length, temperature=temperature, top_k=self.top_k,
-                                         top_p=self.top_p, eos_id=eos, banned_ids=banned,
-                                         seed=int(rng.integers(2 ** 32)))
+            try:
+                with _quiet_overflow():
+                    out = trainer.model.generate(prompt, self.length, temperature=temperature, top_k=self.top_k,
+                                                 top_p=self.top_p, eos_id=eos, banned_ids=banned,
+                                                 seed=int(rng.integers(2 ** 32)))
+            except SamplingError as exc:         # the options were checked when made: the logits are not finite
+                saved = "" if trainer.last_checkpoint is None else f" (just saved in {trainer.last_checkpoint})"
+                raise TrainingDiverged(f"training stopped after step {trainer.step:,} (epoch {trainer.epoch + 1}): "
+                                       f"no sample can be drawn ({exc}): the weights{saved} have diverged; start "
+                                       "again with a lower learning rate or gradient clipping") from None
             trainer.print(f"----- temperature {temperature:g}\n{shown}{render(tok, out)}")
+
+
+def _prime_ids(tokenizer, prime):
+    """The ids of the samples' prime; VocabularyError if it holds a token the vocabulary lacks (a word-level
+    vocabulary with <unk> maps those to it) or no known token at all."""
+    unknown = "unk" if tokenizer.kind in ("word", "vector") and tokenizer.unk_id is not None else "error"
+    try:
+        ids = tokenizer.encode(prime, unknown=unknown).astype(numpy.int64)
+    except VocabularyError as exc:
+        raise VocabularyError(f"the samples' prime {prime!r} holds {listing(exc.missing)}, which the "
+                              "vocabulary lacks: choose a prime made of the corpus' own tokens", exc.missing) from None
+    known = ids if tokenizer.unk_id is None else ids[ids != tokenizer.unk_id]
+    if len(known) == 0:
+        raise VocabularyError(f"the samples' prime {prime!r} encodes to {'<unk> only' if len(ids) else 'no token'}, "
+                              "so the samples would have nothing to start from: choose a prime made of the corpus' "
+                              "own tokens, or give none (the samples then start from the training data)")
+    return ids
 
 
 def render(tokenizer, ids):
@@ -474,7 +504,7 @@ class Trainer:
         tick = time.perf_counter()
         try:
             for batch in self.train.batches(self.epoch, self.batch):
-                with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the guard reports it
+                with _quiet_overflow():
                     if self.world.parallel:
                         loss, grads = self._parallel_loss_and_grads(batch)
                     else:
@@ -535,7 +565,10 @@ class Trainer:
 
     def _end_epoch(self):
         train_loss = self._epoch_loss / max(self._epoch_targets, 1)
-        val_loss = self.evaluate(self.val) if self.val is not None else None
+        with _quiet_overflow():
+            val_loss = self.evaluate(self.val) if self.val is not None else None
+        if val_loss is not None and not math.isfinite(val_loss):      # the weights overflow: before saving them
+            self._diverged(val_loss, math.nan, f"the validation loss after step {self.step:,} is {val_loss}")
         improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss = val_loss

@@ -68,6 +68,21 @@ def test_bad_rates_are_refused(rate):
         LanguageModel(5, 2, [3], dropout=rate)
 
 
+@pytest.mark.parametrize("rate", [0.995, 0.9999999999999999])
+def test_rates_that_keep_almost_no_unit_are_refused_saying_the_bound(rate):
+    """At 0.9999999999999999 no unit is ever kept: the loss would stay ln V and every gradient 0."""
+    for build in (lambda: LanguageModel(5, 2, [3], dropout=rate), lambda: Dropout(rate, get_backend("numpy"))):
+        with pytest.raises(ModelError, match=r"dropout must be a rate in \[0, 0.99\]"):
+            build()
+
+
+def test_the_largest_rate_accepted_still_trains():
+    model = LanguageModel(7, 3, [200], dtype="float64", seed=1, dropout=0.99)
+    x = np.random.default_rng(0).integers(0, 7, (4, 6))
+    _, grads = model.loss_and_grads(x, x, training=True)
+    assert all(np.abs(g).max() > 0 for g in grads.values())
+
+
 def test_resume_with_dropout_is_exact(tmp_path):
     ids = TOKENIZER.encode(TEXT * 2)
 

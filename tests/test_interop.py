@@ -132,6 +132,18 @@ def test_reads_a_gru_weights_file(h5py, tmp_path):
             np.testing.assert_array_equal(model.params[f"gru_{n}/{name}"], group[f"cell/vars/{i}"])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_weights_file_with_a_non_finite_weight_is_refused_naming_it(h5py, tmp_path, bad):
+    rng = np.random.default_rng(5)
+    group = lstm_group(rng, 3, 4)
+    group["cell/vars/1"][2, 5] = bad
+    path = write_weights_h5(h5py, tmp_path / "nan.weights.h5",
+                            [("embedding", "emb", {"vars/0": rng.standard_normal((7, 3))}), ("lstm", "rnn", group),
+                             ("dense", "out", {"vars/0": rng.standard_normal((4, 7)), "vars/1": np.zeros(7)})])
+    with pytest.raises(KerasInteropError, match="layer 'rnn' \\(lstm\\): recurrent_kernel holds 1 NaN or infinite"):
+        from_keras(path)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda rng, layers: layers.__setitem__(1, ("gru", "old", gru_group(rng, 3, 4, reset_after=False))),
      "'old' \\(gru\\): bias of shape \\(12,\\) is a GRU with reset_after=False"),
@@ -336,6 +348,27 @@ def test_stateful_keras_model_gives_a_stateful_model(keras, cell):
 def test_unsupported_keras_models_name_the_layer(keras, make, message):
     km = keras.Sequential([keras.Input((None,), dtype="int32")] + make(keras.layers))
     with pytest.raises(KerasInteropError, match=message):
+        from_keras(km)
+
+
+@pytest.mark.tf
+def test_a_keras_model_with_a_nan_weight_is_refused_naming_it(keras):
+    km = to_keras(LanguageModel(7, embedding_dim=3, hidden_sizes=[4], seed=1))
+    kernel, bias = km.layers[-1].get_weights()
+    bias[3] = np.nan
+    km.layers[-1].set_weights([kernel, bias])
+    with pytest.raises(KerasInteropError, match="\\(Dense\\): bias holds 1 NaN or infinite"):
+        from_keras(km)
+
+
+@pytest.mark.tf
+def test_a_keras_transformer_with_an_infinite_weight_is_refused_naming_it(keras):
+    km = to_keras(TransformerLM(7, 4, embed_dim=4, dense_dim=5, num_heads=2, key_dim=3))
+    gamma = km.decoders[0].layernorm_1.gamma
+    values = gamma.numpy()
+    values[0] = np.inf
+    gamma.assign(values)
+    with pytest.raises(KerasInteropError, match="decoder_0/layernorm_1/gamma\\) holds 1 NaN or infinite"):
         from_keras(km)
 
 

@@ -188,6 +188,23 @@ def test_set_params_refuses_what_does_not_fit():
     m.set_params(params)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_set_params_refuses_non_finite_weights_naming_the_array_and_changes_nothing(bad):
+    m = model()
+    before = {k: v.copy() for k, v in m.params.items()}
+    values = {k: v + 1 for k, v in before.items()}
+    values["lstm_1/recurrent_kernel"][2, 3] = bad
+    refuses(ModelError, lambda: m.set_params(values), "lstm_1/recurrent_kernel", "1 value(s)", "not finite")
+    assert all(np.array_equal(m.params[k], before[k]) for k in before)
+
+
+def test_set_params_refuses_values_too_large_for_float32():
+    m = LanguageModel(V, embedding_dim=3, hidden_sizes=[4], dtype="float32")
+    values = {k: v.astype(np.float64) for k, v in m.params.items()}
+    values["embedding/embeddings"][0, 0] = 1e300                  # finite in float64, inf in float32
+    refuses(ModelError, lambda: m.set_params(values), "embedding/embeddings", "float32")
+
+
 # -- generate: eos, banned ids ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("eos_id", [V, -1, 2.0, True, "2"])

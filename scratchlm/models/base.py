@@ -24,6 +24,8 @@ import math
 import numbers
 from collections.abc import Mapping
 
+import numpy
+
 from .. import checkpoint, sampling
 from ..backend import Backend, get_backend
 from ..budget import check_fits
@@ -81,8 +83,9 @@ class TokenModel:
     def set_params(self, values):
         """Copy arrays (host or device) into the parameters, by name; shapes must match.
 
-        values: a mapping name -> array of numbers holding every name of :attr:`params`
-        (other names are ignored). Raises :class:`ModelError` otherwise.
+        values: a mapping name -> array of finite numbers holding every name of :attr:`params`
+        (other names are ignored). Raises :class:`ModelError` otherwise, naming the array, before
+        any parameter is changed.
         """
         if not isinstance(values, Mapping):
             raise ModelError(f"set_params takes a dict name -> array, got {type(values).__name__}")
@@ -90,11 +93,23 @@ class TokenModel:
         missing = sorted(set(params) - set(values))
         if missing:
             raise ModelError(f"missing parameters: {', '.join(missing)}")
+        checked = {name: self._weights(values[name], name, p) for name, p in params.items()}
         for name, p in params.items():
-            v = self._array(values[name], f"parameter {name}")
-            if v.shape != p.shape or v.dtype.kind not in "iuf":
-                raise ModelError(f"parameter {name} must be a real array of shape {p.shape}, got {v.dtype} {v.shape}")
-            p[...] = v
+            p[...] = checked[name]
+
+    def _weights(self, values, name, param):
+        """``values`` as an array of ``param``'s shape and dtype; ModelError unless it holds finite real numbers."""
+        v = self._array(values, f"parameter {name}")
+        if v.shape != param.shape or v.dtype.kind not in "iuf":
+            raise ModelError(f"parameter {name} must be a real array of shape {param.shape}, got {v.dtype} {v.shape}")
+        with numpy.errstate(over="ignore"):                    # a float64 beyond float32's range: reported next
+            v = v.astype(param.dtype, copy=False)
+        bad = int(v.size - self.backend.xp.count_nonzero(self.backend.xp.isfinite(v)))
+        if bad:
+            raise ModelError(f"parameter {name} holds {bad:,} value(s) that are not finite {param.dtype} numbers "
+                             "(NaN, infinite, or too large): the weights of a model that diverged cannot be used; "
+                             "take an earlier copy of them")
+        return v
 
     # -- input checks ------------------------------------------------------------
     def _array(self, a, name):
