@@ -60,13 +60,22 @@ _BIT_GENERATORS = {"PCG64": numpy.random.PCG64, "PCG64DXSM": numpy.random.PCG64D
                    "Philox": numpy.random.Philox, "SFC64": numpy.random.SFC64, "MT19937": numpy.random.MT19937}
 
 
+LARGEST = 2 ** 63 - 1       # the largest count or size a header may hold (int64's): real ones are far smaller
+
+
 def _whole(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def whole_at_least(least):
-    """The check of a JSON field that must be a whole number >= ``least`` (not a bool), for :func:`check_fields`."""
-    return lambda v: _whole(v) and v >= least
+    """The check of a JSON field that must be a whole number (not a bool) from ``least`` to :data:`LARGEST`, for
+    :func:`check_fields`: a count or size beyond that is no real one, and would overflow where it is used."""
+    return lambda v: _whole(v) and least <= v <= LARGEST
+
+
+def whole_rule(least):
+    """(check, what it must be) of a JSON field that must be a whole number from ``least`` to :data:`LARGEST`."""
+    return whole_at_least(least), f"a whole number in [{least}, 2**63)"
 
 
 def is_number(v):
@@ -75,8 +84,7 @@ def is_number(v):
 
 
 # Field -> (check, what it must be), for the dicts a checkpoint's header holds.
-_OPTIMIZER_RULES = {"name": (lambda v: isinstance(v, str), "a string"),
-                    "iterations": (whole_at_least(0), "a whole number >= 0")}
+_OPTIMIZER_RULES = {"name": (lambda v: isinstance(v, str), "a string"), "iterations": whole_rule(0)}
 def save(path, params, config, optimizer=None, rng=None, metadata=None, backend=None):
     """Write a model's ``params`` (name -> host array) and ``config`` (JSON, with its ``kind``), optionally an
     optimizer's state (its slots moved to the host by ``backend``), an RNG's state and JSON metadata."""
@@ -232,7 +240,8 @@ def _optimizer(config, path):
     """The optimizer (without its slots) that ``config`` describes, or None for None.
 
     CheckpointError unless ``config`` is what :meth:`Optimizer.state_dict` writes: a known name, a whole
-    number of iterations >= 0, and hyperparameters that the optimizer takes with exactly these values.
+    number of iterations from 0 to :data:`LARGEST`, and hyperparameters that the optimizer takes with
+    exactly these values.
     """
     if config is None:
         return None

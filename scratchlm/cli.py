@@ -13,17 +13,17 @@ traceback, and never touches files already written.
 
 import argparse
 import math
+import reprlib
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy
 
-from . import checkpoint, data, distributed, files, models, optim, reviews, rundir, sampling
+from . import budget, checkpoint, data, distributed, files, models, optim, reviews, rundir, sampling
 from .backend import get_backend
 from .errors import CheckpointError, ModelError, ScratchLMError
-from .models import LanguageModel, TransformerLM
-from .text import CharTokenizer, VectorTokenizer, VocabularyError, WordTokenizer, from_config, listing
+from .text import UNK, CharTokenizer, VectorTokenizer, VocabularyError, WordTokenizer, from_config, listing
 from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, check_position, load_checkpoint, render
 
 # Settings of `scratchlm train`, with their defaults. None means "depends on another setting".
@@ -66,6 +66,8 @@ def _whole(s, least):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
     if v < least:
         raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {s}")
+    if v > checkpoint.LARGEST:                # what a checkpoint may record (int64's largest)
+        raise argparse.ArgumentTypeError(f"expected a number below 2**63, got {reprlib.repr(v)}")
     return v
 
 
@@ -129,7 +131,8 @@ def _add_train(commands):
     g.add_argument("--lower", action="store_true", default=None, help="lower-case the text first (word level "
                    "always does)")
     g.add_argument("--max-tokens", type=_positive_int, metavar="N",
-                   help="word level: keep the N most frequent tokens (default 10000); the rest become <unk>")
+                   help="word level and --model transformer: keep the N most frequent tokens (default 10000, "
+                   "transformer 15000); the rest become <unk> ([UNK] for --model transformer)")
     g.add_argument("--batching", choices=["streams", "windows", "padded"],
                    help="streams: the text as parallel streams read in chunks, state carried between chunks "
                    "(default, the fastest learner); windows: every --step-th window of --seq-len tokens, "
@@ -144,7 +147,8 @@ def _add_train(commands):
                    "validation loss (default 0.05; 0 = no validation)")
     g = p.add_argument_group("model and optimizer")
     g.add_argument("--embedding-dim", type=_nonnegative_int, metavar="E",
-                   help="size of the learned token embedding; 0 feeds one-hot tokens (default 64, word level 100)")
+                   help="size of the learned token embedding; 0 feeds one-hot tokens to a recurrent model (default "
+                   "64, word level 100, transformer 256: it has no one-hot input)")
     g.add_argument("--cell", choices=["lstm", "gru"], help="the recurrent cell of every layer: lstm (default) "
                    "or gru (Keras' GRU, reset gate after the recurrent product)")
     g.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
@@ -215,7 +219,8 @@ def _add_sample(commands):
     p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
     p.add_argument("--unknown", choices=["error", "skip", "unk"], default="error",
                    help="what to do with prime characters/words the vocabulary lacks: stop with an error "
-                   "that lists them (default), skip them, or replace them by <unk>")
+                   "that lists them (default), skip them, or replace them by the unknown token (<unk>; [UNK] "
+                   "for a --model transformer vocabulary)")
     p.set_defaults(run=cmd_sample)
 
 
@@ -260,35 +265,48 @@ def _real(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _whole_or_null(least):
+    """The rule of a setting that is null or a whole number from ``least`` to 2**63 - 1."""
+    ok, rule = checkpoint.whole_rule(least)
+    return (lambda v: v is None or ok(v)), f"null or {rule}"
+
+
 # What the settings of a `scratchlm train` run (metadata["cli"]) must look like for --resume to use them.
 SETTING_RULES = {
     "corpus": (lambda v: isinstance(v, str) and v != "", "a corpus name or path"),
     "tokenizer": (lambda v: v in ("char", "word", "vector"), "'char', 'word' or 'vector'"),
     "lower": (lambda v: isinstance(v, bool), "true or false"),
-    "max_tokens": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "max_tokens": checkpoint.whole_rule(1),
     "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows', 'padded' or 'vectorized'"),
-    "seq_len": (checkpoint.whole_at_least(1), "a whole number >= 1"),
-    "step": (checkpoint.whole_at_least(1), "a whole number >= 1"),
-    "batch_size": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "seq_len": checkpoint.whole_rule(1),
+    "step": checkpoint.whole_rule(1),
+    "batch_size": checkpoint.whole_rule(1),
     "val_fraction": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "seed": (checkpoint.whole_at_least(0), "a whole number >= 0"),
-    "epochs": (checkpoint.whole_at_least(1), "a whole number >= 1"),
-    "max_steps": (lambda v: v is None or checkpoint.whole_at_least(1)(v), "null or a whole number >= 1"),
-    "checkpoint_every": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "seed": checkpoint.whole_rule(0),
+    "epochs": checkpoint.whole_rule(1),
+    "max_steps": _whole_or_null(1),
+    "checkpoint_every": checkpoint.whole_rule(1),
     "backend": (lambda v: v in ("numpy", "cupy", "auto"), "'numpy', 'cupy' or 'auto'"),
     "progress": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
-    "sample_length": (checkpoint.whole_at_least(0), "a whole number >= 0"),
+    "sample_length": checkpoint.whole_rule(0),
     "temperature": (lambda v: isinstance(v, list) and v != [] and all(_real(t) and t >= 0 for t in v),
                     "a list of numbers >= 0"),
     "prime": (lambda v: v is None or isinstance(v, str), "null or a text"),
+    "embedding_dim": checkpoint.whole_rule(0),
+    "hidden": (lambda v: isinstance(v, list) and v != [] and all(checkpoint.whole_at_least(1)(h) for h in v),
+               "a non-empty list of whole numbers in [1, 2**63)"),
     "cell": (lambda v: v in ("lstm", "gru"), "'lstm' or 'gru'"),
     "dropout": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+    "optimizer": (lambda v: v in LEARNING_RATE, "'adam', 'rmsprop' or 'sgd'"),
+    "lr": (lambda v: _real(v) and v > 0, "a number > 0"),
+    "clipnorm": (lambda v: _real(v) and v >= 0, "a number >= 0"),
     "model": (lambda v: v in ("recurrent", "transformer"), "'recurrent' or 'transformer'"),
     "block": (lambda v: v in ("book", "gpt"), "'book' or 'gpt'"),
-    "heads": (checkpoint.whole_at_least(1), "a whole number >= 1"),
-    "dense_dim": (checkpoint.whole_at_least(1), "a whole number >= 1"),
-    "key_dim": (lambda v: v is None or checkpoint.whole_at_least(1)(v), "null or a whole number >= 1"),
-    "layers": (checkpoint.whole_at_least(1), "a whole number >= 1"),
+    "heads": checkpoint.whole_rule(1),
+    "dense_dim": checkpoint.whole_rule(1),
+    "key_dim": _whole_or_null(1),
+    "layers": checkpoint.whole_rule(1),
 }
 
 
@@ -318,10 +336,49 @@ def _settings_of(meta, path):
     settings = {**older, **_metadata_dict(meta, "cli", path)}
     for name, (ok, rule) in SETTING_RULES.items():
         if name not in settings or not ok(settings[name]):
-            got = repr(settings[name]) if name in settings else "nothing"
+            got = reprlib.repr(settings[name]) if name in settings else "nothing"
             raise CheckpointError(f"{path}: the run's setting {name!r} (metadata['cli']) must be {rule}, got "
                                   f"{got}; {checkpoint.EDITED}")
     return settings
+
+
+# The field of each batcher's config (metadata["data"]) that records the run's --seq-len.
+_LENGTH_FIELD = {"streams": "seq_len", "windows": "maxlen", "padded": "maxlen", "vectorized": "length"}
+
+
+def _recorded(settings, config, tokenizer, meta):
+    """(setting, its value in the run's settings, what the checkpoint's model, tokenizer or data record for
+    it, which of them) for each setting they record; the model's kind first, as the rest depend on it."""
+    model = "the model in its header"
+    yield "model", settings["model"], config["kind"], model
+    yield "dtype", settings["dtype"], config["dtype"], model
+    if config["kind"] == "transformer":
+        for name, field in (("seq_len", "sequence_length"), ("embedding_dim", "embed_dim"), ("dense_dim", "dense_dim"),
+                            ("heads", "num_heads"), ("layers", "num_layers"), ("block", "block")):
+            yield name, settings[name], config[field], model
+        yield "key_dim", settings["key_dim"] or settings["embedding_dim"], config["key_dim"], model
+    else:
+        yield "cell", settings["cell"], config["cell"], model
+        yield "hidden", settings["hidden"], config["hidden_sizes"], model
+        yield "embedding_dim", settings["embedding_dim"] or None, config["embedding_dim"], model
+        yield "dropout", settings["dropout"], config["dropout"], model
+    for name, field in (("tokenizer", "kind"), ("lower", "lower")):
+        yield name, settings[name], getattr(tokenizer, field), "its tokenizer (metadata['tokenizer'])"
+    recorded = meta.get("data")
+    if isinstance(recorded, dict):                        # anything else Trainer.resume refuses
+        for name, field in (("batching", "kind"), ("batch_size", "batch_size"),
+                            ("seq_len", _LENGTH_FIELD[settings["batching"]]), ("step", "step")):
+            if field in recorded:
+                yield name, settings[name], recorded[field], "its data (metadata['data'])"
+
+
+def _check_agreement(settings, config, tokenizer, meta, path):
+    """CheckpointError naming the first of the run's settings (metadata['cli'], checked by :func:`_settings_of`)
+    that its model config, tokenizer or data contradict: a resume builds its data from the settings."""
+    for name, said, found, where in _recorded(settings, config, tokenizer, meta):
+        if said != found:
+            raise CheckpointError(f"{path}: the run's settings (metadata['cli']) say {name} {reprlib.repr(said)}, "
+                                  f"but {where} has {reprlib.repr(found)}; {checkpoint.EDITED}")
 
 
 # -- train ------------------------------------------------------------------------
@@ -388,6 +445,7 @@ def _setup_train(args, given, run_dir):
         tokenizer = _tokenizer_of(ckpt.metadata, ckpt.model.vocab_size, where)
         if tokenizer is None:
             raise CheckpointError(f"{where} records no tokenizer (metadata['tokenizer']); {checkpoint.EDITED}")
+        _check_agreement(settings, ckpt.model.config, tokenizer, ckpt.metadata, where)
     else:
         settings = _resolve(given)
         corpus = args.corpus
@@ -397,17 +455,8 @@ def _setup_train(args, given, run_dir):
         settings["corpus"] = str(Path(corpus).resolve()) if Path(corpus).exists() else corpus
         tokenizer = None
 
-    if settings["model"] == "transformer" and Path(corpus).is_dir():
-        tokenizer, train, val = prepare_vectorized(settings, lambda: reviews.iter_review_files(corpus), tokenizer)
-    else:
-        text = data.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
-        if not text:
-            raise data.CorpusError(f"{corpus} is empty: training needs text")
-        if settings["model"] == "transformer":
-            tokenizer, train, val = prepare_vectorized(
-                settings, lambda: (line for line in text.splitlines() if line.strip()), tokenizer)
-        else:
-            tokenizer, train, val = prepare(settings, text, tokenizer, corpus)
+    loaded = None if args.resume is None else ckpt.model.config
+    tokenizer, train, val = _prepare_data(settings, corpus, tokenizer, loaded)
     sampler = None
     if settings["sample_length"] > 0:
         sampler = Sampler(tokenizer, settings["temperature"], settings["sample_length"], prime=settings["prime"],
@@ -448,17 +497,24 @@ def _fit(trainer, run_dir):
     return 0
 
 
+def model_config(settings, vocab_size):
+    """The config (as a checkpoint's header holds it) of the model a new run's settings describe."""
+    if settings["model"] == "transformer":
+        return {"kind": "transformer", "vocab_size": vocab_size, "sequence_length": settings["seq_len"],
+                "embed_dim": settings["embedding_dim"], "dense_dim": settings["dense_dim"],
+                "num_heads": settings["heads"], "key_dim": settings["key_dim"] or settings["embedding_dim"],
+                "num_layers": settings["layers"], "block": settings["block"], "dtype": settings["dtype"],
+                "seed": settings["seed"]}
+    return {"kind": "recurrent", "cell": settings["cell"], "vocab_size": vocab_size,
+            "embedding_dim": settings["embedding_dim"] or None, "hidden_sizes": settings["hidden"],
+            "dtype": settings["dtype"], "stateful": settings["batching"] == "streams", "seed": settings["seed"],
+            "dropout": settings["dropout"]}
+
+
 def build_model(settings, vocab_size):
     """The model a new run's settings describe."""
-    if settings["model"] == "transformer":
-        return TransformerLM(vocab_size, settings["seq_len"], embed_dim=settings["embedding_dim"],
-                             dense_dim=settings["dense_dim"], num_heads=settings["heads"],
-                             key_dim=settings["key_dim"], num_layers=settings["layers"], block=settings["block"],
-                             backend=settings["backend"], dtype=settings["dtype"], seed=settings["seed"])
-    return LanguageModel(vocab_size, embedding_dim=settings["embedding_dim"] or None,
-                         hidden_sizes=settings["hidden"], cell=settings["cell"], dropout=settings["dropout"],
-                         backend=settings["backend"], dtype=settings["dtype"], seed=settings["seed"],
-                         stateful=settings["batching"] == "streams")
+    config = model_config(settings, vocab_size)
+    return models.MODELS[config.pop("kind")](backend=settings["backend"], **config)
 
 
 def _resolve(given):
@@ -470,6 +526,9 @@ def _resolve(given):
             raise ScratchLMError(f"{', '.join(wrong)}: not a setting of --model transformer; leave it out")
         s.update(tokenizer="vector", batching="vectorized", lower=True)
         s["max_tokens"] = given.get("max_tokens", 15000)
+        if s["embedding_dim"] == 0:
+            raise ScratchLMError("--embedding-dim 0 means one-hot input, which --model transformer does not have: "
+                                 "give it a size >= 1 (default 256)")
         s["embedding_dim"] = s["embedding_dim"] or 256
         s["optimizer"] = s["optimizer"] or "rmsprop"
     elif any(k in given for k in ("block", "heads", "key_dim", "dense_dim", "layers")):
@@ -495,32 +554,111 @@ def _resolve(given):
     return s
 
 
-def prepare_vectorized(settings, texts, tokenizer):
-    """(tokenizer, train, validation or None) for --model transformer: every text of ``texts()`` (a fresh
-    iterator each call) vectorised to ``seq_len`` ids; a seeded ``val_fraction`` of them held out."""
+def _prepare_data(settings, corpus, tokenizer, config):
+    """(tokenizer, train batches, validation batches or None) of ``corpus`` under ``settings``.
+
+    A new run fits its tokenizer here (``tokenizer`` and ``config`` None); a resumed run passes its
+    checkpoint's tokenizer and model config. Then, before any text is encoded or vectorized,
+    :func:`_check_memory` weighs what training will hold.
+    """
+    if settings["model"] == "transformer":
+        texts, count = _texts(corpus)
+        if tokenizer is None:
+            tokenizer = VectorTokenizer.fit(texts(), max_tokens=settings["max_tokens"])
+        _check_memory(settings, config or model_config(settings, tokenizer.vocab_size), count, config is not None)
+        return (tokenizer, *prepare_vectorized(settings, texts, tokenizer, count))
+    text = _text(corpus)
     if tokenizer is None:
-        tokenizer = VectorTokenizer.fit(texts(), max_tokens=settings["max_tokens"])
-    ids = reviews.vectorize(texts(), tokenizer, length=settings["seq_len"])                # (N, L)
+        tokenizer = (WordTokenizer.fit(text, max_tokens=settings["max_tokens"]) if settings["tokenizer"] == "word"
+                     else CharTokenizer.fit(text, lower=settings["lower"]))
+    _check_memory(settings, config or model_config(settings, tokenizer.vocab_size), None, config is not None)
+    return (tokenizer, *prepare(settings, text, tokenizer, corpus))
+
+
+def _text(corpus):
+    """The text of a corpus file, bundled corpus or URL; CorpusError when it is empty."""
+    text = data.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
+    if not text:
+        raise data.CorpusError(f"{corpus} is empty: training needs text")
+    return text
+
+
+def _texts(corpus):
+    """(texts, how many) of a --model transformer corpus; ``texts()`` is a fresh iterator each call: the .txt
+    files of a folder laid out like aclImdb/ (read one at a time), else the non-blank lines of a text."""
+    if Path(corpus).is_dir():
+        return (lambda: reviews.iter_review_files(corpus)), len(reviews.review_paths(corpus))
+    text = _text(corpus)
+
+    def lines():
+        return (line for line in text.splitlines() if line.strip())
+    return lines, sum(1 for _ in lines())
+
+
+# The settings a model's weights and a training step's activations grow with, besides the vocabulary (and,
+# for the step, --batch-size and --seq-len), by model kind.
+_SIZES = {"recurrent": (("hidden", "embedding_dim"), ("hidden",)),
+          "transformer": (("embedding_dim", "dense_dim", "heads", "key_dim", "layers", "seq_len"),
+                          ("heads", "key_dim", "embedding_dim", "dense_dim", "layers"))}
+
+
+def _shown(settings, *names):
+    """'--batch-size 32, --seq-len 100': options and their values in ``settings``, for a memory message."""
+    def value(name):
+        v = settings["embedding_dim"] if name == "key_dim" and settings[name] is None else settings[name]
+        return " ".join(f"{h:,}" for h in v) if isinstance(v, list) else f"{v:,}"
+    return ", ".join(f"--{name.replace('_', '-')} {value(name)}" for name in names)
+
+
+def _check_memory(settings, config, texts, loaded):
+    """ResourceError unless what training the model ``config`` describes holds at once fits in memory.
+
+    That is: its weights, their gradients and two optimizer slots (only the gradients when the model is
+    ``loaded`` already, on resume), one training step's activations, a batch, and for the Transformer its
+    ``texts`` (how many) vectorized. Called before any text is encoded or vectorized and before the model
+    is built, so that nothing is allocated for a run that cannot fit.
+    """
+    B, T = settings["batch_size"], settings["seq_len"]
+    parts = []
+    if config["kind"] == "transformer":                   # rows of seq_len ids; x and y hold seq_len - 1
+        parts.append(budget.Part(f"the {texts:,} texts as ids", budget.vectorized_bytes(texts, T, config["vocab_size"]),
+                                 _shown(settings, "seq_len")))
+        B, T = min(B, texts), T - 1
+    backend = get_backend(settings["backend"], config["dtype"])
+    weights = models.MODELS[config["kind"]].parameter_count(config) * backend.dtype.itemsize
+    model_sizes, step_sizes = _SIZES[config["kind"]]
+    vocabulary = f", vocabulary {config['vocab_size']:,}"
+    activations = budget.step_bytes(config, B, T, backend.kernels == "fused", settings["batching"] == "windows")
+    parts += [budget.Part("the gradients" if loaded else "the weights, their gradients and the optimizer's state",
+                          (1 if loaded else 4) * weights, _shown(settings, *model_sizes) + vocabulary),
+              budget.Part("one training step's activations", activations,
+                          _shown(settings, "batch_size", "seq_len", *step_sizes) + vocabulary),
+              budget.Part("a batch", budget.batch_bytes(B, T), _shown(settings, "batch_size", "seq_len"))]
+    fix = ("the run's sizes are fixed in its checkpoint: resume it on a machine with more memory" if loaded else
+           "lower the sizes of the largest part")
+    budget.check_parts(parts, "training", fix)
+
+
+def prepare_vectorized(settings, texts, tokenizer, count):
+    """(train, validation or None) for --model transformer: each of the ``count`` texts of ``texts()`` (a fresh
+    iterator each call) vectorised to ``seq_len`` ids; a seeded ``val_fraction`` of them held out."""
+    ids = reviews.vectorize(texts(), tokenizer, length=settings["seq_len"], chunk=max(1, min(4096, count)))  # (N, L)
     held = numpy.random.default_rng(settings["seed"]).permutation(len(ids))[:int(len(ids) * settings["val_fraction"])]
     is_val = numpy.zeros(len(ids), dtype=bool)
     is_val[held] = True
     B = settings["batch_size"]
     train = reviews.Vectorized(ids[~is_val], B, seed=settings["seed"])
     val = reviews.Vectorized(ids[is_val], B, shuffle=False) if is_val.any() and ids[is_val].any() else None
-    return tokenizer, train, val
+    return train, val
 
 
 def prepare(settings, text, tokenizer, corpus):
-    """(tokenizer, train batches, validation batches or None) for ``text`` under ``settings``.
+    """(train batches, validation batches or None) for ``text`` encoded by ``tokenizer`` under ``settings``.
 
-    A new run fits the tokenizer to the text; a resumed run must encode the
-    text with the checkpoint's tokenizer, and a character the checkpoint's
-    vocabulary lacks is an error that lists them.
+    A resumed run encodes the text with its checkpoint's tokenizer, and a
+    character the checkpoint's vocabulary lacks is an error that lists them.
     """
     word = settings["tokenizer"] == "word"
-    if tokenizer is None:
-        tokenizer = (WordTokenizer.fit(text, max_tokens=settings["max_tokens"]) if word else
-                     CharTokenizer.fit(text, lower=settings["lower"]))
     unknown = "unk" if word else "error"       # a capped word vocabulary has <unk> by design
     B, T, seed = settings["batch_size"], settings["seq_len"], settings["seed"]
     try:
@@ -531,7 +669,7 @@ def prepare(settings, text, tokenizer, corpus):
             train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, seed=seed)
             val = (data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, shuffle=False)
                    if any(len(s) for s in val_seqs) else None)
-            return tokenizer, train, val
+            return train, val
         ids = tokenizer.encode(text, unknown=unknown)
     except VocabularyError as exc:
         if not exc.missing:
@@ -547,7 +685,7 @@ def prepare(settings, text, tokenizer, corpus):
         train = data.Streams(train_ids, B, T)
         streams = min(B, (len(val_ids) - 1) // T)
         val = data.Streams(val_ids, streams, T) if streams >= 1 else None
-    return tokenizer, train, val
+    return train, val
 
 
 # -- sample -----------------------------------------------------------------------
@@ -559,6 +697,12 @@ def _checkpoint_path(path):
             if (path / name).exists():
                 return path / name
     return path
+
+
+def _unknown_token(tokenizer):
+    """How ``tokenizer`` writes the token that stands for what its vocabulary lacks: <unk>, or [UNK] for the
+    Transformer's TextVectorization vocabulary."""
+    return VectorTokenizer.UNK if tokenizer.kind == VectorTokenizer.kind else UNK
 
 
 def cmd_sample(args):
@@ -594,8 +738,8 @@ def cmd_sample(args):
         what = "character" if tokenizer.kind == "char" else "word"
         raise VocabularyError(f"the prime holds {len(exc.missing)} {what}{'s' if len(exc.missing) > 1 else ''} "
                               f"the model's vocabulary lacks: {listing(exc.missing)}; leave them out with "
-                              "--unknown skip" + (", or replace them by <unk> with --unknown unk"
-                                                  if tokenizer.unk_id is not None else "")) from None
+                              "--unknown skip" + (f", or replace them by {_unknown_token(tokenizer)} with --unknown "
+                                                  "unk" if tokenizer.unk_id is not None else "")) from None
     if lines:
         prompt = numpy.concatenate([[eos], prompt]).astype(numpy.int64)
     if len(prompt) == 0:

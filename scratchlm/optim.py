@@ -30,12 +30,16 @@ Typical use::
 """
 
 import math
+import numbers
+import reprlib
 
 import numpy as np
 
 from . import backend as _backend
 from .backend import array_module
 from .errors import BackendUnavailable
+
+MAX_ITERATIONS = 2 ** 63 - 1      # more steps than any run takes; Adam's β**t would overflow long past it
 
 
 def _one_pass_chosen():
@@ -181,9 +185,15 @@ class Optimizer:
         :func:`from_state`), so a run can resume with, say, a different lr.
         Arrays are used as given, or converted with ``backend.asarray`` when a
         backend is given. Slots missing from ``arrays`` start at zero again.
+        ``iterations`` must be a whole number from 0 to :data:`MAX_ITERATIONS`.
         """
         if config.get("name") != self.name:
             raise ValueError(f"optimizer state is for {config.get('name')!r}, not {self.name!r}")
+        iterations = config.get("iterations", 0)
+        if not (isinstance(iterations, numbers.Integral) and not isinstance(iterations, bool)
+                and 0 <= iterations <= MAX_ITERATIONS):
+            raise ValueError(f"optimizer iterations must be a whole number from 0 to {MAX_ITERATIONS:,}, got "
+                             f"{reprlib.repr(iterations)}")
         slots = {}
         for key, a in arrays.items():
             slot, _, param = key.partition("/")
@@ -192,7 +202,7 @@ class Optimizer:
                                  f"expected '<slot>/<param name>' with slot in {list(self.slot_names)}")
             slots[key] = a if backend is None else backend.asarray(a)
         self.slots = slots
-        self.iterations = int(config.get("iterations", 0))
+        self.iterations = int(iterations)
 
 
 class SGD(Optimizer):

@@ -162,6 +162,7 @@ OPTIMIZER_LIES = {
     "amsgrad 'yes'": (optimizer(amsgrad="yes"), ["amsgrad", "'yes'"]),
     "an unknown hyperparameter": (optimizer(warmup=5), ["warmup"]),
     "optimizer a list": (top(optimizer=["adam"]), ["optimizer state", "JSON object"]),
+    "iterations of 400 digits": (optimizer(iterations=10 ** 400), ["'iterations'", "2**63", "..."]),
 }
 
 
@@ -224,6 +225,7 @@ METADATA_LIES = {   # lie -> (change, commands that refuse it, words of the mess
     "history not a list": (position(history="none"), {"info", "resume"}, ["'history'"]),
     "a broken epoch record": (position(history=[{"epoch": 1}]), {"info", "resume"}, ["record 0", "'step'"]),
     "a batch beyond the data": (position(batch=10 ** 6), {"resume"}, ["1,000,000", "beyond"]),
+    "a step count of 400 digits": (position(step=10 ** 400), {"info", "resume"}, ["'step'"]),
     "tokenizer a list": (metadata(tokenizer=["a", "b"]), EVERYWHERE, ["tokenizer", "list"]),
     "tokenizer without chars": (lambda a, h: h["metadata"]["tokenizer"].pop("chars"), EVERYWHERE, ["'chars'"]),
     "chars a string": (tokenizer(chars="abc"), EVERYWHERE, ["'chars'", "'abc'"]),
@@ -272,6 +274,83 @@ def test_settings_that_lie_are_refused_by_resume(run, capsys, change, words):
     rewrite(run / "last.npz", change)
     before = snapshot(run)
     fails(cli(capsys, "train", "--resume", run), *words)
+    assert snapshot(run) == before
+
+
+CONTRADICTIONS = {   # the run's settings (metadata['cli']) against its model, tokenizer or data -> words
+    "a sequence length its data do not have": (settings(seq_len=10 ** 9), ["seq_len 1000000000",
+                                                                           "its data (metadata['data']) has 16"]),
+    "another batch size": (settings(batch_size=8), ["batch_size 8", "its data (metadata['data']) has 4"]),
+    "another batching": (settings(batching="windows"), ["batching 'windows'", "has 'streams'"]),
+    "other layers": (settings(hidden=[32]), ["hidden [32]", "the model in its header has [16, 12]"]),
+    "another cell": (settings(cell="gru"), ["cell 'gru'", "has 'lstm'"]),
+    "one-hot input": (settings(embedding_dim=0), ["embedding_dim None", "has 8"]),
+    "dropout": (settings(dropout=0.5), ["dropout 0.5", "has 0.0"]),
+    "float64": (settings(dtype="float64"), ["dtype 'float64'", "has 'float32'"]),
+    "a transformer": (settings(model="transformer"), ["model 'transformer'", "has 'recurrent'"]),
+    "words": (settings(tokenizer="word"), ["tokenizer 'word'", "its tokenizer (metadata['tokenizer']) has 'char'"]),
+    "lower-cased": (settings(lower=True), ["lower True", "has False"]),
+    "a sequence length of 400 digits": (settings(seq_len=10 ** 400), ["'seq_len'", "2**63", "..."]),
+    "epochs beyond 2**63": (settings(epochs=2 ** 63), ["'epochs'", "2**63"]),
+    "a learning rate of 0": (settings(lr=0), ["'lr'", "> 0"]),
+    "hidden a number": (settings(hidden=16), ["'hidden'", "list"]),
+}
+
+
+@pytest.mark.parametrize("case", CONTRADICTIONS)
+def test_settings_that_contradict_the_checkpoint_are_refused_by_resume(run, capsys, case):
+    change, words = CONTRADICTIONS[case]
+    check_refused(capsys, run, change, {"resume"}, "last.npz", *words)
+
+
+def test_a_sequence_too_long_for_memory_is_refused_before_anything_is_built(run, capsys):
+    """metadata['cli'] and metadata['data'] agree on 10^9 tokens a chunk: resume cannot fit, says so, allocates
+    nothing, and names the size the run fixed."""
+    def longer(arrays, header):
+        header["metadata"]["cli"]["seq_len"] = header["metadata"]["data"]["seq_len"] = 10 ** 9
+    rewrite(run / "last.npz", longer)
+    before = snapshot(run)
+    tracemalloc.start()
+    try:
+        err = fails(cli(capsys, "train", "--resume", run), "one training step's activations",
+                    "--batch-size 4, --seq-len 1,000,000,000", "resume it on a machine with more memory")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6 and "the gradients" in err
+    assert snapshot(run) == before
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory):
+    """A Transformer run stopped after 3 steps (sequences of 12 ids)."""
+    root = tmp_path_factory.mktemp("transformer")
+    corpus = root / "lines.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = main([str(a) for a in ["train", corpus, "--run-dir", root / "run", "--model", "transformer",
+                                      "--embedding-dim", 8, "--dense-dim", 16, "--seq-len", 12, "--batch-size", 4,
+                                      "--max-steps", 3, "--sample-length", 0, "--no-progress"]])
+    assert code == 0
+    return root / "run"
+
+
+@pytest.mark.parametrize("change, words", [
+    (settings(model="recurrent"), ["model 'recurrent'", "the model in its header has 'transformer'"]),
+    (settings(seq_len=10 ** 9), ["seq_len 1000000000", "the model in its header has 12"]),
+    (settings(heads=3), ["heads 3", "has 2"]),
+    (settings(key_dim=4), ["key_dim 4", "has 8"]),
+    (settings(block="gpt"), ["block 'gpt'", "has 'book'"]),
+], ids=["a recurrent model", "a sequence length", "heads", "key_dim", "block"])
+def test_a_transformer_run_whose_settings_contradict_its_model_is_refused_by_resume(transformer, tmp_path, capsys,
+                                                                                     change, words):
+    run = shutil.copytree(transformer, tmp_path / "run")
+    rewrite(run / "last.npz", change)
+    before = snapshot(run)
+    fails(cli(capsys, "train", "--resume", run), "last.npz", *words)
+    for argv in (["info"], ["sample", "--prime", "it was", "--length", 5]):      # they do not read these settings
+        code, _, err = cli(capsys, argv[0], run, *argv[1:])
+        assert code == 0, err
     assert snapshot(run) == before
 
 

@@ -178,6 +178,21 @@ def test_prime_with_unknown_characters(trained, capsys):
     assert snapshot(trained) == before
 
 
+def test_the_unknown_token_is_named_as_the_model_writes_it(tmp_path, corpus, capsys):
+    """<unk> for the recurrent models' vocabularies, [UNK] for the Transformer's TextVectorization one."""
+    for model, token, other in ((["--tokenizer", "word"], "<unk>", "[UNK]"),
+                                (["--model", "transformer"], "[UNK]", "<unk>")):
+        run_dir = tmp_path / token
+        code, _, err = cli(capsys, "train", corpus, "--run-dir", run_dir, *model, "--embedding-dim", 8,
+                           "--batch-size", 4, "--seq-len", 16, "--max-steps", 2, "--sample-length", 0, "--no-progress")
+        assert code == 0, err
+        err = fails(cli(capsys, "sample", run_dir, "--prime", "it was zebras"), "'zebras'", "--unknown skip",
+                    f"replace them by {token} with --unknown unk")
+        assert other not in err
+    _, out, _ = cli(capsys, "sample", "--help")
+    assert "[UNK]" in " ".join(out.split())
+
+
 @pytest.mark.parametrize("value", ["-1", "-0.5", "nan", "inf"])
 def test_bad_temperature(trained, capsys, value):
     fails(cli(capsys, "sample", trained, "--temperature", 0.5, value), "temperature")
@@ -256,6 +271,18 @@ def test_other_usage_errors(tmp_path, corpus, capsys):
     fails(cli(capsys, "train", corpus, "--lr", -1, "--run-dir", tmp_path / "r"), "--lr")
     fails(cli(capsys, "sample"), "CHECKPOINT")
     fails(cli(capsys, "sample", corpus, "--prime", "a", "--prime-file", corpus), "not allowed")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_transformer_has_no_one_hot_input(tmp_path, corpus, capsys):
+    fails(cli(capsys, "train", corpus, "--model", "transformer", "--embedding-dim", 0, "--run-dir", tmp_path / "r"),
+          "--embedding-dim 0", "one-hot", "--model transformer", "size >= 1")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("option", ["--seq-len", "--batch-size", "--epochs", "--seed", "--hidden"])
+def test_numbers_no_checkpoint_could_record_are_usage_errors(tmp_path, corpus, capsys, option):
+    fails(cli(capsys, "train", corpus, option, 2 ** 63, "--run-dir", tmp_path / "r"), option, "below 2**63")
     assert not (tmp_path / "r").exists()
 
 

@@ -269,3 +269,12 @@ def test_sizes_that_cannot_fit_are_refused_before_training(tmp_path, corpus, tra
     fails(scratchlm("sample", trained, "--length", 10 ** 11), "would need about", "TiB")
     fails(scratchlm("train", "--resume", trained, "--sample-length", 10 ** 11), "--sample-length")
     assert files(trained) == before and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("option", [["--seq-len", 10 ** 7], ["--seq-len", 10 ** 5], ["--heads", 10 ** 11]])
+def test_transformer_sizes_that_cannot_fit_are_refused_before_vectorizing(tmp_path, corpus, option):
+    """Issue 21 §3, §6: no MemoryError traceback from vectorizing or from an attention mask, no metrics.jsonl."""
+    err = fails(scratchlm("train", corpus, "--model", "transformer", *option, "--run-dir", tmp_path / "r",
+                          "--no-progress"), "training would need about", f"{option[0]} {option[1]:,}")
+    assert "one training step's activations" in err
+    assert not (tmp_path / "r").exists()

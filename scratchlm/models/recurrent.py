@@ -41,14 +41,14 @@ class RecurrentModelCache(NamedTuple):
 
 
 def _rules():
-    positive = (lambda v: is_whole(v) and v > 0)
+    positive = (lambda v: is_whole(v) and 0 < v <= checkpoint.LARGEST)     # a size: at most int64's largest
     return {
         "kind": (lambda v: v == "recurrent", "'recurrent'"),
         "cell": (lambda v: v in CELLS, " or ".join(repr(c) for c in CELLS)),
-        "vocab_size": (positive, "a positive whole number"),
-        "embedding_dim": (lambda v: v is None or positive(v), "null (one-hot input) or a positive whole number"),
+        "vocab_size": (positive, "a whole number in [1, 2**63)"),
+        "embedding_dim": (lambda v: v is None or positive(v), "null (one-hot input) or a whole number in [1, 2**63)"),
         "hidden_sizes": (lambda v: isinstance(v, list) and len(v) > 0 and all(positive(h) for h in v),
-                         "a non-empty list of positive whole numbers"),
+                         "a non-empty list of whole numbers in [1, 2**63)"),
         "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
         "stateful": (lambda v: isinstance(v, bool), "true or false"),
         "seed": (lambda v: v is None or (is_whole(v) and v >= 0), "null or a whole number >= 0"),

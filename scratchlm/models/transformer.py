@@ -56,16 +56,16 @@ class DecodeState(NamedTuple):
 
 
 def _rules():
-    positive = (lambda v: is_whole(v) and v > 0)
+    size = (lambda v: is_whole(v) and 0 < v <= checkpoint.LARGEST, "a whole number in [1, 2**63)")
     return {
         "kind": (lambda v: v == "transformer", "'transformer'"),
-        "vocab_size": (positive, "a positive whole number"),
-        "sequence_length": (positive, "a positive whole number"),
-        "embed_dim": (positive, "a positive whole number"),
-        "dense_dim": (positive, "a positive whole number"),
-        "num_heads": (positive, "a positive whole number"),
-        "key_dim": (positive, "a positive whole number"),
-        "num_layers": (positive, "a positive whole number"),
+        "vocab_size": size,
+        "sequence_length": size,
+        "embed_dim": size,
+        "dense_dim": size,
+        "num_heads": size,
+        "key_dim": size,
+        "num_layers": size,
         "block": (lambda v: v in BLOCKS, " or ".join(map(repr, BLOCKS))),
         "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
         "seed": (lambda v: v is None or (is_whole(v) and v >= 0), "null or a whole number >= 0"),
@@ -103,7 +103,9 @@ class TransformerLM(TokenModel):
         self.block = block
         self.seed = None if seed is None else int(seed)
         self._check_fits(self.parameter_count(self.config),
-                         "use a smaller embed_dim, dense_dim, key_dim, vocabulary or fewer layers")
+                         f"use a smaller embed_dim ({embed_dim:,}), dense_dim ({dense_dim:,}), key_dim ({key_dim:,}), "
+                         f"vocabulary ({vocab_size:,}) or sequence_length ({sequence_length:,}), or fewer "
+                         f"num_heads ({num_heads:,}) or num_layers ({num_layers:,})")
         rng = Backend.rng(seed)
         V, E = self.vocab_size, self.embed_dim
         self.embedding = PositionalEmbedding(V, self.sequence_length, E, self.backend, rng)
