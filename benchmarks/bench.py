@@ -8,9 +8,10 @@
 Workloads (details in benchmarks/frameworks.py): ``book`` (the Nietzsche model:
 one-hot -> LSTM 128, T=60, B=128, RMSprop, last-step loss), ``s2s``
 (Embedding 64 -> LSTM 512, T=100, B=64, Adam, loss at every step), ``gen``
-(that model sampling, batch 1 and batch 64) and ``gpu`` (Embedding 64 -> LSTM
-1024, T=100, B=256 on a CUDA GPU: scratchlm on CuPy against PyTorch/cuDNN; run
-only where a GPU is present); ``gru-book`` and ``gru-s2s`` (the book and s2s
+(that model sampling, batch 1 and batch 64) and ``gpu`` (on a CUDA GPU, run
+only where one is present: Embedding 64 -> LSTM 1024, T=100, B=256, training
+and batch-1 sampling, scratchlm on CuPy against PyTorch/cuDNN, and the two
+Transformer cases below on the GPU); ``gru-book`` and ``gru-s2s`` (the book and s2s
 shapes with a GRU: Keras' GRU with reset_after=True, torch.nn.GRU; not in the
 default list); ``transformer`` (the IMDB seed of issue 11:
 PositionalEmbedding -> one book decoder block, E 256, 2 heads of key_dim 256,
@@ -45,6 +46,8 @@ How it measures:
   sgemm rate measured here, once at the machine's peak (a large square GEMM)
   and once as the time the same GEMMs take at the workload's own shapes.
 
+``SCRATCHLM_BENCH_LOG=FILE`` appends the workers' stderr to FILE (they are silent otherwise).
+
 ``main(argv)`` is the entry point (for a ``scratchlm bench`` command).
 """
 
@@ -68,7 +71,8 @@ sys.path.insert(0, HERE)
 import frameworks as fw  # noqa: E402
 
 FRAMEWORKS = ["scratchlm", "scratchlm-reference", "scratchlm-rerun", "keras", "torch"]
-WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"], "gpu": ["gpu"],
+WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"],
+                  "gpu": ["gpu", "gpu-gen-b1", "gpu-transformer", "gpu-transformer-gen"],
                   "gru-book": ["gru-book"], "gru-s2s": ["gru-s2s"],
                   "transformer": ["transformer"], "transformer-gen": ["transformer-gen"],
                   "sweep": [f"sweep-b{B}-h{H}" for H in fw.SWEEP_H for B in fw.SWEEP_B]}
@@ -76,11 +80,13 @@ WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"]
 # refilling its caches after the pause between rounds does not dominate (a 400-token gen-b1 round took 16 ms and
 # measured scratchlm ~30% slower than back-to-back rounds do).
 # transformer: one step (0.5-10 s here); transformer-gen: one 50-token generation.
-ROUND = {"book": 10, "s2s": 3, "gru-book": 10, "gru-s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5, "transformer": 1, "transformer-gen": 2}
-WARMUP = {"book": 3, "s2s": 2, "gru-book": 3, "gru-s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3, "transformer": 1, "transformer-gen": 1}
+ROUND = {"book": 10, "s2s": 3, "gru-book": 10, "gru-s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5, "transformer": 1,
+         "transformer-gen": 2, "gpu-gen-b1": 1000, "gpu-transformer": 10, "gpu-transformer-gen": 2}
+WARMUP = {"book": 3, "s2s": 2, "gru-book": 3, "gru-s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3, "transformer": 1,
+          "transformer-gen": 1, "gpu-gen-b1": 50, "gpu-transformer": 3, "gpu-transformer-gen": 1}
 TARGETS = [                                                         # (case, framework, minimum speed-up), issues 5 and 14
     ("book", "keras", 2.0), ("book", "torch", 2.0), ("s2s", "keras", 1.6), ("s2s", "torch", 1.3),
-    ("gen-b1", "torch", 4.0), ("gpu", "torch", 0.7)]
+    ("gen-b1", "torch", 4.0), ("gpu", "torch", 0.7), ("gpu-gen-b1", "torch", 1.0)]                     # issue 27
 for _case in WORKLOAD_CASES["sweep"]:                            # ~0.2 s per round at ~50 GFLOP/s, one warm-up step
     _c = fw.CASES[_case]
     _flops = 6 * _c["T"] * _c["B"] * 4 * _c["H"] * (_c["H"] + 64) + 6 * _c["T"] * _c["B"] * _c["H"] * _c["V"]
@@ -137,7 +143,7 @@ class Worker:
     def __init__(self, framework, case, extra_env=None):
         env = {**os.environ, **WORKER_ENV, **FRAMEWORK_ENV.get(framework, {}), **(extra_env or {}),
                "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-        self.log = open(os.devnull, "w")
+        self.log = open(os.environ.get("SCRATCHLM_BENCH_LOG", os.devnull), "a")     # the workers' stderr
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", framework, case], env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.name = framework
@@ -282,9 +288,10 @@ def table(results):
         for name, e in entries.items():
             ms = f"{e['ms_per_step']:.1f}" if "ms_per_step" in e else "–"
             ratio = f"{throughput(ours) / throughput(e):.2f}x" if ours and name != "scratchlm" else ""
-            memory = f"{e['device_peak_mb']:.0f} (device)" if "device_peak_mb" in e else f"{e['step_peak_mb']:.0f}"
-            lines.append(f"| {case} | {name} | {ms} | {throughput(e):,.0f} | {ratio} | "
-                         f"{memory} | {e['process_peak_mb']:.0f} |")
+            memory = (f"{e['device_peak_mb']:.0f} (device)" if "device_peak_mb" in e
+                      else f"{e['step_peak_mb']:.0f}" if "step_peak_mb" in e else "–")     # "–": --no-memory
+            process = f"{e['process_peak_mb']:.0f}" if "process_peak_mb" in e else "–"
+            lines.append(f"| {case} | {name} | {ms} | {throughput(e):,.0f} | {ratio} | {memory} | {process} |")
     return "\n".join(lines)
 
 
@@ -364,8 +371,23 @@ def versions():
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
+    found.update(gpu_versions())
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     found["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    return found
+
+
+def gpu_versions():
+    """The GPU, its driver and the CUDA, CuPy and PyTorch builds that run the gpu cases ({} without CuPy)."""
+    if not have_gpu():
+        return {}
+    import cupy
+    runtime = cupy.cuda.runtime
+    found = {"gpu": runtime.getDeviceProperties(0)["name"].decode(), "cupy": cupy.__version__,
+             "cuda_driver": runtime.driverGetVersion(), "cuda_runtime": runtime.runtimeGetVersion()}
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        found.update(torch_cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return found
 
 
@@ -388,6 +410,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5, help="rounds per workload (default 5)")
     parser.add_argument("--json", help="write all results, raw rounds included, to this file")
     parser.add_argument("--sweep-png", help="with the sweep: draw the speed-ups as a heat map into this PNG file")
+    parser.add_argument("--no-memory", action="store_true", help="time only: no memory rounds (each is a new worker)")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -399,9 +422,10 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown workloads or frameworks: {', '.join(unknown)}")
     cases = [c for w in args.workloads.split(",") for c in WORKLOAD_CASES.get(w, [w])]      # a workload or one case
-    if "gpu" in cases and not have_gpu():
-        cases.remove("gpu")
-        print("# gpu: no CuPy with a CUDA GPU here, left out")
+    on_gpu = [c for c in cases if fw.CASES[c].get("gpu")]
+    if on_gpu and not have_gpu():
+        cases = [c for c in cases if c not in on_gpu]
+        print(f"# {', '.join(on_gpu)}: no CuPy with a CUDA GPU here, left out")
     names = [f for f in args.frameworks.split(",") if importlib.util.find_spec(fw.MODULES[f]) is not None]
     skipped = sorted(set(args.frameworks.split(",")) - set(names))
     report = {"machine": machine(), "versions": versions(), "threads": fw.THREADS, "repeat": args.repeat,
@@ -416,7 +440,8 @@ def main(argv=None):
         here = [n for n in names if n in allowed and not (fw.CASES[case].get("gpu") and n == "keras")]
         print(f"# {case}: {', '.join(here)} x {args.repeat} rounds", flush=True)
         results[case] = summarise(case, *run_case(case, here, args.repeat,
-                                                  memory_rounds=case not in WORKLOAD_CASES["sweep"]))
+                                                  memory_rounds=not args.no_memory
+                                                  and case not in WORKLOAD_CASES["sweep"]))
     report["results"] = results
     report["load_average_after"] = os.getloadavg()
 

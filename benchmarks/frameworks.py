@@ -22,6 +22,9 @@ Cases (see benchmarks/bench.py):
     gen-b64  the same, batch 64
     gpu      Embedding(60, 64) -> LSTM 1024 -> Dense 60, T=100, B=256, Adam, on a CUDA GPU
              (scratchlm on CuPy, PyTorch on cuDNN; Keras is the CPU build here and sits it out)
+    gpu-gen-b1  that model sampling at temperature 1, batch 1, on the GPU (PyTorch: nn.LSTMCell on cuDNN)
+    gpu-transformer, gpu-transformer-gen  the two Transformer cases below on the GPU (PyTorch's CUDA tensors;
+             PyTorch has no KV-cache decoder here, so the generation case is scratchlm's two paths alone)
     transformer      the IMDB seed (issue 11): PositionalEmbedding(15000, 100, 256) -> one book decoder
              block (2 heads, key_dim 256, dense 2048, causal ∧ padding masks) -> Dense 15000; sequences of
              100 ids cut into x = ids[:, :-1], y = ids[:, 1:] (T=99), B=32, RMSprop(1e-3), sparse
@@ -32,6 +35,7 @@ Cases (see benchmarks/bench.py):
              scratchlm's ``forward`` the same way); one unit is one 50-token generation
 """
 
+import os
 import time
 
 import numpy as np
@@ -47,6 +51,7 @@ CASES = {
     "gen-b1": dict(kind="generate", embedding=64, H=512, B=1, prompt=10),
     "gen-b64": dict(kind="generate", embedding=64, H=512, B=64, prompt=10),
     "gpu": dict(kind="train", embedding=64, H=1024, T=100, B=256, optimizer="adam", last_only=False, gpu=True),
+    "gpu-gen-b1": dict(kind="generate", embedding=64, H=1024, B=1, prompt=10, gpu=True),
     # The IMDB seed's Transformer (issue 11). "frameworks": the only ones that run this case.
     "transformer": dict(kind="train", model="transformer", V=15000, L=100, T=99, B=32, E=256, F=2048, N=2, K=256,
                         optimizer="rmsprop", lr=1e-3,
@@ -54,6 +59,11 @@ CASES = {
     "transformer-gen": dict(kind="generate", model="transformer", V=15000, L=100, E=256, F=2048, N=2, K=256,
                             B=1, prompt=2, length=50, frameworks=["scratchlm", "scratchlm-rerun", "keras"]),
 }
+# The same two Transformer cases on a CUDA GPU (issue 27): CuPy against PyTorch's CUDA tensors.
+CASES["gpu-transformer"] = {**CASES["transformer"], "gpu": True, "frameworks": ["scratchlm", "scratchlm-reference",
+                                                                               "torch"]}
+CASES["gpu-transformer-gen"] = {**CASES["transformer-gen"], "gpu": True, "frameworks": ["scratchlm",
+                                                                                       "scratchlm-reference"]}
 # Issue 14's sweep: one training step of Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, at every B x H.
 SWEEP_B, SWEEP_H = (8, 16, 32, 64, 128, 256), (128, 256, 512, 1024)
 for _B in SWEEP_B:
@@ -104,9 +114,9 @@ def build_scratchlm(case, kernels="fused"):
     from scratchlm import LanguageModel, get_backend, optim
 
     c = CASES[case]
-    if c.get("model") == "transformer":
-        return _scratchlm_transformer(c, get_backend("numpy", "float32", kernels), optim)
     backend = get_backend("cupy" if c.get("gpu") else "numpy", "float32", kernels)
+    if c.get("model") == "transformer":
+        return _scratchlm_transformer(c, backend, optim)
     model = LanguageModel(c.get("V", V), c["embedding"], [c["H"]], backend=backend, cell=c.get("cell", "lstm"))
     sync = backend.xp.cuda.Device().synchronize if c.get("gpu") else lambda: None
     if c["kind"] == "generate":
@@ -156,12 +166,14 @@ def _scratchlm_transformer(c, backend, optim, rerun=False):
 
     x, y = (backend.asarray(a) for a in transformer_data(c, np.random.default_rng(0)))
     opt = optim.RMSprop(lr=c["lr"])
+    sync = backend.xp.cuda.Device().synchronize if c.get("gpu") else lambda: None
 
     def run(n):
         start = time.perf_counter()
         for _ in range(n):
             _, grads = model.loss_and_grads(x, y)                   # mean over x != 0 (padding masked)
             opt.step(model.params, grads)
+        sync()
         return time.perf_counter() - start
     return run, 1
 
@@ -210,6 +222,10 @@ def build_torch(case):
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
+    # float32 means float32: PyTorch lets cuDNN round float32 to TF32 on tensor cores unless told not to
+    # (scratchlm's CuPy GEMMs stay float32). SCRATCHLM_BENCH_TF32=1 measures PyTorch with TF32.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = os.environ.get(
+        "SCRATCHLM_BENCH_TF32") == "1"
     c = CASES[case]
     if c.get("model") == "transformer":
         return _torch_transformer(torch, c)
@@ -231,7 +247,7 @@ def build_torch(case):
 
     net = Net().to(device)
     if c["kind"] == "generate":
-        return _torch_generator(torch, net, c, torch.as_tensor(data(case)))
+        return _torch_generator(torch, net, c, torch.as_tensor(data(case)).to(device))
 
     x, y = data(case)
     x = torch.nn.functional.one_hot(torch.as_tensor(x), v).float() if c["embedding"] is None else torch.as_tensor(x)
@@ -259,7 +275,7 @@ def build_torch(case):
 def _torch_generator(torch, net, c, prompt):
     """The prompt through nn.LSTM, then one nn.LSTMCell step per token on the same weights: at batch 1
     the cell is ~2.5x faster than calling nn.LSTM on one-step sequences (measured here)."""
-    cell = torch.nn.LSTMCell(c["embedding"], c["H"])
+    cell = torch.nn.LSTMCell(c["embedding"], c["H"]).to(prompt.device)
     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
         setattr(cell, name, getattr(net.lstm, f"{name}_l0"))
 
@@ -274,6 +290,8 @@ def _torch_generator(torch, net, c, prompt):
             if k + 1 < n:
                 state = cell(net.embedding(ids), state)
                 logits = net.dense(state[0])
+        if prompt.is_cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - start
     return run, c["B"]
 
@@ -314,7 +332,7 @@ def _torch_transformer(torch, c):
 
         def forward(self, ids):                                    # (B, T) -> logits (B, T, V)
             T_ = ids.shape[1]
-            pos = torch.arange(T_)
+            pos = torch.arange(T_, device=ids.device)
             x = self.tokens(ids) + self.positions(pos)[None]
             keep = ids != 0
             mask = ((pos[:, None] >= pos[None, :])[None] & keep[:, :, None] & keep[:, None, :])[:, None]
@@ -322,11 +340,13 @@ def _torch_transformer(torch, c):
             a2 = self.ln2(a1 + self.attention_2(a1, x, mask))
             return self.dense(self.ln3(a2 + self.ffn_2(F.relu(self.ffn_1(a2)))))
 
-    net = Net()
-    x, y = (torch.as_tensor(a) for a in data_for(c))
+    device = "cuda" if c.get("gpu") else "cpu"
+    net = Net().to(device)
+    x, y = (torch.as_tensor(a).to(device) for a in data_for(c))
     y = torch.where(x != 0, y, torch.full_like(y, -100))          # ignore_index: mean over non-padding inputs
     opt = torch.optim.RMSprop(net.parameters(), lr=c["lr"], alpha=0.9, eps=1e-7)     # Keras' rho, epsilon
     loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
+    sync = torch.cuda.synchronize if c.get("gpu") else lambda: None
 
     def run(n):
         start = time.perf_counter()
@@ -335,6 +355,7 @@ def _torch_transformer(torch, c):
             loss = loss_fn(net(x).reshape(-1, V), y.reshape(-1))
             loss.backward()
             opt.step()
+        sync()
         return time.perf_counter() - start
     return run, 1
 

@@ -21,8 +21,8 @@ math. A :class:`Backend` carries:
 
 ``get_backend("auto")`` picks CuPy when it is importable and a GPU is present and
 NumPy otherwise. CuPy and Numba are imported lazily, only when first used.
-The kernels default to "auto": fused where the benchmarks show them faster
-(NumPy), reference elsewhere; ``SCRATCHLM_KERNELS=reference|fused`` in the
+The kernels default to "auto": fused (Numba on NumPy where Numba is installed,
+the CUDA kernels on CuPy), reference otherwise; ``SCRATCHLM_KERNELS=reference|fused`` in the
 environment overrides that default, and ``get_backend(..., kernels=...)``
 overrides both.
 """
@@ -38,7 +38,8 @@ from .errors import BackendUnavailable, ModelError
 _DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
 _KERNELS = ("auto", "reference", "fused")
 KERNELS_ENV = "SCRATCHLM_KERNELS"
-_GPU_HINT = 'install the GPU extra with  pip install "scratchlm[gpu]"  on a machine with a CUDA GPU, or use backend="numpy"'
+_GPU_HINT = ('install the GPU extra with  pip install "scratchlm[gpu]"  (CUDA 12) or "scratchlm[gpu-cuda13]"  on a '
+             'machine with a CUDA GPU, or use backend="numpy"')
 
 
 class Backend:
@@ -72,7 +73,7 @@ class Backend:
     def asarray(self, a, dtype=None):
         """Host or device array -> array on this backend (float arrays in ``self.dtype``)."""
         if dtype is None:
-            kind = getattr(a, "dtype", numpy.asarray(a).dtype).kind
+            kind = (a.dtype if hasattr(a, "dtype") else numpy.asarray(a).dtype).kind     # never copies a device array
             dtype = self.dtype if kind == "f" else None
         return self.xp.asarray(a, dtype=dtype)
 
@@ -189,8 +190,8 @@ def _resolve_kernels(kernels, name):
     if kernels not in _KERNELS:
         raise BackendUnavailable(f"unknown {source} {kernels!r}: choose 'fused', 'reference' or 'auto'")
     has_numba = importlib.util.find_spec("numba") is not None
-    if kernels == "auto":
-        return "fused" if name == "numpy" and has_numba else "reference"
+    if kernels == "auto":                       # CuPy: the CUDA kernels, checked on a GPU (benchmarks/gpu_check.sh)
+        return "fused" if name == "cupy" or has_numba else "reference"
     if kernels == "fused" and name == "numpy" and not has_numba:
         raise BackendUnavailable("the fused CPU kernels need Numba: pip install numba, or use kernels='reference'")
     return kernels
