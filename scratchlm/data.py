@@ -33,6 +33,7 @@ in every run with the same seed — which is what lets a resumed run skip to the
 exact batch where it stopped.
 """
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -50,6 +51,7 @@ from typing import NamedTuple
 import numpy
 from tqdm import tqdm
 
+from . import budget, files
 from .errors import ScratchLMError
 
 
@@ -206,28 +208,34 @@ def _download(url, part, timeout, local_hint):
 
 
 def _read_bytes(path, sha256=None):
-    """The bytes of a file (decompressed when its name ends in ``.gz``), checked against ``sha256`` if given."""
+    """The bytes of a regular file (decompressed when its name ends in ``.gz``), checked against ``sha256`` if
+    given. A folder, a FIFO or a device is refused before a byte is read, and a text larger than half the
+    memory available now is refused once that much has been read (a corpus is held whole, then encoded)."""
     path = Path(path)
+    limit = _memory_limit()
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path) as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
-    except FileNotFoundError:
-        raise CorpusError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise CorpusError(f"{path} is a directory: pass a text file") from None
+        with files.open_regular(path, "corpus", CorpusError) as raw:
+            with gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else contextlib.nullcontext(raw) as f:
+                data = f.read(limit + 1)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise CorpusError(f"{path} is not a whole gzip file ({exc}): decompress it yourself or fetch it again") \
             from None
     except OSError as exc:
         raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise CorpusError(f"{path} holds more than {budget.human(limit)} of text, half the memory available now: "
+                          "train on a part of it, or on a machine with more memory")
     got = sha256 and hashlib.sha256(data).hexdigest()
     if got != sha256:
         raise CorpusError(f"{path} holds text with SHA-256 {got}, expected {sha256}: "
                           "the file is damaged; reinstall scratchlm (pip install --force-reinstall scratchlm)")
     return data
+
+
+def _memory_limit():
+    """The most bytes of text a corpus may hold: half the memory available now (2**40 where nothing says)."""
+    available = budget.available_bytes()
+    return (available if available is not None else 1 << 41) // 2
 
 
 def read_text(path, sha256=None):

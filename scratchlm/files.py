@@ -18,7 +18,7 @@ from .errors import ScratchLMError
 
 
 TEMPORARY = ".{name}.*.tmp"                      # how atomic_write names its temporary files
-_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
           stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}     # what read_regular_text refuses
 
 
@@ -69,15 +69,12 @@ def remove_stale_temporaries(directory):
     return removed
 
 
-def read_regular_text(path, what, limit, error=ScratchLMError, universal_newlines=False):
-    """The UTF-8 text of the regular file ``path``, which must hold at most ``limit`` bytes.
+def open_regular(path, what, error=ScratchLMError):
+    """``path`` opened for reading bytes, once it is known to be a regular file.
 
-    what: what the file is for, as the messages name it (e.g. "prime file").
-    error: the :class:`~scratchlm.errors.ScratchLMError` subclass raised, with a one-line message, when
-    the file is missing, unreadable, not a regular file (a folder, a FIFO, a device such as
-    ``/dev/zero``), larger than ``limit`` bytes or not UTF-8.
-    universal_newlines: turn "\\r\\n" and a lone "\\r" into "\\n" (as Python's text mode does);
-    by default the bytes are decoded as they are.
+    what: what the file is for, as the messages name it (e.g. "corpus"). error: the
+    :class:`~scratchlm.errors.ScratchLMError` subclass raised, with a one-line message, when the file is
+    missing, unreadable or not a regular file (a folder, a FIFO, a device such as ``/dev/zero``).
     The file is opened with ``O_NONBLOCK``, so opening a FIFO does not wait for a writer, and its
     kind is checked on the open file (``fstat``) before a byte is read, so it cannot be swapped in between.
     """
@@ -91,7 +88,19 @@ def read_regular_text(path, what, limit, error=ScratchLMError, universal_newline
     if kind is not None:
         os.close(fd)
         raise error(f"{path} is {kind}, not a regular file: pass a {what} that is a plain file")
-    with os.fdopen(fd, "rb") as f:
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_text(path, what, limit, error=ScratchLMError, universal_newlines=False):
+    """The UTF-8 text of the regular file ``path`` (see :func:`open_regular`), which must hold at most
+    ``limit`` bytes.
+
+    error: raised, with a one-line message, as :func:`open_regular` raises it, and when the file is
+    larger than ``limit`` bytes or not UTF-8.
+    universal_newlines: turn "\\r\\n" and a lone "\\r" into "\\n" (as Python's text mode does);
+    by default the bytes are decoded as they are.
+    """
+    with open_regular(path, what, error) as f:
         try:
             data = f.read(limit + 1)
         except OSError as exc:

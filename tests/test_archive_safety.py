@@ -233,7 +233,7 @@ def test_read_regular_text_reads_only_bounded_regular_files(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9")
     cases = [(tmp_path / "fifo", "is a FIFO (named pipe), not a regular file: pass a prime file"),
              ("/dev/zero", "is a character device, not a regular file"),
-             (tmp_path, "is a folder, not a regular file"),
+             (tmp_path, "is a directory, not a regular file"),
              (tmp_path / "missing", "no such file"),
              (plain, "is larger than 10 bytes, the most a prime file may hold"),
              (tmp_path / "bad.txt", "not UTF-8 text (bad byte at offset 3)")]

@@ -7,6 +7,7 @@ no test touches the network.
 import gzip
 import hashlib
 import http.server
+import os
 import re
 import socket
 import threading
@@ -324,3 +325,24 @@ def test_config_fingerprints_the_data():
     b = data.Windows((np.arange(100) + 1) % 9, 10, 3, 8).config
     assert a["fingerprint"] != b["fingerprint"] and {k: v for k, v in a.items() if k != "fingerprint"} == \
         {k: v for k, v in b.items() if k != "fingerprint"}
+
+
+def test_a_corpus_that_is_no_regular_file_is_refused_before_a_byte_is_read(tmp_path):
+    """A FIFO (no writer: reading would wait forever) and /dev/zero (endless) are refused at once."""
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(CorpusError, match="FIFO .*not a regular file"):
+        data.read_text(tmp_path / "pipe.txt")
+    (tmp_path / "zero.txt").symlink_to("/dev/zero")
+    with pytest.raises(CorpusError, match="character device, not a regular file"):
+        data.read_text(tmp_path / "zero.txt")
+
+
+@pytest.mark.parametrize("name", ["big.txt", "big.txt.gz"])
+def test_a_corpus_larger_than_half_the_available_memory_is_refused(tmp_path, monkeypatch, name):
+    text = b"abc\n" * 1000
+    (tmp_path / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    monkeypatch.setattr(data, "_memory_limit", lambda: len(text) - 1)
+    with pytest.raises(CorpusError, match="half the memory available"):
+        data.read_text(tmp_path / name)
+    monkeypatch.setattr(data, "_memory_limit", lambda: len(text))
+    assert data.read_text(tmp_path / name) == text.decode()
