@@ -24,7 +24,7 @@ from .. import checkpoint
 from ..backend import Backend
 from ..errors import ModelError, SamplingError
 from ..layers import LSTM, Dense, Embedding
-from ..layers.dropout import Dropout
+from ..layers.dropout import MAX_RATE, Dropout, check_rate
 from ..layers.gru import GRU
 from .base import TokenModel, is_whole
 
@@ -52,8 +52,8 @@ def _rules():
         "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
         "stateful": (lambda v: isinstance(v, bool), "true or false"),
         "seed": (lambda v: v is None or (is_whole(v) and v >= 0), "null or a whole number >= 0"),
-        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
-                    "a number in [0, 1)"),
+        "dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_RATE,
+                    f"a number in [0, {MAX_RATE}]"),
     }
 
 
@@ -72,7 +72,7 @@ class LanguageModel(TokenModel):
         same seed gives the same weights on every backend).
     stateful: True or False: carry the state from one call to the next (truncated
         BPTT over consecutive chunks of parallel streams); see :meth:`reset_state`.
-    dropout: a rate in [0, 1): Keras-style inverted dropout on the output of every
+    dropout: a rate in [0, 0.99] (:data:`scratchlm.layers.dropout.MAX_RATE`): Keras-style inverted dropout on the output of every
         recurrent layer, in training steps only (``loss_and_grads(..., training=True)``,
         as the Trainer calls it); never in ``forward``, ``loss`` or ``generate``. Its
         masks come from :attr:`dropout_rng` (seeded by ``seed``; a checkpoint saves
@@ -100,8 +100,7 @@ class LanguageModel(TokenModel):
             raise ModelError(f"stateful must be True or False, got {stateful!r}")
         if cell not in CELLS:
             raise ModelError(f"cell must be {self.CONFIG_RULES['cell'][1]}, got {cell!r}")
-        if not self.CONFIG_RULES["dropout"][0](dropout):
-            raise ModelError(f"dropout must be a rate in [0, 1), got {dropout!r}")
+        check_rate(dropout)
         rng = Backend.rng(seed)
         V = self.vocab_size
         self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
