@@ -257,6 +257,10 @@ def main(argv=None):
         message = " ".join(str(exc).split())
         print(f"scratchlm {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:                             # Ctrl-C outside training (under MPI: on every rank)
+        if distributed.launcher_rank() == 0:
+            print(f"\nscratchlm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 # -- what a checkpoint's metadata must hold ---------------------------------------
@@ -705,7 +709,17 @@ def _unknown_token(tokenizer):
     return VectorTokenizer.UNK if tokenizer.kind == VectorTokenizer.kind else UNK
 
 
+def _other_rank():
+    """True on every MPI rank but rank 0: ``sample`` and ``info`` run once, on rank 0, under mpiexec too.
+
+    The launcher's environment says which rank this is; MPI is never started for them.
+    """
+    return distributed.launcher_rank() != 0
+
+
 def cmd_sample(args):
+    if _other_rank():
+        return 0
     for t in args.temperature:
         sampling.check_options(t, args.top_k, args.top_p)
     path = _checkpoint_path(args.checkpoint)
@@ -790,6 +804,8 @@ def _non_finite(arrays):
 
 def cmd_info(args):
     """Describe a checkpoint from its checked header and the sizes of its arrays: the model is never built."""
+    if _other_rank():
+        return 0
     path = _info_path(args.checkpoint)
     header, arrays = models.read(path)
     config, meta = header["model"], header["metadata"]

@@ -30,12 +30,24 @@ point anyway (the setup of ``scratchlm train``, the start of training),
 :meth:`World.agree` and :meth:`World.together` do better: every rank learns of
 the first failing rank's error, rank 0 alone prints it, and every rank exits
 normally (no abort, no abort notice).
+
+Ctrl-C: under MPI a SIGINT (which ``mpiexec`` forwards to every rank) raises
+nothing where it lands: a rank that left a collective call in the middle would
+leave the others spinning in it forever. From the start of MPI on (in
+:func:`world`) SIGINT only notes the interrupt (:attr:`World.interrupted`), and
+the ranks act on it together where they already exchange data: each training
+step's all-reduce carries every rank's vote (:meth:`World.reduce_step`), and so
+do :meth:`World.agree` and :meth:`World.stop_if_interrupted`. When any rank was
+interrupted, every rank raises :class:`Interrupted` (a KeyboardInterrupt) at that
+same point; rank 0 alone says so, and every rank exits with status 130.
 """
 
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -65,6 +77,49 @@ def launcher_size():
     return 1
 
 
+def launcher_rank():
+    """This process's rank as an MPI launcher's environment gives it (0 when none), without starting MPI."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C under MPI: every rank raises it at the same point, once the ranks found that one was interrupted."""
+
+
+_interrupted = False                          # a SIGINT reached this process since the last Interrupted
+
+
+def _note_interrupt(signum, frame):
+    """The SIGINT handler of a process among several ranks: note the interrupt, raise nothing (see the module)."""
+    global _interrupted
+    _interrupted = True
+
+
+def _defer_interrupts():
+    """Make SIGINT only note the interrupt (:func:`_note_interrupt`) -> the handler it replaces.
+
+    Signal handlers belong to the main thread: called from another thread, this changes nothing (None).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _note_interrupt)
+
+
+def _stop_together(votes):
+    """Raise :class:`Interrupted` when ``votes`` (the ranks' interrupts, summed) says some rank was interrupted.
+
+    The note is cleared first: every rank raises here, so the interrupt is acted on once.
+    """
+    global _interrupted
+    if votes > 0:
+        _interrupted = False
+        raise Interrupted
+
+
 class AgreedFailure(ScratchLMError):
     """An error that every rank raises at the same point (see :meth:`World.agree`): nobody is left waiting.
 
@@ -82,7 +137,9 @@ class AgreedFailure(ScratchLMError):
 def describe(exc):
     """(exit status, one line) for an exception: 2 and its message for a ScratchLMError, else 1 and its type too."""
     text = " ".join(str(exc).split())
-    return (2, text) if isinstance(exc, ScratchLMError) else (1, f"{type(exc).__name__}: {text}")
+    if isinstance(exc, ScratchLMError):
+        return 2, text
+    return 1, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class World:
@@ -101,6 +158,14 @@ class World:
 
     def __repr__(self):
         return f"World(rank={self.rank}, size={self.size})"
+
+    @property
+    def interrupted(self):
+        """True once Ctrl-C (SIGINT) reached this rank; the ranks stop at the next point where they agree.
+
+        Always False in a one-process world, where Ctrl-C raises KeyboardInterrupt as usual.
+        """
+        return self.parallel and _interrupted
 
     @property
     def is_root(self):
@@ -128,7 +193,8 @@ class World:
             time.sleep(0.002)
 
     def agree(self, error):
-        """Collective: raise :class:`AgreedFailure` on every rank when ``error`` is not None on any rank.
+        """Collective: raise :class:`AgreedFailure` on every rank when ``error`` is not None on any rank, else
+        :class:`Interrupted` on every rank when Ctrl-C reached any.
 
         error: this rank's exception, or None. Every rank must call this at the same point; it waits
         (as :meth:`wait_for_all`, with its timeout) for all of them, then shares what went wrong, so
@@ -140,11 +206,21 @@ class World:
                 raise error
             return
         self.wait_for_all()
-        failures = self.comm.allgather(None if error is None else describe(error))
-        for rank, failure in enumerate(failures):
+        reports = self.comm.allgather((None if error is None else describe(error), self.interrupted))
+        for rank, (failure, _) in enumerate(reports):
             if failure is not None:
                 code, message = failure
                 raise AgreedFailure(message, rank, self.size, code, report=self.is_root) from None
+        _stop_together(sum(interrupted for _, interrupted in reports))
+
+    def stop_if_interrupted(self):
+        """Collective: raise :class:`Interrupted` on every rank when Ctrl-C reached any of them.
+
+        For a loop of one's own under MPI: call it on every rank at the same point (one small all-reduce).
+        Nothing happens in a one-process world.
+        """
+        if self.parallel:
+            _stop_together(self.sum([self.interrupted])[0])
 
     def together(self, fn):
         """``fn()`` on every rank, followed by :meth:`agree` on whether it raised: its result, or AgreedFailure
@@ -245,7 +321,7 @@ class World:
                 offsets[name] = (n, n + math.prod(p.shape), tuple(p.shape))
                 n += math.prod(p.shape)
             xp = backend.xp if on_device else numpy
-            buffer = xp.empty(n + 1, dtype=dtype)              # the gradients, then Σ loss·tokens
+            buffer = xp.empty(n + 2, dtype=dtype)              # the gradients, Σ loss·tokens, Σ interrupted
             layout = self._buffers[key] = (buffer, offsets)
         return layout
 
@@ -257,6 +333,9 @@ class World:
         the ranks with one in-place all-reduce, and divides by ``total_tokens``, the global batch's count.
         The buffer is host memory reduced by MPI, or, after :meth:`start_nccl`, device memory reduced by
         NCCL on the current stream. The gradients returned are views of it (valid until the next step).
+
+        The same all-reduce counts the ranks that Ctrl-C reached: when any did, every rank raises
+        :class:`Interrupted` here, before the step is taken.
         """
         nccl = self._nccl is not None
         buffer, offsets = self._layout(params, backend, on_device=nccl)
@@ -267,14 +346,16 @@ class World:
             for name, (lo, hi, _) in offsets.items():
                 g = grads[name].reshape(-1) if nccl else backend.to_host(grads[name]).reshape(-1)
                 xp.multiply(g, tokens, out=buffer[lo:hi])
-            buffer[-1] = loss * tokens
+            buffer[-2] = loss * tokens
+        buffer[-1] = self.interrupted
         if nccl:
             self._allreduce_nccl(buffer, backend)
         else:
             from mpi4py import MPI
             self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        _stop_together(float(buffer[-1]))
         buffer /= total_tokens
-        loss = float(buffer[-1])
+        loss = float(buffer[-2])
         out = {}
         for name, (lo, hi, shape) in offsets.items():
             view = buffer[lo:hi].reshape(shape)
@@ -308,8 +389,8 @@ class World:
         """Inside: an exception on this rank ends every rank, after one line on stderr (see :func:`fail`)."""
         try:
             yield
-        except (KeyboardInterrupt, SystemExit, AgreedFailure):
-            raise                             # an AgreedFailure leaves no rank waiting: no need to abort
+        except (Interrupted, SystemExit, AgreedFailure):
+            raise                             # Interrupted and AgreedFailure leave no rank waiting: no need to abort
         except BaseException as exc:          # noqa: BLE001 - any failure must end every rank
             self.fail(exc)
 
@@ -346,6 +427,9 @@ _world = None
 def world():
     """This process's :class:`World` (made once). mpi4py is imported only under an MPI launcher with size > 1.
 
+    Under an MPI launcher, from the start of MPI on, Ctrl-C (SIGINT) only notes the interrupt: the ranks
+    stop together at the next point where they agree (see the module's docstring).
+
     Raises ScratchLMError when an MPI launcher started several processes but mpi4py is not installed.
     """
     global _world
@@ -355,10 +439,12 @@ def world():
             _world = World()
         else:
             try:
-                from mpi4py import MPI
+                import mpi4py  # noqa: F401 - MPI itself starts with the import of mpi4py.MPI, below
             except ImportError:
                 raise ScratchLMError(f"this process was started by an MPI launcher ({size} processes), but mpi4py "
                                      f"is not installed: {INSTALL_HINT} (or run without mpiexec)") from None
+            previous = _defer_interrupts()
+            from mpi4py import MPI
             comm = MPI.COMM_WORLD
             if comm.Get_size() > 1:
                 # A collective call, at the point where every rank starts (MPI_Init just waited for all
@@ -366,6 +452,9 @@ def world():
                 local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
                 _world = World(comm.Get_rank(), comm.Get_size(), comm, local.Get_rank(), local.Get_size())
                 local.Free()
-            else:
+            else:                                     # a launcher whose MPI is not mpi4py's: one process after all
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
                 _world = World()
     return _world
+

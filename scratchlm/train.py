@@ -53,7 +53,11 @@ state (gathered from the ranks), so a run resumes with any number of ranks
 that divides the batch size of stateful streams. At the start every rank
 checks that it has rank 0's data, backend and dtype, and they stop together
 (one line from rank 0) if any has not; with the cupy backend the all-reduce
-then runs through NCCL on the GPUs, one per rank.
+then runs through NCCL on the GPUs, one per rank. Ctrl-C stops every rank at
+the same step: each step's all-reduce also counts the ranks that Ctrl-C
+reached, and when any did every rank raises
+:class:`~scratchlm.distributed.Interrupted` there, before taking the step
+(validation checks between its batches, the samples stop at once).
 """
 
 import base64
@@ -237,6 +241,8 @@ class Sampler:
         shown = render(tok, prompt)
         trainer.print(f'--- samples at step {trainer.step:,} (epoch {trainer.epoch + 1}), primed with: "{shown}"')
         for temperature in self.temperatures:
+            if trainer.world.interrupted:        # MPI: Ctrl-C; the ranks stop together at the next step
+                return
             try:
                 with _quiet_overflow():
                     out = trainer.model.generate(prompt, self.length, temperature=temperature, top_k=self.top_k,
@@ -601,6 +607,7 @@ class Trainer:
         try:
             self.model.reset_state()
             for batch in batches.batches(0):
+                self.world.stop_if_interrupted()           # MPI: Ctrl-C stops every rank here too
                 if not batches.stateful:
                     self.model.reset_state()
                 if self.world.parallel:                    # this rank's rows; the sums are added below

@@ -54,6 +54,7 @@ def main():
     p.add_argument("--dtype", default="float64")
     p.add_argument("--backend", default="numpy")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--out")
     p.add_argument("--run-dir")
@@ -77,8 +78,8 @@ def main():
 
     def body():
         train, val = batches(args.kind, numpy.random.default_rng(7), bad=args.bad_input_rank == world.rank)
-        options = dict(run_dir=args.run_dir, epochs=100, max_steps=args.steps, on_step=on_step, progress=False,
-                       checkpoint_every=args.checkpoint_every)
+        options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.steps, on_step=on_step,
+                       progress=False, checkpoint_every=args.checkpoint_every)
         if args.resume:
             trainer = Trainer.resume(load_checkpoint(args.run_dir), train, val, **options)
         else:

@@ -171,6 +171,16 @@ def test_the_launcher_is_recognised_by_its_environment(monkeypatch, env, size):
     assert distributed.launcher_size() == size
 
 
+@pytest.mark.parametrize("env,rank", [({}, 0), ({"PMI_RANK": "3", "PMI_SIZE": "4"}, 3),
+                                      ({"OMPI_COMM_WORLD_RANK": "1"}, 1), ({"PMIX_RANK": "2"}, 2)])
+def test_the_launcher_rank_is_read_from_its_environment(monkeypatch, env, rank):
+    for name in LAUNCHER_VARS + ("OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.launcher_rank() == rank
+
+
 def test_a_launcher_without_mpi4py_says_how_to_install_it(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setattr(distributed, "_world", None)
@@ -294,6 +304,21 @@ def test_the_nietzsche_example_under_mpiexec(tmp_path):
         assert rel(p, two.model.params[name]) <= 1e-5, name
     assert abs(one.metadata["train"]["epoch_loss"] - two.metadata["train"]["epoch_loss"]) <= \
         1e-5 * one.metadata["train"]["epoch_loss"]
+
+
+@needs_mpi
+def test_sample_and_info_under_mpiexec_print_once(tmp_path, capsys, monkeypatch):
+    # One process, rank 0, does the work and prints; the other ranks do nothing (and start no MPI).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dickens.txt").write_text(TEXT, encoding="utf-8")
+    code, _, err = cli_alone(capsys, "train", "dickens.txt", "--run-dir", "run", "--max-steps", 3, *CLI_TINY)
+    assert code == 0, err
+    for argv in (["sample", "run", "--length", "40", "--temperature", "0.5", "1"], ["info", "run"]):
+        code, alone, err = cli_alone(capsys, *argv)
+        assert code == 0 and alone, err
+        result = run_cli(argv, 2, tmp_path)
+        assert (result.returncode, result.stdout, result.stderr) == (0, alone, ""), result.stdout + result.stderr
+    _fails_once(run_cli(["sample", "nowhere"], 2, tmp_path), "scratchlm sample: error: ")
 
 
 def _fails_once(result, *words):
