@@ -23,6 +23,7 @@ import numpy
 from . import budget, checkpoint, data, distributed, files, models, optim, reviews, rundir, sampling
 from .backend import get_backend
 from .errors import CheckpointError, ModelError, ScratchLMError
+from .layers.dropout import MAX_RATE
 from .text import UNK, CharTokenizer, VectorTokenizer, VocabularyError, WordTokenizer, from_config, listing
 from .train import BEST, LAST, TEMPERATURES, Sampler, Trainer, check_position, load_checkpoint, render
 
@@ -300,7 +301,7 @@ SETTING_RULES = {
     "hidden": (lambda v: isinstance(v, list) and v != [] and all(checkpoint.whole_at_least(1)(h) for h in v),
                "a non-empty list of whole numbers in [1, 2**63)"),
     "cell": (lambda v: v in ("lstm", "gru"), "'lstm' or 'gru'"),
-    "dropout": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "dropout": (lambda v: _real(v) and 0 <= v <= MAX_RATE, f"a number in [0, {MAX_RATE}]"),
     "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
     "optimizer": (lambda v: v in LEARNING_RATE, "'adam', 'rmsprop' or 'sgd'"),
     "lr": (lambda v: _real(v) and v > 0, "a number > 0"),
@@ -547,8 +548,9 @@ def _resolve(given):
         s["embedding_dim"] = 100 if word else 64
     if s["lr"] is None:
         s["lr"] = LEARNING_RATE[s["optimizer"]]
-    if not 0 <= s["dropout"] < 1:
-        raise ScratchLMError(f"--dropout must be a rate in [0, 1), got {s['dropout']}")
+    if not 0 <= s["dropout"] <= MAX_RATE:
+        raise ScratchLMError(f"--dropout must be a rate in [0, {MAX_RATE}] (above it almost no unit is kept and "
+                             f"nothing trains), got {s['dropout']}")
     if not 0 <= s["val_fraction"] < 1:
         raise ScratchLMError(f"--val-fraction must lie in [0, 1), got {s['val_fraction']}")
     if not (s["lr"] > 0 and math.isfinite(s["lr"])):
@@ -687,7 +689,8 @@ def prepare(settings, text, tokenizer, corpus):
         val = data.Windows(val_ids, T, settings["step"], B, shuffle=False) if len(val_ids) > T else None
     else:
         train = data.Streams(train_ids, B, T)
-        streams = min(B, (len(val_ids) - 1) // T)
+        ranks = distributed.world().size                   # validation streams divide among the MPI ranks too
+        streams = min(B, (len(val_ids) - 1) // T) // ranks * ranks
         val = data.Streams(val_ids, streams, T) if streams >= 1 else None
     return train, val
 

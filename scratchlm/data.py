@@ -216,7 +216,7 @@ def _read_bytes(path, sha256=None):
     try:
         with files.open_regular(path, "corpus", CorpusError) as raw:
             with gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else contextlib.nullcontext(raw) as f:
-                data = f.read(limit + 1)
+                data = _read_at_most(f, limit + 1)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise CorpusError(f"{path} is not a whole gzip file ({exc}): decompress it yourself or fetch it again") \
             from None
@@ -230,6 +230,18 @@ def _read_bytes(path, sha256=None):
         raise CorpusError(f"{path} holds text with SHA-256 {got}, expected {sha256}: "
                           "the file is damaged; reinstall scratchlm (pip install --force-reinstall scratchlm)")
     return data
+
+
+def _read_at_most(f, n, chunk=1 << 24):
+    """At most n bytes of the file f, read in chunks (``f.read(n)`` would reserve n bytes at once)."""
+    parts, total = [], 0
+    while total < n:
+        part = f.read(min(chunk, n - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
 def _memory_limit():

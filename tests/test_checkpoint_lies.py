@@ -122,7 +122,7 @@ HEADER_LIES = {
     "negative seed": (model(seed=-1), ["'seed'"]),
     "no seed": (without("seed"), ["no field 'seed'"]),
     "an unknown model field": (model(attention_heads=2), ["attention_heads"]),
-    "a dropout rate of 1.5": (model(dropout=1.5), ["'dropout'", "[0, 1)"]),
+    "a dropout rate of 1.5": (model(dropout=1.5), ["'dropout'", "[0, 0.99]"]),
     "model a list": (top(model=[1, 2]), ["model config", "JSON object"]),
     "version true": (top(version=True), ["version True"]),
     "an unknown header field": (top(extra=1), ["extra"]),
