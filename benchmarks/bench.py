@@ -93,7 +93,7 @@ for _case in WORKLOAD_CASES["sweep"]:                            # ~0.2 s per ro
     ROUND[_case], WARMUP[_case] = max(1, round(0.2 * 50e9 / _flops)), 1
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-# What `import scratchlm` sets where NumPy is not loaded yet (this script loads it first): kernels/shards.py.
+# What `import scratchlm` sets where NumPy is not loaded yet (this script loads it first): scratchlm/kernels/numba/parallel/shards.py.
 FRAMEWORK_ENV = {name: {"OPENBLAS_THREAD_TIMEOUT": "20"} for name in ("scratchlm", "scratchlm-reference", "scratchlm-rerun")}
 
 

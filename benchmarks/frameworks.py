@@ -489,7 +489,7 @@ def _keras_transformer(keras, tf, c):
 
 def release_scratchlm():
     """Free the fused kernels' kept work buffers, so that a memory round counts them as the step's."""
-    from scratchlm.kernels import workspace
+    from scratchlm.kernels.numba.parallel import workspace
     workspace.release()
 
 

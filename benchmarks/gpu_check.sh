@@ -3,7 +3,7 @@
 #
 #   1. install scratchlm into the Python that has CuPy (no network: --no-deps --no-build-isolation);
 #   2. record the GPU, its driver and the CUDA, CuPy and PyTorch versions (versions.json);
-#   3. compile every .cu file with NVRTC through CuPy and look up every kernel that kernels/gpu.py launches;
+#   3. compile every .cu file with NVRTC through CuPy and look up every kernel that scratchlm/kernels/cuda/ops.py launches;
 #   4. pytest -m gpu: every CUDA kernel against the NumPy reference (tests/test_gpu.py, Hypothesis), the Keras
 #      fixtures on the cupy reference and fused paths, checkpoints from the GPU loaded on the CPU and back, the
 #      NCCL all-reduce (one rank, and two ranks on one GPU where NCCL allows it);

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, data, optim  # before NumPy: it tunes OpenBLAS (kernels/shards.py)
+from scratchlm import LanguageModel, data, optim  # before NumPy: it tunes OpenBLAS (scratchlm/kernels/numba/parallel/shards.py)
 from scratchlm.text import CharTokenizer, from_config
 from scratchlm.train import Sampler, open_run, render, run_script, start_or_resume
 

@@ -11,7 +11,7 @@ docs/design.md describes the whole.
 import os
 import sys
 
-if "numpy" not in sys.modules:          # OpenBLAS reads this when NumPy loads it: see kernels/shards.py
+if "numpy" not in sys.modules:          # OpenBLAS reads this when NumPy loads it: see scratchlm/kernels/numba/parallel/shards.py
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 from .backend import Backend, get_backend

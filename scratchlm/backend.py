@@ -57,7 +57,7 @@ class Backend:
 
     @property
     def fused(self):
-        """The fused op set for this array module (``scratchlm.kernels.cpu`` or ``.gpu``), imported on first use."""
+        """The fused op set for this array module (``scratchlm.kernels.numba.ops`` or ``.gpu``), imported on first use."""
         if self._fused is None:
             from scratchlm import kernels
             self._fused = kernels.for_backend(self.name)

@@ -95,7 +95,7 @@ def check_parts(parts, what, fix):
 # -- what training holds ------------------------------------------------------------
 
 GATES = {"lstm": 4, "gru": 3}                 # gate blocks G of a recurrent cell
-LOSS_CHUNK = 1 << 23                          # logits per chunk of the fused loss (kernels/xent_numba.py's CHUNK)
+LOSS_CHUNK = 1 << 23                          # logits per chunk of the fused loss (scratchlm/kernels/numba/xent.py's CHUNK)
 BATCH_BYTES = 32                              # per position: int64 inputs and targets and their gathering
 _ITEMSIZE = {"float32": 4, "float64": 8}
 

@@ -6,7 +6,7 @@ so the arrays a model holds stay the same objects. The code is written once agai
 the array module of the parameters (NumPy or CuPy, found with
 :func:`scratchlm.backend.array_module`), so it runs on either device unchanged.
 On NumPy, Adam's and RMSprop's updates run as one pass per parameter
-(:mod:`scratchlm.kernels.optim_numba`, the same arithmetic in the same order, so
+(:mod:`scratchlm.kernels.numba.optim`, the same arithmetic in the same order, so
 the same bits) where the fused CPU kernels are chosen.
 
 Per-parameter state ("slots": momentum, moving averages) is created lazily on the
@@ -145,7 +145,7 @@ class Optimizer:
         self.iterations += 1
 
     def _fused(self, *arrays):
-        """The one-pass update kernels (:mod:`scratchlm.kernels.optim_numba`) when they apply to these arrays:
+        """The one-pass update kernels (:mod:`scratchlm.kernels.numba.optim`) when they apply to these arrays:
         NumPy arrays, C-contiguous, of one float dtype, and the fused CPU kernels chosen when the optimizer
         was made (:func:`_one_pass_chosen`). None otherwise: the NumPy expressions run, with the same result."""
         w = arrays[0]
@@ -153,7 +153,7 @@ class Optimizer:
             return None
         if not all(type(a) is np.ndarray and a.dtype == w.dtype and a.flags.c_contiguous for a in arrays):
             return None
-        from .kernels import optim_numba
+        from .kernels.numba import optim as optim_numba
         return optim_numba
 
     def _slot(self, slot, name, w):

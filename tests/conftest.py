@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")  # what `import scratchlm` sets in a fresh process, before NumPy
                                                         # loads OpenBLAS: in-process CLI runs then take the code paths
-                                                        # of a real `python -m scratchlm` (kernels/shards.py)
+                                                        # of a real `python -m scratchlm` (scratchlm/kernels/numba/parallel/shards.py)
 import numpy as np  # noqa: E402
 import pytest
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scratchlm import LanguageModel, TransformerLM, budget, get_backend, optim, reviews
-from scratchlm.kernels import workspace
+from scratchlm.kernels.numba.parallel import workspace
 from scratchlm.models.recurrent import CELLS
 from scratchlm.text import CharTokenizer
 
@@ -71,7 +71,7 @@ def test_the_estimate_of_a_step_follows_its_measured_peak(case, dtype, kernels):
 
 
 def test_the_constants_are_the_code_s():
-    xent_numba = pytest.importorskip("scratchlm.kernels.xent_numba")
+    xent_numba = pytest.importorskip("scratchlm.kernels.numba.xent")
     assert budget.LOSS_CHUNK == xent_numba.CHUNK
     assert budget.GATES == {name: cell.gates for name, cell in CELLS.items()}
 

@@ -1,8 +1,8 @@
-"""Every CUDA source of scratchlm.kernels compiles with nvcc and defines the kernels that gpu.py loads.
+"""Every CUDA source of scratchlm.kernels.cuda compiles with nvcc and defines the kernels that ops.py loads.
 
 Runs where nvcc is installed (CI has it), with or without a GPU: the sources are
 compiled to PTX, warnings count as errors, and the PTX must hold each
-``<name>_f32`` / ``<name>_f64`` entry point that ``kernels/gpu.py`` asks for.
+``<name>_f32`` / ``<name>_f64`` entry point that ``scratchlm/kernels/cuda/ops.py`` asks for.
 """
 
 import importlib.resources
@@ -12,20 +12,20 @@ import subprocess
 
 import pytest
 
-KERNELS = importlib.resources.files("scratchlm.kernels")
+KERNELS = importlib.resources.files("scratchlm.kernels.cuda")
 SOURCES = sorted(p.name for p in KERNELS.iterdir() if p.name.endswith(".cu"))
 NVCC = shutil.which("nvcc")
 
 
 def loaded_by_gpu_module():
-    """{source name: kernel names} from the ``_kernel("<module>", "<name>", ...)`` calls in gpu.py."""
+    """{source name: kernel names} from the ``_kernel("<module>", "<name>", ...)`` calls in ops.py."""
     wanted = {}
-    for module, name in re.findall(r'_kernel\("(\w+)", "(\w+)"', KERNELS.joinpath("gpu.py").read_text()):
+    for module, name in re.findall(r'_kernel\("(\w+)", "(\w+)"', KERNELS.joinpath("ops.py").read_text()):
         wanted.setdefault(f"{module}.cu", set()).add(name)
     return wanted
 
 
-def test_every_kernel_gpu_py_loads_has_a_source():
+def test_every_kernel_ops_py_loads_has_a_source():
     wanted = loaded_by_gpu_module()
     assert wanted and set(wanted) <= set(SOURCES)
 
@@ -62,14 +62,14 @@ def test_transformer_kernels_assemble_for_a_real_gpu_without_spills(name, tmp_pa
 
 
 def test_gpu_module_offers_every_operation_of_the_cpu_one():
-    """kernels/gpu.py defines every name of kernels/cpu.py's __all__ (read from the sources: CuPy need not be
-    installed), so a layer that finds a fused op on the NumPy backend finds it on CuPy too."""
+    """kernels/cuda/ops.py defines every name of kernels/numba/ops.py's __all__ (read from the sources: CuPy need
+    not be installed), so a layer that finds a fused op on the NumPy backend finds it on CuPy too."""
     import ast
 
-    def top_level(name):
-        return ast.parse(KERNELS.joinpath(name).read_text()).body
+    def top_level(package):
+        return ast.parse(importlib.resources.files(package).joinpath("ops.py").read_text()).body
 
-    cpu_all = next(ast.literal_eval(node.value) for node in top_level("cpu.py")
+    cpu_all = next(ast.literal_eval(node.value) for node in top_level("scratchlm.kernels.numba")
                    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets))
-    gpu_defs = {node.name for node in top_level("gpu.py") if isinstance(node, ast.FunctionDef)}
+    gpu_defs = {node.name for node in top_level("scratchlm.kernels.cuda") if isinstance(node, ast.FunctionDef)}
     assert set(cpu_all) <= gpu_defs, sorted(set(cpu_all) - gpu_defs)

@@ -60,8 +60,8 @@ def test_a_built_wheel_holds_the_corpora_and_the_cuda_sources(tmp_path):
     for name, corpus in data.CORPORA.items():
         assert f"scratchlm/corpora/{corpus.filename}.gz" in names
     assert "scratchlm/corpora/README.md" in names
-    cuda = {p.name for p in (ROOT / "kernels").glob("*.cu")}
-    assert cuda and {f"scratchlm/kernels/{n}" for n in cuda} <= names
+    cuda = {p.name for p in (ROOT / "scratchlm" / "kernels" / "cuda").glob("*.cu")}
+    assert cuda and {f"scratchlm/kernels/cuda/{n}" for n in cuda} <= names
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "scratchlm").rglob("*.py")}
     assert modules and modules <= names                                  # every subpackage is packaged
 

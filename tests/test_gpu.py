@@ -1,10 +1,10 @@
-"""The CuPy backend on a GPU: every CUDA kernel of ``kernels/gpu.py`` against the NumPy reference path.
+"""The CuPy backend on a GPU: every CUDA kernel of ``scratchlm/kernels/cuda/ops.py`` against the NumPy reference path.
 
 Each test builds the same layer or model twice, once on NumPy with the reference kernels (the plain-``xp``
 code of :mod:`scratchlm.layers`) and once on the device backend, gives both the same weights and inputs,
 and compares what comes out: forward values, every gradient, the loss, generated ids. Hypothesis draws the
 shapes (odd sizes, a batch of one, one step), the masks (none, causal, padding, rows that see no key,
-random) and both dtypes. Together they run every entry point of ``kernels/gpu.py``:
+random) and both dtypes. Together they run every entry point of ``scratchlm/kernels/cuda/ops.py``:
 
 * ``lstm_forward`` / ``lstm_backward`` and ``gru_forward`` / ``gru_backward`` (lstm_cell.cu, gru_cell.cu),
   with dense input, a token table, masks and initial states: through the recurrent models;
@@ -88,7 +88,7 @@ def test_the_device_backend_is_the_fused_cupy_one(monkeypatch):
     be = device("float32")
     assert be.kernels == "fused"
     if not STANDIN:
-        assert be.name == "cupy" and be.fused.__name__ == "scratchlm.kernels.gpu"
+        assert be.name == "cupy" and be.fused.__name__ == "scratchlm.kernels.cuda.ops"
         monkeypatch.delenv("SCRATCHLM_KERNELS", raising=False)
         assert get_backend("cupy").kernels == "fused"                 # the default, now that it is checked here
 

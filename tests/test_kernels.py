@@ -7,8 +7,8 @@ token-table input), the whole model with either cell (one-hot,
 embedding-table and embedding-direct input, stacked layers, last-step loss),
 the softmax cross-entropy, the scatter-add and generation. The layer tests run
 the CPU time loops four ways (``LOOPS``): as the batch's shards see fit, in
-three forced shards (``kernels/shards.py``), the LSTM's with three threads
-forced to split every step's hidden units (``kernels/barrier.py``), and as the
+three forced shards (``scratchlm/kernels/numba/parallel/shards.py``), the LSTM's with three threads
+forced to split every step's hidden units (``scratchlm/kernels/numba/parallel/barrier.py``), and as the
 Python loop used where NumPy's BLAS is not an OpenBLAS the kernels can call. An array passes when
 max |fused − reference| <= rtol · max |reference| + atol, with
 
@@ -78,7 +78,7 @@ LOOPS = ["as-chosen", "three-shards", "three-unit-threads", "python-loop"]
 @contextlib.contextmanager
 def cpu_loop(how):
     """Run the fused CPU time loops ``how`` (one of LOOPS) inside the block."""
-    from scratchlm.kernels import blas, shards
+    from scratchlm.kernels.numba.parallel import blas, shards
 
     if how == "three-shards":
         with mock.patch.object(shards, "count", lambda rows: min(3, rows)):
@@ -101,8 +101,8 @@ def random_mask(rng, T, B):
 # -- activations -------------------------------------------------------------------------------------
 
 def test_float32_activations_are_accurate():
-    from scratchlm.kernels._jit import jit
-    from scratchlm.kernels.activations import exp, sigmoid, tanh
+    from scratchlm.kernels.numba.options import jit
+    from scratchlm.kernels.numba.activations import exp, sigmoid, tanh
 
     @jit
     def apply(x, out):
@@ -122,8 +122,8 @@ def test_float32_activations_are_accurate():
 
 
 def test_float64_activations_are_libm():
-    from scratchlm.kernels._jit import jit
-    from scratchlm.kernels.activations import sigmoid, tanh
+    from scratchlm.kernels.numba.options import jit
+    from scratchlm.kernels.numba.activations import sigmoid, tanh
 
     @jit
     def apply(x, out):
@@ -496,7 +496,7 @@ def test_import_scratchlm_does_not_import_numba():
 
 
 def test_workspace_reuses_a_buffer_only_when_nothing_refers_to_it():
-    from scratchlm.kernels import workspace
+    from scratchlm.kernels.numba.parallel import workspace
     workspace.release()
     a = workspace.take((3, 5), np.float32)
     b = workspace.take((3, 5), np.float32)
@@ -513,7 +513,7 @@ def test_workspace_reuses_a_buffer_only_when_nothing_refers_to_it():
 def test_jit_works_without_a_writable_cache(monkeypatch):
     import numba
 
-    from scratchlm.kernels import _jit
+    from scratchlm.kernels.numba import options as _jit
 
     real = numba.njit
 
@@ -597,7 +597,7 @@ def test_cupy_scatter_add_and_loss_match_numpy():
 # -- the time loop's shards -------------------------------------------------------------------------------
 
 def test_shards_cover_the_batch_and_meet_once():
-    from scratchlm.kernels import shards
+    from scratchlm.kernels.numba.parallel import shards
 
     for rows in range(1, 40):
         for n in range(1, min(rows, 5) + 1):
@@ -608,7 +608,7 @@ def test_shards_cover_the_batch_and_meet_once():
 
 
 def test_a_shard_that_fails_fails_the_loop_and_blas_gets_its_threads_back():
-    from scratchlm.kernels import blas, shards
+    from scratchlm.kernels.numba.parallel import blas, shards
 
     if blas.THREADS is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
@@ -626,7 +626,7 @@ def test_a_shard_that_fails_fails_the_loop_and_blas_gets_its_threads_back():
 
 
 def test_shards_only_where_openblas_threads_sleep_soon(monkeypatch):
-    from scratchlm.kernels import blas, shards
+    from scratchlm.kernels.numba.parallel import blas, shards
 
     if blas.THREADS is None or not blas.GEMM:
         pytest.skip("NumPy's BLAS is not an OpenBLAS the kernels can call")
@@ -638,7 +638,7 @@ def test_shards_only_where_openblas_threads_sleep_soon(monkeypatch):
 
 
 def test_units_split_only_for_thin_batches(monkeypatch):
-    from scratchlm.kernels import blas, shards
+    from scratchlm.kernels.numba.parallel import blas, shards
 
     if blas.THREADS is None or not blas.GEMM:
         pytest.skip("NumPy's BLAS is not an OpenBLAS the kernels can call")
@@ -659,7 +659,7 @@ def test_units_split_only_for_thin_batches(monkeypatch):
 @given(M=st.integers(1, 13), K=st.integers(1, 40), N=st.integers(1, 21), dtype=st.sampled_from(["float32", "float64"]),
        seed=st.integers(0, 2**16), data=st.data())
 def test_dot_product_kernel_matches_numpy(M, K, N, dtype, seed, data):
-    from scratchlm.kernels import dots
+    from scratchlm.kernels.numba.parallel import dots
 
     rng = np.random.default_rng(seed)
     lo = data.draw(st.integers(0, N))
@@ -685,8 +685,8 @@ def test_dot_product_kernel_matches_numpy(M, K, N, dtype, seed, data):
 def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
     from concurrent.futures import ThreadPoolExecutor
 
-    from scratchlm.kernels import barrier, shards
-    from scratchlm.kernels._jit import jit
+    from scratchlm.kernels.numba.parallel import barrier, shards
+    from scratchlm.kernels.numba.options import jit
 
     @jit
     def steps(sync, parties, k, log, late):
@@ -724,7 +724,8 @@ def test_the_units_split_computes_what_the_row_loop_does(parties, inputs):
     """forward/backward with every step's hidden units split over threads against the shards' row loop:
     float64, masked, an initial state, H not a multiple of the thread count (5 threads: one owns 1 unit);
     and bit for bit the same as with 2 threads."""
-    from scratchlm.kernels import blas, lstm_numba, shards
+    from scratchlm.kernels.numba import lstm as lstm_numba
+    from scratchlm.kernels.numba.parallel import blas, shards
 
     if blas.THREADS is None or not blas.GEMM:
         pytest.skip("NumPy's BLAS is not an OpenBLAS the kernels can call")

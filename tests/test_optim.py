@@ -147,10 +147,10 @@ def test_float32_stays_float32_and_close(kind, hyper):
 @pytest.mark.parametrize("kind, hyper", [VARIANTS[4], VARIANTS[8], VARIANTS[10]],
                          ids=[VARIANT_IDS[4], VARIANT_IDS[8], VARIANT_IDS[10]])
 def test_one_pass_kernels_give_the_numpy_expressions_bits(kind, hyper, dtype, monkeypatch):
-    """Adam's and RMSprop's update kernels (kernels/optim_numba.py) against the NumPy code they replace:
+    """Adam's and RMSprop's update kernels (scratchlm/kernels/numba/optim.py) against the NumPy code they replace:
     identical weights and slots, bit for bit, over steps with tiny, huge and zero gradients."""
     pytest.importorskip("numba")
-    from scratchlm.kernels import optim_numba
+    from scratchlm.kernels.numba import optim as optim_numba
 
     params, grad_steps = make_problem(seed=3, steps=5, dtype=dtype)
     grad_steps[1] = {k: (g * 1e-30).astype(dtype) for k, g in grad_steps[1].items()}

@@ -16,7 +16,7 @@ Each fused piece is run next to the plain-``xp`` code it replaces, on the same w
 
 An array passes when max |fused − reference| <= rtol · max |reference| + atol, with float64 1e-10 / 1e-13
 and float32 1e-5 / 1e-6: in float64 both paths do the same arithmetic up to the order of sums; in float32
-the fused exp (``kernels/activations.py``) and the recomputed P = exp(S − lse) differ from NumPy's by a few
+the fused exp (``scratchlm/kernels/numba/activations.py``) and the recomputed P = exp(S − lse) differ from NumPy's by a few
 1e-7, which a few products amplify. The key bias gets no gradient in exact arithmetic (softmax ignores the
 per-query constant q·bk), so it is compared on the scale of the other gradients.
 """
@@ -40,7 +40,9 @@ from scratchlm.models import TransformerLM
 
 pytest.importorskip("numba")
 
-from scratchlm.kernels import attention_numba, blas, shards, xent_numba  # noqa: E402  (needs Numba)
+from scratchlm.kernels.numba import attention as attention_numba
+from scratchlm.kernels.numba import xent as xent_numba
+from scratchlm.kernels.numba.parallel import blas, shards  # noqa: E402  (needs Numba)
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 ATOL = {"float64": 1e-13, "float32": 1e-6}
@@ -69,7 +71,7 @@ def backends(dtype):
 @pytest.fixture(params=["blocks", "small-blocks", "three-shards"])
 def small_blocks(request, monkeypatch):
     """small-blocks: tiny shapes cross several query and key blocks and batch groups; three-shards: the batch
-    rows split over three threads (kernels/shards.py), with small blocks too."""
+    rows split over three threads (scratchlm/kernels/numba/parallel/shards.py), with small blocks too."""
     if request.param != "blocks":
         monkeypatch.setattr(attention_numba, "BLOCK_Q", 3)
         monkeypatch.setattr(attention_numba, "BLOCK_K", 2)

@@ -40,7 +40,7 @@ Masks are bool, True = may attend, and combine by AND: query padding
 
 The fused path (``backend.kernels == "fused"``, :attr:`MultiHeadAttention.fused`)
 computes the same functions with FlashAttention's scheme
-(``kernels/attention_numba.py``, ``kernels/attention.cu``): an online softmax
+(``scratchlm/kernels/numba/attention.py``, ``scratchlm/kernels/cuda/attention.cu``): an online softmax
 over key blocks that keeps only the row log-sum-exp lse = m + log Σ exp(S − m)
 (B, N, T), never the (B, N, T, S) probabilities, and a backward that recomputes
 P = exp(S − lse) block by block. Memory per attention in training: q, k, v, o

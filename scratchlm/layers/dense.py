@@ -23,7 +23,7 @@ class Dense:
     :meth:`score` is the layer and the softmax cross-entropy after it in one
     call. On the fused path it runs in chunks of rows and never holds the
     (N, V) logits: per chunk z = x_c W + b, then loss and dz in place, then
-    dx_c = dz Wᵀ, dW += x_cᵀ dz, db += Σ dz (``kernels/xent_numba.py``).
+    dx_c = dz Wᵀ, dW += x_cᵀ dz, db += Σ dz (``scratchlm/kernels/numba/xent.py``).
     """
 
     def __init__(self, input_size, units, backend, rng):

@@ -49,7 +49,7 @@ class GRU(Recurrent):
     Memory: per step it keeps z, r, h̃, û_h and h, (T, B, 5H) values in all.
 
     On a backend with ``kernels="fused"`` the same two loops run in the fused
-    kernels (``kernels/gru_numba.py``, ``kernels/gru_cell.cu``): per step one
+    kernels (``scratchlm/kernels/numba/gru.py``, ``scratchlm/kernels/cuda/gru_cell.cu``): per step one
     GEMM h_{t-1} U (forward) or dû_t Uᵀ (backward) and one pass for all the gate
     math, the token-table gather and the mask; the backward overwrites the
     cached gates with dX̂ and û_h with dû_h.

@@ -13,8 +13,8 @@ Backward, with g = dy ⊙ γ (means over the last axis, sums over all leading po
 Computed in at least float32 (as Keras does); the output has the input's dtype.
 Note Keras' epsilon is 1e-3, not the 1e-5 of GPT code.
 
-The fused path (:attr:`LayerNormalization.fused`, ``kernels/layernorm_numba.py``,
-``kernels/layernorm.cu``) makes one pass over the rows each way and keeps only
+The fused path (:attr:`LayerNormalization.fused`, ``scratchlm/kernels/numba/layernorm.py``,
+``scratchlm/kernels/cuda/layernorm.cu``) makes one pass over the rows each way and keeps only
 μ and 1/σ per row (plus the input, which backward re-normalises), against the
 reference's (..., D) x̂.
 """

@@ -1,4 +1,4 @@
-// Scatter-add target[index[k], :] += rows[k, :] for CuPy (loaded by kernels/gpu.py).
+// Scatter-add target[index[k], :] += rows[k, :] for CuPy (loaded by scratchlm/kernels/cuda/ops.py).
 //
 // One thread per element of rows (N, C); repeated indices meet in atomicAdd
 // (float and double atomics: compute capability 6.0 or newer), so the order of

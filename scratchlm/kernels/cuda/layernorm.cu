@@ -1,5 +1,5 @@
 // LayerNorm forward and backward (one pass over each row), and the decoding step's residual + bias +
-// LayerNorm, for CuPy (loaded by kernels/gpu.py). The same equations as kernels/layernorm_numba.py:
+// LayerNorm, for CuPy (loaded by scratchlm/kernels/cuda/ops.py). The same equations as scratchlm/kernels/numba/layernorm.py:
 //
 //   forward    mu = mean(x)   rstd = 1 / sqrt(mean((x - mu)^2) + eps)   y = (x - mu) rstd gamma + beta
 //              (mean and rstd kept per row, nothing else)

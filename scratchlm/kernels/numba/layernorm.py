@@ -26,7 +26,7 @@ The feed-forward (:class:`scratchlm.layers.FeedForward`): after the GEMM z = x W
 
 import numpy as np
 
-from ._jit import jit
+from .options import jit
 
 
 @jit(fastmath={"reassoc", "nsz"})

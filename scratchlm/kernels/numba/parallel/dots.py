@@ -24,10 +24,10 @@ is summed the same way wherever a call's range starts (the same bits on any
 number of threads; at M = 5 this costs ~25% over a separate row loop).
 
 A block of columns [lo, hi) per call lets each core own its share of U (see
-:func:`scratchlm.kernels.lstm_numba.forward_units`).
+:func:`scratchlm.kernels.numba.lstm.forward_units`).
 """
 
-from ._jit import jit
+from ..options import jit
 
 _SUMS = {"reassoc", "contract"}         # re-associate and fuse the sums (vectorised reductions), nothing else
 

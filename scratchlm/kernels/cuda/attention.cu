@@ -1,6 +1,6 @@
-// Fused causal (and padded) attention, FlashAttention's scheme, for CuPy (loaded by kernels/gpu.py).
+// Fused causal (and padded) attention, FlashAttention's scheme, for CuPy (loaded by scratchlm/kernels/cuda/ops.py).
 //
-// The same function as kernels/attention_numba.py (read its docstring): per head,
+// The same function as scratchlm/kernels/numba/attention.py (read its docstring): per head,
 // Sc = Q K^T * scale with masked scores replaced, never stored in global memory.
 //
 //   forward    one block per query row (b, n, i); keys in tiles of blockDim.x, online softmax:

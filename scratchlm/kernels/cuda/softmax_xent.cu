@@ -1,4 +1,4 @@
-// Softmax cross-entropy, forward and backward in place, for CuPy (loaded by kernels/gpu.py).
+// Softmax cross-entropy, forward and backward in place, for CuPy (loaded by scratchlm/kernels/cuda/ops.py).
 //
 // One block per row n of the logits z (N, V); the threads of the block stride
 // over the V columns and meet in shared memory for the row max and sum:

@@ -33,8 +33,8 @@ vectorises (docs/design.md §4: one loop over many arrays did not).
 
 import numpy as np
 
-from . import blas, shards, workspace
-from ._jit import jit
+from .parallel import blas, shards, workspace
+from .options import jit
 from .activations import sigmoid, tanh
 
 

@@ -1,5 +1,5 @@
-// The feed-forward's elementwise passes around its GEMMs, for CuPy (loaded by kernels/gpu.py).
-// The same as kernels/layernorm_numba.py's bias_relu / relu_backward, one thread per element of (M, F):
+// The feed-forward's elementwise passes around its GEMMs, for CuPy (loaded by scratchlm/kernels/cuda/ops.py).
+// The same as scratchlm/kernels/numba/layernorm.py's bias_relu / relu_backward, one thread per element of (M, F):
 //
 //   bias_relu       z <- max(z + b, 0)            (after the GEMM z = x W1)
 //   relu_backward   dh <- h > 0 ? dh : 0          (db1 = sum over rows of dh is a CuPy sum)

@@ -1,7 +1,7 @@
-// Drawing one token id per row from logits, for CuPy (loaded by kernels/gpu.py).
+// Drawing one token id per row from logits, for CuPy (loaded by scratchlm/kernels/cuda/ops.py).
 //
 // One thread per row b (a generation batch is small, V moderate), the same
-// algorithm as kernels/generate_numba.py and scratchlm/sampling.py:
+// algorithm as scratchlm/kernels/numba/generate.py and scratchlm/sampling.py:
 //   banned ids get probability 0; temperature 0 takes the argmax of the rest;
 //   otherwise e_v = exp((z_v - m) / T) and the id is the first v with
 //   e_v > 0 whose running sum passes u_b * sum(e).

@@ -1,6 +1,6 @@
-// Fused GRU step (Keras 3 reset_after=True), forward and backward, for CuPy (loaded by kernels/gpu.py).
+// Fused GRU step (Keras 3 reset_after=True), forward and backward, for CuPy (loaded by scratchlm/kernels/cuda/ops.py).
 //
-// The same equations and buffer conventions as kernels/gru_numba.py, with one
+// The same equations and buffer conventions as scratchlm/kernels/numba/gru.py, with one
 // thread per (sequence b, unit j); a step's GEMM u = h_{t-1} U (forward) or
 // du_t U^T (backward) is done by cuBLAS before (after) the kernel.
 // Gate blocks along the last axis of a (B, 3H): [z | r | h].

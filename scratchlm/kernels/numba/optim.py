@@ -11,7 +11,7 @@ same to the last bit (``tests/test_optim.py``).
 
 import numpy as np
 
-from ._jit import jit
+from .options import jit
 
 
 @jit

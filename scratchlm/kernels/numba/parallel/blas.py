@@ -24,7 +24,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import jit
+from ..options import jit
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112          # the CBLAS enum values
 _PREFIXES = ("scipy_", "")                          # scipy-openblas64 renames every symbol with scipy_

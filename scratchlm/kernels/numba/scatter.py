@@ -11,7 +11,7 @@ so there is nothing to gain from splitting it.
 
 import numpy as np
 
-from ._jit import jit
+from .options import jit
 
 
 @jit

@@ -18,13 +18,13 @@ import math
 
 import numpy as np
 
-from ._jit import jit
+from .options import jit
 from .activations import exp
-from .lstm_numba import step_forward
+from .lstm import step_forward
 
 
 @jit
-def _sample(logits, bias, banned, temperature, u, ids):
+def sample_rows(logits, bias, banned, temperature, u, ids):
     """ids[b] drawn from softmax(z_b / T), z_b = logits[b] + bias, banned ids removed; T = 0: argmax.
 
     logits (B, V) are overwritten (with the unnormalised probabilities).
@@ -92,7 +92,7 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
     no_bias = np.zeros(V, dtype=dtype)                                        # the prompt's logits have theirs
     states = [(np.array(h), np.array(c)) for h, c in states]
     spare = [(np.empty_like(h), np.empty_like(c)) for h, c in states]        # h_t, c_t, then swapped
-    ok = _sample(logits, no_bias, banned, temperature, u[0], ids)
+    ok = sample_rows(logits, no_bias, banned, temperature, u[0], ids)
     for k in range(length):
         if not ok:
             return None
@@ -124,5 +124,5 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
             states[n], spare[n] = (h_new, c_new), (h, c)
             below = h_new
         np.matmul(below, W_d, out=logits)
-        ok = _sample(logits, b_d, banned, temperature, u[k + 1], ids)           # adds b_d
+        ok = sample_rows(logits, b_d, banned, temperature, u[k + 1], ids)           # adds b_d
     return out

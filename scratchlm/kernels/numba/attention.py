@@ -52,11 +52,11 @@ import math
 
 import numpy as np
 
-from . import shards
-from ._jit import jit
-from .dots import dot
+from .parallel import shards
+from .options import jit
+from .parallel.dots import dot
 from .activations import exp
-from .xent_numba import _sum
+from .xent import row_sum
 
 BLOCK_Q = 128                     # query rows per block
 BLOCK_K = 128                     # keys per block
@@ -84,7 +84,7 @@ def _softmax_block(s, mask, masked, scale, lse):
                     continue
                 for j in range(S):
                     row[j] = exp(row[j] - m) if row[j] != ninf else zero
-                total = _sum(row)
+                total = row_sum(row)
                 for j in range(S):
                     row[j] = row[j] / total
                 lse[g, n, i] = m + math.log(total)
@@ -126,7 +126,7 @@ def _online_block(s, mask, masked, scale, m, l, alpha):
                 a = exp(m_old - m_new) if m_old != ninf else zero
                 for j in range(tk):
                     row[j] = exp(row[j] - m_new) if row[j] != ninf else zero
-                l[g, n, i] = l[g, n, i] * a + _sum(row)
+                l[g, n, i] = l[g, n, i] * a + row_sum(row)
                 m[g, n, i] = m_new
                 alpha[g, n, i] = a
 
@@ -392,7 +392,7 @@ def _attend(q, k, v, mask, masked, scale, s, o):
                 else:
                     for j in range(S):
                         s[j] = exp(s[j] - m) if s[j] != ninf else zero
-                    total = _sum(s)
+                    total = row_sum(s)
                     for j in range(S):
                         s[j] = s[j] / total
                 oi = o[b, n, i]

@@ -30,8 +30,8 @@ import numpy as np
 
 from scratchlm.losses import token_weights
 
-from . import shards, workspace
-from ._jit import jit
+from .parallel import shards, workspace
+from .options import jit
 from .activations import exp
 
 CHUNK = 1 << 23                   # elements of one chunk of logits (32 MB in float32)
@@ -57,7 +57,7 @@ def _exp_shifted(row, t):
     target = row[t] - m
     for v in range(row.shape[0]):
         row[v] = exp(row[v] - m)
-    s = _sum(row)
+    s = row_sum(row)
     return target - math.log(s), s
 
 
@@ -69,7 +69,7 @@ def _add_bias(row, b):
 
 
 @jit(fastmath={"reassoc", "nsz"})
-def _sum(row):
+def row_sum(row):
     """Σ row, in any order: the licence to reassociate lets LLVM vectorise the sum."""
     s = row.dtype.type(0)
     for v in range(row.shape[0]):

@@ -33,7 +33,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ._jit import jit
+from .options import jit
 
 f32 = np.float32
 _LOG2E = f32(1.44269504088896341)

@@ -1,33 +1,33 @@
 """The fused operations for the NumPy backend (Numba kernels + OpenBLAS GEMMs).
 
 :class:`scratchlm.backend.Backend` hands this module to the layers as
-``backend.fused`` when ``backend.kernels == "fused"``; ``kernels/gpu.py`` offers
+``backend.fused`` when ``backend.kernels == "fused"``; ``scratchlm/kernels/cuda/ops.py`` offers
 the same functions for CuPy. Importing it imports Numba; each kernel is
 compiled at its first call (or loaded from Numba's cache).
 """
 
 import numpy as np
 
-from .attention_numba import attend as attention_decode
-from .attention_numba import backward as attention_backward
-from .attention_numba import forward as attention_forward
-from .generate_numba import _sample as _sample_rows
-from .generate_numba import decode
-from .gru_numba import backward as gru_backward
-from .gru_numba import forward as gru_forward
-from .layernorm_numba import bias_relu, layernorm_backward, layernorm_forward, relu_backward, residual_layernorm
-from .lstm_numba import backward as lstm_backward
-from .lstm_numba import forward as lstm_forward
-from .scatter_numba import scatter_add
-from .workspace import take as empty_workspace
-from .xent_numba import dense_softmax_cross_entropy, softmax_cross_entropy
+from .attention import attend as attention_decode
+from .attention import backward as attention_backward
+from .attention import forward as attention_forward
+from .generate import sample_rows
+from .generate import decode
+from .gru import backward as gru_backward
+from .gru import forward as gru_forward
+from .layernorm import bias_relu, layernorm_backward, layernorm_forward, relu_backward, residual_layernorm
+from .lstm import backward as lstm_backward
+from .lstm import forward as lstm_forward
+from .scatter import scatter_add
+from .parallel.workspace import take as empty_workspace
+from .xent import dense_softmax_cross_entropy, softmax_cross_entropy
 
 
 def sample_logits(logits, banned, temperature, u, ids):
     """ids (B,) drawn from logits (B, V) as :func:`scratchlm.sampling.sample` draws them (temperature 0:
     argmax; banned (V,) bool never drawn; u (B,) host uniforms); logits are overwritten. False if a row
     has no finite maximum."""
-    return _sample_rows(logits, np.zeros(logits.shape[1], dtype=logits.dtype), banned, temperature, u, ids)
+    return sample_rows(logits, np.zeros(logits.shape[1], dtype=logits.dtype), banned, temperature, u, ids)
 
 
 __all__ = ["attention_backward", "attention_decode", "attention_forward", "bias_relu", "decode",

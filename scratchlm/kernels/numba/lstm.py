@@ -42,8 +42,8 @@ waiting costs about what the split saves (docs/benchmarks.md).
 
 import numpy as np
 
-from . import barrier, blas, dots, shards, workspace
-from ._jit import jit
+from .parallel import barrier, blas, dots, shards, workspace
+from .options import jit
 from .activations import sigmoid, tanh
 
 UNIT_ROWS_FORWARD = 4                   # rows per thread at most for splitting the units of a step (shards.parties)

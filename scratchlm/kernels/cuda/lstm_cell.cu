@@ -1,6 +1,6 @@
-// Fused LSTM step, forward and backward, for CuPy (loaded by kernels/gpu.py).
+// Fused LSTM step, forward and backward, for CuPy (loaded by scratchlm/kernels/cuda/ops.py).
 //
-// The same equations and buffer conventions as kernels/lstm_numba.py, with
+// The same equations and buffer conventions as scratchlm/kernels/numba/lstm.py, with
 // one thread per (sequence b, unit j); a step's GEMM h_{t-1} U (forward) or
 // dz_t U^T (backward) is done by cuBLAS before (after) the kernel.
 // Gate blocks along the last axis of z (B, 4H): [i | f | g | o].

@@ -1,6 +1,6 @@
 """The fused operations for the CuPy backend: CUDA kernels from the .cu files plus cuBLAS GEMMs.
 
-The same functions, arguments and buffer conventions as :mod:`scratchlm.kernels.cpu`
+The same functions, arguments and buffer conventions as :mod:`scratchlm.kernels.numba.ops`
 (read ``lstm_numba.py`` for the time loops); here each elementwise pass is one
 CUDA kernel launch and each GEMM one cuBLAS call through ``cupy.matmul``. The
 ``.cu`` sources ship as package data and are compiled by NVRTC through
@@ -44,7 +44,7 @@ def empty_workspace(shape, dtype):
 
 
 def lstm_forward(z, U, h0, c0, keep=None, table=None, ids=None):
-    """As :func:`scratchlm.kernels.lstm_numba.forward`: returns (hs, cs), z left holding the gates."""
+    """As :func:`scratchlm.kernels.numba.lstm.forward`: returns (hs, cs), z left holding the gates."""
     T, B, G = z.shape
     H = G // 4
     step = _kernel("lstm_cell", "lstm_step_forward", z.dtype)
@@ -72,7 +72,7 @@ def lstm_forward(z, U, h0, c0, keep=None, table=None, ids=None):
 
 
 def lstm_backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
-    """As :func:`scratchlm.kernels.lstm_numba.backward`: returns (dZ, dU, dh_0, dc_0), dZ written over z."""
+    """As :func:`scratchlm.kernels.numba.lstm.backward`: returns (dZ, dU, dh_0, dc_0), dZ written over z."""
     T, B, G = z.shape
     H = G // 4
     step = _kernel("lstm_cell", "lstm_step_backward", z.dtype)
@@ -96,7 +96,7 @@ def lstm_backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
 
 
 def gru_forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
-    """As :func:`scratchlm.kernels.gru_numba.forward`: returns (hs, uh), a left holding the gates [z r h̃]."""
+    """As :func:`scratchlm.kernels.numba.gru.forward`: returns (hs, uh), a left holding the gates [z r h̃]."""
     T, B, G = a.shape
     H = G // 3
     step = _kernel("gru_cell", "gru_step_forward", a.dtype)
@@ -121,7 +121,7 @@ def gru_forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
 
 
 def gru_backward(a, hs, uh, U, dy=None, dh_T=None, keep=None):
-    """As :func:`scratchlm.kernels.gru_numba.backward`: returns (dX̂, dU, db_rec, dh_0), dX̂ written over a."""
+    """As :func:`scratchlm.kernels.numba.gru.backward`: returns (dX̂, dU, db_rec, dh_0), dX̂ written over a."""
     T, B, G = a.shape
     H = G // 3
     step = _kernel("gru_cell", "gru_step_backward", a.dtype)
@@ -148,7 +148,7 @@ def gru_backward(a, hs, uh, U, dy=None, dh_T=None, keep=None):
 
 
 def softmax_cross_entropy(logits, targets, mask=None):
-    """As :func:`scratchlm.kernels.xent_numba.softmax_cross_entropy`: (loss, dlogits over the logits)."""
+    """As :func:`scratchlm.kernels.numba.xent.softmax_cross_entropy`: (loss, dlogits over the logits)."""
     V = logits.shape[-1]
     z = cupy.ascontiguousarray(logits).reshape(-1, V)
     y = cupy.ascontiguousarray(targets.reshape(-1), dtype=cupy.int64)
@@ -174,7 +174,7 @@ def scatter_add(target, index, rows):
 
 
 def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, temperature, banned, eos_id, u):
-    """As :func:`scratchlm.kernels.generate_numba.decode`, on the device (ids come back per token for EOS)."""
+    """As :func:`scratchlm.kernels.numba.generate.decode`, on the device (ids come back per token for EOS)."""
     B, V = logits.shape
     dtype = logits.dtype
     step = _kernel("lstm_cell", "lstm_step_forward", dtype)
@@ -268,7 +268,7 @@ def _head_major(B, L, N, K, dtype):
 
 
 def attention_forward(q, k, v, mask, scale):
-    """As :func:`scratchlm.kernels.attention_numba.forward`: (o head-major view of (B, T, N, K), lse (B, N, T))."""
+    """As :func:`scratchlm.kernels.numba.attention.forward`: (o head-major view of (B, T, N, K), lse (B, N, T))."""
     B, N, T, K = q.shape
     S = k.shape[2]
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
@@ -285,7 +285,7 @@ def attention_forward(q, k, v, mask, scale):
 
 
 def attention_backward(q, k, v, o, lse, do, mask, scale):
-    """As :func:`scratchlm.kernels.attention_numba.backward`: (dq, dk, dv), head-major views."""
+    """As :func:`scratchlm.kernels.numba.attention.backward`: (dq, dk, dv), head-major views."""
     B, N, T, K = q.shape
     S = k.shape[2]
     q, k, v, o, do = (_unit_last(a) for a in (q, k, v, o, do))
@@ -309,7 +309,7 @@ def attention_backward(q, k, v, o, lse, do, mask, scale):
 
 
 def attention_decode(q, k, v, mask, scale, out=None):
-    """As :func:`scratchlm.kernels.attention_numba.attend`: the flash forward kernel on the few new queries."""
+    """As :func:`scratchlm.kernels.numba.attention.attend`: the flash forward kernel on the few new queries."""
     o, _ = attention_forward(q, k, v, mask, scale)
     if out is None:
         return o
@@ -322,7 +322,7 @@ def _row_threads(D):
 
 
 def layernorm_forward(x, gamma, beta, eps):
-    """As :func:`scratchlm.kernels.layernorm_numba.layernorm_forward`: (y, mean, rstd)."""
+    """As :func:`scratchlm.kernels.numba.layernorm.layernorm_forward`: (y, mean, rstd)."""
     D = x.shape[-1]
     x2 = cupy.ascontiguousarray(x).reshape(-1, D)
     M = x2.shape[0]
@@ -336,7 +336,7 @@ def layernorm_forward(x, gamma, beta, eps):
 
 
 def layernorm_backward(x, mean, rstd, gamma, dy):
-    """As :func:`scratchlm.kernels.layernorm_numba.layernorm_backward`: (dx, dgamma, dbeta)."""
+    """As :func:`scratchlm.kernels.numba.layernorm.layernorm_backward`: (dx, dgamma, dbeta)."""
     D = x.shape[-1]
     x2 = cupy.ascontiguousarray(x).reshape(-1, D)
     dy2 = cupy.ascontiguousarray(dy, dtype=x.dtype).reshape(-1, D)
@@ -353,7 +353,7 @@ def layernorm_backward(x, mean, rstd, gamma, dy):
 
 
 def residual_layernorm(x, y, b, gamma, beta, eps, out=None):
-    """As :func:`scratchlm.kernels.layernorm_numba.residual_layernorm`: LN(x + (y + b)) over rows (M, D)."""
+    """As :func:`scratchlm.kernels.numba.layernorm.residual_layernorm`: LN(x + (y + b)) over rows (M, D)."""
     M, D = x.shape
     x, y = cupy.ascontiguousarray(x), cupy.ascontiguousarray(y)
     out = cupy.empty_like(x) if out is None else out
@@ -377,7 +377,7 @@ def relu_backward(dh, h):
 
 
 def dense_softmax_cross_entropy(x, W, b, targets, mask=None, backward=True, chunk=None):
-    """As :func:`scratchlm.kernels.xent_numba.dense_softmax_cross_entropy`: cuBLAS GEMMs per chunk of rows and
+    """As :func:`scratchlm.kernels.numba.xent.dense_softmax_cross_entropy`: cuBLAS GEMMs per chunk of rows and
     softmax_xent.cu in place; returns (loss, dx, dW, db), or (loss, None, None, None) without backward."""
     N, D = x.shape
     V = W.shape[1]
@@ -420,7 +420,7 @@ def dense_softmax_cross_entropy(x, W, b, targets, mask=None, backward=True, chun
 
 
 def sample_logits(logits, banned, temperature, u, ids):
-    """As :func:`scratchlm.kernels.cpu.sample_logits`, on the device: ids (B,) from logits (B, V), overwritten."""
+    """As :func:`scratchlm.kernels.numba.ops.sample_logits`, on the device: ids (B,) from logits (B, V), overwritten."""
     B, V = logits.shape
     ok = cupy.ones(1, dtype=cupy.int32)
     _launch(_kernel("sample", "sample", logits.dtype), B,

@@ -1,7 +1,7 @@
 """A barrier for threads that meet inside Numba loops, once per time step.
 
 When the cores split one step's work between them (each owning a share of the
-hidden units, :func:`scratchlm.kernels.lstm_numba.forward_units`), they must
+hidden units, :func:`scratchlm.kernels.numba.lstm.forward_units`), they must
 all finish step t before any starts step t+1. Going back to Python for that
 costs more than a small step (a ``threading.Barrier`` round trip is ~50 µs
 here, a whole step at batch 8 ~100-200 µs), so the threads meet in the
@@ -25,7 +25,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import jit
+from ..options import jit
 
 SPINS = 4096                            # polls between two sched_yield calls (~10-20 µs)
 

@@ -1,0 +1,50 @@
+"""Fused kernels: Numba on the CPU, CUDA (via CuPy) on a GPU.
+
+The plain-``xp`` code in :mod:`scratchlm.layers` is the reference; these kernels
+compute the same functions faster and are tested against it
+(``tests/test_kernels.py``, ``tests/test_transformer_kernels.py``, on a GPU
+``tests/test_gpu.py``). A backend built with ``kernels="fused"`` (the default,
+see :func:`scratchlm.backend.get_backend`) routes the LSTM and GRU recurrences,
+the Transformer's attention, LayerNorm, feed-forward and chunked output loss,
+the softmax cross-entropy, the scatter-add and generation through them.
+
+    numba/              the math kernels for the NumPy backend
+      ops.py              the op set: every fused operation, under the names the layers call
+      lstm.py             LSTM step forward/backward kernels and the time loops
+      gru.py              the same for the GRU (reset gate after the recurrent product)
+      xent.py             softmax cross-entropy, forward and backward in place; the output projection and
+                          cross-entropy fused and chunked over rows (the Transformer's full logits never exist)
+      attention.py        causal attention without the (T, T) probabilities (online softmax, FlashAttention's
+                          backward) and the KV-cache decoding attention
+      layernorm.py        LayerNorm forward/backward in one pass each; bias + ReLU of the feed-forward
+      scatter.py          scatter-add (embedding and input-table gradients)
+      generate.py         the one-token-per-step sampling loop
+      optim.py            Adam's and RMSprop's updates, one pass per parameter (used by scratchlm.optim)
+      activations.py      σ, tanh, exp: vectorisable float32, exact float64
+      options.py          the Numba options every kernel is compiled with
+      parallel/         the threading plumbing the time loops run on
+        blas.py             OpenBLAS's GEMM called from inside the Numba loops; its thread count
+        shards.py           a batch split into row shards, one per core, or (thin batches) every step
+                            split by hidden units over the cores
+        dots.py             the per-step product of a few rows with U, as dot products (no packing)
+        barrier.py          a spinning barrier for threads that meet inside Numba loops, once per step
+        workspace.py        big work buffers, reused from step to step when free
+    cuda/               the CuPy backend
+      ops.py              the op set (the same names and buffer conventions), loading the .cu files:
+      lstm_cell.cu  gru_cell.cu  softmax_xent.cu  scatter_add.cu  sample.cu
+      attention.cu  layernorm.cu  feedforward.cu
+
+Measurements and the design decisions behind these files: docs/benchmarks.md.
+
+Nothing here is imported by ``import scratchlm``: Numba and CuPy load on the
+first fused call.
+"""
+
+import importlib
+
+OPS = {"numpy": "numba.ops", "cupy": "cuda.ops"}      # backend name -> its op-set module
+
+
+def for_backend(name):
+    """The op-set module for backend ``name`` ("numpy" -> kernels.numba.ops, "cupy" -> kernels.cuda.ops)."""
+    return importlib.import_module(f"{__name__}.{OPS[name]}")

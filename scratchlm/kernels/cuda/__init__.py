@@ -1,0 +1,1 @@
+"""The CUDA kernels of the CuPy backend (the .cu files) and their op set, :mod:`.ops`."""
