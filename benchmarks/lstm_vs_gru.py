@@ -43,7 +43,7 @@ import numpy
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scratchlm import LanguageModel, data, optim          # noqa: E402
+from scratchlm import LanguageModel, batching, corpora, optim          # noqa: E402
 from scratchlm.text import CharTokenizer                   # noqa: E402
 from scratchlm.train import Trainer                        # noqa: E402
 
@@ -78,23 +78,23 @@ def build(vocab_size, cell, hidden, stateful, seed):
 # -- the corpora ------------------------------------------------------------------------------
 
 def titles_corpus(seed):
-    titles = [line.strip() for line in data.read_text(TITLES).splitlines() if line.strip()]
+    titles = [line.strip() for line in corpora.read_text(TITLES).splitlines() if line.strip()]
     tokenizer = CharTokenizer.fit("".join(titles))
     sequences = [tokenizer.encode(t, unknown="unk") for t in titles]
-    train_seqs, val_seqs = data.split_sequences(sequences, 0.1, seed=seed)
-    train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120, seed=seed)
-    val = data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120, shuffle=False)
+    train_seqs, val_seqs = batching.split_sequences(sequences, 0.1, seed=seed)
+    train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120, seed=seed)
+    val = batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120, shuffle=False)
     what = (f"{len(titles)} titles, {len(train_seqs)} for training ({train.num_batches} padded batches of 16 "
             f"per epoch), {len(val_seqs)} held out; V={tokenizer.vocab_size}")
     return tokenizer.vocab_size, train, val, False, what
 
 
 def nietzsche_corpus(seed):
-    text = data.load_text("nietzsche").lower()
+    text = corpora.load_text("nietzsche").lower()
     tokenizer = CharTokenizer.fit(text, reserved=False)
     ids = tokenizer.encode(text)
-    train_ids, val_ids = data.split_tail(ids, 0.05)
-    train, val = data.Streams(train_ids, batch_size=64, seq_len=64), data.Streams(val_ids, 16, 64)
+    train_ids, val_ids = batching.split_tail(ids, 0.05)
+    train, val = batching.Streams(train_ids, batch_size=64, seq_len=64), batching.Streams(val_ids, 16, 64)
     what = (f"{len(text):,} characters, V={tokenizer.vocab_size}; 64 streams in {train.num_batches} chunks of 64 "
             f"per epoch; the last 5% ({len(val_ids):,} characters) held out as 16 streams")
     return tokenizer.vocab_size, train, val, True, what

@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, data, optim
+from scratchlm import LanguageModel, batching, corpora, optim
 from scratchlm.text import CharTokenizer, from_config
 from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
@@ -49,16 +49,16 @@ def main(argv=None):
 
 def run(args, run_dir):
     """Train (or continue) the run, printing its progress and samples."""
-    text = data.load_text(args.corpus or "nietzsche", local_hint="pass it with --corpus PATH").lower()
+    text = corpora.load_text(args.corpus or "nietzsche", local_hint="pass it with --corpus PATH").lower()
     ckpt = open_run(run_dir, args.resume, args.backend)
     tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
                  CharTokenizer.fit(text, reserved=False))                     # V = 60 on the full corpus
     ids = tokenizer.encode(text)
     if args.fast:
-        train_ids, val_ids = data.split_tail(ids, 0.05)
-        train, val = data.Streams(train_ids, batch_size=64, seq_len=64), data.Streams(val_ids, 16, 64)
+        train_ids, val_ids = batching.split_tail(ids, 0.05)
+        train, val = batching.Streams(train_ids, batch_size=64, seq_len=64), batching.Streams(val_ids, 16, 64)
     else:
-        train, val = data.Windows(ids, maxlen=60, step=3, batch_size=128, seed=args.seed), None
+        train, val = batching.Windows(ids, maxlen=60, step=3, batch_size=128, seed=args.seed), None
     options = dict(run_dir=run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
                    sampler=Sampler(tokenizer, temperatures=(0.2, 0.5, 1.0, 1.2), length=400, seed=args.seed))
 

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, data, optim
+from scratchlm import LanguageModel, batching, corpora, optim
 from scratchlm.text import WordTokenizer, from_config
 from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
@@ -30,17 +30,17 @@ SAMPLE = Path(__file__).resolve().parent / "data" / "recipes.json"
 def recipe_texts(path):
     """The records of a recipe JSON file as "Recipe for <title> | <directions>" strings."""
     try:
-        records = json.loads(data.read_text(path))
+        records = json.loads(corpora.read_text(path))
     except json.JSONDecodeError as exc:
-        raise data.CorpusError(f"{path} is not valid JSON ({exc}): expected a list of "
+        raise corpora.CorpusError(f"{path} is not valid JSON ({exc}): expected a list of "
                                '{"title": ..., "directions": [...]} records') from None
     if not isinstance(records, list):
-        raise data.CorpusError(f"{path} holds a JSON {type(records).__name__}, not a list of recipe records")
+        raise corpora.CorpusError(f"{path} holds a JSON {type(records).__name__}, not a list of recipe records")
     texts = [f"Recipe for {r['title']} | {' '.join(r['directions'])}" for r in records
              if isinstance(r, dict) and isinstance(r.get("title"), str) and isinstance(r.get("directions"), list)
              and r["directions"] and all(isinstance(d, str) for d in r["directions"])]
     if not texts:
-        raise data.CorpusError(f"{path} holds no record with a title and directions")
+        raise corpora.CorpusError(f"{path} holds no record with a title and directions")
     return texts
 
 
@@ -66,10 +66,10 @@ def run(args):
     tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
                  WordTokenizer.fit(texts, max_tokens=args.max_tokens, lower=True))
     sequences = [tokenizer.encode(t, unknown="unk") for t in texts]
-    train_seqs, val_seqs = data.split_sequences(sequences, 0.1, seed=args.seed)
-    train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
+    train_seqs, val_seqs = batching.split_sequences(sequences, 0.1, seed=args.seed)
+    train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
                         seed=args.seed)
-    val = data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
+    val = batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
                       shuffle=False) if val_seqs else None
     sampler = Sampler(tokenizer, temperatures=(0.2, 1.0), length=100, prime="recipe for roasted vegetables |")
     options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,

@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, data, optim
+from scratchlm import LanguageModel, batching, corpora, optim
 from scratchlm.text import CharTokenizer, from_config
 from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
@@ -46,12 +46,12 @@ def main(argv=None):
 
 def run(args):
     """Train (or continue) the run, printing its progress and samples."""
-    text = data.load_text(args.corpus or "tinyshakespeare", local_hint="pass it with --corpus PATH")
+    text = corpora.load_text(args.corpus or "tinyshakespeare", local_hint="pass it with --corpus PATH")
     ckpt = open_run(args.run_dir, args.resume, args.backend)
     tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit(text)
-    train_ids, val_ids = data.split_tail(tokenizer.encode(text), 0.05)
-    train = data.Streams(train_ids, batch_size=args.batch_size, seq_len=args.seq_len)
-    val = data.Streams(val_ids, batch_size=min(args.batch_size, (len(val_ids) - 1) // args.seq_len),
+    train_ids, val_ids = batching.split_tail(tokenizer.encode(text), 0.05)
+    train = batching.Streams(train_ids, batch_size=args.batch_size, seq_len=args.seq_len)
+    val = batching.Streams(val_ids, batch_size=min(args.batch_size, (len(val_ids) - 1) // args.seq_len),
                        seq_len=args.seq_len)
     sampler = Sampler(tokenizer, temperatures=(0.5, 1.0), length=args.sample_length, prime="ROMEO:")
     options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100,

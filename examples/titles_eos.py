@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchlm import LanguageModel, data, optim  # before NumPy: it tunes OpenBLAS (scratchlm/kernels/numba/parallel/shards.py)
+from scratchlm import LanguageModel, batching, corpora, optim  # before NumPy: it tunes OpenBLAS (scratchlm/kernels/numba/parallel/shards.py)
 from scratchlm.text import CharTokenizer, from_config
 from scratchlm.train import Sampler, open_run, render, run_script, start_or_resume
 
@@ -47,14 +47,14 @@ def main(argv=None):
 
 def run(args):
     """Train (or continue) the run, printing its progress and samples."""
-    titles = [line.strip() for line in data.read_text(args.titles).splitlines() if line.strip()]
+    titles = [line.strip() for line in corpora.read_text(args.titles).splitlines() if line.strip()]
     ckpt = open_run(args.run_dir, args.resume, args.backend)
     tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit("".join(titles))
     sequences = [tokenizer.encode(t, unknown="unk") for t in titles]
-    train_seqs, val_seqs = data.split_sequences(sequences, 0.1, seed=args.seed)
-    train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
+    train_seqs, val_seqs = batching.split_sequences(sequences, 0.1, seed=args.seed)
+    train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
                         seed=args.seed)
-    val = data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
+    val = batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120,
                       shuffle=False) if val_seqs else None
     options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100,
                    log_every=10, sampler=Sampler(tokenizer, temperatures=(0.5,), length=120))

@@ -43,6 +43,8 @@ from numpy.lib import format as npy_format
 
 from . import optim
 from .budget import check_fits
+from .checks import LARGEST as LARGEST  # what a header may hold; models and the CLI name it checkpoint.LARGEST
+from .checks import is_whole, whole_at_least
 from .errors import CheckpointError
 from .files import atomic_write
 
@@ -60,19 +62,6 @@ _BIT_GENERATORS = {"PCG64": numpy.random.PCG64, "PCG64DXSM": numpy.random.PCG64D
                    "Philox": numpy.random.Philox, "SFC64": numpy.random.SFC64, "MT19937": numpy.random.MT19937}
 
 
-LARGEST = 2 ** 63 - 1       # the largest count or size a header may hold (int64's): real ones are far smaller
-
-
-def _whole(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def whole_at_least(least):
-    """The check of a JSON field that must be a whole number (not a bool) from ``least`` to :data:`LARGEST`, for
-    :func:`check_fields`: a count or size beyond that is no real one, and would overflow where it is used."""
-    return lambda v: _whole(v) and least <= v <= LARGEST
-
-
 def whole_rule(least):
     """(check, what it must be) of a JSON field that must be a whole number from ``least`` to :data:`LARGEST`."""
     return whole_at_least(least), f"a whole number in [{least}, 2**63)"
@@ -85,6 +74,8 @@ def is_number(v):
 
 # Field -> (check, what it must be), for the dicts a checkpoint's header holds.
 _OPTIMIZER_RULES = {"name": (lambda v: isinstance(v, str), "a string"), "iterations": whole_rule(0)}
+
+
 def save(path, params, config, optimizer=None, rng=None, metadata=None, backend=None):
     """Write a model's ``params`` (name -> host array) and ``config`` (JSON, with its ``kind``), optionally an
     optimizer's state (its slots moved to the host by ``backend``), an RNG's state and JSON metadata."""
@@ -218,7 +209,7 @@ def _check_header(header, path):
         raise CheckpointError(f"{path}: malformed checkpoint header (not a JSON object); {EDITED}")
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a scratchlm checkpoint (format {_short(header.get('format'))})")
-    if header.get("version") not in (1, VERSION) or not _whole(header.get("version")):
+    if header.get("version") not in (1, VERSION) or not is_whole(header.get("version")):
         raise CheckpointError(f"{path} has checkpoint version {_short(header.get('version'))}; this scratchlm "
                               f"reads versions 1 to {VERSION}: upgrade scratchlm or re-save the model")
     missing = [name for name in _FIELDS if name not in header]

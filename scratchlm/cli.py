@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy
 
-from . import budget, checkpoint, data, distributed, files, models, optim, reviews, rundir, sampling
+from . import batching, budget, checkpoint, corpora, distributed, files, models, optim, reviews, rundir, sampling
 from .backend import get_backend
 from .errors import CheckpointError, ModelError, ScratchLMError
 from .layers.dropout import MAX_RATE
@@ -583,9 +583,9 @@ def _prepare_data(settings, corpus, tokenizer, config):
 
 def _text(corpus):
     """The text of a corpus file, bundled corpus or URL; CorpusError when it is empty."""
-    text = data.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
+    text = corpora.load_text(corpus, local_hint="pass its path as the corpus: scratchlm train PATH")
     if not text:
-        raise data.CorpusError(f"{corpus} is empty: training needs text")
+        raise corpora.CorpusError(f"{corpus} is empty: training needs text")
     return text
 
 
@@ -671,9 +671,9 @@ def prepare(settings, text, tokenizer, corpus):
         if settings["batching"] == "padded":
             lines = [line for line in text.splitlines() if line.strip()]
             sequences = [tokenizer.encode(line, unknown=unknown) for line in lines]
-            train_seqs, val_seqs = data.split_sequences(sequences, settings["val_fraction"], seed)
-            train = data.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, seed=seed)
-            val = (data.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, shuffle=False)
+            train_seqs, val_seqs = batching.split_sequences(sequences, settings["val_fraction"], seed)
+            train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, seed=seed)
+            val = (batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, shuffle=False)
                    if any(len(s) for s in val_seqs) else None)
             return train, val
         ids = tokenizer.encode(text, unknown=unknown)
@@ -683,15 +683,15 @@ def prepare(settings, text, tokenizer, corpus):
         raise VocabularyError(f"the corpus {corpus} does not match the checkpoint's vocabulary: it holds "
                               f"{len(exc.missing)} character(s) the vocabulary lacks ({listing(exc.missing)}); "
                               "resume with the corpus the run was trained on") from None
-    train_ids, val_ids = data.split_tail(ids, settings["val_fraction"])
+    train_ids, val_ids = batching.split_tail(ids, settings["val_fraction"])
     if settings["batching"] == "windows":
-        train = data.Windows(train_ids, T, settings["step"], B, seed=seed)
-        val = data.Windows(val_ids, T, settings["step"], B, shuffle=False) if len(val_ids) > T else None
+        train = batching.Windows(train_ids, T, settings["step"], B, seed=seed)
+        val = batching.Windows(val_ids, T, settings["step"], B, shuffle=False) if len(val_ids) > T else None
     else:
-        train = data.Streams(train_ids, B, T)
+        train = batching.Streams(train_ids, B, T)
         ranks = distributed.world().size                   # validation streams divide among the MPI ranks too
         streams = min(B, (len(val_ids) - 1) // T) // ranks * ranks
-        val = data.Streams(val_ids, streams, T) if streams >= 1 else None
+        val = batching.Streams(val_ids, streams, T) if streams >= 1 else None
     return train, val
 
 

@@ -33,7 +33,9 @@ from typing import NamedTuple
 
 import numpy
 
-from .data import Batch, CorpusError, _order, _whole, default_cache_dir, fetch, fingerprint
+from .batching import Batch, epoch_order
+from .checks import require_whole
+from .corpora import CorpusError, default_cache_dir, fetch, fingerprint
 from .files import read_regular_text
 
 
@@ -278,7 +280,7 @@ def vectorize(texts, tokenizer, length=SEQUENCE_LENGTH, chunk=4096):
     rows go into blocks of ``chunk`` rows joined once at the end, in the tokenizer's smallest id dtype
     (uint16 for V <= 65,536), so the peak is about twice the matrix, never the texts.
     """
-    length = _whole("sequence length", length, 2)
+    length = require_whole("sequence length", length, 2, CorpusError)
     dtype = numpy.uint16 if tokenizer.vocab_size <= 1 << 16 else numpy.uint32
     blocks, block, n = [], numpy.zeros((chunk, length), dtype=dtype), 0
     for text in texts:
@@ -316,9 +318,9 @@ class Vectorized:
             raise CorpusError(f"token ids must be integers, got {ids.dtype}: vectorize the texts first")
         if ids.size and int(ids.min()) < 0:
             raise CorpusError(f"token ids must be >= 0, got {int(ids.min())}")
-        self.pad_id = _whole("pad_id", pad_id, 0)
-        self.batch_size = _whole("batch size", batch_size)
-        self.seed, self.shuffle = _whole("seed", seed, 0), bool(shuffle)
+        self.pad_id = require_whole("pad_id", pad_id, 0, CorpusError)
+        self.batch_size = require_whole("batch size", batch_size, 1, CorpusError)
+        self.seed, self.shuffle = require_whole("seed", seed, 0, CorpusError), bool(shuffle)
         keep = (ids != self.pad_id).any(axis=1)
         if not keep.all():
             ids = ids[keep]
@@ -343,7 +345,7 @@ class Vectorized:
 
     def batches(self, epoch, start=0):
         """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
-        order = _order(self.num_sequences, self.seed, epoch, self.shuffle)
+        order = epoch_order(self.num_sequences, self.seed, epoch, self.shuffle)
         B = self.batch_size
         for k in range(start, self.num_batches):
             rows = self.ids[order[k * B:(k + 1) * B]].astype(numpy.int64)     # (B, L)

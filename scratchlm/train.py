@@ -25,7 +25,7 @@ Exact resume. Everything that decides the next step is in the checkpoint: the
 weights and optimizer slots (exact float arrays), the position (epoch and batch
 within it), the state of the dropout masks' generator, and, for stateful
 streams, the recurrent state carried into the next chunk. The batch order is a
-function of (seed, epoch) (see :mod:`scratchlm.data`), so a resumed run gathers
+function of (seed, epoch) (see :mod:`scratchlm.batching`), so a resumed run gathers
 exactly the batches the uninterrupted run would have, from exactly the same
 weights and state: its losses are equal, bit for bit. Samples and validation
 never touch the training state (their randomness comes from their own seeds,
@@ -283,9 +283,9 @@ def render(tokenizer, ids):
 class Trainer:
     """Train ``model`` with ``optimizer`` on ``train`` batches, validating on ``val`` after each epoch.
 
-    model: a LanguageModel (stateful when ``train`` is :class:`~scratchlm.data.Streams`).
+    model: a LanguageModel (stateful when ``train`` is :class:`~scratchlm.batching.Streams`).
     optimizer: an optimizer from :mod:`scratchlm.optim`.
-    train, val: batchers from :mod:`scratchlm.data` (val may be None).
+    train, val: batchers from :mod:`scratchlm.batching` (val may be None).
     run_dir: where checkpoints, metrics and the plot go (None: nothing is written).
     epochs: train until this many epochs are complete; max_steps: or stop after
         this many steps in all (counting the steps before a resume).

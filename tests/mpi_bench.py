@@ -20,7 +20,7 @@ import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratchlm import LanguageModel, data, distributed, optim  # noqa: E402
+from scratchlm import LanguageModel, batching, corpora, distributed, optim  # noqa: E402
 from scratchlm.text import CharTokenizer  # noqa: E402
 from scratchlm.train import Trainer  # noqa: E402
 
@@ -29,15 +29,15 @@ def main():
     workload = sys.argv[1] if len(sys.argv) > 1 else "s2s"
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     warmup = 3
-    text = data.load_text("nietzsche").lower()
+    text = corpora.load_text("nietzsche").lower()
     tokenizer = CharTokenizer.fit(text, reserved=False)
     ids = tokenizer.encode(text)
     if workload == "s2s":
-        train = data.Streams(ids, batch_size=64, seq_len=100)
+        train = batching.Streams(ids, batch_size=64, seq_len=100)
         model = LanguageModel(tokenizer.vocab_size, embedding_dim=64, hidden_sizes=(512,), stateful=True)
         opt = optim.Adam(lr=2e-3)
     else:
-        train = data.Windows(ids, maxlen=60, step=3, batch_size=128)
+        train = batching.Windows(ids, maxlen=60, step=3, batch_size=128)
         model = LanguageModel(tokenizer.vocab_size, hidden_sizes=(128,))
         opt = optim.RMSprop(lr=0.01)
     times, reducing = [], []

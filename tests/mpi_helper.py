@@ -22,7 +22,7 @@ import numpy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scratchlm import LanguageModel, ScratchLMError, optim  # noqa: E402
-from scratchlm import data, distributed  # noqa: E402
+from scratchlm import batching, distributed  # noqa: E402
 from scratchlm.train import Trainer, load_checkpoint, run_script  # noqa: E402
 
 V = 13
@@ -33,19 +33,19 @@ def batches(kind, rng, bad=False):
         ids = rng.integers(0, V, 420)
         if bad:
             ids[300] = V + 7                       # in the rows of rank 1
-        return data.Streams(ids[:340], batch_size=4, seq_len=8), data.Streams(ids[340:], batch_size=4, seq_len=8)
+        return batching.Streams(ids[:340], batch_size=4, seq_len=8), batching.Streams(ids[340:], batch_size=4, seq_len=8)
     if kind == "windows":
         ids = rng.integers(0, V, 160)
         if bad:
             ids[5] = V + 7
-        return (data.Windows(ids[:120], maxlen=8, step=3, batch_size=6, seed=3),
-                data.Windows(ids[120:], maxlen=8, step=3, batch_size=4, shuffle=False))
+        return (batching.Windows(ids[:120], maxlen=8, step=3, batch_size=6, seed=3),
+                batching.Windows(ids[120:], maxlen=8, step=3, batch_size=4, shuffle=False))
     seqs = [rng.integers(2, V, int(n)) for n in rng.integers(1, 12, 45)]
     if bad:
         seqs[0][0] = V + 7
     # 37 training sequences in batches of 6: the last batch has one row, so rank 1 has none of it.
-    return (data.Padded(seqs[:37], eos_id=1, pad_id=0, batch_size=6, seed=5),
-            data.Padded(seqs[37:], eos_id=1, pad_id=0, batch_size=3, shuffle=False))
+    return (batching.Padded(seqs[:37], eos_id=1, pad_id=0, batch_size=6, seed=5),
+            batching.Padded(seqs[37:], eos_id=1, pad_id=0, batch_size=3, shuffle=False))
 
 
 def main():

@@ -18,7 +18,7 @@ import pytest
 
 from scratchlm import files, reviews
 from scratchlm.cli import main
-from scratchlm.data import CorpusError
+from scratchlm.corpora import CorpusError
 from scratchlm.errors import ScratchLMError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from scratchlm import data
-from scratchlm.data import CorpusError, DownloadError
+from scratchlm import batching, corpora
+from scratchlm.corpora import CorpusError, DownloadError
 
 BODY = b"".join(b"line %d of a small corpus served over http\n" % i for i in range(2000))   # ~90 kB
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -69,22 +69,22 @@ def server():
 
 
 def test_fetch_downloads_verifies_and_caches(server, tmp_path):
-    path = data.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
+    path = corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
     assert path.read_bytes() == BODY and not list(tmp_path.glob("*.part"))
-    again = data.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
+    again = corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
     assert again == path and server.seen == [None]                 # the second call never asked the server
 
 
 def test_fetch_checksum_mismatch_keeps_nothing(server, tmp_path):
     with pytest.raises(DownloadError, match="SHA-256"):
-        data.fetch(server.url, cache_dir=tmp_path, sha256="0" * 64)
+        corpora.fetch(server.url, cache_dir=tmp_path, sha256="0" * 64)
     assert list(tmp_path.iterdir()) == []                            # no corpus, no .part
 
 
 def test_fetch_resumes_a_partial_download_with_range(server, tmp_path):
     name = f"{hashlib.sha256(server.url.encode()).hexdigest()[:12]}-corpus.txt"
     (tmp_path / (name + ".part")).write_bytes(BODY[:12345])
-    path = data.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
+    path = corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
     assert server.seen == ["bytes=12345-"]
     assert path.read_bytes() == BODY and not (tmp_path / (name + ".part")).exists()
 
@@ -93,17 +93,17 @@ def test_fetch_starts_over_when_the_server_ignores_range(server, tmp_path):
     server.ranges = False
     name = f"{hashlib.sha256(server.url.encode()).hexdigest()[:12]}-corpus.txt"
     (tmp_path / (name + ".part")).write_bytes(b"garbage that must not survive")
-    assert data.fetch(server.url, cache_dir=tmp_path, sha256=SHA).read_bytes() == BODY
+    assert corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA).read_bytes() == BODY
 
 
 def test_fetch_broken_transfer_is_continued_next_time(server, tmp_path):
     server.break_after = 30000
     with pytest.raises(DownloadError, match="run again to continue"):
-        data.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
+        corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
     parts = list(tmp_path.glob("*.part"))
     assert len(parts) == 1 and parts[0].stat().st_size == 30000
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".part")]     # nothing half-done in place
-    assert data.fetch(server.url, cache_dir=tmp_path, sha256=SHA).read_bytes() == BODY
+    assert corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA).read_bytes() == BODY
     assert server.seen[-1] == "bytes=30000-"
 
 
@@ -113,50 +113,50 @@ def test_fetch_offline_names_the_url_and_the_way_out(tmp_path):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/corpus.txt"
     with pytest.raises(DownloadError) as err:
-        data.fetch(url, cache_dir=tmp_path, timeout=5)
-    assert url in str(err.value) and data.LOCAL_HINT in str(err.value)
+        corpora.fetch(url, cache_dir=tmp_path, timeout=5)
+    assert url in str(err.value) and corpora.LOCAL_HINT in str(err.value)
     with pytest.raises(DownloadError, match="pass it with --corpus PATH"):
-        data.load_text(url, cache_dir=tmp_path, local_hint="pass it with --corpus PATH")
+        corpora.load_text(url, cache_dir=tmp_path, local_hint="pass it with --corpus PATH")
 
 
 def test_fetch_http_error(server, tmp_path):
     with pytest.raises(DownloadError, match="404"):
-        data.fetch(server.url.replace("corpus", "missing"), cache_dir=tmp_path)
+        corpora.fetch(server.url.replace("corpus", "missing"), cache_dir=tmp_path)
 
 
 def test_named_corpus_is_checked_and_refetched_when_damaged(server, tmp_path, monkeypatch):
-    monkeypatch.setitem(data.CORPORA, "tiny", data.Source(server.url, SHA, "tiny.txt"))
+    monkeypatch.setitem(corpora.CORPORA, "tiny", corpora.Source(server.url, SHA, "tiny.txt"))
     monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "tiny.txt").write_bytes(b"damaged copy")
-    assert data.fetch("tiny") == tmp_path / "cache" / "tiny.txt"
+    assert corpora.fetch("tiny") == tmp_path / "cache" / "tiny.txt"
     assert (tmp_path / "cache" / "tiny.txt").read_bytes() == BODY
-    assert data.load_text("tiny") == BODY.decode()
+    assert corpora.load_text("tiny") == BODY.decode()
 
 
 def test_unknown_corpus_name(tmp_path):
     with pytest.raises(CorpusError, match="nietzsche"):
-        data.fetch("war-and-peace", cache_dir=tmp_path)
+        corpora.fetch("war-and-peace", cache_dir=tmp_path)
     with pytest.raises(CorpusError, match="no such file"):
-        data.load_text(str(tmp_path / "missing.txt"))
+        corpora.load_text(str(tmp_path / "missing.txt"))
 
 
-@pytest.mark.parametrize("name", sorted(data.CORPORA))
+@pytest.mark.parametrize("name", sorted(corpora.CORPORA))
 def test_bundled_corpora_need_no_network_nor_cache(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_download", None)                     # any download attempt would fail
-    source = data.CORPORA[name]
-    path = data.fetch(name)
-    assert source.bundled and path == data.bundled_path(name) and path.name == source.filename + ".gz"
+    monkeypatch.setattr(corpora, "_download", None)                     # any download attempt would fail
+    source = corpora.CORPORA[name]
+    path = corpora.fetch(name)
+    assert source.bundled and path == corpora.bundled_path(name) and path.name == source.filename + ".gz"
     raw = gzip.decompress(path.read_bytes())
     assert hashlib.sha256(raw).hexdigest() == source.sha256
-    assert data.load_text(name) == raw.decode().replace("\r\n", "\n").replace("\r", "\n")
+    assert corpora.load_text(name) == raw.decode().replace("\r\n", "\n").replace("\r", "\n")
     assert not (tmp_path / "cache").exists()
 
 
 def test_the_corpora_readme_records_every_source_and_checksum():
-    readme = (data.bundled_path("nietzsche").parent / "README.md").read_text()
-    for name, source in data.CORPORA.items():
+    readme = (corpora.bundled_path("nietzsche").parent / "README.md").read_text()
+    for name, source in corpora.CORPORA.items():
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` |"))
         assert source.url in row and source.sha256 in row and f"`{source.filename}.gz`" in row
 
@@ -164,32 +164,32 @@ def test_the_corpora_readme_records_every_source_and_checksum():
 def test_a_damaged_bundled_corpus_is_refused(tmp_path, monkeypatch):
     damaged = tmp_path / "nietzsche.txt.gz"
     damaged.write_bytes(gzip.compress(b"not what was shipped\n"))
-    monkeypatch.setattr(data, "bundled_path", lambda name: damaged)
-    with pytest.raises(CorpusError, match=re.escape(data.CORPORA["nietzsche"].sha256) + ".*reinstall"):
-        data.load_text("nietzsche")
+    monkeypatch.setattr(corpora, "bundled_path", lambda name: damaged)
+    with pytest.raises(CorpusError, match=re.escape(corpora.CORPORA["nietzsche"].sha256) + ".*reinstall"):
+        corpora.load_text("nietzsche")
     damaged.write_bytes(damaged.read_bytes()[:-9])                        # truncated
     with pytest.raises(CorpusError, match="not a whole gzip file"):
-        data.fetch("nietzsche")
+        corpora.fetch("nietzsche")
 
 
 def test_read_text_reads_gzip_files(tmp_path):
     (tmp_path / "mine.txt.gz").write_bytes(gzip.compress("caf\u00e9\r\nbar\n".encode()))
-    assert data.load_text(str(tmp_path / "mine.txt.gz")) == "caf\u00e9\nbar\n"
+    assert corpora.load_text(str(tmp_path / "mine.txt.gz")) == "caf\u00e9\nbar\n"
     (tmp_path / "fake.txt.gz").write_text("plain text under a .gz name")
     with pytest.raises(CorpusError, match="not a whole gzip file"):
-        data.read_text(tmp_path / "fake.txt.gz")
+        corpora.read_text(tmp_path / "fake.txt.gz")
 
 
 def test_read_text_normalises_line_ends_and_reports_problems(tmp_path):
     (tmp_path / "crlf.txt").write_bytes(b"one\r\ntwo\rthree\n")
-    assert data.read_text(tmp_path / "crlf.txt") == "one\ntwo\nthree\n"
+    assert corpora.read_text(tmp_path / "crlf.txt") == "one\ntwo\nthree\n"
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
     with pytest.raises(CorpusError, match="not UTF-8"):
-        data.read_text(tmp_path / "latin1.txt")
+        corpora.read_text(tmp_path / "latin1.txt")
     with pytest.raises(CorpusError, match="directory"):
-        data.read_text(tmp_path)
+        corpora.read_text(tmp_path)
     with pytest.raises(CorpusError, match="no such file"):
-        data.read_text(tmp_path / "nope.txt")
+        corpora.read_text(tmp_path / "nope.txt")
 
 
 # -- batchers ------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def _keras_windows(ids, maxlen, step):
 def test_windows_cover_the_keras_windows_once_per_epoch(n, maxlen, step, B):
     ids = np.random.default_rng(0).integers(0, 50, n).astype(np.uint8)
     X, Y = _keras_windows(ids, maxlen, step)
-    w = data.Windows(ids, maxlen, step, B, seed=3)
+    w = batching.Windows(ids, maxlen, step, B, seed=3)
     assert w.num_windows == len(X) and w.num_batches == -(-len(X) // B)
     batches = list(w.batches(epoch=0))
     assert [len(b.y) for b in batches[:-1]] == [B] * (len(batches) - 1) and sum(b.targets for b in batches) == len(X)
@@ -217,19 +217,19 @@ def test_windows_cover_the_keras_windows_once_per_epoch(n, maxlen, step, B):
 
 def test_windows_order_is_a_function_of_seed_and_epoch():
     ids = np.arange(500) % 37
-    w = data.Windows(ids, 20, 2, 16, seed=1)
+    w = batching.Windows(ids, 20, 2, 16, seed=1)
     first = [b.x for b in w.batches(0)]
-    again = [b.x for b in data.Windows(ids, 20, 2, 16, seed=1).batches(0)]
+    again = [b.x for b in batching.Windows(ids, 20, 2, 16, seed=1).batches(0)]
     assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[0], next(w.batches(1)).x)
-    assert not np.array_equal(first[0], next(data.Windows(ids, 20, 2, 16, seed=2).batches(0)).x)
+    assert not np.array_equal(first[0], next(batching.Windows(ids, 20, 2, 16, seed=2).batches(0)).x)
     tail = [b.x for b in w.batches(0, start=5)]
     assert len(tail) == len(first) - 5 and all(np.array_equal(a, b) for a, b in zip(first[5:], tail))
 
 
 def test_windows_all_positions_and_unshuffled():
     ids = np.arange(30)
-    w = data.Windows(ids, 4, 5, 2, shuffle=False, last_only=False)
+    w = batching.Windows(ids, 4, 5, 2, shuffle=False, last_only=False)
     b = next(w.batches(0))
     assert b.x.tolist() == [[0, 1, 2, 3], [5, 6, 7, 8]] and b.y.tolist() == [[1, 2, 3, 4], [6, 7, 8, 9]]
     assert b.mask is None and b.targets == 8
@@ -237,9 +237,9 @@ def test_windows_all_positions_and_unshuffled():
 
 def test_nietzsche_book_window_count():
     from scratchlm.text import CharTokenizer
-    text = data.load_text("nietzsche").lower()
+    text = corpora.load_text("nietzsche").lower()
     tok = CharTokenizer.fit(text, reserved=False)
-    w = data.Windows(tok.encode(text), maxlen=60, step=3, batch_size=128)
+    w = batching.Windows(tok.encode(text), maxlen=60, step=3, batch_size=128)
     assert (len(text), tok.vocab_size, w.num_windows, w.num_batches) == (600902, 60, 200281, 1565)
 
 
@@ -247,7 +247,7 @@ def test_windows_stream_instead_of_materialising():
     ids = np.zeros(3_000_000, dtype=np.uint8)           # (N, T) int64 windows would take 480 MB
     tracemalloc.start()
     try:
-        w = data.Windows(ids, maxlen=60, step=3, batch_size=128)
+        w = batching.Windows(ids, maxlen=60, step=3, batch_size=128)
         next(w.batches(0))
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -258,12 +258,12 @@ def test_windows_stream_instead_of_materialising():
 
 def test_too_short_for_windows():
     with pytest.raises(CorpusError, match="at least 61"):
-        data.Windows(np.zeros(60, dtype=np.uint8), maxlen=60)
+        batching.Windows(np.zeros(60, dtype=np.uint8), maxlen=60)
 
 
 def test_streams_continue_row_by_row():
     ids = np.arange(1000)
-    s = data.Streams(ids, batch_size=4, seq_len=10)
+    s = batching.Streams(ids, batch_size=4, seq_len=10)
     assert s.stream_len == 249 and s.num_batches == 24
     batches = list(s.batches(0))
     for b in batches:
@@ -277,12 +277,12 @@ def test_streams_continue_row_by_row():
 
 def test_streams_too_short():
     with pytest.raises(CorpusError, match="at least 641"):
-        data.Streams(np.zeros(640), batch_size=64, seq_len=10)
+        batching.Streams(np.zeros(640), batch_size=64, seq_len=10)
 
 
 def test_padded_batches_eos_both_ends_and_mask():
     seqs = [np.array([5, 6, 7]), np.array([8]), np.array([], dtype=int), np.array([9, 9, 9, 9, 9, 9])]
-    p = data.Padded(seqs, eos_id=2, pad_id=0, batch_size=3, maxlen=5, shuffle=False)
+    p = batching.Padded(seqs, eos_id=2, pad_id=0, batch_size=3, maxlen=5, shuffle=False)
     assert p.num_sequences == 3 and p.num_batches == 1                               # the empty one is dropped
     b = next(p.batches(0))
     assert b.x.tolist() == [[2, 5, 6, 7, 0], [2, 8, 0, 0, 0], [2, 9, 9, 9, 9]]
@@ -294,7 +294,7 @@ def test_padded_batches_eos_both_ends_and_mask():
 
 def test_padded_shuffles_by_seed_and_epoch_and_visits_each_once():
     seqs = [np.full(i % 7 + 1, i) for i in range(50)]
-    p = data.Padded(seqs, eos_id=2, pad_id=0, batch_size=8, seed=4)
+    p = batching.Padded(seqs, eos_id=2, pad_id=0, batch_size=8, seed=4)
     firsts = lambda epoch: sorted(int(x) for b in p.batches(epoch) for x in b.x[:, 1])   # noqa: E731
     assert firsts(0) == list(range(50))
     order = lambda epoch: [b.x[:, 1].tolist() for b in p.batches(epoch)]                # noqa: E731
@@ -303,26 +303,26 @@ def test_padded_shuffles_by_seed_and_epoch_and_visits_each_once():
 
 def test_padded_needs_sequences_and_reserved_ids():
     with pytest.raises(CorpusError, match="no non-empty"):
-        data.Padded([np.array([], dtype=int)], 2, 0)
+        batching.Padded([np.array([], dtype=int)], 2, 0)
     with pytest.raises(CorpusError, match="reserved"):
-        data.Padded([np.array([4])], None, None)
+        batching.Padded([np.array([4])], None, None)
 
 
 def test_splits():
-    train, val = data.split_tail(np.arange(100), 0.1)
+    train, val = batching.split_tail(np.arange(100), 0.1)
     assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
-    assert data.split_tail(np.arange(10), 0)[1].size == 0
+    assert batching.split_tail(np.arange(10), 0)[1].size == 0
     seqs = [np.array([i]) for i in range(20)]
-    tr, va = data.split_sequences(seqs, 0.25, seed=1)
+    tr, va = batching.split_sequences(seqs, 0.25, seed=1)
     assert len(tr) == 15 and len(va) == 5
     assert sorted(int(s[0]) for s in tr + va) == list(range(20))
     with pytest.raises(CorpusError):
-        data.split_tail(np.arange(10), 1.0)
+        batching.split_tail(np.arange(10), 1.0)
 
 
 def test_config_fingerprints_the_data():
-    a = data.Windows(np.arange(100) % 9, 10, 3, 8).config
-    b = data.Windows((np.arange(100) + 1) % 9, 10, 3, 8).config
+    a = batching.Windows(np.arange(100) % 9, 10, 3, 8).config
+    b = batching.Windows((np.arange(100) + 1) % 9, 10, 3, 8).config
     assert a["fingerprint"] != b["fingerprint"] and {k: v for k, v in a.items() if k != "fingerprint"} == \
         {k: v for k, v in b.items() if k != "fingerprint"}
 
@@ -331,18 +331,18 @@ def test_a_corpus_that_is_no_regular_file_is_refused_before_a_byte_is_read(tmp_p
     """A FIFO (no writer: reading would wait forever) and /dev/zero (endless) are refused at once."""
     os.mkfifo(tmp_path / "pipe.txt")
     with pytest.raises(CorpusError, match="FIFO .*not a regular file"):
-        data.read_text(tmp_path / "pipe.txt")
+        corpora.read_text(tmp_path / "pipe.txt")
     (tmp_path / "zero.txt").symlink_to("/dev/zero")
     with pytest.raises(CorpusError, match="character device, not a regular file"):
-        data.read_text(tmp_path / "zero.txt")
+        corpora.read_text(tmp_path / "zero.txt")
 
 
 @pytest.mark.parametrize("name", ["big.txt", "big.txt.gz"])
 def test_a_corpus_larger_than_half_the_available_memory_is_refused(tmp_path, monkeypatch, name):
     text = b"abc\n" * 1000
     (tmp_path / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
-    monkeypatch.setattr(data, "_memory_limit", lambda: len(text) - 1)
+    monkeypatch.setattr(corpora, "_memory_limit", lambda: len(text) - 1)
     with pytest.raises(CorpusError, match="half the memory available"):
-        data.read_text(tmp_path / name)
-    monkeypatch.setattr(data, "_memory_limit", lambda: len(text))
-    assert data.read_text(tmp_path / name) == text.decode()
+        corpora.read_text(tmp_path / name)
+    monkeypatch.setattr(corpora, "_memory_limit", lambda: len(text))
+    assert corpora.read_text(tmp_path / name) == text.decode()

@@ -135,10 +135,10 @@ def test_a_rank_with_other_data_is_refused(tmp_path):
 
 @needs_mpi
 def test_streams_whose_batch_does_not_divide_are_refused(tmp_path):
-    script = ("import sys\nfrom scratchlm import LanguageModel, optim, data\n"
+    script = ("import sys\nfrom scratchlm import LanguageModel, batching, optim\n"
               "from scratchlm.train import Trainer, run_script\nimport numpy\nids = numpy.arange(400) % 7\n"
               "sys.exit(run_script('odd', 'run', lambda: Trainer(LanguageModel(7, hidden_sizes=(4,), stateful=True),"
-              " optim.Adam(), data.Streams(ids, batch_size=3, seq_len=5), run_dir='run').fit()))\n")
+              " optim.Adam(), batching.Streams(ids, batch_size=3, seq_len=5), run_dir='run').fit()))\n")
     result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", script], cwd=tmp_path, env=_env(),
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
@@ -147,10 +147,10 @@ def test_streams_whose_batch_does_not_divide_are_refused(tmp_path):
 
 
 def test_one_process_imports_no_mpi(tmp_path):
-    script = ("import sys\nfrom scratchlm import LanguageModel, optim, data, distributed\n"
+    script = ("import sys\nfrom scratchlm import LanguageModel, batching, distributed, optim\n"
               "from scratchlm.train import Trainer\nimport numpy\nids = numpy.arange(400) % 7\n"
               "t = Trainer(LanguageModel(7, hidden_sizes=(4,), stateful=True), optim.Adam(),"
-              " data.Streams(ids, batch_size=3, seq_len=5), run_dir='run', max_steps=3, progress=False)\n"
+              " batching.Streams(ids, batch_size=3, seq_len=5), run_dir='run', max_steps=3, progress=False)\n"
               "t.fit()\nw = distributed.world()\n"
               "assert (w.rank, w.size, w.is_root, w.parallel) == (0, 1, True, False), w\n"
               "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'\nprint('ok')\n")

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from scratchlm import LanguageModel, data, get_backend, optim
+from scratchlm import LanguageModel, batching, get_backend, optim
 from scratchlm.backend import Backend
 from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_model
@@ -93,7 +93,7 @@ def test_resume_with_dropout_is_exact(tmp_path):
             losses[trainer.step] = trainer.last_loss
             if trainer.step == kill_at:
                 raise KeyboardInterrupt
-        batches = data.Streams(ids, batch_size=4, seq_len=7)
+        batches = batching.Streams(ids, batch_size=4, seq_len=7)
         options = dict(run_dir=run_dir, epochs=2, checkpoint_every=3, progress=False, out=io.StringIO(),
                        on_step=on_step)
         if resume:

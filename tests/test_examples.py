@@ -15,7 +15,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from scratchlm import data
+from scratchlm import corpora
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_a_built_wheel_holds_the_corpora_and_the_cuda_sources(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp_path / "wheels").glob("scratchlm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name, corpus in data.CORPORA.items():
+    for name, corpus in corpora.CORPORA.items():
         assert f"scratchlm/corpora/{corpus.filename}.gz" in names
     assert "scratchlm/corpora/README.md" in names
     cuda = {p.name for p in (ROOT / "scratchlm" / "kernels" / "cuda").glob("*.cu")}
@@ -83,7 +83,7 @@ def test_nietzsche_offline_says_so(tmp_path, capsys, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/nietzsche.txt"
-    monkeypatch.setitem(data.CORPORA, "nietzsche", data.Source(url, "0" * 64, "nietzsche.txt"))
+    monkeypatch.setitem(corpora.CORPORA, "nietzsche", corpora.Source(url, "0" * 64, "nietzsche.txt"))
     monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
     assert example("nietzsche_char").main(["--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from scratchlm import LanguageModel, budget, data, get_backend, sampling
+from scratchlm import LanguageModel, batching, budget, get_backend, sampling
 from scratchlm.backend import Backend
 from scratchlm.budget import ResourceError
 from scratchlm.cli import main
-from scratchlm.data import CorpusError
+from scratchlm.corpora import CorpusError
 from scratchlm.errors import ModelError, SamplingError, ScratchLMError
 from scratchlm.text import CharTokenizer
 
@@ -259,9 +259,9 @@ def test_check_banned_returns_sorted_distinct_ints():
 
 # -- batchers ---------------------------------------------------------------------------------------------
 
-BATCHERS = {"windows": lambda ids: data.Windows(ids, maxlen=3, step=1, batch_size=2),
-            "streams": lambda ids: data.Streams(ids, batch_size=2, seq_len=3),
-            "padded": lambda ids: data.Padded([ids], eos_id=0, pad_id=1, batch_size=2)}
+BATCHERS = {"windows": lambda ids: batching.Windows(ids, maxlen=3, step=1, batch_size=2),
+            "streams": lambda ids: batching.Streams(ids, batch_size=2, seq_len=3),
+            "padded": lambda ids: batching.Padded([ids], eos_id=0, pad_id=1, batch_size=2)}
 
 
 @pytest.mark.parametrize("kind", list(BATCHERS))
@@ -287,36 +287,36 @@ def test_batchers_need_a_flat_sequence_of_token_ids(kind, ids, words):
 @pytest.mark.parametrize("value", [2.5, True, "2", None, 0])
 def test_batcher_sizes_are_whole_numbers(value):
     ids = np.arange(100) % 5
-    refuses(CorpusError, lambda: data.Windows(ids, maxlen=value), "maxlen")
-    refuses(CorpusError, lambda: data.Windows(ids, step=value), "step")
-    refuses(CorpusError, lambda: data.Streams(ids, batch_size=value), "batch size")
-    refuses(CorpusError, lambda: data.Streams(ids, seq_len=value), "sequence length")
-    refuses(CorpusError, lambda: data.Padded([ids], 0, 1, batch_size=value), "batch size")
+    refuses(CorpusError, lambda: batching.Windows(ids, maxlen=value), "maxlen")
+    refuses(CorpusError, lambda: batching.Windows(ids, step=value), "step")
+    refuses(CorpusError, lambda: batching.Streams(ids, batch_size=value), "batch size")
+    refuses(CorpusError, lambda: batching.Streams(ids, seq_len=value), "sequence length")
+    refuses(CorpusError, lambda: batching.Padded([ids], 0, 1, batch_size=value), "batch size")
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
 def test_batcher_seeds_are_whole_numbers_from_zero(seed):
     ids = np.arange(100) % 5
-    refuses(CorpusError, lambda: data.Windows(ids, 5, seed=seed), "seed")
-    refuses(CorpusError, lambda: data.Padded([ids], 0, 1, seed=seed), "seed")
-    refuses(CorpusError, lambda: data.split_sequences([ids, ids], 0.5, seed=seed), "seed")
+    refuses(CorpusError, lambda: batching.Windows(ids, 5, seed=seed), "seed")
+    refuses(CorpusError, lambda: batching.Padded([ids], 0, 1, seed=seed), "seed")
+    refuses(CorpusError, lambda: batching.split_sequences([ids, ids], 0.5, seed=seed), "seed")
 
 
 @pytest.mark.parametrize("eos_id, pad_id", [(-1, 0), (0, 1.0), (True, 0)])
 def test_padded_reserved_ids_are_whole_numbers(eos_id, pad_id):
-    refuses(CorpusError, lambda: data.Padded([np.arange(5)], eos_id, pad_id), "_id must be a whole number")
+    refuses(CorpusError, lambda: batching.Padded([np.arange(5)], eos_id, pad_id), "_id must be a whole number")
 
 
 @pytest.mark.parametrize("fraction", ["0.1", None, True, math.nan, -0.1, 1, [0.1]])
 def test_validation_fractions_are_numbers_in_zero_one(fraction):
-    refuses(CorpusError, lambda: data.split_tail(np.arange(10), fraction), "validation fraction")
-    refuses(CorpusError, lambda: data.split_sequences([np.arange(3)] * 4, fraction), "validation fraction")
+    refuses(CorpusError, lambda: batching.split_tail(np.arange(10), fraction), "validation fraction")
+    refuses(CorpusError, lambda: batching.split_sequences([np.arange(3)] * 4, fraction), "validation fraction")
 
 
 def test_numpy_fractions_and_seeds_are_numbers():
-    train, val = data.split_tail(np.arange(10), np.float32(0.2))
+    train, val = batching.split_tail(np.arange(10), np.float32(0.2))
     assert len(val) == 2
-    assert len(data.split_sequences([np.arange(3)] * 10, np.float64(0.3), seed=np.int64(2))[1]) == 3
+    assert len(batching.split_sequences([np.arange(3)] * 10, np.float64(0.3), seed=np.int64(2))[1]) == 3
 
 
 # -- the command line -------------------------------------------------------------------------------------

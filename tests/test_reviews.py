@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from scratchlm import reviews
-from scratchlm.data import CorpusError, DownloadError
+from scratchlm.corpora import CorpusError, DownloadError
 from scratchlm.text import VectorTokenizer, VocabularyError, from_config
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "reviews"

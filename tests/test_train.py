@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from scratchlm import LanguageModel, data, optim
+from scratchlm import LanguageModel, batching, optim
 from scratchlm.text import CharTokenizer
 from scratchlm.train import (BEST, LAST, METRICS, PLOT, ResumeError, Sampler, Trainer, TrainingDiverged,
                              load_checkpoint, plot_metrics, read_metrics)
@@ -38,13 +38,13 @@ def make(kind, seed=0):
     ids = TOKENIZER.encode(TEXT * 2)
     if kind == "windows":
         return (LanguageModel(V, None, [8], seed=seed), optim.RMSprop(lr=0.01),
-                data.Windows(ids, maxlen=8, step=3, batch_size=16, seed=seed))
+                batching.Windows(ids, maxlen=8, step=3, batch_size=16, seed=seed))
     if kind == "streams":
         return (LanguageModel(V, 5, [8, 6], seed=seed, stateful=True), optim.Adam(lr=0.01, global_clipnorm=1.0),
-                data.Streams(ids, batch_size=4, seq_len=7))
+                batching.Streams(ids, batch_size=4, seq_len=7))
     sequences = [TOKENIZER.encode(line) for line in LINES]
     return (LanguageModel(V, 4, [8], seed=seed), optim.Adam(lr=0.01),
-            data.Padded(sequences, TOKENIZER.eos_id, TOKENIZER.pad_id, batch_size=3, seed=seed))
+            batching.Padded(sequences, TOKENIZER.eos_id, TOKENIZER.pad_id, batch_size=3, seed=seed))
 
 
 def run(kind, run_dir=None, epochs=3, kill_at=None, resume=False, checkpoint_every=None, val=None, **kwargs):
@@ -132,7 +132,7 @@ def test_max_steps_stops_then_resume_goes_on(tmp_path):
 def test_validation_and_samples_do_not_change_training(tmp_path):
     plain, _ = run("streams")
     ids = TOKENIZER.encode(TEXT)
-    val = data.Streams(ids, batch_size=2, seq_len=7)
+    val = batching.Streams(ids, batch_size=2, seq_len=7)
     busy, trainer = run("streams", tmp_path, val=val, sampler=Sampler(TOKENIZER, length=20), log_every=3)
     assert busy == plain
     assert all(e["val_loss"] is not None for e in trainer.history)
@@ -183,7 +183,7 @@ def test_epoch_lines_and_metrics_log(tmp_path):
 
 def test_loss_plot(tmp_path):
     pytest.importorskip("matplotlib")
-    run("windows", tmp_path, epochs=2, log_every=2, val=data.Windows(TOKENIZER.encode(TEXT), 8, 5, 16))
+    run("windows", tmp_path, epochs=2, log_every=2, val=batching.Windows(TOKENIZER.encode(TEXT), 8, 5, 16))
     assert (tmp_path / PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -249,10 +249,10 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 def test_resume_rejects_other_data(tmp_path):
     run("windows", tmp_path, epochs=1)
-    other = data.Windows(TOKENIZER.encode(TEXT[::-1] * 2), maxlen=8, step=3, batch_size=16)
+    other = batching.Windows(TOKENIZER.encode(TEXT[::-1] * 2), maxlen=8, step=3, batch_size=16)
     with pytest.raises(ResumeError, match="corpus"):
         Trainer.resume(load_checkpoint(tmp_path), other)
-    wider = data.Windows(TOKENIZER.encode(TEXT * 2), maxlen=8, step=3, batch_size=32)
+    wider = batching.Windows(TOKENIZER.encode(TEXT * 2), maxlen=8, step=3, batch_size=32)
     with pytest.raises(ResumeError, match="batch_size"):
         Trainer.resume(load_checkpoint(tmp_path), wider)
 
