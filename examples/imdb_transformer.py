@@ -26,7 +26,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scratchlm import optim, reviews
+from scratchlm import batching, optim
+from scratchlm.datasets import imdb
 from scratchlm.models import TransformerLM
 from scratchlm.text import VectorTokenizer, from_config
 from scratchlm.train import Sampler, open_run, run_script, start_or_resume
@@ -53,18 +54,18 @@ def main(argv=None):
 
 def run(args):
     """Train (or continue) the run, printing its progress and samples."""
-    folder = args.data if args.data is not None else reviews.fetch_imdb()
+    folder = args.data if args.data is not None else imdb.fetch_imdb()
     ckpt = open_run(args.run_dir, args.resume, args.backend)
     tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
-                 VectorTokenizer.fit(reviews.iter_review_files(folder), max_tokens=15000))
-    ids = reviews.vectorize(reviews.iter_review_files(folder), tokenizer, length=reviews.SEQUENCE_LENGTH)
-    train = reviews.Vectorized(ids, batch_size=args.batch_size, seed=args.seed)
+                 VectorTokenizer.fit(imdb.iter_review_files(folder), max_tokens=15000))
+    ids = imdb.vectorize(imdb.iter_review_files(folder), tokenizer, length=imdb.SEQUENCE_LENGTH)
+    train = batching.Vectorized(ids, batch_size=args.batch_size, seed=args.seed)
     sampler = Sampler(tokenizer, temperatures=TEMPERATURES, length=50, prime="this movie", seed=args.seed)
     options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
                    log_every=10, sampler=sampler)
 
     def build():
-        model = TransformerLM(tokenizer.vocab_size, reviews.SEQUENCE_LENGTH, embed_dim=256, dense_dim=2048,
+        model = TransformerLM(tokenizer.vocab_size, imdb.SEQUENCE_LENGTH, embed_dim=256, dense_dim=2048,
                               num_heads=2, block=args.block, backend=args.backend, seed=args.seed)
         return model, optim.RMSprop(lr=1e-3)
 

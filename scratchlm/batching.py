@@ -1,6 +1,6 @@
 """Batches: how a token sequence is cut into training batches.
 
-Three batchers, all with the same interface (``num_batches``,
+Four batchers, all with the same interface (``num_batches``,
 ``batches(epoch, start)``, ``config``, ``last_only``, ``stateful``, ``eos_id``,
 ``random_prompt``), each yielding :class:`Batch` es:
 
@@ -11,6 +11,8 @@ Three batchers, all with the same interface (``num_batches``,
   BPTT, where the LSTM state flows from one chunk to the next.
 * :class:`Padded` — one sequence per line or record, padded per batch, with
   <eos> marking both ends and a mask over the real steps.
+* :class:`Vectorized` — the rows of an (N, L) id matrix cut into x = ids[:, :-1],
+  y = ids[:, 1:] (the IMDB seed's batches; :mod:`scratchlm.datasets.imdb` makes the matrix).
 
 :func:`split_tail` and :func:`split_sequences` hold out the validation part first.
 
@@ -298,3 +300,69 @@ class Padded:
         """The start of a sequence: <eos> alone."""
         return numpy.array([self.eos_id], dtype=numpy.int64)
 
+
+class Vectorized:
+    """Batches of the seed: rows of L ids cut into x = ids[:, :-1], y = ids[:, 1:], mask = x != 0.
+
+    ids: an (N, L) integer matrix, L >= 2, padded with ``pad_id`` (0) at the end of each row, as
+    :func:`scratchlm.datasets.imdb.vectorize` makes it. Rows that are all padding (a review with no word) are dropped: they
+    hold no target. The loss is the mean over positions whose *input* token is not padding (Keras
+    masks the seed's loss with the embedding's mask, x != 0), so the last word of a short review is
+    trained to predict padding (y = 0), as in the seed. Each epoch visits the rows in the order
+    ``numpy.random.default_rng([seed, epoch])`` draws (when ``shuffle``), in batches of
+    ``batch_size`` (the last may be smaller). Memory: the id matrix alone, in a compact dtype (uint16
+    when V < 65,536), plus one int32 permutation per epoch; (B, L-1) int64 x and y are gathered per batch.
+    """
+
+    stateful = False
+    last_only = False
+    eos_id = None
+
+    def __init__(self, ids: ArrayLike, batch_size: int = 32, seed: int = 0, shuffle: bool = True, pad_id: int = 0):
+        ids = numpy.asarray(ids)
+        if ids.ndim != 2 or ids.shape[1] < 2:
+            raise CorpusError(f"vectorized reviews must form an (N, L) matrix with L >= 2, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise CorpusError(f"token ids must be integers, got {ids.dtype}: vectorize the texts first")
+        if ids.size and int(ids.min()) < 0:
+            raise CorpusError(f"token ids must be >= 0, got {int(ids.min())}")
+        self.pad_id = _whole("pad_id", pad_id, 0)
+        self.batch_size = _whole("batch size", batch_size)
+        self.seed, self.shuffle = _whole("seed", seed, 0), bool(shuffle)
+        keep = (ids != self.pad_id).any(axis=1)
+        if not keep.all():
+            ids = ids[keep]
+        if len(ids) == 0:
+            raise CorpusError("no review holds a word to train on (every row is padding)")
+        top = int(ids.max())
+        dtype = numpy.uint8 if top < 1 << 8 else numpy.uint16 if top < 1 << 16 else numpy.uint32
+        self.ids = ids if ids.dtype == dtype else ids.astype(dtype)
+        self.num_sequences, self.length = self.ids.shape
+        self.num_batches = math.ceil(self.num_sequences / self.batch_size)
+
+    def __str__(self) -> str:
+        return (f"{self.num_sequences:,} reviews of {self.length} ids (x, y: {self.length - 1}) in "
+                f"{self.num_batches:,} batches of {self.batch_size} per epoch")
+
+    @functools.cached_property
+    def config(self) -> dict:
+        """What a checkpoint records and a resumed run must match (the fingerprint hashes the ids once)."""
+        return {"kind": "vectorized", "length": self.length, "batch_size": self.batch_size, "seed": self.seed,
+                "shuffle": self.shuffle, "pad_id": self.pad_id, "num_batches": self.num_batches,
+                "fingerprint": fingerprint(self.ids)}
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
+        order = epoch_order(self.num_sequences, self.seed, epoch, self.shuffle)
+        B = self.batch_size
+        for k in range(start, self.num_batches):
+            rows = self.ids[order[k * B:(k + 1) * B]].astype(numpy.int64)     # (B, L)
+            x, y = rows[:, :-1], rows[:, 1:]
+            mask = x != self.pad_id
+            yield Batch(numpy.ascontiguousarray(x), numpy.ascontiguousarray(y), mask, int(mask.sum()))
+
+    def random_prompt(self, rng: numpy.random.Generator, length: int = 2) -> numpy.ndarray:
+        """The first ``length`` words (default 2, like the seed's "this movie") of a random review."""
+        row = self.ids[int(rng.integers(0, self.num_sequences))]
+        words = row[row != self.pad_id]
+        return words[:max(1, int(length))].astype(numpy.int64)

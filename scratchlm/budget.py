@@ -164,7 +164,7 @@ def batch_bytes(batch, steps):
 
 
 def vectorized_bytes(texts, length, vocab_size):
-    """Bytes :func:`scratchlm.reviews.vectorize` needs for ``texts`` rows of ``length`` ids, at its peak (the
+    """Bytes :func:`scratchlm.datasets.imdb.vectorize` needs for ``texts`` rows of ``length`` ids, at its peak (the
     blocks and their join; the split into training and validation rows then copies the matrix once more)."""
     itemsize = 2 if vocab_size <= 1 << 16 else 4
     return 2 * texts * length * itemsize

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy
 
-from . import batching, budget, checkpoint, corpora, distributed, files, models, optim, reviews, rundir, sampling
+from . import batching, budget, checkpoint, corpora, distributed, files, models, optim, rundir, sampling
 from .backend import get_backend
+from .datasets import imdb
 from .errors import CheckpointError, ModelError, ScratchLMError
 from .layers.dropout import MAX_RATE
 from .text import UNK, CharTokenizer, VectorTokenizer, VocabularyError, WordTokenizer, from_config, listing
@@ -593,7 +594,7 @@ def _texts(corpus):
     """(texts, how many) of a --model transformer corpus; ``texts()`` is a fresh iterator each call: the .txt
     files of a folder laid out like aclImdb/ (read one at a time), else the non-blank lines of a text."""
     if Path(corpus).is_dir():
-        return (lambda: reviews.iter_review_files(corpus)), len(reviews.review_paths(corpus))
+        return (lambda: imdb.iter_review_files(corpus)), len(imdb.review_paths(corpus))
     text = _text(corpus)
 
     def lines():
@@ -648,13 +649,13 @@ def _check_memory(settings, config, texts, loaded):
 def prepare_vectorized(settings, texts, tokenizer, count):
     """(train, validation or None) for --model transformer: each of the ``count`` texts of ``texts()`` (a fresh
     iterator each call) vectorised to ``seq_len`` ids; a seeded ``val_fraction`` of them held out."""
-    ids = reviews.vectorize(texts(), tokenizer, length=settings["seq_len"], chunk=max(1, min(4096, count)))  # (N, L)
+    ids = imdb.vectorize(texts(), tokenizer, length=settings["seq_len"], chunk=max(1, min(4096, count)))  # (N, L)
     held = numpy.random.default_rng(settings["seed"]).permutation(len(ids))[:int(len(ids) * settings["val_fraction"])]
     is_val = numpy.zeros(len(ids), dtype=bool)
     is_val[held] = True
     B = settings["batch_size"]
-    train = reviews.Vectorized(ids[~is_val], B, seed=settings["seed"])
-    val = reviews.Vectorized(ids[is_val], B, shuffle=False) if is_val.any() and ids[is_val].any() else None
+    train = batching.Vectorized(ids[~is_val], B, seed=settings["seed"])
+    val = batching.Vectorized(ids[is_val], B, shuffle=False) if is_val.any() and ids[is_val].any() else None
     return train, val
 
 

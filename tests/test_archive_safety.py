@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from scratchlm import files, reviews
+from scratchlm import files
 from scratchlm.cli import main
 from scratchlm.corpora import CorpusError
+from scratchlm.datasets import imdb
 from scratchlm.errors import ScratchLMError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_the_symlink_chain_archive_is_refused_and_creates_nothing(tmp_path):
     archive = _targz(tmp_path / "chain.tar.gz", CHAIN)
     before = _snapshot(tmp_path)
     with pytest.raises(CorpusError, match=r"unsafe member 'aclImdb/train/s'.*extracts no links") as err:
-        reviews.extract_archive(archive, tmp_path / "imdb")
+        imdb.extract_archive(archive, tmp_path / "imdb")
     assert "\n" not in str(err.value)
     assert _snapshot(tmp_path) == before                        # no folder, no link, no temporary folder
 
@@ -119,24 +120,24 @@ def test_the_symlink_chain_archive_is_refused_and_creates_nothing(tmp_path):
 def test_each_link_of_the_chain_alone_is_refused(tmp_path, member):
     archive = _targz(tmp_path / "one.tar.gz", [CHAIN[0], member])
     with pytest.raises(CorpusError, match="symbolic link"):
-        reviews.extract_archive(archive, tmp_path / "imdb")
+        imdb.extract_archive(archive, tmp_path / "imdb")
     assert not (tmp_path / "imdb").exists()
 
 
 def test_a_deep_member_is_refused_before_anything_is_written(tmp_path):
     archive = _targz(tmp_path / "deep.tar.gz", [("aclImdb/" + "d/" * 3000 + "x.txt", "deep")])
-    with pytest.raises(CorpusError, match=f"3002 names deep, more than the {reviews.MAX_DEPTH}"):
-        reviews.extract_archive(archive, tmp_path / "imdb")
+    with pytest.raises(CorpusError, match=f"3002 names deep, more than the {imdb.MAX_DEPTH}"):
+        imdb.extract_archive(archive, tmp_path / "imdb")
     assert sorted(os.listdir(tmp_path)) == ["deep.tar.gz"]
     shallow = _targz(tmp_path / "shallow.tar.gz", [("aclImdb/" + "d/" * 30 + "x.txt", "deep enough")])
-    assert (reviews.extract_archive(shallow, tmp_path / "ok") / "aclImdb").is_dir()
+    assert (imdb.extract_archive(shallow, tmp_path / "ok") / "aclImdb").is_dir()
 
 
 @pytest.mark.parametrize("body", [b"", b"plain text, not gzip", b"\x1f\x8b\x08\x00broken"])
 def test_a_file_that_is_no_tar_gz_gets_a_one_line_message(tmp_path, body):
     (tmp_path / "bad.tar.gz").write_bytes(body)
     with pytest.raises(CorpusError, match="not a whole tar archive") as err:
-        reviews.extract_archive(tmp_path / "bad.tar.gz", tmp_path / "imdb")
+        imdb.extract_archive(tmp_path / "bad.tar.gz", tmp_path / "imdb")
     assert "\n" not in str(err.value) and "delete it and fetch it again" in str(err.value)
     assert sorted(os.listdir(tmp_path)) == ["bad.tar.gz"]
 
@@ -146,14 +147,14 @@ def test_only_a_full_disk_asks_for_space(tmp_path, monkeypatch):
     not_dir = _targz(tmp_path / "notdir.tar.gz", [("aclImdb/a", "x"), ("aclImdb/a/b.txt", "y")])
     for archive, reason in [(long_name, "File name too long"), (not_dir, "exists")]:
         with pytest.raises(CorpusError, match=reason) as err:
-            reviews.extract_archive(archive, tmp_path / "imdb")
+            imdb.extract_archive(archive, tmp_path / "imdb")
         assert "space" not in str(err.value) and "\n" not in str(err.value)
     for code in (errno.ENOSPC, errno.EDQUOT):
         def full(tar, members, tmp, code=code):
             raise OSError(code, os.strerror(code))
-        monkeypatch.setattr(reviews, "_extract_members", full)
+        monkeypatch.setattr(imdb, "_extract_members", full)
         with pytest.raises(CorpusError, match="free some space or choose another cache directory"):
-            reviews.extract_archive(long_name, tmp_path / "imdb")
+            imdb.extract_archive(long_name, tmp_path / "imdb")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imdb")]   # no temporary folder left
 
 
@@ -164,11 +165,11 @@ def test_the_chain_on_disk_is_not_followed_out_of_the_folder(tmp_path, secret):
     assert os.path.realpath(root / "train/t") == "/"                       # the chain really reaches the root
     texts = []
     with pytest.raises(CorpusError, match=r"leak\.txt leads to .*SECRET\.txt, outside") as err:
-        texts.extend(reviews.iter_review_files(root))
+        texts.extend(imdb.iter_review_files(root))
     assert texts == ["A dull film."] and SECRET not in str(err.value)
     exact = _attack_tree(tmp_path / "exact", CHAIN[3][1][2:])                # the archive's own target
     with pytest.raises(CorpusError, match=r"leak\.txt leads to /tmp/SECRET\.txt, outside"):
-        list(reviews.iter_review_files(exact))
+        list(imdb.iter_review_files(exact))
 
 
 def test_a_class_folder_that_leads_outside_is_refused_before_it_is_walked(tmp_path, secret):
@@ -176,7 +177,7 @@ def test_a_class_folder_that_leads_outside_is_refused_before_it_is_walked(tmp_pa
     root.mkdir()
     (root / "train").symlink_to(secret.parent)
     with pytest.raises(CorpusError, match="train leads to .*, outside"):
-        reviews.review_paths(root)
+        imdb.review_paths(root)
 
 
 def test_the_chain_on_disk_through_the_cli(tmp_path, secret):
@@ -193,7 +194,7 @@ def test_a_fifo_review_is_refused_at_once(tmp_path):
     (root / "train/pos").mkdir(parents=True)
     (root / "train/pos/0_9.txt").write_text("A fine film.")
     os.mkfifo(root / "train/pos/1_9.txt")                   # nobody ever writes to it
-    how, exc = within(10, list, reviews.iter_review_files(root))
+    how, exc = within(10, list, imdb.iter_review_files(root))
     assert how == "raised" and isinstance(exc, CorpusError) and "1_9.txt is a FIFO" in str(exc)
     before = _snapshot(tmp_path)
     fails(scratchlm("train", root, "--model", "transformer", "--run-dir", tmp_path / "run", "--no-progress",
@@ -205,9 +206,9 @@ def test_a_review_that_links_to_dev_zero_is_refused_at_once(tmp_path):
     root = tmp_path / "aclImdb"
     (root / "train/pos").mkdir(parents=True)
     (root / "train/pos/0_9.txt").symlink_to("/dev/zero")
-    how, exc = within(10, list, reviews.iter_review_files(root))
+    how, exc = within(10, list, imdb.iter_review_files(root))
     assert how == "raised" and isinstance(exc, CorpusError) and "leads to /dev/zero, outside" in str(exc)
-    how, exc = within(10, reviews.read_review, "/dev/zero")            # even when named directly
+    how, exc = within(10, imdb.read_review, "/dev/zero")            # even when named directly
     assert how == "raised" and isinstance(exc, CorpusError) and "a character device" in str(exc)
 
 
@@ -215,11 +216,11 @@ def test_a_review_over_the_size_bound_is_refused(tmp_path, monkeypatch):
     root = tmp_path / "aclImdb"
     (root / "train/pos").mkdir(parents=True)
     (root / "train/pos/0_9.txt").write_text("x" * 1000)
-    monkeypatch.setattr(reviews, "REVIEW_LIMIT", 999)
+    monkeypatch.setattr(imdb, "REVIEW_LIMIT", 999)
     with pytest.raises(CorpusError, match="0_9.txt is larger than 999 bytes, the most a review may hold"):
-        list(reviews.iter_review_files(root))
-    monkeypatch.setattr(reviews, "REVIEW_LIMIT", 1000)
-    assert list(reviews.iter_review_files(root)) == ["x" * 1000]
+        list(imdb.iter_review_files(root))
+    monkeypatch.setattr(imdb, "REVIEW_LIMIT", 1000)
+    assert list(imdb.iter_review_files(root)) == ["x" * 1000]
 
 
 # -- the shared reader ---------------------------------------------------------------

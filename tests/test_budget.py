@@ -9,7 +9,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from scratchlm import LanguageModel, TransformerLM, budget, get_backend, optim, reviews
+from scratchlm import LanguageModel, TransformerLM, budget, get_backend, optim
+from scratchlm.datasets import imdb
 from scratchlm.kernels.numba.parallel import workspace
 from scratchlm.models.recurrent import CELLS
 from scratchlm.text import CharTokenizer
@@ -139,7 +140,7 @@ def lines(tmp_path):
 def nothing_vectorized(monkeypatch):
     def vectorize(*args, **kwargs):
         raise AssertionError("vectorized a corpus the run cannot train on")
-    monkeypatch.setattr(reviews, "vectorize", vectorize)
+    monkeypatch.setattr(imdb, "vectorize", vectorize)
 
 
 def refused_with_little_memory(capsys, *argv):

@@ -153,11 +153,11 @@ def test_imdb_transformer_smoke_run_on_the_shipped_sample_and_resume(tmp_path, c
 
 def test_imdb_offline_names_the_data_option(tmp_path, capsys, monkeypatch):
     import socket
-    from scratchlm import reviews
+    from scratchlm.datasets import imdb
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/aclImdb_v1.tar.gz"
-    monkeypatch.setitem(reviews.ARCHIVES, "imdb", reviews.ARCHIVES["imdb"]._replace(url=url))
+    monkeypatch.setitem(imdb.ARCHIVES, "imdb", imdb.ARCHIVES["imdb"]._replace(url=url))
     monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
     assert example("imdb_transformer").main(["--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

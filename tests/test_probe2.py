@@ -13,7 +13,7 @@ import pytest
 
 from scratchlm import TransformerLM
 from scratchlm.cli import main
-from scratchlm.reviews import Vectorized
+from scratchlm.batching import Vectorized
 from scratchlm.text import CharTokenizer, VectorTokenizer, VocabularyError
 from scratchlm.train import LAST, METRICS, Sampler, Trainer, TrainingDiverged, load_checkpoint
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchlm import reviews
+from scratchlm import batching
 from scratchlm.corpora import CorpusError, DownloadError
+from scratchlm.datasets import imdb
 from scratchlm.text import VectorTokenizer, VocabularyError, from_config
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "reviews"
@@ -109,37 +110,37 @@ def test_review_files_in_keras_order(tmp_path):
         "train/unsup/0_0.txt": "t u 0", "train/urls_pos.txt": "url", "train/labeledBow.feat": "x",
         "test/neg/5_1.TXT": "e n 5", "README": "not a class", "imdb.vocab": "no",
         "top.txt": "files directly in the folder are not read", ".hidden/a.txt": "skipped"})
-    names = [p.relative_to(root).as_posix() for p in reviews.review_paths(root)]
+    names = [p.relative_to(root).as_posix() for p in imdb.review_paths(root)]
     assert names == ["test/neg/5_1.TXT", "train/urls_pos.txt", "train/neg/0_2.txt", "train/pos/0_7.txt",
                      "train/pos/1_9.txt", "train/unsup/0_0.txt"]
-    assert list(reviews.iter_review_files(root)) == ["e n 5", "url", "t n 0", "t p 0", "t p 1", "t u 0"]
+    assert list(imdb.iter_review_files(root)) == ["e n 5", "url", "t n 0", "t p 0", "t p 1", "t u 0"]
 
 
 def test_links_that_stay_inside_the_folder_are_read_in_keras_order(tmp_path):
     root = _tree(tmp_path / "aclImdb", {"train/pos/0_9.txt": "fine", "train/neg/0_1.txt": "dull"})
     (root / "train/link.txt").symlink_to("pos/0_9.txt")
     (root / "test").symlink_to("train/neg")                     # a class folder that is a link inside
-    assert list(reviews.iter_review_files(root)) == ["dull", "fine", "dull", "fine"]   # test/0_1, link, neg, pos
+    assert list(imdb.iter_review_files(root)) == ["dull", "fine", "dull", "fine"]   # test/0_1, link, neg, pos
 
 
 def test_review_files_stream_and_name_a_bad_file(tmp_path):
     root = _tree(tmp_path / "r", {"neg/a.txt": "fine", "neg/b.txt": b"caf\xe9", "pos/c.txt": "later"})
-    it = reviews.iter_review_files(root)
+    it = imdb.iter_review_files(root)
     assert next(it) == "fine"                                   # read lazily: the bad file is not read yet
     with pytest.raises(CorpusError, match=r"b\.txt is not UTF-8.*offset 3"):
         next(it)
     with pytest.raises(CorpusError, match="no such folder"):
-        reviews.iter_review_files(tmp_path / "missing")
+        imdb.iter_review_files(tmp_path / "missing")
     with pytest.raises(CorpusError, match="no .txt file"):
-        reviews.iter_review_files(_tree(tmp_path / "flat", {"a.txt": "top level only"}))
+        imdb.iter_review_files(_tree(tmp_path / "flat", {"a.txt": "top level only"}))
 
 
 def test_the_shipped_sample():
-    texts = list(reviews.iter_review_files(SAMPLE))
+    texts = list(imdb.iter_review_files(SAMPLE))
     assert len(texts) == 40 and sum("<br /><br />" in t for t in texts) >= 5
-    tok = VectorTokenizer.fit(reviews.iter_review_files(SAMPLE), max_tokens=15000)
+    tok = VectorTokenizer.fit(imdb.iter_review_files(SAMPLE), max_tokens=15000)
     assert tok.tokens[:3] == ["", "[UNK]", "the"] and "br" not in tok.words
-    ids = reviews.vectorize(reviews.iter_review_files(SAMPLE), tok)
+    ids = imdb.vectorize(imdb.iter_review_files(SAMPLE), tok)
     assert ids.shape == (40, 100) and ids.dtype == np.uint16 and (ids[:, 0] != 0).all()
 
 
@@ -191,7 +192,7 @@ def test_malicious_archives_are_refused_and_write_nothing(kind, tmp_path):
     archive = _targz(tmp_path / f"{kind}.tar.gz", [(dict(f), d) for f, d in GOOD[:2] + EVIL[kind]])
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(CorpusError, match="unsafe member"):
-        reviews.extract_archive(archive, work / "out")
+        imdb.extract_archive(archive, work / "out")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before     # no file, no temp folder
     assert not Path("/tmp/scratchlm-evil-absolute.txt").exists()
 
@@ -200,7 +201,7 @@ def test_a_damaged_archive_is_a_corpus_error(tmp_path):
     archive = _targz(tmp_path / "good.tar.gz", [(dict(f), d) for f, d in GOOD])
     (tmp_path / "cut.tar.gz").write_bytes(archive.read_bytes()[:-40])
     with pytest.raises(CorpusError, match="not a whole tar archive"):
-        reviews.extract_archive(tmp_path / "cut.tar.gz", tmp_path / "out")
+        imdb.extract_archive(tmp_path / "cut.tar.gz", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
@@ -233,30 +234,30 @@ def server(tmp_path):
 
 
 def test_fetch_archive_downloads_extracts_and_reuses(server, tmp_path):
-    dest = reviews.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache")
+    dest = imdb.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache")
     root = dest / "aclImdb"
     assert (root / "train/pos/0_9.txt").read_bytes() == b"A fine film.<br /><br />Truly."
     assert (root / "train/1_9.txt").read_bytes() == b"A fine film.<br /><br />Truly."
     assert not [p for p in root.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imdb")]       # no temporary folder left
     fine, dull = "A fine film.<br /><br />Truly.", "A dull film."
-    assert list(reviews.iter_review_files(root)) == [dull, fine, dull, fine]   # test/0_2, train/1_9, neg, pos
-    again = reviews.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache")
+    assert list(imdb.iter_review_files(root)) == [dull, fine, dull, fine]   # test/0_2, train/1_9, neg, pos
+    again = imdb.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache")
     assert again == dest and server.seen == ["/aclImdb_v1.tar.gz"]                 # reused: no second request
     (tmp_path / "cache").joinpath(next((tmp_path / "cache").iterdir()).name).unlink()
-    assert reviews.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache") == dest
+    assert imdb.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache") == dest
 
 
 def test_fetch_archive_checksum_and_foreign_folder(server, tmp_path):
     with pytest.raises(DownloadError, match="SHA-256"):
-        reviews.fetch_archive(server.url, "0" * 64, tmp_path / "imdb", cache_dir=tmp_path / "cache")
+        imdb.fetch_archive(server.url, "0" * 64, tmp_path / "imdb", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "imdb").exists()
     with pytest.raises(CorpusError, match="SHA-256"):
-        reviews.fetch_archive(server.url, None, tmp_path / "imdb", cache_dir=tmp_path / "cache")
+        imdb.fetch_archive(server.url, None, tmp_path / "imdb", cache_dir=tmp_path / "cache")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(CorpusError, match="already exists"):
-        reviews.fetch_archive(server.url, server.sha256, tmp_path / "mine", cache_dir=tmp_path / "cache")
+        imdb.fetch_archive(server.url, server.sha256, tmp_path / "mine", cache_dir=tmp_path / "cache")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -266,15 +267,15 @@ def test_offline_message_names_the_data_option(tmp_path):
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/aclImdb_v1.tar.gz"
     with pytest.raises(DownloadError) as err:
-        reviews.fetch_archive(url, "0" * 64, tmp_path / "imdb", cache_dir=tmp_path, timeout=5)
+        imdb.fetch_archive(url, "0" * 64, tmp_path / "imdb", cache_dir=tmp_path, timeout=5)
     assert url in str(err.value) and "--data DIR" in str(err.value)
 
 
 def test_the_imdb_source():
-    source = reviews.ARCHIVES["imdb"]
+    source = imdb.ARCHIVES["imdb"]
     assert source.url == "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
     assert source.sha256 == "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
-    assert source.folder == "aclImdb" and "--data DIR" in reviews.IMDB_HINT
+    assert source.folder == "aclImdb" and "--data DIR" in imdb.IMDB_HINT
 
 
 # -- the batcher ---------------------------------------------------------------------
@@ -289,7 +290,7 @@ def _ids(n=50, length=11, vocab=300, seed=0):
 
 def test_vectorized_batches_shift_mask_and_targets():
     ids = _ids()
-    v = reviews.Vectorized(ids, batch_size=8, shuffle=False)
+    v = batching.Vectorized(ids, batch_size=8, shuffle=False)
     assert (v.num_sequences, v.length, v.num_batches) == (50, 11, 7) and v.ids.dtype == np.uint16
     assert (v.stateful, v.last_only, v.eos_id) == (False, False, None)
     batches = list(v.batches(0))
@@ -305,12 +306,12 @@ def test_vectorized_batches_shift_mask_and_targets():
 
 def test_vectorized_shuffle_is_a_function_of_seed_and_epoch_and_resumes():
     ids = _ids(n=100)
-    v = reviews.Vectorized(ids, batch_size=16, seed=3)
+    v = batching.Vectorized(ids, batch_size=16, seed=3)
     first = [b.x for b in v.batches(0)]
-    again = [b.x for b in reviews.Vectorized(ids, batch_size=16, seed=3).batches(0)]
+    again = [b.x for b in batching.Vectorized(ids, batch_size=16, seed=3).batches(0)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again)) and len(first) == 7
     assert not np.array_equal(first[0], next(v.batches(1)).x)
-    assert not np.array_equal(first[0], next(reviews.Vectorized(ids, batch_size=16, seed=4).batches(0)).x)
+    assert not np.array_equal(first[0], next(batching.Vectorized(ids, batch_size=16, seed=4).batches(0)).x)
     tail = [b for b in v.batches(0, start=4)]
     assert len(tail) == 3 and all(np.array_equal(a, b.x) for a, b in zip(first[4:], tail))
     rows = sorted(map(tuple, np.concatenate(first)))
@@ -319,28 +320,28 @@ def test_vectorized_shuffle_is_a_function_of_seed_and_epoch_and_resumes():
 
 def test_vectorized_config_prompt_and_checks():
     ids = _ids()
-    v = reviews.Vectorized(ids, batch_size=8)
+    v = batching.Vectorized(ids, batch_size=8)
     c = v.config
     assert c["kind"] == "vectorized" and c["length"] == 11 and c["num_batches"] == 7 and len(c["fingerprint"]) == 64
-    assert c["fingerprint"] != reviews.Vectorized(_ids(seed=1), batch_size=8).config["fingerprint"]
+    assert c["fingerprint"] != batching.Vectorized(_ids(seed=1), batch_size=8).config["fingerprint"]
     prompt = v.random_prompt(np.random.default_rng(0))
     assert prompt.dtype == np.int64 and 1 <= len(prompt) <= 2 and (prompt != 0).all()
     with_empty = np.vstack([ids, np.zeros((3, 11), np.uint16)])
-    assert reviews.Vectorized(with_empty).num_sequences == 50                 # all-padding rows hold no target
+    assert batching.Vectorized(with_empty).num_sequences == 50                 # all-padding rows hold no target
     with pytest.raises(CorpusError, match="no review"):
-        reviews.Vectorized(np.zeros((4, 11), np.uint16))
+        batching.Vectorized(np.zeros((4, 11), np.uint16))
     with pytest.raises(CorpusError, match="matrix"):
-        reviews.Vectorized(np.arange(10))
+        batching.Vectorized(np.arange(10))
     with pytest.raises(CorpusError):
-        reviews.Vectorized(ids.astype(float))
+        batching.Vectorized(ids.astype(float))
     with pytest.raises(CorpusError, match="batch size"):
-        reviews.Vectorized(ids, batch_size=0)
+        batching.Vectorized(ids, batch_size=0)
 
 
 def test_vectorize_streams_in_blocks_and_matches_encode_sequence():
     tok = VectorTokenizer.fit(["a b c d e f g"] * 3)
     texts = [" ".join("abcdefg"[: i % 8]) for i in range(23)]
-    ids = reviews.vectorize(iter(texts), tok, length=5, chunk=4)
+    ids = imdb.vectorize(iter(texts), tok, length=5, chunk=4)
     assert ids.shape == (23, 5) and ids.dtype == np.uint16
     assert all(np.array_equal(ids[i], tok.encode_sequence(t, 5)) for i, t in enumerate(texts))
-    assert reviews.vectorize([], tok, length=5).shape == (0, 5)
+    assert imdb.vectorize([], tok, length=5).shape == (0, 5)

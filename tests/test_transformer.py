@@ -10,7 +10,7 @@ from scratchlm import get_backend, models, optim
 from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_model
 from scratchlm.models import TransformerLM
-from scratchlm.reviews import Vectorized
+from scratchlm.batching import Vectorized
 from scratchlm.train import Trainer, load_checkpoint
 
 TOL = 1e-6

@@ -1,4 +1,4 @@
-"""Review corpora laid out like ``aclImdb/``: the archive, the files, and the seed's batches.
+"""The IMDB reviews, laid out like ``aclImdb/``: the archive, the files, and the seed's id matrix.
 
 The IMDB seed (Chollet, *Deep Learning with Python*, ch. 12) downloads
 ``aclImdb_v1.tar.gz``, extracts it, reads every review with
@@ -7,39 +7,40 @@ vectorises each one to ``output_sequence_length=100`` word ids and trains on
 x = ids[:, :-1], y = ids[:, 1:]. This module does each step:
 
 * :func:`fetch_archive` / :func:`fetch_imdb` — download with the cache,
-  checksum, resume and offline message of :func:`scratchlm.data.fetch`, then
+  checksum, resume and offline message of :func:`scratchlm.corpora.fetch`, then
   extract the ``.tar.gz`` safely (folders and regular files only, none outside
   the target folder) into a temporary folder renamed into place; later calls
   reuse the folder.
 * :func:`review_paths` / :func:`iter_review_files` — the ``.txt`` files in the
   order Keras finds them (without its shuffle), read one at a time, and only
   regular files whose real path lies inside the folder.
-* :func:`vectorize` and :class:`Vectorized` — the (N, L) id matrix, stored
-  compactly, and batches with the interface of :mod:`scratchlm.data`'s.
+* :func:`vectorize` — the (N, L) id matrix, stored compactly, that
+  :class:`scratchlm.batching.Vectorized` cuts into batches.
 """
 
 import errno
-import functools
 import gzip
-import math
 import os
 import posixpath
 import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy
 
-from .batching import Batch, epoch_order
-from .checks import require_whole
-from .corpora import CorpusError, default_cache_dir, fetch, fingerprint
-from .files import read_regular_text
+from ..checks import require_whole
+from ..corpora import CorpusError, default_cache_dir, fetch
+from ..files import read_regular_text
+from ..text import VectorTokenizer
 
 
 class Archive(NamedTuple):
+    """Where a data set's ``.tar.gz`` comes from, its SHA-256, and the folder it extracts to."""
+
     url: str
     sha256: str                 # of the .tar.gz file itself
     folder: str                 # the top-level folder it extracts to
@@ -63,7 +64,7 @@ _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}   # errors th
 
 # -- the archive -------------------------------------------------------------------
 
-def fetch_imdb(cache_dir=None, local_hint=IMDB_HINT, timeout=30.0):
+def fetch_imdb(cache_dir: str | os.PathLike | None = None, local_hint: str = IMDB_HINT, timeout: float = 30.0) -> Path:
     """Path of the extracted ``aclImdb`` folder, downloading and extracting the archive once.
 
     The archive and the extracted tree live in the cache directory
@@ -76,12 +77,13 @@ def fetch_imdb(cache_dir=None, local_hint=IMDB_HINT, timeout=30.0):
     return root / source.folder
 
 
-def fetch_archive(url, sha256, dest_dir, cache_dir=None, local_hint=IMDB_HINT, timeout=30.0):
+def fetch_archive(url: str, sha256: str, dest_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                  local_hint: str = IMDB_HINT, timeout: float = 30.0) -> Path:
     """Download the ``.tar.gz`` at ``url``, check it, extract it safely into ``dest_dir``; return ``dest_dir``.
 
     sha256: the archive's expected hex SHA-256 (required: nothing unverified is extracted).
-    The download is :func:`scratchlm.data.fetch`'s (cached in ``cache_dir``, resumed with HTTP Range,
-    renamed into place only when verified; offline, its :class:`~scratchlm.data.DownloadError` names the
+    The download is :func:`scratchlm.corpora.fetch`'s (cached in ``cache_dir``, resumed with HTTP Range,
+    renamed into place only when verified; offline, its :class:`~scratchlm.corpora.DownloadError` names the
     URL and ``local_hint``). Extraction goes to a fresh temporary folder beside ``dest_dir``, which is
     renamed to ``dest_dir`` once every member is out (atomic: ``dest_dir`` is absent or complete). A
     folder already extracted from the same archive (it holds a ``.scratchlm-extracted`` mark with its
@@ -109,7 +111,7 @@ def _extracted(dest, sha256):
         return False
 
 
-def extract_archive(archive, dest_dir, mark=""):
+def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike, mark: str = "") -> Path:
     """Extract the (gzip) tar file ``archive`` safely into ``dest_dir`` (see :func:`fetch_archive`)."""
     archive, dest = Path(archive), Path(dest_dir)
     if dest.exists() and not _extracted(dest, mark):
@@ -209,7 +211,7 @@ def _extract_members(tar, members, tmp):
 
 # -- the files -------------------------------------------------------------------
 
-def review_paths(directory):
+def review_paths(directory: str | os.PathLike) -> list[Path]:
     """The ``.txt`` files of a folder laid out like ``aclImdb/``, in a fixed order.
 
     As ``keras.utils.text_dataset_from_directory(directory, label_mode=None)`` finds them (labels
@@ -250,7 +252,7 @@ def _real_path_inside(path, folder):
     return real
 
 
-def read_review(path):
+def read_review(path: str | os.PathLike) -> str:
     """The UTF-8 text of one review file (bytes as they are: no line-end changes, as Keras reads it).
 
     CorpusError when the file is not a regular file (a folder, a FIFO, a device), holds more than
@@ -259,7 +261,7 @@ def read_review(path):
     return read_regular_text(path, "review", REVIEW_LIMIT, CorpusError)
 
 
-def iter_review_files(directory):
+def iter_review_files(directory: str | os.PathLike) -> Iterator[str]:
     """The texts of :func:`review_paths`, read one at a time (an iterator: never all in memory).
 
     The folder is listed now (CorpusError at once when it is missing or empty); each file is read
@@ -271,9 +273,10 @@ def iter_review_files(directory):
     return (read_review(_real_path_inside(p, folder)) for p in paths)
 
 
-# -- the seed's batches ------------------------------------------------------------
+# -- the seed's id matrix ----------------------------------------------------------
 
-def vectorize(texts, tokenizer, length=SEQUENCE_LENGTH, chunk=4096):
+def vectorize(texts: Iterable[str], tokenizer: VectorTokenizer, length: int = SEQUENCE_LENGTH,
+              chunk: int = 4096) -> numpy.ndarray:
     """(N, length) ids, one row per text: ``tokenizer.encode_sequence(text, length)`` of each.
 
     texts: any iterable of strings (e.g. :func:`iter_review_files`), consumed one at a time; the
@@ -291,70 +294,3 @@ def vectorize(texts, tokenizer, length=SEQUENCE_LENGTH, chunk=4096):
             block, n = numpy.zeros((chunk, length), dtype=dtype), 0
     blocks.append(block[:n])
     return numpy.concatenate(blocks) if len(blocks) > 1 else block[:n].copy()
-
-
-class Vectorized:
-    """Batches of the seed: rows of L ids cut into x = ids[:, :-1], y = ids[:, 1:], mask = x != 0.
-
-    ids: an (N, L) integer matrix, L >= 2, padded with ``pad_id`` (0) at the end of each row, as
-    :func:`vectorize` makes it. Rows that are all padding (a review with no word) are dropped: they
-    hold no target. The loss is the mean over positions whose *input* token is not padding (Keras
-    masks the seed's loss with the embedding's mask, x != 0), so the last word of a short review is
-    trained to predict padding (y = 0), as in the seed. Each epoch visits the rows in the order
-    ``numpy.random.default_rng([seed, epoch])`` draws (when ``shuffle``), in batches of
-    ``batch_size`` (the last may be smaller). Memory: the id matrix alone, in a compact dtype (uint16
-    when V < 65,536), plus one int32 permutation per epoch; (B, L-1) int64 x and y are gathered per batch.
-    """
-
-    stateful = False
-    last_only = False
-    eos_id = None
-
-    def __init__(self, ids, batch_size=32, seed=0, shuffle=True, pad_id=0):
-        ids = numpy.asarray(ids)
-        if ids.ndim != 2 or ids.shape[1] < 2:
-            raise CorpusError(f"vectorized reviews must form an (N, L) matrix with L >= 2, got shape {ids.shape}")
-        if ids.dtype.kind not in "iu":
-            raise CorpusError(f"token ids must be integers, got {ids.dtype}: vectorize the texts first")
-        if ids.size and int(ids.min()) < 0:
-            raise CorpusError(f"token ids must be >= 0, got {int(ids.min())}")
-        self.pad_id = require_whole("pad_id", pad_id, 0, CorpusError)
-        self.batch_size = require_whole("batch size", batch_size, 1, CorpusError)
-        self.seed, self.shuffle = require_whole("seed", seed, 0, CorpusError), bool(shuffle)
-        keep = (ids != self.pad_id).any(axis=1)
-        if not keep.all():
-            ids = ids[keep]
-        if len(ids) == 0:
-            raise CorpusError("no review holds a word to train on (every row is padding)")
-        top = int(ids.max())
-        dtype = numpy.uint8 if top < 1 << 8 else numpy.uint16 if top < 1 << 16 else numpy.uint32
-        self.ids = ids if ids.dtype == dtype else ids.astype(dtype)
-        self.num_sequences, self.length = self.ids.shape
-        self.num_batches = math.ceil(self.num_sequences / self.batch_size)
-
-    def __str__(self):
-        return (f"{self.num_sequences:,} reviews of {self.length} ids (x, y: {self.length - 1}) in "
-                f"{self.num_batches:,} batches of {self.batch_size} per epoch")
-
-    @functools.cached_property
-    def config(self):
-        """What a checkpoint records and a resumed run must match (the fingerprint hashes the ids once)."""
-        return {"kind": "vectorized", "length": self.length, "batch_size": self.batch_size, "seed": self.seed,
-                "shuffle": self.shuffle, "pad_id": self.pad_id, "num_batches": self.num_batches,
-                "fingerprint": fingerprint(self.ids)}
-
-    def batches(self, epoch, start=0):
-        """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
-        order = epoch_order(self.num_sequences, self.seed, epoch, self.shuffle)
-        B = self.batch_size
-        for k in range(start, self.num_batches):
-            rows = self.ids[order[k * B:(k + 1) * B]].astype(numpy.int64)     # (B, L)
-            x, y = rows[:, :-1], rows[:, 1:]
-            mask = x != self.pad_id
-            yield Batch(numpy.ascontiguousarray(x), numpy.ascontiguousarray(y), mask, int(mask.sum()))
-
-    def random_prompt(self, rng, length=2):
-        """The first ``length`` words (default 2, like the seed's "this movie") of a random review."""
-        row = self.ids[int(rng.integers(0, self.num_sequences))]
-        words = row[row != self.pad_id]
-        return words[:max(1, int(length))].astype(numpy.int64)
