@@ -1,7 +1,16 @@
-"""One run per run directory: a lock that a second run cannot take and a killed run cannot keep.
+"""One run per run directory: what it holds, and a lock that a second run cannot take and a killed run cannot keep.
 
     with rundir.lock("runs/my"):          # RunDirError if another process trains there
         ...                                # train, write checkpoints and metrics
+
+A run directory holds (written by :class:`~scratchlm.train.Trainer`)
+
+    last.npz        the latest checkpoint (every ``checkpoint_every`` steps and after each epoch)
+    best.npz        the checkpoint with the lowest validation loss so far
+    metrics.jsonl   one JSON object per line: step records every ``log_every`` steps,
+                    one record per epoch, and start / resume / diverged events
+    loss.png        training and validation loss curves (only when matplotlib is installed)
+    .lock           the lock below
 
 The lock is the file ``<run dir>/.lock`` holding the owner's process id and
 host name, and an exclusive ``flock`` on it. The kernel drops a ``flock`` when
@@ -37,6 +46,7 @@ try:
 except ImportError:                           # Windows: no flock
     fcntl = None
 
+LAST, BEST, METRICS, PLOT = "last.npz", "best.npz", "metrics.jsonl", "loss.png"
 LOCK = ".lock"
 _held = {}                                    # resolved run dir -> how many times this process holds it
 

@@ -19,7 +19,7 @@ from numpy.lib import format as npy_format
 from scratchlm import models, CheckpointError, LanguageModel, budget, checkpoint, optim
 from scratchlm.backend import Backend
 from scratchlm.cli import main
-from scratchlm.train import _encode_array
+from scratchlm.train.resume import encode_array
 
 from test_checkpoint import _rewrite
 from test_cli import cli, fails, snapshot
@@ -366,7 +366,7 @@ def carried(change):
 
 
 def encoded(shape, dtype=np.float32):
-    return _encode_array(np.zeros(shape, dtype))
+    return encode_array(np.zeros(shape, dtype))
 
 
 STATE_LIES = {
