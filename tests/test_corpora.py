@@ -1,4 +1,4 @@
-"""Corpora (bundled, download, cache, checksum, resume, offline) and the three batchers.
+"""Corpora: bundled, download, cache, checksum, resume, offline; reading files safely.
 
 Downloads are tested against a local HTTP server on 127.0.0.1 run in a thread:
 no test touches the network.
@@ -11,12 +11,10 @@ import os
 import re
 import socket
 import threading
-import tracemalloc
 
-import numpy as np
 import pytest
 
-from scratchlm import batching, corpora
+from scratchlm import corpora
 from scratchlm.corpora import CorpusError, DownloadError
 
 BODY = b"".join(b"line %d of a small corpus served over http\n" % i for i in range(2000))   # ~90 kB
@@ -190,141 +188,6 @@ def test_read_text_normalises_line_ends_and_reports_problems(tmp_path):
         corpora.read_text(tmp_path)
     with pytest.raises(CorpusError, match="no such file"):
         corpora.read_text(tmp_path / "nope.txt")
-
-
-# -- batchers ------------------------------------------------------------------------
-
-def _keras_windows(ids, maxlen, step):
-    """The Keras seed's loop, for reference: materialised (N, T) windows and next tokens."""
-    starts = range(0, len(ids) - maxlen, step)
-    return np.array([ids[s:s + maxlen] for s in starts]), np.array([ids[s + maxlen] for s in starts])
-
-
-@pytest.mark.parametrize("n, maxlen, step, B", [(1000, 60, 3, 128), (200, 10, 1, 7), (61, 60, 3, 4), (95, 5, 7, 3)])
-def test_windows_cover_the_keras_windows_once_per_epoch(n, maxlen, step, B):
-    ids = np.random.default_rng(0).integers(0, 50, n).astype(np.uint8)
-    X, Y = _keras_windows(ids, maxlen, step)
-    w = batching.Windows(ids, maxlen, step, B, seed=3)
-    assert w.num_windows == len(X) and w.num_batches == -(-len(X) // B)
-    batches = list(w.batches(epoch=0))
-    assert [len(b.y) for b in batches[:-1]] == [B] * (len(batches) - 1) and sum(b.targets for b in batches) == len(X)
-    x = np.concatenate([b.x for b in batches])
-    y = np.concatenate([b.y for b in batches])
-    assert x.dtype == np.int64 and x.shape == (len(X), maxlen)
-    got = sorted(map(tuple, np.column_stack([x, y])))
-    assert got == sorted(map(tuple, np.column_stack([X, Y])))
-
-
-def test_windows_order_is_a_function_of_seed_and_epoch():
-    ids = np.arange(500) % 37
-    w = batching.Windows(ids, 20, 2, 16, seed=1)
-    first = [b.x for b in w.batches(0)]
-    again = [b.x for b in batching.Windows(ids, 20, 2, 16, seed=1).batches(0)]
-    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert not np.array_equal(first[0], next(w.batches(1)).x)
-    assert not np.array_equal(first[0], next(batching.Windows(ids, 20, 2, 16, seed=2).batches(0)).x)
-    tail = [b.x for b in w.batches(0, start=5)]
-    assert len(tail) == len(first) - 5 and all(np.array_equal(a, b) for a, b in zip(first[5:], tail))
-
-
-def test_windows_all_positions_and_unshuffled():
-    ids = np.arange(30)
-    w = batching.Windows(ids, 4, 5, 2, shuffle=False, last_only=False)
-    b = next(w.batches(0))
-    assert b.x.tolist() == [[0, 1, 2, 3], [5, 6, 7, 8]] and b.y.tolist() == [[1, 2, 3, 4], [6, 7, 8, 9]]
-    assert b.mask is None and b.targets == 8
-
-
-def test_nietzsche_book_window_count():
-    from scratchlm.text import CharTokenizer
-    text = corpora.load_text("nietzsche").lower()
-    tok = CharTokenizer.fit(text, reserved=False)
-    w = batching.Windows(tok.encode(text), maxlen=60, step=3, batch_size=128)
-    assert (len(text), tok.vocab_size, w.num_windows, w.num_batches) == (600902, 60, 200281, 1565)
-
-
-def test_windows_stream_instead_of_materialising():
-    ids = np.zeros(3_000_000, dtype=np.uint8)           # (N, T) int64 windows would take 480 MB
-    tracemalloc.start()
-    try:
-        w = batching.Windows(ids, maxlen=60, step=3, batch_size=128)
-        next(w.batches(0))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert w.num_windows == 999_980
-    assert peak < 5 * w.num_windows + (1 << 20)          # the int32 permutation plus one batch
-
-
-def test_too_short_for_windows():
-    with pytest.raises(CorpusError, match="at least 61"):
-        batching.Windows(np.zeros(60, dtype=np.uint8), maxlen=60)
-
-
-def test_streams_continue_row_by_row():
-    ids = np.arange(1000)
-    s = batching.Streams(ids, batch_size=4, seq_len=10)
-    assert s.stream_len == 249 and s.num_batches == 24
-    batches = list(s.batches(0))
-    for b in batches:
-        assert np.array_equal(b.y, b.x + 1) and b.x.shape == (4, 10) and b.targets == 40
-    for k in range(len(batches) - 1):
-        assert np.array_equal(batches[k + 1].x[:, 0], batches[k].x[:, -1] + 1)      # row b continues
-    rows = np.concatenate([b.x for b in batches], axis=1)                            # (B, 240)
-    assert np.array_equal(rows, np.arange(4)[:, None] * 249 + np.arange(240))
-    assert [b.x.tolist() for b in s.batches(3, start=20)] == [b.x.tolist() for b in batches[20:]]
-
-
-def test_streams_too_short():
-    with pytest.raises(CorpusError, match="at least 641"):
-        batching.Streams(np.zeros(640), batch_size=64, seq_len=10)
-
-
-def test_padded_batches_eos_both_ends_and_mask():
-    seqs = [np.array([5, 6, 7]), np.array([8]), np.array([], dtype=int), np.array([9, 9, 9, 9, 9, 9])]
-    p = batching.Padded(seqs, eos_id=2, pad_id=0, batch_size=3, maxlen=5, shuffle=False)
-    assert p.num_sequences == 3 and p.num_batches == 1                               # the empty one is dropped
-    b = next(p.batches(0))
-    assert b.x.tolist() == [[2, 5, 6, 7, 0], [2, 8, 0, 0, 0], [2, 9, 9, 9, 9]]
-    assert b.y.tolist() == [[5, 6, 7, 2, 0], [8, 2, 0, 0, 0], [9, 9, 9, 9, 9]]      # cut at maxlen: no <eos>
-    assert b.mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
-    assert b.targets == 11
-    assert p.random_prompt(np.random.default_rng()).tolist() == [2]
-
-
-def test_padded_shuffles_by_seed_and_epoch_and_visits_each_once():
-    seqs = [np.full(i % 7 + 1, i) for i in range(50)]
-    p = batching.Padded(seqs, eos_id=2, pad_id=0, batch_size=8, seed=4)
-    firsts = lambda epoch: sorted(int(x) for b in p.batches(epoch) for x in b.x[:, 1])   # noqa: E731
-    assert firsts(0) == list(range(50))
-    order = lambda epoch: [b.x[:, 1].tolist() for b in p.batches(epoch)]                # noqa: E731
-    assert order(0) == order(0) and order(0) != order(1)
-
-
-def test_padded_needs_sequences_and_reserved_ids():
-    with pytest.raises(CorpusError, match="no non-empty"):
-        batching.Padded([np.array([], dtype=int)], 2, 0)
-    with pytest.raises(CorpusError, match="reserved"):
-        batching.Padded([np.array([4])], None, None)
-
-
-def test_splits():
-    train, val = batching.split_tail(np.arange(100), 0.1)
-    assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
-    assert batching.split_tail(np.arange(10), 0)[1].size == 0
-    seqs = [np.array([i]) for i in range(20)]
-    tr, va = batching.split_sequences(seqs, 0.25, seed=1)
-    assert len(tr) == 15 and len(va) == 5
-    assert sorted(int(s[0]) for s in tr + va) == list(range(20))
-    with pytest.raises(CorpusError):
-        batching.split_tail(np.arange(10), 1.0)
-
-
-def test_config_fingerprints_the_data():
-    a = batching.Windows(np.arange(100) % 9, 10, 3, 8).config
-    b = batching.Windows((np.arange(100) + 1) % 9, 10, 3, 8).config
-    assert a["fingerprint"] != b["fingerprint"] and {k: v for k, v in a.items() if k != "fingerprint"} == \
-        {k: v for k, v in b.items() if k != "fingerprint"}
 
 
 def test_a_corpus_that_is_no_regular_file_is_refused_before_a_byte_is_read(tmp_path):

@@ -1,4 +1,4 @@
-"""The IMDB seed's data path: TextVectorization semantics, aclImdb-like folders, safe archives, batches.
+"""The IMDB seed's data path: TextVectorization semantics, aclImdb-like folders, safe archives, the id matrix.
 
 Downloads are tested against a local HTTP server on 127.0.0.1 run in a thread: no test touches the network.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchlm import batching
 from scratchlm.corpora import CorpusError, DownloadError
 from scratchlm.datasets import imdb
 from scratchlm.text import VectorTokenizer, VocabularyError, from_config
@@ -278,65 +277,7 @@ def test_the_imdb_source():
     assert source.folder == "aclImdb" and "--data DIR" in imdb.IMDB_HINT
 
 
-# -- the batcher ---------------------------------------------------------------------
-
-def _ids(n=50, length=11, vocab=300, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(2, vocab, (n, length)).astype(np.uint16)
-    lengths = rng.integers(1, length + 1, n)
-    ids[np.arange(length) >= lengths[:, None]] = 0                   # padding at the end, as vectorize makes it
-    return ids
-
-
-def test_vectorized_batches_shift_mask_and_targets():
-    ids = _ids()
-    v = batching.Vectorized(ids, batch_size=8, shuffle=False)
-    assert (v.num_sequences, v.length, v.num_batches) == (50, 11, 7) and v.ids.dtype == np.uint16
-    assert (v.stateful, v.last_only, v.eos_id) == (False, False, None)
-    batches = list(v.batches(0))
-    assert [len(b.x) for b in batches] == [8] * 6 + [2]
-    x = np.concatenate([b.x for b in batches])
-    y = np.concatenate([b.y for b in batches])
-    assert x.dtype == y.dtype == np.int64 and x.shape == (50, 10)
-    assert np.array_equal(x, ids[:, :-1]) and np.array_equal(y, ids[:, 1:])
-    for b in batches:
-        assert np.array_equal(b.mask, b.x != 0) and b.targets == int((b.x != 0).sum())
-    assert sum(b.targets for b in batches) == int((ids[:, :-1] != 0).sum())
-
-
-def test_vectorized_shuffle_is_a_function_of_seed_and_epoch_and_resumes():
-    ids = _ids(n=100)
-    v = batching.Vectorized(ids, batch_size=16, seed=3)
-    first = [b.x for b in v.batches(0)]
-    again = [b.x for b in batching.Vectorized(ids, batch_size=16, seed=3).batches(0)]
-    assert all(np.array_equal(a, b) for a, b in zip(first, again)) and len(first) == 7
-    assert not np.array_equal(first[0], next(v.batches(1)).x)
-    assert not np.array_equal(first[0], next(batching.Vectorized(ids, batch_size=16, seed=4).batches(0)).x)
-    tail = [b for b in v.batches(0, start=4)]
-    assert len(tail) == 3 and all(np.array_equal(a, b.x) for a, b in zip(first[4:], tail))
-    rows = sorted(map(tuple, np.concatenate(first)))
-    assert rows == sorted(map(tuple, ids[:, :-1].astype(np.int64)))       # each review once per epoch
-
-
-def test_vectorized_config_prompt_and_checks():
-    ids = _ids()
-    v = batching.Vectorized(ids, batch_size=8)
-    c = v.config
-    assert c["kind"] == "vectorized" and c["length"] == 11 and c["num_batches"] == 7 and len(c["fingerprint"]) == 64
-    assert c["fingerprint"] != batching.Vectorized(_ids(seed=1), batch_size=8).config["fingerprint"]
-    prompt = v.random_prompt(np.random.default_rng(0))
-    assert prompt.dtype == np.int64 and 1 <= len(prompt) <= 2 and (prompt != 0).all()
-    with_empty = np.vstack([ids, np.zeros((3, 11), np.uint16)])
-    assert batching.Vectorized(with_empty).num_sequences == 50                 # all-padding rows hold no target
-    with pytest.raises(CorpusError, match="no review"):
-        batching.Vectorized(np.zeros((4, 11), np.uint16))
-    with pytest.raises(CorpusError, match="matrix"):
-        batching.Vectorized(np.arange(10))
-    with pytest.raises(CorpusError):
-        batching.Vectorized(ids.astype(float))
-    with pytest.raises(CorpusError, match="batch size"):
-        batching.Vectorized(ids, batch_size=0)
-
+# -- the id matrix -------------------------------------------------------------------
 
 def test_vectorize_streams_in_blocks_and_matches_encode_sequence():
     tok = VectorTokenizer.fit(["a b c d e f g"] * 3)
