@@ -176,6 +176,6 @@ def test_ctrl_c_outside_training_is_one_line_and_status_130(monkeypatch, capsys)
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    monkeypatch.setattr(cli.info, "cmd_info", interrupted)
     assert cli.main(["info", "run"]) == 130
     assert capsys.readouterr().err == "\nscratchlm info: interrupted\n"
