@@ -29,15 +29,21 @@ Typical use::
     opt = optim.from_state(config, arrays)      # resume exactly where it stopped
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 import reprlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import backend as _backend
 from .backend import array_module
 from .errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from .backend import Array, Backend
 
 MAX_ITERATIONS = 2 ** 63 - 1      # more steps than any run takes; Adam's β**t would overflow long past it
 
@@ -52,12 +58,12 @@ def _one_pass_chosen():
         return False
 
 
-def global_norm(grads):
+def global_norm(grads: dict[str, Array]) -> float:
     """sqrt(Σ over all arrays of Σ g²): the L2 norm of all gradients taken as one vector."""
     return math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
 
 
-def clip_by_global_norm(grads, clipnorm):
+def clip_by_global_norm(grads: dict[str, Array], clipnorm: float) -> tuple[dict[str, Array], float]:
     """Return (clipped, norm): ``grads`` scaled together so that their global norm is <= clipnorm.
 
     As Keras 3: ``scale = clipnorm · min(1/norm, 1/clipnorm)``, i.e. 1 when
@@ -97,10 +103,10 @@ class Optimizer:
     ``iterations`` (steps taken so far), ``slots`` (dict "<slot>/<param>" -> array).
     """
 
-    name = None        # "sgd" | "rmsprop" | "adam"
-    slot_names = ()    # the slots this optimizer may keep per parameter
+    name: str | None = None          # "sgd" | "rmsprop" | "adam"
+    slot_names: tuple[str, ...] = ()  # the slots this optimizer may keep per parameter
 
-    def __init__(self, lr, global_clipnorm=None):
+    def __init__(self, lr: float, global_clipnorm: float | None = None):
         self.lr = _number("lr", lr, lambda x: x > 0, "> 0")
         if global_clipnorm is not None:
             global_clipnorm = _number("global_clipnorm", global_clipnorm, lambda x: x > 0, "> 0 (or None)")
@@ -113,7 +119,7 @@ class Optimizer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({args}) after {self.iterations} steps"
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> dict:
         """The constructor arguments, as a dict of plain Python values."""
         raise NotImplementedError
 
@@ -122,7 +128,7 @@ class Optimizer:
         raise NotImplementedError
 
     # -- the step ------------------------------------------------------------
-    def step(self, params, grads):
+    def step(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
         """One update of every ``params[name]``, in place, from ``grads[name]``.
 
         ``grads`` is read, never written. Raises ValueError, before changing
@@ -168,7 +174,7 @@ class Optimizer:
         return s
 
     # -- checkpoints ---------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> tuple[dict, dict[str, Array]]:
         """Return (config, arrays).
 
         config: JSON-serialisable dict ``{"name", hyperparameters..., "iterations"}``.
@@ -178,7 +184,7 @@ class Optimizer:
         config = {"name": self.name, **self.hyperparameters(), "iterations": self.iterations}
         return config, dict(self.slots)
 
-    def load_state_dict(self, config, arrays, backend=None):
+    def load_state_dict(self, config: dict, arrays: dict[str, Array], backend: Backend | None = None) -> None:
         """Restore ``iterations`` and the slots from :meth:`state_dict` output.
 
         Hyperparameters are not touched (they come from the constructor; see
@@ -217,12 +223,13 @@ class SGD(Optimizer):
     name = "sgd"
     slot_names = ("momentum",)
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, global_clipnorm=None):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 global_clipnorm: float | None = None):
         super().__init__(lr, global_clipnorm)
         self.momentum = _number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
         self.nesterov = bool(nesterov)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> dict:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "global_clipnorm": self.global_clipnorm}
 
@@ -256,14 +263,15 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     slot_names = ("velocity", "average_gradient", "momentum")
 
-    def __init__(self, lr=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, global_clipnorm=None):
+    def __init__(self, lr: float = 0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7,
+                 centered: bool = False, global_clipnorm: float | None = None):
         super().__init__(lr, global_clipnorm)
         self.rho = _number("rho", rho, lambda x: 0 < x < 1, "in (0, 1)")
         self.momentum = _number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
         self.epsilon = _number("epsilon", epsilon, lambda x: x > 0, "> 0")
         self.centered = bool(centered)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> dict:
         return {"lr": self.lr, "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
                 "centered": self.centered, "global_clipnorm": self.global_clipnorm}
 
@@ -311,14 +319,15 @@ class Adam(Optimizer):
     name = "adam"
     slot_names = ("m", "v", "vhat")
 
-    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, global_clipnorm=None):
+    def __init__(self, lr: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
+                 amsgrad: bool = False, global_clipnorm: float | None = None):
         super().__init__(lr, global_clipnorm)
         self.beta_1 = _number("beta_1", beta_1, lambda x: 0 <= x < 1, "in [0, 1)")
         self.beta_2 = _number("beta_2", beta_2, lambda x: 0 <= x < 1, "in [0, 1)")
         self.epsilon = _number("epsilon", epsilon, lambda x: x > 0, "> 0")
         self.amsgrad = bool(amsgrad)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> dict:
         return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
                 "amsgrad": self.amsgrad, "global_clipnorm": self.global_clipnorm}
 
@@ -344,7 +353,7 @@ class Adam(Optimizer):
 _OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
 
 
-def get(name, **kwargs):
+def get(name: str, **kwargs) -> Optimizer:
     """An optimizer by name: "adam", "rmsprop" or "sgd" (any case), built with ``kwargs``."""
     cls = _OPTIMIZERS.get(name.lower() if isinstance(name, str) else None)
     if cls is None:
@@ -352,7 +361,7 @@ def get(name, **kwargs):
     return cls(**kwargs)
 
 
-def from_state(config, arrays, backend=None):
+def from_state(config: dict, arrays: dict[str, Array], backend: Backend | None = None) -> Optimizer:
     """Rebuild an optimizer from :meth:`Optimizer.state_dict` output: hyperparameters, step count and slots."""
     cls = _OPTIMIZERS.get(config.get("name"))
     if cls is None:
