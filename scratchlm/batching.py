@@ -302,16 +302,17 @@ class Padded:
 
 
 class Vectorized:
-    """Batches of the seed: rows of L ids cut into x = ids[:, :-1], y = ids[:, 1:], mask = x != 0.
+    """Batches of the IMDB seed: rows of L ids cut into x = ids[:, :-1], y = ids[:, 1:], mask = x != 0.
 
     ids: an (N, L) integer matrix, L >= 2, padded with ``pad_id`` (0) at the end of each row, as
-    :func:`scratchlm.datasets.imdb.vectorize` makes it. Rows that are all padding (a review with no word) are dropped: they
-    hold no target. The loss is the mean over positions whose *input* token is not padding (Keras
-    masks the seed's loss with the embedding's mask, x != 0), so the last word of a short review is
-    trained to predict padding (y = 0), as in the seed. Each epoch visits the rows in the order
-    ``numpy.random.default_rng([seed, epoch])`` draws (when ``shuffle``), in batches of
-    ``batch_size`` (the last may be smaller). Memory: the id matrix alone, in a compact dtype (uint16
-    when V < 65,536), plus one int32 permutation per epoch; (B, L-1) int64 x and y are gathered per batch.
+    :func:`scratchlm.datasets.imdb.vectorize` makes it. Rows that are all padding (a review with no
+    word) are dropped: they hold no target. The loss is the mean over positions whose *input* token
+    is not padding (Keras masks the seed's loss with the embedding's mask, x != 0), so the last word
+    of a short review is trained to predict padding (y = 0), as in the seed. Each epoch visits the
+    rows in the order ``numpy.random.default_rng([seed, epoch])`` draws (when ``shuffle``), in
+    batches of ``batch_size`` (the last may be smaller). Memory: the id matrix alone, in a compact
+    dtype (uint16 when V < 65,536), plus one int32 permutation per epoch; (B, L-1) int64 x and y are
+    gathered per batch.
     """
 
     stateful = False
