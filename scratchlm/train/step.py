@@ -38,7 +38,7 @@ class StepResult(NamedTuple):
     """What :func:`train_step` returns."""
     loss: float         # mean loss per scored target of the batch (the global batch under MPI)
     grad_norm: float    # global L2 norm of the gradients, before clipping
-    tokens: int         # input tokens of this process's batch that are not padding
+    tokens: int         # input tokens of the batch that are not padding (the global batch under MPI)
 
 
 def quiet_overflow() -> numpy.errstate:
