@@ -11,13 +11,14 @@ docs/design.md describes the whole.
 import os
 import sys
 
-if "numpy" not in sys.modules:          # OpenBLAS reads this when NumPy loads it: see scratchlm/kernels/numba/parallel/shards.py
+# OpenBLAS reads this when NumPy loads it: see scratchlm/kernels/numba/parallel/shards.py
+if "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 from .backend import Backend, get_backend
 from .errors import BackendUnavailable, CheckpointError, ScratchLMError
-from .models import LanguageModel, TransformerLM
+from .models import LanguageModel, RecurrentLM, TransformerLM
 
 __version__ = "0.1.0"
-__all__ = ["Backend", "BackendUnavailable", "CheckpointError", "LanguageModel", "ScratchLMError",
+__all__ = ["Backend", "BackendUnavailable", "CheckpointError", "LanguageModel", "RecurrentLM", "ScratchLMError",
            "TransformerLM", "get_backend", "__version__"]

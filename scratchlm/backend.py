@@ -17,7 +17,13 @@ math. A :class:`Backend` carries:
                of :mod:`scratchlm.layers` and :mod:`scratchlm.losses`, written to
                be read — or "fused" — the kernels of :mod:`scratchlm.kernels`
                (Numba on the CPU, CUDA on a GPU), tested against the reference;
-* ``fused``    the fused op set itself (imported on first use).
+* ``layer(cls)`` **the one seam between the two**: the class that computes
+               layer ``cls`` on this backend — ``cls`` itself on the reference
+               path, its fused subclass (``scratchlm/kernels/``) with
+               ``kernels="fused"``. Models, and layers made of layers, build
+               every part through it and never look at ``kernels`` themselves;
+* ``ops``      the fused op set the fused subclasses call (``kernels/numba/ops.py``
+               or ``kernels/cuda/ops.py``, imported on first use).
 
 ``get_backend("auto")`` picks CuPy when it is importable and a GPU is present and
 NumPy otherwise. CuPy and Numba are imported lazily, only when first used.
@@ -28,16 +34,20 @@ overrides both.
 """
 
 import importlib.util
-import numbers
 import os
+from types import ModuleType
+from typing import Any, TypeVar
 
 import numpy
 
+from .checks import is_whole
 from .errors import BackendUnavailable, ModelError
 
 _DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
 _KERNELS = ("auto", "reference", "fused")
 KERNELS_ENV = "SCRATCHLM_KERNELS"
+Array = Any                       # an array of the backend's module: numpy.ndarray or cupy.ndarray (in type hints)
+Cls = TypeVar("Cls", bound=type)
 _GPU_HINT = ('install the GPU extra with  pip install "scratchlm[gpu]"  (CUDA 12) or "scratchlm[gpu-cuda13]"  on a '
              'machine with a CUDA GPU, or use backend="numpy"')
 
@@ -45,57 +55,71 @@ _GPU_HINT = ('install the GPU extra with  pip install "scratchlm[gpu]"  (CUDA 12
 class Backend:
     """An array module, a dtype and a choice of kernels. Build one with :func:`get_backend`."""
 
-    def __init__(self, name, xp, dtype, kernels="reference"):
+    def __init__(self, name: str, xp: ModuleType, dtype: Any, kernels: str = "reference"):
         self.name = name          # "numpy" or "cupy"
         self.xp = xp
         self.dtype = xp.dtype(dtype)
         self.kernels = kernels    # "reference" or "fused"
-        self._fused = None
+        self._ops = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Backend({self.name!r}, dtype={self.dtype.name!r}, kernels={self.kernels!r})"
 
+    # -- the seam between the reference path and the fused kernels ----------
+    def layer(self, cls: Cls) -> Cls:
+        """The class that computes layer ``cls`` here: ``cls`` on the reference path; with kernels="fused",
+        its fused subclass where :data:`scratchlm.kernels.FUSED` registers one (else ``cls``).
+
+        The fused subclasses compute the same functions (tested against ``cls``); importing their module
+        imports no Numba or CuPy (the op set loads at the first fused call).
+        """
+        if self.kernels != "fused":
+            return cls
+        from .kernels import FUSED
+        return FUSED.get(cls, cls)
+
     @property
-    def fused(self):
-        """The fused op set for this array module (``scratchlm.kernels.numba.ops`` or ``.gpu``), imported on first use."""
-        if self._fused is None:
-            from scratchlm import kernels
-            self._fused = kernels.for_backend(self.name)
-        return self._fused
+    def ops(self) -> ModuleType:
+        """The fused op set for this array module (``scratchlm.kernels.numba.ops`` or ``scratchlm.kernels.cuda.ops``),
+        imported on first use: what the fused subclasses of :meth:`layer` call."""
+        if self._ops is None:
+            from . import kernels
+            self._ops = kernels.for_backend(self.name)
+        return self._ops
 
     # -- creation and transfer ---------------------------------------------
-    def zeros(self, shape, dtype=None):
+    def zeros(self, shape: Any, dtype: Any = None) -> Array:
         return self.xp.zeros(shape, dtype=dtype or self.dtype)
 
-    def empty(self, shape, dtype=None):
+    def empty(self, shape: Any, dtype: Any = None) -> Array:
         return self.xp.empty(shape, dtype=dtype or self.dtype)
 
-    def asarray(self, a, dtype=None):
+    def asarray(self, a: Any, dtype: Any = None) -> Array:
         """Host or device array -> array on this backend (float arrays in ``self.dtype``)."""
         if dtype is None:
             kind = (a.dtype if hasattr(a, "dtype") else numpy.asarray(a).dtype).kind     # never copies a device array
             dtype = self.dtype if kind == "f" else None
         return self.xp.asarray(a, dtype=dtype)
 
-    def to_host(self, a):
+    def to_host(self, a: Array) -> numpy.ndarray:
         """Device array (or host array) -> NumPy array."""
         if self.name == "cupy":
             return self.xp.asnumpy(a)
         return numpy.asarray(a)
 
     @staticmethod
-    def rng(seed=None):
+    def rng(seed: int | None = None) -> numpy.random.Generator:
         """A seeded host random generator (``numpy.random.Generator``, PCG64).
 
         seed: None (fresh entropy from the OS) or a whole number >= 0 (a Python
         or NumPy integer); anything else raises :class:`ModelError`.
         """
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        if seed is not None and (not is_whole(seed) or seed < 0):
             raise ModelError(f"seed must be None or a whole number >= 0, got {seed!r}: pass e.g. seed=0")
         return numpy.random.default_rng(seed)
 
     # -- primitives --------------------------------------------------------
-    def scatter_add(self, target, index, rows):
+    def scatter_add(self, target: Array, index: Array, rows: Array) -> Array:
         """``target[index[k]] += rows[k]`` for every k, repeated indices accumulated.
 
         target (V, C), index (N,) ints, rows (N, C). NumPy: sort the rows by
@@ -106,7 +130,7 @@ class Backend:
         ``scratchlm.kernels``).
         """
         if self.kernels == "fused":
-            return self.fused.scatter_add(target, index, rows)
+            return self.ops.scatter_add(target, index, rows)
         if self.name == "cupy":
             import cupyx
             cupyx.scatter_add(target, index, rows)
@@ -120,7 +144,7 @@ class Backend:
         bounds = xp.flatnonzero(sorted_index[1:] != sorted_index[:-1]) + 1
         starts = [0, *bounds.tolist()]
         stops = [*bounds.tolist(), index.size]
-        for start, stop in zip(starts, stops):
+        for start, stop in zip(starts, stops, strict=True):
             target[sorted_index[start]] += sorted_rows[start:stop].sum(axis=0)
         return target
 
@@ -139,7 +163,7 @@ def _cupy_or_raise():
     return cupy
 
 
-def array_module(a):
+def array_module(a: Array) -> ModuleType:
     """The array module (numpy or cupy) that array ``a`` belongs to."""
     if isinstance(a, numpy.ndarray) or numpy.isscalar(a):
         return numpy
@@ -147,7 +171,7 @@ def array_module(a):
     return cupy.get_array_module(a)
 
 
-def get_backend(name="auto", dtype=None, kernels=None):
+def get_backend(name: str | Backend = "auto", dtype: str | None = None, kernels: str | None = None) -> Backend:
     """Return a :class:`Backend`.
 
     name: "numpy", "cupy", "auto" (CuPy when importable and a GPU is present,
@@ -160,7 +184,7 @@ def get_backend(name="auto", dtype=None, kernels=None):
     """
     if isinstance(name, Backend):
         same_dtype = dtype is None or name.dtype == numpy.dtype(dtype)
-        if same_dtype and (kernels is None or _resolve_kernels(kernels, name.name) == name.kernels):
+        if same_dtype and (kernels is None or resolve_kernels(kernels, name.name) == name.kernels):
             return name
         dtype = name.dtype.name if dtype is None else dtype
         kernels = name.kernels if kernels is None else kernels
@@ -179,10 +203,10 @@ def get_backend(name="auto", dtype=None, kernels=None):
             xp, name = numpy, "numpy"
     else:
         raise BackendUnavailable(f"unknown backend {name!r}: choose 'numpy', 'cupy' or 'auto'")
-    return Backend(name, xp, _DTYPES[key], _resolve_kernels(kernels, name))
+    return Backend(name, xp, _DTYPES[key], resolve_kernels(kernels, name))
 
 
-def _resolve_kernels(kernels, name):
+def resolve_kernels(kernels: str | None, name: str) -> str:
     """The kernels option resolved to "reference" or "fused" for backend ``name`` (None: environment, else "auto")."""
     source = "kernels"
     if kernels is None:

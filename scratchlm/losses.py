@@ -13,12 +13,19 @@ The model's "last step only" loss (the seed Nietzsche setup: predict the one
 character that follows a window) is this same function applied to the logits
 of the final time step alone, (B, V) with targets (B,): the model never
 computes logits for the other steps, so nothing needs to be masked away.
+
+A model holds its loss as a :class:`SoftmaxCrossEntropy`, built through
+``backend.layer`` like its layers: on the fused path that is the kernel that
+overwrites the logits with dlogits in one pass per row
+(:class:`~scratchlm.kernels.layers.FusedSoftmaxCrossEntropy`).
 """
 
-from .backend import array_module
+from typing import Any
+
+from .backend import Array, Backend, array_module
 
 
-def softmax(logits, axis=-1):
+def softmax(logits: Array, axis: int = -1) -> Array:
     """Row-wise softmax, computed stably: exp(z - max z) / Σ exp(z - max z)."""
     xp = array_module(logits)
     e = xp.exp(logits - logits.max(axis=axis, keepdims=True))
@@ -26,7 +33,7 @@ def softmax(logits, axis=-1):
     return e
 
 
-def token_weights(xp, N, dtype, mask=None):
+def token_weights(xp: Any, N: int, dtype: Any, mask: Array | None = None) -> Array:
     """w_n = m_n / Σ m (1/N without a mask): the weight of each of N tokens in the mean loss.
 
     Raises ValueError when the mask scores no token at all.
@@ -40,7 +47,7 @@ def token_weights(xp, N, dtype, mask=None):
     return m / count
 
 
-def softmax_cross_entropy(logits, targets, mask=None):
+def softmax_cross_entropy(logits: Array, targets: Array, mask: Array | None = None) -> tuple[float, Array]:
     """Mean cross-entropy over the scored tokens and its gradient.
 
     logits: (..., V) float; targets: (...) int; mask: (...) bool/0-1 or None.
@@ -68,3 +75,13 @@ def softmax_cross_entropy(logits, targets, mask=None):
     loss = -float((weight * log_p_target).sum())
     dz *= weight[:, None]
     return loss, dz.reshape(logits.shape)
+
+
+class SoftmaxCrossEntropy:
+    """:func:`softmax_cross_entropy` as the loss a model holds: ``loss(logits, targets, mask) -> (loss, dlogits)``."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def __call__(self, logits: Array, targets: Array, mask: Array | None = None) -> tuple[float, Array]:
+        return softmax_cross_entropy(logits, targets, mask)

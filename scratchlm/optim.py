@@ -53,7 +53,7 @@ def _one_pass_chosen():
     read once per optimizer as a backend reads it once. A bad or unmet setting is the backend's to report: here it
     just means the NumPy expressions."""
     try:
-        return _backend._resolve_kernels(None, "numpy") == "fused"
+        return _backend.resolve_kernels(None, "numpy") == "fused"
     except BackendUnavailable:
         return False
 

@@ -17,9 +17,11 @@ TOL = 1e-6
 
 def gru_loss_and_grads(gru, x, R, Rh, h0, mask):
     """L = Σ R⊙y + Σ Rh⊙h_T for a dense-input GRU; analytic grads of everything."""
-    y, (hT,), cache = gru.forward(x, (h0,), mask)
-    (dx, (dh0,)), grads = gru.backward(cache, R, (Rh,))
-    return float((y * R).sum() + (hT * Rh).sum()), {**grads, "x": dx, "h0": dh0}
+    y, cache = gru.forward(x, (h0,), mask)
+    (hT,) = cache.final_state
+    d, grads = gru.backward(cache, R, (Rh,))
+    (dh0,) = d.dstate
+    return float((y * R).sum() + (hT * Rh).sum()), {**grads, "x": d.dx, "h0": dh0}
 
 
 def test_gru_keras_layout_and_initialisation():
@@ -33,7 +35,7 @@ def test_gru_keras_layout_and_initialisation():
 def test_gru_step_is_the_keras_equation(be64, rng):
     """One step against the equations written out: z, r, h̃ with the reset after the recurrent product."""
     D, H, B = 3, 4, 2
-    gru = GRU(D, H, be64, Backend.rng(2))
+    gru = be64.layer(GRU)(D, H, be64, Backend.rng(2))
     gru.bias[:] = rng.standard_normal(gru.bias.shape)
     x, h0 = rng.standard_normal((1, B, D)), rng.standard_normal((B, H))
     xh = x[0] @ gru.kernel + gru.bias[0]
@@ -41,7 +43,7 @@ def test_gru_step_is_the_keras_equation(be64, rng):
     sig = lambda a: 1 / (1 + np.exp(-a))                                 # noqa: E731
     z, r = sig(xh[:, :H] + uh[:, :H]), sig(xh[:, H:2 * H] + uh[:, H:2 * H])
     h_tilde = np.tanh(xh[:, 2 * H:] + r * uh[:, 2 * H:])
-    _, (h1,), _ = gru.forward(x, (h0,))
+    (h1,) = gru.forward(x, (h0,))[1].final_state
     np.testing.assert_allclose(h1, z * h0 + (1 - z) * h_tilde, atol=1e-12)
 
 
@@ -49,7 +51,7 @@ def test_gru_step_is_the_keras_equation(be64, rng):
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("T,B,D,H", [(5, 3, 4, 6), (1, 1, 2, 3), (4, 2, 3, 1)])
 def test_gru_gradients_with_initial_state(be64, rng, masked, return_sequences, T, B, D, H):
-    gru = GRU(D, H, be64, Backend.rng(T + B), return_sequences=return_sequences)
+    gru = be64.layer(GRU)(D, H, be64, Backend.rng(T + B), return_sequences=return_sequences)
     gru.bias[:] = rng.standard_normal(gru.bias.shape)                    # make every gate matter
     x, h0 = rng.standard_normal((T, B, D)), rng.standard_normal((B, H))
     R = rng.standard_normal((T, B, H) if return_sequences else (B, H))
@@ -64,11 +66,11 @@ def test_gru_gradients_with_initial_state(be64, rng, masked, return_sequences, T
 
 
 def test_masked_gru_step_keeps_state_and_repeats_output(be64, rng):
-    gru = GRU(2, 4, be64, Backend.rng(0))
+    gru = be64.layer(GRU)(2, 4, be64, Backend.rng(0))
     x, h0 = rng.standard_normal((5, 3, 2)), rng.standard_normal((3, 4))
     mask = np.ones((5, 3), bool)
     mask[3, 0] = mask[:2, 1] = False
-    y, _, cache = gru.forward(x, (h0,), mask)
+    y, cache = gru.forward(x, (h0,), mask)
     np.testing.assert_array_equal(y[3, 0], y[2, 0])
     np.testing.assert_array_equal(cache.steps.hs[4, 0], cache.steps.hs[3, 0])
     np.testing.assert_array_equal(y[:2, 1], 0.0)

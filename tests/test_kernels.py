@@ -36,9 +36,12 @@ from hypothesis import strategies as st
 from scratchlm import BackendUnavailable, LanguageModel, get_backend
 from scratchlm.backend import KERNELS_ENV, Backend
 from scratchlm.gradcheck import check_model
+from scratchlm.kernels import FUSED
+from scratchlm.kernels.layers import FusedGRU, FusedLSTM
 from scratchlm.layers import LSTM
 from scratchlm.layers.gru import GRU
 from scratchlm.losses import softmax_cross_entropy
+from scratchlm.models.recurrent import CELLS
 
 pytest.importorskip("numba")
 
@@ -141,8 +144,9 @@ def test_float64_activations_are_libm():
 
 def lstm_pair(dtype, D, H, sequences, rng):
     ref_be, fused_be = backends(dtype)
-    ref = LSTM(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
-    fused = LSTM(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
+    ref = ref_be.layer(LSTM)(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
+    fused = fused_be.layer(LSTM)(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
+    assert type(ref) is LSTM and type(fused) is FusedLSTM
     bias = rng.standard_normal(4 * H)                                # every gate matters
     ref.bias[:] = bias
     fused.bias[:] = bias
@@ -150,9 +154,11 @@ def lstm_pair(dtype, D, H, sequences, rng):
 
 
 def run_lstm(lstm, x, state, mask, dy, dstate):
-    y, (hT, cT), cache = lstm.forward(x, state, mask)
-    (dx, (dh0, dc0)), grads = lstm.backward(cache, dy, dstate)
-    return {"y": y, "h_T": hT, "c_T": cT, "dx": dx, "dh_0": dh0, "dc_0": dc0, **grads}
+    y, cache = lstm.forward(x, state, mask)
+    hT, cT = cache.final_state
+    d, grads = lstm.backward(cache, dy, dstate)
+    dh0, dc0 = d.dstate
+    return {"y": y, "h_T": hT, "c_T": cT, "dx": d.dx, "dh_0": dh0, "dc_0": dc0, **grads}
 
 
 @EXAMPLES
@@ -178,10 +184,10 @@ def test_lstm_layer_matches_reference(T, B, D, H, masked, sequences, with_state,
 def test_masked_fused_step_keeps_state_exactly(rng):
     """A masked step copies h and c bit for bit, as the reference does."""
     _, fused_be = backends("float32")
-    lstm = LSTM(3, 5, fused_be, Backend.rng(0))
+    lstm = fused_be.layer(LSTM)(3, 5, fused_be, Backend.rng(0))
     x = fused_be.asarray(rng.standard_normal((4, 2, 3)))
     mask = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=bool)
-    _, _, cache = lstm.forward(x, None, mask)
+    _, cache = lstm.forward(x, None, mask)
     hs, cs = cache.steps.hs, cache.steps.cs
     for t, b in zip(*np.nonzero(~mask)):
         np.testing.assert_array_equal(hs[t + 1, b], hs[t, b])
@@ -195,9 +201,9 @@ GRU_INPUTS = ("dense", "one-hot", "embedding-table")
 
 def gru_pair(dtype, D, H, sequences, rng):
     ref_be, fused_be = backends(dtype)
-    ref = GRU(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
-    fused = GRU(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
-    assert ref.fused is None and fused.fused is fused_be.fused
+    ref = ref_be.layer(GRU)(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
+    fused = fused_be.layer(GRU)(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
+    assert type(ref) is GRU and type(fused) is FusedGRU
     bias = rng.standard_normal((2, 3 * H))                           # every gate matters, b_in and b_rec
     ref.bias[:] = bias
     fused.bias[:] = bias
@@ -206,14 +212,17 @@ def gru_pair(dtype, D, H, sequences, rng):
 
 def run_gru(gru, inp, x, E, state, mask, dy, dstate):
     if inp == "dense":
-        y, (hT,), cache = gru.forward(x, state, mask)
+        y, cache = gru.forward(x, state, mask)
     else:                                                            # x: (T, B) token ids
-        y, (hT,), cache = gru.forward_tokens(x, E, state, mask)
+        y, cache = gru.forward_tokens(x, E, state, mask)
+    (hT,) = cache.final_state
     gates, uh = cache.steps.gates.copy(), cache.steps.uh.copy()      # the backward overwrites them (fused)
-    (dx, (dh0,)), grads = gru.backward(cache, dy, dstate)
+    d, grads = gru.backward(cache, dy, dstate)
+    (dh0,) = d.dstate
     out = {"y": y, "h_T": hT, "gates": gates, "uh": uh, "hs": cache.steps.hs, "dh_0": dh0, **grads}
-    if dx is not None:
-        out["dx"] = dx
+    for name in ("dx", "dembeddings"):                               # what was fed: x, or E (token input)
+        if getattr(d, name) is not None:
+            out[name] = getattr(d, name)
     return out
 
 
@@ -248,11 +257,11 @@ def test_gru_layer_matches_reference(T, B, D, H, inp, masked, sequences, with_st
 def test_masked_fused_gru_step_keeps_state_exactly(rng):
     """A masked step copies h bit for bit, as the reference does; its gradients are exactly zero."""
     _, fused_be = backends("float32")
-    gru = GRU(3, 5, fused_be, Backend.rng(0))
+    gru = fused_be.layer(GRU)(3, 5, fused_be, Backend.rng(0))
     gru.bias[:] = rng.standard_normal(gru.bias.shape)
     x = fused_be.asarray(rng.standard_normal((4, 2, 3)))
     mask = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=bool)
-    y, _, cache = gru.forward(x, (fused_be.asarray(rng.standard_normal((2, 5))),), mask)
+    y, cache = gru.forward(x, (fused_be.asarray(rng.standard_normal((2, 5))),), mask)
     hs = cache.steps.hs
     for t, b in zip(*np.nonzero(~mask)):
         np.testing.assert_array_equal(hs[t + 1, b], hs[t, b])
@@ -261,7 +270,7 @@ def test_masked_fused_gru_step_keeps_state_exactly(rng):
     np.testing.assert_array_equal(y[1, 0], y[0, 0])                  # a masked step repeats the output
     dy = fused_be.asarray(rng.standard_normal(y.shape))
     dstate = (fused_be.asarray(rng.standard_normal((2, 5))),)
-    (dx, _), _ = gru.backward(cache, dy, dstate)
+    dx = gru.backward(cache, dy, dstate)[0].dx
     for t, b in zip(*np.nonzero(~mask)):
         np.testing.assert_array_equal(cache.steps.gates[t, b], 0.0)  # dX̂ of a masked step
         np.testing.assert_array_equal(dx[t, b], 0.0)
@@ -336,7 +345,7 @@ def test_stateful_fused_model_carries_state(rng, cell):
 ])
 def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked, last_only, cell):
     _, model = model_pair("float64", inp, hidden_sizes, cell=cell)
-    assert model.backend.kernels == "fused" and all(layer.fused is not None for layer in model.recurrent)
+    assert model.backend.kernels == "fused" and all(type(layer) is FUSED[CELLS[cell]] for layer in model.recurrent)
     B, T, V = 3, 5, model.vocab_size
     x = rng.integers(0, V, (B, T))
     y = rng.integers(0, V, (B,) if last_only else (B, T))
@@ -355,7 +364,7 @@ def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked
     ("one-hot", (8, 5), False, True)])
 def test_gru_model_gradients_are_the_same_on_both_kernel_paths(dtype, inp, hidden_sizes, masked, last_only):
     ref, fused = model_pair(dtype, inp, hidden_sizes, cell="gru")
-    assert ref.recurrent[0].fused is None and fused.recurrent[0].fused is not None
+    assert type(ref.recurrent[0]) is GRU and type(fused.recurrent[0]) is FusedGRU
     rng = np.random.default_rng(len(hidden_sizes) + masked)
     B, T, V = 4, 7, ref.vocab_size
     x = rng.integers(0, V, (B, T))
@@ -379,7 +388,7 @@ def test_gru_model_gradients_are_the_same_on_both_kernel_paths(dtype, inp, hidde
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_softmax_cross_entropy_matches_reference(rng, dtype, masked):
-    fused = get_backend("numpy", dtype, "fused").fused.softmax_cross_entropy
+    fused = get_backend("numpy", dtype, "fused").ops.softmax_cross_entropy
     logits = (rng.standard_normal((5, 7, 11)) * 4).astype(dtype)
     logits[0, 0, 3] = 90                                             # a row far from the others
     targets = rng.integers(0, 11, (5, 7))
@@ -393,7 +402,7 @@ def test_softmax_cross_entropy_matches_reference(rng, dtype, masked):
 
 
 def test_fused_softmax_cross_entropy_rejects_an_empty_mask(rng):
-    fused = get_backend("numpy", "float32", "fused").fused.softmax_cross_entropy
+    fused = get_backend("numpy", "float32", "fused").ops.softmax_cross_entropy
     with pytest.raises(ValueError, match="scores no token"):
         fused(rng.standard_normal((2, 3, 4)).astype(np.float32), np.zeros((2, 3), int), np.zeros((2, 3), bool))
 
@@ -433,8 +442,8 @@ def test_generation_matches_reference(dtype, inp, hidden_sizes, options):
 def test_fused_generation_runs_the_prompt_once_then_never_reruns_the_prefix(rng, monkeypatch):
     _, fused = model_pair("float32", "embedding-table", (5,))
     steps = []
-    forward = fused._forward
-    monkeypatch.setattr(fused, "_forward", lambda ids, *a, **k: steps.append(ids.shape[0]) or forward(ids, *a, **k))
+    run = fused._run                                                 # the stack, time-major: ids (T, B)
+    monkeypatch.setattr(fused, "_run", lambda ids, *a, **k: steps.append(ids.shape[0]) or run(ids, *a, **k))
     fused.generate(rng.integers(0, 7, (2, 10)), 8, seed=0)
     assert steps == [10]                                             # the rest is one kernel step per token
 
@@ -589,7 +598,7 @@ def test_cupy_scatter_add_and_loss_match_numpy():
     logits = rng.standard_normal((4, 6, 70))
     targets = rng.integers(0, 70, (4, 6))
     loss_ref, d_ref = softmax_cross_entropy(logits, targets)
-    loss, d = be.fused.softmax_cross_entropy(cupy.asarray(logits), cupy.asarray(targets))
+    loss, d = be.ops.softmax_cross_entropy(cupy.asarray(logits), cupy.asarray(targets))
     assert loss == pytest.approx(loss_ref, rel=1e-12)
     assert close(cupy.asnumpy(d), d_ref, "float64")
 

@@ -1,4 +1,9 @@
-"""Finite-difference checks of every layer on its own (float64, central differences)."""
+"""Finite-difference checks of every layer on its own (float64, central differences).
+
+Layers are built as models build them, through ``backend.layer``: the ``be64`` fixture takes the default
+kernels (fused where Numba is installed), and ``SCRATCHLM_KERNELS=reference`` runs the same checks on the
+reference classes themselves.
+"""
 
 import numpy as np
 import pytest
@@ -13,21 +18,26 @@ TOL = 1e-6
 
 
 def test_embedding_forward_is_a_gather_and_backward_a_scatter_add(be64, rng):
-    emb = Embedding(6, 3, be64, Backend.rng(0))
+    emb = be64.layer(Embedding)(6, 3, be64, Backend.rng(0))
     ids = rng.integers(0, 6, (4, 5))
-    np.testing.assert_array_equal(emb.forward(ids), emb.embeddings[ids])
+    y, cache = emb.forward(ids)
+    np.testing.assert_array_equal(y, emb.embeddings[ids])
     R = rng.standard_normal((4, 5, 3))
-    _, grads = emb.backward(ids, R)
-    errs = check_gradients(lambda: float((emb.forward(ids) * R).sum()), emb.params, grads)
+    d_ids, grads = emb.backward(cache, R)
+    assert d_ids is None
+    errs = check_gradients(lambda: float((emb.forward(ids)[0] * R).sum()), emb.params, grads)
     assert errs["embeddings"] <= TOL
 
 
 def test_dense_gradients(be64, rng):
-    dense = Dense(4, 5, be64, Backend.rng(0))
+    dense = be64.layer(Dense)(4, 5, be64, Backend.rng(0))
     x = rng.standard_normal((3, 2, 4))
     R = rng.standard_normal((3, 2, 5))
-    dx, grads = dense.backward(x, R)
-    loss = lambda: float((dense.forward(x) * R).sum())          # noqa: E731
+    _, cache = dense.forward(x)
+    dx, grads = dense.backward(cache, R)
+
+    def loss():
+        return float((dense.forward(x)[0] * R).sum())
     errs = check_gradients(loss, {**dense.params, "x": x}, {**grads, "x": dx})
     assert max(errs.values()) <= TOL
 
@@ -47,17 +57,20 @@ def test_lstm_keras_initialisation(rng):
 
 def lstm_loss_and_grads(lstm, x, R, Rh, Rc, h0, c0, mask):
     """L = Σ R⊙y + Σ Rh⊙h_T + Σ Rc⊙c_T for a dense-input LSTM; analytic grads of everything."""
-    y, (hT, cT), cache = lstm.forward(x, (h0, c0), mask)
+    y, cache = lstm.forward(x, (h0, c0), mask)
+    hT, cT = cache.final_state
     loss = float((y * R).sum() + (hT * Rh).sum() + (cT * Rc).sum())
-    (dx, (dh0, dc0)), grads = lstm.backward(cache, R, (Rh, Rc))
-    return loss, {**grads, "x": dx, "h0": dh0, "c0": dc0}
+    d, grads = lstm.backward(cache, R, (Rh, Rc))
+    assert d.dembeddings is None
+    dh0, dc0 = d.dstate
+    return loss, {**grads, "x": d.dx, "h0": dh0, "c0": dc0}
 
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("T,B,D,H", [(5, 3, 4, 6), (1, 1, 2, 3), (4, 2, 3, 1)])
 def test_lstm_gradients_with_initial_state(be64, rng, masked, return_sequences, T, B, D, H):
-    lstm = LSTM(D, H, be64, Backend.rng(T + B), return_sequences=return_sequences)
+    lstm = be64.layer(LSTM)(D, H, be64, Backend.rng(T + B), return_sequences=return_sequences)
     lstm.bias[:] = rng.standard_normal(4 * H)                    # make every gate matter
     x = rng.standard_normal((T, B, D))
     h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
@@ -75,7 +88,7 @@ def test_lstm_gradients_with_initial_state(be64, rng, masked, return_sequences, 
 @pytest.mark.parametrize("embedding_dim", [None, 3])
 def test_lstm_token_projection_gradients(be64, rng, embedding_dim):
     V, T, B, H = 5, 4, 3, 4
-    lstm = LSTM(embedding_dim or V, H, be64, Backend.rng(1))
+    lstm = be64.layer(LSTM)(embedding_dim or V, H, be64, Backend.rng(1))
     E = None if embedding_dim is None else rng.standard_normal((V, embedding_dim))
     ids = rng.integers(0, V, (T, B))
     R = rng.standard_normal((T, B, 4 * H))
@@ -95,13 +108,14 @@ def test_lstm_token_projection_gradients(be64, rng, embedding_dim):
 
 def test_masked_step_keeps_state_and_repeats_output(be64, rng):
     T, B, D, H = 5, 3, 2, 4
-    lstm = LSTM(D, H, be64, Backend.rng(0))
+    lstm = be64.layer(LSTM)(D, H, be64, Backend.rng(0))
     x = rng.standard_normal((T, B, D))
     h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
     mask = np.ones((T, B), bool)
     mask[:2, 1] = False                                          # leading padding in sequence 1
     mask[3, 0] = False                                           # a hole in sequence 0
-    y, (hT, cT), cache = lstm.forward(x, (h0, c0), mask)
+    y, cache = lstm.forward(x, (h0, c0), mask)
+    hT, cT = cache.final_state
     hs, cs = cache.steps.hs, cache.steps.cs
     np.testing.assert_array_equal(y[3, 0], y[2, 0])              # repeats the previous output
     np.testing.assert_array_equal(hs[4, 0], hs[3, 0])
@@ -109,27 +123,27 @@ def test_masked_step_keeps_state_and_repeats_output(be64, rng):
     np.testing.assert_array_equal(y[:2, 1], 0.0)                 # zeros before the first real step
     np.testing.assert_array_equal(hs[2, 1], h0[1])               # ... while the state stays h0
     # a fully unmasked run of the remaining steps of sequence 1 gives the same final state
-    y1, (h1, c1), _ = lstm.forward(x[2:, 1:2], (h0[1:2], c0[1:2]))
+    h1, c1 = lstm.forward(x[2:, 1:2], (h0[1:2], c0[1:2]))[1].final_state
     np.testing.assert_allclose(hT[1], h1[0], atol=1e-12)
     np.testing.assert_allclose(cT[1], c1[0], atol=1e-12)
 
 
 def test_stateful_layer_carries_state_between_calls(be64, rng):
     T, B, D, H = 6, 2, 3, 4
-    full = LSTM(D, H, be64, Backend.rng(5))
-    chunked = LSTM(D, H, be64, Backend.rng(5), stateful=True)
+    full = be64.layer(LSTM)(D, H, be64, Backend.rng(5))
+    chunked = be64.layer(LSTM)(D, H, be64, Backend.rng(5), stateful=True)
     x = rng.standard_normal((T, B, D))
-    y_full, (h_full, c_full), _ = full.forward(x)
-    y_a, _, _ = chunked.forward(x[:4])
-    y_b, (h_b, c_b), _ = chunked.forward(x[4:])
+    y_full, cache_full = full.forward(x)
+    y_a, _ = chunked.forward(x[:4])
+    y_b, cache_b = chunked.forward(x[4:])
     np.testing.assert_allclose(np.concatenate([y_a, y_b]), y_full, atol=1e-12)
-    np.testing.assert_allclose(h_b, h_full, atol=1e-12)
+    np.testing.assert_allclose(cache_b.final_state[0], cache_full.final_state[0], atol=1e-12)
     chunked.reset_state()
-    y_again, _, _ = chunked.forward(x[:4])
+    y_again, _ = chunked.forward(x[:4])
     np.testing.assert_allclose(y_again, y_a, atol=1e-12)
 
 
 def test_bad_initial_state_shape(be64):
-    lstm = LSTM(2, 3, be64, Backend.rng(0))
+    lstm = be64.layer(LSTM)(2, 3, be64, Backend.rng(0))
     with pytest.raises(ValueError, match="initial state"):
         lstm.forward(np.zeros((2, 4, 2)), (np.zeros((4, 2)), np.zeros((4, 3))))

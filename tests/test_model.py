@@ -178,8 +178,8 @@ def test_greedy_generation_equals_rerunning_the_prefix(rng, inp):
 def test_generate_runs_the_prompt_once_then_one_step_per_token(rng, monkeypatch):
     model = make(backend=get_backend("numpy", "float64", kernels="reference"))   # fused loop: test_kernels.py
     steps = []
-    forward = model._forward
-    monkeypatch.setattr(model, "_forward", lambda ids, *a, **k: steps.append(ids.shape[0]) or forward(ids, *a, **k))
+    run = model._run                                                 # the stack, time-major: ids (T, B)
+    monkeypatch.setattr(model, "_run", lambda ids, *a, **k: steps.append(ids.shape[0]) or run(ids, *a, **k))
     model.generate(rng.integers(0, 7, (2, 10)), 8, seed=0)
     assert steps == [10] + [1] * 7
 

@@ -104,13 +104,14 @@ def test_cached_generation_equals_full_forward_passes_at_every_step(block, dtype
     (where the model sees the last sequence_length tokens)."""
     model = make(block, 2, dtype=dtype)
     prompt = np.array([[3, 4, 5], [6, 0, 8]])
-    logits, state = model._start(model.backend.xp.asarray(prompt).T)
+    loop = model.token_loop(model)                                          # the reference loop's steps
+    logits, state = loop.start(model.backend.xp.asarray(prompt))
     ids = prompt
     for k in range(12):                                                     # 3 + 12 > sequence_length 8
         full, _ = model.forward(ids[:, -model.sequence_length:])
         assert np.abs(logits - full[:, -1]).max() <= tol * max(1.0, float(np.abs(full).max())), k
         new = np.array([1 + k % 12, 2 + k % 11])
-        logits, state = model._step(new, state)
+        logits, state = loop.step(new, state)
         ids = np.concatenate([ids, new[:, None]], axis=1)
 
 

@@ -32,10 +32,10 @@ from hypothesis import strategies as st
 
 from scratchlm import get_backend
 from scratchlm.backend import Backend
+from scratchlm.kernels import FUSED
+from scratchlm.kernels.layers import FusedAttentionCache, LayerNormRowCache, ScoredGrads
 from scratchlm.layers import FeedForward, LayerNormalization, MultiHeadAttention, causal_mask
-from scratchlm.layers.attention import FusedAttentionCache
 from scratchlm.layers.dense import Dense
-from scratchlm.layers.layernorm import LayerNormRowCache
 from scratchlm.models import TransformerLM
 
 pytest.importorskip("numba")
@@ -111,8 +111,8 @@ def attention_cases(draw):
 
 def pair_of_attentions(dtype, E, N, K, seed):
     ref_be, fused_be = backends(dtype)
-    ref = MultiHeadAttention(E, N, K, ref_be, Backend.rng(seed))
-    fused = MultiHeadAttention(E, N, K, fused_be, Backend.rng(seed))
+    ref = ref_be.layer(MultiHeadAttention)(E, N, K, ref_be, Backend.rng(seed))
+    fused = fused_be.layer(MultiHeadAttention)(E, N, K, fused_be, Backend.rng(seed))
     rng = np.random.default_rng(seed + 1)
     for name, p in ref.params.items():
         if name.endswith("bias"):
@@ -126,7 +126,7 @@ def pair_of_attentions(dtype, E, N, K, seed):
 def test_flash_attention_matches_the_reference(small_blocks, case, dtype):
     c = case
     ref, fused = pair_of_attentions(dtype, c["E"], c["N"], c["K"], c["seed"])
-    assert ref.fused is None and fused.fused is not None
+    assert type(ref) is MultiHeadAttention and type(fused) is FUSED[MultiHeadAttention]
     rng = np.random.default_rng(c["seed"] + 2)
     query = rng.standard_normal((c["B"], c["T"], c["E"])).astype(dtype) * 2
     value = query if c["self_attention"] else rng.standard_normal((c["B"], c["S"], c["E"])).astype(dtype)
@@ -199,7 +199,7 @@ def test_a_row_with_no_key_is_uniform_and_gives_keys_their_share(rng):
        spread=st.sampled_from([0.01, 1.0, 30.0]))
 def test_layernorm_matches_the_reference(M, D, lead, dtype, seed, spread):
     ref_be, fused_be = backends(dtype)
-    ref, fused = LayerNormalization(D, ref_be), LayerNormalization(D, fused_be)
+    ref, fused = ref_be.layer(LayerNormalization)(D, ref_be), fused_be.layer(LayerNormalization)(D, fused_be)
     rng = np.random.default_rng(seed)
     for ln in (ref, fused):
         ln.gamma[:] = np.random.default_rng(seed + 1).standard_normal(D)
@@ -224,7 +224,9 @@ def test_layernorm_matches_the_reference(M, D, lead, dtype, seed, spread):
 @given(M=st.integers(1, 7), E=st.integers(1, 6), F=st.integers(1, 9), dtype=DTYPES, seed=st.integers(0, 2**16))
 def test_feedforward_bias_relu_matches_the_reference(M, E, F, dtype, seed):
     ref_be, fused_be = backends(dtype)
-    ref, fused = FeedForward(E, F, ref_be, Backend.rng(seed)), FeedForward(E, F, fused_be, Backend.rng(seed))
+    ref = ref_be.layer(FeedForward)(E, F, ref_be, Backend.rng(seed))
+    fused = fused_be.layer(FeedForward)(E, F, fused_be, Backend.rng(seed))
+    assert type(ref) is FeedForward and type(fused) is FUSED[FeedForward]
     rng = np.random.default_rng(seed)
     for name, p in ref.params.items():
         if name.endswith("bias"):
@@ -253,7 +255,7 @@ def test_chunked_dense_cross_entropy_matches_the_reference(N, D, V, chunk, maski
     """Any chunk size, padding rows, and the row pass split over three threads (or not)."""
     rng = np.random.default_rng(seed)
     ref_be, fused_be = backends(dtype)
-    ref, fused = Dense(D, V, ref_be, Backend.rng(seed)), Dense(D, V, fused_be, Backend.rng(seed))
+    ref, fused = ref_be.layer(Dense)(D, V, ref_be, Backend.rng(seed)), fused_be.layer(Dense)(D, V, fused_be, Backend.rng(seed))
     ref.bias[:] = fused.bias[:] = rng.standard_normal(V)
     x = (3 * rng.standard_normal((N, D))).astype(dtype)
     y = rng.integers(0, V, N)
@@ -264,22 +266,24 @@ def test_chunked_dense_cross_entropy_matches_the_reference(N, D, V, chunk, maski
     elif masking == "one":                                          # every row but one is padding
         mask = np.zeros(N, dtype=bool)
         mask[rng.integers(N)] = True
-    loss_r, g_r = ref.score(x, y, mask)
+    loss_r, c_r = ref.score(x, y, mask)
+    dx_r, g_r = ref.score_backward(c_r)
     with mock.patch.object(shards, "count", lambda rows: min(3, rows)) if sharded and blas.THREADS else \
             contextlib.nullcontext():
         loss, dx, dW, db = xent_numba.dense_softmax_cross_entropy(x, fused.kernel, fused.bias, y, mask, chunk=chunk)
     assert loss == pytest.approx(loss_r, rel=TOL[dtype], abs=ATOL[dtype])
-    assert_close(dx, g_r.dx, dtype, "dx")
-    assert_close(dW, g_r.kernel, dtype, "dW")
-    assert_close(db, g_r.bias, dtype, "db")
+    assert_close(dx, dx_r, dtype, "dx")
+    assert_close(dW, g_r["kernel"], dtype, "dW")
+    assert_close(db, g_r["bias"], dtype, "db")
     if mask is not None:
         assert not dx[~mask].any()                                  # padding rows get exactly 0
     alone, _, _, _ = xent_numba.dense_softmax_cross_entropy(x, fused.kernel, fused.bias, y, mask, backward=False,
                                                             chunk=chunk)
     assert alone == pytest.approx(loss_r, rel=TOL[dtype], abs=ATOL[dtype])
-    loss_f, g_f = fused.score(x, y, mask)                           # the layer dispatches to the kernel
+    loss_f, c_f = fused.score(x, y, mask)                           # the fused layer calls the kernel
+    assert isinstance(c_f, ScoredGrads)
     assert loss_f == pytest.approx(loss_r, rel=TOL[dtype], abs=ATOL[dtype])
-    assert_close(g_f.kernel, g_r.kernel, dtype, "dW")
+    assert_close(fused.score_backward(c_f)[1]["kernel"], g_r["kernel"], dtype, "dW")
 
 
 def test_chunked_cross_entropy_refuses_a_mask_that_scores_nothing():
@@ -332,7 +336,7 @@ def test_decode_attention_matches_the_reference(B, T, S, N, K, dead, dtype, seed
     if dead:
         mask[0, -1] = False
     mha = MultiHeadAttention(2, N, K, get_backend("numpy", dtype, "reference"), Backend.rng(0))
-    _, want = mha._attention(q, k, v, mask[:, None])
+    _, want = mha._attention(q, k, v, mask[:, None])                # (P, O)
     got = attention_numba.attend(q, k, v, mask, mha.scale)
     assert_close(got, want, dtype, "o")
 
@@ -343,14 +347,17 @@ def test_decode_step_is_the_reference_step(block, dtype):
     """decode_step (concatenated projections, one-kernel attention and LayerNorms) = step, position by position."""
     ref, fused = (make_pair(block, dtype, layers=2))
     prompt = np.array([[3, 4, 0], [6, 0, 8]])
-    lr, sr = ref._start(prompt.T)
-    lf, sf = fused._start(prompt.T)
+    ref_loop = ref.backend.layer(ref.token_loop)(ref)
+    fused_loop = fused.backend.layer(fused.token_loop)(fused)
+    assert type(ref_loop) is ref.token_loop and type(fused_loop) is FUSED[fused.token_loop]
+    lr, sr = ref_loop.start(prompt)
+    lf, sf = fused_loop.start(prompt)
     weights = [b.decode_weights() for b in fused.blocks]
     for t in range(5):
         assert_close(lf, lr, dtype, f"logits at {t}")
         new = np.array([1 + t, 0 if t == 2 else 5])               # a padding token in between
-        lr, sr = ref._step(new, sr)
-        lf, sf = fused._decode_step(new, sf, weights)
+        lr, sr = ref_loop.step(new, sr)
+        lf, sf = fused_loop.decode_step(new, sf, weights)
 
 
 @pytest.mark.parametrize("block", ["book", "gpt"])
@@ -413,16 +420,18 @@ def test_transformer_loss_and_every_gradient_match_the_reference(block, layers, 
 
 
 def test_the_fused_backend_takes_the_fused_path_everywhere():
-    """One dispatch per layer: kernels="fused" (the default on NumPy with Numba) runs every Transformer layer on
-    the kernels, and its loss goes through the chunked projection; kernels="reference" runs none of them."""
+    """One seam: kernels="fused" (the default on NumPy with Numba) builds every Transformer layer, the loss and
+    the token loop as their fused subclasses, and its loss goes through the chunked projection;
+    kernels="reference" builds the reference classes themselves."""
     ref, fused = make_pair("book", "float64")
     default = TransformerLM(17, 10, embed_dim=6, dense_dim=7, num_heads=2, key_dim=3, seed=2)
-    block = fused.blocks[0]
-    layers = [block.attention_1, block.attention_2, block.layernorm_1, block.ffn, fused.dense]
-    assert all(layer.fused is fused.backend.fused for layer in layers)
-    assert default.dense.fused is not None and default.blocks[0].attention_1.fused is not None
-    assert all(layer.fused is None for layer in [ref.blocks[0].attention_1, ref.blocks[0].layernorm_1,
-                                                 ref.blocks[0].ffn, ref.dense])
+    for model, fused_path in ((fused, True), (default, True), (ref, False)):
+        block = model.blocks[0]
+        layers = [model.embedding, block, block.attention_1, block.attention_2, block.layernorm_1, block.ffn,
+                  block.ffn.ffn_1, model.dense, model.loss_function]
+        for layer in layers:
+            reference = next((cls for cls in type(layer).__mro__ if cls in FUSED), type(layer))
+            assert type(layer) is (FUSED.get(reference, reference) if fused_path else reference), layer
     x = np.array([[1, 2, 3, 0]])
-    _, grads, cache = fused._score(x.T, x, None, (x != 0).T, False, None)
-    assert type(grads).__name__ == "ScoredGrads" and isinstance(cache.blocks[0].attention_1, FusedAttentionCache)
+    _, cache = fused._score(x, x, None, x != 0, False, None)
+    assert isinstance(cache.head, ScoredGrads) and isinstance(cache.blocks[0].attention_1, FusedAttentionCache)

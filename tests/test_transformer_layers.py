@@ -48,7 +48,7 @@ def check_attention_gradients(loss_fn, params, grads, mask=None, keys=None):
 
 def make_mha(be, rng, E, N, K, seed=0):
     """An MHA whose biases are random too, so that every parameter matters."""
-    mha = MultiHeadAttention(E, N, K, be, Backend.rng(seed))
+    mha = be.layer(MultiHeadAttention)(E, N, K, be, Backend.rng(seed))
     for name, p in mha.params.items():
         if name.endswith("/bias"):
             p[...] = 0.1 * rng.standard_normal(p.shape)
@@ -178,7 +178,7 @@ def test_masked_keys_get_exactly_zero_weight_and_a_fully_masked_row_is_uniform(r
 
 def test_mha_keras_layout_and_initialisation(be64):
     E, N, K = 64, 2, 3
-    mha = MultiHeadAttention(E, N, K, be64, Backend.rng(0))
+    mha = be64.layer(MultiHeadAttention)(E, N, K, be64, Backend.rng(0))
     assert list(mha.params) == ["query/kernel", "query/bias", "key/kernel", "key/bias",
                                 "value/kernel", "value/bias", "output/kernel", "output/bias"]
     limit = np.sqrt(6 / (E + N * K))        # Keras 3 MHA: fan_in E, fan_out N·K (and N·K, E for the output)
@@ -204,7 +204,7 @@ def test_masks_combine_by_and():
 
 
 def test_mha_rejects_bad_masks_and_shapes(be64):
-    mha = MultiHeadAttention(4, 2, 3, be64, Backend.rng(0))
+    mha = be64.layer(MultiHeadAttention)(4, 2, 3, be64, Backend.rng(0))
     x = np.zeros((2, 3, 4))
     with pytest.raises(ModelError, match="mask"):
         mha.forward(x, x, mask=np.ones((2, 3, 4), bool))
@@ -217,7 +217,7 @@ def test_mha_rejects_bad_masks_and_shapes(be64):
 # -- LayerNormalization ----------------------------------------------------------
 
 def test_layernorm_forward_is_keras(be64, rng):
-    ln = LayerNormalization(6, be64)
+    ln = be64.layer(LayerNormalization)(6, be64)
     assert ln.epsilon == 1e-3
     np.testing.assert_array_equal(ln.gamma, np.ones(6))
     np.testing.assert_array_equal(ln.beta, np.zeros(6))
@@ -233,7 +233,7 @@ def test_layernorm_forward_is_keras(be64, rng):
 @pytest.mark.parametrize("shape", [(3, 4, 6), (5, 1), (2, 7)])
 def test_layernorm_gradients(be64, rng, shape):
     D = shape[-1]
-    ln = LayerNormalization(D, be64)
+    ln = be64.layer(LayerNormalization)(D, be64)
     ln.gamma[:] = rng.standard_normal(D)
     ln.beta[:] = rng.standard_normal(D)
     x = rng.standard_normal(shape) * rng.uniform(0.02, 3, shape[:-1] + (1,)) + rng.standard_normal(shape[:-1] + (1,))
@@ -249,7 +249,7 @@ def test_layernorm_gradients(be64, rng, shape):
 
 def test_layernorm_float32_stays_float32(rng):
     be = get_backend("numpy", "float32")
-    ln = LayerNormalization(5, be)
+    ln = be.layer(LayerNormalization)(5, be)
     x = be.asarray(rng.standard_normal((2, 3, 5)))
     y, cache = ln.forward(x)
     dx, grads = ln.backward(cache, be.asarray(rng.standard_normal((2, 3, 5))))
@@ -260,7 +260,7 @@ def test_layernorm_float32_stays_float32(rng):
 
 def test_feedforward_gradients(be64, rng):
     B, T, E, F = 3, 4, 5, 7
-    ffn = FeedForward(E, F, be64, Backend.rng(0))
+    ffn = be64.layer(FeedForward)(E, F, be64, Backend.rng(0))
     assert list(ffn.params) == ["ffn_1/kernel", "ffn_1/bias", "ffn_2/kernel", "ffn_2/bias"]
     assert ffn.params["ffn_1/kernel"].shape == (E, F) and ffn.params["ffn_2/kernel"].shape == (F, E)
     ffn.params["ffn_1/bias"][:] = 0.1 * rng.standard_normal(F)
@@ -281,25 +281,25 @@ def test_feedforward_gradients(be64, rng):
 @pytest.mark.parametrize("T", [6, 3])
 def test_positional_embedding_gradients(be64, rng, T):
     V, L, E, B = 7, 6, 4, 3
-    pe = PositionalEmbedding(V, L, E, be64, Backend.rng(0))
+    pe = be64.layer(PositionalEmbedding)(V, L, E, be64, Backend.rng(0))
     assert pe.token_embeddings.shape == (V, E) and pe.position_embeddings.shape == (L, E)
     assert np.abs(pe.token_embeddings).max() <= 0.05 and np.abs(pe.position_embeddings).max() <= 0.05
     ids = rng.integers(0, V, (B, T))
     ids[0, :2] = 3                                                   # repeated ids add up
     ids[1, -1] = 0                                                   # padding
     np.testing.assert_array_equal(pe.keep(ids), ids != 0)
-    y = pe.forward(ids)
+    y, cache = pe.forward(ids)
     np.testing.assert_array_equal(y, pe.token_embeddings[ids] + pe.position_embeddings[None, :T])
     R = rng.standard_normal((B, T, E))
-    d_ids, grads = pe.backward(ids, R)
+    d_ids, grads = pe.backward(cache, R)
     assert d_ids is None
     np.testing.assert_array_equal(grads["position_embeddings"][T:], 0.0)
-    errs = check_gradients(lambda: float((pe.forward(ids) * R).sum()), pe.params, grads)
+    errs = check_gradients(lambda: float((pe.forward(ids)[0] * R).sum()), pe.params, grads)
     assert max(errs.values()) <= TOL, errs
 
 
 def test_positional_embedding_rejects_sequences_longer_than_its_table(be64):
-    pe = PositionalEmbedding(5, 4, 3, be64, Backend.rng(0))
+    pe = be64.layer(PositionalEmbedding)(5, 4, 3, be64, Backend.rng(0))
     with pytest.raises(ModelError, match="sequence_length = 4"):
         pe.forward(np.zeros((2, 5), int))
 
@@ -310,7 +310,7 @@ def test_post_ln_block_gradients_sum_the_three_attention_inputs(be64, rng):
     """y = LN(x + MHA(q=x, v=x, k=x)): dx = dr + d_query + d_value + d_key with dr = LN's dx."""
     B, T, E, N, K = 3, 5, 6, 2, 4
     mha = make_mha(be64, rng, E, N, K)
-    ln = LayerNormalization(E, be64)
+    ln = be64.layer(LayerNormalization)(E, be64)
     ln.gamma[:] = rng.standard_normal(E)
     ln.beta[:] = rng.standard_normal(E)
     x = rng.standard_normal((B, T, E))

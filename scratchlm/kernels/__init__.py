@@ -1,13 +1,19 @@
-"""Fused kernels: Numba on the CPU, CUDA (via CuPy) on a GPU.
+"""Fused kernels: Numba on the CPU, CUDA (via CuPy) on a GPU, and the one seam where they plug in.
 
 The plain-``xp`` code in :mod:`scratchlm.layers` is the reference; these kernels
 compute the same functions faster and are tested against it
 (``tests/test_kernels.py``, ``tests/test_transformer_kernels.py``, on a GPU
-``tests/test_gpu.py``). A backend built with ``kernels="fused"`` (the default,
-see :func:`scratchlm.backend.get_backend`) routes the LSTM and GRU recurrences,
-the Transformer's attention, LayerNorm, feed-forward and chunked output loss,
-the softmax cross-entropy, the scatter-add and generation through them.
+``tests/test_gpu.py``). They plug in at one seam: :data:`FUSED` maps each
+reference class to its fused subclass, and a backend built with
+``kernels="fused"`` (the default, see :func:`scratchlm.backend.get_backend`)
+hands those out from :meth:`~scratchlm.backend.Backend.layer`, which is how
+models and layers build their parts. So the LSTM and GRU recurrences, the
+Transformer's attention, LayerNorm, feed-forward and chunked output loss, the
+softmax cross-entropy and generation run here; the scatter-add is the backend's
+own (:meth:`~scratchlm.backend.Backend.scatter_add`).
 
+    layers.py           the fused subclasses of the layers and of the loss
+    decoding.py         the fused token loops of generation, and the blocks' one-position decoding step
     numba/              the math kernels for the NumPy backend
       ops.py              the op set: every fused operation, under the names the layers call
       lstm.py             LSTM step forward/backward kernels and the time loops
@@ -41,10 +47,50 @@ first fused call.
 """
 
 import importlib
+from types import ModuleType
+
+from ..layers import (
+    GRU,
+    LSTM,
+    BookDecoderBlock,
+    Dense,
+    FeedForward,
+    GPTDecoderBlock,
+    LayerNormalization,
+    MultiHeadAttention,
+)
+from ..losses import SoftmaxCrossEntropy
+from ..models.recurrent import RecurrentTokenLoop
+from ..models.transformer import TransformerTokenLoop
+from .decoding import FusedBookDecoderBlock, FusedGPTDecoderBlock, FusedRecurrentTokenLoop, FusedTransformerTokenLoop
+from .layers import (
+    FusedDense,
+    FusedFeedForward,
+    FusedGRU,
+    FusedLayerNormalization,
+    FusedLSTM,
+    FusedMultiHeadAttention,
+    FusedSoftmaxCrossEntropy,
+)
 
 OPS = {"numpy": "numba.ops", "cupy": "cuda.ops"}      # backend name -> its op-set module
 
+# The seam: reference class -> the fused subclass that Backend.layer hands out where kernels="fused".
+FUSED: dict[type, type] = {
+    LSTM: FusedLSTM,
+    GRU: FusedGRU,
+    Dense: FusedDense,
+    SoftmaxCrossEntropy: FusedSoftmaxCrossEntropy,
+    MultiHeadAttention: FusedMultiHeadAttention,
+    LayerNormalization: FusedLayerNormalization,
+    FeedForward: FusedFeedForward,
+    BookDecoderBlock: FusedBookDecoderBlock,
+    GPTDecoderBlock: FusedGPTDecoderBlock,
+    RecurrentTokenLoop: FusedRecurrentTokenLoop,
+    TransformerTokenLoop: FusedTransformerTokenLoop,
+}
 
-def for_backend(name):
+
+def for_backend(name: str) -> ModuleType:
     """The op-set module for backend ``name`` ("numpy" -> kernels.numba.ops, "cupy" -> kernels.cuda.ops)."""
     return importlib.import_module(f"{__name__}.{OPS[name]}")

@@ -38,7 +38,7 @@ Masks are bool, True = may attend, and combine by AND: query padding
 [B, T, 1] ∧ key padding [B, 1, S] ∧ causal [T, S] (see :func:`padding_mask`,
 :func:`causal_mask`, :func:`combine_masks`).
 
-The fused path (``backend.kernels == "fused"``, :attr:`MultiHeadAttention.fused`)
+The fused subclass (:class:`~scratchlm.kernels.layers.FusedMultiHeadAttention`)
 computes the same functions with FlashAttention's scheme
 (``scratchlm/kernels/numba/attention.py``, ``scratchlm/kernels/cuda/attention.cu``): an online softmax
 over key blocks that keeps only the row log-sum-exp lse = m + log Σ exp(S − m)
@@ -55,33 +55,32 @@ fan_in = N·K, fan_out = E for the output kernel (N, K, E); zero biases.
 Draw order: query, key, value, output (Keras' ``get_weights()`` order).
 """
 
-import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy
 
-from ..backend import array_module
+from ..backend import Backend
 from ..errors import ModelError
 from ..initializers import uniform
+from .base import Array, Layer, Shape
 
 FILL = -0.7 * 3.38953e38          # Keras' large negative for float32 and float64 (≈ -2.37e38)
-DECODE_ROWS = 8                   # up to this many new queries, the fused decoding step attends in one kernel
 
 
-def causal_mask(T, S=None, xp=numpy, offset=0):
+def causal_mask(T: int, S: int | None = None, xp: Any = numpy, offset: int = 0) -> Array:
     """(T, S) bool, True where key j may be seen by query i: j ≤ i (Keras' lower band); with ``offset``,
     query i sits at position offset + i (new queries after ``offset`` cached keys): j ≤ offset + i."""
     S = T if S is None else S
     return xp.arange(S)[None, :] <= offset + xp.arange(T)[:, None]    # (T, S)
 
 
-def padding_mask(query_keep, value_keep):
+def padding_mask(query_keep: Array, value_keep: Array) -> Array:
     """query_keep (B, T), value_keep (B, S) bool -> (B, T, S) = query_keep[:, :, None] ∧ value_keep[:, None, :]."""
     return query_keep[:, :, None] & value_keep[:, None, :]            # (B, T, S)
 
 
-def combine_masks(*masks):
+def combine_masks(*masks: Array | None) -> Array | None:
     """AND of the masks that are not None (broadcast: (T, S) with (B, T, S)); None if all are None."""
     out = None
     for m in masks:
@@ -92,40 +91,15 @@ def combine_masks(*masks):
 
 class AttentionCache(NamedTuple):
     """What :meth:`MultiHeadAttention.backward` needs from its forward."""
-    query: object             # (B, T, E) query input
-    value: object             # (B, S, E) value input
-    key: object               # (B, S, E) key input (the value input when key was None)
-    q: object                 # (B, N, T, K) projected queries, head-major
-    k: object                 # (B, N, S, K) projected keys
-    v: object                 # (B, N, S, K) projected values
-    p: object                 # (B, N, T, S) attention probabilities
-    o: object                 # (B, N, T, K) per-head outputs P V
-    mask: object              # (B, 1, T, S) bool, True = may attend, or None
-
-
-class FusedAttentionCache(NamedTuple):
-    """What the fused backward needs: the row log-sum-exp instead of the probabilities."""
-    query: object             # (B, T, E) query input
-    value: object             # (B, S, E) value input
-    key: object               # (B, S, E) key input
-    q: object                 # (B, N, T, K) projected queries, head-major (a view of (B, T, N, K))
-    k: object                 # (B, N, S, K) projected keys
-    v: object                 # (B, N, S, K) projected values
-    o: object                 # (B, N, T, K) per-head outputs P V (a view of (B, T, N, K))
-    lse: object               # (B, N, T) log Σ_j exp(S_ij) over the visible keys; +inf for a row with none
-    mask: object              # (B, 1, T, S) bool, True = may attend, or None
-    scale: float              # 1/√K
-
-    @property
-    def p(self):
-        """The probabilities (B, N, T, S), recomputed from lse on access (for inspection: backward never
-        builds them): exp(Q Kᵀ·scale − lse) where visible, 0 where masked, 1/S on a row with no key."""
-        xp = array_module(self.q)
-        p = xp.exp((self.q @ self.k.transpose(0, 1, 3, 2)) * self.q.dtype.type(self.scale) - self.lse[..., None])
-        if self.mask is not None:
-            p = xp.where(self.mask, p, 0)
-        dead = xp.isinf(self.lse)[..., None]
-        return xp.where(dead, p.dtype.type(1 / p.shape[-1]), p).astype(self.q.dtype, copy=False)
+    query: Array              # (B, T, E) query input
+    value: Array              # (B, S, E) value input
+    key: Array                # (B, S, E) key input (the value input when key was None)
+    q: Array                  # (B, N, T, K) projected queries, head-major
+    k: Array                  # (B, N, S, K) projected keys
+    v: Array                  # (B, N, S, K) projected values
+    p: Array                  # (B, N, T, S) attention probabilities
+    o: Array                  # (B, N, T, K) per-head outputs P V
+    mask: Array | None        # (B, 1, T, S) bool, True = may attend, or None
 
 
 class AttentionGrads(NamedTuple):
@@ -135,15 +109,15 @@ class AttentionGrads(NamedTuple):
     d_query + d_value + d_key; with key=None (key is value) it is the value
     input's d_value + d_key. The caller adds them.
     """
-    d_query: object           # (B, T, E)
-    d_value: object           # (B, S, E)
-    d_key: object             # (B, S, E)
+    d_query: Array            # (B, T, E)
+    d_value: Array            # (B, S, E)
+    d_key: Array              # (B, S, E)
 
 
-class MultiHeadAttention:
+class MultiHeadAttention(Layer):
     """Keras 3 ``MultiHeadAttention(num_heads=N, key_dim=K)`` on (B, T, E) inputs; see the module docstring."""
 
-    def __init__(self, embed_dim, num_heads, key_dim, backend, rng):
+    def __init__(self, embed_dim: int, num_heads: int, key_dim: int, backend: Backend, rng: Any):
         self.backend = backend
         E, N, K = embed_dim, num_heads, key_dim
         self.embed_dim, self.num_heads, self.key_dim = E, N, K
@@ -157,17 +131,20 @@ class MultiHeadAttention:
         self._params["output/bias"] = backend.zeros((E,))                                 # (E,)
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Array]:
         return dict(self._params)
 
-    @functools.cached_property
-    def fused(self):
-        """The fused kernels this layer runs (:mod:`scratchlm.kernels`), or None for the reference path;
-        looked up at first use, so building a layer does not import Numba."""
-        return self.backend.fused if self.backend.kernels == "fused" else None
+    @classmethod
+    def param_shapes(cls, embed_dim: int, num_heads: int, key_dim: int) -> dict[str, Shape]:
+        E, N, K = embed_dim, num_heads, key_dim
+        shapes = {}
+        for name in ("query", "key", "value"):
+            shapes[f"{name}/kernel"], shapes[f"{name}/bias"] = (E, N, K), (N, K)
+        shapes["output/kernel"], shapes["output/bias"] = (N, K, E), (E,)
+        return shapes
 
     # -- projections (E) <-> (N, K) -----------------------------------------
-    def _project(self, x, name):
+    def _project(self, x: Array, name: str) -> Array:
         """x (B, L, E) -> x W + b, head-major (B, N, L, K)."""
         B, L, E = x.shape
         W, b = self._params[f"{name}/kernel"], self._params[f"{name}/bias"]
@@ -175,7 +152,7 @@ class MultiHeadAttention:
         y = y.reshape(B, L, self.num_heads, self.key_dim) + b          # (B, L, N, K)
         return y.transpose(0, 2, 1, 3)                                 # (B, N, L, K)
 
-    def _project_backward(self, x, dy, name):
+    def _project_backward(self, x: Array, dy: Array, name: str) -> tuple[Array, dict[str, Array]]:
         """dy (B, N, L, K) -> (dx (B, L, E), {name/kernel: xᵀ dy (E, N, K), name/bias: Σ dy (N, K)})."""
         B, L, E = x.shape
         W = self._params[f"{name}/kernel"]
@@ -184,7 +161,7 @@ class MultiHeadAttention:
         return dx, {f"{name}/kernel": (x.reshape(B * L, E).T @ dy2).reshape(W.shape),
                     f"{name}/bias": dy2.sum(axis=0).reshape(self.num_heads, self.key_dim)}
 
-    def _check_mask(self, mask, B, T, S):
+    def _check_mask(self, mask: Array | None, B: int, T: int, S: int) -> Array | None:
         """mask (B, T, S) or (T, S) bool -> (B, 1, T, S) bool (broadcast over heads), or None."""
         if mask is None:
             return None
@@ -194,27 +171,30 @@ class MultiHeadAttention:
                              f"or (T, S), got {mask.dtype} {tuple(mask.shape)}")
         return self.backend.xp.broadcast_to(mask, (B, T, S))[:, None]  # (B, 1, T, S)
 
-    # -- forward and backward ----------------------------------------------
-    def forward(self, query, value, key=None, mask=None):
-        """query (B, T, E), value (B, S, E), key (B, S, E) or None (= value), mask (B, T, S) bool
-        (True = may attend) or None -> (out (B, T, E), cache)."""
+    def _inputs(self, query: Array, value: Array, key: Array | None,
+                mask: Array | None) -> tuple[Array, Array | None]:
+        """(key, mask (B, 1, T, S) or None) once the shapes are checked; key None means key = value."""
         key = value if key is None else key
         B, T, E = query.shape
         S = value.shape[1]
         if value.shape != (B, S, E) or key.shape != (B, S, E):
             raise ModelError(f"attention inputs must be query (B, T, E), value and key (B, S, E) with E = "
                              f"{self.embed_dim}: got {tuple(query.shape)}, {tuple(value.shape)}, {tuple(key.shape)}")
-        mask = self._check_mask(mask, B, T, S)
+        return key, self._check_mask(mask, B, T, S)
+
+    # -- forward and backward ----------------------------------------------
+    def forward(self, query: Array, value: Array, key: Array | None = None,
+                mask: Array | None = None) -> tuple[Array, AttentionCache]:
+        """query (B, T, E), value (B, S, E), key (B, S, E) or None (= value), mask (B, T, S) or (T, S) bool
+        (True = may attend) or None -> (out (B, T, E), cache)."""
+        key, mask = self._inputs(query, value, key, mask)
         q = self._project(query, "query")                              # (B, N, T, K)
         k = self._project(key, "key")                                  # (B, N, S, K)
         v = self._project(value, "value")                              # (B, N, S, K)
-        if self.fused is not None:                                     # flash: only lse is kept
-            o, lse = self.fused.attention_forward(q, k, v, None if mask is None else mask[:, 0], self.scale)
-            return self._output(o), FusedAttentionCache(query, value, key, q, k, v, o, lse, mask, self.scale)
         p, o = self._attention(q, k, v, mask)
         return self._output(o), AttentionCache(query, value, key, q, k, v, p, o, mask)
 
-    def _attention(self, q, k, v, mask):
+    def _attention(self, q: Array, k: Array, v: Array, mask: Array | None) -> tuple[Array, Array]:
         """(P, O) = (softmax(Q Kᵀ/√K, masked by replacement), P V), head-major."""
         xp = self.backend.xp
         s = (q @ k.transpose(0, 1, 3, 2)) * self.scale                 # (B, N, T, S)
@@ -225,7 +205,7 @@ class MultiHeadAttention:
         p /= p.sum(axis=-1, keepdims=True)
         return p, p @ v                                                # O (B, N, T, K)
 
-    def _output(self, o):
+    def _output(self, o: Array) -> Array:
         """Per-head outputs O (B, N, T, K) -> Σ_{n,k} O Wo + bo (B, T, E)."""
         B, N, T, K = o.shape
         Wo = self._params["output/kernel"]
@@ -233,32 +213,8 @@ class MultiHeadAttention:
         out += self._params["output/bias"]
         return out.reshape(B, T, -1)
 
-    # -- decoding with a key/value cache ------------------------------------
-    def keys_values(self, x):
-        """The projections a KV cache keeps: x (B, L, E) -> (K, V), each head-major (B, N, L, K)."""
-        return self._project(x, "key"), self._project(x, "value")
-
-    def attend(self, query, k, v, mask=None):
-        """Attention of new queries (B, T, E) over cached keys and values (B, N, S, K) -> (B, T, E).
-
-        The same numbers as :meth:`forward` with those keys and values, but
-        nothing is kept for backward: this is the generation step.
-        """
-        B, T, _ = query.shape
-        mask = self._check_mask(mask, B, T, k.shape[2])
-        q = self._project(query, "query")                              # (B, N, T, K)
-        if self.fused is not None:
-            m = None if mask is None else mask[:, 0]
-            if T <= DECODE_ROWS:                                       # a few new positions: one kernel
-                return self._output(self.fused.attention_decode(q, k, v, m, self.scale))
-            return self._output(self.fused.attention_forward(q, k, v, m, self.scale)[0])
-        return self._output(self._attention(q, k, v, mask)[1])
-
-    def backward(self, cache, dout):
-        """dout (B, T, E) -> (AttentionGrads(d_query, d_value, d_key), param grads keyed like ``params``).
-
-        On the fused path (a FusedAttentionCache) the same products, with dS from the recomputed probabilities.
-        """
+    def backward(self, cache: AttentionCache, dout: Array) -> tuple[AttentionGrads, dict[str, Array]]:
+        """dout (B, T, E) -> (AttentionGrads(d_query, d_value, d_key), param grads keyed like ``params``)."""
         c = cache
         B, T, E = dout.shape
         N, K = self.num_heads, self.key_dim
@@ -268,18 +224,7 @@ class MultiHeadAttention:
         grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E),
                  "output/bias": dout2.sum(axis=0)}
         do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)   # (B, N, T, K)
-        if isinstance(c, FusedAttentionCache):
-            dq, dk, dv = self.fused.attention_backward(c.q, c.k, c.v, c.o, c.lse, do,
-                                                       None if c.mask is None else c.mask[:, 0], self.scale)
-        else:
-            dv = c.p.transpose(0, 1, 3, 2) @ do                        # (B, N, S, K)  dV = Pᵀ dO
-            dp = do @ c.v.transpose(0, 1, 3, 2)                        # (B, N, T, S)  dP = dO Vᵀ
-            ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))   # (B, N, T, S)
-            if c.mask is not None:
-                ds = self.backend.xp.where(c.mask, ds, 0)              # replaced scores get nothing
-            ds *= self.scale
-            dq = ds @ c.k                                              # (B, N, T, K)  dQ = dS K / √K
-            dk = ds.transpose(0, 1, 3, 2) @ c.q                        # (B, N, S, K)  dK = dSᵀ Q / √K
+        dq, dk, dv = self._attention_backward(c, do)
         d_query, g = self._project_backward(c.query, dq, "query")
         grads.update(g)
         d_key, g = self._project_backward(c.key, dk, "key")
@@ -287,3 +232,35 @@ class MultiHeadAttention:
         d_value, g = self._project_backward(c.value, dv, "value")
         grads.update(g)
         return AttentionGrads(d_query, d_value, d_key), grads
+
+    def _attention_backward(self, c: AttentionCache, do: Array) -> tuple[Array, Array, Array]:
+        """dO (B, N, T, K) -> (dQ, dK, dV) head-major, through the cached probabilities."""
+        dv = c.p.transpose(0, 1, 3, 2) @ do                            # (B, N, S, K)  dV = Pᵀ dO
+        dp = do @ c.v.transpose(0, 1, 3, 2)                            # (B, N, T, S)  dP = dO Vᵀ
+        ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))       # (B, N, T, S)
+        if c.mask is not None:
+            ds = self.backend.xp.where(c.mask, ds, 0)                  # replaced scores get nothing
+        ds *= self.scale
+        dq = ds @ c.k                                                  # (B, N, T, K)  dQ = dS K / √K
+        dk = ds.transpose(0, 1, 3, 2) @ c.q                            # (B, N, S, K)  dK = dSᵀ Q / √K
+        return dq, dk, dv
+
+    # -- decoding with a key/value cache ------------------------------------
+    def keys_values(self, x: Array) -> tuple[Array, Array]:
+        """The projections a KV cache keeps: x (B, L, E) -> (K, V), each head-major (B, N, L, K)."""
+        return self._project(x, "key"), self._project(x, "value")
+
+    def attend(self, query: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
+        """Attention of new queries (B, T, E) over cached keys and values (B, N, S, K) -> (B, T, E).
+
+        The same numbers as :meth:`forward` with those keys and values, but
+        nothing is kept for backward: this is the generation step.
+        """
+        B, T, _ = query.shape
+        mask = self._check_mask(mask, B, T, k.shape[2])
+        q = self._project(query, "query")                              # (B, N, T, K)
+        return self._output(self._attend(q, k, v, mask))
+
+    def _attend(self, q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+        """The per-head outputs O (B, N, T, K) of queries q over keys k and values v, nothing kept."""
+        return self._attention(q, k, v, mask)[1]

@@ -1,72 +1,72 @@
-"""Dense: the affine map from the top layer's outputs to logits."""
+"""Dense: the affine map from the top layer's outputs to logits (and the loss right after it)."""
 
-import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from ..backend import Backend
 from ..initializers import glorot_uniform
 from ..losses import softmax_cross_entropy
+from .base import Array, Layer, Shape
 
 
-class ScoredGrads(NamedTuple):
-    """What :meth:`Dense.score` leaves for backward: the gradients themselves, computed chunk by chunk."""
-    dx: object                # (N, D) gradient of the Dense layer's input
-    kernel: object            # (D, V) dW
-    bias: object              # (V,) db
+class ScoreCache(NamedTuple):
+    """What :meth:`Dense.score_backward` needs from :meth:`Dense.score`."""
+    x: Array                  # (N, D) the layer's input
+    dlogits: Array            # (N, V) ∂L/∂logits = w_n·(softmax − onehot)
 
 
-class Dense:
+class Dense(Layer):
     """Affine map to logits: y = x W + b, W (D, V), b (V,), over any leading shape.
 
     Backward: dx = dy Wᵀ, dW = xᵀ dy, db = Σ dy (over all leading positions).
-    Keras' default initialisation: glorot-uniform W, b = 0.
+    The cache of forward is the input x itself. Keras' default initialisation:
+    glorot-uniform W, b = 0.
 
-    :meth:`score` is the layer and the softmax cross-entropy after it in one
-    call. On the fused path it runs in chunks of rows and never holds the
-    (N, V) logits: per chunk z = x_c W + b, then loss and dz in place, then
-    dx_c = dz Wᵀ, dW += x_cᵀ dz, db += Σ dz (``scratchlm/kernels/numba/xent.py``).
+    :meth:`score` / :meth:`score_backward` are the layer and the softmax
+    cross-entropy after it (:func:`scratchlm.losses.softmax_cross_entropy`) as
+    one pair: here forward, the loss and :meth:`backward` in full. Its fused
+    subclass (:class:`~scratchlm.kernels.layers.FusedDense`) runs them in chunks
+    of rows and never holds the (N, V) logits.
     """
 
-    def __init__(self, input_size, units, backend, rng):
+    def __init__(self, input_size: int, units: int, backend: Backend, rng: Any):
         self.backend = backend
         self.kernel = glorot_uniform((input_size, units), rng, backend)   # (D, V)
         self.bias = backend.zeros((units,))                               # (V,)
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Array]:
         return {"kernel": self.kernel, "bias": self.bias}
 
-    @functools.cached_property
-    def fused(self):
-        """The fused kernels (:mod:`scratchlm.kernels`) or None for the reference; chosen once, at first use."""
-        return self.backend.fused if self.backend.kernels == "fused" else None
+    @classmethod
+    def param_shapes(cls, input_size: int, units: int) -> dict[str, Shape]:
+        return {"kernel": (input_size, units), "bias": (units,)}
 
-    def forward(self, x):
-        """x (..., D) -> y (..., V)."""
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        """x (..., D) -> (y (..., V), cache = x)."""
         y = x.reshape(-1, x.shape[-1]) @ self.kernel                      # (N, V)
         y += self.bias
-        return y.reshape(x.shape[:-1] + (self.kernel.shape[1],))
+        return y.reshape(x.shape[:-1] + (self.kernel.shape[1],)), x
 
-    def backward(self, x, dy):
-        """dy (..., V) -> (dx (..., D), {"kernel": xᵀ dy, "bias": Σ dy})."""
+    def backward(self, x: Array, dy: Array) -> tuple[Array, dict[str, Array]]:
+        """(cache = x, dy (..., V)) -> (dx (..., D), {"kernel": xᵀ dy, "bias": Σ dy})."""
         x2 = x.reshape(-1, x.shape[-1])                                   # (N, D)
         dy2 = dy.reshape(-1, dy.shape[-1])                                # (N, V)
         dx = (dy2 @ self.kernel.T).reshape(x.shape)                       # (..., D)
         return dx, {"kernel": x2.T @ dy2, "bias": dy2.sum(axis=0)}
 
-    def score(self, x, targets, mask=None, backward=True):
-        """Mean softmax cross-entropy of the logits x W + b against ``targets``, and what backward needs.
+    def score(self, x: Array, targets: Array, mask: Array | None = None,
+              backward: bool = True) -> tuple[float, ScoreCache | None]:
+        """Mean softmax cross-entropy of the logits x W + b against ``targets``, and the cache of
+        :meth:`score_backward`.
 
         x (N, D); targets (N,) ints; mask (N,) bool/0-1 or None (as
-        :func:`scratchlm.losses.softmax_cross_entropy`). Returns (loss,
-        ScoredGrads(dx, dW, db)), or (loss, None) with backward=False. The
-        reference path is forward, the loss and :meth:`backward` in full.
+        :func:`scratchlm.losses.softmax_cross_entropy`). Returns (loss, cache),
+        or (loss, None) with backward=False.
         """
-        if self.fused is not None:
-            loss, dx, dW, db = self.fused.dense_softmax_cross_entropy(x, self.kernel, self.bias, targets, mask,
-                                                                      backward)
-            return loss, (ScoredGrads(dx, dW, db) if backward else None)
-        loss, dlogits = softmax_cross_entropy(self.forward(x), targets, mask)
-        if not backward:
-            return loss, None
-        dx, g = self.backward(x, dlogits)
-        return loss, ScoredGrads(dx, g["kernel"], g["bias"])
+        logits, _ = self.forward(x)                                       # (N, V)
+        loss, dlogits = softmax_cross_entropy(logits, targets, mask)
+        return loss, (ScoreCache(x, dlogits) if backward else None)
+
+    def score_backward(self, cache: ScoreCache) -> tuple[Array, dict[str, Array]]:
+        """-> (dx (N, D), {"kernel": dW, "bias": db}) of the loss of :meth:`score`."""
+        return self.backward(cache.x, cache.dlogits)

@@ -1,8 +1,11 @@
 """Dropout between layers, as Keras' ``Dropout`` layer does it (inverted dropout)."""
 
 import numbers
+from typing import Any
 
+from ..backend import Backend
 from ..errors import ModelError
+from .base import Array, Layer, Shape
 
 # The largest dropout rate accepted. Keras takes any rate below 1, but a unit is kept with probability
 # 1 − rate: at 0.99 a layer of a few hundred units still keeps a few of them per row; far above it most rows
@@ -11,41 +14,53 @@ from ..errors import ModelError
 MAX_RATE = 0.99
 
 
-def check_rate(rate):
-    """ModelError unless ``rate`` is a real number in [0, MAX_RATE] (not a bool or a string)."""
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= MAX_RATE:
-        raise ModelError(f"dropout must be a rate in [0, {MAX_RATE}] (the share of units dropped; above {MAX_RATE} "
-                         f"almost no unit is kept and nothing trains), got {rate!r}")
+RATE = (f"a rate in [0, {MAX_RATE}] (the share of units dropped; above {MAX_RATE} almost no unit is kept and "
+        "nothing trains)")
 
 
-class Dropout:
+def is_rate(rate: object) -> bool:
+    """A real number in [0, MAX_RATE] (not a bool or a string): a dropout rate this layer takes."""
+    return isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0 <= rate <= MAX_RATE
+
+
+def check_rate(rate: object) -> None:
+    """ModelError unless ``rate`` is a dropout rate (:func:`is_rate`)."""
+    if not is_rate(rate):
+        raise ModelError(f"dropout must be {RATE}, got {rate!r}")
+
+
+class Dropout(Layer):
     """y = x ⊙ m / (1 − rate), m ~ Bernoulli(1 − rate) per unit: kept units are scaled up in training, so
     nothing changes at evaluation, where dropout is simply not applied.
 
     Backward: dx = dy ⊙ m / (1 − rate). The masks are drawn by the caller (:meth:`draw`, from a
-    host generator, so a seeded run draws the same masks on every backend) and passed to ``forward``
-    and ``backward``, which is also how a gradient check holds them fixed.
+    host generator, so a seeded run draws the same masks on every backend) and passed to ``forward``,
+    whose cache is the mask: that is also how a gradient check holds them fixed.
 
     rate: a number in [0, :data:`MAX_RATE`]; ModelError otherwise.
     """
 
-    def __init__(self, rate, backend):
+    def __init__(self, rate: float, backend: Backend):
         check_rate(rate)
         self.rate = rate
         self.backend = backend
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Array]:
         return {}
 
-    def draw(self, shape, rng):
+    @classmethod
+    def param_shapes(cls) -> dict[str, Shape]:
+        return {}
+
+    def draw(self, shape: Shape, rng: Any) -> Array:
         """A keep-mask of ``shape`` (True = kept, with probability 1 − rate) on this backend."""
         return self.backend.xp.asarray(rng.random(shape) >= self.rate)
 
-    def forward(self, x, mask):
-        """x (...), mask (...) bool -> y = x ⊙ mask / (1 − rate)."""
-        return x * mask * (1.0 / (1.0 - self.rate))
+    def forward(self, x: Array, mask: Array) -> tuple[Array, Array]:
+        """x (...), mask (...) bool -> (y = x ⊙ mask / (1 − rate), cache = mask)."""
+        return x * mask * (1.0 / (1.0 - self.rate)), mask
 
-    def backward(self, mask, dy):
-        """dy (...) -> (dx = dy ⊙ mask / (1 − rate), {})."""
+    def backward(self, mask: Array, dy: Array) -> tuple[Array, dict[str, Array]]:
+        """(cache = mask, dy (...)) -> (dx = dy ⊙ mask / (1 − rate), {})."""
         return dy * mask * (1.0 / (1.0 - self.rate)), {}

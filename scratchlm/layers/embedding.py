@@ -1,37 +1,45 @@
 """Embedding: token ids -> learned vectors; PositionalEmbedding: tokens plus learned positions."""
 
+from typing import Any
+
+from ..backend import Backend
 from ..errors import ModelError
 from ..initializers import uniform
+from .base import Array, Layer, Shape
 
 
-class Embedding:
+class Embedding(Layer):
     """Token ids -> vectors: y[...] = E[ids[...]].
 
-    Forward is a gather of rows of E (V, E). Backward is the matching
-    scatter-add: dE[v] = Σ_{positions p with ids[p] = v} dy[p]  (repeated ids add up).
-    Keras' default initialisation: U(-0.05, 0.05).
+    Forward is a gather of rows of E (V, E); its cache is the ids. Backward is
+    the matching scatter-add: dE[v] = Σ_{positions p with ids[p] = v} dy[p]
+    (repeated ids add up). Keras' default initialisation: U(-0.05, 0.05).
     """
 
-    def __init__(self, vocab_size, dim, backend, rng):
+    def __init__(self, vocab_size: int, dim: int, backend: Backend, rng: Any):
         self.backend = backend
         self.embeddings = uniform((vocab_size, dim), rng, backend)      # (V, E)
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Array]:
         return {"embeddings": self.embeddings}
 
-    def forward(self, ids):
-        """ids (...) int -> vectors (..., E)."""
-        return self.embeddings[ids]
+    @classmethod
+    def param_shapes(cls, vocab_size: int, dim: int) -> dict[str, Shape]:
+        return {"embeddings": (vocab_size, dim)}
 
-    def backward(self, ids, dy):
-        """dy (..., E) -> (None, {"embeddings": dE (V, E)}): token ids have no gradient."""
+    def forward(self, ids: Array) -> tuple[Array, Array]:
+        """ids (...) int -> (vectors (..., E), cache = ids)."""
+        return self.embeddings[ids], ids
+
+    def backward(self, ids: Array, dy: Array) -> tuple[None, dict[str, Array]]:
+        """(cache = ids, dy (..., E)) -> (None, {"embeddings": dE (V, E)}): token ids have no gradient."""
         dE = self.backend.zeros(self.embeddings.shape)
         self.backend.scatter_add(dE, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]))
         return None, {"embeddings": dE}
 
 
-class PositionalEmbedding:
+class PositionalEmbedding(Layer):
     """Token embedding plus a learned position embedding (the IMDB seed's), batch-major:
 
         y[b, t] = Et[ids[b, t]] + Ep[t]        Et (V, E), Ep (L, E), t < T ≤ L     (B, T, E)
@@ -40,39 +48,43 @@ class PositionalEmbedding:
     dEp[t] = Σ_b dy[b, t] for t < T and 0 for the rows T..L-1 not used.
     Token id 0 is padding (Keras ``mask_zero=True``): :meth:`keep` gives the
     (B, T) mask of real tokens, which the attention masks are built from; the
-    vector of a padding token is still computed. Both tables: Keras'
-    U(-0.05, 0.05), the token table drawn first.
+    vector of a padding token is still computed. The cache of forward is the
+    ids. Both tables: Keras' U(-0.05, 0.05), the token table drawn first.
     """
 
-    def __init__(self, vocab_size, sequence_length, embed_dim, backend, rng):
+    def __init__(self, vocab_size: int, sequence_length: int, embed_dim: int, backend: Backend, rng: Any):
         self.backend = backend
         self.sequence_length = sequence_length
         self.token_embeddings = uniform((vocab_size, embed_dim), rng, backend)            # (V, E)
         self.position_embeddings = uniform((sequence_length, embed_dim), rng, backend)    # (L, E)
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Array]:
         return {"token_embeddings": self.token_embeddings, "position_embeddings": self.position_embeddings}
 
-    def _check(self, ids, start=0):
+    @classmethod
+    def param_shapes(cls, vocab_size: int, sequence_length: int, embed_dim: int) -> dict[str, Shape]:
+        return {"token_embeddings": (vocab_size, embed_dim), "position_embeddings": (sequence_length, embed_dim)}
+
+    def _check(self, ids: Array, start: int = 0) -> None:
         if ids.ndim != 2 or start + ids.shape[1] > self.sequence_length:
             raise ModelError(f"PositionalEmbedding takes token ids of shape (B, T) with T <= sequence_length "
                              f"= {self.sequence_length}, got shape {tuple(ids.shape)}: cut the sequences "
                              f"to at most {self.sequence_length} tokens")
 
     @staticmethod
-    def keep(ids):
+    def keep(ids: Array) -> Array:
         """ids (B, T) -> (B, T) bool, True for real tokens (id != 0, Keras' mask_zero)."""
         return ids != 0
 
-    def forward(self, ids, start=0):
-        """ids (B, T) int at positions start … start+T-1 (<= L) -> vectors (B, T, E)."""
+    def forward(self, ids: Array, start: int = 0) -> tuple[Array, Array]:
+        """ids (B, T) int at positions start … start+T-1 (<= L) -> (vectors (B, T, E), cache = ids)."""
         self._check(ids, start)
         T = ids.shape[1]
-        return self.token_embeddings[ids] + self.position_embeddings[start:start + T]    # (B, T, E)
+        return self.token_embeddings[ids] + self.position_embeddings[start:start + T], ids    # (B, T, E)
 
-    def backward(self, ids, dy):
-        """dy (B, T, E) -> (None, {"token_embeddings": (V, E), "position_embeddings": (L, E)})."""
+    def backward(self, ids: Array, dy: Array) -> tuple[None, dict[str, Array]]:
+        """(cache = ids, dy (B, T, E)) -> (None, {"token_embeddings": (V, E), "position_embeddings": (L, E)})."""
         self._check(ids)
         T, E = ids.shape[1], dy.shape[-1]
         dEt = self.backend.zeros(self.token_embeddings.shape)                             # (V, E)

@@ -12,64 +12,52 @@ Parameters are a flat dict ``ffn_1/kernel``, ``ffn_1/bias``, ``ffn_2/kernel``,
 ``ffn_2/bias`` (the seed's ``Dense`` pair). Keras defaults: glorot-uniform
 kernels (W1 drawn first), zero biases.
 
-The fused path (:attr:`FeedForward.fused`) adds b1 and applies the ReLU in one
-pass over the GEMM's output (in place), and backward applies ReLU' and sums db1
-in one pass over dh (in place): the same numbers, two passes over (..., F) fewer.
+The fused subclass (:class:`~scratchlm.kernels.layers.FusedFeedForward`) adds b1
+and applies the ReLU in one pass over the GEMM's output (in place), and backward
+applies ReLU' and sums db1 in one pass over dh (in place): the same numbers, two
+passes over (..., F) fewer.
 """
 
-import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from ..backend import Backend
+from .base import Array, Layer, Shape, prefixed
 from .dense import Dense
 
 
 class FeedForwardCache(NamedTuple):
-    """What :meth:`FeedForward.backward` needs from its forward."""
-    x: object                 # (..., E) input
-    h: object                 # (..., F) relu(x W1 + b1)
+    """What :meth:`FeedForward.backward` needs from its forward: the two Dense layers' inputs (their caches)."""
+    x: Array                  # (..., E) input
+    h: Array                  # (..., F) relu(x W1 + b1)
 
 
-class FeedForward:
+class FeedForward(Layer):
     """y = relu(x W1 + b1) W2 + b2; see the module docstring."""
 
-    def __init__(self, embed_dim, dense_dim, backend, rng):
+    def __init__(self, embed_dim: int, dense_dim: int, backend: Backend, rng: Any):
         self.backend = backend
-        self.ffn_1 = Dense(embed_dim, dense_dim, backend, rng)           # (E, F)
-        self.ffn_2 = Dense(dense_dim, embed_dim, backend, rng)           # (F, E)
+        self.ffn_1 = backend.layer(Dense)(embed_dim, dense_dim, backend, rng)     # (E, F)
+        self.ffn_2 = backend.layer(Dense)(dense_dim, embed_dim, backend, rng)     # (F, E)
 
     @property
-    def params(self):
-        return {f"{name}/{k}": v for name, layer in (("ffn_1", self.ffn_1), ("ffn_2", self.ffn_2))
-                for k, v in layer.params.items()}
+    def params(self) -> dict[str, Array]:
+        return {**prefixed("ffn_1", self.ffn_1.params), **prefixed("ffn_2", self.ffn_2.params)}
 
-    @functools.cached_property
-    def fused(self):
-        """The fused kernels (:mod:`scratchlm.kernels`) or None for the reference; chosen once, at first use."""
-        return self.backend.fused if self.backend.kernels == "fused" else None
+    @classmethod
+    def param_shapes(cls, embed_dim: int, dense_dim: int) -> dict[str, Shape]:
+        return {**prefixed("ffn_1", Dense.param_shapes(embed_dim, dense_dim)),
+                **prefixed("ffn_2", Dense.param_shapes(dense_dim, embed_dim))}
 
-    def forward(self, x):
+    def forward(self, x: Array) -> tuple[Array, FeedForwardCache]:
         """x (..., E) -> (y (..., E), cache)."""
-        if self.fused is not None:
-            W1 = self.ffn_1.kernel
-            h = self.fused.bias_relu(x.reshape(-1, x.shape[-1]) @ W1, self.ffn_1.bias)   # (M, F)
-            h = h.reshape(x.shape[:-1] + (W1.shape[1],))
-            return self.ffn_2.forward(h), FeedForwardCache(x, h)
-        h = self.ffn_1.forward(x)                                         # (..., F)
+        h, _ = self.ffn_1.forward(x)                                      # (..., F)
         h = self.backend.xp.maximum(h, 0, out=h)                          # relu, in place
-        return self.ffn_2.forward(h), FeedForwardCache(x, h)
+        y, _ = self.ffn_2.forward(h)
+        return y, FeedForwardCache(x, h)
 
-    def backward(self, cache, dy):
+    def backward(self, cache: FeedForwardCache, dy: Array) -> tuple[Array, dict[str, Array]]:
         """dy (..., E) -> (dx (..., E), param grads keyed like ``params``)."""
         dh, g2 = self.ffn_2.backward(cache.h, dy)                         # (..., F)
-        if self.fused is not None:                                        # relu' and db1 in one pass
-            F = dh.shape[-1]
-            dh2, db1 = self.fused.relu_backward(dh.reshape(-1, F), cache.h.reshape(-1, F))   # (M, F), (F,)
-            x2 = cache.x.reshape(-1, cache.x.shape[-1])                   # (M, E)
-            dx = (dh2 @ self.ffn_1.kernel.T).reshape(cache.x.shape)
-            g1 = {"kernel": x2.T @ dh2, "bias": db1}
-        else:
-            dh = dh * (cache.h > 0)                                       # relu'
-            dx, g1 = self.ffn_1.backward(cache.x, dh)                     # (..., E)
-        grads = {f"ffn_1/{k}": v for k, v in g1.items()}
-        grads.update({f"ffn_2/{k}": v for k, v in g2.items()})
-        return dx, grads
+        dh = dh * (cache.h > 0)                                           # relu'
+        dx, g1 = self.ffn_1.backward(cache.x, dh)                         # (..., E)
+        return dx, {**prefixed("ffn_1", g1), **prefixed("ffn_2", g2)}

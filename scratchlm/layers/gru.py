@@ -1,17 +1,17 @@
 """The GRU cell in Keras 3's default layout (``reset_after=True``): gate math and backpropagation through time."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..initializers import glorot_uniform, orthogonal
-from .lstm import _sigmoid
-from .recurrent import Recurrent
+from .base import Array, Shape
+from .recurrent import Recurrent, RecurrentCache, sigmoid
 
 
 class GRUSteps(NamedTuple):
     """The GRU's record of its time loop."""
-    gates: object             # (T, B, 3H) activations [z r h̃]
-    hs: object                # (T+1, B, H) h_0 … h_T
-    uh: object                # (T, B, H) û_h = (h_{t-1} U + b_rec)_h, the recurrent part of h̃ before the reset
+    gates: Array              # (T, B, 3H) activations [z r h̃]
+    hs: Array                 # (T+1, B, H) h_0 … h_T
+    uh: Array                 # (T, B, H) û_h = (h_{t-1} U + b_rec)_h, the recurrent part of h̃ before the reset
 
 
 class GRU(Recurrent):
@@ -48,40 +48,37 @@ class GRU(Recurrent):
 
     Memory: per step it keeps z, r, h̃, û_h and h, (T, B, 5H) values in all.
 
-    On a backend with ``kernels="fused"`` the same two loops run in the fused
-    kernels (``scratchlm/kernels/numba/gru.py``, ``scratchlm/kernels/cuda/gru_cell.cu``): per step one
-    GEMM h_{t-1} U (forward) or dû_t Uᵀ (backward) and one pass for all the gate
-    math, the token-table gather and the mask; the backward overwrites the
-    cached gates with dX̂ and û_h with dû_h.
+    The fused subclass (:class:`~scratchlm.kernels.layers.FusedGRU`) runs the
+    same two loops in the kernels (``scratchlm/kernels/numba/gru.py``,
+    ``scratchlm/kernels/cuda/gru_cell.cu``): per step one GEMM h_{t-1} U
+    (forward) or dû_t Uᵀ (backward) and one pass for all the gate math, the
+    token-table gather and the mask; its backward overwrites the cached gates
+    with dX̂ and û_h with dû_h.
     """
 
     gates = 3
     state_names = ("h",)
 
-    def _init_params(self, input_size, units, rng):
+    def _init_params(self, input_size: int, units: int, rng: Any) -> None:
         H = units
         self.kernel = glorot_uniform((input_size, 3 * H), rng, self.backend)   # W (D, 3H)
         self.recurrent_kernel = orthogonal((H, 3 * H), rng, self.backend)     # U (H, 3H)
         self.bias = self.backend.zeros((2, 3 * H))                             # [b_in; b_rec] (2, 3H)
 
     @classmethod
-    def bias_shape(cls, units):
+    def bias_shape(cls, units: int) -> Shape:
         return (2, 3 * units)
 
     @property
-    def input_bias(self):
+    def input_bias(self) -> Array:
         return self.bias[0]
 
-    def _loop(self, gates, table, ids, state0, keep):
-        """The forward time loop over gates (T, B, 3H) = x_t W + b_in -> (hs, GRUSteps, (h_T,))."""
+    def _loop(self, gates: Array, state0: tuple, keep: Array | None) -> tuple[GRUSteps, tuple]:
+        """The forward time loop over gates (T, B, 3H) = x_t W + b_in -> (GRUSteps, (h_T,))."""
         xp = self.backend.xp
         T, B, _ = gates.shape
         H = self.units
         U, b_rec = self.recurrent_kernel, self.bias[1]
-        if self.fused is not None:                                        # the same loop, fused per step
-            hs, uh = self.fused.gru_forward(gates, U, b_rec, state0[0], None if keep is None else keep[:, :, 0],
-                                            table, ids)
-            return hs, GRUSteps(gates, hs, uh), (hs[T],)
         hs = self.backend.empty((T + 1, B, H))                            # h_0 … h_T
         uh = self.backend.empty((T, B, H))                                # û_h
         hs[0] = state0[0]
@@ -90,7 +87,7 @@ class GRU(Recurrent):
             u = hs[t] @ U                                                 # (B, 3H)
             u += b_rec                                                    # û
             a[:, :2 * H] += u[:, :2 * H]
-            _sigmoid(xp, a[:, :2 * H], out=a[:, :2 * H])                  # z, r
+            sigmoid(xp, a[:, :2 * H], out=a[:, :2 * H])                  # z, r
             z, r, h_tilde = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
             uh[t] = u[:, 2 * H:]
             h_tilde += r * uh[t]
@@ -100,9 +97,10 @@ class GRU(Recurrent):
             h += h_tilde                                                  # h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃
             if keep is not None:                                          # masked step: keep h
                 hs[t + 1] = xp.where(keep[t], hs[t + 1], hs[t])
-        return hs, GRUSteps(gates, hs, uh), (hs[T],)
+        return GRUSteps(gates, hs, uh), (hs[T],)
 
-    def _loop_backward(self, cache, dy, d_final):
+    def _loop_backward(self, cache: RecurrentCache, dy: Array | None,
+                       d_final: list) -> tuple[Array, dict[str, Array], tuple]:
         """BPTT from dh_T = d_final[0] with dy (T, B, H) or None -> (dX̂ (T, B, 3H), recurrent grads, (dh_0,))."""
         gates, hs, uh = cache.steps
         keep = cache.keep
@@ -110,10 +108,6 @@ class GRU(Recurrent):
         H = self.units
         U = self.recurrent_kernel
         (dh,) = d_final                                                   # ∂L/∂h_t
-        if self.fused is not None:                                        # the same loop, one fused pass per step
-            dX, dU, db_rec, dh = self.fused.gru_backward(gates, hs, uh, U, dy, dh,
-                                                         None if keep is None else keep[:, :, 0])
-            return dX, {"recurrent_kernel": dU, "recurrent_bias": db_rec}, (dh,)
         dX = self.backend.empty((T, B, G))                                # ∂L/∂x̂_t
         dUh = self.backend.empty((T, B, G))                               # ∂L/∂û_t
         for t in reversed(range(T)):
@@ -136,5 +130,5 @@ class GRU(Recurrent):
         dU = hs[:-1].reshape(T * B, H).T @ dU2                            # (H, 3H)
         return dX, {"recurrent_kernel": dU, "recurrent_bias": dU2.sum(axis=0)}, (dh,)
 
-    def _bias_gradient(self, d_input_bias, recurrent):
+    def _bias_gradient(self, d_input_bias: Array, recurrent: dict[str, Array]) -> Array:
         return self.backend.xp.stack([d_input_bias, recurrent["recurrent_bias"]])     # (2, 3H)

@@ -13,52 +13,43 @@ Backward, with g = dy ⊙ γ (means over the last axis, sums over all leading po
 Computed in at least float32 (as Keras does); the output has the input's dtype.
 Note Keras' epsilon is 1e-3, not the 1e-5 of GPT code.
 
-The fused path (:attr:`LayerNormalization.fused`, ``scratchlm/kernels/numba/layernorm.py``,
-``scratchlm/kernels/cuda/layernorm.cu``) makes one pass over the rows each way and keeps only
-μ and 1/σ per row (plus the input, which backward re-normalises), against the
-reference's (..., D) x̂.
+The fused subclass (:class:`~scratchlm.kernels.layers.FusedLayerNormalization`,
+``scratchlm/kernels/numba/layernorm.py``, ``scratchlm/kernels/cuda/layernorm.cu``) makes
+one pass over the rows each way and keeps only μ and 1/σ per row (plus the
+input, which backward re-normalises), against the reference's (..., D) x̂.
 """
 
-import functools
 from typing import NamedTuple
+
+from ..backend import Backend
+from .base import Array, Layer, Shape
 
 
 class LayerNormCache(NamedTuple):
     """What :meth:`LayerNormalization.backward` needs from its forward."""
-    xhat: object              # (..., D) normalised input x̂, in the compute dtype
-    rstd: object              # (..., 1) 1/σ = 1/√(σ² + ε)
+    xhat: Array               # (..., D) normalised input x̂, in the compute dtype
+    rstd: Array               # (..., 1) 1/σ = 1/√(σ² + ε)
 
 
-class LayerNormRowCache(NamedTuple):
-    """What the fused backward needs: the input and two numbers per row."""
-    x: object                 # (..., D) the input
-    mean: object              # (...,) μ of each row
-    rstd: object              # (...,) 1/σ = 1/√(σ² + ε) of each row
-
-
-class LayerNormalization:
+class LayerNormalization(Layer):
     """y = (x − μ)/√(σ² + ε) ⊙ γ + β over the last axis; see the module docstring."""
 
-    def __init__(self, dim, backend, epsilon=1e-3):
+    def __init__(self, dim: int, backend: Backend, epsilon: float = 1e-3):
         self.backend = backend
         self.epsilon = epsilon
         self.gamma = backend.asarray(backend.xp.ones((dim,)))            # (D,)
         self.beta = backend.zeros((dim,))                                 # (D,)
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Array]:
         return {"gamma": self.gamma, "beta": self.beta}
 
-    @functools.cached_property
-    def fused(self):
-        """The fused kernels (:mod:`scratchlm.kernels`) or None for the reference; chosen once, at first use."""
-        return self.backend.fused if self.backend.kernels == "fused" else None
+    @classmethod
+    def param_shapes(cls, dim: int) -> dict[str, Shape]:
+        return {"gamma": (dim,), "beta": (dim,)}
 
-    def forward(self, x):
+    def forward(self, x: Array) -> tuple[Array, LayerNormCache]:
         """x (..., D) -> (y (..., D), cache)."""
-        if self.fused is not None and x.dtype == self.gamma.dtype:
-            y, mean, rstd = self.fused.layernorm_forward(x, self.gamma, self.beta, self.epsilon)
-            return y, LayerNormRowCache(x, mean, rstd)
         xp = self.backend.xp
         xc = x.astype(xp.result_type(x.dtype, xp.float32), copy=False)   # at least float32
         mu = xc.mean(axis=-1, keepdims=True)                              # (..., 1)
@@ -69,11 +60,8 @@ class LayerNormalization:
         y = xhat * self.gamma + self.beta
         return y.astype(x.dtype, copy=False), LayerNormCache(xhat, rstd)
 
-    def backward(self, cache, dy):
+    def backward(self, cache: LayerNormCache, dy: Array) -> tuple[Array, dict[str, Array]]:
         """dy (..., D) -> (dx (..., D), {"gamma": Σ dy ⊙ x̂, "beta": Σ dy})."""
-        if isinstance(cache, LayerNormRowCache):
-            dx, dgamma, dbeta = self.fused.layernorm_backward(cache.x, cache.mean, cache.rstd, self.gamma, dy)
-            return dx, {"gamma": dgamma, "beta": dbeta}
         xhat, rstd = cache
         D = xhat.shape[-1]
         dyc = dy.astype(xhat.dtype, copy=False)

@@ -1,60 +1,106 @@
 """The LSTM cell in Keras' layout: gate math and backpropagation through time."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..initializers import glorot_uniform, orthogonal
-from .recurrent import Recurrent
-
-
-def _sigmoid(xp, x, out):
-    """σ(x) = 1 / (1 + e^{-x}) written as ½·tanh(x/2) + ½: one ufunc, no overflow."""
-    xp.multiply(x, 0.5, out=out)
-    xp.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
-    return out
+from .base import Array
+from .recurrent import Recurrent, RecurrentCache, sigmoid
 
 
 class LSTMSteps(NamedTuple):
     """The LSTM's record of its time loop."""
-    gates: object             # (T, B, 4H) activations [i f g o] (the fused backward overwrites them with dz)
-    hs: object                # (T+1, B, H) h_0 … h_T
-    cs: object                # (T+1, B, H) c_0 … c_T
-    tanh_c: object            # (T, B, H) tanh(c̃_t), or None on the fused path (recomputed there)
+    gates: Array              # (T, B, 4H) activations [i f g o] of every step
+    hs: Array                 # (T+1, B, H) h_0 … h_T
+    cs: Array                 # (T+1, B, H) c_0 … c_T
+    tanh_c: Array             # (T, B, H) tanh(c̃_t)
 
 
 class LSTM(Recurrent):
+    """Long short-term memory layer in Keras' weight layout.
+
+    Parameters (Keras 3 initialisation): ``kernel`` W (D, 4H) glorot-uniform,
+    ``recurrent_kernel`` U (H, 4H) orthogonal, ``bias`` b (4H,) zeros but the
+    forget block b[H:2H] = 1 (``unit_forget_bias``). The gate blocks along the
+    4H axis are i, f, g (c̃), o. Input x (T, B, D) time-major, or token ids
+    (T, B) through :meth:`forward_tokens`; state (h, c), each (B, H).
+
+    Forward, for t = 1 … T, with z_t (B, 4H) split into blocks of H
+    (:meth:`_loop`; the input part x_t W + b of every step is one GEMM first,
+    :meth:`project`):
+
+        z_t = x_t W + b + h_{t-1} U
+        i = σ(z_i)    f = σ(z_f)    g = tanh(z_g)    o = σ(z_o)
+        c̃_t = f ⊙ c_{t-1} + i ⊙ g
+        h̃_t = o ⊙ tanh(c̃_t)
+
+    σ is computed as ½·tanh(x/2) + ½ (one transcendental, no overflow).
+
+    Masks (Keras 3, ``zero_output_for_mask=False``), with m_t ∈ {0, 1} (1 = real
+    step) and s_t = 1 if some step ≤ t is real:
+
+        h_t = m_t h̃_t + (1 − m_t) h_{t-1}        c_t = m_t c̃_t + (1 − m_t) c_{t-1}
+        y_t = s_t ⊙ h_t
+
+    A masked step leaves h and c unchanged; its output repeats the previous
+    output, and outputs before the first real step are zeros (even from a given
+    initial state). y is (T, B, H), or y_T (B, H) with ``return_sequences=False``.
+
+    Backpropagation through time (:meth:`_loop_backward`), t = T … 1. dh and dc
+    are the gradients reaching h_t and c_t from later steps, starting from the
+    gradient of the final state; the output's gradient (already multiplied by
+    s_t in :meth:`backward`) is added first, dh += dy_t. Then:
+
+        dh̃ = m_t dh                  dc̃_in = m_t dc
+        dc̃ = dc̃_in + dh̃ ⊙ o ⊙ (1 − tanh² c̃_t)
+        dz_o = dh̃ ⊙ tanh(c̃_t) ⊙ o(1 − o)
+        dz_i = dc̃ ⊙ g ⊙ i(1 − i)
+        dz_g = dc̃ ⊙ i ⊙ (1 − g²)
+        dz_f = dc̃ ⊙ c_{t-1} ⊙ f(1 − f)
+        dh_{t-1} = dz Uᵀ + (1 − m_t) dh
+        dc_{t-1} = dc̃ ⊙ f + (1 − m_t) dc
+
+    After the loop, each weight gradient is one product over all T·B rows
+    (dZ (T, B, 4H) holds every dz_t):
+
+        dU = [h_0 … h_{T-1}]ᵀ dZ                         (H, 4H)
+        dW = Xᵀ dZ    db = Σ dZ    dX = dZ Wᵀ             (:meth:`project_backward`)
+
+    For token input dW and db come from a scatter-add of dZ by token id
+    (:meth:`project_tokens_backward`).
+
+    Memory: the loop keeps the gates, tanh(c̃_t), h and c of every step,
+    (T, B, 7H) values. The fused subclass (``scratchlm/kernels/layers.py``,
+    :class:`~scratchlm.kernels.layers.FusedLSTM`) runs the same two loops in
+    one kernel each and recomputes tanh(c̃_t) instead of keeping it.
+    """
+
     gates = 4
     state_names = ("h", "c")
 
-    def _init_params(self, input_size, units, rng):
+    def _init_params(self, input_size: int, units: int, rng: Any) -> None:
         H = units
         self.kernel = glorot_uniform((input_size, 4 * H), rng, self.backend)   # W (D, 4H)
         self.recurrent_kernel = orthogonal((H, 4 * H), rng, self.backend)     # U (H, 4H)
         self.bias = self.backend.zeros((4 * H,))                               # b (4H,)
         self.bias[H:2 * H] = 1.0                                               # unit forget bias
 
-    def _loop(self, gates, table, ids, state0, keep):
-        """The forward time loop over gates (T, B, 4H) = x_t W + b -> (hs, LSTMSteps, (h_T, c_T))."""
+    def _loop(self, gates: Array, state0: tuple, keep: Array | None) -> tuple[LSTMSteps, tuple]:
+        """The forward time loop over gates (T, B, 4H) = x_t W + b -> (LSTMSteps, (h_T, c_T))."""
         xp = self.backend.xp
         T, B, _ = gates.shape
         H = self.units
         U = self.recurrent_kernel
-        h0, c0 = state0
-        if self.fused is not None:                                        # the same loop, fused per step
-            hs, cs = self.fused.lstm_forward(gates, U, h0, c0, None if keep is None else keep[:, :, 0], table, ids)
-            return hs, LSTMSteps(gates, hs, cs, None), (hs[T], cs[T])
         hs = self.backend.empty((T + 1, B, H))                            # h_0 … h_T
         cs = self.backend.empty((T + 1, B, H))                            # c_0 … c_T
         tanh_c = self.backend.empty((T, B, H))                            # tanh(c̃_t)
-        hs[0], cs[0] = h0, c0
+        hs[0], cs[0] = state0
         for t in range(T):
             z = gates[t]                                                  # (B, 4H)
             z += hs[t] @ U
             i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-            _sigmoid(xp, z[:, :2 * H], out=z[:, :2 * H])                  # i, f
+            sigmoid(xp, z[:, :2 * H], out=z[:, :2 * H])                   # i, f
             xp.tanh(g, out=g)
-            _sigmoid(xp, o, out=o)
+            sigmoid(xp, o, out=o)
             c = cs[t + 1]
             xp.multiply(f, cs[t], out=c)
             c += i * g                                                    # c̃_t = f ⊙ c_{t-1} + i ⊙ g
@@ -63,9 +109,10 @@ class LSTM(Recurrent):
             if keep is not None:                                          # masked step: keep h, c
                 hs[t + 1] = xp.where(keep[t], hs[t + 1], hs[t])
                 cs[t + 1] = xp.where(keep[t], cs[t + 1], cs[t])
-        return hs, LSTMSteps(gates, hs, cs, tanh_c), (hs[T], cs[T])
+        return LSTMSteps(gates, hs, cs, tanh_c), (hs[T], cs[T])
 
-    def _loop_backward(self, cache, dy, d_final):
+    def _loop_backward(self, cache: RecurrentCache, dy: Array | None,
+                       d_final: list) -> tuple[Array, dict[str, Array], tuple]:
         """BPTT from (dh_T, dc_T) = d_final with dy (T, B, H) or None -> (dZ (T, B, 4H), {dU}, (dh_0, dc_0))."""
         xp = self.backend.xp
         gates, hs, cs, tanh_c = cache.steps
@@ -74,10 +121,6 @@ class LSTM(Recurrent):
         H = self.units
         U = self.recurrent_kernel
         dh, dc = d_final                                                  # ∂L/∂h_t, ∂L/∂c_t
-        if self.fused is not None:                                        # the same loop, one fused pass per step
-            dZ, dU, dh, dc = self.fused.lstm_backward(gates, hs, cs, U, dy, dh, dc,
-                                                      None if keep is None else keep[:, :, 0])
-            return dZ, {"recurrent_kernel": dU}, (dh, dc)
         dZ = self.backend.empty((T, B, G))                                # ∂L/∂z_t
         for t in reversed(range(T)):
             if dy is not None:

@@ -1,7 +1,8 @@
 """The language models, and the one way to load a checkpoint: ``load(path)`` builds the right class.
 
     base.py        TokenModel: what every language model shares
-    recurrent.py   LanguageModel: [Embedding | one-hot] -> LSTM or GRU x L -> Dense
+    generation.py  TokenLoop: generate's token loop (draw, step, repeat)
+    recurrent.py   RecurrentLM (also named LanguageModel): [Embedding | one-hot] -> LSTM or GRU x L -> Dense
     transformer.py TransformerLM: PositionalEmbedding -> decoder blocks -> Dense (the IMDB seed)
 
 A model's ``config`` names its kind; :data:`MODELS` maps kinds to classes, and
@@ -10,27 +11,27 @@ each class says what a config of its kind means (``check_config``,
 checkpoint is checked against its arrays before a model is built from it.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .. import checkpoint
 from ..backend import get_backend
 from ..errors import CheckpointError
 from .base import TokenModel
-from .recurrent import LanguageModel
+from .recurrent import LanguageModel, RecurrentLM
 from .transformer import TransformerLM
 
-MODELS = {cls.kind: cls for cls in (LanguageModel, TransformerLM)}
+MODELS: dict[str, type[TokenModel]] = {cls.kind: cls for cls in (RecurrentLM, TransformerLM)}
 
 
 class Checkpoint(NamedTuple):
     """What :func:`load` returns."""
     model: TokenModel
-    optimizer: object             # Optimizer or None
-    rng: object                   # numpy.random.Generator or None
+    optimizer: Any                # Optimizer or None
+    rng: Any                      # numpy.random.Generator or None
     metadata: dict
 
 
-def model_class(config, what):
+def model_class(config: Any, what: str) -> type[TokenModel]:
     """The class of the model ``config`` describes, once the config is checked; CheckpointError otherwise."""
     kind = config.get("kind") if isinstance(config, dict) else None
     if kind not in MODELS:
@@ -45,17 +46,17 @@ def _shapes_of(config, what):
     yield from model_class(config, what).parameter_shapes(config)
 
 
-def read(path):
+def read(path: Any) -> tuple[dict, dict]:
     """(header, arrays) of a checkpoint, every field and array checked against its model's config."""
     return checkpoint.read(path, _shapes_of)
 
 
-def describe(config):
+def describe(config: dict) -> str:
     """The model line of a checked config, as ``repr`` of the model would print it on NumPy."""
     return MODELS[config["kind"]].describe(config)
 
 
-def load(path, backend="numpy"):
+def load(path: Any, backend: Any = "numpy") -> Checkpoint:
     """Read a checkpoint (checked by :func:`read`) and build its model, optimizer and RNG -> :class:`Checkpoint`.
 
     backend: where the model lives ("numpy", "cupy", "auto"); the dtype is the checkpoint's.
@@ -70,5 +71,5 @@ def load(path, backend="numpy"):
                       checkpoint.rng_of(header, path), header["metadata"])
 
 
-__all__ = ["Checkpoint", "LanguageModel", "MODELS", "TokenModel", "TransformerLM", "describe", "load", "model_class",
-           "read"]
+__all__ = ["Checkpoint", "LanguageModel", "MODELS", "RecurrentLM", "TokenModel", "TransformerLM", "describe", "load",
+           "model_class", "read"]

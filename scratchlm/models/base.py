@@ -1,44 +1,52 @@
-"""What every language model shares: token checks, masks, parameters, the loss, the sampling loop, state.
+"""What every language model shares: token checks, masks, parameters, the loss, generation, state.
 
 A model is a stack of layers from :mod:`scratchlm.layers` between token ids and
 logits. Users pass batch-major int arrays like Keras, ``x`` and ``y`` of shape
-(B, T); inside, a model runs time-major (T, B, ...). A concrete model (see
-``recurrent.py``) provides:
+(B, T), and every hook below takes them so; a model that runs time-major inside
+(the recurrent one) transposes once, itself. A concrete model (``recurrent.py``,
+``transformer.py``) provides:
 
+    CONFIG_RULES, CONFIG_DEFAULTS       its config: field -> (check, what it must be); fields old files may lack
+    config, describe(config), parameter_shapes(config)      what a config means, without building the model
     _named_layers()                     [(name, layer)]: its parameters are name/param
-    _forward(ids, state, mask, last, dropout_masks)   ids (T, B) -> (logits, new state, cache)
-    _backward(cache, dlogits)           -> {parameter name: gradient}
-    _score(ids, y, state, mask, ...)    optional: forward and loss in one (default: _forward, then the loss)
-    _start(prompt) / _step(ids, state)  the prompt's and one new token's logits (B, V) and state
+    _forward(x, state, mask)            x (B, T) -> (logits (B, T, V), new state)
+    _score(x, y, state, mask, last_only, dropout_masks, backward)   forward and loss -> (loss, cache)
+    _backward(cache)                    -> {parameter name: gradient}
+    token_loop                          its TokenLoop class (models/generation.py): prompt and one-token steps
     state_shapes(B), get_state(), set_state(state), reset_state()   carried state (stateful models)
-    config, describe(config), parameter_shapes(config), check_config(config)
 
 and this class turns them into the public interface: ``forward``, ``loss``,
-``loss_and_grads`` (softmax cross-entropy, fused or reference, chosen once),
-``params``/``set_params``, ``generate`` (the token loop around ``_step``) and
-``save``. :func:`scratchlm.models.load` builds the right class from a checkpoint.
+``loss_and_grads``, ``params``/``set_params``, ``generate`` and ``save``.
+A model builds every layer, its loss and its token loop through
+``backend.layer`` and never looks at the kernels choice itself.
+:func:`scratchlm.models.load` builds the right class from a checkpoint.
 """
 
-import functools
 import math
-import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy
 
 from .. import checkpoint, sampling
-from ..backend import Backend, get_backend
+from ..backend import Array, Backend, get_backend
 from ..budget import check_fits
+from ..checks import is_whole
 from ..errors import ModelError
-from ..losses import softmax_cross_entropy
+from ..layers.base import Shape
+from ..losses import SoftmaxCrossEntropy
+from .generation import TokenLoop
+
+Rules = dict[str, tuple[Callable[[Any], bool], str]]      # config field -> (check, what it must be)
 
 
-def is_whole(x):
-    """A Python or NumPy integer, not a bool (True is an int, but never a sensible size or id)."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+class Scored(NamedTuple):
+    """What a model's backward needs after its loss: the forward's cache and ∂L/∂logits."""
+    cache: Any                # the model's forward cache
+    dlogits: Array            # ∂L/∂logits, shaped like the logits
 
 
-def generation_bytes(batch, length):
+def generation_bytes(batch: int, length: int) -> int:
     """What ``generate`` allocates in proportion to its output: int64 ids and float64 uniforms."""
     return 16 * batch * length
 
@@ -46,41 +54,74 @@ def generation_bytes(batch, length):
 class TokenModel:
     """Base of the language models over a vocabulary of ``vocab_size`` token ids (see the module docstring)."""
 
-    kind = None                      # the name checkpoints record (header["model"]["kind"])
+    kind: str                        # the name checkpoints record (header["model"]["kind"])
+    CONFIG_RULES: Rules              # every field of ``config``, checked alike when built and when loaded
+    CONFIG_DEFAULTS: dict = {}       # fields a config written before they existed may lack
+    token_loop: type[TokenLoop]      # the reference token loop of generate (built through backend.layer)
     dropout_rng = None               # the host generator of a model's dropout masks (saved in checkpoints)
 
-    def __init__(self, vocab_size, backend, dtype):
-        if not is_whole(vocab_size) or vocab_size < 1:
-            raise ModelError(f"vocab_size must be a whole number >= 1, got {vocab_size!r}")
-        self.vocab_size = int(vocab_size)
+    def __init__(self, arguments: dict, backend: Any, dtype: str):
+        """Check the constructor's ``arguments`` (the config fields they give) by :data:`CONFIG_RULES`, then
+        set up the backend and the loss."""
+        self._check_arguments(arguments)
+        self.vocab_size = int(arguments["vocab_size"])
         self.backend = get_backend(backend, dtype)
-
-    @functools.cached_property
-    def _xent(self):
-        """The softmax cross-entropy this model uses: the fused kernel or the reference (chosen here only)."""
-        return self.backend.fused.softmax_cross_entropy if self.backend.kernels == "fused" else softmax_cross_entropy
+        self.loss_function = self.backend.layer(SoftmaxCrossEntropy)(self.backend)
 
     @classmethod
-    def parameter_count(cls, config):
+    def _check_arguments(cls, arguments: dict) -> None:
+        """ModelError naming the first argument that breaks its rule in :data:`CONFIG_RULES`."""
+        for name, value in arguments.items():
+            ok, rule = cls.CONFIG_RULES[name]
+            if not ok(value):
+                raise ModelError(f"{name} must be {rule}, got {value!r}")
+
+    @classmethod
+    def check_config(cls, config: Any, what: str) -> None:
+        """CheckpointError unless ``config`` holds exactly the fields of :data:`CONFIG_RULES` (those of
+        :data:`CONFIG_DEFAULTS` may be missing), each valid."""
+        checkpoint.check_fields({**cls.CONFIG_DEFAULTS, **config}, cls.CONFIG_RULES, what, exact=True)
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> Iterator[tuple[str, Shape]]:
+        """(name, shape) of every parameter of ``cls(**config)``, in ``params`` order, from the layers' own
+        ``param_shapes`` (a generator: a caller may stop early)."""
+        raise NotImplementedError
+
+    @classmethod
+    def parameter_count(cls, config: dict) -> int:
         """The number of weights of ``cls(**config)``, from :meth:`parameter_shapes`, without building it."""
         return sum(math.prod(shape) for _, shape in cls.parameter_shapes(config))
 
-    def _check_fits(self, parameters, fix):
+    @property
+    def config(self) -> dict:
+        """What it takes to rebuild this model (JSON-serialisable; ``kind`` names the class)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def describe(config: dict, backend: str = "numpy") -> str:
+        """The text of ``repr(cls(**config))`` on the backend named ``backend``, without building it."""
+        raise NotImplementedError
+
+    def _named_layers(self) -> list:
+        raise NotImplementedError
+
+    def _check_fits(self, parameters: int, fix: str) -> None:
         """ResourceError unless four copies of ``parameters`` weights (weights, gradients, two optimizer
         slots) fit in memory; called before anything is allocated."""
         check_fits(4 * parameters * self.backend.dtype.itemsize,
                    "the model's weights, gradients and optimizer state", fix)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return self.describe(self.config, self.backend.name)
 
     # -- parameters --------------------------------------------------------------
     @property
-    def params(self):
+    def params(self) -> dict[str, Array]:
         """Name -> parameter array (the live arrays: optimizers update them in place)."""
         return {f"{prefix}/{k}": v for prefix, layer in self._named_layers() for k, v in layer.params.items()}
 
-    def set_params(self, values):
+    def set_params(self, values: Mapping[str, Any]) -> None:
         """Copy arrays (host or device) into the parameters, by name; shapes must match.
 
         values: a mapping name -> array of finite numbers holding every name of :attr:`params`
@@ -131,8 +172,8 @@ class TokenModel:
             raise ModelError(f"{name} holds token ids outside [0, {self.vocab_size})")
         return x
 
-    def _time_major_mask(self, mask, shape):
-        """mask (B, T) as :meth:`forward` documents it -> (T, B) bool, or None."""
+    def _bool_mask(self, mask, shape):
+        """mask (B, T) as :meth:`forward` documents it -> (B, T) bool, or None."""
         if mask is None:
             return None
         mask = self._array(mask, "mask")
@@ -141,11 +182,11 @@ class TokenModel:
         if mask.dtype.kind != "b" and (mask.dtype.kind not in "iuf" or not bool(((mask == 0) | (mask == 1)).all())):
             raise ModelError(f"mask must be boolean (True = real token) or hold only 0 and 1, got {mask.dtype} "
                              "with other values: build it with dtype=bool")
-        return mask.astype(bool).T                                        # (T, B)
+        return mask.astype(bool)                                          # (B, T)
 
     def _mask(self, x, mask):
-        """The (T, B) bool mask of the positions that count for token ids x (B, T), or None for all of them."""
-        return self._time_major_mask(mask, x.shape)
+        """The (B, T) bool mask of the positions that count for token ids x (B, T), or None for all of them."""
+        return self._bool_mask(mask, x.shape)
 
     def _check_state(self, state, B):
         """Raise ModelError unless state is None or, per layer, the arrays of :meth:`state_shapes`."""
@@ -154,7 +195,7 @@ class TokenModel:
         want = self.state_shapes(B)
         try:
             ok = len(state) == len(want) and all(tuple(a.shape for a in part) == shapes
-                                                 for part, shapes in zip(state, want))
+                                                 for part, shapes in zip(state, want, strict=True))
         except (TypeError, AttributeError):
             ok = False
         if not ok:
@@ -162,7 +203,7 @@ class TokenModel:
                              f"of {B}: pass the state that forward returned for a batch of this size")
 
     # -- forward, loss and gradients ------------------------------------------------
-    def forward(self, x, state=None, mask=None):
+    def forward(self, x: Any, state: Any = None, mask: Any = None) -> tuple[Array, list]:
         """x (B, T) int -> (logits (B, T, V), state).
 
         x: a non-empty (B, T) integer array (or nested list) of ids in [0, V).
@@ -175,8 +216,21 @@ class TokenModel:
         """
         x = self._tokens(x)
         self._check_state(state, x.shape[0])
-        logits, new_state, _ = self._forward(x.T, state, self._mask(x, mask), False)
-        return logits.transpose(1, 0, 2), new_state
+        return self._forward(x, state, self._mask(x, mask))
+
+    def _forward(self, x: Array, state: Any, mask: Array | None) -> tuple[Array, list]:
+        """x (B, T) checked ids, mask (B, T) bool or None -> (logits (B, T, V), new state)."""
+        raise NotImplementedError
+
+    def _score(self, x: Array, y: Array, state: Any, mask: Array | None, last_only: bool, dropout_masks: Any,
+               backward: bool = True) -> tuple[float, Any]:
+        """Forward and loss: x (B, T), y (B, T) or (B,) with ``last_only``, mask (B, T) or None -> (loss, cache
+        of :meth:`_backward`); ``backward=False`` says the cache will not be used."""
+        raise NotImplementedError
+
+    def _backward(self, cache: Any) -> dict[str, Array]:
+        """The gradient of every parameter, in ``params`` order, from :meth:`_score`'s cache."""
+        raise NotImplementedError
 
     def _scored_forward(self, x, y, mask, state, last_only, dropout_masks, training=False, backward=True):
         x = self._tokens(x)
@@ -184,32 +238,19 @@ class TokenModel:
         if training and dropout_masks is None:
             dropout_masks = self.dropout_masks(B, T, last_only)
         self._check_state(state, B)
-        mask_tm = self._mask(x, mask)
-        if mask_tm is not None and not last_only and not bool(mask_tm.any()):
+        mask = self._mask(x, mask)
+        if mask is not None and not last_only and not bool(mask.any()):
             raise ModelError("the mask scores no token: at least one step must be real (True)")
         y = self._tokens(y, "y", (B,) if last_only else (B, T))
-        return self._score(x.T, y, state, mask_tm, last_only, dropout_masks, backward)
+        return self._score(x, y, state, mask, last_only, dropout_masks, backward)
 
-    def _score(self, ids, y, state, mask, last_only, dropout_masks, backward=True):
-        """Forward and loss: ids (T, B), y (B, T) or (B,), mask (T, B) or None -> (loss, dlogits, cache).
-
-        The hook for a model that scores without materialising all its logits
-        (TransformerLM, fused: the output projection and the loss in chunks of
-        rows). ``dlogits`` is whatever that model's ``_backward`` takes;
-        ``backward=False`` says it will not be used.
-        """
-        logits, _, cache = self._forward(ids, state, mask, last_only, dropout_masks)
-        if last_only:
-            loss, dlogits = self._xent(logits, y)                                     # (B, V)
-        else:
-            loss, dlogits = self._xent(logits, y.T, mask)                             # (T, B, V)
-        return loss, dlogits, cache
-
-    def loss(self, x, y, mask=None, state=None, last_only=False, dropout_masks=None):
+    def loss(self, x: Any, y: Any, mask: Any = None, state: Any = None, last_only: bool = False,
+             dropout_masks: Any = None) -> float:
         """The loss of :meth:`loss_and_grads` alone (no backward pass, no dropout unless masks are given)."""
         return self._scored_forward(x, y, mask, state, last_only, dropout_masks, backward=False)[0]
 
-    def loss_and_grads(self, x, y, mask=None, state=None, last_only=False, training=False, dropout_masks=None):
+    def loss_and_grads(self, x: Any, y: Any, mask: Any = None, state: Any = None, last_only: bool = False,
+                       training: bool = False, dropout_masks: Any = None) -> tuple[float, dict[str, Array]]:
         """Mean cross-entropy (nats per scored token) and the gradient of every parameter.
 
         x (B, T) int inputs, state and mask as in :meth:`forward`. y: (B, T)
@@ -222,16 +263,17 @@ class TokenModel:
         check holds them fixed and passes the same to :meth:`loss`).
         Returns (loss: float, grads: dict name -> array shaped like params[name]).
         """
-        loss, dlogits, cache = self._scored_forward(x, y, mask, state, last_only, dropout_masks, training)
-        return loss, self._backward(cache, dlogits)
+        loss, cache = self._scored_forward(x, y, mask, state, last_only, dropout_masks, training)
+        return loss, self._backward(cache)
 
-    def dropout_masks(self, B, T, last_only=False):
+    def dropout_masks(self, B: int, T: int, last_only: bool = False) -> list | None:
         """Fresh dropout keep-masks for a training batch of (B, T), or None for a model without dropout."""
         return None
 
     # -- generation ---------------------------------------------------------------
-    def generate(self, prompt_ids, length, temperature=1.0, top_k=None, top_p=None, eos_id=None,
-                 banned_ids=(), seed=None):
+    def generate(self, prompt_ids: Any, length: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, eos_id: int | None = None, banned_ids: Any = (),
+                 seed: int | None = None) -> numpy.ndarray:
         """Sample ``length`` tokens after each prompt; returns host int64 ids.
 
         prompt_ids: (T_p,) or (B, T_p) integer ids in [0, V), equal-length
@@ -246,8 +288,9 @@ class TokenModel:
         seed: None or a whole number >= 0.
         Returns (length',) or (B, length') with length' <= length (length 0:
         an empty (0,) or (B, 0) array). The model's own stateful state is left
-        untouched. A model with a fused decoding kernel runs the token loop there
-        (without top_k/top_p): the same draws and, up to float round-off in the
+        untouched. The token loop is the model's :attr:`token_loop`, built through
+        ``backend.layer``: on the fused path it runs on the kernels (without
+        top_k/top_p), with the same draws and, up to float round-off in the
         logits, the same ids.
         Raises :class:`ModelError` or :class:`SamplingError` (both ValueErrors)
         for unusable arguments, and :class:`scratchlm.budget.ResourceError`
@@ -271,92 +314,41 @@ class TokenModel:
         if length == 0:                                                   # nothing to sample: skip the prompt
             out = self.backend.to_host(self.backend.xp.zeros((B, 0), dtype=self.backend.xp.int64))
         else:
-            logits, state = self._start(prompt.T)                         # (B, V)
-            out = None
-            if top_k is None and top_p is None:
-                out = self._decode_fused(logits, state, length, temperature, banned, eos_id, rng)
-            if out is None:
-                out = self._decode(logits, state, length, temperature, top_k, top_p, banned, eos_id, rng)
+            loop = self.backend.layer(self.token_loop)(self, temperature, top_k, top_p, banned, eos_id, rng)
+            logits, state = loop.start(prompt)                            # (B, V)
+            out = loop.run(logits, state, length)
         return out[0] if single else out
 
-    def _decode(self, logits, state, length, temperature, top_k, top_p, banned, eos_id, rng):
-        """The token loop of :meth:`generate`: one :func:`sampling.sample` and one :meth:`_step`
-        per token, from the prompt's ``logits`` (B, V) and ``state``."""
-        return self._token_loop(logits, state, length, eos_id,
-                                lambda k, logits: sampling.sample(logits, rng, temperature, top_k, top_p, banned),
-                                self._step)
-
-    def _token_loop(self, logits, state, length, eos_id, draw, step):
-        """ids (B, length) on the host (fewer columns when every row has reached ``eos_id``).
-
-        draw(k, logits) -> the k-th token of every row, (B,), a fresh array; step(ids, state) -> the next
-        (logits, state). A row that has drawn ``eos_id`` repeats it from then on.
-        """
-        xp = self.backend.xp
-        B = logits.shape[0]
-        out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
-        done = self.backend.to_host(xp.zeros(B, dtype=bool))
-        for k in range(length):
-            ids = draw(k, logits)                                                   # (B,)
-            drawn = self.backend.to_host(ids)
-            if eos_id is not None:
-                drawn[done] = eos_id
-                done |= drawn == eos_id
-            out[:, k] = drawn
-            if eos_id is not None and done.all():
-                return out[:, :k + 1]
-            if k + 1 < length:
-                logits, state = step(ids, state)
-        return out
-
-    def _decode_fused(self, logits, state, length, temperature, banned, eos_id, rng):
-        """The token loop in a fused kernel -> host ids, or None where this model or backend has none."""
-        return None
-
-    def _fused_draws(self, V, length, B, temperature, banned, rng):
-        """What the fused samplers take, drawn as :func:`sampling.sample` draws: (temperature in the model's
-        dtype, 0 for greedy; uniforms (length, B), one per row and token, zeros for greedy; banned ids as a
-        (V,) bool mask)."""
-        xp = self.backend.xp
-        if temperature == 0:                                              # greedy: no draws
-            temperature, u = 0.0, xp.zeros((length, B))
-        else:                                                             # as sampling: T kept finite and > 0
-            temperature = sampling.representable_temperature(temperature, xp.finfo(self.backend.dtype))
-            u = xp.asarray(rng.random((length, B)))
-        banned_mask = xp.zeros(V, dtype=bool)
-        banned_mask[banned] = True
-        return self.backend.dtype.type(temperature), u, banned_mask
-
     # -- carried state ---------------------------------------------------------------
-    def state_shapes(self, B):
+    def state_shapes(self, B: int) -> list:
         """Per layer, the shapes of its state for a batch of B (a model without state: [])."""
         return []
 
-    def state_names(self):
+    def state_names(self) -> list:
         """Per layer, the names of its state's parts (for messages), as :meth:`state_shapes` orders them."""
         return []
 
-    def get_state(self):
+    def get_state(self) -> list:
         """The state a stateful model carries into its next call: per layer, a tuple of arrays or None."""
         return []
 
-    def set_state(self, state):
+    def set_state(self, state: list) -> None:
         """Set the carried state (as :meth:`get_state` returns it)."""
         if state:
             raise ModelError(f"{type(self).__name__} carries no state")
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Stateful mode: start the next batch from zero state."""
 
     # -- checkpoints ---------------------------------------------------------------
-    def save(self, path, optimizer=None, rng=None, metadata=None):
+    def save(self, path: Any, optimizer: Any = None, rng: Any = None, metadata: Any = None) -> None:
         """Write one checkpoint file atomically (see :mod:`scratchlm.checkpoint`)."""
         to_host = self.backend.to_host
         checkpoint.save(path, {name: to_host(p) for name, p in self.params.items()}, self.config,
                         optimizer=optimizer, rng=rng, metadata=metadata, backend=self.backend)
 
     @classmethod
-    def load(cls, path, backend="numpy"):
+    def load(cls, path: Any, backend: Any = "numpy") -> "TokenModel":
         """Rebuild a model from :meth:`save`'s file on any backend. Raises CheckpointError."""
         from . import load
         return load(path, backend=backend).model
