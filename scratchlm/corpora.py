@@ -1,7 +1,7 @@
 """Corpora: where training text comes from, and how it is read.
 
 The two seed corpora (``nietzsche``, ``tinyshakespeare``) ship inside the
-package, gzip-compressed in ``scratchlm/corpora/`` (their sources and checksums
+package, gzip-compressed in ``scratchlm/texts/`` (their sources and checksums
 are in the README there): naming one needs neither a network nor a cache
 directory, and its SHA-256 is checked every time it is read. Any other corpus
 is a file path or an http(s) URL. :func:`fetch` downloads a URL (or a named
@@ -49,7 +49,7 @@ class Source(NamedTuple):
     url: str
     sha256: str                 # of the uncompressed text
     filename: str
-    bundled: bool = False       # shipped as scratchlm/corpora/<filename>.gz
+    bundled: bool = False       # shipped as scratchlm/texts/<filename>.gz
 
 
 CORPORA = {
@@ -69,7 +69,7 @@ LOCAL_HINT = "pass the path of that file instead"
 
 def bundled_path(name: str) -> Path:
     """Where the package keeps its compressed copy of the named corpus ``name``."""
-    return Path(str(importlib.resources.files("scratchlm") / "corpora" / (CORPORA[name].filename + ".gz")))
+    return Path(str(importlib.resources.files("scratchlm") / "texts" / (CORPORA[name].filename + ".gz")))
 
 
 def default_cache_dir() -> Path:

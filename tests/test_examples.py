@@ -58,8 +58,8 @@ def test_a_built_wheel_holds_the_corpora_and_the_cuda_sources(tmp_path):
     (wheel,) = (tmp_path / "wheels").glob("scratchlm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for name, corpus in corpora.CORPORA.items():
-        assert f"scratchlm/corpora/{corpus.filename}.gz" in names
-    assert "scratchlm/corpora/README.md" in names
+        assert f"scratchlm/texts/{corpus.filename}.gz" in names
+    assert "scratchlm/texts/README.md" in names
     cuda = {p.name for p in (ROOT / "scratchlm" / "kernels" / "cuda").glob("*.cu")}
     assert cuda and {f"scratchlm/kernels/cuda/{n}" for n in cuda} <= names
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "scratchlm").rglob("*.py")}
