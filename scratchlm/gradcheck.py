@@ -19,13 +19,16 @@ gradient; a tensor not named there whose gradient is round-off raises, so that t
 trap shows on every machine rather than on some.
 """
 
-from .backend import Backend, array_module
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .backend import Array, Backend, array_module
 
 TINY = 1e-30
 ROUND_OFF = 1e-8    # a gradient tensor below this fraction of the largest entry of any tensor is round-off
 
 
-def relative_error(analytic, numeric):
+def relative_error(analytic: Array, numeric: Array) -> float:
     """max|a - n| / max(|a| + |n|) over all entries (0 when both are zero)."""
     xp = array_module(analytic)
     scale = float(xp.max(xp.abs(analytic) + xp.abs(numeric))) if analytic.size else 0.0
@@ -33,7 +36,8 @@ def relative_error(analytic, numeric):
     return diff / max(scale, TINY)
 
 
-def numerical_gradient(loss_fn, param, h=1e-4, indices=None):
+def numerical_gradient(loss_fn: Callable[[], float], param: Array, h: float = 1e-4,
+                       indices: Iterable[int] | None = None) -> Array:
     """Central differences of ``loss_fn()`` w.r.t. entries of ``param`` (perturbed in place).
 
     loss_fn: zero-argument callable returning a float computed from ``param``.
@@ -57,7 +61,9 @@ def numerical_gradient(loss_fn, param, h=1e-4, indices=None):
     return xp.asarray(grads, dtype=param.dtype)
 
 
-def check_gradients(loss_fn, params, grads, h=1e-4, max_entries=None, seed=0, zero=()):
+def check_gradients(loss_fn: Callable[[], float], params: Mapping[str, Array], grads: Mapping[str, Array],
+                    h: float = 1e-4, max_entries: int | None = None, seed: int = 0,
+                    zero: Iterable[str] = ()) -> dict[str, float]:
     """Relative error of every analytic gradient against central differences.
 
     params, grads: dicts name -> array (same names, same shapes).
@@ -92,7 +98,8 @@ def check_gradients(loss_fn, params, grads, h=1e-4, max_entries=None, seed=0, ze
     return errors
 
 
-def check_model(model, x, y, h=1e-4, max_entries=None, zero=(), **loss_kwargs):
+def check_model(model: Any, x: Any, y: Any, h: float = 1e-4, max_entries: int | None = None, zero: Iterable[str] = (),
+                **loss_kwargs: Any) -> dict[str, float]:
     """Gradient check of ``model.loss_and_grads(x, y, **loss_kwargs)`` for every parameter.
 
     Stateful models are reset before every evaluation so that each loss sees

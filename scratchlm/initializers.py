@@ -10,16 +10,19 @@ same seed gives the same draws on every backend, then moved to the backend.
 """
 
 import math
+from typing import Any
+
+from .backend import Array, Backend
 
 
-def glorot_uniform(shape, rng, backend):
+def glorot_uniform(shape: tuple[int, int], rng: Any, backend: Backend) -> Array:
     """Kernel (fan_in, fan_out) with entries in ±sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = shape
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return backend.asarray(rng.uniform(-limit, limit, size=shape))
 
 
-def orthogonal(shape, rng, backend):
+def orthogonal(shape: tuple[int, int], rng: Any, backend: Backend) -> Array:
     """(rows, cols) matrix with orthonormal rows or columns (whichever are fewer).
 
     Draw A ~ N(0, 1) of shape (max, min), factor A = QR, multiply each column of
@@ -33,6 +36,6 @@ def orthogonal(shape, rng, backend):
     return backend.xp.ascontiguousarray(q.T if rows < cols else q)
 
 
-def uniform(shape, rng, backend, limit=0.05):
+def uniform(shape: tuple[int, ...], rng: Any, backend: Backend, limit: float = 0.05) -> Array:
     """Entries in U(-limit, limit)."""
     return backend.asarray(rng.uniform(-limit, limit, size=shape))

@@ -46,12 +46,15 @@ row (V,). Everything runs in the logits' array module (NumPy or CuPy) and dtype.
 
 import math
 import numbers
+from collections.abc import Iterable
+from typing import Any
 
-from .backend import array_module
+from .backend import Array, array_module
+from .checks import is_whole
 from .errors import SamplingError
 
 
-def check_options(temperature=1.0, top_k=None, top_p=None):
+def check_options(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
     """Raise :class:`SamplingError` (a ValueError) unless the options are usable.
 
     temperature: a finite real number >= 0 (0 means greedy).
@@ -60,13 +63,13 @@ def check_options(temperature=1.0, top_k=None, top_p=None):
     """
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise SamplingError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+    if top_k is not None and (not is_whole(top_k) or top_k < 1):
         raise SamplingError(f"top_k must be None or an integer >= 1, got {top_k!r}")
     if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
         raise SamplingError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
-def check_banned(banned_ids, vocab_size):
+def check_banned(banned_ids: Iterable[int], vocab_size: int) -> list[int]:
     """The banned ids as a sorted list of distinct ints; :class:`SamplingError` unless they are usable.
 
     banned_ids: an iterable of whole numbers (Python or NumPy integers, not
@@ -76,7 +79,7 @@ def check_banned(banned_ids, vocab_size):
         ids = list(banned_ids)
     except TypeError:
         raise SamplingError(f"banned ids must be an iterable of token ids such as [0, 3], got {banned_ids!r}") from None
-    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+    bad = [i for i in ids if not is_whole(i)]
     if bad:
         raise SamplingError(f"banned ids must be whole numbers (token ids), got {bad[0]!r}")
     ids = sorted({int(i) for i in ids})
@@ -89,7 +92,8 @@ def check_banned(banned_ids, vocab_size):
     return ids
 
 
-def probabilities(logits, temperature=1.0, top_k=None, top_p=None, banned_ids=()):
+def probabilities(logits: Array, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  banned_ids: Iterable[int] = ()) -> Array:
     """The distribution that :func:`sample` draws from.
 
     logits: (B, V) or (V,) NumPy or CuPy array of real numbers, V >= 1 (not modified).
@@ -105,7 +109,8 @@ def probabilities(logits, temperature=1.0, top_k=None, top_p=None, banned_ids=()
     return _probability_rows(logits, temperature, top_k, top_p, banned_ids).reshape(logits.shape)
 
 
-def sample(logits, rng, temperature=1.0, top_k=None, top_p=None, banned_ids=()):
+def sample(logits: Array, rng: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           banned_ids: Iterable[int] = ()) -> Array:
     """Draw one id per row of logits.
 
     logits: (B, V) or (V,) float array; the other options as in :func:`probabilities`.
@@ -181,7 +186,7 @@ def _softmax(z, temperature):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def representable_temperature(temperature, finfo):
+def representable_temperature(temperature: float, finfo: Any) -> float:
     """A temperature T > 0 as a positive finite number of the logits' dtype (``finfo`` of it).
 
     float32 would turn T = 1e-50 into 0 (and 0/0 = NaN at the maximum) and

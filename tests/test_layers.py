@@ -8,13 +8,36 @@ reference classes themselves.
 import numpy as np
 import pytest
 
+from scratchlm import get_backend
 from scratchlm.backend import Backend
 from scratchlm.gradcheck import check_gradients
-from scratchlm.layers import LSTM, Dense, Embedding
+from scratchlm.kernels import FUSED
+from scratchlm.layers import (GRU, LSTM, BookDecoderBlock, Dense, Dropout, Embedding, FeedForward, GPTDecoderBlock,
+                              Layer, LayerNormalization, MultiHeadAttention, PositionalEmbedding)
 
 from conftest import random_mask
 
 TOL = 1e-6
+
+# (class, the sizes its constructor and param_shapes take, whether the constructor draws from an rng)
+CONTRACT = [(Embedding, (7, 3), True), (PositionalEmbedding, (7, 5, 3), True), (Dense, (4, 5), True),
+            (LSTM, (4, 3), True), (GRU, (4, 3), True), (MultiHeadAttention, (6, 2, 3), True),
+            (LayerNormalization, (6,), False), (FeedForward, (6, 5), True), (BookDecoderBlock, (6, 5, 2, 3), True),
+            (GPTDecoderBlock, (6, 5, 2, 3), True), (Dropout, (), False)]
+
+
+@pytest.mark.parametrize("kernels", ["reference", "fused"])
+@pytest.mark.parametrize("cls, sizes, draws", CONTRACT, ids=[c[0].__name__ for c in CONTRACT])
+def test_every_layer_keeps_the_contract_and_derives_its_shapes(cls, sizes, draws, kernels):
+    """Every layer is a Layer, built as its own class on the reference path (as its registered fused subclass,
+    if it has one, on the fused path), and its class method param_shapes names the arrays of params, with
+    their shapes, in their order."""
+    be = get_backend("numpy", "float64", kernels)
+    built = be.layer(cls)
+    layer = built(*sizes, be, Backend.rng(0)) if draws else built(*sizes or (0.5,), be)
+    assert isinstance(layer, Layer) and isinstance(layer, cls)
+    assert built is (FUSED.get(cls, cls) if kernels == "fused" else cls)
+    assert [(name, p.shape) for name, p in layer.params.items()] == list(cls.param_shapes(*sizes).items())
 
 
 def test_embedding_forward_is_a_gather_and_backward_a_scatter_add(be64, rng):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scratchlm import LanguageModel, get_backend
+import scratchlm
+from scratchlm import LanguageModel, RecurrentLM, get_backend, models
 from scratchlm.gradcheck import check_gradients, check_model
 
 from conftest import random_mask
@@ -105,6 +106,14 @@ def test_params_have_keras_names_and_shapes():
     assert all(v.dtype == np.float32 for v in model.params.values())
     onehot = LanguageModel(60, hidden_sizes=[128])
     assert onehot.params["lstm_0/kernel"].shape == (60, 512) and "embedding/embeddings" not in onehot.params
+
+
+def test_recurrent_lm_is_the_model_language_model_names(tmp_path):
+    """RecurrentLM is the recurrent model's name; LanguageModel stays another name of the same class."""
+    assert RecurrentLM is LanguageModel is scratchlm.RecurrentLM is models.MODELS["recurrent"]
+    model = RecurrentLM(9, 4, [6], seed=5)
+    model.save(tmp_path / "m.npz")
+    assert type(LanguageModel.load(tmp_path / "m.npz")) is RecurrentLM
 
 
 def test_same_seed_same_weights():

@@ -28,9 +28,9 @@ attention probabilities (B, N, T, T) of each attention, the FFN's hidden
 
 The blocks build their layers through ``backend.layer``, so on the fused path
 each part is its fused subclass; the fused blocks
-(:class:`~scratchlm.kernels.layers.FusedBookDecoderBlock`, ...) also replace
-:meth:`step` for one new position per row by a decoding step that concatenates
-the projections reading the same input into one product.
+(:class:`~scratchlm.kernels.decoding.FusedBookDecoderBlock`, ...) add a
+one-position decoding step that concatenates the projections reading the same
+input into one product, which the fused token loop runs instead of :meth:`step`.
 """
 
 from typing import Any, NamedTuple

@@ -25,6 +25,7 @@ step keeps the state unchanged and the output repeats the previous output,
 zeros before the first real step.
 """
 
+from abc import abstractmethod
 from typing import Any, NamedTuple
 
 from ..backend import Backend
@@ -89,8 +90,9 @@ class Recurrent(Layer):
         self.state: tuple | None = None                                   # the carried state when stateful
         self._init_params(input_size, units, rng)
 
+    @abstractmethod
     def _init_params(self, input_size: int, units: int, rng: Any) -> None:
-        raise NotImplementedError
+        """Create ``kernel``, ``recurrent_kernel`` and ``bias`` (the cell's initialisers, drawn from ``rng``)."""
 
     @property
     def params(self) -> dict[str, Array]:
@@ -241,19 +243,20 @@ class Recurrent(Layer):
         return y, RecurrentCache(x=x, ids=ids, embeddings=embeddings, steps=steps, keep=keep, seen=seen,
                                  return_sequences=return_sequences, final_state=final)
 
+    @abstractmethod
     def _loop(self, zx: Array, state0: tuple, keep: Array | None) -> tuple[Any, tuple]:
         """The cell's forward time loop over the input projections zx (T, B, G·H), used as the gate buffer
         (overwritten) -> (the cell's record of the loop, the final state)."""
-        raise NotImplementedError
 
     def _loop_tokens(self, table: Array, ids: Array, state0: tuple, keep: Array | None) -> tuple[Any, tuple]:
         """The time loop for token input: the projection of step t is table[ids[t]]."""
         return self._loop(table[ids], state0, keep)                       # (T, B, G·H)
 
+    @abstractmethod
     def _loop_backward(self, cache: RecurrentCache, dy: Array | None,
                        d_final: list) -> tuple[Array, dict[str, Array], tuple]:
-        """BPTT -> (∂L/∂zx (T, B, G·H), recurrent gradients, ∂L/∂(initial state))."""
-        raise NotImplementedError
+        """BPTT with dy (T, B, H) or None from d_final (one (B, H) per state part, the final state's gradient)
+        -> (∂L/∂zx (T, B, G·H), recurrent gradients, ∂L/∂(initial state))."""
 
     def backward(self, cache: RecurrentCache, dy: Array | None,
                  d_final_state: tuple | None = None) -> tuple[RecurrentGrads, dict[str, Array]]:

@@ -23,6 +23,7 @@ A model builds every layer, its loss and its token loop through
 """
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -51,7 +52,7 @@ def generation_bytes(batch: int, length: int) -> int:
     return 16 * batch * length
 
 
-class TokenModel:
+class TokenModel(ABC):
     """Base of the language models over a vocabulary of ``vocab_size`` token ids (see the module docstring)."""
 
     kind: str                        # the name checkpoints record (header["model"]["kind"])
@@ -83,10 +84,10 @@ class TokenModel:
         checkpoint.check_fields({**cls.CONFIG_DEFAULTS, **config}, cls.CONFIG_RULES, what, exact=True)
 
     @classmethod
+    @abstractmethod
     def parameter_shapes(cls, config: dict) -> Iterator[tuple[str, Shape]]:
         """(name, shape) of every parameter of ``cls(**config)``, in ``params`` order, from the layers' own
         ``param_shapes`` (a generator: a caller may stop early)."""
-        raise NotImplementedError
 
     @classmethod
     def parameter_count(cls, config: dict) -> int:
@@ -94,17 +95,18 @@ class TokenModel:
         return sum(math.prod(shape) for _, shape in cls.parameter_shapes(config))
 
     @property
+    @abstractmethod
     def config(self) -> dict:
         """What it takes to rebuild this model (JSON-serialisable; ``kind`` names the class)."""
-        raise NotImplementedError
 
     @staticmethod
+    @abstractmethod
     def describe(config: dict, backend: str = "numpy") -> str:
         """The text of ``repr(cls(**config))`` on the backend named ``backend``, without building it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _named_layers(self) -> list:
-        raise NotImplementedError
+        """[(name, layer)], bottom first: the model's parameters are name/param for each layer's params."""
 
     def _check_fits(self, parameters: int, fix: str) -> None:
         """ResourceError unless four copies of ``parameters`` weights (weights, gradients, two optimizer
@@ -218,19 +220,19 @@ class TokenModel:
         self._check_state(state, x.shape[0])
         return self._forward(x, state, self._mask(x, mask))
 
+    @abstractmethod
     def _forward(self, x: Array, state: Any, mask: Array | None) -> tuple[Array, list]:
         """x (B, T) checked ids, mask (B, T) bool or None -> (logits (B, T, V), new state)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _score(self, x: Array, y: Array, state: Any, mask: Array | None, last_only: bool, dropout_masks: Any,
                backward: bool = True) -> tuple[float, Any]:
         """Forward and loss: x (B, T), y (B, T) or (B,) with ``last_only``, mask (B, T) or None -> (loss, cache
         of :meth:`_backward`); ``backward=False`` says the cache will not be used."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _backward(self, cache: Any) -> dict[str, Array]:
         """The gradient of every parameter, in ``params`` order, from :meth:`_score`'s cache."""
-        raise NotImplementedError
 
     def _scored_forward(self, x, y, mask, state, last_only, dropout_masks, training=False, backward=True):
         x = self._tokens(x)
@@ -337,7 +339,7 @@ class TokenModel:
         if state:
             raise ModelError(f"{type(self).__name__} carries no state")
 
-    def reset_state(self) -> None:
+    def reset_state(self) -> None:  # noqa: B027  (a model without state has nothing to reset)
         """Stateful mode: start the next batch from zero state."""
 
     # -- checkpoints ---------------------------------------------------------------

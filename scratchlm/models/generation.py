@@ -14,13 +14,14 @@ loop on the kernels (the same draws and, up to float round-off in the logits,
 the same ids).
 """
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 from .. import sampling
 from ..backend import Array, Backend
 
 
-class TokenLoop:
+class TokenLoop(ABC):
     """The token loop of :meth:`TokenModel.generate <scratchlm.models.base.TokenModel.generate>`.
 
     model: the model to sample from; temperature, top_k, top_p: as :func:`scratchlm.sampling.sample`
@@ -37,13 +38,13 @@ class TokenLoop:
         self.eos_id = eos_id
         self.rng = Backend.rng() if rng is None else rng
 
+    @abstractmethod
     def start(self, prompt: Array) -> tuple[Array, Any]:
         """Run the prompt (B, T) once -> (logits (B, V) of its last position, the state after it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, ids: Array, state: Any) -> tuple[Array, Any]:
         """One new token per row, ids (B,), after ``state`` -> (its logits (B, V), the state after it)."""
-        raise NotImplementedError
 
     def draw(self, k: int, logits: Array) -> Array:
         """The k-th token of every row, (B,), drawn from ``logits`` (B, V): B uniforms from ``rng`` (none greedy)."""

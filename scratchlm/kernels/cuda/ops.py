@@ -1,8 +1,9 @@
 """The fused operations for the CuPy backend: CUDA kernels from the .cu files plus cuBLAS GEMMs.
 
 The same functions, arguments and buffer conventions as :mod:`scratchlm.kernels.numba.ops`
-(read ``lstm_numba.py`` for the time loops); here each elementwise pass is one
-CUDA kernel launch and each GEMM one cuBLAS call through ``cupy.matmul``. The
+(read ``numba/lstm.py`` for the time loops), called by the same fused subclasses
+(``scratchlm/kernels/layers.py``) as ``backend.ops`` of a CuPy backend; here each
+elementwise pass is one CUDA kernel launch and each GEMM one cuBLAS call through ``cupy.matmul``. The
 ``.cu`` sources ship as package data and are compiled by NVRTC through
 ``cupy.RawModule`` on first use (CuPy caches the binaries on disk).
 
@@ -23,7 +24,7 @@ _THREADS = 256
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(name):
     """The compiled RawModule of ``kernels/<name>.cu``."""
     source = importlib.resources.files(__package__).joinpath(f"{name}.cu").read_text()
@@ -301,7 +302,8 @@ def attention_backward(q, k, v, o, lse, do, mask, scale):
     sizes = (np.int32(N), np.int32(T), np.int32(S), np.int32(K))
     threads = _attention_threads(K)
     _kernel("attention", "flash_backward_dq", q.dtype)(
-        (T, N, B), (threads,), (*common, dq, *_strides(dq), *sizes), shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
+        (T, N, B), (threads,), (*common, dq, *_strides(dq), *sizes),
+        shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
     _kernel("attention", "flash_backward_dkdv", q.dtype)(
         (S, N, B), (threads,), (*common, dk, *_strides(dk), dv, *_strides(dv), *sizes),
         shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)

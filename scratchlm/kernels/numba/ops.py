@@ -1,9 +1,10 @@
 """The fused operations for the NumPy backend (Numba kernels + OpenBLAS GEMMs).
 
-:class:`scratchlm.backend.Backend` hands this module to the layers as
-``backend.fused`` when ``backend.kernels == "fused"``; ``scratchlm/kernels/cuda/ops.py`` offers
-the same functions for CuPy. Importing it imports Numba; each kernel is
-compiled at its first call (or loaded from Numba's cache).
+This is ``backend.ops`` of a NumPy :class:`scratchlm.backend.Backend`: what the
+fused subclasses of ``scratchlm/kernels/layers.py`` and ``decoding.py`` call.
+``scratchlm/kernels/cuda/ops.py`` offers the same functions for CuPy. Importing
+it imports Numba; each kernel is compiled at its first call (or loaded from
+Numba's cache).
 """
 
 import numpy as np
@@ -11,15 +12,14 @@ import numpy as np
 from .attention import attend as attention_decode
 from .attention import backward as attention_backward
 from .attention import forward as attention_forward
-from .generate import sample_rows
-from .generate import decode
+from .generate import decode, sample_rows
 from .gru import backward as gru_backward
 from .gru import forward as gru_forward
 from .layernorm import bias_relu, layernorm_backward, layernorm_forward, relu_backward, residual_layernorm
 from .lstm import backward as lstm_backward
 from .lstm import forward as lstm_forward
-from .scatter import scatter_add
 from .parallel.workspace import take as empty_workspace
+from .scatter import scatter_add
 from .xent import dense_softmax_cross_entropy, softmax_cross_entropy
 
 
