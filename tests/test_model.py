@@ -36,7 +36,7 @@ def test_model_gradients(rng, inp, hidden_sizes, masked, last_only):
     x = rng.integers(0, V, (B, T))
     y = rng.integers(0, V, (B,) if last_only else (B, T))
     mask = random_mask(rng, B, T) if masked else None
-    assert model._use_table(T, B) == (inp != "embedding-direct")
+    assert model.use_table(T, B) == (inp != "embedding-direct")
     errors = check_model(model, x, y, mask=mask, last_only=last_only)
     assert set(errors) == set(model.params)
     assert max(errors.values()) <= TOL, errors

@@ -55,7 +55,7 @@ class FusedRecurrentTokenLoop(RecurrentTokenLoop):
         temperature, u, banned = fused_draws(self, V, length, B)
         first = model.recurrent[0]
         E = None if model.embedding is None else model.embedding.embeddings
-        table = first.token_table(E) if model._use_table(length, B) else None
+        table = first.token_table(E) if model.use_table(length, B) else None
         out = self.backend.ops.decode(
             logits, state, table, (E, first.kernel, first.bias),
             [(layer.kernel, layer.bias) for layer in model.recurrent[1:]],
@@ -75,11 +75,15 @@ class FusedTransformerTokenLoop(TransformerTokenLoop):
         super().__init__(*args, **kwargs)
         self.kernel = self.top_k is None and self.top_p is None          # else the reference draws and steps
 
+    def start(self, prompt: Array) -> tuple[Array, DecodeState]:
+        if self.kernel:                                                   # concatenated once per generation
+            self.weights = [block.decode_weights() for block in self.model.blocks]
+        return super().start(prompt)
+
     def run(self, logits: Array, state: DecodeState, length: int) -> Any:
         if self.kernel:
             B, V = logits.shape
             self.draws = fused_draws(self, V, length, B)
-            self.weights = [block.decode_weights() for block in self.model.blocks]
             logits = self.backend.xp.array(logits)                        # the sampler overwrites its logits
         return super().run(logits, state, length)
 

@@ -168,7 +168,8 @@ class RecurrentLM(TokenModel):
 
     @staticmethod
     def describe(config: dict, backend: str = "numpy") -> str:
-        """The text of ``repr(RecurrentLM(**config))`` on the backend named ``backend``, without building it."""
+        """The text of ``repr(RecurrentLM(**config))`` on the backend named ``backend``, without building it
+        (the model line of run logs and ``scratchlm info``, which still names the class by its first name)."""
         V, E = config["vocab_size"], config["embedding_dim"]
         inp = "one-hot" if E is None else f"Embedding({V}, {E})"
         cell = config.get("cell", "lstm").upper()
@@ -202,7 +203,7 @@ class RecurrentLM(TokenModel):
             layer.reset_state()
 
     # -- forward / backward ----------------------------------------------------------
-    def _use_table(self, T: int, B: int) -> bool:
+    def use_table(self, T: int, B: int) -> bool:
         """Project the first layer's input by (V, G·H) table lookup?
 
         Always for one-hot input. With an Embedding, the table E W + b costs
@@ -225,7 +226,7 @@ class RecurrentLM(TokenModel):
         """The stack, time-major: ids (T, B), mask (T, B) or None, dropout keep-masks or None ->
         (logits (T, B, V), or (B, V) with ``last_only``, the new state per layer, cache)."""
         T, B = ids.shape
-        table = self._use_table(T, B)
+        table = self.use_table(T, B)
         E = None if self.embedding is None else self.embedding.embeddings
         caches, new_state = [], []
         top = len(self.recurrent) - 1
