@@ -42,17 +42,20 @@ def timed(cls, name, label):
     setattr(cls, name, wrapper)
 
 
-def instrument():
+def instrument(backend):
+    """Time the layer classes ``backend`` builds (the fused subclasses on the fused path: scratchlm.kernels.FUSED)."""
     for cls, label in ((MultiHeadAttention, "attention"), (LayerNormalization, "layernorm"),
                        (FeedForward, "feedforward"), (PositionalEmbedding, "embedding")):
-        timed(cls, "forward", f"{label} forward")
-        timed(cls, "backward", f"{label} backward")
-    timed(Dense, "score", "dense + loss (chunked, fwd + bwd)")
-    timed(Dense, "forward", "dense forward")
-    timed(Dense, "backward", "dense backward")
+        timed(backend.layer(cls), "forward", f"{label} forward")
+        timed(backend.layer(cls), "backward", f"{label} backward")
+    dense = backend.layer(Dense)
+    timed(dense, "score", "dense + loss (fwd; chunked on the fused path)")
+    if hasattr(dense, "score_backward"):
+        timed(dense, "score_backward", "dense + loss backward")
     timed(TransformerLM, "loss_and_grads", "loss_and_grads")
-    timed(BookDecoderBlock, "decode_step", "decode_step (block)")
-    timed(TransformerLM, "_decode_step", "token (decode step)")
+    block = backend.layer(BookDecoderBlock)
+    if hasattr(block, "decode_step"):                                     # the fused KV-cache decoding
+        timed(block, "decode_step", "decode_step (block)")
 
 
 def report(title, per):
@@ -76,7 +79,7 @@ def main(argv=None):
     x, y = fw.transformer_data(c, np.random.default_rng(0))
     opt = optim.RMSprop(lr=c["lr"])
     model.loss_and_grads(x, y)                                             # compile / warm up
-    instrument()
+    instrument(backend)
     steps = []
     for _ in range(args.steps):
         start = time.perf_counter()
