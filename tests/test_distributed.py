@@ -263,7 +263,7 @@ def test_scratchlm_train_under_mpiexec_takes_the_single_process_steps(tmp_path, 
     corpus.write_text(TEXT, encoding="utf-8")
     a, b, ref = tmp_path / "a", tmp_path / "b", tmp_path / "ref"
     result = run_cli(["train", corpus, "--run-dir", a, "--max-steps", 40, *CLI_TINY], 2, tmp_path)
-    _ran_once(result, "LanguageModel(Embedding(25, 8) -> LSTM[16] -> Dense(25), numpy, float64)", "done: ")
+    _ran_once(result, "RecurrentLM(Embedding(25, 8) -> LSTM[16] -> Dense(25), numpy, float64)", "done: ")
     assert sorted(p.name for p in a.iterdir()) == ["last.npz", "metrics.jsonl"]      # no lock or temporaries left
     records = read_metrics(a / "metrics.jsonl")
     assert [r["event"] for r in records] == ["start"]                                # one writer: rank 0
@@ -296,7 +296,7 @@ def test_the_nietzsche_example_under_mpiexec(tmp_path):
         cmd = [MPIEXEC, "-n", str(ranks), *cmd] if ranks else cmd
         runs[ranks] = subprocess.run(cmd, cwd=tmp_path, env={**_env(), "SCRATCHLM_CACHE": str(tmp_path / "cache")},
                                      capture_output=True, text=True, timeout=TIMEOUT)
-        _ran_once(runs[ranks], "LanguageModel(one-hot -> LSTM[128] -> Dense(60), numpy, float32)",
+        _ran_once(runs[ranks], "RecurrentLM(one-hot -> LSTM[128] -> Dense(60), numpy, float32)",
                   "--- samples at step 5 (epoch 1)", "----- temperature 0.2", "----- temperature 1.2")
     one, two = load_checkpoint(tmp_path / "n0"), load_checkpoint(tmp_path / "n2")
     assert two.metadata["train"]["step"] == 5

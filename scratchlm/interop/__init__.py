@@ -72,6 +72,6 @@ def to_keras(model: LanguageModel | TransformerLM, last_only: bool = False, soft
                                     "model returns logits (B, T, V) and builds its masks from the ids (0 = padding)")
         return keras_transformer.to_keras(model)
     if not isinstance(model, LanguageModel):
-        raise KerasInteropError(f"to_keras takes a scratchlm LanguageModel or TransformerLM, "
+        raise KerasInteropError(f"to_keras takes a scratchlm RecurrentLM (LanguageModel) or TransformerLM, "
                                 f"got {type(model).__name__}")
     return keras_recurrent.to_keras(model, last_only, softmax, mask_zero)

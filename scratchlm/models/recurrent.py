@@ -173,7 +173,7 @@ class RecurrentLM(TokenModel):
         V, E = config["vocab_size"], config["embedding_dim"]
         inp = "one-hot" if E is None else f"Embedding({V}, {E})"
         cell = config.get("cell", "lstm").upper()
-        return f"LanguageModel({inp} -> {cell}{config['hidden_sizes']} -> Dense({V}), {backend}, {config['dtype']})"
+        return f"RecurrentLM({inp} -> {cell}{config['hidden_sizes']} -> Dense({V}), {backend}, {config['dtype']})"
 
     def _named_layers(self) -> list:
         named = [] if self.embedding is None else [("embedding", self.embedding)]
