@@ -71,33 +71,73 @@ sys.path.insert(0, HERE)
 import frameworks as fw  # noqa: E402
 
 FRAMEWORKS = ["scratchlm", "scratchlm-reference", "scratchlm-rerun", "keras", "torch"]
-WORKLOAD_CASES = {"book": ["book"], "s2s": ["s2s"], "gen": ["gen-b1", "gen-b64"],
-                  "gpu": ["gpu", "gpu-gen-b1", "gpu-transformer", "gpu-transformer-gen"],
-                  "gru-book": ["gru-book"], "gru-s2s": ["gru-s2s"],
-                  "transformer": ["transformer"], "transformer-gen": ["transformer-gen"],
-                  "sweep": [f"sweep-b{B}-h{H}" for H in fw.SWEEP_H for B in fw.SWEEP_B]}
+WORKLOAD_CASES = {
+    "book": ["book"],
+    "s2s": ["s2s"],
+    "gen": ["gen-b1", "gen-b64"],
+    "gpu": ["gpu", "gpu-gen-b1", "gpu-transformer", "gpu-transformer-gen"],
+    "gru-book": ["gru-book"],
+    "gru-s2s": ["gru-s2s"],
+    "transformer": ["transformer"],
+    "transformer-gen": ["transformer-gen"],
+    "sweep": [f"sweep-b{B}-h{H}" for H in fw.SWEEP_H for B in fw.SWEEP_B],
+}
 # Units per round: enough that the fastest framework's round lasts >= ~0.1 s, so that waking its threads and
 # refilling its caches after the pause between rounds does not dominate (a 400-token gen-b1 round took 16 ms and
 # measured scratchlm ~30% slower than back-to-back rounds do).
 # transformer: one step (0.5-10 s here); transformer-gen: one 50-token generation.
-ROUND = {"book": 10, "s2s": 3, "gru-book": 10, "gru-s2s": 3, "gen-b1": 3000, "gen-b64": 100, "gpu": 5, "transformer": 1,
-         "transformer-gen": 2, "gpu-gen-b1": 1000, "gpu-transformer": 10, "gpu-transformer-gen": 2}
-WARMUP = {"book": 3, "s2s": 2, "gru-book": 3, "gru-s2s": 2, "gen-b1": 50, "gen-b64": 20, "gpu": 3, "transformer": 1,
-          "transformer-gen": 1, "gpu-gen-b1": 50, "gpu-transformer": 3, "gpu-transformer-gen": 1}
-TARGETS = [                                                         # (case, framework, minimum speed-up), issues 5 and 14
-    ("book", "keras", 2.0), ("book", "torch", 2.0), ("s2s", "keras", 1.6), ("s2s", "torch", 1.3),
-    ("gen-b1", "torch", 4.0), ("gpu", "torch", 0.7), ("gpu-gen-b1", "torch", 1.0)]                     # issue 27
-for _case in WORKLOAD_CASES["sweep"]:                            # ~0.2 s per round at ~50 GFLOP/s, one warm-up step
+ROUND = {
+    "book": 10,
+    "s2s": 3,
+    "gru-book": 10,
+    "gru-s2s": 3,
+    "gen-b1": 3000,
+    "gen-b64": 100,
+    "gpu": 5,
+    "transformer": 1,
+    "transformer-gen": 2,
+    "gpu-gen-b1": 1000,
+    "gpu-transformer": 10,
+    "gpu-transformer-gen": 2,
+}
+WARMUP = {
+    "book": 3,
+    "s2s": 2,
+    "gru-book": 3,
+    "gru-s2s": 2,
+    "gen-b1": 50,
+    "gen-b64": 20,
+    "gpu": 3,
+    "transformer": 1,
+    "transformer-gen": 1,
+    "gpu-gen-b1": 50,
+    "gpu-transformer": 3,
+    "gpu-transformer-gen": 1,
+}
+TARGETS = [  # (case, framework, minimum speed-up), issues 5 and 14
+    ("book", "keras", 2.0),
+    ("book", "torch", 2.0),
+    ("s2s", "keras", 1.6),
+    ("s2s", "torch", 1.3),
+    ("gen-b1", "torch", 4.0),
+    ("gpu", "torch", 0.7),
+    ("gpu-gen-b1", "torch", 1.0),
+]  # issue 27
+for _case in WORKLOAD_CASES["sweep"]:  # ~0.2 s per round at ~50 GFLOP/s, one warm-up step
     _c = fw.CASES[_case]
     _flops = 6 * _c["T"] * _c["B"] * 4 * _c["H"] * (_c["H"] + 64) + 6 * _c["T"] * _c["B"] * _c["H"] * _c["V"]
     ROUND[_case], WARMUP[_case] = max(1, round(0.2 * 50e9 / _flops)), 1
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-# What `import scratchlm` sets where NumPy is not loaded yet (this script loads it first): scratchlm/kernels/numba/parallel/shards.py.
-FRAMEWORK_ENV = {name: {"OPENBLAS_THREAD_TIMEOUT": "20"} for name in ("scratchlm", "scratchlm-reference", "scratchlm-rerun")}
+# What `import scratchlm` sets where NumPy is not loaded yet (this script loads it first):
+# scratchlm/kernels/numba/parallel/shards.py.
+FRAMEWORK_ENV = {
+    name: {"OPENBLAS_THREAD_TIMEOUT": "20"} for name in ("scratchlm", "scratchlm-reference", "scratchlm-rerun")
+}
 
 
 # -- memory, read from /proc -------------------------------------------------------------------------------
+
 
 def _status_kb(field):
     with open("/proc/self/status") as f:
@@ -115,25 +155,30 @@ def _reset_peak_rss():
 
 # -- the worker: one framework, one workload ------------------------------------------------------------------
 
+
 def worker(framework, case):
     """Build, warm up, then serve {"units": n, "memory": bool} requests on stdin, one JSON line each on stdout."""
     reply = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)                                                   # library chatter on stdout goes to stderr
+    os.dup2(2, 1)  # library chatter on stdout goes to stderr
     run, unit = fw.BUILDERS[framework](case)
     run(WARMUP[case])
     reply.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         request = json.loads(line)
         n = request["units"]
-        if request.get("memory"):                                   # count kept work buffers as the step's
+        if request.get("memory"):  # count kept work buffers as the step's
             fw.RELEASE.get(framework, lambda: None)()
             gc.collect()
         _reset_peak_rss()
         before = _status_kb("VmRSS")
         seconds = run(n)
         peak = _status_kb("VmHWM")
-        result = {"seconds": seconds, "count": n * unit,
-                  "step_peak_mb": (peak - before) / 1024, "process_peak_mb": peak / 1024}
+        result = {
+            "seconds": seconds,
+            "count": n * unit,
+            "step_peak_mb": (peak - before) / 1024,
+            "process_peak_mb": peak / 1024,
+        }
         if fw.CASES[case].get("gpu"):
             result["device_peak_mb"] = fw.device_peak_mb(framework)
         reply.write(json.dumps(result) + "\n")
@@ -141,16 +186,29 @@ def worker(framework, case):
 
 class Worker:
     def __init__(self, framework, case, extra_env=None):
-        env = {**os.environ, **WORKER_ENV, **FRAMEWORK_ENV.get(framework, {}), **(extra_env or {}),
-               "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-        self.log = open(os.environ.get("SCRATCHLM_BENCH_LOG", os.devnull), "a")     # the workers' stderr
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", framework, case], env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        env = {
+            **os.environ,
+            **WORKER_ENV,
+            **FRAMEWORK_ENV.get(framework, {}),
+            **(extra_env or {}),
+            "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        }
+        self.log = open(os.environ.get("SCRATCHLM_BENCH_LOG", os.devnull), "a")  # the workers' stderr
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", framework, case],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
         self.name = framework
         ready = self.proc.stdout.readline()
         if not ready:
-            raise RuntimeError(f"the {framework} worker for {case} died while starting "
-                               f"(run: python {__file__} --worker {framework} {case})")
+            raise RuntimeError(
+                f"the {framework} worker for {case} died while starting "
+                f"(run: python {__file__} --worker {framework} {case})"
+            )
 
     def measure(self, units, memory=False):
         self.proc.stdin.write(json.dumps({"units": units, "memory": memory}) + "\n")
@@ -172,14 +230,14 @@ def run_case(case, frameworks, repeat, memory_rounds=True):
     for f in frameworks:
         try:
             workers.append(Worker(f, case))
-        except RuntimeError as exc:                                 # e.g. PyTorch without CUDA for "gpu"
+        except RuntimeError as exc:  # e.g. PyTorch without CUDA for "gpu"
             print(f"# {exc}; left out")
     rounds = {w.name: [] for w in workers}
     try:
         for r in range(repeat):
             for k in range(len(workers)):
                 w = workers[(r + k) % len(workers)]
-                time.sleep(0.3)                                     # let the previous worker's threads go idle
+                time.sleep(0.3)  # let the previous worker's threads go idle
                 rounds[w.name].append(w.measure(ROUND[case]))
     finally:
         for w in workers:
@@ -196,18 +254,21 @@ def run_case(case, frameworks, repeat, memory_rounds=True):
 
 # -- roofline ----------------------------------------------------------------------------------------------
 
+
 def gemms(case):
     """The GEMMs of one training step of scratchlm's algorithm: [(M, K, N, count)]."""
     c = fw.CASES[case]
     if c.get("model") == "transformer":
         return transformer_gemms(c)
     T, B, H, V = c["T"], c["B"], c["H"], c.get("V", fw.V)
-    G = 3 if c.get("cell") == "gru" else 4                          # gates: GRU z, r, h; LSTM i, f, c, o
-    out = [(B, H, G * H, T),                                        # h_{t-1} U, every step
-           (B, G * H, H, T),                                        # dz_t Uᵀ, every step
-           (H, T * B, G * H, 1)]                                    # dU = Hᵀ dZ
+    G = 3 if c.get("cell") == "gru" else 4  # gates: GRU z, r, h; LSTM i, f, c, o
+    out = [
+        (B, H, G * H, T),  # h_{t-1} U, every step
+        (B, G * H, H, T),  # dz_t Uᵀ, every step
+        (H, T * B, G * H, 1),
+    ]  # dU = Hᵀ dZ
     rows = B if c["last_only"] else T * B
-    out += [(rows, H, V, 1), (rows, V, H, 1), (H, rows, V, 1)]      # dense forward, dx, dW
+    out += [(rows, H, V, 1), (rows, V, H, 1), (H, rows, V, 1)]  # dense forward, dx, dW
     if c["embedding"]:
         out += [(V, c["embedding"], G * H, 1), (c["embedding"], V, G * H, 1), (V, G * H, c["embedding"], 1)]
     return out
@@ -219,12 +280,15 @@ def transformer_gemms(c):
     The embeddings are lookups (their backward a scatter-add): no FLOPs counted."""
     BT, E, F, N, K, T, V = c["B"] * c["T"], c["E"], c["F"], c["N"], c["K"], c["T"], c["V"]
     BN = c["B"] * N
-    forward = [(BT, E, N * K, 6),                                   # q, k, v projections of both attentions
-               (BT, N * K, E, 2),                                   # output projections
-               (T, K, T, 2 * BN),                                   # S = Q Kᵀ per batch row and head
-               (T, T, K, 2 * BN),                                   # O = P V
-               (BT, E, F, 1), (BT, F, E, 1),                        # feed-forward
-               (BT, E, V, 1)]                                       # Dense(V)
+    forward = [
+        (BT, E, N * K, 6),  # q, k, v projections of both attentions
+        (BT, N * K, E, 2),  # output projections
+        (T, K, T, 2 * BN),  # S = Q Kᵀ per batch row and head
+        (T, T, K, 2 * BN),  # O = P V
+        (BT, E, F, 1),
+        (BT, F, E, 1),  # feed-forward
+        (BT, E, V, 1),
+    ]  # Dense(V)
     return [shape for M, Kd, Nd, n in forward for shape in ((M, Kd, Nd, n), (M, Nd, Kd, n), (Kd, M, Nd, n))]
 
 
@@ -253,18 +317,20 @@ def roofline(cases):
         flops = sum(2 * M * K * N * n for M, K, N, n in gemms(case))
         result[case] = {"gflop_per_step": flops / 1e9, "bound_ms_at_peak": 1e3 * flops / peak}
         if case not in WORKLOAD_CASES["sweep"]:
-            result[case]["gemm_ms_at_shapes"] = 1e3 * sum(sgemm_seconds(M, K, N, repeat=20 if M * K * N < 10**9 else 5)
-                                                          * n for M, K, N, n in gemms(case))
+            result[case]["gemm_ms_at_shapes"] = 1e3 * sum(
+                sgemm_seconds(M, K, N, repeat=20 if M * K * N < 10**9 else 5) * n for M, K, N, n in gemms(case)
+            )
     return result
 
 
 # -- report ------------------------------------------------------------------------------------------------
 
+
 def summarise(case, rounds, memory):
     c = fw.CASES[case]
     out = {}
     for name, rs in rounds.items():
-        per_unit = statistics.median(r["seconds"] / r["count"] for r in rs)   # s per step or per character
+        per_unit = statistics.median(r["seconds"] / r["count"] for r in rs)  # s per step or per character
         entry = {"rounds": rs, **{k: memory[name][k] for k in ("step_peak_mb", "process_peak_mb") if k in memory[name]}}
         if "device_peak_mb" in memory[name]:
             entry["device_peak_mb"] = memory[name]["device_peak_mb"]
@@ -281,15 +347,22 @@ def throughput(entry):
 
 
 def table(results):
-    lines = ["| workload | framework | ms/step | tokens or chars/s | scratchlm speed-up | step peak MB "
-             "| process peak MB |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| workload | framework | ms/step | tokens or chars/s | scratchlm speed-up | step peak MB | process peak MB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for case, entries in results.items():
         ours = entries.get("scratchlm")
         for name, e in entries.items():
             ms = f"{e['ms_per_step']:.1f}" if "ms_per_step" in e else "–"
             ratio = f"{throughput(ours) / throughput(e):.2f}x" if ours and name != "scratchlm" else ""
-            memory = (f"{e['device_peak_mb']:.0f} (device)" if "device_peak_mb" in e
-                      else f"{e['step_peak_mb']:.0f}" if "step_peak_mb" in e else "–")     # "–": --no-memory
+            memory = (
+                f"{e['device_peak_mb']:.0f} (device)"
+                if "device_peak_mb" in e
+                else f"{e['step_peak_mb']:.0f}"
+                if "step_peak_mb" in e
+                else "–"
+            )  # "–": --no-memory
             process = f"{e['process_peak_mb']:.0f}" if "process_peak_mb" in e else "–"
             lines.append(f"| {case} | {name} | {ms} | {throughput(e):,.0f} | {ratio} | {memory} | {process} |")
     return "\n".join(lines)
@@ -331,13 +404,17 @@ def sweep_table(results, roof):
 def sweep_heatmap(results, path):
     """A heat map of scratchlm's speed-up over PyTorch (and, where Keras ran, over Keras) per (B, H)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(name, d) for name, d in (("PyTorch", sweep_speedups(results, "torch")),
-                                        ("Keras", sweep_speedups(results, "keras"))) if d]
+    panels = [
+        (name, d)
+        for name, d in (("PyTorch", sweep_speedups(results, "torch")), ("Keras", sweep_speedups(results, "keras")))
+        if d
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (name, d) in zip(axes[0], panels):
+    for ax, (name, d) in zip(axes[0], panels, strict=False):
         grid = np.array([[d.get((B, H), np.nan) for H in fw.SWEEP_H] for B in fw.SWEEP_B])
         image = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=2.5, origin="lower", aspect="auto")
         for i in range(len(fw.SWEEP_B)):
@@ -358,6 +435,7 @@ def sweep_heatmap(results, path):
 def have_gpu():
     try:
         from scratchlm import BackendUnavailable, get_backend
+
         get_backend("cupy")
         return True
     except BackendUnavailable:
@@ -382,11 +460,17 @@ def gpu_versions():
     if not have_gpu():
         return {}
     import cupy
+
     runtime = cupy.cuda.runtime
-    found = {"gpu": runtime.getDeviceProperties(0)["name"].decode(), "cupy": cupy.__version__,
-             "cuda_driver": runtime.driverGetVersion(), "cuda_runtime": runtime.runtimeGetVersion()}
+    found = {
+        "gpu": runtime.getDeviceProperties(0)["name"].decode(),
+        "cupy": cupy.__version__,
+        "cuda_driver": runtime.driverGetVersion(),
+        "cuda_runtime": runtime.runtimeGetVersion(),
+    }
     if importlib.util.find_spec("torch") is not None:
         import torch
+
         found.update(torch_cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return found
 
@@ -403,9 +487,11 @@ def machine():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="book,s2s,gen,gpu",
-                        help="comma-separated: book, s2s, gen, gpu, gru-book, gru-s2s, transformer, "
-                             "transformer-gen, sweep")
+    parser.add_argument(
+        "--workloads",
+        default="book,s2s,gen,gpu",
+        help="comma-separated: book, s2s, gen, gpu, gru-book, gru-s2s, transformer, transformer-gen, sweep",
+    )
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
     parser.add_argument("--repeat", type=int, default=5, help="rounds per workload (default 5)")
     parser.add_argument("--json", help="write all results, raw rounds included, to this file")
@@ -421,27 +507,37 @@ def main(argv=None):
     unknown += [f for f in args.frameworks.split(",") if f not in FRAMEWORKS]
     if unknown:
         parser.error(f"unknown workloads or frameworks: {', '.join(unknown)}")
-    cases = [c for w in args.workloads.split(",") for c in WORKLOAD_CASES.get(w, [w])]      # a workload or one case
+    cases = [c for w in args.workloads.split(",") for c in WORKLOAD_CASES.get(w, [w])]  # a workload or one case
     on_gpu = [c for c in cases if fw.CASES[c].get("gpu")]
     if on_gpu and not have_gpu():
         cases = [c for c in cases if c not in on_gpu]
         print(f"# {', '.join(on_gpu)}: no CuPy with a CUDA GPU here, left out")
     names = [f for f in args.frameworks.split(",") if importlib.util.find_spec(fw.MODULES[f]) is not None]
     skipped = sorted(set(args.frameworks.split(",")) - set(names))
-    report = {"machine": machine(), "versions": versions(), "threads": fw.THREADS, "repeat": args.repeat,
-              "units_per_round": {c: ROUND[c] for c in cases}, "skipped": skipped}
-    print(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores, load average "
-          f"{report['machine']['load_average'][0]:.2f} at the start"
-          + (f"; not installed: {skipped}" if skipped else ""))
+    report = {
+        "machine": machine(),
+        "versions": versions(),
+        "threads": fw.THREADS,
+        "repeat": args.repeat,
+        "units_per_round": {c: ROUND[c] for c in cases},
+        "skipped": skipped,
+    }
+    print(
+        f"# {report['machine']['cpu']}, {report['machine']['cores']} cores, load average "
+        f"{report['machine']['load_average'][0]:.2f} at the start" + (f"; not installed: {skipped}" if skipped else "")
+    )
     report["roofline"] = roofline(cases)
     results = {}
     for case in cases:
         allowed = fw.CASES[case].get("frameworks", fw.DEFAULT_FRAMEWORKS)
         here = [n for n in names if n in allowed and not (fw.CASES[case].get("gpu") and n == "keras")]
         print(f"# {case}: {', '.join(here)} x {args.repeat} rounds", flush=True)
-        results[case] = summarise(case, *run_case(case, here, args.repeat,
-                                                  memory_rounds=not args.no_memory
-                                                  and case not in WORKLOAD_CASES["sweep"]))
+        results[case] = summarise(
+            case,
+            *run_case(
+                case, here, args.repeat, memory_rounds=not args.no_memory and case not in WORKLOAD_CASES["sweep"]
+            ),
+        )
     report["results"] = results
     report["load_average_after"] = os.getloadavg()
 
@@ -456,8 +552,10 @@ def main(argv=None):
             d = sweep_speedups(results, other)
             if d:
                 missed = sorted(cell for cell, x in d.items() if x < goal)
-                print(f"target sweep: every cell >= {goal}x {other}: {len(d) - len(missed)} of {len(d)} met"
-                      + (f"; missed (B, H): {missed}" if missed else ""))
+                print(
+                    f"target sweep: every cell >= {goal}x {other}: {len(d) - len(missed)} of {len(d)} met"
+                    + (f"; missed (B, H): {missed}" if missed else "")
+                )
         if args.sweep_png:
             sweep_heatmap(results, args.sweep_png)
             print(f"heat map: {args.sweep_png}")
@@ -466,10 +564,12 @@ def main(argv=None):
     for case in named:
         if case in roof and "scratchlm" in results[case] and not fw.CASES[case].get("gpu"):
             r, ms = roof[case], results[case]["scratchlm"]["ms_per_step"]
-            print(f"roofline {case}: {r['gflop_per_step']:.2f} GFLOP/step; at the peak sgemm rate "
-                  f"({roof['peak_sgemm_gflops']:.0f} GFLOP/s) {r['bound_ms_at_peak']:.1f} ms; the same GEMMs at their "
-                  f"shapes {r['gemm_ms_at_shapes']:.1f} ms; scratchlm {ms:.1f} ms = "
-                  f"{ms / r['bound_ms_at_peak']:.2f}x / {ms / r['gemm_ms_at_shapes']:.2f}x of those")
+            print(
+                f"roofline {case}: {r['gflop_per_step']:.2f} GFLOP/step; at the peak sgemm rate "
+                f"({roof['peak_sgemm_gflops']:.0f} GFLOP/s) {r['bound_ms_at_peak']:.1f} ms; the same GEMMs at their "
+                f"shapes {r['gemm_ms_at_shapes']:.1f} ms; scratchlm {ms:.1f} ms = "
+                f"{ms / r['bound_ms_at_peak']:.2f}x / {ms / r['gemm_ms_at_shapes']:.2f}x of those"
+            )
     report["targets"] = []
     for case, other, goal in TARGETS:
         entries = results.get(case, {})
@@ -477,21 +577,28 @@ def main(argv=None):
             got = throughput(entries["scratchlm"]) / throughput(entries[other])
             report["targets"].append({"case": case, "versus": other, "goal": goal, "speed_up": got, "met": got >= goal})
             print(f"target {case}: >= {goal}x {other}: {got:.2f}x {'met' if got >= goal else 'MISSED'}")
-    for lstm, gru in (("book", "gru-book"), ("s2s", "gru-s2s")):     # issue 12: the GRU as far ahead as the LSTM
+    for lstm, gru in (("book", "gru-book"), ("s2s", "gru-s2s")):  # issue 12: the GRU as far ahead as the LSTM
         for other in ("keras", "torch"):
-            got = {case: throughput(results[case]["scratchlm"]) / throughput(results[case][other])
-                   for case in (lstm, gru) if {"scratchlm", other} <= set(results.get(case, {}))}
+            got = {
+                case: throughput(results[case]["scratchlm"]) / throughput(results[case][other])
+                for case in (lstm, gru)
+                if {"scratchlm", other} <= set(results.get(case, {}))
+            }
             if gru in got:
-                versus = (f"; {lstm} (LSTM) {got[lstm]:.2f}x: {'met' if got[gru] >= got[lstm] else 'MISSED'}"
-                          if lstm in got else " (run the LSTM workload in the same run to compare)")
+                versus = (
+                    f"; {lstm} (LSTM) {got[lstm]:.2f}x: {'met' if got[gru] >= got[lstm] else 'MISSED'}"
+                    if lstm in got
+                    else " (run the LSTM workload in the same run to compare)"
+                )
                 print(f"target {gru}: speed-up over {other} at least the LSTM's: {got[gru]:.2f}x{versus}")
     if "gen-b64" in results and "scratchlm" in results["gen-b64"]:
         got = results["gen-b64"]["scratchlm"]["chars_per_s"]
         print(f"target gen-b64: >= 50,000 chars/s: {got:,.0f} {'met' if got >= 50000 else 'MISSED'}")
     if "s2s" in results and {"scratchlm", "torch"} <= set(results["s2s"]):
         ours, theirs = results["s2s"]["scratchlm"]["step_peak_mb"], results["s2s"]["torch"]["step_peak_mb"]
-        print(f"target s2s step memory <= torch: {ours:.0f} MB vs {theirs:.0f} MB "
-              f"{'met' if ours <= theirs else 'MISSED'}")
+        print(
+            f"target s2s step memory <= torch: {ours:.0f} MB vs {theirs:.0f} MB {'met' if ours <= theirs else 'MISSED'}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

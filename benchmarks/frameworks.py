@@ -45,32 +45,62 @@ CASES = {
     "book": dict(kind="train", embedding=None, H=128, T=60, B=128, optimizer="rmsprop", last_only=True),
     "s2s": dict(kind="train", embedding=64, H=512, T=100, B=64, optimizer="adam", last_only=False),
     # The same shapes with a GRU (issue 12): Keras' GRU(reset_after=True), torch.nn.GRU.
-    "gru-book": dict(kind="train", cell="gru", embedding=None, H=128, T=60, B=128, optimizer="rmsprop",
-                     last_only=True),
+    "gru-book": dict(kind="train", cell="gru", embedding=None, H=128, T=60, B=128, optimizer="rmsprop", last_only=True),
     "gru-s2s": dict(kind="train", cell="gru", embedding=64, H=512, T=100, B=64, optimizer="adam", last_only=False),
     "gen-b1": dict(kind="generate", embedding=64, H=512, B=1, prompt=10),
     "gen-b64": dict(kind="generate", embedding=64, H=512, B=64, prompt=10),
     "gpu": dict(kind="train", embedding=64, H=1024, T=100, B=256, optimizer="adam", last_only=False, gpu=True),
     "gpu-gen-b1": dict(kind="generate", embedding=64, H=1024, B=1, prompt=10, gpu=True),
     # The IMDB seed's Transformer (issue 11). "frameworks": the only ones that run this case.
-    "transformer": dict(kind="train", model="transformer", V=15000, L=100, T=99, B=32, E=256, F=2048, N=2, K=256,
-                        optimizer="rmsprop", lr=1e-3,
-                        frameworks=["scratchlm", "scratchlm-reference", "keras", "torch"]),
-    "transformer-gen": dict(kind="generate", model="transformer", V=15000, L=100, E=256, F=2048, N=2, K=256,
-                            B=1, prompt=2, length=50, frameworks=["scratchlm", "scratchlm-rerun", "keras"]),
+    "transformer": dict(
+        kind="train",
+        model="transformer",
+        V=15000,
+        L=100,
+        T=99,
+        B=32,
+        E=256,
+        F=2048,
+        N=2,
+        K=256,
+        optimizer="rmsprop",
+        lr=1e-3,
+        frameworks=["scratchlm", "scratchlm-reference", "keras", "torch"],
+    ),
+    "transformer-gen": dict(
+        kind="generate",
+        model="transformer",
+        V=15000,
+        L=100,
+        E=256,
+        F=2048,
+        N=2,
+        K=256,
+        B=1,
+        prompt=2,
+        length=50,
+        frameworks=["scratchlm", "scratchlm-rerun", "keras"],
+    ),
 }
 # The same two Transformer cases on a CUDA GPU (issue 27): CuPy against PyTorch's CUDA tensors.
-CASES["gpu-transformer"] = {**CASES["transformer"], "gpu": True, "frameworks": ["scratchlm", "scratchlm-reference",
-                                                                               "torch"]}
-CASES["gpu-transformer-gen"] = {**CASES["transformer-gen"], "gpu": True, "frameworks": ["scratchlm",
-                                                                                       "scratchlm-reference"]}
+CASES["gpu-transformer"] = {
+    **CASES["transformer"],
+    "gpu": True,
+    "frameworks": ["scratchlm", "scratchlm-reference", "torch"],
+}
+CASES["gpu-transformer-gen"] = {
+    **CASES["transformer-gen"],
+    "gpu": True,
+    "frameworks": ["scratchlm", "scratchlm-reference"],
+}
 # Issue 14's sweep: one training step of Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, at every B x H.
 SWEEP_B, SWEEP_H = (8, 16, 32, 64, 128, 256), (128, 256, 512, 1024)
 for _B in SWEEP_B:
     for _H in SWEEP_H:
-        CASES[f"sweep-b{_B}-h{_H}"] = dict(kind="train", embedding=64, H=_H, T=100, B=_B, V=96, optimizer="adam",
-                                             last_only=False)
-DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]     # cases without "frameworks"
+        CASES[f"sweep-b{_B}-h{_H}"] = dict(
+            kind="train", embedding=64, H=_H, T=100, B=_B, V=96, optimizer="adam", last_only=False
+        )
+DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]  # cases without "frameworks"
 THREADS = 2
 
 
@@ -110,6 +140,7 @@ def sample_host(logits, rng, temperature=1.0):
 
 # -- scratchlm --------------------------------------------------------------------------------------------
 
+
 def build_scratchlm(case, kernels="fused"):
     from scratchlm import LanguageModel, get_backend, optim
 
@@ -127,6 +158,7 @@ def build_scratchlm(case, kernels="fused"):
             start = time.perf_counter()
             model.generate(prompt, n, temperature=1.0, seed=next(calls))
             return time.perf_counter() - start
+
         return run, c["B"]
 
     x, y = (backend.asarray(a) for a in data(case))
@@ -139,6 +171,7 @@ def build_scratchlm(case, kernels="fused"):
             opt.step(model.params, grads)
         sync()
         return time.perf_counter() - start
+
     return run, 1
 
 
@@ -149,8 +182,18 @@ def build_scratchlm_reference(case):
 def _scratchlm_transformer(c, backend, optim, rerun=False):
     from scratchlm.models.transformer import TransformerLM
 
-    model = TransformerLM(c["V"], c["L"], embed_dim=c["E"], dense_dim=c["F"], num_heads=c["N"], key_dim=c["K"],
-                          num_layers=1, block="book", backend=backend, seed=0)
+    model = TransformerLM(
+        c["V"],
+        c["L"],
+        embed_dim=c["E"],
+        dense_dim=c["F"],
+        num_heads=c["N"],
+        key_dim=c["K"],
+        num_layers=1,
+        block="book",
+        backend=backend,
+        seed=0,
+    )
     if c["kind"] == "generate":
         prompt = transformer_data(c, np.random.default_rng(0))
         calls = iter(range(10**9))
@@ -162,6 +205,7 @@ def _scratchlm_transformer(c, backend, optim, rerun=False):
             for _ in range(n):
                 model.generate(prompt, c["length"], temperature=1.0, banned_ids=(0,), seed=next(calls))
             return time.perf_counter() - start
+
         return run, c["length"]
 
     x, y = (backend.asarray(a) for a in transformer_data(c, np.random.default_rng(0)))
@@ -171,10 +215,11 @@ def _scratchlm_transformer(c, backend, optim, rerun=False):
     def run(n):
         start = time.perf_counter()
         for _ in range(n):
-            _, grads = model.loss_and_grads(x, y)                   # mean over x != 0 (padding masked)
+            _, grads = model.loss_and_grads(x, y)  # mean over x != 0 (padding masked)
             opt.step(model.params, grads)
         sync()
         return time.perf_counter() - start
+
     return run, 1
 
 
@@ -208,14 +253,16 @@ def _rerun_generator(predict, c, prompt):
                 if used < L:
                     ids[0, used] = token
                     used += 1
-                else:                                               # past L words the book's vectorizer cuts
-                    ids[0, :-1] = ids[0, 1:]                        # the text; keep the last L instead
+                else:  # past L words the book's vectorizer cuts
+                    ids[0, :-1] = ids[0, 1:]  # the text; keep the last L instead
                     ids[0, -1] = token
         return time.perf_counter() - start
+
     return run
 
 
 # -- PyTorch ------------------------------------------------------------------------------------------------
+
 
 def build_torch(case):
     import torch
@@ -224,8 +271,9 @@ def build_torch(case):
     torch.manual_seed(0)
     # float32 means float32: PyTorch lets cuDNN round float32 to TF32 on tensor cores unless told not to
     # (scratchlm's CuPy GEMMs stay float32). SCRATCHLM_BENCH_TF32=1 measures PyTorch with TF32.
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = os.environ.get(
-        "SCRATCHLM_BENCH_TF32") == "1"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = (
+        os.environ.get("SCRATCHLM_BENCH_TF32") == "1"
+    )
     c = CASES[case]
     if c.get("model") == "transformer":
         return _torch_transformer(torch, c)
@@ -252,7 +300,7 @@ def build_torch(case):
     x, y = data(case)
     x = torch.nn.functional.one_hot(torch.as_tensor(x), v).float() if c["embedding"] is None else torch.as_tensor(x)
     x, y = x.to(device), torch.as_tensor(y).to(device)
-    if c["optimizer"] == "rmsprop":                   # Keras' rho = 0.9, eps = 1e-7
+    if c["optimizer"] == "rmsprop":  # Keras' rho = 0.9, eps = 1e-7
         opt = torch.optim.RMSprop(net.parameters(), lr=0.01, alpha=0.9, eps=1e-7)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
@@ -269,6 +317,7 @@ def build_torch(case):
             opt.step()
         sync()
         return time.perf_counter() - start
+
     return run, 1
 
 
@@ -286,13 +335,14 @@ def _torch_generator(torch, net, c, prompt):
         state = (h_n[0], c_n[0])
         logits = net.dense(h[:, -1])
         for k in range(n):
-            ids = torch.multinomial(torch.softmax(logits / 1.0, dim=-1), 1)[:, 0]      # (B,)
+            ids = torch.multinomial(torch.softmax(logits / 1.0, dim=-1), 1)[:, 0]  # (B,)
             if k + 1 < n:
                 state = cell(net.embedding(ids), state)
                 logits = net.dense(state[0])
         if prompt.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
+
     return run, c["B"]
 
 
@@ -311,13 +361,13 @@ def _torch_transformer(torch, c):
             self.query, self.key, self.value = nn.Linear(E, N * K), nn.Linear(E, N * K), nn.Linear(E, N * K)
             self.output = nn.Linear(N * K, E)
 
-        def forward(self, query, kv, mask):                        # (B, T, E), (B, S, E), (B, 1, T, S) bool
+        def forward(self, query, kv, mask):  # (B, T, E), (B, S, E), (B, 1, T, S) bool
             B, T_, _ = query.shape
             S = kv.shape[1]
-            q = self.query(query).view(B, T_, N, K).transpose(1, 2)                    # (B, N, T, K)
+            q = self.query(query).view(B, T_, N, K).transpose(1, 2)  # (B, N, T, K)
             k = self.key(kv).view(B, S, N, K).transpose(1, 2)
             v = self.value(kv).view(B, S, N, K).transpose(1, 2)
-            s = (q @ k.transpose(-1, -2)) * (1.0 / K ** 0.5)                          # (B, N, T, S)
+            s = (q @ k.transpose(-1, -2)) * (1.0 / K**0.5)  # (B, N, T, S)
             p = torch.softmax(s.masked_fill(~mask, fill), dim=-1)
             return self.output((p @ v).transpose(1, 2).reshape(B, T_, N * K))
 
@@ -330,7 +380,7 @@ def _torch_transformer(torch, c):
             self.ffn_1, self.ffn_2 = nn.Linear(E, Fd), nn.Linear(Fd, E)
             self.dense = nn.Linear(E, V)
 
-        def forward(self, ids):                                    # (B, T) -> logits (B, T, V)
+        def forward(self, ids):  # (B, T) -> logits (B, T, V)
             T_ = ids.shape[1]
             pos = torch.arange(T_, device=ids.device)
             x = self.tokens(ids) + self.positions(pos)[None]
@@ -343,8 +393,8 @@ def _torch_transformer(torch, c):
     device = "cuda" if c.get("gpu") else "cpu"
     net = Net().to(device)
     x, y = (torch.as_tensor(a).to(device) for a in data_for(c))
-    y = torch.where(x != 0, y, torch.full_like(y, -100))          # ignore_index: mean over non-padding inputs
-    opt = torch.optim.RMSprop(net.parameters(), lr=c["lr"], alpha=0.9, eps=1e-7)     # Keras' rho, epsilon
+    y = torch.where(x != 0, y, torch.full_like(y, -100))  # ignore_index: mean over non-padding inputs
+    opt = torch.optim.RMSprop(net.parameters(), lr=c["lr"], alpha=0.9, eps=1e-7)  # Keras' rho, epsilon
     loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
     sync = torch.cuda.synchronize if c.get("gpu") else lambda: None
 
@@ -357,6 +407,7 @@ def _torch_transformer(torch, c):
             opt.step()
         sync()
         return time.perf_counter() - start
+
     return run, 1
 
 
@@ -366,8 +417,10 @@ def data_for(c):
 
 # -- Keras (TensorFlow) ----------------------------------------------------------------------------------------
 
+
 def build_keras(case):
     import os
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import tensorflow as tf
@@ -385,14 +438,17 @@ def build_keras(case):
     x, y = data(case)
     v = c.get("V", V)
     if c.get("cell") == "gru":
+
         def rnn(**kwargs):
             return keras.layers.GRU(c["H"], reset_after=True, **kwargs)
     else:
+
         def rnn(**kwargs):
             return keras.layers.LSTM(c["H"], **kwargs)
+
     if c["embedding"] is None:
         inputs = keras.Input((c["T"], v))
-        x = np.eye(v, dtype=np.float32)[x]                                          # (B, T, V) one-hot
+        x = np.eye(v, dtype=np.float32)[x]  # (B, T, V) one-hot
         hidden = rnn(return_sequences=not c["last_only"])(inputs)
     else:
         inputs = keras.Input((c["T"],), dtype="int32")
@@ -411,6 +467,7 @@ def build_keras(case):
         ends.clear()
         model.fit(batches, steps_per_epoch=n + 1, epochs=1, verbose=0, callbacks=[clock])
         return ends[-1] - ends[0]
+
     return run, 1
 
 
@@ -436,6 +493,7 @@ def _keras_generator(keras, tf, c, prompt):
             ids, h, c_ = step(tf.cast(ids, tf.int32), h, c_)
         ids.numpy()
         return time.perf_counter() - start
+
     return run, c["B"]
 
 
@@ -444,6 +502,7 @@ def _keras_transformer(keras, tf, c):
     TransformerDecoder never receives its padding mask; see docs/design.md): training with model.fit as the
     other Keras workloads, generation with model(x) per token as the book's TextGenerator callback."""
     from keras import layers, ops
+
     V, L, E, Fd, N, K = c["V"], c["L"], c["E"], c["F"], c["N"], c["K"]
 
     class Seed(keras.Model):
@@ -456,26 +515,28 @@ def _keras_transformer(keras, tf, c):
             self.ffn_1, self.ffn_2 = layers.Dense(Fd, activation="relu"), layers.Dense(E)
             self.dense = layers.Dense(V)
 
-        def call(self, ids):                                       # (B, T) int32 -> logits (B, T, V)
+        def call(self, ids):  # (B, T) int32 -> logits (B, T, V)
             pos = ops.arange(ops.shape(ids)[1])
             x = self.tokens(ids) + self.positions(pos)[None]
             keep = ops.not_equal(ids, 0)
-            mask = ops.logical_and(ops.logical_and((pos[:, None] >= pos[None, :])[None], keep[:, :, None]),
-                                   keep[:, None, :])               # causal ∧ query ∧ key padding (B, T, T)
+            mask = ops.logical_and(
+                ops.logical_and((pos[:, None] >= pos[None, :])[None], keep[:, :, None]), keep[:, None, :]
+            )  # causal ∧ query ∧ key padding (B, T, T)
             a1 = self.ln1(x + self.attention_1(x, x, attention_mask=mask))
             a2 = self.ln2(a1 + self.attention_2(a1, x, attention_mask=mask))
             return self.dense(self.ln3(a2 + self.ffn_2(self.ffn_1(a2))))
 
     model = Seed()
     if c["kind"] == "generate":
-        model(np.zeros((1, L), dtype=np.int32))                    # build
+        model(np.zeros((1, L), dtype=np.int32))  # build
         prompt = transformer_data(c, np.random.default_rng(0))
         return _rerun_generator(lambda ids: model(ids, training=False), c, prompt), c["length"]
 
     x, y = (a.astype(np.int32) for a in data_for(c))
-    weights = (x != 0).astype(np.float32)                           # padding positions do not count
-    model.compile(optimizer=keras.optimizers.RMSprop(c["lr"]),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    weights = (x != 0).astype(np.float32)  # padding positions do not count
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(c["lr"]), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     batches = tf.data.Dataset.from_tensors((x, y, weights)).repeat()
     ends = []
     clock = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
@@ -484,26 +545,40 @@ def _keras_transformer(keras, tf, c):
         ends.clear()
         model.fit(batches, steps_per_epoch=n + 1, epochs=1, verbose=0, callbacks=[clock])
         return ends[-1] - ends[0]
+
     return run, 1
 
 
 def release_scratchlm():
     """Free the fused kernels' kept work buffers, so that a memory round counts them as the step's."""
     from scratchlm.kernels.numba.parallel import workspace
+
     workspace.release()
 
 
-BUILDERS = {"scratchlm": build_scratchlm, "scratchlm-reference": build_scratchlm_reference,
-            "scratchlm-rerun": build_scratchlm_rerun, "keras": build_keras, "torch": build_torch}
-MODULES = {"scratchlm": "scratchlm", "scratchlm-reference": "scratchlm", "scratchlm-rerun": "scratchlm",
-           "keras": "tensorflow", "torch": "torch"}
-RELEASE = {"scratchlm": release_scratchlm, "scratchlm-rerun": release_scratchlm}          # called before a memory round
+BUILDERS = {
+    "scratchlm": build_scratchlm,
+    "scratchlm-reference": build_scratchlm_reference,
+    "scratchlm-rerun": build_scratchlm_rerun,
+    "keras": build_keras,
+    "torch": build_torch,
+}
+MODULES = {
+    "scratchlm": "scratchlm",
+    "scratchlm-reference": "scratchlm",
+    "scratchlm-rerun": "scratchlm",
+    "keras": "tensorflow",
+    "torch": "torch",
+}
+RELEASE = {"scratchlm": release_scratchlm, "scratchlm-rerun": release_scratchlm}  # called before a memory round
 
 
 def device_peak_mb(framework):
     """Peak device memory of the GPU case so far: PyTorch's allocator peak, or the bytes CuPy's pool holds."""
     if framework == "torch":
         import torch
+
         return torch.cuda.max_memory_allocated() / 2**20
     import cupy
+
     return cupy.get_default_memory_pool().total_bytes() / 2**20

@@ -43,17 +43,22 @@ import numpy
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scratchlm import LanguageModel, batching, corpora, optim          # noqa: E402
-from scratchlm.text import CharTokenizer                   # noqa: E402
-from scratchlm.train import Trainer                        # noqa: E402
+from scratchlm import LanguageModel, batching, corpora, optim  # noqa: E402
+from scratchlm.text import CharTokenizer  # noqa: E402
+from scratchlm.train import Trainer  # noqa: E402
 
 TITLES = ROOT / "examples" / "data" / "titles.txt"
 LSTM_HIDDEN, EMBEDDING = 128, 32
 
 
 def config(vocab_size, cell, hidden, stateful):
-    return {"vocab_size": vocab_size, "embedding_dim": EMBEDDING, "hidden_sizes": [hidden], "cell": cell,
-            "stateful": stateful}
+    return {
+        "vocab_size": vocab_size,
+        "embedding_dim": EMBEDDING,
+        "hidden_sizes": [hidden],
+        "cell": cell,
+        "stateful": stateful,
+    }
 
 
 def count(vocab_size, cell, hidden):
@@ -70,12 +75,14 @@ def matched_gru_hidden(vocab_size, lstm_hidden=LSTM_HIDDEN):
 
 
 def build(vocab_size, cell, hidden, stateful, seed):
-    model = LanguageModel(vocab_size, embedding_dim=EMBEDDING, hidden_sizes=[hidden], cell=cell,
-                          stateful=stateful, seed=seed)
+    model = LanguageModel(
+        vocab_size, embedding_dim=EMBEDDING, hidden_sizes=[hidden], cell=cell, stateful=stateful, seed=seed
+    )
     return model, optim.Adam(lr=3e-3, global_clipnorm=5.0)
 
 
 # -- the corpora ------------------------------------------------------------------------------
+
 
 def titles_corpus(seed):
     titles = [line.strip() for line in corpora.read_text(TITLES).splitlines() if line.strip()]
@@ -84,8 +91,10 @@ def titles_corpus(seed):
     train_seqs, val_seqs = batching.split_sequences(sequences, 0.1, seed=seed)
     train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120, seed=seed)
     val = batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=16, maxlen=120, shuffle=False)
-    what = (f"{len(titles)} titles, {len(train_seqs)} for training ({train.num_batches} padded batches of 16 "
-            f"per epoch), {len(val_seqs)} held out; V={tokenizer.vocab_size}")
+    what = (
+        f"{len(titles)} titles, {len(train_seqs)} for training ({train.num_batches} padded batches of 16 "
+        f"per epoch), {len(val_seqs)} held out; V={tokenizer.vocab_size}"
+    )
     return tokenizer.vocab_size, train, val, False, what
 
 
@@ -95,8 +104,10 @@ def nietzsche_corpus(seed):
     ids = tokenizer.encode(text)
     train_ids, val_ids = batching.split_tail(ids, 0.05)
     train, val = batching.Streams(train_ids, batch_size=64, seq_len=64), batching.Streams(val_ids, 16, 64)
-    what = (f"{len(text):,} characters, V={tokenizer.vocab_size}; 64 streams in {train.num_batches} chunks of 64 "
-            f"per epoch; the last 5% ({len(val_ids):,} characters) held out as 16 streams")
+    what = (
+        f"{len(text):,} characters, V={tokenizer.vocab_size}; 64 streams in {train.num_batches} chunks of 64 "
+        f"per epoch; the last 5% ({len(val_ids):,} characters) held out as 16 streams"
+    )
     return tokenizer.vocab_size, train, val, True, what
 
 
@@ -105,19 +116,20 @@ CORPORA = {"titles": titles_corpus, "nietzsche": nietzsche_corpus}
 
 # -- quiet per-step timing -------------------------------------------------------------------
 
+
 def step_times(models, train, rounds, steps):
     """Per-step seconds of each model's training step (loss_and_grads + optimizer step), measured in
     ``rounds`` rounds that interleave the models (rotating who goes first), ``steps`` steps of
     consecutive batches each; returns {name: [seconds per step of each round]}."""
     batches = list(train.batches(0))
-    for name, (model, opt) in models.items():                       # warm-up: JIT compilation, caches
+    for model, opt in models.values():  # warm-up: JIT compilation, caches
         for b in batches[:2]:
             _, g = model.loss_and_grads(b.x, b.y, mask=b.mask, training=True)
             opt.step(model.params, g)
     times = {name: [] for name in models}
     names = list(models)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             model, opt = models[name]
             model.reset_state()
             start = (r * steps) % len(batches)
@@ -132,36 +144,69 @@ def step_times(models, train, rounds, steps):
 
 # -- training ---------------------------------------------------------------------------------
 
+
 def train_one(vocab_size, cell, hidden, train, val, stateful, seed, epochs, eval_every, max_steps):
     """Train one model; returns its evaluation records (step, epoch, val_loss, train seconds so far)."""
     model, opt = build(vocab_size, cell, hidden, stateful, seed)
     evals = []
 
-    def seconds(trainer):                    # the Trainer's step time (validation, hooks not counted)
+    def seconds(trainer):  # the Trainer's step time (validation, hooks not counted)
         done = sum(h["seconds"] for h in trainer.history)
-        return done if trainer.batch == 0 else done + trainer._epoch_seconds     # batch 0: the epoch is recorded
+        return done if trainer.batch == 0 else done + trainer._epoch_seconds  # batch 0: the epoch is recorded
 
     def on_step(trainer):
         if eval_every and trainer.step % eval_every == 0 and trainer.batch < trainer.train.num_batches:
-            evals.append({"step": trainer.step, "epoch": trainer.epoch + trainer.batch / train.num_batches,
-                          "val_loss": trainer.evaluate(val), "train_seconds": seconds(trainer)})
+            evals.append(
+                {
+                    "step": trainer.step,
+                    "epoch": trainer.epoch + trainer.batch / train.num_batches,
+                    "val_loss": trainer.evaluate(val),
+                    "train_seconds": seconds(trainer),
+                }
+            )
 
-    trainer = Trainer(model, opt, train, val, epochs=epochs, max_steps=max_steps, progress=False,
-                      on_step=on_step, out=open(os.devnull, "w"))
+    trainer = Trainer(
+        model,
+        opt,
+        train,
+        val,
+        epochs=epochs,
+        max_steps=max_steps,
+        progress=False,
+        on_step=on_step,
+        out=open(os.devnull, "w"),
+    )
     start = time.perf_counter()
     history = trainer.fit()
     total = time.perf_counter() - start
     elapsed = 0.0
-    for h in history:                        # epoch-end evaluations (the Trainer's own)
+    for h in history:  # epoch-end evaluations (the Trainer's own)
         elapsed += h["seconds"]
-        evals.append({"step": h["step"], "epoch": h["epoch"], "val_loss": h["val_loss"], "train_loss": h["loss"],
-                      "train_seconds": elapsed})
-    if not evals or max(e["step"] for e in evals) != trainer.step:        # stopped inside an epoch (max_steps)
-        evals.append({"step": trainer.step, "epoch": trainer.epoch + trainer.batch / train.num_batches,
-                      "val_loss": trainer.evaluate(val), "train_seconds": seconds(trainer)})
+        evals.append(
+            {
+                "step": h["step"],
+                "epoch": h["epoch"],
+                "val_loss": h["val_loss"],
+                "train_loss": h["loss"],
+                "train_seconds": elapsed,
+            }
+        )
+    if not evals or max(e["step"] for e in evals) != trainer.step:  # stopped inside an epoch (max_steps)
+        evals.append(
+            {
+                "step": trainer.step,
+                "epoch": trainer.epoch + trainer.batch / train.num_batches,
+                "val_loss": trainer.evaluate(val),
+                "train_seconds": seconds(trainer),
+            }
+        )
     evals.sort(key=lambda e: e["step"])
-    return {"evals": evals, "train_seconds": seconds(trainer), "wall_seconds_with_validation": total,
-            "steps": trainer.step}
+    return {
+        "evals": evals,
+        "train_seconds": seconds(trainer),
+        "wall_seconds_with_validation": total,
+        "steps": trainer.step,
+    }
 
 
 def machine():
@@ -173,8 +218,15 @@ def machine():
     except OSError:
         cpu, cores = platform.processor(), str(os.cpu_count())
     import numba
-    return {"cpu": cpu, "cpus": cores, "python": platform.python_version(), "numpy": numpy.__version__,
-            "numba": numba.__version__, "load_average_start": os.getloadavg()}
+
+    return {
+        "cpu": cpu,
+        "cpus": cores,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "load_average_start": os.getloadavg(),
+    }
 
 
 def main(argv=None):
@@ -183,8 +235,11 @@ def main(argv=None):
     p.add_argument("--titles-epochs", type=int, default=30)
     p.add_argument("--nietzsche-epochs", type=int, default=3)
     p.add_argument("--eval-every", type=int, default=35, help="Nietzsche: validation every N steps (and per epoch)")
-    p.add_argument("--titles-seeds", default="0,1,2", help="comma-separated seeds (each trains both cells; "
-                   "the seed also draws the held-out titles)")
+    p.add_argument(
+        "--titles-seeds",
+        default="0,1,2",
+        help="comma-separated seeds (each trains both cells; the seed also draws the held-out titles)",
+    )
     p.add_argument("--nietzsche-seeds", default="0")
     p.add_argument("--timing-rounds", type=int, default=15)
     p.add_argument("--timing-steps", type=int, default=5)
@@ -195,9 +250,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.retime:
         return retime(args)
-    results = {"command": "python benchmarks/" + " ".join([Path(__file__).name] + sys.argv[1:]),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), "corpora": {}}
+    results = {
+        "command": "python benchmarks/" + " ".join([Path(__file__).name] + sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "corpora": {},
+    }
     print(f"{results['machine']}", flush=True)
     for corpus in args.corpora.split(","):
         seeds = [int(s) for s in getattr(args, f"{corpus}_seeds").split(",")]
@@ -213,24 +271,48 @@ def main(argv=None):
         times = step_times(models, train, rounds, steps)
         per_step = {cell: float(numpy.median(t)) for cell, t in times.items()}
         for cell, t in times.items():
-            print(f"{cell.upper()} step: median {1e3 * per_step[cell]:.1f} ms, min {1e3 * min(t):.1f} ms "
-                  f"over {rounds} rounds of {steps} steps", flush=True)
+            print(
+                f"{cell.upper()} step: median {1e3 * per_step[cell]:.1f} ms, min {1e3 * min(t):.1f} ms "
+                f"over {rounds} rounds of {steps} steps",
+                flush=True,
+            )
         epochs = args.titles_epochs if corpus == "titles" else args.nietzsche_epochs
-        entry = {"description": what, "seeds": seeds, "hidden": hidden, "parameters": params, "epochs": epochs,
-                 "steps_per_epoch": train.num_batches, "step_seconds_median": per_step,
-                 "step_seconds_rounds": times, "runs": {}}
+        entry = {
+            "description": what,
+            "seeds": seeds,
+            "hidden": hidden,
+            "parameters": params,
+            "epochs": epochs,
+            "steps_per_epoch": train.num_batches,
+            "step_seconds_median": per_step,
+            "step_seconds_rounds": times,
+            "runs": {},
+        }
         for seed in seeds:
             vocab_size, train, val, stateful, _ = CORPORA[corpus](seed)
             for cell in hidden:
-                run = train_one(vocab_size, cell, hidden[cell], train, val, stateful, seed, epochs,
-                                args.eval_every if corpus == "nietzsche" else None, 3 if args.quick else None)
+                run = train_one(
+                    vocab_size,
+                    cell,
+                    hidden[cell],
+                    train,
+                    val,
+                    stateful,
+                    seed,
+                    epochs,
+                    args.eval_every if corpus == "nietzsche" else None,
+                    3 if args.quick else None,
+                )
                 for e in run["evals"]:
                     e["estimated_seconds"] = e["step"] * per_step[cell]
                 entry["runs"].setdefault(cell, {})[str(seed)] = run
                 last, best = run["evals"][-1], min(e["val_loss"] for e in run["evals"])
-                print(f"{cell.upper()} seed {seed}: {run['steps']} steps in {run['train_seconds']:.1f} s of training "
-                      f"({run['wall_seconds_with_validation']:.1f} s with validation): final val_loss "
-                      f"{last['val_loss']:.4f}, best {best:.4f}", flush=True)
+                print(
+                    f"{cell.upper()} seed {seed}: {run['steps']} steps in {run['train_seconds']:.1f} s of training "
+                    f"({run['wall_seconds_with_validation']:.1f} s with validation): final val_loss "
+                    f"{last['val_loss']:.4f}, best {best:.4f}",
+                    flush=True,
+                )
         results["corpora"][corpus] = entry
     results["machine"]["load_average_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -245,20 +327,24 @@ def main(argv=None):
 
 def tables(results):
     """Markdown tables of the results: the setup per corpus, then validation loss per evaluation."""
-    out = ["| corpus | cell | hidden | parameters | step, median (ms) | step, min (ms) | steps | training s "
-           "(measured, loaded machine) | estimated s (steps x median step) | best val_loss | final val_loss |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = [
+        "| corpus | cell | hidden | parameters | step, median (ms) | step, min (ms) | steps | training s "
+        "(measured, loaded machine) | estimated s (steps x median step) | best val_loss | final val_loss |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for corpus, entry in results["corpora"].items():
         for cell, runs in entry["runs"].items():
             rs = list(runs.values())
             best = numpy.mean([min(e["val_loss"] for e in r["evals"]) for r in rs])
             final = numpy.mean([r["evals"][-1]["val_loss"] for r in rs])
             steps = rs[0]["steps"]
-            out.append(f"| {corpus} | {cell.upper()} | {entry['hidden'][cell]} | {entry['parameters'][cell]:,} | "
-                       f"{1e3 * entry['step_seconds_median'][cell]:.1f} | "
-                       f"{1e3 * min(entry['step_seconds_rounds'][cell]):.1f} | {steps:,} | "
-                       f"{numpy.mean([r['train_seconds'] for r in rs]):.1f} | "
-                       f"{steps * entry['step_seconds_median'][cell]:.1f} | {best:.4f} | {final:.4f} |")
+            out.append(
+                f"| {corpus} | {cell.upper()} | {entry['hidden'][cell]} | {entry['parameters'][cell]:,} | "
+                f"{1e3 * entry['step_seconds_median'][cell]:.1f} | "
+                f"{1e3 * min(entry['step_seconds_rounds'][cell]):.1f} | {steps:,} | "
+                f"{numpy.mean([r['train_seconds'] for r in rs]):.1f} | "
+                f"{steps * entry['step_seconds_median'][cell]:.1f} | {best:.4f} | {final:.4f} |"
+            )
     for corpus, entry in results["corpora"].items():
         cells = list(entry["runs"])
         seeds = entry["seeds"]
@@ -272,7 +358,7 @@ def tables(results):
             if corpus == "titles" and (e["epoch"] % 5 and e["epoch"] != 1):
                 continue
             if not float(e["epoch"]).is_integer() and any(abs(e["step"] - s) <= 2 for s in ends):
-                continue                                             # a step after an epoch's own evaluation
+                continue  # a step after an epoch's own evaluation
             row = [f"{e['epoch']:g}" if float(e["epoch"]).is_integer() else f"{e['epoch']:.2f}", f"{e['step']:,}"]
             for c in cells:
                 v = numpy.mean([r["evals"][k]["val_loss"] for r in entry["runs"][c].values()])
@@ -283,20 +369,27 @@ def tables(results):
 
 def retime(args):
     results = json.loads(args.retime.read_text())
-    results.setdefault("retimed", []).append({
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_start": os.getloadavg()})
+    results.setdefault("retimed", []).append(
+        {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average_start": os.getloadavg(),
+        }
+    )
     for corpus, entry in results["corpora"].items():
         vocab_size, train, _, stateful, _ = CORPORA[corpus](entry["seeds"][0])
         models = {cell: build(vocab_size, cell, h, stateful, 123) for cell, h in entry["hidden"].items()}
         times = step_times(models, train, args.timing_rounds, args.timing_steps)
         entry.setdefault("earlier_step_seconds", []).append(
-            {"median": entry["step_seconds_median"], "rounds": entry["step_seconds_rounds"]})
+            {"median": entry["step_seconds_median"], "rounds": entry["step_seconds_rounds"]}
+        )
         entry["step_seconds_median"] = {cell: float(numpy.median(t)) for cell, t in times.items()}
         entry["step_seconds_rounds"] = times
         for cell, t in times.items():
-            print(f"{corpus} {cell.upper()} step: median {1e3 * numpy.median(t):.1f} ms, min {1e3 * min(t):.1f} ms "
-                  f"over {args.timing_rounds} rounds of {args.timing_steps} steps", flush=True)
+            print(
+                f"{corpus} {cell.upper()} step: median {1e3 * numpy.median(t):.1f} ms, min {1e3 * min(t):.1f} ms "
+                f"over {args.timing_rounds} rounds of {args.timing_steps} steps",
+                flush=True,
+            )
             for run in entry["runs"][cell].values():
                 for e in run["evals"]:
                     e["estimated_seconds"] = e["step"] * entry["step_seconds_median"][cell]
@@ -309,20 +402,34 @@ def retime(args):
 
 def plot(results, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     corpora = results["corpora"]
     fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.2), squeeze=False)
     colors = {"lstm": "tab:blue", "gru": "tab:orange"}
-    for ax, (corpus, entry) in zip(axes[0], corpora.items()):
+    for ax, (corpus, entry) in zip(axes[0], corpora.items(), strict=False):
         for cell, runs in entry["runs"].items():
-            for k, (seed, run) in enumerate(runs.items()):
+            for k, run in enumerate(runs.values()):
                 xs = [e["estimated_seconds"] for e in run["evals"]]
                 ys = [e["val_loss"] for e in run["evals"]]
-                label = (f"{cell.upper()} {entry['hidden'][cell]} ({entry['parameters'][cell]:,} params, "
-                         f"{1e3 * entry['step_seconds_median'][cell]:.1f} ms/step)") if k == 0 else None
-                ax.plot(xs, ys, color=colors[cell], marker="." if corpus == "nietzsche" else None,
-                        alpha=1.0 if k == 0 else 0.45, label=label)
+                label = (
+                    (
+                        f"{cell.upper()} {entry['hidden'][cell]} ({entry['parameters'][cell]:,} params, "
+                        f"{1e3 * entry['step_seconds_median'][cell]:.1f} ms/step)"
+                    )
+                    if k == 0
+                    else None
+                )
+                ax.plot(
+                    xs,
+                    ys,
+                    color=colors[cell],
+                    marker="." if corpus == "nietzsche" else None,
+                    alpha=1.0 if k == 0 else 0.45,
+                    label=label,
+                )
         ax.set_title(f"{corpus}: validation loss, {entry['epochs']} epochs")
         ax.set_xlabel("estimated training seconds (steps x median per-step time)")
         ax.set_ylabel("validation loss (nats per character)")

@@ -18,13 +18,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import frameworks as fw  # noqa: E402
+import frameworks as fw
 
-from scratchlm import get_backend, optim  # noqa: E402
-from scratchlm.layers import Dense, FeedForward, LayerNormalization, MultiHeadAttention  # noqa: E402
-from scratchlm.layers.decoder import BookDecoderBlock  # noqa: E402
-from scratchlm.layers.embedding import PositionalEmbedding  # noqa: E402
-from scratchlm.models.transformer import TransformerLM  # noqa: E402
+from scratchlm import get_backend, optim
+from scratchlm.layers import Dense, FeedForward, LayerNormalization, MultiHeadAttention
+from scratchlm.layers.decoder import BookDecoderBlock
+from scratchlm.layers.embedding import PositionalEmbedding
+from scratchlm.models.transformer import TransformerLM
 
 TIMES = collections.defaultdict(list)
 
@@ -39,13 +39,18 @@ def timed(cls, name, label):
             return inner(*args, **kwargs)
         finally:
             TIMES[label].append(time.perf_counter() - start)
+
     setattr(cls, name, wrapper)
 
 
 def instrument(backend):
     """Time the layer classes ``backend`` builds (the fused subclasses on the fused path: scratchlm.kernels.FUSED)."""
-    for cls, label in ((MultiHeadAttention, "attention"), (LayerNormalization, "layernorm"),
-                       (FeedForward, "feedforward"), (PositionalEmbedding, "embedding")):
+    for cls, label in (
+        (MultiHeadAttention, "attention"),
+        (LayerNormalization, "layernorm"),
+        (FeedForward, "feedforward"),
+        (PositionalEmbedding, "embedding"),
+    ):
         timed(backend.layer(cls), "forward", f"{label} forward")
         timed(backend.layer(cls), "backward", f"{label} backward")
     dense = backend.layer(Dense)
@@ -54,7 +59,7 @@ def instrument(backend):
         timed(dense, "score_backward", "dense + loss backward")
     timed(TransformerLM, "loss_and_grads", "loss_and_grads")
     block = backend.layer(BookDecoderBlock)
-    if hasattr(block, "decode_step"):                                     # the fused KV-cache decoding
+    if hasattr(block, "decode_step"):  # the fused KV-cache decoding
         timed(block, "decode_step", "decode_step (block)")
 
 
@@ -74,11 +79,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     c = fw.CASES["transformer"]
     backend = get_backend("numpy", "float32", args.kernels)
-    model = TransformerLM(c["V"], c["L"], embed_dim=c["E"], dense_dim=c["F"], num_heads=c["N"], key_dim=c["K"],
-                          backend=backend, seed=0)
+    model = TransformerLM(
+        c["V"], c["L"], embed_dim=c["E"], dense_dim=c["F"], num_heads=c["N"], key_dim=c["K"], backend=backend, seed=0
+    )
     x, y = fw.transformer_data(c, np.random.default_rng(0))
     opt = optim.RMSprop(lr=c["lr"])
-    model.loss_and_grads(x, y)                                             # compile / warm up
+    model.loss_and_grads(x, y)  # compile / warm up
     instrument(backend)
     steps = []
     for _ in range(args.steps):
@@ -88,8 +94,10 @@ def main(argv=None):
         opt.step(model.params, grads)
         steps.append((middle - start, time.perf_counter() - middle))
     TIMES["optimizer step"] = [s[1] for s in steps]
-    report(f"training step, {args.kernels}: median loss_and_grads {1e3 * np.median([s[0] for s in steps]):.1f} ms",
-           args.steps)
+    report(
+        f"training step, {args.kernels}: median loss_and_grads {1e3 * np.median([s[0] for s in steps]):.1f} ms",
+        args.steps,
+    )
     prompt = fw.transformer_data(fw.CASES["transformer-gen"], np.random.default_rng(0))
     model.generate(prompt, 5, seed=0)
     TIMES.clear()

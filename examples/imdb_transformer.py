@@ -37,10 +37,19 @@ TEMPERATURES = (0.2, 0.5, 0.7, 1.0, 1.5)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, metavar="DIR", help="a folder of reviews laid out like aclImdb/ (default: "
-                   "download and extract the IMDB archive into $SCRATCHLM_CACHE, default ~/.cache/scratchlm)")
-    p.add_argument("--block", choices=["book", "gpt"], default="book",
-                   help="the book's post-LayerNorm decoder block (default) or a pre-LayerNorm GPT block")
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="a folder of reviews laid out like aclImdb/ (default: "
+        "download and extract the IMDB archive into $SCRATCHLM_CACHE, default ~/.cache/scratchlm)",
+    )
+    p.add_argument(
+        "--block",
+        choices=["book", "gpt"],
+        default="book",
+        help="the book's post-LayerNorm decoder block (default) or a pre-LayerNorm GPT block",
+    )
     p.add_argument("--epochs", type=int, default=200, help="default 200, as in the book")
     p.add_argument("--batch-size", type=int, default=256, help="default 256, as in the book")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (a smoke run)")
@@ -56,24 +65,42 @@ def run(args):
     """Train (or continue) the run, printing its progress and samples."""
     folder = args.data if args.data is not None else imdb.fetch_imdb()
     ckpt = open_run(args.run_dir, args.resume, args.backend)
-    tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
-                 VectorTokenizer.fit(imdb.iter_review_files(folder), max_tokens=15000))
+    tokenizer = (
+        from_config(ckpt.metadata["tokenizer"])
+        if ckpt
+        else VectorTokenizer.fit(imdb.iter_review_files(folder), max_tokens=15000)
+    )
     ids = imdb.vectorize(imdb.iter_review_files(folder), tokenizer, length=imdb.SEQUENCE_LENGTH)
     train = batching.Vectorized(ids, batch_size=args.batch_size, seed=args.seed)
     sampler = Sampler(tokenizer, temperatures=TEMPERATURES, length=50, prime="this movie", seed=args.seed)
-    options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
-                   log_every=10, sampler=sampler)
+    options = dict(
+        run_dir=args.run_dir,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        checkpoint_every=200,
+        log_every=10,
+        sampler=sampler,
+    )
 
     def build():
-        model = TransformerLM(tokenizer.vocab_size, imdb.SEQUENCE_LENGTH, embed_dim=256, dense_dim=2048,
-                              num_heads=2, block=args.block, backend=args.backend, seed=args.seed)
+        model = TransformerLM(
+            tokenizer.vocab_size,
+            imdb.SEQUENCE_LENGTH,
+            embed_dim=256,
+            dense_dim=2048,
+            num_heads=2,
+            block=args.block,
+            backend=args.backend,
+            seed=args.seed,
+        )
         return model, optim.RMSprop(lr=1e-3)
 
     trainer = start_or_resume(ckpt, train, None, build, tokenizer, **options)
-    trainer.print(f"{trainer.model} on {train.num_sequences:,} reviews from {folder}, "
-                  f"{tokenizer.vocab_size:,} words: {train}")
+    trainer.print(
+        f"{trainer.model} on {train.num_sequences:,} reviews from {folder}, {tokenizer.vocab_size:,} words: {train}"
+    )
     trainer.fit()
-    if trainer.batch:                          # stopped inside an epoch by --max-steps: show where it got
+    if trainer.batch:  # stopped inside an epoch by --max-steps: show where it got
         sampler(trainer)
 
 

@@ -33,8 +33,11 @@ from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", metavar="PATH", help="the text file to learn (default: the copy of "
-                   "nietzsche.txt bundled with scratchlm)")
+    p.add_argument(
+        "--corpus",
+        metavar="PATH",
+        help="the text file to learn (default: the copy of nietzsche.txt bundled with scratchlm)",
+    )
     p.add_argument("--fast", action="store_true", help="streams + embedding + Adam instead of the book's setup")
     p.add_argument("--epochs", type=int, default=60, help="default 60, as in the book")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (a smoke run)")
@@ -51,27 +54,39 @@ def run(args, run_dir):
     """Train (or continue) the run, printing its progress and samples."""
     text = corpora.load_text(args.corpus or "nietzsche", local_hint="pass it with --corpus PATH").lower()
     ckpt = open_run(run_dir, args.resume, args.backend)
-    tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
-                 CharTokenizer.fit(text, reserved=False))                     # V = 60 on the full corpus
+    tokenizer = (
+        from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit(text, reserved=False)
+    )  # V = 60 on the full corpus
     ids = tokenizer.encode(text)
     if args.fast:
         train_ids, val_ids = batching.split_tail(ids, 0.05)
         train, val = batching.Streams(train_ids, batch_size=64, seq_len=64), batching.Streams(val_ids, 16, 64)
     else:
         train, val = batching.Windows(ids, maxlen=60, step=3, batch_size=128, seed=args.seed), None
-    options = dict(run_dir=run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
-                   sampler=Sampler(tokenizer, temperatures=(0.2, 0.5, 1.0, 1.2), length=400, seed=args.seed))
+    options = dict(
+        run_dir=run_dir,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        checkpoint_every=200,
+        sampler=Sampler(tokenizer, temperatures=(0.2, 0.5, 1.0, 1.2), length=400, seed=args.seed),
+    )
 
     def build():
-        model = LanguageModel(tokenizer.vocab_size, embedding_dim=32 if args.fast else None,
-                              hidden_sizes=[128], backend=args.backend, seed=args.seed, stateful=args.fast)
+        model = LanguageModel(
+            tokenizer.vocab_size,
+            embedding_dim=32 if args.fast else None,
+            hidden_sizes=[128],
+            backend=args.backend,
+            seed=args.seed,
+            stateful=args.fast,
+        )
         opt = optim.Adam(lr=3e-3, global_clipnorm=5.0) if args.fast else optim.RMSprop(lr=0.01)
         return model, opt
 
     trainer = start_or_resume(ckpt, train, val, build, tokenizer, **options)
     trainer.print(f"{trainer.model} on {len(text):,} characters, {tokenizer.vocab_size} distinct: {train}")
     trainer.fit()
-    if trainer.batch:                          # stopped inside an epoch by --max-steps: show where it got
+    if trainer.batch:  # stopped inside an epoch by --max-steps: show where it got
         trainer.sampler(trainer)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from scratchlm import RecurrentLM, get_backend, optim
 from scratchlm.gradcheck import numerical_gradient, relative_error
 
-V, E, H, B, T = 7, 4, 5, 2, 6         # vocabulary, embedding, hidden units, batch, time steps
+V, E, H, B, T = 7, 4, 5, 2, 6  # vocabulary, embedding, hidden units, batch, time steps
 
 
 def main():
@@ -31,8 +31,8 @@ def main():
         print(f"   {name:24s} {str(p.shape):10s} (Keras' layout)")
 
     rng = np.random.default_rng(0)
-    x = rng.integers(0, V, (B, T))      # input ids (B, T)
-    y = rng.integers(0, V, (B, T))      # the id to predict at every position
+    x = rng.integers(0, V, (B, T))  # input ids (B, T)
+    y = rng.integers(0, V, (B, T))  # the id to predict at every position
     loss, grads = model.loss_and_grads(x, y)
     print(f"\n2. loss_and_grads: loss {loss:.6f} nats per token (ln V = {np.log(V):.6f} for a uniform guess)")
     for name, g in grads.items():
@@ -43,12 +43,14 @@ def main():
         entries = rng.choice(p.size, size=min(3, p.size), replace=False)
         numeric = numerical_gradient(lambda: model.loss(x, y), p, h=1e-4, indices=entries)
         analytic = grads[name].reshape(-1)[entries]
-        print(f"   {name:24s} analytic {np.array2string(analytic, precision=6)}  "
-              f"numeric {np.array2string(numeric, precision=6)}  relative error "
-              f"{relative_error(analytic, numeric):.1e}")
+        print(
+            f"   {name:24s} analytic {np.array2string(analytic, precision=6)}  "
+            f"numeric {np.array2string(numeric, precision=6)}  relative error "
+            f"{relative_error(analytic, numeric):.1e}"
+        )
 
-    adam = optim.Adam(lr=0.01)
-    adam.step(model.params, grads)      # w <- w - α m / (√v + ε), Keras 3's Adam
+    adam = optim.Adam(lr=0.01, kernels="reference")
+    adam.step(model.params, grads)  # w <- w - α m / (√v + ε), Keras 3's Adam
     print(f"\n4. one Adam step (lr 0.01): loss {loss:.6f} -> {model.loss(x, y):.6f}")
 
 

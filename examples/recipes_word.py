@@ -32,13 +32,20 @@ def recipe_texts(path):
     try:
         records = json.loads(corpora.read_text(path))
     except json.JSONDecodeError as exc:
-        raise corpora.CorpusError(f"{path} is not valid JSON ({exc}): expected a list of "
-                               '{"title": ..., "directions": [...]} records') from None
+        raise corpora.CorpusError(
+            f'{path} is not valid JSON ({exc}): expected a list of {{"title": ..., "directions": [...]}} records'
+        ) from None
     if not isinstance(records, list):
         raise corpora.CorpusError(f"{path} holds a JSON {type(records).__name__}, not a list of recipe records")
-    texts = [f"Recipe for {r['title']} | {' '.join(r['directions'])}" for r in records
-             if isinstance(r, dict) and isinstance(r.get("title"), str) and isinstance(r.get("directions"), list)
-             and r["directions"] and all(isinstance(d, str) for d in r["directions"])]
+    texts = [
+        f"Recipe for {r['title']} | {' '.join(r['directions'])}"
+        for r in records
+        if isinstance(r, dict)
+        and isinstance(r.get("title"), str)
+        and isinstance(r.get("directions"), list)
+        and r["directions"]
+        and all(isinstance(d, str) for d in r["directions"])
+    ]
     if not texts:
         raise corpora.CorpusError(f"{path} holds no record with a title and directions")
     return texts
@@ -46,8 +53,13 @@ def recipe_texts(path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("recipes", nargs="?", type=Path, default=SAMPLE,
-                   help="a JSON list of recipe records (default: the sample file shipped with the examples)")
+    p.add_argument(
+        "recipes",
+        nargs="?",
+        type=Path,
+        default=SAMPLE,
+        help="a JSON list of recipe records (default: the sample file shipped with the examples)",
+    )
     p.add_argument("--epochs", type=int, default=25, help="default 25")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (a smoke run)")
     p.add_argument("--max-tokens", type=int, default=10000, help="vocabulary size (default 10,000)")
@@ -63,27 +75,39 @@ def run(args):
     """Train (or continue) the run, printing its progress and samples."""
     texts = recipe_texts(args.recipes)
     ckpt = open_run(args.run_dir, args.resume, args.backend)
-    tokenizer = (from_config(ckpt.metadata["tokenizer"]) if ckpt else
-                 WordTokenizer.fit(texts, max_tokens=args.max_tokens, lower=True))
+    tokenizer = (
+        from_config(ckpt.metadata["tokenizer"])
+        if ckpt
+        else WordTokenizer.fit(texts, max_tokens=args.max_tokens, lower=True)
+    )
     sequences = [tokenizer.encode(t, unknown="unk") for t in texts]
     train_seqs, val_seqs = batching.split_sequences(sequences, 0.1, seed=args.seed)
-    train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
-                        seed=args.seed)
-    val = batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200,
-                      shuffle=False) if val_seqs else None
+    train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200, seed=args.seed)
+    val = (
+        batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, batch_size=32, maxlen=200, shuffle=False)
+        if val_seqs
+        else None
+    )
     sampler = Sampler(tokenizer, temperatures=(0.2, 1.0), length=100, prime="recipe for roasted vegetables |")
-    options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=200,
-                   log_every=10, sampler=sampler)
+    options = dict(
+        run_dir=args.run_dir,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        checkpoint_every=200,
+        log_every=10,
+        sampler=sampler,
+    )
 
     def build():
-        model = LanguageModel(tokenizer.vocab_size, embedding_dim=100, hidden_sizes=[128],
-                              backend=args.backend, seed=args.seed)
+        model = LanguageModel(
+            tokenizer.vocab_size, embedding_dim=100, hidden_sizes=[128], backend=args.backend, seed=args.seed
+        )
         return model, optim.Adam(lr=1e-3)
 
     trainer = start_or_resume(ckpt, train, val, build, tokenizer, **options)
     trainer.print(f"{trainer.model}, {tokenizer} from {len(texts):,} recipes: {train}")
     trainer.fit()
-    if trainer.batch:                          # stopped inside an epoch by --max-steps
+    if trainer.batch:  # stopped inside an epoch by --max-steps
         sampler(trainer)
 
 

@@ -27,8 +27,7 @@ from scratchlm.train import Sampler, open_run, run_script, start_or_resume
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", metavar="PATH", help="the text to learn (default: the bundled tiny "
-                   "Shakespeare)")
+    p.add_argument("--corpus", metavar="PATH", help="the text to learn (default: the bundled tiny Shakespeare)")
     p.add_argument("--embedding-dim", type=int, default=256)
     p.add_argument("--hidden", type=int, default=1024, help="LSTM units (default 1024)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -51,21 +50,29 @@ def run(args):
     tokenizer = from_config(ckpt.metadata["tokenizer"]) if ckpt else CharTokenizer.fit(text)
     train_ids, val_ids = batching.split_tail(tokenizer.encode(text), 0.05)
     train = batching.Streams(train_ids, batch_size=args.batch_size, seq_len=args.seq_len)
-    val = batching.Streams(val_ids, batch_size=min(args.batch_size, (len(val_ids) - 1) // args.seq_len),
-                       seq_len=args.seq_len)
+    val = batching.Streams(
+        val_ids, batch_size=min(args.batch_size, (len(val_ids) - 1) // args.seq_len), seq_len=args.seq_len
+    )
     sampler = Sampler(tokenizer, temperatures=(0.5, 1.0), length=args.sample_length, prime="ROMEO:")
-    options = dict(run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100,
-                   sampler=sampler)
+    options = dict(
+        run_dir=args.run_dir, epochs=args.epochs, max_steps=args.max_steps, checkpoint_every=100, sampler=sampler
+    )
 
     def build():
-        model = LanguageModel(tokenizer.vocab_size, embedding_dim=args.embedding_dim,
-                              hidden_sizes=[args.hidden], backend=args.backend, seed=args.seed, stateful=True)
+        model = LanguageModel(
+            tokenizer.vocab_size,
+            embedding_dim=args.embedding_dim,
+            hidden_sizes=[args.hidden],
+            backend=args.backend,
+            seed=args.seed,
+            stateful=True,
+        )
         return model, optim.Adam(lr=1e-3)
 
     trainer = start_or_resume(ckpt, train, val, build, tokenizer, **options)
     trainer.print(f"{trainer.model}, {tokenizer}: {train}")
     trainer.fit()
-    if trainer.batch:                          # stopped inside an epoch by --max-steps
+    if trainer.batch:  # stopped inside an epoch by --max-steps
         sampler(trainer)
 
 

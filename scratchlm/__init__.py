@@ -20,5 +20,14 @@ from .errors import BackendUnavailable, CheckpointError, ScratchLMError
 from .models import LanguageModel, RecurrentLM, TransformerLM
 
 __version__ = "0.1.0"
-__all__ = ["Backend", "BackendUnavailable", "CheckpointError", "LanguageModel", "RecurrentLM", "ScratchLMError",
-           "TransformerLM", "get_backend", "__version__"]
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "CheckpointError",
+    "LanguageModel",
+    "RecurrentLM",
+    "ScratchLMError",
+    "TransformerLM",
+    "get_backend",
+    "__version__",
+]

@@ -46,20 +46,22 @@ from .errors import BackendUnavailable, ModelError
 _DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
 _KERNELS = ("auto", "reference", "fused")
 KERNELS_ENV = "SCRATCHLM_KERNELS"
-Array = Any                       # an array of the backend's module: numpy.ndarray or cupy.ndarray (in type hints)
+Array = Any  # an array of the backend's module: numpy.ndarray or cupy.ndarray (in type hints)
 Cls = TypeVar("Cls", bound=type)
-_GPU_HINT = ('install the GPU extra with  pip install "scratchlm[gpu]"  (CUDA 12) or "scratchlm[gpu-cuda13]"  on a '
-             'machine with a CUDA GPU, or use backend="numpy"')
+_GPU_HINT = (
+    'install the GPU extra with  pip install "scratchlm[gpu]"  (CUDA 12) or "scratchlm[gpu-cuda13]"  on a '
+    'machine with a CUDA GPU, or use backend="numpy"'
+)
 
 
 class Backend:
     """An array module, a dtype and a choice of kernels. Build one with :func:`get_backend`."""
 
     def __init__(self, name: str, xp: ModuleType, dtype: Any, kernels: str = "reference"):
-        self.name = name          # "numpy" or "cupy"
+        self.name = name  # "numpy" or "cupy"
         self.xp = xp
         self.dtype = xp.dtype(dtype)
-        self.kernels = kernels    # "reference" or "fused"
+        self.kernels = kernels  # "reference" or "fused"
         self._ops = None
 
     def __repr__(self) -> str:
@@ -76,6 +78,7 @@ class Backend:
         if self.kernels != "fused":
             return cls
         from .kernels import FUSED
+
         return FUSED.get(cls, cls)
 
     @property
@@ -84,6 +87,7 @@ class Backend:
         imported on first use: what the fused subclasses of :meth:`layer` call."""
         if self._ops is None:
             from . import kernels
+
             self._ops = kernels.for_backend(self.name)
         return self._ops
 
@@ -97,7 +101,7 @@ class Backend:
     def asarray(self, a: Any, dtype: Any = None) -> Array:
         """Host or device array -> array on this backend (float arrays in ``self.dtype``)."""
         if dtype is None:
-            kind = (a.dtype if hasattr(a, "dtype") else numpy.asarray(a).dtype).kind     # never copies a device array
+            kind = (a.dtype if hasattr(a, "dtype") else numpy.asarray(a).dtype).kind  # never copies a device array
             dtype = self.dtype if kind == "f" else None
         return self.xp.asarray(a, dtype=dtype)
 
@@ -133,6 +137,7 @@ class Backend:
             return self.ops.scatter_add(target, index, rows)
         if self.name == "cupy":
             import cupyx
+
             cupyx.scatter_add(target, index, rows)
             return target
         xp = self.xp
@@ -140,7 +145,7 @@ class Backend:
             return target
         order = xp.argsort(index, kind="stable")
         sorted_index = index[order]
-        sorted_rows = rows[order]                                         # (N, C), grouped by index
+        sorted_rows = rows[order]  # (N, C), grouped by index
         bounds = xp.flatnonzero(sorted_index[1:] != sorted_index[:-1]) + 1
         starts = [0, *bounds.tolist()]
         stops = [*bounds.tolist(), index.size]
@@ -168,6 +173,7 @@ def array_module(a: Array) -> ModuleType:
     if isinstance(a, numpy.ndarray) or numpy.isscalar(a):
         return numpy
     import cupy
+
     return cupy.get_array_module(a)
 
 
@@ -214,7 +220,7 @@ def resolve_kernels(kernels: str | None, name: str) -> str:
     if kernels not in _KERNELS:
         raise BackendUnavailable(f"unknown {source} {kernels!r}: choose 'fused', 'reference' or 'auto'")
     has_numba = importlib.util.find_spec("numba") is not None
-    if kernels == "auto":                       # CuPy: the CUDA kernels, checked on a GPU (benchmarks/gpu_check.sh)
+    if kernels == "auto":  # CuPy: the CUDA kernels, checked on a GPU (benchmarks/gpu_check.sh)
         return "fused" if name == "cupy" or has_numba else "reference"
     if kernels == "fused" and name == "numpy" and not has_numba:
         raise BackendUnavailable("the fused CPU kernels need Numba: pip install numba, or use kernels='reference'")

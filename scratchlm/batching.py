@@ -47,7 +47,7 @@ class Batch(NamedTuple):
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> numpy.ndarray:
     """0..n-1, shuffled by (seed, epoch) when ``shuffle``; int32 when it fits (half the memory)."""
-    order = numpy.arange(n, dtype=numpy.int32 if n < 2 ** 31 else numpy.int64)
+    order = numpy.arange(n, dtype=numpy.int32 if n < 2**31 else numpy.int64)
     if shuffle:
         numpy.random.default_rng([seed, epoch]).shuffle(order)
     return order
@@ -60,15 +60,17 @@ def _whole(name, value, minimum=1):
 
 # -- holding out the validation part -------------------------------------------------------
 
+
 def split_tail(ids: numpy.ndarray, val_fraction: float) -> tuple[numpy.ndarray, numpy.ndarray]:
     """(train, val): the last ``val_fraction`` (a number in [0, 1)) of a token sequence is held out, contiguous."""
     _check_fraction(val_fraction)
     n_val = int(len(ids) * val_fraction)
-    return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
 
 
-def split_sequences(sequences: Sequence[numpy.ndarray], val_fraction: float,
-                    seed: int = 0) -> tuple[list[numpy.ndarray], list[numpy.ndarray]]:
+def split_sequences(
+    sequences: Sequence[numpy.ndarray], val_fraction: float, seed: int = 0
+) -> tuple[list[numpy.ndarray], list[numpy.ndarray]]:
     """(train, val) lists of sequences: a seeded random ``val_fraction`` of them is held out.
 
     val_fraction: a number in [0, 1); seed: a whole number >= 0.
@@ -77,25 +79,29 @@ def split_sequences(sequences: Sequence[numpy.ndarray], val_fraction: float,
     order = numpy.random.default_rng(_whole("seed", seed, 0)).permutation(len(sequences))
     n_val = int(len(sequences) * val_fraction)
     held = set(order[:n_val].tolist())
-    return ([s for i, s in enumerate(sequences) if i not in held],
-            [s for i, s in enumerate(sequences) if i in held])
+    return ([s for i, s in enumerate(sequences) if i not in held], [s for i, s in enumerate(sequences) if i in held])
 
 
 def _check_fraction(val_fraction):
     """Raise CorpusError unless the validation fraction is a real number in [0, 1)."""
-    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, numpy.integer, numpy.floating))
-            or not 0 <= val_fraction < 1):
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float, numpy.integer, numpy.floating))
+        or not 0 <= val_fraction < 1
+    ):
         raise CorpusError(f"the validation fraction must be a number in [0, 1) such as 0.1, got {val_fraction!r}")
 
 
 # -- the batchers ---------------------------------------------------------------------
 
+
 def _id_array(ids):
     """``ids`` as a 1-D NumPy array; :func:`_check_ids` checks its values once a too-short corpus is ruled out."""
     ids = numpy.asarray(ids)
     if ids.ndim != 1:
-        raise CorpusError(f"token ids must form a 1-D sequence, got an array of shape {ids.shape}: "
-                          "pass one flat array of ids")
+        raise CorpusError(
+            f"token ids must form a 1-D sequence, got an array of shape {ids.shape}: pass one flat array of ids"
+        )
     return ids
 
 
@@ -122,10 +128,18 @@ class Windows:
     """
 
     stateful = False
-    eos_id = None                 # sequences run on; no <eos> ends them
+    eos_id = None  # sequences run on; no <eos> ends them
 
-    def __init__(self, ids: ArrayLike, maxlen: int = 60, step: int = 3, batch_size: int = 128, seed: int = 0,
-                 shuffle: bool = True, last_only: bool = True):
+    def __init__(
+        self,
+        ids: ArrayLike,
+        maxlen: int = 60,
+        step: int = 3,
+        batch_size: int = 128,
+        seed: int = 0,
+        shuffle: bool = True,
+        last_only: bool = True,
+    ):
         self.ids = _id_array(ids)
         self.maxlen = _whole("maxlen", maxlen)
         self.step = _whole("step", step)
@@ -133,32 +147,44 @@ class Windows:
         self.seed, self.shuffle, self.last_only = _whole("seed", seed, 0), bool(shuffle), bool(last_only)
         self.num_windows = max(0, math.ceil((len(self.ids) - self.maxlen) / self.step))
         if self.num_windows == 0:
-            raise CorpusError(f"the corpus holds {len(self.ids):,} tokens; windows of {self.maxlen} need at "
-                              f"least {self.maxlen + 1:,}: use a longer corpus or a smaller window")
+            raise CorpusError(
+                f"the corpus holds {len(self.ids):,} tokens; windows of {self.maxlen} need at "
+                f"least {self.maxlen + 1:,}: use a longer corpus or a smaller window"
+            )
         _check_ids(self.ids)
         self.num_batches = math.ceil(self.num_windows / self.batch_size)
-        self._offsets = numpy.arange(self.maxlen)                              # (T,)
+        self._offsets = numpy.arange(self.maxlen)  # (T,)
 
     def __str__(self) -> str:
-        return (f"{self.num_windows:,} windows of {self.maxlen} (step {self.step}) in "
-                f"{self.num_batches:,} batches of {self.batch_size} per epoch")
+        return (
+            f"{self.num_windows:,} windows of {self.maxlen} (step {self.step}) in "
+            f"{self.num_batches:,} batches of {self.batch_size} per epoch"
+        )
 
     @functools.cached_property
     def config(self) -> dict:
         """What a checkpoint records and a resumed run must match (the fingerprint hashes the ids once)."""
-        return {"kind": "windows", "maxlen": self.maxlen, "step": self.step, "batch_size": self.batch_size,
-                "seed": self.seed, "shuffle": self.shuffle, "last_only": self.last_only,
-                "num_batches": self.num_batches, "fingerprint": fingerprint(self.ids)}
+        return {
+            "kind": "windows",
+            "maxlen": self.maxlen,
+            "step": self.step,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "last_only": self.last_only,
+            "num_batches": self.num_batches,
+            "fingerprint": fingerprint(self.ids),
+        }
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
         order = epoch_order(self.num_windows, self.seed, epoch, self.shuffle)
         B = self.batch_size
         for k in range(start, self.num_batches):
-            s = order[k * B:(k + 1) * B].astype(numpy.int64) * self.step       # (B,) window starts
-            x = self.ids[s[:, None] + self._offsets].astype(numpy.int64)      # (B, T)
+            s = order[k * B : (k + 1) * B].astype(numpy.int64) * self.step  # (B,) window starts
+            x = self.ids[s[:, None] + self._offsets].astype(numpy.int64)  # (B, T)
             if self.last_only:
-                y = self.ids[s + self.maxlen].astype(numpy.int64)             # (B,)
+                y = self.ids[s + self.maxlen].astype(numpy.int64)  # (B,)
             else:
                 y = self.ids[s[:, None] + self._offsets + 1].astype(numpy.int64)
             yield Batch(x, y, None, y.size)
@@ -171,7 +197,7 @@ class Windows:
 def _random_slice(ids, rng, length):
     length = min(length, len(ids) - 1)
     start = int(rng.integers(0, len(ids) - length))
-    return ids[start:start + length].astype(numpy.int64)
+    return ids[start : start + length].astype(numpy.int64)
 
 
 class Streams:
@@ -198,31 +224,39 @@ class Streams:
         self.ids = _id_array(ids)
         self.batch_size = B = _whole("batch size", batch_size)
         self.seq_len = T = _whole("sequence length", seq_len)
-        self.stream_len = max(0, len(self.ids) - 1) // B                  # an empty corpus: 0, not -1
+        self.stream_len = max(0, len(self.ids) - 1) // B  # an empty corpus: 0, not -1
         self.num_batches = self.stream_len // T
         if self.num_batches == 0:
-            raise CorpusError(f"the corpus holds {len(self.ids):,} tokens; {B} streams of chunks of {T} need at "
-                              f"least {B * T + 1:,}: use a longer corpus, a smaller batch size or sequence length")
+            raise CorpusError(
+                f"the corpus holds {len(self.ids):,} tokens; {B} streams of chunks of {T} need at "
+                f"least {B * T + 1:,}: use a longer corpus, a smaller batch size or sequence length"
+            )
         _check_ids(self.ids)
-        self._starts = numpy.arange(B, dtype=numpy.int64)[:, None] * self.stream_len   # (B, 1)
-        self._offsets = numpy.arange(T)                                                   # (T,)
+        self._starts = numpy.arange(B, dtype=numpy.int64)[:, None] * self.stream_len  # (B, 1)
+        self._offsets = numpy.arange(T)  # (T,)
 
     def __str__(self) -> str:
-        return (f"{self.batch_size} streams of {self.stream_len:,} tokens in {self.num_batches:,} chunks "
-                f"of {self.seq_len} per epoch")
+        return (
+            f"{self.batch_size} streams of {self.stream_len:,} tokens in {self.num_batches:,} chunks "
+            f"of {self.seq_len} per epoch"
+        )
 
     @functools.cached_property
     def config(self) -> dict:
-        return {"kind": "streams", "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "num_batches": self.num_batches, "fingerprint": fingerprint(self.ids)}
+        return {
+            "kind": "streams",
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "num_batches": self.num_batches,
+            "fingerprint": fingerprint(self.ids),
+        }
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Yield the Batch'es from chunk ``start`` on (the same every epoch)."""
         T = self.seq_len
         for k in range(start, self.num_batches):
-            cols = self._starts + k * T + self._offsets                       # (B, T) positions
-            yield Batch(self.ids[cols].astype(numpy.int64), self.ids[cols + 1].astype(numpy.int64),
-                        None, cols.size)
+            cols = self._starts + k * T + self._offsets  # (B, T) positions
+            yield Batch(self.ids[cols].astype(numpy.int64), self.ids[cols + 1].astype(numpy.int64), None, cols.size)
 
     def random_prompt(self, rng: numpy.random.Generator, length: int | None = None) -> numpy.ndarray:
         return _random_slice(self.ids, rng, length or self.seq_len)
@@ -248,8 +282,16 @@ class Padded:
     stateful = False
     last_only = False
 
-    def __init__(self, sequences: Iterable[ArrayLike], eos_id: int | None, pad_id: int | None, batch_size: int = 32,
-                 maxlen: int | None = None, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        sequences: Iterable[ArrayLike],
+        eos_id: int | None,
+        pad_id: int | None,
+        batch_size: int = 32,
+        maxlen: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         sequences = [s for s in map(_id_array, sequences) if s.size]
         if not sequences:
             raise CorpusError("the corpus holds no non-empty sequence (line or record) to train on")
@@ -260,35 +302,40 @@ class Padded:
         self.maxlen = None if maxlen is None else _whole("maxlen", maxlen)
         self.seed, self.shuffle = _whole("seed", seed, 0), bool(shuffle)
         lengths = numpy.array([s.size for s in sequences], dtype=numpy.int64)
-        self.offsets = numpy.concatenate([[0], numpy.cumsum(lengths)])        # (n+1,)
+        self.offsets = numpy.concatenate([[0], numpy.cumsum(lengths)])  # (n+1,)
         self.ids = numpy.concatenate(sequences)
         _check_ids(self.ids)
         self.num_sequences = len(sequences)
         self.num_batches = math.ceil(self.num_sequences / self.batch_size)
 
     def __str__(self) -> str:
-        return (f"{self.num_sequences:,} sequences in {self.num_batches:,} padded batches of "
-                f"{self.batch_size} per epoch")
+        return f"{self.num_sequences:,} sequences in {self.num_batches:,} padded batches of {self.batch_size} per epoch"
 
     @functools.cached_property
     def config(self) -> dict:
-        return {"kind": "padded", "batch_size": self.batch_size, "maxlen": self.maxlen, "seed": self.seed,
-                "shuffle": self.shuffle, "num_batches": self.num_batches,
-                "fingerprint": fingerprint(self.ids, self.offsets)}
+        return {
+            "kind": "padded",
+            "batch_size": self.batch_size,
+            "maxlen": self.maxlen,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "num_batches": self.num_batches,
+            "fingerprint": fingerprint(self.ids, self.offsets),
+        }
 
     def _sequence(self, i):
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         order = epoch_order(self.num_sequences, self.seed, epoch, self.shuffle)
         B = self.batch_size
         for k in range(start, self.num_batches):
-            rows = [self._sequence(i) for i in order[k * B:(k + 1) * B]]
-            full = [numpy.concatenate([[self.eos_id], r, [self.eos_id]]) for r in rows]   # <eos> t_1..t_n <eos>
+            rows = [self._sequence(i) for i in order[k * B : (k + 1) * B]]
+            full = [numpy.concatenate([[self.eos_id], r, [self.eos_id]]) for r in rows]  # <eos> t_1..t_n <eos>
             if self.maxlen is not None:
-                full = [f[:self.maxlen + 1] for f in full]
+                full = [f[: self.maxlen + 1] for f in full]
             T = max(len(f) - 1 for f in full)
-            x = numpy.full((len(full), T), self.pad_id, dtype=numpy.int64)   # (B, T)
+            x = numpy.full((len(full), T), self.pad_id, dtype=numpy.int64)  # (B, T)
             y = numpy.full((len(full), T), self.pad_id, dtype=numpy.int64)
             mask = numpy.zeros((len(full), T), dtype=bool)
             for b, f in enumerate(full):
@@ -342,22 +389,31 @@ class Vectorized:
         self.num_batches = math.ceil(self.num_sequences / self.batch_size)
 
     def __str__(self) -> str:
-        return (f"{self.num_sequences:,} reviews of {self.length} ids (x, y: {self.length - 1}) in "
-                f"{self.num_batches:,} batches of {self.batch_size} per epoch")
+        return (
+            f"{self.num_sequences:,} reviews of {self.length} ids (x, y: {self.length - 1}) in "
+            f"{self.num_batches:,} batches of {self.batch_size} per epoch"
+        )
 
     @functools.cached_property
     def config(self) -> dict:
         """What a checkpoint records and a resumed run must match (the fingerprint hashes the ids once)."""
-        return {"kind": "vectorized", "length": self.length, "batch_size": self.batch_size, "seed": self.seed,
-                "shuffle": self.shuffle, "pad_id": self.pad_id, "num_batches": self.num_batches,
-                "fingerprint": fingerprint(self.ids)}
+        return {
+            "kind": "vectorized",
+            "length": self.length,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "pad_id": self.pad_id,
+            "num_batches": self.num_batches,
+            "fingerprint": fingerprint(self.ids),
+        }
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
         order = epoch_order(self.num_sequences, self.seed, epoch, self.shuffle)
         B = self.batch_size
         for k in range(start, self.num_batches):
-            rows = self.ids[order[k * B:(k + 1) * B]].astype(numpy.int64)     # (B, L)
+            rows = self.ids[order[k * B : (k + 1) * B]].astype(numpy.int64)  # (B, L)
             x, y = rows[:, :-1], rows[:, 1:]
             mask = x != self.pad_id
             yield Batch(numpy.ascontiguousarray(x), numpy.ascontiguousarray(y), mask, int(mask.sum()))
@@ -366,4 +422,4 @@ class Vectorized:
         """The first ``length`` words (default 2, like the seed's "this movie") of a random review."""
         row = self.ids[int(rng.integers(0, self.num_sequences))]
         words = row[row != self.pad_id]
-        return words[:max(1, int(length))].astype(numpy.int64)
+        return words[: max(1, int(length))].astype(numpy.int64)

@@ -65,15 +65,17 @@ def check_fits(nbytes, what, fix):
     """
     have = available_bytes()
     if have is not None and nbytes > have:
-        raise ResourceError(f"{what} would need about {human(nbytes)}, but only {human(have)} of memory is "
-                            f"available: {fix}")
+        raise ResourceError(
+            f"{what} would need about {human(nbytes)}, but only {human(have)} of memory is available: {fix}"
+        )
 
 
 class Part(NamedTuple):
     """One thing a run holds in memory, for :func:`check_parts`."""
-    what: str                 # e.g. "one training step's activations"
+
+    what: str  # e.g. "one training step's activations"
     nbytes: int
-    sizes: str                # the settings it grows with, e.g. "--batch-size 32, --seq-len 100"
+    sizes: str  # the settings it grows with, e.g. "--batch-size 32, --seq-len 100"
 
 
 def check_parts(parts, what, fix):
@@ -86,17 +88,20 @@ def check_parts(parts, what, fix):
     have = available_bytes()
     if have is None or total <= have:
         return
-    listed = "; ".join(f"{part.what} {human(part.nbytes)}" + (f" ({part.sizes})" if part.sizes else "")
-                       for part in sorted(parts, key=lambda part: -part.nbytes))
-    raise ResourceError(f"{what} would need about {human(total)}, but only {human(have)} of memory is available: "
-                        f"{listed}; {fix}")
+    listed = "; ".join(
+        f"{part.what} {human(part.nbytes)}" + (f" ({part.sizes})" if part.sizes else "")
+        for part in sorted(parts, key=lambda part: -part.nbytes)
+    )
+    raise ResourceError(
+        f"{what} would need about {human(total)}, but only {human(have)} of memory is available: {listed}; {fix}"
+    )
 
 
 # -- what training holds ------------------------------------------------------------
 
-GATES = {"lstm": 4, "gru": 3}                 # gate blocks G of a recurrent cell
-LOSS_CHUNK = 1 << 23                          # logits per chunk of the fused loss (scratchlm/kernels/numba/xent.py's CHUNK)
-BATCH_BYTES = 32                              # per position: int64 inputs and targets and their gathering
+GATES = {"lstm": 4, "gru": 3}  # gate blocks G of a recurrent cell
+LOSS_CHUNK = 1 << 23  # logits per chunk of the fused loss (scratchlm/kernels/numba/xent.py's CHUNK)
+BATCH_BYTES = 32  # per position: int64 inputs and targets and their gathering
 _ITEMSIZE = {"float32": 4, "float64": 8}
 
 

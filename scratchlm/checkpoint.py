@@ -50,16 +50,29 @@ from .files import atomic_write
 
 FORMAT = "scratchlm-checkpoint"
 VERSION = 2
-_V1_MODEL = {"kind": "recurrent", "cell": "lstm"}        # what a version-1 header's model config leaves out
+_V1_MODEL = {"kind": "recurrent", "cell": "lstm"}  # what a version-1 header's model config leaves out
 EDITED = "the file is corrupt or was edited: use another checkpoint (e.g. the run's best.npz) or retrain"
 _HEADER = "header.json"
 _FIELDS = ("format", "version", "model", "optimizer", "rng", "metadata")
 _ZIP_MAGIC = b"PK\x03\x04"
 _NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-_ARCHIVE_ERRORS = (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, zlib.error,
-                   zipfile.BadZipFile, zipfile.LargeZipFile)
-_BIT_GENERATORS = {"PCG64": numpy.random.PCG64, "PCG64DXSM": numpy.random.PCG64DXSM,
-                   "Philox": numpy.random.Philox, "SFC64": numpy.random.SFC64, "MT19937": numpy.random.MT19937}
+_ARCHIVE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+    zlib.error,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+)
+_BIT_GENERATORS = {
+    "PCG64": numpy.random.PCG64,
+    "PCG64DXSM": numpy.random.PCG64DXSM,
+    "Philox": numpy.random.Philox,
+    "SFC64": numpy.random.SFC64,
+    "MT19937": numpy.random.MT19937,
+}
 
 
 def whole_rule(least):
@@ -81,8 +94,14 @@ def save(path, params, config, optimizer=None, rng=None, metadata=None, backend=
     optimizer's state (its slots moved to the host by ``backend``), an RNG's state and JSON metadata."""
     to_host = (lambda a: a) if backend is None else backend.to_host
     arrays = {f"param/{name}": p for name, p in params.items()}
-    header = {"format": FORMAT, "version": VERSION, "model": config,
-              "optimizer": None, "rng": None, "metadata": metadata or {}}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": config,
+        "optimizer": None,
+        "rng": None,
+        "metadata": metadata or {},
+    }
     if optimizer is not None:
         config, slots = optimizer.state_dict()
         header["optimizer"] = config
@@ -98,7 +117,7 @@ def save(path, params, config, optimizer=None, rng=None, metadata=None, backend=
 def _short(value, limit=60):
     """repr(value), cut to ``limit`` characters for an error message."""
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_fields(obj, rules, what, exact=False):
@@ -113,8 +132,9 @@ def check_fields(obj, rules, what, exact=False):
             raise CheckpointError(f"{what}: field {name!r} must be {rule}, got {_short(obj[name])}; {EDITED}")
     unexpected = sorted(set(obj) - set(rules))
     if exact and unexpected:
-        raise CheckpointError(f"{what} has unexpected fields {_short(unexpected)} (it takes "
-                              f"{', '.join(rules)}); {EDITED}")
+        raise CheckpointError(
+            f"{what} has unexpected fields {_short(unexpected)} (it takes {', '.join(rules)}); {EDITED}"
+        )
 
 
 @contextlib.contextmanager
@@ -123,8 +143,10 @@ def _unreadable_as_corrupt(path):
     try:
         yield
     except _ARCHIVE_ERRORS as exc:
-        raise CheckpointError(f"{path} is not a readable scratchlm checkpoint ({exc.__class__.__name__}: {exc}); "
-                              "it may be truncated or corrupt: use an earlier checkpoint or retrain") from None
+        raise CheckpointError(
+            f"{path} is not a readable scratchlm checkpoint ({exc.__class__.__name__}: {exc}); "
+            "it may be truncated or corrupt: use an earlier checkpoint or retrain"
+        ) from None
 
 
 def _open(path):
@@ -140,11 +162,14 @@ def _open(path):
         fix = "fix its permissions" if isinstance(exc, PermissionError) else "check the file and its disk"
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc} ({fix})") from None
     if not magic:
-        raise CheckpointError(f"{path} is empty, not a checkpoint (a write may have failed): use an earlier "
-                              "checkpoint or retrain")
+        raise CheckpointError(
+            f"{path} is empty, not a checkpoint (a write may have failed): use an earlier checkpoint or retrain"
+        )
     if magic != _ZIP_MAGIC:
-        raise CheckpointError(f"{path} is not a scratchlm checkpoint (not an .npz archive): pass a checkpoint "
-                              "file that scratchlm wrote, such as a run directory's last.npz")
+        raise CheckpointError(
+            f"{path} is not a scratchlm checkpoint (not an .npz archive): pass a checkpoint "
+            "file that scratchlm wrote, such as a run directory's last.npz"
+        )
     with _unreadable_as_corrupt(path):
         return zipfile.ZipFile(path)
 
@@ -158,9 +183,10 @@ def _scan(archive, path):
     entries, total = {}, 0
     for info in archive.infolist():
         if not info.filename.endswith(".npy"):
-            raise CheckpointError(f"{path}: unexpected entry {info.filename!r} (a scratchlm checkpoint holds only "
-                                  f".npy arrays); {EDITED}")
-        key = info.filename[:-len(".npy")]
+            raise CheckpointError(
+                f"{path}: unexpected entry {info.filename!r} (a scratchlm checkpoint holds only .npy arrays); {EDITED}"
+            )
+        key = info.filename[: -len(".npy")]
         with archive.open(info) as f:
             version = npy_format.read_magic(f)
             if version not in _NPY_HEADER_READERS:
@@ -168,11 +194,15 @@ def _scan(archive, path):
             shape, _, dtype = _NPY_HEADER_READERS[version](f)
             header_size = f.tell()
         if dtype.hasobject:
-            raise CheckpointError(f"{path}: array {key} holds Python objects, which only unpickling could read; "
-                                  "scratchlm never unpickles a file (it could run code), and never writes one")
+            raise CheckpointError(
+                f"{path}: array {key} holds Python objects, which only unpickling could read; "
+                "scratchlm never unpickles a file (it could run code), and never writes one"
+            )
         if header_size + math.prod(shape) * dtype.itemsize != info.file_size:
-            raise CheckpointError(f"{path}: array {key} claims shape {_short(shape)} of {dtype}, which is not what "
-                                  f"its {info.file_size:,}-byte entry holds; {EDITED}")
+            raise CheckpointError(
+                f"{path}: array {key} claims shape {_short(shape)} of {dtype}, which is not what "
+                f"its {info.file_size:,}-byte entry holds; {EDITED}"
+            )
         entries[key] = (shape, dtype)
         total += info.file_size
     check_fits(total, f"reading {path}", "it cannot be loaded on this machine")
@@ -194,7 +224,7 @@ def _read_header(archive, entries, path):
     raw = _read_array(archive, _HEADER).tobytes()
     try:
         return json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:           # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise CheckpointError(f"{path}: unreadable checkpoint header ({exc}); {EDITED}") from None
 
 
@@ -210,21 +240,28 @@ def _check_header(header, path):
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a scratchlm checkpoint (format {_short(header.get('format'))})")
     if header.get("version") not in (1, VERSION) or not is_whole(header.get("version")):
-        raise CheckpointError(f"{path} has checkpoint version {_short(header.get('version'))}; this scratchlm "
-                              f"reads versions 1 to {VERSION}: upgrade scratchlm or re-save the model")
+        raise CheckpointError(
+            f"{path} has checkpoint version {_short(header.get('version'))}; this scratchlm "
+            f"reads versions 1 to {VERSION}: upgrade scratchlm or re-save the model"
+        )
     missing = [name for name in _FIELDS if name not in header]
     unexpected = sorted(set(header) - set(_FIELDS))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: the checkpoint header " + (f"lacks {', '.join(missing)}" if missing else
-                              f"has unexpected fields {_short(unexpected)}") + f"; {EDITED}")
+        raise CheckpointError(
+            f"{path}: the checkpoint header "
+            + (f"lacks {', '.join(missing)}" if missing else f"has unexpected fields {_short(unexpected)}")
+            + f"; {EDITED}"
+        )
     if not isinstance(header["model"], dict):
-        raise CheckpointError(f"{path}: the model config in the header must be a JSON object, got "
-                              f"{_short(header['model'])}; {EDITED}")
+        raise CheckpointError(
+            f"{path}: the model config in the header must be a JSON object, got {_short(header['model'])}; {EDITED}"
+        )
     if header["version"] == 1 and not set(_V1_MODEL) & set(header["model"]):
         header["model"] = {**_V1_MODEL, **header["model"]}
     if not isinstance(header["metadata"], dict):
-        raise CheckpointError(f"{path}: the checkpoint's metadata must be a JSON object, got "
-                              f"{_short(header['metadata'])}; {EDITED}")
+        raise CheckpointError(
+            f"{path}: the checkpoint's metadata must be a JSON object, got {_short(header['metadata'])}; {EDITED}"
+        )
 
 
 def _optimizer(config, path):
@@ -244,8 +281,10 @@ def _optimizer(config, path):
     for name, value in opt.hyperparameters().items():
         given = config.get(name, value)
         if given != value or isinstance(given, bool) != isinstance(value, bool):
-            raise CheckpointError(f"{path}: the {opt.name} optimizer setting {name} = {_short(given)} is not one "
-                                  f"it takes (it would read it as {value!r}); {EDITED}")
+            raise CheckpointError(
+                f"{path}: the {opt.name} optimizer setting {name} = {_short(given)} is not one "
+                f"it takes (it would read it as {value!r}); {EDITED}"
+            )
     return opt
 
 
@@ -266,17 +305,20 @@ def _check_arrays(entries, shapes_of, config, optimizer, path):
     model = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
     stored = sum(key.startswith("param/") for key in entries)
     shapes = {}
-    for name, shape in shapes_of(config):                 # stop early: a lying config may imply millions
+    for name, shape in shapes_of(config):  # stop early: a lying config may imply millions
         shapes[name] = shape
         if len(shapes) > stored:
             break
     if len(shapes) != stored:
-        raise CheckpointError(f"{path} holds {stored} parameter arrays, but the model in its header ({model}) has "
-                              f"{'more' if len(shapes) > stored else len(shapes)}; {EDITED}")
+        raise CheckpointError(
+            f"{path} holds {stored} parameter arrays, but the model in its header ({model}) has "
+            f"{'more' if len(shapes) > stored else len(shapes)}; {EDITED}"
+        )
     for name in shapes:
         if f"param/{name}" not in entries:
-            raise CheckpointError(f"{path}: no array param/{name}, which the model in its header ({model}) has; "
-                                  f"{EDITED}")
+            raise CheckpointError(
+                f"{path}: no array param/{name}, which the model in its header ({model}) has; {EDITED}"
+            )
     dtype = numpy.dtype(config["dtype"])
     slot_names = () if optimizer is None else optimizer.slot_names
     slots = f"{optimizer.name} keeps {', '.join(slot_names)}" if optimizer else "none is saved"
@@ -285,14 +327,20 @@ def _check_arrays(entries, shapes_of, config, optimizer, path):
             continue
         name = _parameter_of(key, slot_names)
         if name not in shapes:
-            raise CheckpointError(f"{path}: unexpected array {key}, neither a parameter of the model in its header "
-                                  f"({model}) nor an optimizer slot of one ({slots}); {EDITED}")
+            raise CheckpointError(
+                f"{path}: unexpected array {key}, neither a parameter of the model in its header "
+                f"({model}) nor an optimizer slot of one ({slots}); {EDITED}"
+            )
         if shape != shapes[name]:
-            raise CheckpointError(f"{path}: array {key} has shape {shape}, but the model in its header ({model}) "
-                                  f"has {name} of shape {shapes[name]}; {EDITED}")
+            raise CheckpointError(
+                f"{path}: array {key} has shape {shape}, but the model in its header ({model}) "
+                f"has {name} of shape {shapes[name]}; {EDITED}"
+            )
         if stored_dtype != dtype:
-            raise CheckpointError(f"{path}: array {key} is {stored_dtype}, but the header says the model is "
-                                  f"{dtype}, and parameters and optimizer slots must be {dtype} too; {EDITED}")
+            raise CheckpointError(
+                f"{path}: array {key} is {stored_dtype}, but the header says the model is "
+                f"{dtype}, and parameters and optimizer slots must be {dtype} too; {EDITED}"
+            )
 
 
 def _rng(state, path):
@@ -323,8 +371,13 @@ def read(path, shapes_of):
             header = _read_header(archive, entries, path)
         _check_header(header, path)
         what = f"{path}: the model config in the header"
-        _check_arrays(entries, lambda config: shapes_of(config, what), header["model"],
-                      _optimizer(header["optimizer"], path), path)
+        _check_arrays(
+            entries,
+            lambda config: shapes_of(config, what),
+            header["model"],
+            _optimizer(header["optimizer"], path),
+            path,
+        )
         _rng(header["rng"], path)
         with _unreadable_as_corrupt(path):
             arrays = {key: _read_array(archive, key) for key in entries if key != _HEADER}
@@ -335,7 +388,7 @@ def optimizer_of(header, arrays, backend):
     """The optimizer a :func:`read` checkpoint holds, with its slots on ``backend``, or None."""
     if header["optimizer"] is None:
         return None
-    slots = {key[len("optimizer/"):]: a for key, a in arrays.items() if key.startswith("optimizer/")}
+    slots = {key[len("optimizer/") :]: a for key, a in arrays.items() if key.startswith("optimizer/")}
     return optim.from_state(header["optimizer"], slots, backend=backend)
 
 

@@ -47,20 +47,26 @@ class Source(NamedTuple):
     """Where a named corpus comes from, and the SHA-256 of its text."""
 
     url: str
-    sha256: str                 # of the uncompressed text
+    sha256: str  # of the uncompressed text
     filename: str
-    bundled: bool = False       # shipped as scratchlm/texts/<filename>.gz
+    bundled: bool = False  # shipped as scratchlm/texts/<filename>.gz
 
 
 CORPORA = {
     # The Keras datasets copy of Nietzsche's "Beyond Good and Evil" (the book's corpus).
-    "nietzsche": Source("https://s3.amazonaws.com/text-datasets/nietzsche.txt",
-                        "442ca0d2f6e62d041e591063704f897f92de93a6f96324009f510a4858a6049c", "nietzsche.txt",
-                        bundled=True),
+    "nietzsche": Source(
+        "https://s3.amazonaws.com/text-datasets/nietzsche.txt",
+        "442ca0d2f6e62d041e591063704f897f92de93a6f96324009f510a4858a6049c",
+        "nietzsche.txt",
+        bundled=True,
+    ),
     # char-rnn's tiny Shakespeare (about 1.1 MB).
     "tinyshakespeare": Source(
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "tinyshakespeare.txt", bundled=True),
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        "tinyshakespeare.txt",
+        bundled=True,
+    ),
 }
 _BLOCK = 1 << 16
 # How an offline user gets a corpus in anyway; the CLI and the examples name their own option.
@@ -90,8 +96,13 @@ def _is_url(s):
     return urllib.parse.urlparse(str(s)).scheme in ("http", "https")
 
 
-def fetch(name_or_url: str, cache_dir: str | os.PathLike | None = None, sha256: str | None = None,
-          timeout: float = 30.0, local_hint: str = LOCAL_HINT) -> Path:
+def fetch(
+    name_or_url: str,
+    cache_dir: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    timeout: float = 30.0,
+    local_hint: str = LOCAL_HINT,
+) -> Path:
     """Path of a local, verified copy of a named corpus or a URL, downloading it if needed.
 
     name_or_url: "nietzsche", "tinyshakespeare" or an http(s) URL.
@@ -114,14 +125,17 @@ def fetch(name_or_url: str, cache_dir: str | os.PathLike | None = None, sha256: 
         base = Path(urllib.parse.urlparse(url).path).name or "download"
         filename = f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
     else:
-        raise CorpusError(f"unknown corpus {name_or_url!r}: use {' or '.join(CORPORA)}, an http(s) URL, "
-                          "or the path of a text file")
+        raise CorpusError(
+            f"unknown corpus {name_or_url!r}: use {' or '.join(CORPORA)}, an http(s) URL, or the path of a text file"
+        )
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DownloadError(f"cannot create the cache directory {directory} ({exc.strerror}): "
-                            "set SCRATCHLM_CACHE to a writable directory") from None
+        raise DownloadError(
+            f"cannot create the cache directory {directory} ({exc.strerror}): "
+            "set SCRATCHLM_CACHE to a writable directory"
+        ) from None
     dest = directory / filename
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
         return dest
@@ -131,10 +145,12 @@ def fetch(name_or_url: str, cache_dir: str | os.PathLike | None = None, sha256: 
         got = sha256_of(part)
         if got != sha256:
             part.unlink()
-            raise DownloadError(f"the download of {url} has SHA-256 {got}, expected {sha256}: "
-                                "the file on the server changed or was damaged in transit; try again, "
-                                f"or download it yourself and {local_hint}")
-    os.replace(part, dest)       # atomic: dest is either the old file or the complete new one
+            raise DownloadError(
+                f"the download of {url} has SHA-256 {got}, expected {sha256}: "
+                "the file on the server changed or was damaged in transit; try again, "
+                f"or download it yourself and {local_hint}"
+            )
+    os.replace(part, dest)  # atomic: dest is either the old file or the complete new one
     return dest
 
 
@@ -156,36 +172,52 @@ def _download(url, part, timeout, local_hint):
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:      # nothing after byte `have`: the partial file is already whole
+        if exc.code == 416 and have:  # nothing after byte `have`: the partial file is already whole
             return
-        raise DownloadError(f"could not download {url}: HTTP {exc.code} {exc.reason}; "
-                            + _offline_hint(url, local_hint)) from None
+        raise DownloadError(
+            f"could not download {url}: HTTP {exc.code} {exc.reason}; " + _offline_hint(url, local_hint)
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"could not reach {url} ({reason}); are you offline? "
-                            + _offline_hint(url, local_hint)) from None
+        raise DownloadError(
+            f"could not reach {url} ({reason}); are you offline? " + _offline_hint(url, local_hint)
+        ) from None
     with response:
-        resumed = have and response.status == 206 and \
-            response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+        resumed = (
+            have and response.status == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+        )
         length = response.headers.get("Content-Length")
         expected = None if length is None else int(length) + (have if resumed else 0)
-        with open(part, "ab" if resumed else "wb") as f, \
-                tqdm(total=expected, initial=have if resumed else 0, unit="B", unit_scale=True,
-                     desc=Path(urllib.parse.urlparse(url).path).name, disable=None, file=sys.stderr) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(
+                total=expected,
+                initial=have if resumed else 0,
+                unit="B",
+                unit_scale=True,
+                desc=Path(urllib.parse.urlparse(url).path).name,
+                disable=None,
+                file=sys.stderr,
+            ) as bar,
+        ):
             try:
                 for block in iter(lambda: response.read(_BLOCK), b""):
                     f.write(block)
                     bar.update(len(block))
             except OSError as exc:  # connection reset, timeout, IncompleteRead
-                raise DownloadError(f"the download of {url} broke off after {f.tell():,} bytes ({exc}); "
-                                    "run again to continue it, or " + _offline_hint(url, local_hint)) from None
+                raise DownloadError(
+                    f"the download of {url} broke off after {f.tell():,} bytes ({exc}); "
+                    "run again to continue it, or " + _offline_hint(url, local_hint)
+                ) from None
             finally:
                 f.flush()
                 os.fsync(f.fileno())
             size = f.tell()
     if expected is not None and size < expected:
-        raise DownloadError(f"the download of {url} broke off after {size:,} of {expected:,} bytes; "
-                            "run again to continue it, or " + _offline_hint(url, local_hint))
+        raise DownloadError(
+            f"the download of {url} broke off after {size:,} of {expected:,} bytes; "
+            "run again to continue it, or " + _offline_hint(url, local_hint)
+        )
 
 
 def _read_bytes(path, sha256=None):
@@ -199,17 +231,22 @@ def _read_bytes(path, sha256=None):
             with gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else contextlib.nullcontext(raw) as f:
                 data = _read_at_most(f, limit + 1)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise CorpusError(f"{path} is not a whole gzip file ({exc}): decompress it yourself or fetch it again") \
-            from None
+        raise CorpusError(
+            f"{path} is not a whole gzip file ({exc}): decompress it yourself or fetch it again"
+        ) from None
     except OSError as exc:
         raise CorpusError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > limit:
-        raise CorpusError(f"{path} holds more than {budget.human(limit)} of text, half the memory available now: "
-                          "train on a part of it, or on a machine with more memory")
+        raise CorpusError(
+            f"{path} holds more than {budget.human(limit)} of text, half the memory available now: "
+            "train on a part of it, or on a machine with more memory"
+        )
     got = sha256 and hashlib.sha256(data).hexdigest()
     if got != sha256:
-        raise CorpusError(f"{path} holds text with SHA-256 {got}, expected {sha256}: "
-                          "the file is damaged; reinstall scratchlm (pip install --force-reinstall scratchlm)")
+        raise CorpusError(
+            f"{path} holds text with SHA-256 {got}, expected {sha256}: "
+            "the file is damaged; reinstall scratchlm (pip install --force-reinstall scratchlm)"
+        )
     return data
 
 
@@ -245,12 +282,14 @@ def read_text(path: str | os.PathLike, sha256: str | None = None) -> str:
     try:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}): "
-                          "convert it to UTF-8 first") from None
+        raise CorpusError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}): convert it to UTF-8 first"
+        ) from None
 
 
-def load_text(corpus: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-              local_hint: str = LOCAL_HINT) -> str:
+def load_text(
+    corpus: str | os.PathLike, cache_dir: str | os.PathLike | None = None, local_hint: str = LOCAL_HINT
+) -> str:
     """Text of ``corpus``: an existing file path, a named corpus (bundled or fetched) or a URL (fetched).
 
     ``local_hint`` finishes the message of a failed download: how the caller
@@ -258,7 +297,7 @@ def load_text(corpus: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     """
     if Path(corpus).exists():
         return read_text(corpus)
-    if corpus in CORPORA and CORPORA[corpus].bundled:            # checked as it is read: one decompression
+    if corpus in CORPORA and CORPORA[corpus].bundled:  # checked as it is read: one decompression
         return read_text(bundled_path(corpus), CORPORA[corpus].sha256)
     if corpus in CORPORA or _is_url(corpus):
         return read_text(fetch(corpus, cache_dir=cache_dir, local_hint=local_hint))
@@ -273,5 +312,3 @@ def fingerprint(*arrays: numpy.ndarray) -> str:
         digest.update(f"{a.dtype.str}{a.shape}".encode())
         digest.update(a.data)
     return digest.hexdigest()
-
-

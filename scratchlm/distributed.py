@@ -90,7 +90,7 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C under MPI: every rank raises it at the same point, once the ranks found that one was interrupted."""
 
 
-_interrupted = False                          # a SIGINT reached this process since the last Interrupted
+_interrupted = False  # a SIGINT reached this process since the last Interrupted
 
 
 def _note_interrupt(signum, frame):
@@ -153,8 +153,8 @@ class World:
     def __init__(self, rank=0, size=1, comm=None, local_rank=0, local_size=1):
         self.rank, self.size, self.comm = int(rank), int(size), comm
         self.local_rank, self.local_size = int(local_rank), int(local_size)
-        self._buffers = {}                    # gradient layout -> (buffer, offsets)
-        self._nccl = None                     # the NCCL communicator, made by start_nccl
+        self._buffers = {}  # gradient layout -> (buffer, offsets)
+        self._nccl = None  # the NCCL communicator, made by start_nccl
 
     def __repr__(self):
         return f"World(rank={self.rank}, size={self.size})"
@@ -187,9 +187,11 @@ class World:
         deadline = time.monotonic() + timeout
         while not request.Test():
             if time.monotonic() > deadline:
-                raise ScratchLMError(f"rank {self.rank}: the other ranks did not reach the start of training within "
-                                     f"{timeout:g} s: one of them failed before it (see its message) or is stuck "
-                                     "(SCRATCHLM_MPI_START_TIMEOUT sets how long to wait)")
+                raise ScratchLMError(
+                    f"rank {self.rank}: the other ranks did not reach the start of training within "
+                    f"{timeout:g} s: one of them failed before it (see its message) or is stuck "
+                    "(SCRATCHLM_MPI_START_TIMEOUT sets how long to wait)"
+                )
             time.sleep(0.002)
 
     def agree(self, error):
@@ -236,7 +238,7 @@ class World:
             result = fn()
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:              # noqa: BLE001 - every rank must hear of any failure
+        except Exception as exc:
             error = exc
             if not isinstance(exc, ScratchLMError):
                 traceback.print_exc()
@@ -264,10 +266,12 @@ class World:
         cupy: call it only for the cupy backend.
         """
         import cupy
+
         count = cupy.cuda.runtime.getDeviceCount()
         if count < 1:
-            raise ScratchLMError(f"rank {self.rank} sees no CUDA GPU: use --backend numpy, or start the ranks "
-                                 "on machines with GPUs")
+            raise ScratchLMError(
+                f"rank {self.rank} sees no CUDA GPU: use --backend numpy, or start the ranks on machines with GPUs"
+            )
         device = self.local_rank % count
         cupy.cuda.Device(device).use()
         return device
@@ -275,6 +279,7 @@ class World:
     def check_device(self, params):
         """ScratchLMError unless every (cupy) array of ``params`` lives on this rank's GPU (see use_local_device)."""
         import cupy
+
         want = self.local_rank % cupy.cuda.runtime.getDeviceCount()
         for name, p in params.items():
             if p.device.id != want:
@@ -282,8 +287,9 @@ class World:
                     f"rank {self.rank}'s model lives on GPU {p.device.id} ({name}), but rank {self.rank} is "
                     f"local rank {self.local_rank} of {self.local_size} on its machine and takes GPU {want} "
                     "(one GPU per rank): call scratchlm.distributed.world().use_local_device() before building "
-                    "or loading the model (scratchlm train does)")
-        cupy.cuda.Device(want).use()          # the step's buffers go to the same GPU
+                    "or loading the model (scratchlm train does)"
+                )
+        cupy.cuda.Device(want).use()  # the step's buffers go to the same GPU
 
     def start_nccl(self):
         """Collective: make the NCCL communicator of the world's GPUs, through which :meth:`reduce_step` then
@@ -296,6 +302,7 @@ class World:
             return True
         try:
             from cupy.cuda import nccl
+
             available = bool(getattr(nccl, "available", False))
         except ImportError:
             available = False
@@ -321,7 +328,7 @@ class World:
                 offsets[name] = (n, n + math.prod(p.shape), tuple(p.shape))
                 n += math.prod(p.shape)
             xp = backend.xp if on_device else numpy
-            buffer = xp.empty(n + 2, dtype=dtype)              # the gradients, Σ loss·tokens, Σ interrupted
+            buffer = xp.empty(n + 2, dtype=dtype)  # the gradients, Σ loss·tokens, Σ interrupted
             layout = self._buffers[key] = (buffer, offsets)
         return layout
 
@@ -352,6 +359,7 @@ class World:
             self._allreduce_nccl(buffer, backend)
         else:
             from mpi4py import MPI
+
             self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
         _stop_together(float(buffer[-1]))
         buffer /= total_tokens
@@ -367,13 +375,16 @@ class World:
         kernels that filled it; the ``float(buffer[-1])`` that follows waits for it)."""
         import cupy
         from cupy.cuda import nccl
+
         kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[numpy.dtype(backend.dtype).name]
-        self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kind, nccl.NCCL_SUM,
-                             cupy.cuda.get_current_stream().ptr)
+        self._nccl.allReduce(
+            buffer.data.ptr, buffer.data.ptr, buffer.size, kind, nccl.NCCL_SUM, cupy.cuda.get_current_stream().ptr
+        )
 
     def sum(self, values):
         """Element-wise sums over the ranks of a few numbers (float64) -> list of floats."""
         from mpi4py import MPI
+
         a = numpy.asarray(values, dtype=numpy.float64)
         self.comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
         return [float(v) for v in a]
@@ -390,8 +401,8 @@ class World:
         try:
             yield
         except (Interrupted, SystemExit, AgreedFailure):
-            raise                             # Interrupted and AgreedFailure leave no rank waiting: no need to abort
-        except BaseException as exc:          # noqa: BLE001 - any failure must end every rank
+            raise  # Interrupted and AgreedFailure leave no rank waiting: no need to abort
+        except BaseException as exc:
             self.fail(exc)
 
     def fail(self, exc):
@@ -399,7 +410,7 @@ class World:
         if self.comm is None:
             raise exc
         if not self.is_root:
-            time.sleep(GRACE)                 # rank 0 failing too ends this process meanwhile: one line
+            time.sleep(GRACE)  # rank 0 failing too ends this process meanwhile: one line
         code, message = describe(exc)
         where = "" if self.is_root else f" (rank {self.rank} of {self.size})"
         with contextlib.suppress(Exception):
@@ -441,10 +452,13 @@ def world():
             try:
                 import mpi4py  # noqa: F401 - MPI itself starts with the import of mpi4py.MPI, below
             except ImportError:
-                raise ScratchLMError(f"this process was started by an MPI launcher ({size} processes), but mpi4py "
-                                     f"is not installed: {INSTALL_HINT} (or run without mpiexec)") from None
+                raise ScratchLMError(
+                    f"this process was started by an MPI launcher ({size} processes), but mpi4py "
+                    f"is not installed: {INSTALL_HINT} (or run without mpiexec)"
+                ) from None
             previous = _defer_interrupts()
             from mpi4py import MPI
+
             comm = MPI.COMM_WORLD
             if comm.Get_size() > 1:
                 # A collective call, at the point where every rank starts (MPI_Init just waited for all
@@ -452,9 +466,8 @@ def world():
                 local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
                 _world = World(comm.Get_rank(), comm.Get_size(), comm, local.Get_rank(), local.Get_size())
                 local.Free()
-            else:                                     # a launcher whose MPI is not mpi4py's: one process after all
+            else:  # a launcher whose MPI is not mpi4py's: one process after all
                 if previous is not None:
                     signal.signal(signal.SIGINT, previous)
                 _world = World()
     return _world
-

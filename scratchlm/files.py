@@ -16,10 +16,14 @@ from pathlib import Path
 
 from .errors import ScratchLMError
 
-
-TEMPORARY = ".{name}.*.tmp"                      # how atomic_write names its temporary files
-_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}     # what read_regular_text refuses
+TEMPORARY = ".{name}.*.tmp"  # how atomic_write names its temporary files
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}  # what read_regular_text refuses
 
 
 @contextlib.contextmanager
@@ -110,8 +114,9 @@ def read_regular_text(path, what, limit, error=ScratchLMError, universal_newline
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{path} is not UTF-8 text (bad byte at offset {exc.start}): convert it to UTF-8 "
-                    "or remove it") from None
+        raise error(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}): convert it to UTF-8 or remove it"
+        ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n") if universal_newlines else text
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from .backend import Array, Backend, array_module
 
 TINY = 1e-30
-ROUND_OFF = 1e-8    # a gradient tensor below this fraction of the largest entry of any tensor is round-off
+ROUND_OFF = 1e-8  # a gradient tensor below this fraction of the largest entry of any tensor is round-off
 
 
 def relative_error(analytic: Array, numeric: Array) -> float:
@@ -36,8 +36,9 @@ def relative_error(analytic: Array, numeric: Array) -> float:
     return diff / max(scale, TINY)
 
 
-def numerical_gradient(loss_fn: Callable[[], float], param: Array, h: float = 1e-4,
-                       indices: Iterable[int] | None = None) -> Array:
+def numerical_gradient(
+    loss_fn: Callable[[], float], param: Array, h: float = 1e-4, indices: Iterable[int] | None = None
+) -> Array:
     """Central differences of ``loss_fn()`` w.r.t. entries of ``param`` (perturbed in place).
 
     loss_fn: zero-argument callable returning a float computed from ``param``.
@@ -61,9 +62,15 @@ def numerical_gradient(loss_fn: Callable[[], float], param: Array, h: float = 1e
     return xp.asarray(grads, dtype=param.dtype)
 
 
-def check_gradients(loss_fn: Callable[[], float], params: Mapping[str, Array], grads: Mapping[str, Array],
-                    h: float = 1e-4, max_entries: int | None = None, seed: int = 0,
-                    zero: Iterable[str] = ()) -> dict[str, float]:
+def check_gradients(
+    loss_fn: Callable[[], float],
+    params: Mapping[str, Array],
+    grads: Mapping[str, Array],
+    h: float = 1e-4,
+    max_entries: int | None = None,
+    seed: int = 0,
+    zero: Iterable[str] = (),
+) -> dict[str, float]:
     """Relative error of every analytic gradient against central differences.
 
     params, grads: dicts name -> array (same names, same shapes).
@@ -91,21 +98,31 @@ def check_gradients(loss_fn: Callable[[], float], params: Mapping[str, Array], g
         if name in zero:
             errors[name] = largest / max(scale, TINY)
         elif a.size and largest <= ROUND_OFF * scale:
-            raise ValueError(f"the gradient of {name} is round-off ({largest:.3g} against {scale:.3g}): if it is "
-                             "zero in theory, name it in zero=; otherwise make the check exercise it")
+            raise ValueError(
+                f"the gradient of {name} is round-off ({largest:.3g} against {scale:.3g}): if it is "
+                "zero in theory, name it in zero=; otherwise make the check exercise it"
+            )
         else:
             errors[name] = relative_error(a, n)
     return errors
 
 
-def check_model(model: Any, x: Any, y: Any, h: float = 1e-4, max_entries: int | None = None, zero: Iterable[str] = (),
-                **loss_kwargs: Any) -> dict[str, float]:
+def check_model(
+    model: Any,
+    x: Any,
+    y: Any,
+    h: float = 1e-4,
+    max_entries: int | None = None,
+    zero: Iterable[str] = (),
+    **loss_kwargs: Any,
+) -> dict[str, float]:
     """Gradient check of ``model.loss_and_grads(x, y, **loss_kwargs)`` for every parameter.
 
     Stateful models are reset before every evaluation so that each loss sees
     the same initial state. ``zero`` as for :func:`check_gradients`. Returns
     dict name -> error.
     """
+
     def loss_fn():
         model.reset_state()
         return model.loss(x, y, **loss_kwargs)

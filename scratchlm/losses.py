@@ -56,22 +56,22 @@ def softmax_cross_entropy(logits: Array, targets: Array, mask: Array | None = No
     """
     xp = array_module(logits)
     V = logits.shape[-1]
-    z = logits.reshape(-1, V)                                  # (N, V)
-    y = targets.reshape(-1)                                    # (N,)
+    z = logits.reshape(-1, V)  # (N, V)
+    y = targets.reshape(-1)  # (N,)
     N = z.shape[0]
     if y.shape[0] != N:
         raise ValueError(f"targets have {y.shape[0]} entries but logits have {N} rows")
     rows = xp.arange(N)
 
-    shifted = z - z.max(axis=1, keepdims=True)                 # (N, V), max of each row is 0
+    shifted = z - z.max(axis=1, keepdims=True)  # (N, V), max of each row is 0
     exp = xp.exp(shifted)
-    sum_exp = exp.sum(axis=1)                                  # (N,)
-    log_p_target = shifted[rows, y] - xp.log(sum_exp)          # (N,)
+    sum_exp = exp.sum(axis=1)  # (N,)
+    log_p_target = shifted[rows, y] - xp.log(sum_exp)  # (N,)
 
-    dz = exp                                                    # reuse the buffer: softmax - onehot
+    dz = exp  # reuse the buffer: softmax - onehot
     dz /= sum_exp[:, None]
     dz[rows, y] -= 1
-    weight = token_weights(xp, N, z.dtype, mask)                # (N,)
+    weight = token_weights(xp, N, z.dtype, mask)  # (N,)
     loss = -float((weight * log_p_target).sum())
     dz *= weight[:, None]
     return loss, dz.reshape(logits.shape)

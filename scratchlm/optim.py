@@ -45,15 +45,15 @@ from .errors import BackendUnavailable
 if TYPE_CHECKING:
     from .backend import Array, Backend
 
-MAX_ITERATIONS = 2 ** 63 - 1      # more steps than any run takes; Adam's β**t would overflow long past it
+MAX_ITERATIONS = 2**63 - 1  # more steps than any run takes; Adam's β**t would overflow long past it
 
 
-def _one_pass_chosen():
-    """Whether the fused CPU kernels are chosen for NumPy (``SCRATCHLM_KERNELS``, default: where Numba is installed),
-    read once per optimizer as a backend reads it once. A bad or unmet setting is the backend's to report: here it
-    just means the NumPy expressions."""
+def _one_pass_chosen(kernels=None):
+    """Whether the fused CPU kernels are chosen for NumPy: ``kernels`` ("fused", "reference", or None for
+    ``SCRATCHLM_KERNELS``, default: where Numba is installed), read once per optimizer as a backend reads it once.
+    A bad or unmet setting is the backend's to report: here it just means the NumPy expressions."""
     try:
-        return _backend.resolve_kernels(None, "numpy") == "fused"
+        return _backend.resolve_kernels(kernels, "numpy") == "fused"
     except BackendUnavailable:
         return False
 
@@ -101,19 +101,22 @@ class Optimizer:
 
     Attributes: ``lr`` (learning rate), ``global_clipnorm`` (None: no clipping),
     ``iterations`` (steps taken so far), ``slots`` (dict "<slot>/<param>" -> array).
+    ``kernels`` ("fused", "reference", or None for ``SCRATCHLM_KERNELS`` as a backend
+    reads it): whether NumPy parameters take the one-pass Numba update (the same bits)
+    or the NumPy expressions below.
     """
 
-    name: str | None = None          # "sgd" | "rmsprop" | "adam"
+    name: str | None = None  # "sgd" | "rmsprop" | "adam"
     slot_names: tuple[str, ...] = ()  # the slots this optimizer may keep per parameter
 
-    def __init__(self, lr: float, global_clipnorm: float | None = None):
+    def __init__(self, lr: float, global_clipnorm: float | None = None, kernels: str | None = None):
         self.lr = _number("lr", lr, lambda x: x > 0, "> 0")
         if global_clipnorm is not None:
             global_clipnorm = _number("global_clipnorm", global_clipnorm, lambda x: x > 0, "> 0 (or None)")
         self.global_clipnorm = global_clipnorm
         self.iterations = 0
         self.slots = {}
-        self._one_pass = _one_pass_chosen()
+        self._one_pass = _one_pass_chosen(kernels)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -138,12 +141,14 @@ class Optimizer:
         missing = [name for name in params if name not in grads]
         unknown = [name for name in grads if name not in params]
         if missing or unknown:
-            raise ValueError(f"grads do not match params: no gradient for {missing}, "
-                             f"gradients for unknown parameters {unknown}")
+            raise ValueError(
+                f"grads do not match params: no gradient for {missing}, gradients for unknown parameters {unknown}"
+            )
         for name, w in params.items():
             if grads[name].shape != w.shape:
-                raise ValueError(f"gradient for {name!r} has shape {grads[name].shape}, "
-                                 f"but the parameter has shape {w.shape}")
+                raise ValueError(
+                    f"gradient for {name!r} has shape {grads[name].shape}, but the parameter has shape {w.shape}"
+                )
         if self.global_clipnorm is not None:
             grads, _ = clip_by_global_norm(grads, self.global_clipnorm)
         for name, w in params.items():
@@ -160,6 +165,7 @@ class Optimizer:
         if not all(type(a) is np.ndarray and a.dtype == w.dtype and a.flags.c_contiguous for a in arrays):
             return None
         from .kernels.numba import optim as optim_numba
+
         return optim_numba
 
     def _slot(self, slot, name, w):
@@ -169,8 +175,7 @@ class Optimizer:
         if s is None:
             s = self.slots[key] = array_module(w).zeros_like(w)
         elif s.shape != w.shape:
-            raise ValueError(f"optimizer slot {key!r} has shape {s.shape}, "
-                             f"but the parameter has shape {w.shape}")
+            raise ValueError(f"optimizer slot {key!r} has shape {s.shape}, but the parameter has shape {w.shape}")
         return s
 
     # -- checkpoints ---------------------------------------------------------
@@ -196,16 +201,23 @@ class Optimizer:
         if config.get("name") != self.name:
             raise ValueError(f"optimizer state is for {config.get('name')!r}, not {self.name!r}")
         iterations = config.get("iterations", 0)
-        if not (isinstance(iterations, numbers.Integral) and not isinstance(iterations, bool)
-                and 0 <= iterations <= MAX_ITERATIONS):
-            raise ValueError(f"optimizer iterations must be a whole number from 0 to {MAX_ITERATIONS:,}, got "
-                             f"{reprlib.repr(iterations)}")
+        if not (
+            isinstance(iterations, numbers.Integral)
+            and not isinstance(iterations, bool)
+            and 0 <= iterations <= MAX_ITERATIONS
+        ):
+            raise ValueError(
+                f"optimizer iterations must be a whole number from 0 to {MAX_ITERATIONS:,}, got "
+                f"{reprlib.repr(iterations)}"
+            )
         slots = {}
         for key, a in arrays.items():
             slot, _, param = key.partition("/")
             if slot not in self.slot_names or not param:
-                raise ValueError(f"unexpected optimizer array {key!r} for {self.name!r}: "
-                                 f"expected '<slot>/<param name>' with slot in {list(self.slot_names)}")
+                raise ValueError(
+                    f"unexpected optimizer array {key!r} for {self.name!r}: "
+                    f"expected '<slot>/<param name>' with slot in {list(self.slot_names)}"
+                )
             slots[key] = a if backend is None else backend.asarray(a)
         self.slots = slots
         self.iterations = int(iterations)
@@ -223,15 +235,25 @@ class SGD(Optimizer):
     name = "sgd"
     slot_names = ("momentum",)
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 global_clipnorm: float | None = None):
-        super().__init__(lr, global_clipnorm)
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        global_clipnorm: float | None = None,
+        kernels: str | None = None,
+    ):
+        super().__init__(lr, global_clipnorm, kernels)
         self.momentum = _number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
         self.nesterov = bool(nesterov)
 
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "global_clipnorm": self.global_clipnorm}
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "global_clipnorm": self.global_clipnorm,
+        }
 
     def _update(self, name, w, g):
         if self.momentum == 0:
@@ -263,17 +285,31 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     slot_names = ("velocity", "average_gradient", "momentum")
 
-    def __init__(self, lr: float = 0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7,
-                 centered: bool = False, global_clipnorm: float | None = None):
-        super().__init__(lr, global_clipnorm)
+    def __init__(
+        self,
+        lr: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+        global_clipnorm: float | None = None,
+        kernels: str | None = None,
+    ):
+        super().__init__(lr, global_clipnorm, kernels)
         self.rho = _number("rho", rho, lambda x: 0 < x < 1, "in (0, 1)")
         self.momentum = _number("momentum", momentum, lambda x: 0 <= x < 1, "in [0, 1)")
         self.epsilon = _number("epsilon", epsilon, lambda x: x > 0, "> 0")
         self.centered = bool(centered)
 
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr, "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
-                "centered": self.centered, "global_clipnorm": self.global_clipnorm}
+        return {
+            "lr": self.lr,
+            "rho": self.rho,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "centered": self.centered,
+            "global_clipnorm": self.global_clipnorm,
+        }
 
     def _update(self, name, w, g):
         xp = array_module(w)
@@ -319,22 +355,36 @@ class Adam(Optimizer):
     name = "adam"
     slot_names = ("m", "v", "vhat")
 
-    def __init__(self, lr: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
-                 amsgrad: bool = False, global_clipnorm: float | None = None):
-        super().__init__(lr, global_clipnorm)
+    def __init__(
+        self,
+        lr: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        global_clipnorm: float | None = None,
+        kernels: str | None = None,
+    ):
+        super().__init__(lr, global_clipnorm, kernels)
         self.beta_1 = _number("beta_1", beta_1, lambda x: 0 <= x < 1, "in [0, 1)")
         self.beta_2 = _number("beta_2", beta_2, lambda x: 0 <= x < 1, "in [0, 1)")
         self.epsilon = _number("epsilon", epsilon, lambda x: x > 0, "> 0")
         self.amsgrad = bool(amsgrad)
 
     def hyperparameters(self) -> dict:
-        return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
-                "amsgrad": self.amsgrad, "global_clipnorm": self.global_clipnorm}
+        return {
+            "lr": self.lr,
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+            "amsgrad": self.amsgrad,
+            "global_clipnorm": self.global_clipnorm,
+        }
 
     def _update(self, name, w, g):
         xp = array_module(w)
         t = self.iterations + 1
-        alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        alpha = self.lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         m = self._slot("m", name, w)
         v = self._slot("v", name, w)
         kernels = None if self.amsgrad else self._fused(w, g, m, v)
@@ -365,8 +415,9 @@ def from_state(config: dict, arrays: dict[str, Array], backend: Backend | None =
     """Rebuild an optimizer from :meth:`Optimizer.state_dict` output: hyperparameters, step count and slots."""
     cls = _OPTIMIZERS.get(config.get("name"))
     if cls is None:
-        raise ValueError(f"unknown optimizer {config.get('name')!r} in optimizer state: "
-                         f"expected one of {sorted(_OPTIMIZERS)}")
+        raise ValueError(
+            f"unknown optimizer {config.get('name')!r} in optimizer state: expected one of {sorted(_OPTIMIZERS)}"
+        )
     hyper = {k: v for k, v in config.items() if k not in ("name", "iterations")}
     try:
         opt = cls(**hyper)

@@ -43,12 +43,12 @@ from .files import remove_stale_temporaries
 
 try:
     import fcntl
-except ImportError:                           # Windows: no flock
+except ImportError:  # Windows: no flock
     fcntl = None
 
 LAST, BEST, METRICS, PLOT = "last.npz", "best.npz", "metrics.jsonl", "loss.png"
 LOCK = ".lock"
-_held = {}                                    # resolved run dir -> how many times this process holds it
+_held = {}  # resolved run dir -> how many times this process holds it
 
 
 class RunDirError(ScratchLMError):
@@ -64,7 +64,7 @@ def lock(run_dir):
     this call created and that is still empty afterwards is removed again.
     """
     world = distributed.world()
-    if world.parallel:                        # rank 0 takes it; a failure to is agreed on (every rank raises it)
+    if world.parallel:  # rank 0 takes it; a failure to is agreed on (every rank raises it)
         with contextlib.ExitStack() as held:
             world.together(lambda: world.is_root and held.enter_context(_lock(run_dir)))
             with world.failing_together():
@@ -96,7 +96,7 @@ def _lock(run_dir):
         _release(run_dir, fd)
         if created:
             with contextlib.suppress(OSError):
-                run_dir.rmdir()               # only if nothing was written into it
+                run_dir.rmdir()  # only if nothing was written into it
 
 
 def _make_dir(run_dir):
@@ -105,13 +105,14 @@ def _make_dir(run_dir):
         return False
     for parent in [run_dir, *run_dir.parents]:
         if parent.exists() and not parent.is_dir():
-            raise RunDirError(f"cannot use {run_dir} as a run directory: {parent} is a file, not a directory; "
-                              "choose another run directory")
+            raise RunDirError(
+                f"cannot use {run_dir} as a run directory: {parent} is a file, not a directory; "
+                "choose another run directory"
+            )
     try:
         run_dir.mkdir(parents=True)
     except OSError as exc:
-        raise RunDirError(f"cannot create the run directory {run_dir} ({exc.strerror}): choose another one") \
-            from None
+        raise RunDirError(f"cannot create the run directory {run_dir} ({exc.strerror}): choose another one") from None
     return True
 
 
@@ -122,8 +123,9 @@ def _acquire(run_dir):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise RunDirError(f"cannot write to the run directory {run_dir} ({exc.strerror}): make it writable "
-                              "or choose another one") from None
+            raise RunDirError(
+                f"cannot write to the run directory {run_dir} ({exc.strerror}): make it writable or choose another one"
+            ) from None
         if fcntl is None:
             return fd
         try:
@@ -132,9 +134,11 @@ def _acquire(run_dir):
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise RunDirError(f"cannot lock the run directory {run_dir} ({exc.strerror})") from None
-            raise RunDirError(f"{run_dir} is in use by another run ({_owner(path)}): wait for it to finish or "
-                              "stop it, or choose another run directory") from None
-        try:                                  # the file we locked may have been removed by its last owner
+            raise RunDirError(
+                f"{run_dir} is in use by another run ({_owner(path)}): wait for it to finish or "
+                "stop it, or choose another run directory"
+            ) from None
+        try:  # the file we locked may have been removed by its last owner
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
@@ -157,5 +161,5 @@ def _owner(path):
 
 def _release(run_dir, fd):
     with contextlib.suppress(OSError):
-        os.unlink(run_dir / LOCK)             # unlink while still holding it: no one can take a removed file
+        os.unlink(run_dir / LOCK)  # unlink while still holding it: no one can take a removed file
     os.close(fd)

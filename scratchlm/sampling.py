@@ -87,13 +87,19 @@ def check_banned(banned_ids: Iterable[int], vocab_size: int) -> list[int]:
     if ids and not (0 <= ids[0] and ids[-1] < V):
         raise SamplingError(f"banned ids must lie in [0, {V}) for a vocabulary of {V}, got {ids[0]}..{ids[-1]}")
     if len(ids) == V:
-        raise SamplingError(f"every token id is banned (all {V} of them): there is nothing left to sample; "
-                            "ban fewer ids")
+        raise SamplingError(
+            f"every token id is banned (all {V} of them): there is nothing left to sample; ban fewer ids"
+        )
     return ids
 
 
-def probabilities(logits: Array, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  banned_ids: Iterable[int] = ()) -> Array:
+def probabilities(
+    logits: Array,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    banned_ids: Iterable[int] = (),
+) -> Array:
     """The distribution that :func:`sample` draws from.
 
     logits: (B, V) or (V,) NumPy or CuPy array of real numbers, V >= 1 (not modified).
@@ -109,8 +115,14 @@ def probabilities(logits: Array, temperature: float = 1.0, top_k: int | None = N
     return _probability_rows(logits, temperature, top_k, top_p, banned_ids).reshape(logits.shape)
 
 
-def sample(logits: Array, rng: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           banned_ids: Iterable[int] = ()) -> Array:
+def sample(
+    logits: Array,
+    rng: Any,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    banned_ids: Iterable[int] = (),
+) -> Array:
     """Draw one id per row of logits.
 
     logits: (B, V) or (V,) float array; the other options as in :func:`probabilities`.
@@ -123,12 +135,12 @@ def sample(logits: Array, rng: Any, temperature: float = 1.0, top_k: int | None 
     """
     if not callable(getattr(rng, "random", None)):
         raise SamplingError(f"rng must be a random generator such as Backend.rng(seed), got {type(rng).__name__}")
-    p = _probability_rows(logits, temperature, top_k, top_p, banned_ids)   # (B, V)
+    p = _probability_rows(logits, temperature, top_k, top_p, banned_ids)  # (B, V)
     xp = array_module(p)
     if temperature == 0:
         ids = p.argmax(axis=1)
     else:
-        u = xp.asarray(rng.random(p.shape[0]))                                # (B,) in [0, 1)
+        u = xp.asarray(rng.random(p.shape[0]))  # (B,) in [0, 1)
         ids = _inverse_cdf(p, u)
     ids = ids.astype(xp.int64)
     return ids if logits.ndim == 2 else ids.reshape(())
@@ -136,16 +148,17 @@ def sample(logits: Array, rng: Any, temperature: float = 1.0, top_k: int | None 
 
 # -- the steps ---------------------------------------------------------------
 
+
 def _probability_rows(logits, temperature, top_k, top_p, banned_ids):
     """All of :func:`probabilities` on rows: logits (B, V) or (V,) -> p (B, V)."""
     check_options(temperature, top_k, top_p)
-    z = _masked_logits(logits, banned_ids)        # (B, V)
+    z = _masked_logits(logits, banned_ids)  # (B, V)
     if temperature == 0:
         return _one_hot_argmax(z)
     p = _softmax(z, float(temperature))
     if top_k is not None:
         p = _keep_top_k(p, int(top_k))
-    if top_p is not None and top_p < 1:           # top_p = 1 keeps everything
+    if top_p is not None and top_p < 1:  # top_p = 1 keeps everything
         p = _keep_nucleus(p, float(top_p))
     return p
 
@@ -153,15 +166,16 @@ def _probability_rows(logits, temperature, top_k, top_p, banned_ids):
 def _masked_logits(logits, banned_ids):
     """A float (B, V) copy of the logits with the banned columns set to -inf."""
     if not hasattr(logits, "dtype"):
-        raise SamplingError(f"logits must be a NumPy or CuPy array, got {type(logits).__name__}: "
-                            "pass numpy.asarray(logits)")
+        raise SamplingError(
+            f"logits must be a NumPy or CuPy array, got {type(logits).__name__}: pass numpy.asarray(logits)"
+        )
     if logits.dtype.kind not in "iuf":
         raise SamplingError(f"logits must hold real numbers (float or integer), got {logits.dtype}")
     if logits.ndim not in (1, 2) or logits.shape[-1] == 0:
         raise SamplingError(f"logits must have shape (B, V) or (V,) with V >= 1, got {logits.shape}")
     xp = array_module(logits)
     dtype = logits.dtype if logits.dtype.kind == "f" else xp.float64
-    z = xp.array(logits, dtype=dtype, ndmin=2)    # a copy: the caller's logits stay as they are
+    z = xp.array(logits, dtype=dtype, ndmin=2)  # a copy: the caller's logits stay as they are
     ids = check_banned(banned_ids, z.shape[1])
     if ids:
         z[:, ids] = -math.inf
@@ -182,7 +196,7 @@ def _softmax(z, temperature):
     """Row-wise softmax(z / T), stably: z (B, V) -> p (B, V)."""
     xp = array_module(z)
     T = representable_temperature(temperature, xp.finfo(z.dtype))
-    e = xp.exp((z - z.max(axis=1, keepdims=True)) / T)    # (B, V), each <= 1, the max = 1
+    e = xp.exp((z - z.max(axis=1, keepdims=True)) / T)  # (B, V), each <= 1, the max = 1
     return e / e.sum(axis=1, keepdims=True)
 
 
@@ -201,8 +215,8 @@ def _keep_top_k(p, k):
     B, V = p.shape
     if k >= V:
         return p
-    rows = xp.arange(B)[:, None]                            # (B, 1)
-    top = xp.argpartition(-p, k - 1, axis=1)[:, :k]         # (B, k) ids of the k largest, unordered
+    rows = xp.arange(B)[:, None]  # (B, 1)
+    top = xp.argpartition(-p, k - 1, axis=1)[:, :k]  # (B, k) ids of the k largest, unordered
     kept = xp.zeros_like(p)
     kept[rows, top] = p[rows, top]
     return kept / kept.sum(axis=1, keepdims=True)
@@ -211,10 +225,10 @@ def _keep_top_k(p, k):
 def _keep_nucleus(p, top_p):
     """Keep the shortest most-likely head of each row with mass >= top_p, renormalise."""
     xp = array_module(p)
-    rows = xp.arange(p.shape[0])[:, None]                   # (B, 1)
-    order = xp.argsort(-p, axis=1)                          # (B, V) ids by falling probability
-    sorted_p = p[rows, order]                               # (B, V)
-    before = xp.cumsum(sorted_p, axis=1) - sorted_p         # mass ranked above each id; 0 for the top one
+    rows = xp.arange(p.shape[0])[:, None]  # (B, 1)
+    order = xp.argsort(-p, axis=1)  # (B, V) ids by falling probability
+    sorted_p = p[rows, order]  # (B, V)
+    before = xp.cumsum(sorted_p, axis=1) - sorted_p  # mass ranked above each id; 0 for the top one
     kept = xp.zeros_like(p)
     kept[rows, order] = xp.where(before < top_p, sorted_p, 0)
     return kept / kept.sum(axis=1, keepdims=True)
@@ -232,10 +246,10 @@ def _inverse_cdf(p, u):
     """
     xp = array_module(p)
     V = p.shape[1]
-    cdf = xp.cumsum(p, axis=1)                                       # (B, V)
-    target = u * cdf[:, -1]                                          # (B,)
-    hit = (cdf > target[:, None]) & (p > 0)                          # (B, V)
-    last_positive = V - 1 - (p[:, ::-1] > 0).argmax(axis=1)          # (B,)
+    cdf = xp.cumsum(p, axis=1)  # (B, V)
+    target = u * cdf[:, -1]  # (B,)
+    hit = (cdf > target[:, None]) & (p > 0)  # (B, V)
+    last_positive = V - 1 - (p[:, ::-1] > 0).argmax(axis=1)  # (B,)
     return xp.where(hit.any(axis=1), hit.argmax(axis=1), last_positive)
 
 

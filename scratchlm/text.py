@@ -34,9 +34,9 @@ import numpy
 from .errors import ScratchLMError
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
-SPECIALS = (PAD, UNK, EOS)                    # ids 0, 1, 2 when reserved
+SPECIALS = (PAD, UNK, EOS)  # ids 0, 1, 2 when reserved
 UNKNOWN_POLICIES = ("error", "skip", "unk")
-_CHUNK = 1 << 22                              # characters encoded per NumPy pass (bounds peak memory)
+_CHUNK = 1 << 22  # characters encoded per NumPy pass (bounds peak memory)
 
 
 class VocabularyError(ScratchLMError, ValueError):
@@ -95,8 +95,10 @@ def _encode_words(words, index, unk_id, unknown, dtype):
 
 def _missing_message(missing, what):
     what = what if len(missing) > 1 else what[:-1]
-    return (f"the text holds {len(missing)} {what} that the vocabulary lacks: {listing(missing)} "
-            "(drop them with unknown='skip' / --unknown skip, or map them to <unk> with 'unk')")
+    return (
+        f"the text holds {len(missing)} {what} that the vocabulary lacks: {listing(missing)} "
+        "(drop them with unknown='skip' / --unknown skip, or map them to <unk> with 'unk')"
+    )
 
 
 class CharTokenizer:
@@ -123,12 +125,12 @@ class CharTokenizer:
         self.lower = bool(lower)
         self.reserved = bool(reserved)
         offset = len(SPECIALS) if self.reserved else 0
-        self.tokens = (list(SPECIALS) if self.reserved else []) + chars      # id -> printable token
+        self.tokens = (list(SPECIALS) if self.reserved else []) + chars  # id -> printable token
         # Lookup table for vectorised encoding: sorted code points and their ids.
         codes = numpy.array([ord(c) for c in chars], dtype=numpy.uint32)
         order = numpy.argsort(codes)
-        self._codes = codes[order]                                           # (C,) sorted
-        self._ids = (order + offset).astype(_id_dtype(self.vocab_size))      # (C,) id of each
+        self._codes = codes[order]  # (C,) sorted
+        self._ids = (order + offset).astype(_id_dtype(self.vocab_size))  # (C,) id of each
         self._strings = numpy.array(self.tokens, dtype=object)
 
     @classmethod
@@ -174,8 +176,8 @@ class CharTokenizer:
         pieces, missing = [], set()
         for start in range(0, len(text), _CHUNK):
             # "surrogatepass": a lone surrogate (an undecodable byte on the command line) is just unknown
-            chunk = text[start:start + _CHUNK].encode("utf-32-le", "surrogatepass")
-            codes = numpy.frombuffer(chunk, dtype="<u4")                                 # (n,) code points
+            chunk = text[start : start + _CHUNK].encode("utf-32-le", "surrogatepass")
+            codes = numpy.frombuffer(chunk, dtype="<u4")  # (n,) code points
             pos = numpy.minimum(numpy.searchsorted(self._codes, codes), len(self._codes) - 1)
             found = self._codes[pos] == codes
             ids = self._ids[pos]
@@ -193,8 +195,10 @@ class CharTokenizer:
 
     def _unk_or_raise(self):
         if self.unk_id is None:
-            raise VocabularyError("this vocabulary reserves no <unk> id (reserved=False, the book setup): "
-                                  "use unknown='skip' / --unknown skip instead")
+            raise VocabularyError(
+                "this vocabulary reserves no <unk> id (reserved=False, the book setup): "
+                "use unknown='skip' / --unknown skip instead"
+            )
         return self.unk_id
 
     def decode(self, ids):
@@ -209,8 +213,7 @@ class CharTokenizer:
         return {"kind": self.kind, "chars": self.chars, "lower": self.lower, "reserved": self.reserved}
 
     def __repr__(self):
-        return (f"CharTokenizer(V={self.vocab_size}, lower={self.lower}, "
-                f"reserved={self.reserved})")
+        return f"CharTokenizer(V={self.vocab_size}, lower={self.lower}, reserved={self.reserved})"
 
 
 class WordTokenizer:
@@ -251,7 +254,7 @@ class WordTokenizer:
         for t in [texts] if isinstance(texts, str) else texts:
             counts.update(cls._split(t, lower))
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        return cls([w for w, _ in ranked[:int(max_tokens) - len(SPECIALS)]], lower=lower)
+        return cls([w for w, _ in ranked[: int(max_tokens) - len(SPECIALS)]], lower=lower)
 
     @classmethod
     def _split(cls, text, lower):
@@ -261,7 +264,7 @@ class WordTokenizer:
         """text -> list of token strings (punctuation padded, lower-cased if so configured)."""
         return self._split(text, self.lower)
 
-    pad_id, unk_id, eos_id = 0, 1, 2                 # always reserved
+    pad_id, unk_id, eos_id = 0, 1, 2  # always reserved
     special_ids = (0, 1, 2)
 
     @property
@@ -285,7 +288,7 @@ class WordTokenizer:
         return f"WordTokenizer(V={self.vocab_size}, lower={self.lower})"
 
 
-_ASCII_WHITESPACE_RUN = re.compile("[^ \t\n\v\f\r]+")       # what TensorFlow's whitespace split keeps
+_ASCII_WHITESPACE_RUN = re.compile("[^ \t\n\v\f\r]+")  # what TensorFlow's whitespace split keeps
 
 
 class VectorTokenizer:
@@ -337,13 +340,14 @@ class VectorTokenizer:
         """The vocabulary of ``texts`` (a string or an iterable of strings, read one at a time and
         counted, never held together), as ``TextVectorization.adapt`` builds it."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 2:
-            raise VocabularyError(f"max_tokens must be a whole number above 2 (it counts '' and '[UNK]'), "
-                                  f"got {max_tokens!r}")
+            raise VocabularyError(
+                f"max_tokens must be a whole number above 2 (it counts '' and '[UNK]'), got {max_tokens!r}"
+            )
         counts = collections.Counter()
         for text in [texts] if isinstance(texts, str) else texts:
             counts.update(cls._split(text, lower, strip_br))
-        ranked = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)   # Keras' tie order
-        return cls([w for w, _ in ranked[:max_tokens - 2]], lower=lower, strip_br=strip_br)
+        ranked = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)  # Keras' tie order
+        return cls([w for w, _ in ranked[: max_tokens - 2]], lower=lower, strip_br=strip_br)
 
     _LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
     _STRIP = dict.fromkeys(map(ord, string.punctuation))
@@ -377,7 +381,7 @@ class VectorTokenizer:
             raise VocabularyError(f"the sequence length must be a whole number >= 1, got {length!r}")
         ids = self.encode(text, unknown=unknown)[:length]
         out = numpy.zeros(int(length), dtype=self._dtype)
-        out[:len(ids)] = ids
+        out[: len(ids)] = ids
         return out
 
     def decode(self, ids):
@@ -406,13 +410,18 @@ def from_config(config):
     kind = config.get("kind")
     if kind not in ("char", "word", "vector"):
         raise VocabularyError(f"unknown tokenizer kind {kind!r:.60}: expected 'char', 'word' or 'vector'")
-    rules = ({"chars": (list, "a list of characters"), "reserved": (bool, "true or false")} if kind == "char" else
-             {"words": (list, "a list of words"), "strip_br": (bool, "true or false")} if kind == "vector" else
-             {"words": (list, "a list of words")})
+    rules = (
+        {"chars": (list, "a list of characters"), "reserved": (bool, "true or false")}
+        if kind == "char"
+        else {"words": (list, "a list of words"), "strip_br": (bool, "true or false")}
+        if kind == "vector"
+        else {"words": (list, "a list of words")}
+    )
     for name, (type_, rule) in {**rules, "lower": (bool, "true or false")}.items():
         if not isinstance(config.get(name), type_):
-            raise VocabularyError(f"malformed {kind} tokenizer description: {name!r} must be {rule}, got "
-                                  f"{config.get(name)!r:.60}; {fix}")
+            raise VocabularyError(
+                f"malformed {kind} tokenizer description: {name!r} must be {rule}, got {config.get(name)!r:.60}; {fix}"
+            )
     if kind == "char":
         return CharTokenizer(config["chars"], lower=config["lower"], reserved=config["reserved"])
     if kind == "vector":

@@ -24,11 +24,13 @@ from scratchlm.errors import ScratchLMError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-SECRET = "zebra-pineapple-4417"                     # planted outside the folder: must never be read
-CHAIN = [("aclImdb/train/neg/0_1.txt", "A dull film."),
-         ("aclImdb/train/s", "->."),
-         ("aclImdb/train/t", "->" + "s/" * 12 + "../" * 12 + ".."),
-         ("aclImdb/train/pos/leak.txt", "->../t/tmp/SECRET.txt")]
+SECRET = "zebra-pineapple-4417"  # planted outside the folder: must never be read
+CHAIN = [
+    ("aclImdb/train/neg/0_1.txt", "A dull film."),
+    ("aclImdb/train/s", "->."),
+    ("aclImdb/train/t", "->" + "s/" * 12 + "../" * 12 + ".."),
+    ("aclImdb/train/pos/leak.txt", "->../t/tmp/SECRET.txt"),
+]
 
 
 def _targz(path, members):
@@ -47,14 +49,17 @@ def _targz(path, members):
 
 def _snapshot(directory):
     """Every path under ``directory`` (links not followed) with its bytes, link target or kind."""
+
     def what(p):
         return os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else "folder"
+
     return {str(p.relative_to(directory)): what(p) for p in sorted(Path(directory).rglob("*"))}
 
 
 def scratchlm(*argv, timeout=120):
-    return subprocess.run([sys.executable, "-m", "scratchlm", *map(str, argv)], env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scratchlm", *map(str, argv)], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def fails(result, *words):
@@ -74,8 +79,9 @@ def within(seconds, function, *args):
     def run():
         try:
             outcome.append(("returned", function(*args)))
-        except Exception as exc:                    # handed to the test below
+        except Exception as exc:  # handed to the test below
             outcome.append(("raised", exc))
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(seconds)
@@ -107,13 +113,14 @@ def secret(tmp_path):
 
 # -- extraction --------------------------------------------------------------------
 
+
 def test_the_symlink_chain_archive_is_refused_and_creates_nothing(tmp_path):
     archive = _targz(tmp_path / "chain.tar.gz", CHAIN)
     before = _snapshot(tmp_path)
     with pytest.raises(CorpusError, match=r"unsafe member 'aclImdb/train/s'.*extracts no links") as err:
         imdb.extract_archive(archive, tmp_path / "imdb")
     assert "\n" not in str(err.value)
-    assert _snapshot(tmp_path) == before                        # no folder, no link, no temporary folder
+    assert _snapshot(tmp_path) == before  # no folder, no link, no temporary folder
 
 
 @pytest.mark.parametrize("member", CHAIN[1:])
@@ -150,24 +157,27 @@ def test_only_a_full_disk_asks_for_space(tmp_path, monkeypatch):
             imdb.extract_archive(archive, tmp_path / "imdb")
         assert "space" not in str(err.value) and "\n" not in str(err.value)
     for code in (errno.ENOSPC, errno.EDQUOT):
+
         def full(tar, members, tmp, code=code):
             raise OSError(code, os.strerror(code))
+
         monkeypatch.setattr(imdb, "_extract_members", full)
         with pytest.raises(CorpusError, match="free some space or choose another cache directory"):
             imdb.extract_archive(long_name, tmp_path / "imdb")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imdb")]   # no temporary folder left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imdb")]  # no temporary folder left
 
 
 # -- reading a review folder ---------------------------------------------------------
 
+
 def test_the_chain_on_disk_is_not_followed_out_of_the_folder(tmp_path, secret):
     root = _attack_tree(tmp_path, "../t" + str(secret))
-    assert os.path.realpath(root / "train/t") == "/"                       # the chain really reaches the root
+    assert os.path.realpath(root / "train/t") == "/"  # the chain really reaches the root
     texts = []
     with pytest.raises(CorpusError, match=r"leak\.txt leads to .*SECRET\.txt, outside") as err:
         texts.extend(imdb.iter_review_files(root))
     assert texts == ["A dull film."] and SECRET not in str(err.value)
-    exact = _attack_tree(tmp_path / "exact", CHAIN[3][1][2:])                # the archive's own target
+    exact = _attack_tree(tmp_path / "exact", CHAIN[3][1][2:])  # the archive's own target
     with pytest.raises(CorpusError, match=r"leak\.txt leads to /tmp/SECRET\.txt, outside"):
         list(imdb.iter_review_files(exact))
 
@@ -193,12 +203,15 @@ def test_a_fifo_review_is_refused_at_once(tmp_path):
     root = tmp_path / "aclImdb"
     (root / "train/pos").mkdir(parents=True)
     (root / "train/pos/0_9.txt").write_text("A fine film.")
-    os.mkfifo(root / "train/pos/1_9.txt")                   # nobody ever writes to it
+    os.mkfifo(root / "train/pos/1_9.txt")  # nobody ever writes to it
     how, exc = within(10, list, imdb.iter_review_files(root))
     assert how == "raised" and isinstance(exc, CorpusError) and "1_9.txt is a FIFO" in str(exc)
     before = _snapshot(tmp_path)
-    fails(scratchlm("train", root, "--model", "transformer", "--run-dir", tmp_path / "run", "--no-progress",
-                    timeout=60), "1_9.txt is a FIFO", "not a regular file")
+    fails(
+        scratchlm("train", root, "--model", "transformer", "--run-dir", tmp_path / "run", "--no-progress", timeout=60),
+        "1_9.txt is a FIFO",
+        "not a regular file",
+    )
     assert _snapshot(tmp_path) == before
 
 
@@ -208,7 +221,7 @@ def test_a_review_that_links_to_dev_zero_is_refused_at_once(tmp_path):
     (root / "train/pos/0_9.txt").symlink_to("/dev/zero")
     how, exc = within(10, list, imdb.iter_review_files(root))
     assert how == "raised" and isinstance(exc, CorpusError) and "leads to /dev/zero, outside" in str(exc)
-    how, exc = within(10, imdb.read_review, "/dev/zero")            # even when named directly
+    how, exc = within(10, imdb.read_review, "/dev/zero")  # even when named directly
     assert how == "raised" and isinstance(exc, CorpusError) and "a character device" in str(exc)
 
 
@@ -225,6 +238,7 @@ def test_a_review_over_the_size_bound_is_refused(tmp_path, monkeypatch):
 
 # -- the shared reader ---------------------------------------------------------------
 
+
 def test_read_regular_text_reads_only_bounded_regular_files(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_bytes(b"one\r\ntwo\rthree")
@@ -232,17 +246,19 @@ def test_read_regular_text_reads_only_bounded_regular_files(tmp_path):
     assert files.read_regular_text(plain, "prime file", 100, universal_newlines=True) == "one\ntwo\nthree"
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9")
-    cases = [(tmp_path / "fifo", "is a FIFO (named pipe), not a regular file: pass a prime file"),
-             ("/dev/zero", "is a character device, not a regular file"),
-             (tmp_path, "is a directory, not a regular file"),
-             (tmp_path / "missing", "no such file"),
-             (plain, "is larger than 10 bytes, the most a prime file may hold"),
-             (tmp_path / "bad.txt", "not UTF-8 text (bad byte at offset 3)")]
+    cases = [
+        (tmp_path / "fifo", "is a FIFO (named pipe), not a regular file: pass a prime file"),
+        ("/dev/zero", "is a character device, not a regular file"),
+        (tmp_path, "is a directory, not a regular file"),
+        (tmp_path / "missing", "no such file"),
+        (plain, "is larger than 10 bytes, the most a prime file may hold"),
+        (tmp_path / "bad.txt", "not UTF-8 text (bad byte at offset 3)"),
+    ]
     for path, message in cases:
         how, exc = within(10, files.read_regular_text, path, "prime file", 10)
         assert how == "raised" and type(exc) is ScratchLMError and message in str(exc), (path, exc)
     with pytest.raises(CorpusError, match="larger than 4 bytes, the most a review may hold"):
-        files.read_regular_text(plain, "review", 4, CorpusError)             # the caller's own error class
+        files.read_regular_text(plain, "review", 4, CorpusError)  # the caller's own error class
 
 
 @pytest.fixture(scope="module")
@@ -250,26 +266,52 @@ def checkpoint(tmp_path_factory):
     """A tiny trained character model's run directory."""
     tmp = tmp_path_factory.mktemp("prime")
     (tmp / "corpus.txt").write_text("It was the best of times, it was the worst of times.\n" * 40)
-    assert main(["train", str(tmp / "corpus.txt"), "--run-dir", str(tmp / "run"), "--max-steps", "2",
-                 "--sample-length", "0", "--hidden", "8", "--embedding-dim", "4", "--batch-size", "4",
-                 "--seq-len", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tmp / "corpus.txt"),
+                "--run-dir",
+                str(tmp / "run"),
+                "--max-steps",
+                "2",
+                "--sample-length",
+                "0",
+                "--hidden",
+                "8",
+                "--embedding-dim",
+                "4",
+                "--batch-size",
+                "4",
+                "--seq-len",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return tmp / "run"
 
 
 def test_prime_file_that_is_no_regular_file(tmp_path, checkpoint):
     os.mkfifo(tmp_path / "fifo")
     before = _snapshot(checkpoint)
-    fails(scratchlm("sample", checkpoint, "--prime-file", "/dev/zero", timeout=60),
-          "/dev/zero is a character device, not a regular file: pass a prime file that is a plain file")
+    fails(
+        scratchlm("sample", checkpoint, "--prime-file", "/dev/zero", timeout=60),
+        "/dev/zero is a character device, not a regular file: pass a prime file that is a plain file",
+    )
     fails(scratchlm("sample", checkpoint, "--prime-file", tmp_path / "fifo", timeout=60), "is a FIFO")
     (tmp_path / "big.txt").write_text("It was " * 200_000)
-    fails(scratchlm("sample", checkpoint, "--prime-file", tmp_path / "big.txt", timeout=60),
-          "is larger than 1 MiB, the most a prime file may hold")
+    fails(
+        scratchlm("sample", checkpoint, "--prime-file", tmp_path / "big.txt", timeout=60),
+        "is larger than 1 MiB, the most a prime file may hold",
+    )
     assert _snapshot(checkpoint) == before
 
 
 def test_prime_file_line_ends_as_the_corpus_read_them(tmp_path, checkpoint):
     (tmp_path / "prime.txt").write_bytes(b"It was\r\nthe")
-    result = scratchlm("sample", checkpoint, "--prime-file", tmp_path / "prime.txt", "--length", 3,
-                       "--temperature", 1, timeout=60)
+    result = scratchlm(
+        "sample", checkpoint, "--prime-file", tmp_path / "prime.txt", "--length", 3, "--temperature", 1, timeout=60
+    )
     assert result.returncode == 0 and "It was\nthe" in result.stdout, result.stderr

@@ -12,7 +12,7 @@ from scratchlm.corpora import CorpusError
 def _keras_windows(ids, maxlen, step):
     """The Keras seed's loop, for reference: materialised (N, T) windows and next tokens."""
     starts = range(0, len(ids) - maxlen, step)
-    return np.array([ids[s:s + maxlen] for s in starts]), np.array([ids[s + maxlen] for s in starts])
+    return np.array([ids[s : s + maxlen] for s in starts]), np.array([ids[s + maxlen] for s in starts])
 
 
 @pytest.mark.parametrize("n, maxlen, step, B", [(1000, 60, 3, 128), (200, 10, 1, 7), (61, 60, 3, 4), (95, 5, 7, 3)])
@@ -35,11 +35,11 @@ def test_windows_order_is_a_function_of_seed_and_epoch():
     w = batching.Windows(ids, 20, 2, 16, seed=1)
     first = [b.x for b in w.batches(0)]
     again = [b.x for b in batching.Windows(ids, 20, 2, 16, seed=1).batches(0)]
-    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again, strict=False))
     assert not np.array_equal(first[0], next(w.batches(1)).x)
     assert not np.array_equal(first[0], next(batching.Windows(ids, 20, 2, 16, seed=2).batches(0)).x)
     tail = [b.x for b in w.batches(0, start=5)]
-    assert len(tail) == len(first) - 5 and all(np.array_equal(a, b) for a, b in zip(first[5:], tail))
+    assert len(tail) == len(first) - 5 and all(np.array_equal(a, b) for a, b in zip(first[5:], tail, strict=False))
 
 
 def test_windows_all_positions_and_unshuffled():
@@ -52,6 +52,7 @@ def test_windows_all_positions_and_unshuffled():
 
 def test_nietzsche_book_window_count():
     from scratchlm.text import CharTokenizer
+
     text = corpora.load_text("nietzsche").lower()
     tok = CharTokenizer.fit(text, reserved=False)
     w = batching.Windows(tok.encode(text), maxlen=60, step=3, batch_size=128)
@@ -59,7 +60,7 @@ def test_nietzsche_book_window_count():
 
 
 def test_windows_stream_instead_of_materialising():
-    ids = np.zeros(3_000_000, dtype=np.uint8)           # (N, T) int64 windows would take 480 MB
+    ids = np.zeros(3_000_000, dtype=np.uint8)  # (N, T) int64 windows would take 480 MB
     tracemalloc.start()
     try:
         w = batching.Windows(ids, maxlen=60, step=3, batch_size=128)
@@ -68,7 +69,7 @@ def test_windows_stream_instead_of_materialising():
     finally:
         tracemalloc.stop()
     assert w.num_windows == 999_980
-    assert peak < 5 * w.num_windows + (1 << 20)          # the int32 permutation plus one batch
+    assert peak < 5 * w.num_windows + (1 << 20)  # the int32 permutation plus one batch
 
 
 def test_too_short_for_windows():
@@ -84,8 +85,8 @@ def test_streams_continue_row_by_row():
     for b in batches:
         assert np.array_equal(b.y, b.x + 1) and b.x.shape == (4, 10) and b.targets == 40
     for k in range(len(batches) - 1):
-        assert np.array_equal(batches[k + 1].x[:, 0], batches[k].x[:, -1] + 1)      # row b continues
-    rows = np.concatenate([b.x for b in batches], axis=1)                            # (B, 240)
+        assert np.array_equal(batches[k + 1].x[:, 0], batches[k].x[:, -1] + 1)  # row b continues
+    rows = np.concatenate([b.x for b in batches], axis=1)  # (B, 240)
     assert np.array_equal(rows, np.arange(4)[:, None] * 249 + np.arange(240))
     assert [b.x.tolist() for b in s.batches(3, start=20)] == [b.x.tolist() for b in batches[20:]]
 
@@ -98,10 +99,10 @@ def test_streams_too_short():
 def test_padded_batches_eos_both_ends_and_mask():
     seqs = [np.array([5, 6, 7]), np.array([8]), np.array([], dtype=int), np.array([9, 9, 9, 9, 9, 9])]
     p = batching.Padded(seqs, eos_id=2, pad_id=0, batch_size=3, maxlen=5, shuffle=False)
-    assert p.num_sequences == 3 and p.num_batches == 1                               # the empty one is dropped
+    assert p.num_sequences == 3 and p.num_batches == 1  # the empty one is dropped
     b = next(p.batches(0))
     assert b.x.tolist() == [[2, 5, 6, 7, 0], [2, 8, 0, 0, 0], [2, 9, 9, 9, 9]]
-    assert b.y.tolist() == [[5, 6, 7, 2, 0], [8, 2, 0, 0, 0], [9, 9, 9, 9, 9]]      # cut at maxlen: no <eos>
+    assert b.y.tolist() == [[5, 6, 7, 2, 0], [8, 2, 0, 0, 0], [9, 9, 9, 9, 9]]  # cut at maxlen: no <eos>
     assert b.mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
     assert b.targets == 11
     assert p.random_prompt(np.random.default_rng()).tolist() == [2]
@@ -110,9 +111,9 @@ def test_padded_batches_eos_both_ends_and_mask():
 def test_padded_shuffles_by_seed_and_epoch_and_visits_each_once():
     seqs = [np.full(i % 7 + 1, i) for i in range(50)]
     p = batching.Padded(seqs, eos_id=2, pad_id=0, batch_size=8, seed=4)
-    firsts = lambda epoch: sorted(int(x) for b in p.batches(epoch) for x in b.x[:, 1])   # noqa: E731
+    firsts = lambda epoch: sorted(int(x) for b in p.batches(epoch) for x in b.x[:, 1])  # noqa: E731
     assert firsts(0) == list(range(50))
-    order = lambda epoch: [b.x[:, 1].tolist() for b in p.batches(epoch)]                # noqa: E731
+    order = lambda epoch: [b.x[:, 1].tolist() for b in p.batches(epoch)]  # noqa: E731
     assert order(0) == order(0) and order(0) != order(1)
 
 
@@ -138,15 +139,16 @@ def test_splits():
 def test_config_fingerprints_the_data():
     a = batching.Windows(np.arange(100) % 9, 10, 3, 8).config
     b = batching.Windows((np.arange(100) + 1) % 9, 10, 3, 8).config
-    assert a["fingerprint"] != b["fingerprint"] and {k: v for k, v in a.items() if k != "fingerprint"} == \
-        {k: v for k, v in b.items() if k != "fingerprint"}
+    assert a["fingerprint"] != b["fingerprint"] and {k: v for k, v in a.items() if k != "fingerprint"} == {
+        k: v for k, v in b.items() if k != "fingerprint"
+    }
 
 
 def _ids(n=50, length=11, vocab=300, seed=0):
     rng = np.random.default_rng(seed)
     ids = rng.integers(2, vocab, (n, length)).astype(np.uint16)
     lengths = rng.integers(1, length + 1, n)
-    ids[np.arange(length) >= lengths[:, None]] = 0                   # padding at the end, as vectorize makes it
+    ids[np.arange(length) >= lengths[:, None]] = 0  # padding at the end, as vectorize makes it
     return ids
 
 
@@ -171,13 +173,13 @@ def test_vectorized_shuffle_is_a_function_of_seed_and_epoch_and_resumes():
     v = batching.Vectorized(ids, batch_size=16, seed=3)
     first = [b.x for b in v.batches(0)]
     again = [b.x for b in batching.Vectorized(ids, batch_size=16, seed=3).batches(0)]
-    assert all(np.array_equal(a, b) for a, b in zip(first, again)) and len(first) == 7
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=False)) and len(first) == 7
     assert not np.array_equal(first[0], next(v.batches(1)).x)
     assert not np.array_equal(first[0], next(batching.Vectorized(ids, batch_size=16, seed=4).batches(0)).x)
     tail = [b for b in v.batches(0, start=4)]
-    assert len(tail) == 3 and all(np.array_equal(a, b.x) for a, b in zip(first[4:], tail))
+    assert len(tail) == 3 and all(np.array_equal(a, b.x) for a, b in zip(first[4:], tail, strict=False))
     rows = sorted(map(tuple, np.concatenate(first)))
-    assert rows == sorted(map(tuple, ids[:, :-1].astype(np.int64)))       # each review once per epoch
+    assert rows == sorted(map(tuple, ids[:, :-1].astype(np.int64)))  # each review once per epoch
 
 
 def test_vectorized_config_prompt_and_checks():
@@ -189,7 +191,7 @@ def test_vectorized_config_prompt_and_checks():
     prompt = v.random_prompt(np.random.default_rng(0))
     assert prompt.dtype == np.int64 and 1 <= len(prompt) <= 2 and (prompt != 0).all()
     with_empty = np.vstack([ids, np.zeros((3, 11), np.uint16)])
-    assert batching.Vectorized(with_empty).num_sequences == 50                 # all-padding rows hold no target
+    assert batching.Vectorized(with_empty).num_sequences == 50  # all-padding rows hold no target
     with pytest.raises(CorpusError, match="no review"):
         batching.Vectorized(np.zeros((4, 11), np.uint16))
     with pytest.raises(CorpusError, match="matrix"):

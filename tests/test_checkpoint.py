@@ -43,6 +43,7 @@ def test_round_trip_restores_everything(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     """Training 3 steps, saving, loading and training 3 more == training 6 steps straight."""
+
     def steps(model, opt, rng, n):
         losses = []
         for _ in range(n):
@@ -77,13 +78,13 @@ def test_overwrite_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch):
 
     def exploding_savez(f, **arrays):
         f.write(b"half a checkpoint")
-        raise KeyboardInterrupt                                  # killed mid-write
+        raise KeyboardInterrupt  # killed mid-write
 
     monkeypatch.setattr(checkpoint.numpy, "savez", exploding_savez)
     with pytest.raises(KeyboardInterrupt):
         model.save(path, optimizer=opt)
-    assert path.read_bytes() == good                             # the old checkpoint is intact
-    assert sorted(os.listdir(tmp_path)) == ["model.npz"]         # and no temporary file is left
+    assert path.read_bytes() == good  # the old checkpoint is intact
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]  # and no temporary file is left
 
 
 def test_missing_file_and_directory(tmp_path):
@@ -182,6 +183,7 @@ def test_version_1_files_written_before_model_kinds_still_load(tmp_path):
     def as_version_1(arrays, header):
         header["version"] = 1
         del header["model"]["kind"], header["model"]["cell"]
+
     _rewrite(tmp_path / "v2.npz", tmp_path / "v1.npz", as_version_1)
     loaded = models.load(tmp_path / "v1.npz")
     assert type(loaded.model) is LanguageModel and loaded.model.config == model.config

@@ -15,17 +15,17 @@ import zipfile
 import numpy as np
 import pytest
 from numpy.lib import format as npy_format
+from test_checkpoint import _rewrite
+from test_cli import cli, fails, snapshot
 
-from scratchlm import models, CheckpointError, LanguageModel, budget, checkpoint, optim
+from scratchlm import CheckpointError, LanguageModel, budget, checkpoint, models, optim
 from scratchlm.backend import Backend
 from scratchlm.cli import main
 from scratchlm.train.resume import encode_array
 
-from test_checkpoint import _rewrite
-from test_cli import cli, fails, snapshot
-
-TEXT = ("It was the best of times, it was the worst of times; it was the age of wisdom, it was the age of "
-        "foolishness.\n") * 40
+TEXT = (
+    "It was the best of times, it was the worst of times; it was the age of wisdom, it was the age of foolishness.\n"
+) * 40
 B, HIDDEN = 4, [16, 12]
 TINY = ["--hidden", *HIDDEN, "--embedding-dim", 8, "--batch-size", B, "--seq-len", 16, "--no-progress"]
 COMMANDS = {"info": ["info"], "sample": ["sample", "--length", 5], "resume": ["train", "--resume"]}
@@ -43,8 +43,12 @@ def trained(tmp_path_factory):
     corpus = root / "dickens.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = main([str(a) for a in ["train", corpus, "--run-dir", root / "run", "--max-steps", 12,
-                                      "--sample-length", 0, *TINY]])
+        code = main(
+            [
+                str(a)
+                for a in ["train", corpus, "--run-dir", root / "run", "--max-steps", 12, "--sample-length", 0, *TINY]
+            ]
+        )
     assert code == 0
     return root / "run"
 
@@ -63,7 +67,7 @@ def check_refused(capsys, run, change, refused, *words):
     for name, argv in COMMANDS.items():
         if name in refused:
             fails(cli(capsys, *argv, run), *words)
-        elif name != "resume":                            # a resume that works would train on
+        elif name != "resume":  # a resume that works would train on
             code, _, err = cli(capsys, *argv, run)
             assert code == 0, err
     assert snapshot(run) == before
@@ -86,6 +90,7 @@ def arrays_as(dtype, which="param/"):
         for key in arrays:
             if key.startswith(which):
                 arrays[key] = arrays[key].astype(dtype)
+
     return change
 
 
@@ -103,7 +108,7 @@ def optimizer(**fields):
 
 EVERYWHERE = {"info", "sample", "resume"}
 HEADER_LIES = {
-    "an LSTM of 10^9 units": (model(hidden_sizes=[10 ** 9, 12]), ["hidden_sizes", "param/lstm_0/kernel"]),
+    "an LSTM of 10^9 units": (model(hidden_sizes=[10**9, 12]), ["hidden_sizes", "param/lstm_0/kernel"]),
     "an extra layer": (model(hidden_sizes=HIDDEN + [8]), ["parameter arrays", "hidden_sizes"]),
     "a layer fewer": (model(hidden_sizes=HIDDEN[:1]), ["parameter arrays"]),
     "another vocabulary size": (model(vocab_size=26), ["param/embedding/embeddings", "vocab_size=26"]),
@@ -141,14 +146,20 @@ ARRAY_LIES = {
     "float64 optimizer slots": (arrays_as(np.float64, "optimizer/"), ["optimizer/", "float64"]),
     "a parameter of the wrong shape": (put("param/dense/bias", np.zeros(7, np.float32)), ["param/dense/bias"]),
     "a missing parameter": (drop("param/lstm_1/bias"), ["parameter arrays"]),
-    "a renamed parameter": (lambda a, h: a.update({"param/lstm_1/biases": a.pop("param/lstm_1/bias")}),
-                            ["param/lstm_1/bias"]),
+    "a renamed parameter": (
+        lambda a, h: a.update({"param/lstm_1/biases": a.pop("param/lstm_1/bias")}),
+        ["param/lstm_1/bias"],
+    ),
     "an extra parameter": (put("param/lstm_0/extra", np.zeros(3, np.float32)), ["parameter arrays"]),
     "an unknown array": (put("notes", np.zeros(3, np.float32)), ["unexpected array notes"]),
-    "a slot of no parameter": (put("optimizer/m/lstm_9/kernel", np.zeros(3, np.float32)),
-                               ["unexpected array optimizer/m/lstm_9/kernel"]),
-    "a slot Adam does not keep": (put("optimizer/velocity/dense/bias", np.zeros(25, np.float32)),
-                                  ["unexpected array optimizer/velocity/dense/bias", "adam keeps m, v, vhat"]),
+    "a slot of no parameter": (
+        put("optimizer/m/lstm_9/kernel", np.zeros(3, np.float32)),
+        ["unexpected array optimizer/m/lstm_9/kernel"],
+    ),
+    "a slot Adam does not keep": (
+        put("optimizer/velocity/dense/bias", np.zeros(25, np.float32)),
+        ["unexpected array optimizer/velocity/dense/bias", "adam keeps m, v, vhat"],
+    ),
     "a slot of the wrong shape": (put("optimizer/m/dense/bias", np.zeros(3, np.float32)), ["optimizer/m/dense/bias"]),
     "an int slot": (put("optimizer/v/dense/bias", np.zeros(25, np.int32)), ["optimizer/v/dense/bias", "int32"]),
     "slots without an optimizer": (top(optimizer=None), ["unexpected array optimizer/", "none is saved"]),
@@ -162,7 +173,7 @@ OPTIMIZER_LIES = {
     "amsgrad 'yes'": (optimizer(amsgrad="yes"), ["amsgrad", "'yes'"]),
     "an unknown hyperparameter": (optimizer(warmup=5), ["warmup"]),
     "optimizer a list": (top(optimizer=["adam"]), ["optimizer state", "JSON object"]),
-    "iterations of 400 digits": (optimizer(iterations=10 ** 400), ["'iterations'", "2**63", "..."]),
+    "iterations of 400 digits": (optimizer(iterations=10**400), ["'iterations'", "2**63", "..."]),
 }
 
 
@@ -174,7 +185,7 @@ def test_header_and_array_lies_are_refused_everywhere(run, capsys, case):
 
 def test_a_huge_header_allocates_nothing(run, capsys):
     """hidden_sizes [10^9] would need 238 GiB - 1.7 TiB: refused using a few MB."""
-    rewrite(run / "last.npz", model(hidden_sizes=[10 ** 9, 12]))
+    rewrite(run / "last.npz", model(hidden_sizes=[10**9, 12]))
     tracemalloc.start()
     try:
         with pytest.raises(CheckpointError, match="hidden_sizes"):
@@ -189,7 +200,7 @@ def test_a_huge_header_allocates_nothing(run, capsys):
 
 def test_thousands_of_layers_in_the_header_are_refused_before_listing_them(run, capsys, monkeypatch):
     stored = sum(key.startswith("param/") for key in models.read(run / "last.npz")[1])
-    rewrite(run / "last.npz", model(hidden_sizes=[16] * 10 ** 6))
+    rewrite(run / "last.npz", model(hidden_sizes=[16] * 10**6))
     listed = []
     shapes = LanguageModel.parameter_shapes
 
@@ -197,9 +208,10 @@ def test_thousands_of_layers_in_the_header_are_refused_before_listing_them(run, 
         for item in shapes(config):
             listed.append(item)
             yield item
+
     monkeypatch.setattr(LanguageModel, "parameter_shapes", staticmethod(counted))
     fails(cli(capsys, "info", run), "parameter arrays")
-    assert len(listed) == stored + 1                                   # stopped one past the stored arrays
+    assert len(listed) == stored + 1  # stopped one past the stored arrays
 
 
 def metadata(**fields):
@@ -214,18 +226,17 @@ def tokenizer(**fields):
     return lambda arrays, header: header["metadata"]["tokenizer"].update(fields)
 
 
-METADATA_LIES = {   # lie -> (change, commands that refuse it, words of the message)
+METADATA_LIES = {  # lie -> (change, commands that refuse it, words of the message)
     "position a list": (metadata(train=[0, 0]), {"info", "resume"}, ["metadata['train']", "JSON object"]),
-    "position without step": (lambda a, h: h["metadata"]["train"].pop("step"), {"info", "resume"},
-                              ["no field 'step'"]),
+    "position without step": (lambda a, h: h["metadata"]["train"].pop("step"), {"info", "resume"}, ["no field 'step'"]),
     "epoch a string": (position(epoch="3"), {"info", "resume"}, ["'epoch'", "'3'"]),
     "a negative batch": (position(batch=-1), {"info", "resume"}, ["'batch'", "-1"]),
     "fractional targets": (position(epoch_targets=1.5), {"info", "resume"}, ["'epoch_targets'"]),
     "best_val_loss a string": (position(best_val_loss="low"), {"info", "resume"}, ["'best_val_loss'"]),
     "history not a list": (position(history="none"), {"info", "resume"}, ["'history'"]),
     "a broken epoch record": (position(history=[{"epoch": 1}]), {"info", "resume"}, ["record 0", "'step'"]),
-    "a batch beyond the data": (position(batch=10 ** 6), {"resume"}, ["1,000,000", "beyond"]),
-    "a step count of 400 digits": (position(step=10 ** 400), {"info", "resume"}, ["'step'"]),
+    "a batch beyond the data": (position(batch=10**6), {"resume"}, ["1,000,000", "beyond"]),
+    "a step count of 400 digits": (position(step=10**400), {"info", "resume"}, ["'step'"]),
     "tokenizer a list": (metadata(tokenizer=["a", "b"]), EVERYWHERE, ["tokenizer", "list"]),
     "tokenizer without chars": (lambda a, h: h["metadata"]["tokenizer"].pop("chars"), EVERYWHERE, ["'chars'"]),
     "chars a string": (tokenizer(chars="abc"), EVERYWHERE, ["'chars'", "'abc'"]),
@@ -261,15 +272,18 @@ def settings(**fields):
     return lambda arrays, header: header["metadata"]["cli"].update(fields)
 
 
-@pytest.mark.parametrize("change, words", [
-    (settings(batch_size="64"), ["'batch_size'", "'64'"]),
-    (settings(batching="bpe"), ["'batching'"]),
-    (settings(temperature=[-1]), ["'temperature'"]),
-    (settings(val_fraction=2), ["'val_fraction'"]),
-    (lambda a, h: h["metadata"]["cli"].pop("corpus"), ["'corpus'", "got nothing"]),
-    (lambda a, h: h["metadata"].pop("tokenizer"), ["no tokenizer"]),
-], ids=["batch size a string", "unknown batching", "negative temperature", "fraction 2", "no corpus",
-        "no tokenizer"])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (settings(batch_size="64"), ["'batch_size'", "'64'"]),
+        (settings(batching="bpe"), ["'batching'"]),
+        (settings(temperature=[-1]), ["'temperature'"]),
+        (settings(val_fraction=2), ["'val_fraction'"]),
+        (lambda a, h: h["metadata"]["cli"].pop("corpus"), ["'corpus'", "got nothing"]),
+        (lambda a, h: h["metadata"].pop("tokenizer"), ["no tokenizer"]),
+    ],
+    ids=["batch size a string", "unknown batching", "negative temperature", "fraction 2", "no corpus", "no tokenizer"],
+)
 def test_settings_that_lie_are_refused_by_resume(run, capsys, change, words):
     rewrite(run / "last.npz", change)
     before = snapshot(run)
@@ -277,9 +291,11 @@ def test_settings_that_lie_are_refused_by_resume(run, capsys, change, words):
     assert snapshot(run) == before
 
 
-CONTRADICTIONS = {   # the run's settings (metadata['cli']) against its model, tokenizer or data -> words
-    "a sequence length its data do not have": (settings(seq_len=10 ** 9), ["seq_len 1000000000",
-                                                                           "its data (metadata['data']) has 16"]),
+CONTRADICTIONS = {  # the run's settings (metadata['cli']) against its model, tokenizer or data -> words
+    "a sequence length its data do not have": (
+        settings(seq_len=10**9),
+        ["seq_len 1000000000", "its data (metadata['data']) has 16"],
+    ),
     "another batch size": (settings(batch_size=8), ["batch_size 8", "its data (metadata['data']) has 4"]),
     "another batching": (settings(batching="windows"), ["batching 'windows'", "has 'streams'"]),
     "other layers": (settings(hidden=[32]), ["hidden [32]", "the model in its header has [16, 12]"]),
@@ -290,8 +306,8 @@ CONTRADICTIONS = {   # the run's settings (metadata['cli']) against its model, t
     "a transformer": (settings(model="transformer"), ["model 'transformer'", "has 'recurrent'"]),
     "words": (settings(tokenizer="word"), ["tokenizer 'word'", "its tokenizer (metadata['tokenizer']) has 'char'"]),
     "lower-cased": (settings(lower=True), ["lower True", "has False"]),
-    "a sequence length of 400 digits": (settings(seq_len=10 ** 400), ["'seq_len'", "2**63", "..."]),
-    "epochs beyond 2**63": (settings(epochs=2 ** 63), ["'epochs'", "2**63"]),
+    "a sequence length of 400 digits": (settings(seq_len=10**400), ["'seq_len'", "2**63", "..."]),
+    "epochs beyond 2**63": (settings(epochs=2**63), ["'epochs'", "2**63"]),
     "a learning rate of 0": (settings(lr=0), ["'lr'", "> 0"]),
     "hidden a number": (settings(hidden=16), ["'hidden'", "list"]),
 }
@@ -306,14 +322,20 @@ def test_settings_that_contradict_the_checkpoint_are_refused_by_resume(run, caps
 def test_a_sequence_too_long_for_memory_is_refused_before_anything_is_built(run, capsys):
     """metadata['cli'] and metadata['data'] agree on 10^9 tokens a chunk: resume cannot fit, says so, allocates
     nothing, and names the size the run fixed."""
+
     def longer(arrays, header):
-        header["metadata"]["cli"]["seq_len"] = header["metadata"]["data"]["seq_len"] = 10 ** 9
+        header["metadata"]["cli"]["seq_len"] = header["metadata"]["data"]["seq_len"] = 10**9
+
     rewrite(run / "last.npz", longer)
     before = snapshot(run)
     tracemalloc.start()
     try:
-        err = fails(cli(capsys, "train", "--resume", run), "one training step's activations",
-                    "--batch-size 4, --seq-len 1,000,000,000", "resume it on a machine with more memory")
+        err = fails(
+            cli(capsys, "train", "--resume", run),
+            "one training step's activations",
+            "--batch-size 4, --seq-len 1,000,000,000",
+            "resume it on a machine with more memory",
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -328,27 +350,55 @@ def transformer(tmp_path_factory):
     corpus = root / "lines.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = main([str(a) for a in ["train", corpus, "--run-dir", root / "run", "--model", "transformer",
-                                      "--embedding-dim", 8, "--dense-dim", 16, "--seq-len", 12, "--batch-size", 4,
-                                      "--max-steps", 3, "--sample-length", 0, "--no-progress"]])
+        code = main(
+            [
+                str(a)
+                for a in [
+                    "train",
+                    corpus,
+                    "--run-dir",
+                    root / "run",
+                    "--model",
+                    "transformer",
+                    "--embedding-dim",
+                    8,
+                    "--dense-dim",
+                    16,
+                    "--seq-len",
+                    12,
+                    "--batch-size",
+                    4,
+                    "--max-steps",
+                    3,
+                    "--sample-length",
+                    0,
+                    "--no-progress",
+                ]
+            ]
+        )
     assert code == 0
     return root / "run"
 
 
-@pytest.mark.parametrize("change, words", [
-    (settings(model="recurrent"), ["model 'recurrent'", "the model in its header has 'transformer'"]),
-    (settings(seq_len=10 ** 9), ["seq_len 1000000000", "the model in its header has 12"]),
-    (settings(heads=3), ["heads 3", "has 2"]),
-    (settings(key_dim=4), ["key_dim 4", "has 8"]),
-    (settings(block="gpt"), ["block 'gpt'", "has 'book'"]),
-], ids=["a recurrent model", "a sequence length", "heads", "key_dim", "block"])
-def test_a_transformer_run_whose_settings_contradict_its_model_is_refused_by_resume(transformer, tmp_path, capsys,
-                                                                                     change, words):
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (settings(model="recurrent"), ["model 'recurrent'", "the model in its header has 'transformer'"]),
+        (settings(seq_len=10**9), ["seq_len 1000000000", "the model in its header has 12"]),
+        (settings(heads=3), ["heads 3", "has 2"]),
+        (settings(key_dim=4), ["key_dim 4", "has 8"]),
+        (settings(block="gpt"), ["block 'gpt'", "has 'book'"]),
+    ],
+    ids=["a recurrent model", "a sequence length", "heads", "key_dim", "block"],
+)
+def test_a_transformer_run_whose_settings_contradict_its_model_is_refused_by_resume(
+    transformer, tmp_path, capsys, change, words
+):
     run = shutil.copytree(transformer, tmp_path / "run")
     rewrite(run / "last.npz", change)
     before = snapshot(run)
     fails(cli(capsys, "train", "--resume", run), "last.npz", *words)
-    for argv in (["info"], ["sample", "--prime", "it was", "--length", 5]):      # they do not read these settings
+    for argv in (["info"], ["sample", "--prime", "it was", "--length", 5]):  # they do not read these settings
         code, _, err = cli(capsys, argv[0], run, *argv[1:])
         assert code == 0, err
     assert snapshot(run) == before
@@ -374,15 +424,23 @@ STATE_LIES = {
     "a layer too many": (carried(lambda s: s.append(None)), ["metadata['state']"]),
     "a layer too few": (carried(lambda s: s.pop()), ["metadata['state']"]),
     "three arrays for a layer": (carried(lambda s: s[0].append(s[0][0])), ["metadata['state']", "[h, c]"]),
-    "another batch size": (carried(lambda s: s[0].__setitem__(0, encoded((B + 1, 16)))),
-                           ["carried h of LSTM layer 0", "shape (4, 16)"]),
-    "another layer's width": (carried(lambda s: s[1].__setitem__(1, encoded((B, 16)))),
-                              ["carried c of LSTM layer 1", "shape (4, 12)"]),
-    "float64 state": (carried(lambda s: s[0].__setitem__(0, encoded((B, 16), np.float64))),
-                      ["LSTM layer 0", "float32", "'<f8'"]),
+    "another batch size": (
+        carried(lambda s: s[0].__setitem__(0, encoded((B + 1, 16)))),
+        ["carried h of LSTM layer 0", "shape (4, 16)"],
+    ),
+    "another layer's width": (
+        carried(lambda s: s[1].__setitem__(1, encoded((B, 16)))),
+        ["carried c of LSTM layer 1", "shape (4, 12)"],
+    ),
+    "float64 state": (
+        carried(lambda s: s[0].__setitem__(0, encoded((B, 16), np.float64))),
+        ["LSTM layer 0", "float32", "'<f8'"],
+    ),
     "int state": (carried(lambda s: s[0].__setitem__(0, encoded((B, 16), np.int32))), ["'<i4'"]),
-    "a shape its bytes do not fill": (carried(lambda s: s[0][0].update(shape=[B, 16], base64="AAAA")),
-                                      ["3 bytes instead of 256"]),
+    "a shape its bytes do not fill": (
+        carried(lambda s: s[0][0].update(shape=[B, 16], base64="AAAA")),
+        ["3 bytes instead of 256"],
+    ),
     "base64 garbage": (carried(lambda s: s[0][0].update(base64="!!not base64!!")), ["base64"]),
     "an array of no known form": (carried(lambda s: s[0].__setitem__(0, [1, 2])), ["layer 0", "base64"]),
     "state in a model that is not stateful": (model(stateful=False), ["not stateful"]),
@@ -396,6 +454,7 @@ def test_carried_state_lies_are_refused_by_resume(run, capsys, case):
 
 
 # -- files that are no checkpoint at all ---------------------------------------------------------------------
+
 
 def test_text_or_npy_files_are_no_npz_archive(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("hello, this is text\n")
@@ -449,7 +508,7 @@ def npy_bytes(array):
 
 def test_an_array_that_claims_more_than_its_entry_holds(tmp_path):
     claims = io.BytesIO()
-    npy_format.write_array_header_1_0(claims, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 10,)})
+    npy_format.write_array_header_1_0(claims, {"descr": "<f4", "fortran_order": False, "shape": (10**10,)})
     header = npy_bytes(np.frombuffer(json.dumps({"format": "scratchlm-checkpoint"}).encode(), np.uint8))
     npz(tmp_path / "big.npz", {"header.json.npy": header, "param/dense/bias.npy": claims.getvalue() + bytes(16)})
     tracemalloc.start()
@@ -468,9 +527,11 @@ def test_entries_that_are_no_arrays_and_headers_that_are_no_json(run):
         z.writestr("README.txt", b"hello")
     with pytest.raises(CheckpointError, match="unexpected entry 'README.txt'"):
         models.read(path)
-    for raw, words in ((np.arange(3, dtype=np.int64), "not a byte string"),
-                       (np.frombuffer(b"[" * 100000 + b"]" * 100000, np.uint8), "unreadable checkpoint header"),
-                       (np.frombuffer(b"\xff\xfe{}", np.uint8), "unreadable checkpoint header")):
+    for raw, words in (
+        (np.arange(3, dtype=np.int64), "not a byte string"),
+        (np.frombuffer(b"[" * 100000 + b"]" * 100000, np.uint8), "unreadable checkpoint header"),
+        (np.frombuffer(b"\xff\xfe{}", np.uint8), "unreadable checkpoint header"),
+    ):
         np.savez(path, **{"header.json": raw})
         with pytest.raises(CheckpointError, match=words):
             models.read(path)
@@ -486,11 +547,17 @@ def test_arrays_larger_than_the_memory_available(run, capsys, monkeypatch):
 
 # -- checkpoints that tell the truth ------------------------------------------------------------------------
 
-CONFIGS = [dict(vocab_size=11, embedding_dim=5, hidden_sizes=[8, 6]),
-           dict(vocab_size=7, embedding_dim=None, hidden_sizes=[4]),
-           dict(vocab_size=9, embedding_dim=3, hidden_sizes=[5, 4, 3], dtype="float64", stateful=True, seed=None)]
-OPTIMIZERS = [None, optim.SGD(lr=0.1, momentum=0.9, nesterov=True), optim.RMSprop(centered=True, momentum=0.5),
-              optim.Adam(amsgrad=True, global_clipnorm=1.0)]
+CONFIGS = [
+    dict(vocab_size=11, embedding_dim=5, hidden_sizes=[8, 6]),
+    dict(vocab_size=7, embedding_dim=None, hidden_sizes=[4]),
+    dict(vocab_size=9, embedding_dim=3, hidden_sizes=[5, 4, 3], dtype="float64", stateful=True, seed=None),
+]
+OPTIMIZERS = [
+    None,
+    optim.SGD(lr=0.1, momentum=0.9, nesterov=True),
+    optim.RMSprop(centered=True, momentum=0.5),
+    optim.Adam(amsgrad=True, global_clipnorm=1.0),
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -506,7 +573,7 @@ def test_what_save_writes_loads_exactly(tmp_path, config, opt):
     model = LanguageModel(**config)
     rng = Backend.rng(3)
     if opt is not None:
-        opt = optim.from_state(*opt.state_dict())                  # a fresh copy with the same settings
+        opt = optim.from_state(*opt.state_dict())  # a fresh copy with the same settings
         for _ in range(2):
             x = rng.integers(0, model.vocab_size, (2, 5))
             model.reset_state()

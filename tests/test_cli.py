@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchlm import models
 import scratchlm.cli as cli_module
+from scratchlm import models
 from scratchlm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = ("It was the best of times, it was the worst of times; it was the age of wisdom, it was the age of "
-        "foolishness.\n") * 40
+TEXT = (
+    "It was the best of times, it was the worst of times; it was the age of wisdom, it was the age of foolishness.\n"
+) * 40
 TINY = ["--hidden", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "16", "--no-progress"]
 
 
@@ -28,7 +29,7 @@ def cli(capsys, *argv):
     """Run `scratchlm argv...` in-process -> (exit code, stdout, stderr)."""
     try:
         code = main([str(a) for a in argv])
-    except SystemExit as exc:                # argparse's own exits (--help, usage errors)
+    except SystemExit as exc:  # argparse's own exits (--help, usage errors)
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
@@ -57,22 +58,33 @@ def corpus(tmp_path):
 @pytest.fixture
 def trained(tmp_path, corpus, capsys):
     run_dir = tmp_path / "run"
-    code, out, err = cli(capsys, "train", corpus, "--run-dir", run_dir, "--max-steps", 12, "--sample-length", 0,
-                         *TINY)
+    code, out, err = cli(capsys, "train", corpus, "--run-dir", run_dir, "--max-steps", 12, "--sample-length", 0, *TINY)
     assert code == 0, err
     return run_dir
 
 
 def test_session_train_sample_info_resume(tmp_path, corpus, capsys):
     run_dir = tmp_path / "run"
-    code, out, err = cli(capsys, "train", corpus, "--run-dir", run_dir, "--epochs", 2, "--sample-length", 40,
-                         "--temperature", 0.5, 1.0, *TINY)
+    code, out, err = cli(
+        capsys,
+        "train",
+        corpus,
+        "--run-dir",
+        run_dir,
+        "--epochs",
+        2,
+        "--sample-length",
+        40,
+        "--temperature",
+        0.5,
+        1.0,
+        *TINY,
+    )
     assert code == 0, err
     assert "epoch 1/2  loss" in out and "epoch 2/2  loss" in out and out.count("----- temperature") == 4
     assert {"last.npz", "best.npz", "metrics.jsonl"} <= set(snapshot(run_dir))
 
-    code, out, err = cli(capsys, "sample", run_dir, "--prime", "It was", "--length", 30,
-                         "--temperature", 0.2, 0.5, 1.0)
+    code, out, err = cli(capsys, "sample", run_dir, "--prime", "It was", "--length", 30, "--temperature", 0.2, 0.5, 1.0)
     assert code == 0, err
     assert out.count("--- temperature") == 3 and out.count("\nIt was") == 3
 
@@ -101,19 +113,57 @@ def test_prime_file_and_word_level_padded(tmp_path, corpus, capsys):
     prime = tmp_path / "prime.txt"
     prime.write_text("it was the")
     run_dir = tmp_path / "words"
-    code, out, err = cli(capsys, "train", corpus, "--run-dir", run_dir, "--tokenizer", "word", "--batching",
-                         "padded", "--max-steps", 5, "--sample-length", 0, *TINY)
+    code, out, err = cli(
+        capsys,
+        "train",
+        corpus,
+        "--run-dir",
+        run_dir,
+        "--tokenizer",
+        "word",
+        "--batching",
+        "padded",
+        "--max-steps",
+        5,
+        "--sample-length",
+        0,
+        *TINY,
+    )
     assert code == 0, err
     code, out, err = cli(capsys, "sample", run_dir, "--prime-file", prime, "--length", 10)
     assert code == 0 and out.splitlines()[1].startswith(" it was the"), err
-    code, out, err = cli(capsys, "sample", run_dir, "--length", 10)            # no prime: starts a new line
+    code, out, err = cli(capsys, "sample", run_dir, "--length", 10)  # no prime: starts a new line
     assert code == 0, err
 
 
 def test_windows_one_hot_book_options(tmp_path, corpus, capsys):
-    code, out, err = cli(capsys, "train", corpus, "--run-dir", tmp_path / "w", "--batching", "windows",
-                         "--embedding-dim", 0, "--hidden", 8, "--optimizer", "rmsprop", "--lr", 0.01, "--clipnorm", 0,
-                         "--val-fraction", 0, "--lower", "--max-steps", 3, "--sample-length", 0, "--no-progress")
+    code, out, err = cli(
+        capsys,
+        "train",
+        corpus,
+        "--run-dir",
+        tmp_path / "w",
+        "--batching",
+        "windows",
+        "--embedding-dim",
+        0,
+        "--hidden",
+        8,
+        "--optimizer",
+        "rmsprop",
+        "--lr",
+        0.01,
+        "--clipnorm",
+        0,
+        "--val-fraction",
+        0,
+        "--lower",
+        "--max-steps",
+        3,
+        "--sample-length",
+        0,
+        "--no-progress",
+    )
     assert code == 0, err
     assert "one-hot" in out and "windows of 60 (step 3)" in out
 
@@ -126,18 +176,32 @@ def test_help_is_there(capsys):
 
 # -- bad input (issue 4 §6) --------------------------------------------------------------
 
+
 def test_empty_corpus(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     fails(cli(capsys, "train", tmp_path / "empty.txt", "--run-dir", tmp_path / "r"), "empty")
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("batching, words", [("windows", "at least 61"), ("streams", "at least 6,401"),
-                                             ("padded", "no non-empty")])
+@pytest.mark.parametrize(
+    "batching, words", [("windows", "at least 61"), ("streams", "at least 6,401"), ("padded", "no non-empty")]
+)
 def test_too_short_corpus(tmp_path, capsys, batching, words):
     (tmp_path / "short.txt").write_text("too short\n" if batching != "padded" else "\n\n  \n")
-    fails(cli(capsys, "train", tmp_path / "short.txt", "--run-dir", tmp_path / "r", "--batching", batching,
-              "--val-fraction", 0), words)
+    fails(
+        cli(
+            capsys,
+            "train",
+            tmp_path / "short.txt",
+            "--run-dir",
+            tmp_path / "r",
+            "--batching",
+            batching,
+            "--val-fraction",
+            0,
+        ),
+        words,
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -149,19 +213,20 @@ def test_missing_or_unreadable_corpus(tmp_path, capsys):
 
 def test_offline_download_names_the_corpus_argument(tmp_path, capsys, monkeypatch):
     import socket
-    with socket.socket() as s:                       # a port nobody listens on
+
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/corpus.txt"
     monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
-    err = fails(cli(capsys, "train", url, "--run-dir", tmp_path / "r"), url, "are you offline",
-                "scratchlm train PATH")
+    err = fails(cli(capsys, "train", url, "--run-dir", tmp_path / "r"), url, "are you offline", "scratchlm train PATH")
     assert "--corpus" not in err and not (tmp_path / "r").exists()
 
 
 def test_bundled_corpus_by_name(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
-    code, out, err = cli(capsys, "train", "nietzsche", "--run-dir", tmp_path / "r", "--max-steps", 2,
-                         "--sample-length", 0, *TINY)
+    code, out, err = cli(
+        capsys, "train", "nietzsche", "--run-dir", tmp_path / "r", "--max-steps", 2, "--sample-length", 0, *TINY
+    )
     assert code == 0, err
     assert "CharTokenizer(V=89" in out and not (tmp_path / "cache").exists()
 
@@ -180,14 +245,37 @@ def test_prime_with_unknown_characters(trained, capsys):
 
 def test_the_unknown_token_is_named_as_the_model_writes_it(tmp_path, corpus, capsys):
     """<unk> for the recurrent models' vocabularies, [UNK] for the Transformer's TextVectorization one."""
-    for model, token, other in ((["--tokenizer", "word"], "<unk>", "[UNK]"),
-                                (["--model", "transformer"], "[UNK]", "<unk>")):
+    for model, token, other in (
+        (["--tokenizer", "word"], "<unk>", "[UNK]"),
+        (["--model", "transformer"], "[UNK]", "<unk>"),
+    ):
         run_dir = tmp_path / token
-        code, _, err = cli(capsys, "train", corpus, "--run-dir", run_dir, *model, "--embedding-dim", 8,
-                           "--batch-size", 4, "--seq-len", 16, "--max-steps", 2, "--sample-length", 0, "--no-progress")
+        code, _, err = cli(
+            capsys,
+            "train",
+            corpus,
+            "--run-dir",
+            run_dir,
+            *model,
+            "--embedding-dim",
+            8,
+            "--batch-size",
+            4,
+            "--seq-len",
+            16,
+            "--max-steps",
+            2,
+            "--sample-length",
+            0,
+            "--no-progress",
+        )
         assert code == 0, err
-        err = fails(cli(capsys, "sample", run_dir, "--prime", "it was zebras"), "'zebras'", "--unknown skip",
-                    f"replace them by {token} with --unknown unk")
+        err = fails(
+            cli(capsys, "sample", run_dir, "--prime", "it was zebras"),
+            "'zebras'",
+            "--unknown skip",
+            f"replace them by {token} with --unknown unk",
+        )
         assert other not in err
     _, out, _ = cli(capsys, "sample", "--help")
     assert "[UNK]" in " ".join(out.split())
@@ -214,7 +302,7 @@ def test_missing_checkpoint(tmp_path, capsys):
 
 def test_corrupt_and_truncated_checkpoints(trained, tmp_path, capsys):
     good = (trained / "last.npz").read_bytes()
-    (tmp_path / "truncated.npz").write_bytes(good[:len(good) // 2])
+    (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
     (tmp_path / "garbage.npz").write_bytes(b"this is not a checkpoint" * 10)
     for name in ("truncated.npz", "garbage.npz"):
         before = (tmp_path / name).read_bytes()
@@ -247,6 +335,7 @@ def test_unknown_backend(tmp_path, corpus, trained, capsys):
 def test_cupy_backend_without_gpu(tmp_path, corpus, trained, capsys):
     try:
         from scratchlm import get_backend
+
         get_backend("cupy")
         pytest.skip("a GPU is available here")
     except Exception:
@@ -275,23 +364,50 @@ def test_other_usage_errors(tmp_path, corpus, capsys):
 
 
 def test_a_transformer_has_no_one_hot_input(tmp_path, corpus, capsys):
-    fails(cli(capsys, "train", corpus, "--model", "transformer", "--embedding-dim", 0, "--run-dir", tmp_path / "r"),
-          "--embedding-dim 0", "one-hot", "--model transformer", "size >= 1")
+    fails(
+        cli(capsys, "train", corpus, "--model", "transformer", "--embedding-dim", 0, "--run-dir", tmp_path / "r"),
+        "--embedding-dim 0",
+        "one-hot",
+        "--model transformer",
+        "size >= 1",
+    )
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("option", ["--seq-len", "--batch-size", "--epochs", "--seed", "--hidden"])
 def test_numbers_no_checkpoint_could_record_are_usage_errors(tmp_path, corpus, capsys, option):
-    fails(cli(capsys, "train", corpus, option, 2 ** 63, "--run-dir", tmp_path / "r"), option, "below 2**63")
+    fails(cli(capsys, "train", corpus, option, 2**63, "--run-dir", tmp_path / "r"), option, "below 2**63")
     assert not (tmp_path / "r").exists()
 
 
 # -- a real kill ------------------------------------------------------------------------------
 
+
 def _train_command(corpus, run_dir, epochs):
-    return [sys.executable, "-m", "scratchlm", "train", str(corpus), "--run-dir", str(run_dir), "--epochs",
-            str(epochs), "--checkpoint-every", "10", "--sample-length", "0", "--hidden", "32", "--embedding-dim",
-            "8", "--batch-size", "8", "--seq-len", "16", "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "scratchlm",
+        "train",
+        str(corpus),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        str(epochs),
+        "--checkpoint-every",
+        "10",
+        "--sample-length",
+        "0",
+        "--hidden",
+        "32",
+        "--embedding-dim",
+        "8",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "16",
+        "--no-progress",
+    ]
 
 
 def test_kill_9_then_resume_loses_nothing(tmp_path, capsys):
@@ -299,13 +415,17 @@ def test_kill_9_then_resume_loses_nothing(tmp_path, capsys):
     corpus.write_text(TEXT * 3)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_command(corpus, killed, epochs=1000), cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_command(corpus, killed, epochs=1000),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        deadline = time.monotonic() + 300          # generous: a cold Numba cache compiles first
+        deadline = time.monotonic() + 300  # generous: a cold Numba cache compiles first
         while time.monotonic() < deadline and proc.poll() is None:
-            if (killed / "last.npz").exists() and \
-                    models.load(killed / "last.npz").metadata["train"]["step"] >= 30:
+            if (killed / "last.npz").exists() and models.load(killed / "last.npz").metadata["train"]["step"] >= 30:
                 break
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)

@@ -17,7 +17,7 @@ import pytest
 from scratchlm import corpora
 from scratchlm.corpora import CorpusError, DownloadError
 
-BODY = b"".join(b"line %d of a small corpus served over http\n" % i for i in range(2000))   # ~90 kB
+BODY = b"".join(b"line %d of a small corpus served over http\n" % i for i in range(2000))  # ~90 kB
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
@@ -46,8 +46,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = srv.body[start:]
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        if srv.break_after is not None:          # send part of the body, then drop the connection
-            payload, srv.break_after = payload[:srv.break_after], None
+        if srv.break_after is not None:  # send part of the body, then drop the connection
+            payload, srv.break_after = payload[: srv.break_after], None
         self.wfile.write(payload)
 
     def log_message(self, *args):
@@ -70,13 +70,13 @@ def test_fetch_downloads_verifies_and_caches(server, tmp_path):
     path = corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
     assert path.read_bytes() == BODY and not list(tmp_path.glob("*.part"))
     again = corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
-    assert again == path and server.seen == [None]                 # the second call never asked the server
+    assert again == path and server.seen == [None]  # the second call never asked the server
 
 
 def test_fetch_checksum_mismatch_keeps_nothing(server, tmp_path):
     with pytest.raises(DownloadError, match="SHA-256"):
         corpora.fetch(server.url, cache_dir=tmp_path, sha256="0" * 64)
-    assert list(tmp_path.iterdir()) == []                            # no corpus, no .part
+    assert list(tmp_path.iterdir()) == []  # no corpus, no .part
 
 
 def test_fetch_resumes_a_partial_download_with_range(server, tmp_path):
@@ -100,13 +100,13 @@ def test_fetch_broken_transfer_is_continued_next_time(server, tmp_path):
         corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA)
     parts = list(tmp_path.glob("*.part"))
     assert len(parts) == 1 and parts[0].stat().st_size == 30000
-    assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".part")]     # nothing half-done in place
+    assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".part")]  # nothing half-done in place
     assert corpora.fetch(server.url, cache_dir=tmp_path, sha256=SHA).read_bytes() == BODY
     assert server.seen[-1] == "bytes=30000-"
 
 
 def test_fetch_offline_names_the_url_and_the_way_out(tmp_path):
-    with socket.socket() as s:                       # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/corpus.txt"
@@ -142,7 +142,7 @@ def test_unknown_corpus_name(tmp_path):
 @pytest.mark.parametrize("name", sorted(corpora.CORPORA))
 def test_bundled_corpora_need_no_network_nor_cache(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(corpora, "_download", None)                     # any download attempt would fail
+    monkeypatch.setattr(corpora, "_download", None)  # any download attempt would fail
     source = corpora.CORPORA[name]
     path = corpora.fetch(name)
     assert source.bundled and path == corpora.bundled_path(name) and path.name == source.filename + ".gz"
@@ -165,7 +165,7 @@ def test_a_damaged_bundled_corpus_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(corpora, "bundled_path", lambda name: damaged)
     with pytest.raises(CorpusError, match=re.escape(corpora.CORPORA["nietzsche"].sha256) + ".*reinstall"):
         corpora.load_text("nietzsche")
-    damaged.write_bytes(damaged.read_bytes()[:-9])                        # truncated
+    damaged.write_bytes(damaged.read_bytes()[:-9])  # truncated
     with pytest.raises(CorpusError, match="not a whole gzip file"):
         corpora.fetch("nietzsche")
 

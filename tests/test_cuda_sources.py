@@ -35,8 +35,11 @@ def test_every_kernel_ops_py_loads_has_a_source():
 def test_cuda_source_compiles(name, tmp_path):
     ptx = tmp_path / f"{name}.ptx"
     with importlib.resources.as_file(KERNELS.joinpath(name)) as source:
-        result = subprocess.run([NVCC, "--ptx", "-std=c++14", "--Werror", "all-warnings", "-o", str(ptx), str(source)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [NVCC, "--ptx", "-std=c++14", "--Werror", "all-warnings", "-o", str(ptx), str(source)],
+            capture_output=True,
+            text=True,
+        )
     assert result.returncode == 0, result.stderr
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
     for kernel in loaded_by_gpu_module().get(name, ()):
@@ -55,9 +58,23 @@ def test_transformer_kernels_assemble_for_a_real_gpu_without_spills(name, tmp_pa
     attention kernels keep 4 entries of a row per thread in registers)."""
     cubin = tmp_path / f"{name}.cubin"
     with importlib.resources.as_file(KERNELS.joinpath(name)) as source:
-        result = subprocess.run([NVCC, "--cubin", "-arch=sm_80", "-std=c++14", "--Werror", "all-warnings",
-                                 "-Xptxas", "-warn-spills,-warn-lmem-usage", "-o", str(cubin), str(source)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                NVCC,
+                "--cubin",
+                "-arch=sm_80",
+                "-std=c++14",
+                "--Werror",
+                "all-warnings",
+                "-Xptxas",
+                "-warn-spills,-warn-lmem-usage",
+                "-o",
+                str(cubin),
+                str(source),
+            ],
+            capture_output=True,
+            text=True,
+        )
     assert result.returncode == 0 and "spill" not in result.stderr, result.stderr
 
 
@@ -69,7 +86,10 @@ def test_gpu_module_offers_every_operation_of_the_cpu_one():
     def top_level(package):
         return ast.parse(importlib.resources.files(package).joinpath("ops.py").read_text()).body
 
-    cpu_all = next(ast.literal_eval(node.value) for node in top_level("scratchlm.kernels.numba")
-                   if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets))
+    cpu_all = next(
+        ast.literal_eval(node.value)
+        for node in top_level("scratchlm.kernels.numba")
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+    )
     gpu_defs = {node.name for node in top_level("scratchlm.kernels.cuda") if isinstance(node, ast.FunctionDef)}
     assert set(cpu_all) <= gpu_defs, sorted(set(cpu_all) - gpu_defs)

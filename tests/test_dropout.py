@@ -4,6 +4,8 @@ import io
 
 import numpy as np
 import pytest
+from conftest import random_mask
+from test_train import TEXT, TOKENIZER
 
 from scratchlm import LanguageModel, batching, get_backend, optim
 from scratchlm.backend import Backend
@@ -11,9 +13,6 @@ from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_model
 from scratchlm.layers.dropout import Dropout
 from scratchlm.train import Trainer, load_checkpoint
-
-from conftest import random_mask
-from test_train import TEXT, TOKENIZER
 
 
 def test_inverted_dropout_keeps_the_expectation():
@@ -30,6 +29,7 @@ def test_inverted_dropout_keeps_the_expectation():
     assert grads == {}
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("last_only", [False, True])
 def test_gradients_with_the_dropout_masks_held_fixed(rng, cell, last_only):
@@ -39,21 +39,22 @@ def test_gradients_with_the_dropout_masks_held_fixed(rng, cell, last_only):
     y = rng.integers(0, 7, (B,) if last_only else (B, T))
     masks = model.dropout_masks(B, T, last_only)
     assert [m.shape for m in masks] == [(T, B, 5), (B, 4) if last_only else (T, B, 4)]
-    errors = check_model(model, x, y, mask=None if last_only else random_mask(rng, B, T), last_only=last_only,
-                         dropout_masks=masks)
+    errors = check_model(
+        model, x, y, mask=None if last_only else random_mask(rng, B, T), last_only=last_only, dropout_masks=masks
+    )
     assert max(errors.values()) <= 1e-6, errors
     with_masks = model.loss(x, y, last_only=last_only, dropout_masks=masks)
-    assert with_masks != model.loss(x, y, last_only=last_only)              # the masks do change the loss
+    assert with_masks != model.loss(x, y, last_only=last_only)  # the masks do change the loss
 
 
 def test_dropout_only_in_training_steps(rng):
     model = LanguageModel(7, 3, [6], dtype="float64", seed=1, dropout=0.5)
     plain = LanguageModel(7, 3, [6], dtype="float64", seed=1)
     x, y = rng.integers(0, 7, (4, 6)), rng.integers(0, 7, (4, 6))
-    assert model.loss(x, y) == plain.loss(x, y)                           # evaluation: no dropout
+    assert model.loss(x, y) == plain.loss(x, y)  # evaluation: no dropout
     np.testing.assert_array_equal(model.forward(x)[0], plain.forward(x)[0])
     np.testing.assert_array_equal(model.generate([1, 2], 10, seed=3), plain.generate([1, 2], 10, seed=3))
-    assert model.loss_and_grads(x, y)[0] == plain.loss(x, y)              # not a training step either
+    assert model.loss_and_grads(x, y)[0] == plain.loss(x, y)  # not a training step either
     trained = model.loss_and_grads(x, y, training=True)[0]
     assert trained != plain.loss(x, y) and trained != model.loss_and_grads(x, y, training=True)[0]
 
@@ -93,15 +94,16 @@ def test_resume_with_dropout_is_exact(tmp_path):
             losses[trainer.step] = trainer.last_loss
             if trainer.step == kill_at:
                 raise KeyboardInterrupt
+
         batches = batching.Streams(ids, batch_size=4, seq_len=7)
-        options = dict(run_dir=run_dir, epochs=2, checkpoint_every=3, progress=False, out=io.StringIO(),
-                       on_step=on_step)
+        options = dict(
+            run_dir=run_dir, epochs=2, checkpoint_every=3, progress=False, out=io.StringIO(), on_step=on_step
+        )
         if resume:
             trainer = Trainer.resume(load_checkpoint(run_dir), batches, **options)
         else:
             model = LanguageModel(TOKENIZER.vocab_size, 5, [8, 6], cell="gru", stateful=True, dropout=0.4, seed=2)
-            trainer = Trainer(model, optim.Adam(lr=0.01), batches, metadata={"tokenizer": TOKENIZER.config},
-                              **options)
+            trainer = Trainer(model, optim.Adam(lr=0.01), batches, metadata={"tokenizer": TOKENIZER.config}, **options)
         try:
             trainer.fit()
         except KeyboardInterrupt:

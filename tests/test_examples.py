@@ -15,6 +15,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from scratchlm import corpora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,42 +30,74 @@ def example(name):
     return module
 
 
+@pytest.mark.slow
 def test_nietzsche_book_smoke_run_on_a_fresh_machine(tmp_path):
     home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "SCRATCHLM_CACHE": str(cache),
-           "MPLCONFIGDIR": str(tmp_path / "matplotlib"),     # matplotlib's own font cache, where the plot extra is
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "examples/nietzsche_char.py", "--max-steps", "20",
-                             "--run-dir", str(tmp_path / "run")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "SCRATCHLM_CACHE": str(cache),
+        "MPLCONFIGDIR": str(tmp_path / "matplotlib"),  # matplotlib's own font cache, where the plot extra is
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    result = subprocess.run(
+        [sys.executable, "examples/nietzsche_char.py", "--max-steps", "20", "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "one-hot -> LSTM[128] -> Dense(60)" in out and "600,902 characters, 60 distinct" in out
     assert "200,281 windows of 60 (step 3) in 1,565 batches of 128" in out
-    assert [line.split()[-1] for line in out.splitlines() if line.startswith("----- temperature")] == \
-        ["0.2", "0.5", "1", "1.2"]
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("----- temperature")] == [
+        "0.2",
+        "0.5",
+        "1",
+        "1.2",
+    ]
     assert (tmp_path / "run" / "last.npz").exists()
-    assert not cache.exists() and list(home.iterdir()) == []          # nothing downloaded, nothing cached
+    assert not cache.exists() and list(home.iterdir()) == []  # nothing downloaded, nothing cached
 
 
 def test_a_built_wheel_holds_the_corpora_and_the_cuda_sources(tmp_path):
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "runs", "build", "dist", "*.egg-info",
-                                                                 "__pycache__", ".pytest_cache", ".hypothesis"))
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                             "--wheel-dir", str(tmp_path / "wheels"), str(source)],
-                            capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"
+        ),
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "wheels"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp_path / "wheels").glob("scratchlm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name, corpus in corpora.CORPORA.items():
+    for corpus in corpora.CORPORA.values():
         assert f"scratchlm/texts/{corpus.filename}.gz" in names
     assert "scratchlm/texts/README.md" in names
     cuda = {p.name for p in (ROOT / "scratchlm" / "kernels" / "cuda").glob("*.cu")}
     assert cuda and {f"scratchlm/kernels/cuda/{n}" for n in cuda} <= names
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "scratchlm").rglob("*.py")}
-    assert modules and modules <= names                                  # every subpackage is packaged
+    assert modules and modules <= names  # every subpackage is packaged
 
 
 def test_nietzsche_fast_smoke_run_and_resume(tmp_path, capsys):
@@ -73,12 +107,13 @@ def test_nietzsche_fast_smoke_run_and_resume(tmp_path, capsys):
     assert module.main(argv + ["--max-steps", "8", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "Embedding(" in out and "streams" in out
-    assert module.main(argv + ["--max-steps", "8"]) == 2                     # would overwrite the run
+    assert module.main(argv + ["--max-steps", "8"]) == 2  # would overwrite the run
     assert "--resume" in capsys.readouterr().err
 
 
 def test_nietzsche_offline_says_so(tmp_path, capsys, monkeypatch):
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -91,9 +126,26 @@ def test_nietzsche_offline_says_so(tmp_path, capsys, monkeypatch):
 
 
 def test_shakespeare_smoke_run(tmp_path, capsys):
-    code = example("shakespeare_char").main([
-        "--max-steps", "10", "--hidden", "32", "--embedding-dim", "8", "--batch-size", "8",
-        "--seq-len", "32", "--sample-length", "200", "--backend", "numpy", "--run-dir", str(tmp_path / "run")])
+    code = example("shakespeare_char").main(
+        [
+            "--max-steps",
+            "10",
+            "--hidden",
+            "32",
+            "--embedding-dim",
+            "8",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "32",
+            "--sample-length",
+            "200",
+            "--backend",
+            "numpy",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     samples = [line for line in out.splitlines() if line.startswith("ROMEO:")]
@@ -140,20 +192,33 @@ def test_recipes_bad_json(tmp_path, capsys):
 
 def test_imdb_transformer_smoke_run_on_the_shipped_sample_and_resume(tmp_path, capsys):
     module = example("imdb_transformer")
-    argv = ["--data", str(ROOT / "examples" / "data" / "reviews"), "--batch-size", "8",
-            "--run-dir", str(tmp_path / "run")]
+    argv = [
+        "--data",
+        str(ROOT / "examples" / "data" / "reviews"),
+        "--batch-size",
+        "8",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
     assert module.main(argv + ["--max-steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "TransformerLM(PositionalEmbedding(" in out and "40 reviews" in out
-    assert [line.split()[-1] for line in out.splitlines() if line.startswith("----- temperature")] == \
-        ["0.2", "0.5", "0.7", "1", "1.5"]
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("----- temperature")] == [
+        "0.2",
+        "0.5",
+        "0.7",
+        "1",
+        "1.5",
+    ]
     assert 'primed with: " this movie"' in out
     assert module.main(argv + ["--max-steps", "3", "--resume"]) == 0
 
 
 def test_imdb_offline_names_the_data_option(tmp_path, capsys, monkeypatch):
     import socket
+
     from scratchlm.datasets import imdb
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/aclImdb_v1.tar.gz"

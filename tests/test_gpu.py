@@ -77,8 +77,9 @@ def assert_close(got, want, dtype, what="", scale=None, truth=None):
     scale = np.max(np.abs(want), initial=0.0) if scale is None else scale
     err = np.max(np.abs(got - want), initial=0.0)
     own = 0.0 if truth is None else np.max(np.abs(want - np.asarray(truth, dtype=np.float64)), initial=0.0)
-    assert err <= RTOL[dtype] * scale + ATOL[dtype] + 2 * own, \
+    assert err <= RTOL[dtype] * scale + ATOL[dtype] + 2 * own, (
         f"{what}: {err:.3g} against scale {scale:.3g} (the reference's own error {own:.3g})"
+    )
 
 
 def assert_grads_close(got, want, dtype, truth=None):
@@ -86,8 +87,14 @@ def assert_grads_close(got, want, dtype, truth=None):
     scale = max(float(np.max(np.abs(g), initial=0.0)) for g in want.values())
     for name, g in want.items():
         assert host(got[name]).dtype == np.dtype(dtype), name
-        assert_close(got[name], g, dtype, name, scale=scale if name.endswith("key/bias") else None,
-                     truth=None if truth is None else truth[name])
+        assert_close(
+            got[name],
+            g,
+            dtype,
+            name,
+            scale=scale if name.endswith("key/bias") else None,
+            truth=None if truth is None else truth[name],
+        )
 
 
 def test_the_device_backend_is_the_fused_cupy_one(monkeypatch):
@@ -96,35 +103,49 @@ def test_the_device_backend_is_the_fused_cupy_one(monkeypatch):
     if not STANDIN:
         assert be.name == "cupy" and be.ops.__name__ == "scratchlm.kernels.cuda.ops"
         monkeypatch.delenv("SCRATCHLM_KERNELS", raising=False)
-        assert get_backend("cupy").kernels == "fused"                 # the default, now that it is checked here
+        assert get_backend("cupy").kernels == "fused"  # the default, now that it is checked here
 
 
 # -- recurrent models: LSTM and GRU time loops, cross-entropy, scatter-add ------------------------------------
 
-INPUTS = {"one-hot": dict(V=7, embedding_dim=None),
-          "embedding-table": dict(V=7, embedding_dim=4),
-          "embedding-direct": dict(V=61, embedding_dim=4)}             # V > T·B: gather, then one GEMM
+INPUTS = {
+    "one-hot": dict(V=7, embedding_dim=None),
+    "embedding-table": dict(V=7, embedding_dim=4),
+    "embedding-direct": dict(V=61, embedding_dim=4),
+}  # V > T·B: gather, then one GEMM
 
 
 def recurrent_pair(dtype, inp, hidden_sizes, cell, seed=3):
     spec = INPUTS[inp]
-    ref = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, backend=reference(dtype), seed=seed,
-                        cell=cell, dtype=dtype)
-    dev = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, backend=device(dtype), seed=seed, cell=cell,
-                        dtype=dtype)
+    ref = LanguageModel(
+        spec["V"], spec["embedding_dim"], hidden_sizes, backend=reference(dtype), seed=seed, cell=cell, dtype=dtype
+    )
+    dev = LanguageModel(
+        spec["V"], spec["embedding_dim"], hidden_sizes, backend=device(dtype), seed=seed, cell=cell, dtype=dtype
+    )
     rng = np.random.default_rng(seed + 1)
-    for layer in ref.recurrent:                                      # biases far from their init: every gate matters
+    for layer in ref.recurrent:  # biases far from their init: every gate matters
         layer.bias[...] = rng.standard_normal(layer.bias.shape)
     dev.set_params(ref.params)
     return ref, dev
 
 
 @EXAMPLES
-@given(inp=st.sampled_from(list(INPUTS)), hidden_sizes=st.lists(st.integers(1, 9), min_size=1, max_size=2),
-       T=st.integers(1, 7), B=st.integers(1, 5), masked=st.booleans(), last_only=st.booleans(), dtype=DTYPES,
-       cell=st.sampled_from(["lstm", "gru"]), with_state=st.booleans(), seed=st.integers(0, 2**16))
-def test_recurrent_model_loss_and_every_gradient(inp, hidden_sizes, T, B, masked, last_only, dtype, cell, with_state,
-                                                  seed):
+@given(
+    inp=st.sampled_from(list(INPUTS)),
+    hidden_sizes=st.lists(st.integers(1, 9), min_size=1, max_size=2),
+    T=st.integers(1, 7),
+    B=st.integers(1, 5),
+    masked=st.booleans(),
+    last_only=st.booleans(),
+    dtype=DTYPES,
+    cell=st.sampled_from(["lstm", "gru"]),
+    with_state=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_recurrent_model_loss_and_every_gradient(
+    inp, hidden_sizes, T, B, masked, last_only, dtype, cell, with_state, seed
+):
     ref, dev = recurrent_pair(dtype, inp, hidden_sizes, cell)
     rng = np.random.default_rng(seed)
     V = ref.vocab_size
@@ -133,7 +154,7 @@ def test_recurrent_model_loss_and_every_gradient(inp, hidden_sizes, T, B, masked
     mask = None
     if masked:
         mask = rng.random((B, T)) < 0.7
-        mask[:, -1 if last_only else 0] = True                       # every row scores something
+        mask[:, -1 if last_only else 0] = True  # every row scores something
     state = None
     if with_state:
         state = [tuple(rng.standard_normal(shape).astype(dtype) for shape in layer) for layer in ref.state_shapes(B)]
@@ -148,20 +169,31 @@ def test_recurrent_model_loss_and_every_gradient(inp, hidden_sizes, T, B, masked
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("inp,hidden_sizes", [("one-hot", (6,)), ("embedding-table", (5, 7)),
-                                              ("embedding-direct", (4,))])
+@pytest.mark.parametrize(
+    "inp,hidden_sizes", [("one-hot", (6,)), ("embedding-table", (5, 7)), ("embedding-direct", (4,))]
+)
 def test_recurrent_generation_draws_the_same_ids(cell, dtype, inp, hidden_sizes):
     ref, dev = recurrent_pair(dtype, inp, hidden_sizes, cell)
     prompt = np.random.default_rng(2).integers(0, ref.vocab_size, (3, 4))
-    for options in (dict(temperature=0), dict(temperature=1.0, seed=3), dict(temperature=0.7, seed=5, eos_id=2),
-                    dict(temperature=1.0, seed=4, banned_ids=(0, 1))):
-        np.testing.assert_array_equal(dev.generate(prompt, 25, **options), ref.generate(prompt, 25, **options),
-                                      err_msg=str(options))
+    for options in (
+        dict(temperature=0),
+        dict(temperature=1.0, seed=3),
+        dict(temperature=0.7, seed=5, eos_id=2),
+        dict(temperature=1.0, seed=4, banned_ids=(0, 1)),
+    ):
+        np.testing.assert_array_equal(
+            dev.generate(prompt, 25, **options), ref.generate(prompt, 25, **options), err_msg=str(options)
+        )
 
 
 @EXAMPLES
-@given(N=st.integers(1, 40), V=st.integers(1, 1500), masking=st.sampled_from(["none", "some", "one"]),
-       dtype=DTYPES, seed=st.integers(0, 2**16))
+@given(
+    N=st.integers(1, 40),
+    V=st.integers(1, 1500),
+    masking=st.sampled_from(["none", "some", "one"]),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
 def test_softmax_cross_entropy(N, V, masking, dtype, seed):
     """softmax_xent.cu: one block per row, V from 1 up past the 1024 threads of a block."""
     rng = np.random.default_rng(seed)
@@ -173,8 +205,9 @@ def test_softmax_cross_entropy(N, V, masking, dtype, seed):
     loss_r, d_r = softmax_cross_entropy(logits.copy(), targets, mask)
     be = device(dtype)
     xp = be.xp
-    loss_d, d_d = be.ops.softmax_cross_entropy(be.asarray(logits), xp.asarray(targets),
-                                                 None if mask is None else xp.asarray(mask))
+    loss_d, d_d = be.ops.softmax_cross_entropy(
+        be.asarray(logits), xp.asarray(targets), None if mask is None else xp.asarray(mask)
+    )
     assert loss_d == pytest.approx(loss_r, rel=RTOL[dtype], abs=ATOL[dtype])
     assert_close(d_d, d_r, dtype, "dlogits")
 
@@ -197,12 +230,13 @@ def test_scatter_add(V, N, C, dtype, seed):
 
 # -- Transformer layers ------------------------------------------------------------------------------------
 
+
 @st.composite
 def attention_cases(draw):
     """Shapes, inputs and a mask: none, causal, causal ∧ padding (rows with no key), random, or (T, S)."""
     B, T, S = draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
     E, N = draw(st.integers(1, 6)), draw(st.integers(1, 3))
-    K = draw(st.sampled_from([1, 2, 5, 64, 300, 513]))               # past 4 entries per thread: more threads
+    K = draw(st.sampled_from([1, 2, 5, 64, 300, 513]))  # past 4 entries per thread: more threads
     kind = draw(st.sampled_from(["none", "causal", "padded", "random", "broadcast"]))
     self_attention = draw(st.booleans()) and kind in ("causal", "padded", "none")
     if self_attention:
@@ -213,14 +247,14 @@ def attention_cases(draw):
         mask = None
     elif kind == "causal":
         mask = np.broadcast_to(causal_mask(T, S), (B, T, S))
-    elif kind == "padded":                                          # Keras: causal ∧ query keep ∧ key keep
+    elif kind == "padded":  # Keras: causal ∧ query keep ∧ key keep
         q_keep, k_keep = rng.random((B, T)) < 0.7, rng.random((B, S)) < 0.7
-        q_keep[0, -1] = False                                       # a padded query: a row with no key
+        q_keep[0, -1] = False  # a padded query: a row with no key
         mask = causal_mask(T, S)[None] & q_keep[:, :, None] & k_keep[:, None, :]
     elif kind == "random":
         mask = rng.random((B, T, S)) < draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
     else:
-        mask = causal_mask(T, S)                                    # (T, S), broadcast over the batch
+        mask = causal_mask(T, S)  # (T, S), broadcast over the batch
     return dict(B=B, T=T, S=S, E=E, N=N, K=K, mask=mask, self_attention=self_attention, seed=seed)
 
 
@@ -248,8 +282,8 @@ def test_attention_forward_and_every_gradient(case, dtype):
     assert_close(out_d, out_r, dtype, "output")
     d_r, g_r = ref.backward(cache_r, dout)
     d_d, g_d = dev.backward(cache_d, be.asarray(dout))
-    d_t, g_t = None, None                                            # float64: no float32 error to allow for
-    if dtype == "float32":                                           # the reference in float64 on the same numbers
+    d_t, g_t = None, None  # float64: no float32 error to allow for
+    if dtype == "float32":  # the reference in float64 on the same numbers
         exact = MultiHeadAttention(c["E"], c["N"], c["K"], reference("float64"), Backend.rng(c["seed"]))
         for name, p in ref.params.items():
             exact.params[name][...] = p
@@ -258,13 +292,20 @@ def test_attention_forward_and_every_gradient(case, dtype):
         d_t, g_t = exact.backward(cache_t, wide[2])
     assert_grads_close(g_d, g_r, dtype, truth=g_t)
     for name in ("d_query", "d_value", "d_key"):
-        assert_close(getattr(d_d, name), getattr(d_r, name), dtype, name,
-                     truth=None if d_t is None else getattr(d_t, name))
+        assert_close(
+            getattr(d_d, name), getattr(d_r, name), dtype, name, truth=None if d_t is None else getattr(d_t, name)
+        )
 
 
 @EXAMPLES
-@given(M=st.integers(1, 9), D=st.integers(1, 1500), lead=st.booleans(), dtype=DTYPES, seed=st.integers(0, 2**16),
-       spread=st.sampled_from([0.01, 1.0, 30.0]))
+@given(
+    M=st.integers(1, 9),
+    D=st.integers(1, 1500),
+    lead=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    spread=st.sampled_from([0.01, 1.0, 30.0]),
+)
 def test_layernorm_forward_and_backward(M, D, lead, dtype, seed, spread):
     """layernorm.cu: one block per row, D from 1 up past the 1024 threads of a block."""
     ref, be = LayerNormalization(D, reference(dtype)), device(dtype)
@@ -296,7 +337,7 @@ def test_feedforward_bias_relu(M, E, F, dtype, seed):
     rng = np.random.default_rng(seed)
     for name, p in ref.params.items():
         if name.endswith("bias"):
-            p[...] = rng.standard_normal(p.shape)                  # both sides of the ReLU
+            p[...] = rng.standard_normal(p.shape)  # both sides of the ReLU
         dev.params[name][...] = be.asarray(p)
     x = rng.standard_normal((2, M, E)).astype(dtype)
     dy = rng.standard_normal((2, M, E)).astype(dtype)
@@ -310,8 +351,15 @@ def test_feedforward_bias_relu(M, E, F, dtype, seed):
 
 
 @EXAMPLES
-@given(N=st.integers(1, 40), D=st.integers(1, 7), V=st.integers(1, 1100), chunk=st.sampled_from([None, 1, 3, 7, 64]),
-       masking=st.sampled_from(["none", "some", "one"]), dtype=DTYPES, seed=st.integers(0, 2**16))
+@given(
+    N=st.integers(1, 40),
+    D=st.integers(1, 7),
+    V=st.integers(1, 1100),
+    chunk=st.sampled_from([None, 1, 3, 7, 64]),
+    masking=st.sampled_from(["none", "some", "one"]),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
 def test_chunked_dense_cross_entropy(N, D, V, chunk, masking, dtype, seed):
     rng = np.random.default_rng(seed)
     ref = Dense(D, V, reference(dtype), Backend.rng(seed))
@@ -327,24 +375,37 @@ def test_chunked_dense_cross_entropy(N, D, V, chunk, masking, dtype, seed):
     be = device(dtype)
     xp = be.xp
     W, b = be.asarray(ref.kernel), be.asarray(ref.bias)
-    loss, dx, dW, db = be.ops.dense_softmax_cross_entropy(be.asarray(x), W, b, xp.asarray(y),
-                                                          None if mask is None else xp.asarray(mask), chunk=chunk)
+    loss, dx, dW, db = be.ops.dense_softmax_cross_entropy(
+        be.asarray(x), W, b, xp.asarray(y), None if mask is None else xp.asarray(mask), chunk=chunk
+    )
     assert loss == pytest.approx(loss_r, rel=RTOL[dtype], abs=ATOL[dtype])
     assert_close(dx, dx_r, dtype, "dx")
     assert_close(dW, g_r["kernel"], dtype, "dW")
     assert_close(db, g_r["bias"], dtype, "db")
-    alone = be.ops.dense_softmax_cross_entropy(be.asarray(x), W, b, xp.asarray(y),
-                                                 None if mask is None else xp.asarray(mask), backward=False,
-                                                 chunk=chunk)[0]
+    alone = be.ops.dense_softmax_cross_entropy(
+        be.asarray(x), W, b, xp.asarray(y), None if mask is None else xp.asarray(mask), backward=False, chunk=chunk
+    )[0]
     assert alone == pytest.approx(loss_r, rel=RTOL[dtype], abs=ATOL[dtype])
 
 
 # -- Transformer models ------------------------------------------------------------------------------------
 
+
 def transformer_pair(block, dtype, layers=1, V=17, L=12, E=6, F=7, N=2, K=3):
     """The same TransformerLM on the reference path and on the device, biases and norms far from their init."""
-    ref = TransformerLM(V, L, embed_dim=E, dense_dim=F, num_heads=N, key_dim=K, num_layers=layers, block=block,
-                        seed=2, backend=reference(dtype), dtype=dtype)
+    ref = TransformerLM(
+        V,
+        L,
+        embed_dim=E,
+        dense_dim=F,
+        num_heads=N,
+        key_dim=K,
+        num_layers=layers,
+        block=block,
+        seed=2,
+        backend=reference(dtype),
+        dtype=dtype,
+    )
     rng = np.random.default_rng(7)
     for name, p in ref.params.items():
         if name.endswith(("bias", "beta")):
@@ -353,21 +414,40 @@ def transformer_pair(block, dtype, layers=1, V=17, L=12, E=6, F=7, N=2, K=3):
             p[...] = rng.standard_normal(p.shape)
         elif name.endswith("gamma"):
             p[...] = 1 + 0.3 * rng.standard_normal(p.shape)
-    dev = TransformerLM(V, L, embed_dim=E, dense_dim=F, num_heads=N, key_dim=K, num_layers=layers, block=block,
-                        seed=2, backend=device(dtype), dtype=dtype)
+    dev = TransformerLM(
+        V,
+        L,
+        embed_dim=E,
+        dense_dim=F,
+        num_heads=N,
+        key_dim=K,
+        num_layers=layers,
+        block=block,
+        seed=2,
+        backend=device(dtype),
+        dtype=dtype,
+    )
     dev.set_params(ref.params)
     return ref, dev
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
-@given(block=st.sampled_from(["book", "gpt"]), layers=st.integers(1, 2), B=st.integers(1, 4), T=st.integers(1, 12),
-       dtype=DTYPES, seed=st.integers(0, 2**16), last_only=st.booleans(), user_mask=st.booleans())
+@given(
+    block=st.sampled_from(["book", "gpt"]),
+    layers=st.integers(1, 2),
+    B=st.integers(1, 4),
+    T=st.integers(1, 12),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    last_only=st.booleans(),
+    user_mask=st.booleans(),
+)
 def test_transformer_loss_and_every_gradient(block, layers, B, T, dtype, seed, last_only, user_mask):
     ref, dev = transformer_pair(block, dtype, layers)
     rng = np.random.default_rng(seed)
     x = rng.integers(1, ref.vocab_size, (B, T))
-    x[rng.random((B, T)) < 0.3] = 0                                  # padding anywhere, whole rows too
-    x[0, 0] = 1                                                      # some position is scored
+    x[rng.random((B, T)) < 0.3] = 0  # padding anywhere, whole rows too
+    x[0, 0] = 1  # some position is scored
     y = rng.integers(0, ref.vocab_size, (B,) if last_only else (B, T))
     mask = None
     if user_mask and not last_only:
@@ -388,13 +468,19 @@ def test_transformer_generation_draws_the_same_ids(block, dtype):
     past the model's sequence_length (the window slides)."""
     ref, dev = transformer_pair(block, dtype, layers=2)
     prompt = np.random.default_rng(3).integers(1, ref.vocab_size, (2, 3))
-    for options in (dict(temperature=0), dict(temperature=1.0, seed=3), dict(temperature=0.8, seed=1, eos_id=4),
-                    dict(temperature=1.0, seed=2, banned_ids=(0,))):
-        np.testing.assert_array_equal(dev.generate(prompt, 8, **options), ref.generate(prompt, 8, **options),
-                                      err_msg=str(options))
+    for options in (
+        dict(temperature=0),
+        dict(temperature=1.0, seed=3),
+        dict(temperature=0.8, seed=1, eos_id=4),
+        dict(temperature=1.0, seed=2, banned_ids=(0,)),
+    ):
+        np.testing.assert_array_equal(
+            dev.generate(prompt, 8, **options), ref.generate(prompt, 8, **options), err_msg=str(options)
+        )
 
 
 # -- checkpoints across devices -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "transformer"])
 def test_a_checkpoint_written_on_the_device_loads_on_the_cpu_and_back(tmp_path, kind):
@@ -403,8 +489,9 @@ def test_a_checkpoint_written_on_the_device_loads_on_the_cpu_and_back(tmp_path, 
     dtype = "float64"
     be = device(dtype)
     if kind == "transformer":
-        model = TransformerLM(19, 8, embed_dim=6, dense_dim=10, num_heads=2, key_dim=3, block="gpt", seed=1,
-                              backend=be, dtype=dtype)
+        model = TransformerLM(
+            19, 8, embed_dim=6, dense_dim=10, num_heads=2, key_dim=3, block="gpt", seed=1, backend=be, dtype=dtype
+        )
     else:
         model = LanguageModel(19, 5, [7, 6], cell=kind, seed=1, backend=be, dtype=dtype)
     rng = np.random.default_rng(0)
@@ -438,8 +525,8 @@ MPIEXEC = shutil.which("mpiexec")
 
 
 def mpi_helper(args, ranks, cwd):
-    """tests/mpi_helper.py alone (ranks 0) or under mpiexec -n ranks -> CompletedProcess."""
-    cmd = [sys.executable, str(Path(__file__).with_name("mpi_helper.py")), *args]
+    """tests/helpers/mpi_helper.py alone (ranks 0) or under mpiexec -n ranks -> CompletedProcess."""
+    cmd = [sys.executable, str(Path(__file__).parent / "helpers" / "mpi_helper.py"), *args]
     if ranks:
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_"))}

@@ -3,14 +3,13 @@ behaviour as a LanguageModel cell (masks, carried state, generation, checkpoints
 
 import numpy as np
 import pytest
+from conftest import random_mask
 
 from scratchlm import LanguageModel, get_backend, models, optim
 from scratchlm.backend import Backend
 from scratchlm.cli import main
 from scratchlm.gradcheck import check_gradients, check_model
 from scratchlm.layers.gru import GRU
-
-from conftest import random_mask
 
 TOL = 1e-6
 
@@ -40,19 +39,20 @@ def test_gru_step_is_the_keras_equation(be64, rng):
     x, h0 = rng.standard_normal((1, B, D)), rng.standard_normal((B, H))
     xh = x[0] @ gru.kernel + gru.bias[0]
     uh = h0 @ gru.recurrent_kernel + gru.bias[1]
-    sig = lambda a: 1 / (1 + np.exp(-a))                                 # noqa: E731
-    z, r = sig(xh[:, :H] + uh[:, :H]), sig(xh[:, H:2 * H] + uh[:, H:2 * H])
-    h_tilde = np.tanh(xh[:, 2 * H:] + r * uh[:, 2 * H:])
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    z, r = sig(xh[:, :H] + uh[:, :H]), sig(xh[:, H : 2 * H] + uh[:, H : 2 * H])
+    h_tilde = np.tanh(xh[:, 2 * H :] + r * uh[:, 2 * H :])
     (h1,) = gru.forward(x, (h0,))[1].final_state
     np.testing.assert_allclose(h1, z * h0 + (1 - z) * h_tilde, atol=1e-12)
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("T,B,D,H", [(5, 3, 4, 6), (1, 1, 2, 3), (4, 2, 3, 1)])
 def test_gru_gradients_with_initial_state(be64, rng, masked, return_sequences, T, B, D, H):
     gru = be64.layer(GRU)(D, H, be64, Backend.rng(T + B), return_sequences=return_sequences)
-    gru.bias[:] = rng.standard_normal(gru.bias.shape)                    # make every gate matter
+    gru.bias[:] = rng.standard_normal(gru.bias.shape)  # make every gate matter
     x, h0 = rng.standard_normal((T, B, D)), rng.standard_normal((B, H))
     R = rng.standard_normal((T, B, H) if return_sequences else (B, H))
     Rh = rng.standard_normal((B, H))
@@ -77,16 +77,21 @@ def test_masked_gru_step_keeps_state_and_repeats_output(be64, rng):
 
 
 def make(V=7, embedding_dim=None, hidden_sizes=(5,), **kw):
-    model = LanguageModel(V, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype="float64", seed=11,
-                          cell="gru", **kw)
+    model = LanguageModel(
+        V, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype="float64", seed=11, cell="gru", **kw
+    )
     rng = np.random.default_rng(3)
     for gru in model.recurrent:
         gru.bias[:] = rng.standard_normal(gru.bias.shape)
     return model
 
 
-@pytest.mark.parametrize("inp", [dict(V=7, embedding_dim=None), dict(V=7, embedding_dim=4),
-                                 dict(V=23, embedding_dim=4)], ids=["one-hot", "embedding-table", "embedding-direct"])
+@pytest.mark.gradcheck
+@pytest.mark.parametrize(
+    "inp",
+    [dict(V=7, embedding_dim=None), dict(V=7, embedding_dim=4), dict(V=23, embedding_dim=4)],
+    ids=["one-hot", "embedding-table", "embedding-direct"],
+)
 @pytest.mark.parametrize("hidden_sizes", [(5,), (5, 6)])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("last_only", [False, True])
@@ -117,25 +122,51 @@ def test_gru_generates_and_round_trips_a_checkpoint(tmp_path, kernels):
     model = LanguageModel(11, 4, [6, 5], cell="gru", backend=get_backend("numpy", kernels=kernels), seed=2)
     ids = model.generate([1, 2, 3], 20, temperature=0.7, seed=5, eos_id=None)
     assert ids.shape == (20,) and ids.min() >= 0 and ids.max() < 11
-    np.testing.assert_array_equal(model.generate([1, 2, 3], 20, temperature=0, seed=5),
-                                  model.generate([1, 2, 3], 20, temperature=0, seed=9))
+    np.testing.assert_array_equal(
+        model.generate([1, 2, 3], 20, temperature=0, seed=5), model.generate([1, 2, 3], 20, temperature=0, seed=9)
+    )
     opt = optim.Adam()
     opt.step(model.params, model.loss_and_grads(np.array([[1, 2, 3]]), np.array([[2, 3, 4]]))[1])
     model.save(tmp_path / "gru.npz", optimizer=opt)
     loaded = models.load(tmp_path / "gru.npz")
     assert loaded.model.config == model.config and loaded.model.config["cell"] == "gru"
     assert all(np.array_equal(loaded.model.params[k], p) for k, p in model.params.items())
-    np.testing.assert_array_equal(loaded.model.generate([1, 2, 3], 20, temperature=0.7, seed=5),
-                                  model.generate([1, 2, 3], 20, temperature=0.7, seed=5))
+    np.testing.assert_array_equal(
+        loaded.model.generate([1, 2, 3], 20, temperature=0.7, seed=5),
+        model.generate([1, 2, 3], 20, temperature=0.7, seed=5),
+    )
 
 
 def test_cli_trains_samples_and_describes_a_gru(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40)
     run = tmp_path / "run"
-    assert main(["train", str(corpus), "--cell", "gru", "--run-dir", str(run), "--max-steps", "4", "--hidden", "8",
-                 "--embedding-dim", "4", "--batch-size", "4", "--seq-len", "16", "--sample-length", "0",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(corpus),
+                "--cell",
+                "gru",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "4",
+                "--hidden",
+                "8",
+                "--embedding-dim",
+                "4",
+                "--batch-size",
+                "4",
+                "--seq-len",
+                "16",
+                "--sample-length",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "GRU[8]" in capsys.readouterr().out
     assert main(["sample", str(run), "--prime", "the ", "--length", "10"]) == 0
     assert main(["info", str(run)]) == 0

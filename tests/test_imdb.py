@@ -24,13 +24,19 @@ SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "reviews
 
 # -- the vectorizer -------------------------------------------------------------------
 
+
 def test_standardization_lower_strip_punctuation_and_br():
     tok = VectorTokenizer.fit("x")
-    assert tok.standardize("This MOVIE, wasn't<br /><br />GREAT!!  (10/10)") == \
-        ["this", "movie", "wasnt", "great", "1010"]                     # punctuation deleted, not spaced
+    assert tok.standardize("This MOVIE, wasn't<br /><br />GREAT!!  (10/10)") == [
+        "this",
+        "movie",
+        "wasnt",
+        "great",
+        "1010",
+    ]  # punctuation deleted, not spaced
     assert tok.standardize("well-made\tfilm\nat\r\x0b\x0cthe end") == ["wellmade", "film", "at", "the", "end"]
-    assert tok.standardize("Émile\u00a0Zola") == ["Émile\u00a0zola"]      # ASCII-only lower, ASCII-only split
-    assert tok.standardize("<BR /> <br/>") == ["br", "br"]               # only the exact "<br />" is a break
+    assert tok.standardize("Émile\u00a0Zola") == ["Émile\u00a0zola"]  # ASCII-only lower, ASCII-only split
+    assert tok.standardize("<BR /> <br/>") == ["br", "br"]  # only the exact "<br />" is a break
     assert VectorTokenizer([], strip_br=False).standardize("a<br />b") == ["abr", "b"]
     assert VectorTokenizer([], lower=False).standardize("Big, Dog") == ["Big", "Dog"]
 
@@ -54,19 +60,20 @@ def test_fit_streams_an_iterable_once():
         for t in ["b a", "a"]:
             seen.append(t)
             yield t
+
     tok = VectorTokenizer.fit(texts(), max_tokens=10)
     assert seen == ["b a", "a"] and tok.words == ["a", "b"]
 
 
 def test_encode_unknown_padding_and_truncation():
     tok = VectorTokenizer(["the", "movie", "good"])
-    assert tok.encode("The movie was GOOD.").tolist() == [2, 3, 1, 4]            # unknown -> [UNK] = 1
+    assert tok.encode("The movie was GOOD.").tolist() == [2, 3, 1, 4]  # unknown -> [UNK] = 1
     assert tok.encode("the zzz", unknown="skip").tolist() == [2]
     with pytest.raises(VocabularyError) as err:
         tok.encode("the zzz yyy", unknown="error")
     assert err.value.missing == ["yyy", "zzz"]
-    assert tok.encode_sequence("the movie", 5).tolist() == [2, 3, 0, 0, 0]       # padded at the end
-    assert tok.encode_sequence("good the movie good the", 3).tolist() == [4, 2, 3]   # cut at the end
+    assert tok.encode_sequence("the movie", 5).tolist() == [2, 3, 0, 0, 0]  # padded at the end
+    assert tok.encode_sequence("good the movie good the", 3).tolist() == [4, 2, 3]  # cut at the end
     assert tok.encode_sequence("", 2).tolist() == [0, 0]
     assert tok.encode("the").dtype == np.uint8 and tok.encode_sequence("the", 4).dtype == np.uint8
     assert tok.decode([2, 1, 3, 0, 0]) == "the [UNK] movie"
@@ -84,16 +91,22 @@ def test_vector_config_round_trip_through_from_config():
     assert np.array_equal(again.encode_sequence("a movie<br />x", 6), tok.encode_sequence("a movie<br />x", 6))
 
 
-@pytest.mark.parametrize("config", [{"kind": "vector", "words": ["a"], "lower": True},
-                                    {"kind": "vector", "words": "a", "lower": True, "strip_br": True},
-                                    {"kind": "vector", "words": ["a", "a"], "lower": True, "strip_br": True},
-                                    {"kind": "vector", "words": ["[UNK]"], "lower": True, "strip_br": True}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"kind": "vector", "words": ["a"], "lower": True},
+        {"kind": "vector", "words": "a", "lower": True, "strip_br": True},
+        {"kind": "vector", "words": ["a", "a"], "lower": True, "strip_br": True},
+        {"kind": "vector", "words": ["[UNK]"], "lower": True, "strip_br": True},
+    ],
+)
 def test_bad_vector_config(config):
     with pytest.raises(VocabularyError):
         from_config(config)
 
 
 # -- the folder reader -----------------------------------------------------------------
+
 
 def _tree(root, files):
     for name, data in files.items():
@@ -104,28 +117,45 @@ def _tree(root, files):
 
 
 def test_review_files_in_keras_order(tmp_path):
-    root = _tree(tmp_path / "aclImdb", {
-        "train/pos/1_9.txt": "t p 1", "train/pos/0_7.txt": "t p 0", "train/neg/0_2.txt": "t n 0",
-        "train/unsup/0_0.txt": "t u 0", "train/urls_pos.txt": "url", "train/labeledBow.feat": "x",
-        "test/neg/5_1.TXT": "e n 5", "README": "not a class", "imdb.vocab": "no",
-        "top.txt": "files directly in the folder are not read", ".hidden/a.txt": "skipped"})
+    root = _tree(
+        tmp_path / "aclImdb",
+        {
+            "train/pos/1_9.txt": "t p 1",
+            "train/pos/0_7.txt": "t p 0",
+            "train/neg/0_2.txt": "t n 0",
+            "train/unsup/0_0.txt": "t u 0",
+            "train/urls_pos.txt": "url",
+            "train/labeledBow.feat": "x",
+            "test/neg/5_1.TXT": "e n 5",
+            "README": "not a class",
+            "imdb.vocab": "no",
+            "top.txt": "files directly in the folder are not read",
+            ".hidden/a.txt": "skipped",
+        },
+    )
     names = [p.relative_to(root).as_posix() for p in imdb.review_paths(root)]
-    assert names == ["test/neg/5_1.TXT", "train/urls_pos.txt", "train/neg/0_2.txt", "train/pos/0_7.txt",
-                     "train/pos/1_9.txt", "train/unsup/0_0.txt"]
+    assert names == [
+        "test/neg/5_1.TXT",
+        "train/urls_pos.txt",
+        "train/neg/0_2.txt",
+        "train/pos/0_7.txt",
+        "train/pos/1_9.txt",
+        "train/unsup/0_0.txt",
+    ]
     assert list(imdb.iter_review_files(root)) == ["e n 5", "url", "t n 0", "t p 0", "t p 1", "t u 0"]
 
 
 def test_links_that_stay_inside_the_folder_are_read_in_keras_order(tmp_path):
     root = _tree(tmp_path / "aclImdb", {"train/pos/0_9.txt": "fine", "train/neg/0_1.txt": "dull"})
     (root / "train/link.txt").symlink_to("pos/0_9.txt")
-    (root / "test").symlink_to("train/neg")                     # a class folder that is a link inside
-    assert list(imdb.iter_review_files(root)) == ["dull", "fine", "dull", "fine"]   # test/0_1, link, neg, pos
+    (root / "test").symlink_to("train/neg")  # a class folder that is a link inside
+    assert list(imdb.iter_review_files(root)) == ["dull", "fine", "dull", "fine"]  # test/0_1, link, neg, pos
 
 
 def test_review_files_stream_and_name_a_bad_file(tmp_path):
     root = _tree(tmp_path / "r", {"neg/a.txt": "fine", "neg/b.txt": b"caf\xe9", "pos/c.txt": "later"})
     it = imdb.iter_review_files(root)
-    assert next(it) == "fine"                                   # read lazily: the bad file is not read yet
+    assert next(it) == "fine"  # read lazily: the bad file is not read yet
     with pytest.raises(CorpusError, match=r"b\.txt is not UTF-8.*offset 3"):
         next(it)
     with pytest.raises(CorpusError, match="no such folder"):
@@ -145,6 +175,7 @@ def test_the_shipped_sample():
 
 # -- safe extraction -------------------------------------------------------------------
 
+
 def _targz(path, members):
     """members: (TarInfo fields dict, bytes or None)."""
     with tarfile.open(path, "w:gz") as tar:
@@ -158,27 +189,31 @@ def _targz(path, members):
     return path
 
 
-GOOD = [({"name": "aclImdb", "type": tarfile.DIRTYPE}, None),
-        ({"name": "aclImdb/train/pos/0_9.txt"}, b"A fine film.<br /><br />Truly."),
-        ({"name": "aclImdb/train/neg/0_1.txt"}, b"A dull film."),
-        ({"name": "aclImdb/test/0_2.txt"}, b"A dull film."),
-        ({"name": "aclImdb/train/1_9.txt"}, b"An early film."),
-        ({"name": "aclImdb/train/1_9.txt"}, b"A fine film.<br /><br />Truly.")]   # the later one wins, as in tar
+GOOD = [
+    ({"name": "aclImdb", "type": tarfile.DIRTYPE}, None),
+    ({"name": "aclImdb/train/pos/0_9.txt"}, b"A fine film.<br /><br />Truly."),
+    ({"name": "aclImdb/train/neg/0_1.txt"}, b"A dull film."),
+    ({"name": "aclImdb/test/0_2.txt"}, b"A dull film."),
+    ({"name": "aclImdb/train/1_9.txt"}, b"An early film."),
+    ({"name": "aclImdb/train/1_9.txt"}, b"A fine film.<br /><br />Truly."),
+]  # the later one wins, as in tar
 
 EVIL = {
     "dotdot": [({"name": "aclImdb/../../evil.txt"}, b"x")],
     "absolute": [({"name": "/tmp/scratchlm-evil-absolute.txt"}, b"x")],
     "symlink-out": [({"name": "aclImdb/out", "type": tarfile.SYMTYPE, "linkname": "../../.."}, None)],
     "symlink-abs": [({"name": "aclImdb/out", "type": tarfile.SYMTYPE, "linkname": "/etc"}, None)],
-    "through-symlink": [({"name": "d", "type": tarfile.SYMTYPE, "linkname": "."}, None),
-                        ({"name": "d/x.txt"}, b"x")],
-    "symlink-chain": [({"name": "a", "type": tarfile.SYMTYPE, "linkname": "."}, None),
-                      ({"name": "a/b", "type": tarfile.SYMTYPE, "linkname": "../outside"}, None)],
+    "through-symlink": [({"name": "d", "type": tarfile.SYMTYPE, "linkname": "."}, None), ({"name": "d/x.txt"}, b"x")],
+    "symlink-chain": [
+        ({"name": "a", "type": tarfile.SYMTYPE, "linkname": "."}, None),
+        ({"name": "a/b", "type": tarfile.SYMTYPE, "linkname": "../outside"}, None),
+    ],
     "hardlink-out": [({"name": "aclImdb/h", "type": tarfile.LNKTYPE, "linkname": "../../etc/passwd"}, None)],
     "hardlink-abs": [({"name": "aclImdb/h", "type": tarfile.LNKTYPE, "linkname": "/etc/passwd"}, None)],
     "symlink-in": [({"name": "aclImdb/train/link.txt", "type": tarfile.SYMTYPE, "linkname": "pos/0_9.txt"}, None)],
-    "hardlink-in": [({"name": "aclImdb/test/hard.txt", "type": tarfile.LNKTYPE,
-                      "linkname": "aclImdb/train/neg/0_1.txt"}, None)],
+    "hardlink-in": [
+        ({"name": "aclImdb/test/hard.txt", "type": tarfile.LNKTYPE, "linkname": "aclImdb/train/neg/0_1.txt"}, None)
+    ],
     "device": [({"name": "aclImdb/dev", "type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, None)],
     "fifo": [({"name": "aclImdb/fifo", "type": tarfile.FIFOTYPE}, None)],
 }
@@ -192,7 +227,7 @@ def test_malicious_archives_are_refused_and_write_nothing(kind, tmp_path):
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(CorpusError, match="unsafe member"):
         imdb.extract_archive(archive, work / "out")
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before     # no file, no temp folder
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no file, no temp folder
     assert not Path("/tmp/scratchlm-evil-absolute.txt").exists()
 
 
@@ -238,11 +273,11 @@ def test_fetch_archive_downloads_extracts_and_reuses(server, tmp_path):
     assert (root / "train/pos/0_9.txt").read_bytes() == b"A fine film.<br /><br />Truly."
     assert (root / "train/1_9.txt").read_bytes() == b"A fine film.<br /><br />Truly."
     assert not [p for p in root.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imdb")]       # no temporary folder left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imdb")]  # no temporary folder left
     fine, dull = "A fine film.<br /><br />Truly.", "A dull film."
-    assert list(imdb.iter_review_files(root)) == [dull, fine, dull, fine]   # test/0_2, train/1_9, neg, pos
+    assert list(imdb.iter_review_files(root)) == [dull, fine, dull, fine]  # test/0_2, train/1_9, neg, pos
     again = imdb.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache")
-    assert again == dest and server.seen == ["/aclImdb_v1.tar.gz"]                 # reused: no second request
+    assert again == dest and server.seen == ["/aclImdb_v1.tar.gz"]  # reused: no second request
     (tmp_path / "cache").joinpath(next((tmp_path / "cache").iterdir()).name).unlink()
     assert imdb.fetch_archive(server.url, server.sha256, tmp_path / "imdb", cache_dir=tmp_path / "cache") == dest
 
@@ -261,7 +296,7 @@ def test_fetch_archive_checksum_and_foreign_folder(server, tmp_path):
 
 
 def test_offline_message_names_the_data_option(tmp_path):
-    with socket.socket() as s:                       # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/aclImdb_v1.tar.gz"
@@ -278,6 +313,7 @@ def test_the_imdb_source():
 
 
 # -- the id matrix -------------------------------------------------------------------
+
 
 def test_vectorize_streams_in_blocks_and_matches_encode_sequence():
     tok = VectorTokenizer.fit(["a b c d e f g"] * 3)

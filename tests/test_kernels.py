@@ -45,7 +45,7 @@ from scratchlm.models.recurrent import CELLS
 
 pytest.importorskip("numba")
 
-TOL = {"float64": 1e-12, "float32": 2e-5}                            # rtol, and for the loss
+TOL = {"float64": 1e-12, "float32": 2e-5}  # rtol, and for the loss
 ATOL = {"float64": 1e-14, "float32": 1e-6}
 EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -66,8 +66,7 @@ def compiled_kernels():
     """Compile (or load from Numba's cache) every kernel once, before the timed examples."""
     for dtype in ("float32", "float64"):
         for cell in ("lstm", "gru"):
-            model = LanguageModel(5, None, [3, 2], dtype=dtype, backend=get_backend("numpy", dtype, "fused"),
-                                  cell=cell)
+            model = LanguageModel(5, None, [3, 2], dtype=dtype, backend=get_backend("numpy", dtype, "fused"), cell=cell)
             x = np.zeros((2, 3), dtype=np.int64)
             mask = np.ones((2, 3), dtype=bool)
             model.loss_and_grads(x, x, mask=mask)
@@ -103,30 +102,32 @@ def random_mask(rng, T, B):
 
 # -- activations -------------------------------------------------------------------------------------
 
+
 def test_float32_activations_are_accurate():
-    from scratchlm.kernels.numba.options import jit
     from scratchlm.kernels.numba.activations import exp, sigmoid, tanh
+    from scratchlm.kernels.numba.options import jit
 
     @jit
     def apply(x, out):
         for k in range(x.shape[0]):
             out[0, k], out[1, k], out[2, k] = tanh(x[k]), sigmoid(x[k]), exp(x[k])
 
-    x = np.concatenate([np.linspace(-90, 90, 400001), np.geomspace(1e-30, 20, 20001),
-                        -np.geomspace(1e-30, 20, 20001)]).astype(np.float32)
+    x = np.concatenate(
+        [np.linspace(-90, 90, 400001), np.geomspace(1e-30, 20, 20001), -np.geomspace(1e-30, 20, 20001)]
+    ).astype(np.float32)
     out = np.empty((3, x.size), dtype=np.float32)
     apply(x, out)
     x64 = x.astype(np.float64)
     exact = [np.tanh(x64), 1 / (1 + np.exp(-x64)), np.exp(x64)]
-    kept = [np.ones(x.size, bool), exact[1] > 1e-30, (x64 > -87) & (x64 < 88)]   # normal float32 range
-    for name, got, want, k in zip(("tanh", "sigmoid", "exp"), out, exact, kept):
+    kept = [np.ones(x.size, bool), exact[1] > 1e-30, (x64 > -87) & (x64 < 88)]  # normal float32 range
+    for name, got, want, k in zip(("tanh", "sigmoid", "exp"), out, exact, kept, strict=False):
         rel = np.abs(got[k] - want[k]) / np.abs(want[k]).clip(1e-300)
         assert rel.max() <= 2e-7, (name, rel.max(), x[k][rel.argmax()])
 
 
 def test_float64_activations_are_libm():
-    from scratchlm.kernels.numba.options import jit
     from scratchlm.kernels.numba.activations import sigmoid, tanh
+    from scratchlm.kernels.numba.options import jit
 
     @jit
     def apply(x, out):
@@ -142,12 +143,13 @@ def test_float64_activations_are_libm():
 
 # -- the LSTM layer ------------------------------------------------------------------------------------
 
+
 def lstm_pair(dtype, D, H, sequences, rng):
     ref_be, fused_be = backends(dtype)
     ref = ref_be.layer(LSTM)(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
     fused = fused_be.layer(LSTM)(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
     assert type(ref) is LSTM and type(fused) is FusedLSTM
-    bias = rng.standard_normal(4 * H)                                # every gate matters
+    bias = rng.standard_normal(4 * H)  # every gate matters
     ref.bias[:] = bias
     fused.bias[:] = bias
     return ref, fused
@@ -162,9 +164,18 @@ def run_lstm(lstm, x, state, mask, dy, dstate):
 
 
 @EXAMPLES
-@given(T=st.integers(1, 7), B=st.integers(1, 5), D=st.integers(1, 6), H=st.integers(1, 11),
-       masked=st.booleans(), sequences=st.booleans(), with_state=st.booleans(),
-       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16), loop=st.sampled_from(LOOPS))
+@given(
+    T=st.integers(1, 7),
+    B=st.integers(1, 5),
+    D=st.integers(1, 6),
+    H=st.integers(1, 11),
+    masked=st.booleans(),
+    sequences=st.booleans(),
+    with_state=st.booleans(),
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 2**16),
+    loop=st.sampled_from(LOOPS),
+)
 def test_lstm_layer_matches_reference(T, B, D, H, masked, sequences, with_state, dtype, seed, loop):
     rng = np.random.default_rng(seed)
     ref, fused = lstm_pair(dtype, D, H, sequences, rng)
@@ -189,7 +200,7 @@ def test_masked_fused_step_keeps_state_exactly(rng):
     mask = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=bool)
     _, cache = lstm.forward(x, None, mask)
     hs, cs = cache.steps.hs, cache.steps.cs
-    for t, b in zip(*np.nonzero(~mask)):
+    for t, b in zip(*np.nonzero(~mask), strict=False):
         np.testing.assert_array_equal(hs[t + 1, b], hs[t, b])
         np.testing.assert_array_equal(cs[t + 1, b], cs[t, b])
 
@@ -204,7 +215,7 @@ def gru_pair(dtype, D, H, sequences, rng):
     ref = ref_be.layer(GRU)(D, H, ref_be, Backend.rng(7), return_sequences=sequences)
     fused = fused_be.layer(GRU)(D, H, fused_be, Backend.rng(7), return_sequences=sequences)
     assert type(ref) is GRU and type(fused) is FusedGRU
-    bias = rng.standard_normal((2, 3 * H))                           # every gate matters, b_in and b_rec
+    bias = rng.standard_normal((2, 3 * H))  # every gate matters, b_in and b_rec
     ref.bias[:] = bias
     fused.bias[:] = bias
     return ref, fused
@@ -213,23 +224,33 @@ def gru_pair(dtype, D, H, sequences, rng):
 def run_gru(gru, inp, x, E, state, mask, dy, dstate):
     if inp == "dense":
         y, cache = gru.forward(x, state, mask)
-    else:                                                            # x: (T, B) token ids
+    else:  # x: (T, B) token ids
         y, cache = gru.forward_tokens(x, E, state, mask)
     (hT,) = cache.final_state
-    gates, uh = cache.steps.gates.copy(), cache.steps.uh.copy()      # the backward overwrites them (fused)
+    gates, uh = cache.steps.gates.copy(), cache.steps.uh.copy()  # the backward overwrites them (fused)
     d, grads = gru.backward(cache, dy, dstate)
     (dh0,) = d.dstate
     out = {"y": y, "h_T": hT, "gates": gates, "uh": uh, "hs": cache.steps.hs, "dh_0": dh0, **grads}
-    for name in ("dx", "dembeddings"):                               # what was fed: x, or E (token input)
+    for name in ("dx", "dembeddings"):  # what was fed: x, or E (token input)
         if getattr(d, name) is not None:
             out[name] = getattr(d, name)
     return out
 
 
 @EXAMPLES
-@given(T=st.integers(1, 7), B=st.integers(1, 5), D=st.integers(1, 6), H=st.integers(1, 11),
-       inp=st.sampled_from(GRU_INPUTS), masked=st.booleans(), sequences=st.booleans(), with_state=st.booleans(),
-       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16), loop=st.sampled_from(LOOPS))
+@given(
+    T=st.integers(1, 7),
+    B=st.integers(1, 5),
+    D=st.integers(1, 6),
+    H=st.integers(1, 11),
+    inp=st.sampled_from(GRU_INPUTS),
+    masked=st.booleans(),
+    sequences=st.booleans(),
+    with_state=st.booleans(),
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 2**16),
+    loop=st.sampled_from(LOOPS),
+)
 def test_gru_layer_matches_reference(T, B, D, H, inp, masked, sequences, with_state, dtype, seed, loop):
     rng = np.random.default_rng(seed)
     ref, fused = gru_pair(dtype, D, H, sequences, rng)
@@ -238,7 +259,7 @@ def test_gru_layer_matches_reference(T, B, D, H, inp, masked, sequences, with_st
     if inp == "dense":
         x = cast(rng.standard_normal((T, B, D)))
     else:
-        V = D if inp == "one-hot" else 1 + seed % 9                  # one-hot: D = V; embedding: D = E's width
+        V = D if inp == "one-hot" else 1 + seed % 9  # one-hot: D = V; embedding: D = E's width
         if inp == "embedding-table":
             E = cast(rng.standard_normal((V, D)))
         x = rng.integers(0, V, (T, B))
@@ -263,33 +284,37 @@ def test_masked_fused_gru_step_keeps_state_exactly(rng):
     mask = np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=bool)
     y, cache = gru.forward(x, (fused_be.asarray(rng.standard_normal((2, 5))),), mask)
     hs = cache.steps.hs
-    for t, b in zip(*np.nonzero(~mask)):
+    for t, b in zip(*np.nonzero(~mask), strict=False):
         np.testing.assert_array_equal(hs[t + 1, b], hs[t, b])
-    np.testing.assert_array_equal(y[0, 1], 0.0)                      # before the first real step
+    np.testing.assert_array_equal(y[0, 1], 0.0)  # before the first real step
     np.testing.assert_array_equal(y[1, 1], 0.0)
-    np.testing.assert_array_equal(y[1, 0], y[0, 0])                  # a masked step repeats the output
+    np.testing.assert_array_equal(y[1, 0], y[0, 0])  # a masked step repeats the output
     dy = fused_be.asarray(rng.standard_normal(y.shape))
     dstate = (fused_be.asarray(rng.standard_normal((2, 5))),)
     dx = gru.backward(cache, dy, dstate)[0].dx
-    for t, b in zip(*np.nonzero(~mask)):
+    for t, b in zip(*np.nonzero(~mask), strict=False):
         np.testing.assert_array_equal(cache.steps.gates[t, b], 0.0)  # dX̂ of a masked step
         np.testing.assert_array_equal(dx[t, b], 0.0)
 
 
 # -- the whole model -------------------------------------------------------------------------------------
 
-INPUTS = {"one-hot": dict(V=7, embedding_dim=None),
-          "embedding-table": dict(V=7, embedding_dim=4),
-          "embedding-direct": dict(V=61, embedding_dim=4)}             # V > T·B: gather, then one GEMM
+INPUTS = {
+    "one-hot": dict(V=7, embedding_dim=None),
+    "embedding-table": dict(V=7, embedding_dim=4),
+    "embedding-direct": dict(V=61, embedding_dim=4),
+}  # V > T·B: gather, then one GEMM
 
 
 def model_pair(dtype, inp, hidden_sizes, **kw):
     """A reference and a fused model with the same weights (random biases); ``cell`` among ``kw``."""
     spec = INPUTS[inp]
-    models = [LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, backend=be, dtype=dtype, seed=3, **kw)
-              for be in backends(dtype)]
+    models = [
+        LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, backend=be, dtype=dtype, seed=3, **kw)
+        for be in backends(dtype)
+    ]
     rng = np.random.default_rng(5)
-    for lstms in zip(*(m.recurrent for m in models)):
+    for lstms in zip(*(m.recurrent for m in models), strict=False):
         bias = rng.standard_normal(lstms[0].bias.shape)
         for lstm in lstms:
             lstm.bias[:] = bias
@@ -297,10 +322,18 @@ def model_pair(dtype, inp, hidden_sizes, **kw):
 
 
 @EXAMPLES
-@given(inp=st.sampled_from(list(INPUTS)), hidden_sizes=st.lists(st.integers(1, 9), min_size=1, max_size=2),
-       T=st.integers(1, 6), B=st.integers(1, 4), masked=st.booleans(), last_only=st.booleans(),
-       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16),
-       cell=st.sampled_from(["lstm", "gru"]), loop=st.sampled_from(LOOPS))
+@given(
+    inp=st.sampled_from(list(INPUTS)),
+    hidden_sizes=st.lists(st.integers(1, 9), min_size=1, max_size=2),
+    T=st.integers(1, 6),
+    B=st.integers(1, 4),
+    masked=st.booleans(),
+    last_only=st.booleans(),
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 2**16),
+    cell=st.sampled_from(["lstm", "gru"]),
+    loop=st.sampled_from(LOOPS),
+)
 def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dtype, seed, cell, loop):
     ref, fused = model_pair(dtype, inp, hidden_sizes, cell=cell)
     rng = np.random.default_rng(seed)
@@ -310,7 +343,7 @@ def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dty
     mask = None
     if masked:
         mask = random_mask(rng, T, B).T
-        mask[0, -1] = True                                           # at least one scored token
+        mask[0, -1] = True  # at least one scored token
     loss_ref, grads_ref = ref.loss_and_grads(x, y, mask=mask, last_only=last_only)
     with cpu_loop(loop):
         loss_fused, grads_fused = fused.loss_and_grads(x, y, mask=mask, last_only=last_only)
@@ -321,9 +354,9 @@ def test_model_matches_reference(inp, hidden_sizes, T, B, masked, last_only, dty
     with cpu_loop(loop):
         logits_fused, state_fused = fused.forward(x, mask=mask)
     assert close(logits_fused, logits_ref, dtype)
-    for parts_f, parts_r in zip(state_fused, state_ref):             # LSTM (h, c), GRU (h,)
+    for parts_f, parts_r in zip(state_fused, state_ref, strict=False):  # LSTM (h, c), GRU (h,)
         assert len(parts_f) == len(parts_r) == (2 if cell == "lstm" else 1)
-        assert all(close(f, r, dtype) for f, r in zip(parts_f, parts_r))
+        assert all(close(f, r, dtype) for f, r in zip(parts_f, parts_r, strict=False))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -337,12 +370,16 @@ def test_stateful_fused_model_carries_state(rng, cell):
         assert all(close(grads_fused[k], grads_ref[k], "float64") for k in grads_ref)
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
-    ("one-hot", (5,), True, True),
-    ("embedding-table", (5, 6), True, False),
-    ("embedding-direct", (4,), False, False),
-])
+@pytest.mark.parametrize(
+    "inp,hidden_sizes,masked,last_only",
+    [
+        ("one-hot", (5,), True, True),
+        ("embedding-table", (5, 6), True, False),
+        ("embedding-direct", (4,), False, False),
+    ],
+)
 def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked, last_only, cell):
     _, model = model_pair("float64", inp, hidden_sizes, cell=cell)
     assert model.backend.kernels == "fused" and all(type(layer) is FUSED[CELLS[cell]] for layer in model.recurrent)
@@ -359,9 +396,15 @@ def test_float64_gradients_through_the_fused_path(rng, inp, hidden_sizes, masked
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
-    ("one-hot", (6,), True, True), ("embedding-table", (5, 7), True, False), ("embedding-direct", (4, 3), False, False),
-    ("one-hot", (8, 5), False, True)])
+@pytest.mark.parametrize(
+    "inp,hidden_sizes,masked,last_only",
+    [
+        ("one-hot", (6,), True, True),
+        ("embedding-table", (5, 7), True, False),
+        ("embedding-direct", (4, 3), False, False),
+        ("one-hot", (8, 5), False, True),
+    ],
+)
 def test_gru_model_gradients_are_the_same_on_both_kernel_paths(dtype, inp, hidden_sizes, masked, last_only):
     ref, fused = model_pair(dtype, inp, hidden_sizes, cell="gru")
     assert type(ref.recurrent[0]) is GRU and type(fused.recurrent[0]) is FusedGRU
@@ -385,18 +428,19 @@ def test_gru_model_gradients_are_the_same_on_both_kernel_paths(dtype, inp, hidde
 
 # -- loss and scatter-add ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_softmax_cross_entropy_matches_reference(rng, dtype, masked):
     fused = get_backend("numpy", dtype, "fused").ops.softmax_cross_entropy
     logits = (rng.standard_normal((5, 7, 11)) * 4).astype(dtype)
-    logits[0, 0, 3] = 90                                             # a row far from the others
+    logits[0, 0, 3] = 90  # a row far from the others
     targets = rng.integers(0, 11, (5, 7))
     mask = rng.random((5, 7)) < 0.6 if masked else None
     loss_ref, d_ref = softmax_cross_entropy(logits, targets, mask)
     buffer = logits.copy()
     loss, d = fused(buffer, targets, mask)
-    assert d is buffer or np.shares_memory(d, buffer)                # in place
+    assert d is buffer or np.shares_memory(d, buffer)  # in place
     assert loss == pytest.approx(loss_ref, rel=TOL[dtype])
     assert close(d, d_ref, dtype)
 
@@ -424,12 +468,20 @@ def test_scatter_add_matches_a_plain_loop(V, N, C, index_dtype):
 
 # -- generation ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("inp,hidden_sizes", [("one-hot", (6,)), ("embedding-table", (5, 7)),
-                                              ("embedding-direct", (4,))])
-@pytest.mark.parametrize("options", [dict(temperature=0), dict(temperature=1.0, seed=3),
-                                     dict(temperature=0.4, seed=1, banned_ids=[2, 3]),
-                                     dict(temperature=1.5, seed=2, eos_id=4)])
+@pytest.mark.parametrize(
+    "inp,hidden_sizes", [("one-hot", (6,)), ("embedding-table", (5, 7)), ("embedding-direct", (4,))]
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(temperature=0),
+        dict(temperature=1.0, seed=3),
+        dict(temperature=0.4, seed=1, banned_ids=[2, 3]),
+        dict(temperature=1.5, seed=2, eos_id=4),
+    ],
+)
 def test_generation_matches_reference(dtype, inp, hidden_sizes, options):
     ref, fused = model_pair(dtype, inp, hidden_sizes)
     prompt = np.random.default_rng(0).integers(0, ref.vocab_size, (3, 4))
@@ -442,17 +494,18 @@ def test_generation_matches_reference(dtype, inp, hidden_sizes, options):
 def test_fused_generation_runs_the_prompt_once_then_never_reruns_the_prefix(rng, monkeypatch):
     _, fused = model_pair("float32", "embedding-table", (5,))
     steps = []
-    run = fused._run                                                 # the stack, time-major: ids (T, B)
+    run = fused._run  # the stack, time-major: ids (T, B)
     monkeypatch.setattr(fused, "_run", lambda ids, *a, **k: steps.append(ids.shape[0]) or run(ids, *a, **k))
     fused.generate(rng.integers(0, 7, (2, 10)), 8, seed=0)
-    assert steps == [10]                                             # the rest is one kernel step per token
+    assert steps == [10]  # the rest is one kernel step per token
 
 
 def test_generation_with_top_k_or_top_p_uses_the_reference_sampler():
     ref, fused = model_pair("float64", "embedding-table", (5,))
     for options in (dict(top_k=3), dict(top_p=0.8)):
-        np.testing.assert_array_equal(fused.generate([1, 2], 20, seed=4, **options),
-                                      ref.generate([1, 2], 20, seed=4, **options))
+        np.testing.assert_array_equal(
+            fused.generate([1, 2], 20, seed=4, **options), ref.generate([1, 2], 20, seed=4, **options)
+        )
 
 
 def test_fused_generation_reports_non_finite_logits():
@@ -464,9 +517,10 @@ def test_fused_generation_reports_non_finite_logits():
 
 # -- dispatch ---------------------------------------------------------------------------------------------------
 
+
 def test_kernels_option_and_environment(monkeypatch):
     monkeypatch.delenv(KERNELS_ENV, raising=False)
-    assert get_backend("numpy").kernels == "fused"                   # auto: Numba is installed here
+    assert get_backend("numpy").kernels == "fused"  # auto: Numba is installed here
     assert get_backend("numpy", kernels="reference").kernels == "reference"
     monkeypatch.setenv(KERNELS_ENV, "reference")
     assert get_backend("numpy").kernels == "reference"
@@ -506,15 +560,16 @@ def test_import_scratchlm_does_not_import_numba():
 
 def test_workspace_reuses_a_buffer_only_when_nothing_refers_to_it():
     from scratchlm.kernels.numba.parallel import workspace
+
     workspace.release()
     a = workspace.take((3, 5), np.float32)
     b = workspace.take((3, 5), np.float32)
-    assert a is not b                                                # a is still held
+    assert a is not b  # a is still held
     a_id, view = id(a), a[1:]
     del a
-    assert id(workspace.take((3, 5), np.float32)) != a_id            # a view of it is still alive
+    assert id(workspace.take((3, 5), np.float32)) != a_id  # a view of it is still alive
     del view
-    assert id(workspace.take((3, 5), np.float32)) == a_id            # now it is free
+    assert id(workspace.take((3, 5), np.float32)) == a_id  # now it is free
     assert workspace.take((3, 5), np.float64).dtype == np.float64
     workspace.release()
 
@@ -545,6 +600,7 @@ def test_jit_works_without_a_writable_cache(monkeypatch):
 
 # -- CuPy ------------------------------------------------------------------------------------------------
 
+
 def _gpu_or_skip():
     try:
         get_backend("cupy")
@@ -555,15 +611,31 @@ def _gpu_or_skip():
 @pytest.mark.gpu
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("inp,hidden_sizes,masked,last_only", [
-    ("one-hot", (6,), True, True), ("embedding-table", (5, 7), True, False), ("embedding-direct", (4,), False, False)])
+@pytest.mark.parametrize(
+    "inp,hidden_sizes,masked,last_only",
+    [("one-hot", (6,), True, True), ("embedding-table", (5, 7), True, False), ("embedding-direct", (4,), False, False)],
+)
 def test_cupy_fused_model_matches_numpy_reference(dtype, inp, hidden_sizes, masked, last_only, cell):
     _gpu_or_skip()
     spec = INPUTS[inp]
-    ref = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3, cell=cell,
-                        backend=get_backend("numpy", dtype, "reference"))
-    gpu = LanguageModel(spec["V"], spec["embedding_dim"], hidden_sizes, dtype=dtype, seed=3, cell=cell,
-                        backend=get_backend("cupy", dtype, "fused"))
+    ref = LanguageModel(
+        spec["V"],
+        spec["embedding_dim"],
+        hidden_sizes,
+        dtype=dtype,
+        seed=3,
+        cell=cell,
+        backend=get_backend("numpy", dtype, "reference"),
+    )
+    gpu = LanguageModel(
+        spec["V"],
+        spec["embedding_dim"],
+        hidden_sizes,
+        dtype=dtype,
+        seed=3,
+        cell=cell,
+        backend=get_backend("cupy", dtype, "fused"),
+    )
     rng = np.random.default_rng(2)
     B, T = 3, 5
     x = rng.integers(0, spec["V"], (B, T))
@@ -586,6 +658,7 @@ def test_cupy_fused_model_matches_numpy_reference(dtype, inp, hidden_sizes, mask
 def test_cupy_scatter_add_and_loss_match_numpy():
     _gpu_or_skip()
     import cupy
+
     be = get_backend("cupy", "float64", "fused")
     rng = np.random.default_rng(0)
     index = rng.integers(0, 7, 300)
@@ -605,6 +678,7 @@ def test_cupy_scatter_add_and_loss_match_numpy():
 
 # -- the time loop's shards -------------------------------------------------------------------------------
 
+
 def test_shards_cover_the_batch_and_meet_once():
     from scratchlm.kernels.numba.parallel import shards
 
@@ -612,7 +686,7 @@ def test_shards_cover_the_batch_and_meet_once():
         for n in range(1, min(rows, 5) + 1):
             spans = shards.bounds(rows, n)
             assert spans[0][0] == 0 and spans[-1][1] == rows
-            assert all(hi == lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+            assert all(hi == lo for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False))
             assert max(hi - lo for lo, hi in spans) - min(hi - lo for lo, hi in spans) <= 1
 
 
@@ -642,7 +716,7 @@ def test_shards_only_where_openblas_threads_sleep_soon(monkeypatch):
     monkeypatch.setattr(blas, "THREADS", (lambda: 2, blas.THREADS[1]))
     monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "20")
     assert shards.count(64) == 2 and shards.count(2 * shards.MIN_ROWS - 1) == 1
-    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")               # OpenBLAS's default: 2^28 cycles of spinning
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")  # OpenBLAS's default: 2^28 cycles of spinning
     assert shards.count(64) == 1
 
 
@@ -654,9 +728,9 @@ def test_units_split_only_for_thin_batches(monkeypatch):
     monkeypatch.setattr(blas, "THREADS", (lambda: 2, blas.THREADS[1]))
     monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "20")
     assert shards.parties(8, 512, 4) == 2 and shards.parties(9, 512, 4) == 1 and shards.parties(16, 512, 8) == 2
-    assert shards.parties(8, 15, 4) == 1                        # fewer than 8 units per thread
+    assert shards.parties(8, 15, 4) == 1  # fewer than 8 units per thread
     monkeypatch.setattr(blas, "THREADS", (lambda: 1, blas.THREADS[1]))
-    assert shards.parties(8, 512, 4) == 1                       # OPENBLAS_NUM_THREADS=1 (an MPI rank per core)
+    assert shards.parties(8, 512, 4) == 1  # OPENBLAS_NUM_THREADS=1 (an MPI rank per core)
     monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT")
     monkeypatch.setattr(blas, "THREADS", (lambda: 2, blas.THREADS[1]))
     assert shards.parties(8, 512, 4) == 1
@@ -664,23 +738,30 @@ def test_units_split_only_for_thin_batches(monkeypatch):
 
 # -- the small product and the barrier of the units split -------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None)
-@given(M=st.integers(1, 13), K=st.integers(1, 40), N=st.integers(1, 21), dtype=st.sampled_from(["float32", "float64"]),
-       seed=st.integers(0, 2**16), data=st.data())
+@given(
+    M=st.integers(1, 13),
+    K=st.integers(1, 40),
+    N=st.integers(1, 21),
+    dtype=st.sampled_from(["float32", "float64"]),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
 def test_dot_product_kernel_matches_numpy(M, K, N, dtype, seed, data):
     from scratchlm.kernels.numba.parallel import dots
 
     rng = np.random.default_rng(seed)
     lo = data.draw(st.integers(0, N))
     hi = data.draw(st.integers(lo, N))
-    a = rng.standard_normal((M, K + 3)).astype(dtype)[:, :K]     # rows with a stride longer than K
+    a = rng.standard_normal((M, K + 3)).astype(dtype)[:, :K]  # rows with a stride longer than K
     b = rng.standard_normal((N, K)).astype(dtype)
     out = np.full((N, M), 7.0, dtype=dtype)
     dots.product_t(a, b, out, lo, hi)
     want = np.full((N, M), 7.0)
     want[lo:hi] = b[lo:hi] @ a.T
     assert close(out, want, dtype)
-    cut = data.draw(st.integers(lo, hi))                         # the same bits whichever way [lo, hi) is split
+    cut = data.draw(st.integers(lo, hi))  # the same bits whichever way [lo, hi) is split
     parts = np.full((N, M), 7.0, dtype=dtype)
     dots.product_t(a, b, parts, lo, cut)
     dots.product_t(a, b, parts, cut, hi)
@@ -694,8 +775,8 @@ def test_dot_product_kernel_matches_numpy(M, K, N, dtype, seed, data):
 def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
     from concurrent.futures import ThreadPoolExecutor
 
-    from scratchlm.kernels.numba.parallel import barrier, shards
     from scratchlm.kernels.numba.options import jit
+    from scratchlm.kernels.numba.parallel import barrier, shards
 
     @jit
     def steps(sync, parties, k, log, late):
@@ -703,7 +784,7 @@ def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
             log[t, k] = t
             if not barrier.wait(sync, parties, t):
                 return t
-            for q in range(parties):                            # everyone wrote step t before anyone went on
+            for q in range(parties):  # everyone wrote step t before anyone went on
                 if log[t, q] != t:
                     late[0] += 1
         return log.shape[0]
@@ -711,10 +792,15 @@ def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
     for parties in (2, 3):
         log, late, sync = np.full((500, parties), -1), np.zeros(1, dtype=np.int64), barrier.new()
         with ThreadPoolExecutor(parties) as pool:
-            done = list(pool.map(lambda k: steps(sync, parties, k, log, late), range(parties)))
+            done = list(
+                pool.map(
+                    lambda k, sync=sync, parties=parties, log=log, late=late: steps(sync, parties, k, log, late),
+                    range(parties),
+                )
+            )
         assert done == [500] * parties and late[0] == 0 and (log == np.arange(500)[:, None]).all()
 
-    def party(k):                                               # party 1 fails before its first step
+    def party(k):  # party 1 fails before its first step
         if k == 1:
             raise RuntimeError("party failed")
         return steps(sync, 2, k, np.full((5, 2), -1), np.zeros(1, dtype=np.int64))
@@ -723,7 +809,7 @@ def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
     if shards.blas.THREADS is None:
         pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
     with pytest.raises(RuntimeError, match="party failed"):
-        shards.together(party, 2, sync)                         # returns: party 0 is released, not left spinning
+        shards.together(party, 2, sync)  # returns: party 0 is released, not left spinning
     assert sync[1] == 1
 
 
@@ -756,14 +842,14 @@ def test_the_units_split_computes_what_the_row_loop_does(parties, inputs):
             return (hs, cs) + tuple(a.copy() for a in lstm_numba.backward(z, hs, cs, U, dy, dh_T, dc_T, keep))
 
     split = run(parties)
-    for want, got in zip(run(1), split):
+    for want, got in zip(run(1), split, strict=False):
         assert close(got, want, "float64")
-    for one, other in zip(split, run(2)):                          # the same bits on any number of threads
+    for one, other in zip(split, run(2), strict=False):  # the same bits on any number of threads
         assert np.array_equal(one, other)
 
 
 def test_importing_scratchlm_first_sets_the_openblas_thread_timeout():
-    code = ("import os, scratchlm, numpy; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    code = "import os, scratchlm, numpy; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
     env = {k: v for k, v in __import__("os").environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "20"

@@ -18,15 +18,15 @@ def test_small_model_overfits_repetitive_text():
     n = (len(ids) - 1) // (B * T) * (B * T)
     # B parallel contiguous streams, cut into chunks of T: stateful truncated BPTT
     x_streams = ids[:n].reshape(B, -1)
-    y_streams = ids[1:n + 1].reshape(B, -1)
+    y_streams = ids[1 : n + 1].reshape(B, -1)
     chunks = x_streams.shape[1] // T
     model = LanguageModel(len(chars), embedding_dim=16, hidden_sizes=[64], seed=0, stateful=True)
     opt = optim.Adam(lr=0.01, global_clipnorm=5.0)
-    for epoch in range(25):
+    for _ in range(25):
         model.reset_state()
         losses = []
         for k in range(chunks):
-            x, y = x_streams[:, k * T:(k + 1) * T], y_streams[:, k * T:(k + 1) * T]
+            x, y = x_streams[:, k * T : (k + 1) * T], y_streams[:, k * T : (k + 1) * T]
             loss, grads = model.loss_and_grads(x, y)
             opt.step(model.params, grads)
             losses.append(loss)

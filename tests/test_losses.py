@@ -16,6 +16,7 @@ def direct_loss(logits, targets, mask=None):
     return float((nll * w).sum() / w.sum())
 
 
+@pytest.mark.gradcheck
 def test_matches_direct_formula_and_gradient(rng):
     logits = rng.standard_normal((4, 3, 6))
     targets = rng.integers(0, 6, (4, 3))
@@ -24,7 +25,7 @@ def test_matches_direct_formula_and_gradient(rng):
         loss, dlogits = softmax_cross_entropy(logits, targets, m)
         assert loss == pytest.approx(direct_loss(logits, targets, m), rel=1e-12)
         z = logits.copy()
-        errs = check_gradients(lambda: softmax_cross_entropy(z, targets, m)[0], {"z": z}, {"z": dlogits})
+        errs = check_gradients(lambda z=z, m=m: softmax_cross_entropy(z, targets, m)[0], {"z": z}, {"z": dlogits})
         assert errs["z"] <= 1e-6
 
 
@@ -35,7 +36,7 @@ def test_masked_tokens_do_not_count(rng):
     mask[1, 3:] = False
     loss, d = softmax_cross_entropy(logits, targets, mask)
     logits2 = logits.copy()
-    logits2[1, 3:] += 100.0                                     # changing padded logits changes nothing
+    logits2[1, 3:] += 100.0  # changing padded logits changes nothing
     assert softmax_cross_entropy(logits2, targets, mask)[0] == pytest.approx(loss, rel=1e-12)
     assert np.all(d[1, 3:] == 0)
 
@@ -60,8 +61,9 @@ def test_does_not_modify_logits(rng):
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 9)),
-              elements=st.floats(-500, 500, allow_nan=False)))
+@given(
+    arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 9)), elements=st.floats(-500, 500, allow_nan=False))
+)
 def test_softmax_rows_sum_to_one(z):
     p = softmax(z)
     assert np.all(p >= 0)

@@ -21,8 +21,15 @@ V = 7
 
 
 def model(kernels="fused", seed=1, **kw):
-    return LanguageModel(V, embedding_dim=3, hidden_sizes=[5, 4], backend=get_backend("numpy", kernels=kernels),
-                         dtype="float64", seed=seed, **kw)
+    return LanguageModel(
+        V,
+        embedding_dim=3,
+        hidden_sizes=[5, 4],
+        backend=get_backend("numpy", kernels=kernels),
+        dtype="float64",
+        seed=seed,
+        **kw,
+    )
 
 
 def refuses(error, fn, *words):
@@ -40,6 +47,7 @@ def test_model_errors_are_scratchlm_value_errors():
 
 
 # -- generate: length and seed ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("options", [dict(), dict(temperature=0), dict(eos_id=2), dict(top_k=3)])
@@ -75,15 +83,25 @@ def test_seed_is_stored_as_a_python_int():
 
 # -- the constructor ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(vocab_size=7.5), "vocab_size"), (dict(vocab_size=True), "vocab_size"), (dict(vocab_size="7"), "vocab_size"),
-    (dict(vocab_size=7, embedding_dim=2.0), "embedding_dim"),
-    (dict(vocab_size=7, embedding_dim=False), "embedding_dim"),
-    (dict(vocab_size=7, hidden_sizes=5), "hidden_sizes"), (dict(vocab_size=7, hidden_sizes="128"), "hidden_sizes"),
-    (dict(vocab_size=7, hidden_sizes=[5.0]), "hidden_sizes"), (dict(vocab_size=7, hidden_sizes=[True]), "hidden_sizes"),
-    (dict(vocab_size=7, hidden_sizes=[4, -1]), "hidden_sizes"), (dict(vocab_size=7, hidden_sizes=()), "hidden_sizes"),
-    (dict(vocab_size=7, hidden_sizes=None), "hidden_sizes"), (dict(vocab_size=7, stateful="no"), "stateful"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(vocab_size=7.5), "vocab_size"),
+        (dict(vocab_size=True), "vocab_size"),
+        (dict(vocab_size="7"), "vocab_size"),
+        (dict(vocab_size=7, embedding_dim=2.0), "embedding_dim"),
+        (dict(vocab_size=7, embedding_dim=False), "embedding_dim"),
+        (dict(vocab_size=7, hidden_sizes=5), "hidden_sizes"),
+        (dict(vocab_size=7, hidden_sizes="128"), "hidden_sizes"),
+        (dict(vocab_size=7, hidden_sizes=[5.0]), "hidden_sizes"),
+        (dict(vocab_size=7, hidden_sizes=[True]), "hidden_sizes"),
+        (dict(vocab_size=7, hidden_sizes=[4, -1]), "hidden_sizes"),
+        (dict(vocab_size=7, hidden_sizes=()), "hidden_sizes"),
+        (dict(vocab_size=7, hidden_sizes=None), "hidden_sizes"),
+        (dict(vocab_size=7, stateful="no"), "stateful"),
+    ],
+)
 def test_constructor_refuses_non_integral_sizes(kwargs, words):
     refuses(ModelError, lambda: LanguageModel(**kwargs), words)
 
@@ -97,17 +115,27 @@ def test_constructor_takes_numpy_integers():
 @pytest.mark.parametrize("V_, E, hidden", [(7, None, [5]), (60, 16, [32, 24]), (23, 4, [5, 6, 3])])
 def test_parameter_count_is_the_size_of_params(V_, E, hidden):
     m = LanguageModel(V_, embedding_dim=E, hidden_sizes=hidden)
-    assert LanguageModel.parameter_count({"vocab_size": V_, "embedding_dim": E, "hidden_sizes": hidden}) == sum(p.size for p in m.params.values())
+    assert LanguageModel.parameter_count({"vocab_size": V_, "embedding_dim": E, "hidden_sizes": hidden}) == sum(
+        p.size for p in m.params.values()
+    )
 
 
 def test_a_model_too_large_for_memory_is_refused_before_allocating(monkeypatch):
     monkeypatch.setattr(budget, "available_bytes", lambda: 64 << 30)
-    refuses(ResourceError, lambda: LanguageModel(V, hidden_sizes=[100000]), "596.1 GiB", "64.0 GiB", "--hidden",
-            "weights, gradients and optimizer state")           # 4 copies of 4e10 float32 weights
+    refuses(
+        ResourceError,
+        lambda: LanguageModel(V, hidden_sizes=[100000]),
+        "596.1 GiB",
+        "64.0 GiB",
+        "--hidden",
+        "weights, gradients and optimizer state",
+    )  # 4 copies of 4e10 float32 weights
 
 
 def test_the_model_memory_estimate_is_four_copies_of_the_parameters(monkeypatch):
-    need = 4 * LanguageModel.parameter_count({"vocab_size": V, "embedding_dim": 3, "hidden_sizes": [5, 4]}) * 8                 # float64
+    need = (
+        4 * LanguageModel.parameter_count({"vocab_size": V, "embedding_dim": 3, "hidden_sizes": [5, 4]}) * 8
+    )  # float64
     monkeypatch.setattr(budget, "available_bytes", lambda: need)
     model()
     monkeypatch.setattr(budget, "available_bytes", lambda: need - 1)
@@ -116,12 +144,17 @@ def test_the_model_memory_estimate_is_four_copies_of_the_parameters(monkeypatch)
 
 # -- token ids, masks, state ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("x", [np.zeros((0, 3), int), np.zeros((2, 0), int), [[]], []])
 def test_empty_batches_are_refused(kernels, x):
     m = model(kernels)
-    for call in (lambda: m.forward(x), lambda: m.loss(x, x), lambda: m.loss_and_grads(x, x),
-                 lambda: m.loss(x, np.zeros(0, int), last_only=True)):
+    for call in (
+        lambda: m.forward(x),
+        lambda: m.loss(x, x),
+        lambda: m.loss_and_grads(x, x),
+        lambda: m.loss(x, np.zeros(0, int), last_only=True),
+    ):
         refuses(ModelError, call, "empty")
 
 
@@ -150,8 +183,10 @@ def test_numeric_zero_one_masks_equal_boolean_masks(kernels, rng):
             np.testing.assert_array_equal(grads[name], want[1][name])
 
 
-@pytest.mark.parametrize("mask", [np.full((2, 3), 0.5), np.full((2, 3), 2), np.full((2, 3), np.nan),
-                                  np.full((2, 3), "1"), np.full((2, 3), -1.0)])
+@pytest.mark.parametrize(
+    "mask",
+    [np.full((2, 3), 0.5), np.full((2, 3), 2), np.full((2, 3), np.nan), np.full((2, 3), "1"), np.full((2, 3), -1.0)],
+)
 def test_masks_hold_booleans_or_zeros_and_ones(mask):
     x = np.ones((2, 3), int)
     refuses(ModelError, lambda: model().forward(x, mask=mask), "mask must be boolean")
@@ -165,13 +200,17 @@ def test_mask_shape_and_a_mask_that_scores_nothing():
     assert math.isfinite(model().loss(x, x[:, -1], mask=np.zeros((2, 3), bool), last_only=True))
 
 
-@pytest.mark.parametrize("state", [
-    [(np.zeros((2, 5)), np.zeros((2, 5)))],                                        # one layer of two
-    [(np.zeros((2, 5)), np.zeros((2, 5))), (np.zeros((3, 4)), np.zeros((3, 4)))],  # another batch size
-    [(np.zeros((2, 5)),), (np.zeros((2, 4)), np.zeros((2, 4)))],                   # no c
-    [([0.0] * 5, [0.0] * 5), (np.zeros((2, 4)), np.zeros((2, 4)))],                # lists, not arrays
-    "zeros", 0,
-])
+@pytest.mark.parametrize(
+    "state",
+    [
+        [(np.zeros((2, 5)), np.zeros((2, 5)))],  # one layer of two
+        [(np.zeros((2, 5)), np.zeros((2, 5))), (np.zeros((3, 4)), np.zeros((3, 4)))],  # another batch size
+        [(np.zeros((2, 5)),), (np.zeros((2, 4)), np.zeros((2, 4)))],  # no c
+        [([0.0] * 5, [0.0] * 5), (np.zeros((2, 4)), np.zeros((2, 4)))],  # lists, not arrays
+        "zeros",
+        0,
+    ],
+)
 def test_state_must_be_one_pair_per_layer(state):
     x = np.ones((2, 3), int)
     refuses(ModelError, lambda: model().forward(x, state=state), "state must be None")
@@ -201,19 +240,29 @@ def test_set_params_refuses_non_finite_weights_naming_the_array_and_changes_noth
 def test_set_params_refuses_values_too_large_for_float32():
     m = LanguageModel(V, embedding_dim=3, hidden_sizes=[4], dtype="float32")
     values = {k: v.astype(np.float64) for k, v in m.params.items()}
-    values["embedding/embeddings"][0, 0] = 1e300                  # finite in float64, inf in float32
+    values["embedding/embeddings"][0, 0] = 1e300  # finite in float64, inf in float32
     refuses(ModelError, lambda: m.set_params(values), "embedding/embeddings", "float32")
 
 
 # -- generate: eos, banned ids ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("eos_id", [V, -1, 2.0, True, "2"])
 def test_eos_id_must_be_in_the_vocabulary(eos_id):
     refuses(ModelError, lambda: model().generate([1, 2], 3, eos_id=eos_id), "eos_id", f"[0, {V})")
 
 
-@pytest.mark.parametrize("banned, words", [([V], f"[0, {V})"), ([-1], f"[0, {V})"), ([1.0], "whole numbers"),
-                                           ([True], "whole numbers"), (3, "iterable"), (["a"], "whole numbers")])
+@pytest.mark.parametrize(
+    "banned, words",
+    [
+        ([V], f"[0, {V})"),
+        ([-1], f"[0, {V})"),
+        ([1.0], "whole numbers"),
+        ([True], "whole numbers"),
+        (3, "iterable"),
+        (["a"], "whole numbers"),
+    ],
+)
 def test_banned_ids_must_be_integers_in_the_vocabulary(banned, words):
     refuses(SamplingError, lambda: model().generate([1, 2], 3, banned_ids=banned), words)
     refuses(SamplingError, lambda: sampling.probabilities(np.zeros((1, V)), banned_ids=banned), words)
@@ -223,7 +272,7 @@ def test_banned_ids_must_be_integers_in_the_vocabulary(banned, words):
 @pytest.mark.parametrize("options", [dict(), dict(temperature=0), dict(top_k=2), dict(eos_id=1), dict(length=0)])
 def test_every_id_banned_is_refused_up_front_on_every_path(kernels, options):
     length = options.pop("length", 5)
-    call = lambda: model(kernels).generate([1, 2], length, banned_ids=range(V), **options)   # noqa: E731
+    call = lambda: model(kernels).generate([1, 2], length, banned_ids=range(V), **options)  # noqa: E731
     refuses(SamplingError, call, "every token id is banned")
 
 
@@ -231,17 +280,25 @@ def test_every_id_banned_is_refused_up_front_on_every_path(kernels, options):
 def test_an_absurd_length_is_refused_before_allocating(kernels, monkeypatch):
     m = model(kernels)
     monkeypatch.setattr(budget, "available_bytes", lambda: 64 << 30)
-    refuses(ResourceError, lambda: m.generate([1, 2], 10 ** 11), "100,000,000,000 tokens", "1.5 TiB", "fewer tokens")
-    monkeypatch.setattr(budget, "available_bytes", lambda: 16 * 3 * 50)    # ids + uniforms of 3 rows, 50 tokens
+    refuses(ResourceError, lambda: m.generate([1, 2], 10**11), "100,000,000,000 tokens", "1.5 TiB", "fewer tokens")
+    monkeypatch.setattr(budget, "available_bytes", lambda: 16 * 3 * 50)  # ids + uniforms of 3 rows, 50 tokens
     assert m.generate(np.ones((3, 2), int), 50, seed=0).shape == (3, 50)
     refuses(ResourceError, lambda: m.generate(np.ones((3, 2), int), 51))
 
 
 # -- sampling on its own ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("logits, words", [([[0.0, 1.0]], "NumPy or CuPy array"), (np.full((1, 3), "a"), "real"),
-                                           (np.zeros((2, 0)), "V >= 1"), (np.zeros((1, 2), complex), "real"),
-                                           (np.zeros((1, 2), bool), "real")])
+
+@pytest.mark.parametrize(
+    "logits, words",
+    [
+        ([[0.0, 1.0]], "NumPy or CuPy array"),
+        (np.full((1, 3), "a"), "real"),
+        (np.zeros((2, 0)), "V >= 1"),
+        (np.zeros((1, 2), complex), "real"),
+        (np.zeros((1, 2), bool), "real"),
+    ],
+)
 def test_logits_must_be_a_real_array_with_a_vocabulary(logits, words):
     refuses(SamplingError, lambda: sampling.probabilities(logits), words)
     refuses(SamplingError, lambda: sampling.sample(logits, Backend.rng(0)), words)
@@ -259,9 +316,11 @@ def test_check_banned_returns_sorted_distinct_ints():
 
 # -- batchers ---------------------------------------------------------------------------------------------
 
-BATCHERS = {"windows": lambda ids: batching.Windows(ids, maxlen=3, step=1, batch_size=2),
-            "streams": lambda ids: batching.Streams(ids, batch_size=2, seq_len=3),
-            "padded": lambda ids: batching.Padded([ids], eos_id=0, pad_id=1, batch_size=2)}
+BATCHERS = {
+    "windows": lambda ids: batching.Windows(ids, maxlen=3, step=1, batch_size=2),
+    "streams": lambda ids: batching.Streams(ids, batch_size=2, seq_len=3),
+    "padded": lambda ids: batching.Padded([ids], eos_id=0, pad_id=1, batch_size=2),
+}
 
 
 @pytest.mark.parametrize("kind", list(BATCHERS))
@@ -278,8 +337,15 @@ def test_empty_corpora_are_refused(kind, ids):
 
 
 @pytest.mark.parametrize("kind", list(BATCHERS))
-@pytest.mark.parametrize("ids, words", [(np.arange(20.0), "integers"), (np.arange(20) - 3, ">= 0"),
-                                        (np.arange(20).reshape(4, 5), "1-D"), (np.array(["a"] * 20), "integers")])
+@pytest.mark.parametrize(
+    "ids, words",
+    [
+        (np.arange(20.0), "integers"),
+        (np.arange(20) - 3, ">= 0"),
+        (np.arange(20).reshape(4, 5), "1-D"),
+        (np.array(["a"] * 20), "integers"),
+    ],
+)
 def test_batchers_need_a_flat_sequence_of_token_ids(kind, ids, words):
     refuses(CorpusError, lambda: BATCHERS[kind](ids), words)
 
@@ -321,6 +387,7 @@ def test_numpy_fractions_and_seeds_are_numbers():
 
 # -- the command line -------------------------------------------------------------------------------------
 
+
 def test_cli_sample_length_zero_and_a_negative_seed(tmp_path, capsys):
     tokenizer = CharTokenizer.fit("the cat sat on the mat.\n")
     path = tmp_path / "model.npz"
@@ -329,7 +396,7 @@ def test_cli_sample_length_zero_and_a_negative_seed(tmp_path, capsys):
     assert "the " in capsys.readouterr().out
     try:
         code = main(["sample", str(path), "--prime", "the ", "--seed", "-1"])
-    except SystemExit as exc:                # argparse may refuse it first
+    except SystemExit as exc:  # argparse may refuse it first
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "seed" in err, err

@@ -2,30 +2,31 @@
 
 import numpy as np
 import pytest
+from conftest import random_mask
 
 import scratchlm
 from scratchlm import LanguageModel, RecurrentLM, get_backend, models
 from scratchlm.gradcheck import check_gradients, check_model
 
-from conftest import random_mask
-
 TOL = 1e-6
 
 
 def make(V=7, embedding_dim=None, hidden_sizes=(5,), **kw):
-    model = LanguageModel(V, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype="float64",
-                          seed=11, **kw)
+    model = LanguageModel(V, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, dtype="float64", seed=11, **kw)
     rng = np.random.default_rng(3)
-    for lstm in model.recurrent:                                     # non-trivial biases: every gate matters
+    for lstm in model.recurrent:  # non-trivial biases: every gate matters
         lstm.bias[:] = rng.standard_normal(lstm.bias.shape)
     return model
 
 
-INPUTS = {"one-hot": dict(V=7, embedding_dim=None),
-          "embedding-table": dict(V=7, embedding_dim=4),        # V <= T·B: (V, 4H) table lookup
-          "embedding-direct": dict(V=23, embedding_dim=4)}      # V >  T·B: gather, then one GEMM
+INPUTS = {
+    "one-hot": dict(V=7, embedding_dim=None),
+    "embedding-table": dict(V=7, embedding_dim=4),  # V <= T·B: (V, 4H) table lookup
+    "embedding-direct": dict(V=23, embedding_dim=4),
+}  # V >  T·B: gather, then one GEMM
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("inp", list(INPUTS))
 @pytest.mark.parametrize("hidden_sizes", [(5,), (5, 6)])
 @pytest.mark.parametrize("masked", [False, True])
@@ -42,6 +43,7 @@ def test_model_gradients(rng, inp, hidden_sizes, masked, last_only):
     assert max(errors.values()) <= TOL, errors
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("inp", ["one-hot", "embedding-table"])
 def test_model_gradients_with_initial_state(rng, inp):
     model = make(hidden_sizes=(5, 4), **INPUTS[inp])
@@ -53,6 +55,7 @@ def test_model_gradients_with_initial_state(rng, inp):
     assert max(errors.values()) <= TOL, errors
 
 
+@pytest.mark.gradcheck
 def test_model_gradients_with_stateful_carry(rng):
     """Truncated BPTT: the state carried from the previous chunk is a constant of this chunk's loss."""
     model = make(hidden_sizes=(5, 4), embedding_dim=3, stateful=True)
@@ -63,7 +66,7 @@ def test_model_gradients_with_stateful_carry(rng):
     carried = [tuple(a.copy() for a in lstm.state) for lstm in model.recurrent]
 
     def restore_carried_state():
-        for lstm, (h, c) in zip(model.recurrent, carried):
+        for lstm, (h, c) in zip(model.recurrent, carried, strict=False):
             lstm.state = (h.copy(), c.copy())
 
     def loss_fn():
@@ -99,10 +102,17 @@ def test_explicit_state_continues_a_sequence(rng):
 def test_params_have_keras_names_and_shapes():
     model = LanguageModel(60, embedding_dim=16, hidden_sizes=[32, 24])
     shapes = {k: v.shape for k, v in model.params.items()}
-    assert shapes == {"embedding/embeddings": (60, 16),
-                      "lstm_0/kernel": (16, 128), "lstm_0/recurrent_kernel": (32, 128), "lstm_0/bias": (128,),
-                      "lstm_1/kernel": (32, 96), "lstm_1/recurrent_kernel": (24, 96), "lstm_1/bias": (96,),
-                      "dense/kernel": (24, 60), "dense/bias": (60,)}
+    assert shapes == {
+        "embedding/embeddings": (60, 16),
+        "lstm_0/kernel": (16, 128),
+        "lstm_0/recurrent_kernel": (32, 128),
+        "lstm_0/bias": (128,),
+        "lstm_1/kernel": (32, 96),
+        "lstm_1/recurrent_kernel": (24, 96),
+        "lstm_1/bias": (96,),
+        "dense/kernel": (24, 60),
+        "dense/bias": (60,),
+    }
     assert all(v.dtype == np.float32 for v in model.params.values())
     onehot = LanguageModel(60, hidden_sizes=[128])
     assert onehot.params["lstm_0/kernel"].shape == (60, 512) and "embedding/embeddings" not in onehot.params
@@ -130,12 +140,10 @@ def test_loss_matches_forward_logits(rng):
     expected = -np.take_along_axis(logp, y[..., None], -1).mean()
     assert model.loss(x, y) == pytest.approx(expected, rel=1e-12)
     assert model.loss_and_grads(x, y)[0] == pytest.approx(expected, rel=1e-12)
-    assert model.loss(x, y[:, -1], last_only=True) == pytest.approx(
-        -logp[np.arange(2), -1, y[:, -1]].mean(), rel=1e-12)
+    assert model.loss(x, y[:, -1], last_only=True) == pytest.approx(-logp[np.arange(2), -1, y[:, -1]].mean(), rel=1e-12)
 
 
-@pytest.mark.parametrize("bad", [np.array([[0, 7]]), np.array([[-1, 0]]), np.zeros((2,), int),
-                                 np.zeros((1, 2), float)])
+@pytest.mark.parametrize("bad", [np.array([[0, 7]]), np.array([[-1, 0]]), np.zeros((2,), int), np.zeros((1, 2), float)])
 def test_bad_token_ids_raise(bad):
     model = make()
     with pytest.raises(ValueError):
@@ -161,6 +169,7 @@ def test_bad_constructor_arguments():
 
 # -- generation -----------------------------------------------------------------------------------
 
+
 def test_generate_shapes_and_reproducibility(rng):
     model = make(embedding_dim=3)
     out = model.generate(np.array([1, 2, 3]), 12, seed=4)
@@ -185,9 +194,9 @@ def test_greedy_generation_equals_rerunning_the_prefix(rng, inp):
 
 
 def test_generate_runs_the_prompt_once_then_one_step_per_token(rng, monkeypatch):
-    model = make(backend=get_backend("numpy", "float64", kernels="reference"))   # fused loop: test_kernels.py
+    model = make(backend=get_backend("numpy", "float64", kernels="reference"))  # fused loop: test_kernels.py
     steps = []
-    run = model._run                                                 # the stack, time-major: ids (T, B)
+    run = model._run  # the stack, time-major: ids (T, B)
     monkeypatch.setattr(model, "_run", lambda ids, *a, **k: steps.append(ids.shape[0]) or run(ids, *a, **k))
     model.generate(rng.integers(0, 7, (2, 10)), 8, seed=0)
     assert steps == [10] + [1] * 7
@@ -203,10 +212,10 @@ def test_eos_stops_each_sequence(rng):
     model = make(embedding_dim=3)
     eos = 2
     out = model.generate(rng.integers(0, 7, (8, 2)), 500, banned_ids=[0, 1, 4, 5, 6], eos_id=eos, seed=3)
-    assert out.shape[1] < 500                                    # stopped once every row had an EOS
+    assert out.shape[1] < 500  # stopped once every row had an EOS
     for row in out:
         hits = np.flatnonzero(row == eos)
-        assert hits.size and np.all(row[hits[0]:] == eos)
+        assert hits.size and np.all(row[hits[0] :] == eos)
     assert np.all(out[:, -1] == eos)
 
 
@@ -215,12 +224,13 @@ def test_generate_leaves_stateful_state_alone(rng):
     model.forward(rng.integers(0, 7, (2, 4)))
     before = [s.copy() for s in model.recurrent[0].state]
     model.generate([1, 2], 5, seed=0)
-    for a, b in zip(before, model.recurrent[0].state):
+    for a, b in zip(before, model.recurrent[0].state, strict=False):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=0),
-                                    dict(top_p=0.0), dict(top_p=1.5)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)]
+)
 def test_generate_rejects_bad_options(kwargs):
     with pytest.raises(ValueError):
         make().generate([1], 3, **kwargs)

@@ -1,6 +1,6 @@
 """Ctrl-C under ``mpiexec -n 2``: every rank stops at the same step, one line from rank 0, exit status 130.
 
-Each try starts ``scratchlm train`` (or a script's Trainer, tests/mpi_helper.py) under mpiexec and sends
+Each try starts ``scratchlm train`` (or a script's Trainer, tests/helpers/mpi_helper.py) under mpiexec and sends
 SIGINT at a random moment after rank 0 took the run directory's lock: during the setup, the start of
 training, a step, validation, a checkpoint or the samples (an epoch takes a fraction of a second). The
 signal goes to mpiexec (which forwards it to every rank, as a terminal's Ctrl-C does), to mpiexec's
@@ -21,18 +21,46 @@ import time
 from pathlib import Path
 
 import pytest
+from test_distributed import HELPER, MPIEXEC, TEXT, _env, needs_mpi
 
 from scratchlm import cli
 from scratchlm.train import load_checkpoint
-from test_distributed import HELPER, MPIEXEC, TEXT, _env, needs_mpi
 
-BOUND = 10                      # seconds from the signal to the end of mpiexec
-START = 90                      # seconds mpiexec may take to start the ranks and take the lock
+BOUND = 10  # seconds from the signal to the end of mpiexec
+START = 90  # seconds mpiexec may take to start the ranks and take the lock
 TRIES = int(os.environ.get("SCRATCHLM_INTERRUPT_TRIES", "1"))
-LSTM = ["--hidden", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "16", "--checkpoint-every", "20",
-        "--sample-length", "100"]
-TRANSFORMER = ["--model", "transformer", "--embedding-dim", "8", "--dense-dim", "16", "--heads", "2",
-               "--seq-len", "16", "--batch-size", "4", "--checkpoint-every", "5", "--sample-length", "20"]
+LSTM = [
+    "--hidden",
+    "16",
+    "--embedding-dim",
+    "8",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "16",
+    "--checkpoint-every",
+    "20",
+    "--sample-length",
+    "100",
+]
+TRANSFORMER = [
+    "--model",
+    "transformer",
+    "--embedding-dim",
+    "8",
+    "--dense-dim",
+    "16",
+    "--heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+    "--checkpoint-every",
+    "5",
+    "--sample-length",
+    "20",
+]
 needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks in /proc (Linux)")
 
 
@@ -42,7 +70,7 @@ def _descendants(pid):
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):             # a process that just ended
+        except (OSError, IndexError, ValueError):  # a process that just ended
             continue
         children.setdefault(parent, []).append(int(stat.parent.name))
     found, todo = [], [pid]
@@ -88,8 +116,19 @@ def _end(proc):
 
 def train(options):
     """The command line of a long `scratchlm train` run in the run directory "run" with ``options``."""
-    return [sys.executable, "-m", "scratchlm", "train", "dickens.txt", "--run-dir", "run", "--epochs", "1000",
-            "--no-progress", *options]
+    return [
+        sys.executable,
+        "-m",
+        "scratchlm",
+        "train",
+        "dickens.txt",
+        "--run-dir",
+        "run",
+        "--epochs",
+        "1000",
+        "--no-progress",
+        *options,
+    ]
 
 
 def interrupt(tmp_path, command, target, delay):
@@ -100,8 +139,9 @@ def interrupt(tmp_path, command, target, delay):
     """
     (tmp_path / "dickens.txt").write_text(TEXT, encoding="utf-8")
     with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
-        proc = subprocess.Popen([MPIEXEC, "-n", "2", *command], cwd=tmp_path, env=_env(), stdout=out, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [MPIEXEC, "-n", "2", *command], cwd=tmp_path, env=_env(), stdout=out, stderr=err, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + START
             while not (tmp_path / "run" / ".lock").exists() and proc.poll() is None:
@@ -109,7 +149,7 @@ def interrupt(tmp_path, command, target, delay):
                 time.sleep(0.01)
             time.sleep(delay)
             sent = time.monotonic()
-            if proc.poll() is None:                       # else its own status and output tell what went wrong
+            if proc.poll() is None:  # else its own status and output tell what went wrong
                 _send(proc, target)
             try:
                 code = proc.wait(timeout=BOUND)
@@ -137,14 +177,22 @@ def _stopped_once(tmp_path, code, out, err, took, what, program="scratchlm train
     if named or "no checkpoint written" in lines[0]:
         assert saved == (int(named[1].replace(",", "")) if named else None), what
     left = sorted(p.name for p in run.iterdir()) if run.exists() else []
-    assert not [name for name in left if name.startswith(".")], (left, what)       # no lock, no temporary
+    assert not [name for name in left if name.startswith(".")], (left, what)  # no lock, no temporary
     return saved
 
 
-CASES = [("lstm", "mpiexec"), ("lstm", "mpiexec"), ("lstm", "group"), ("lstm", "group"), ("lstm", "rank 1"),
-         ("transformer", "mpiexec"), ("transformer", "group")]
+CASES = [
+    ("lstm", "mpiexec"),
+    ("lstm", "mpiexec"),
+    ("lstm", "group"),
+    ("lstm", "group"),
+    ("lstm", "rank 1"),
+    ("transformer", "mpiexec"),
+    ("transformer", "group"),
+]
 
 
+@pytest.mark.slow
 @needs_mpi
 @needs_proc
 @pytest.mark.parametrize("attempt", range(TRIES))
@@ -155,6 +203,7 @@ def test_ctrl_c_stops_every_rank_at_once(tmp_path, model, target, attempt):
     _stopped_once(tmp_path, code, out, err, took, f"{model}, SIGINT to {target} {delay:.2f} s after the lock")
 
 
+@pytest.mark.slow
 @needs_mpi
 @needs_proc
 @pytest.mark.parametrize("attempt", range(TRIES))
@@ -165,12 +214,19 @@ def test_ctrl_c_stops_a_script_and_it_resumes(tmp_path, attempt):
     code, out, err, took = interrupt(tmp_path, helper + ["--steps", "1000000000"], "mpiexec", delay)
     saved = _stopped_once(tmp_path, code, out, err, took, f"SIGINT {delay:.2f} s after the lock", "mpi_helper")
     if saved is not None:
-        resumed = subprocess.run([MPIEXEC, "-n", "2", *helper, "--resume", "--steps", str(saved + 3)], cwd=tmp_path,
-                                 env=_env(), capture_output=True, text=True, timeout=START)
+        resumed = subprocess.run(
+            [MPIEXEC, "-n", "2", *helper, "--resume", "--steps", str(saved + 3)],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=START,
+        )
         assert resumed.returncode == 0 and resumed.stderr == "", resumed.stdout + resumed.stderr
         assert load_checkpoint(tmp_path / "run").metadata["train"]["step"] == saved + 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_outside_training_is_one_line_and_status_130(monkeypatch, capsys):
     # What every rank does when the ranks agree on a Ctrl-C during the setup of `scratchlm train`.
     def interrupted(args):

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scratchlm import optim
 from scratchlm.backend import get_backend
@@ -24,7 +25,7 @@ def reference_run(kind, hyper, params, grad_steps):
     for t, grads in enumerate(grad_steps, start=1):
         grads = {k: np.array(g, dtype=np.float64) for k, g in grads.items()}
         if h["global_clipnorm"] is not None:
-            norm = np.sqrt(sum(np.sum(g ** 2) for g in grads.values()))
+            norm = np.sqrt(sum(np.sum(g**2) for g in grads.values()))
             if norm > h["global_clipnorm"]:
                 grads = {k: g * (h["global_clipnorm"] / norm) for k, g in grads.items()}
         for k in w:
@@ -42,7 +43,7 @@ def reference_run(kind, hyper, params, grad_steps):
                         w[k] = w[k] + s["m"]
             elif kind == "rmsprop":
                 rho, eps, mom = h.get("rho", 0.9), h.get("epsilon", 1e-7), h.get("momentum", 0.0)
-                s["v"] = rho * s.get("v", zero) + (1 - rho) * g ** 2
+                s["v"] = rho * s.get("v", zero) + (1 - rho) * g**2
                 if h.get("centered", False):
                     s["a"] = rho * s.get("a", zero) + (1 - rho) * g
                     denom = s["v"] - s["a"] ** 2 + eps
@@ -56,9 +57,9 @@ def reference_run(kind, hyper, params, grad_steps):
                     w[k] = w[k] - inc
             elif kind == "adam":
                 b1, b2, eps = h.get("beta_1", 0.9), h.get("beta_2", 0.999), h.get("epsilon", 1e-7)
-                alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
                 s["m"] = b1 * s.get("m", zero) + (1 - b1) * g
-                s["v"] = b2 * s.get("v", zero) + (1 - b2) * g ** 2
+                s["v"] = b2 * s.get("v", zero) + (1 - b2) * g**2
                 v = s["v"]
                 if h.get("amsgrad", False):
                     s["vhat"] = np.maximum(s.get("vhat", zero), s["v"])
@@ -70,8 +71,7 @@ def reference_run(kind, hyper, params, grad_steps):
 def make_problem(seed, steps=4, grad_scale=1.0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     params = {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
-    grad_steps = [{k: (grad_scale * rng.normal(size=s)).astype(dtype) for k, s in SHAPES.items()}
-                  for _ in range(steps)]
+    grad_steps = [{k: (grad_scale * rng.normal(size=s)).astype(dtype) for k, s in SHAPES.items()} for _ in range(steps)]
     return params, grad_steps
 
 
@@ -112,18 +112,22 @@ def test_matches_reference(kind, hyper, clipnorm):
 
 
 @settings(max_examples=40, deadline=None)
-@given(kind=st.sampled_from(["sgd", "rmsprop", "adam"]),
-       seed=st.integers(0, 2 ** 32 - 1),
-       lr=st.floats(1e-4, 1.0),
-       momentum=st.sampled_from([0.0, 0.5, 0.99]),
-       rho_or_beta=st.floats(0.01, 0.999),
-       flag=st.booleans(),
-       clipnorm=st.one_of(st.none(), st.floats(0.1, 100.0)),
-       grad_scale=st.sampled_from([1e-3, 1.0, 1e3]))
+@given(
+    kind=st.sampled_from(["sgd", "rmsprop", "adam"]),
+    seed=st.integers(0, 2**32 - 1),
+    lr=st.floats(1e-4, 1.0),
+    momentum=st.sampled_from([0.0, 0.5, 0.99]),
+    rho_or_beta=st.floats(0.01, 0.999),
+    flag=st.booleans(),
+    clipnorm=st.one_of(st.none(), st.floats(0.1, 100.0)),
+    grad_scale=st.sampled_from([1e-3, 1.0, 1e3]),
+)
 def test_matches_reference_random(kind, seed, lr, momentum, rho_or_beta, flag, clipnorm, grad_scale):
-    hyper = {"sgd": {"lr": lr, "momentum": momentum, "nesterov": flag},
-             "rmsprop": {"lr": lr, "rho": rho_or_beta, "momentum": momentum, "centered": flag},
-             "adam": {"lr": lr, "beta_1": momentum, "beta_2": rho_or_beta, "amsgrad": flag}}[kind]
+    hyper = {
+        "sgd": {"lr": lr, "momentum": momentum, "nesterov": flag},
+        "rmsprop": {"lr": lr, "rho": rho_or_beta, "momentum": momentum, "centered": flag},
+        "adam": {"lr": lr, "beta_1": momentum, "beta_2": rho_or_beta, "amsgrad": flag},
+    }[kind]
     params, grad_steps = make_problem(seed, steps=3, grad_scale=grad_scale)
     expected = reference_run(kind, {**hyper, "global_clipnorm": clipnorm}, params, grad_steps)
     got = run(optim.get(kind, global_clipnorm=clipnorm, **hyper), params, grad_steps)
@@ -144,8 +148,9 @@ def test_float32_stays_float32_and_close(kind, hyper):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kind, hyper", [VARIANTS[4], VARIANTS[8], VARIANTS[10]],
-                         ids=[VARIANT_IDS[4], VARIANT_IDS[8], VARIANT_IDS[10]])
+@pytest.mark.parametrize(
+    "kind, hyper", [VARIANTS[4], VARIANTS[8], VARIANTS[10]], ids=[VARIANT_IDS[4], VARIANT_IDS[8], VARIANT_IDS[10]]
+)
 def test_one_pass_kernels_give_the_numpy_expressions_bits(kind, hyper, dtype, monkeypatch):
     """Adam's and RMSprop's update kernels (scratchlm/kernels/numba/optim.py) against the NumPy code they replace:
     identical weights and slots, bit for bit, over steps with tiny, huge and zero gradients."""
@@ -191,7 +196,7 @@ def test_clip_by_global_norm():
     np.testing.assert_allclose(clipped["a"], [0.6, 0.0])
     np.testing.assert_allclose(clipped["b"], [[0.8]])
     np.testing.assert_array_equal(grads["a"], [3.0, 0.0])  # inputs untouched
-    same, _ = optim.clip_by_global_norm(grads, 5.0)        # norm == clipnorm: no scaling
+    same, _ = optim.clip_by_global_norm(grads, 5.0)  # norm == clipnorm: no scaling
     assert same is grads
 
 
@@ -215,7 +220,7 @@ def test_in_place_and_grads_untouched(kind, hyper):
     opt = optim.get(kind, global_clipnorm=0.5, **hyper)
     run(opt, params, grad_steps)
     assert {k: id(p) for k, p in params.items()} == ids
-    for g, g0 in zip(grad_steps, before):
+    for g, g0 in zip(grad_steps, before, strict=False):
         for k in SHAPES:
             np.testing.assert_array_equal(g[k], g0[k])
     assert opt.iterations == len(grad_steps)
@@ -243,16 +248,31 @@ def test_slot_names():
 
 
 # -- errors ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls, kwargs", [
-    (optim.SGD, {"lr": 0}), (optim.SGD, {"lr": -1.0}), (optim.SGD, {"lr": float("nan")}),
-    (optim.SGD, {"lr": "0.1"}), (optim.SGD, {"lr": None}), (optim.SGD, {"lr": True}),
-    (optim.SGD, {"momentum": 1.0}), (optim.SGD, {"momentum": -0.1}),
-    (optim.SGD, {"global_clipnorm": 0.0}), (optim.SGD, {"global_clipnorm": -1.0}),
-    (optim.RMSprop, {"rho": 0.0}), (optim.RMSprop, {"rho": 1.0}), (optim.RMSprop, {"momentum": 1.5}),
-    (optim.RMSprop, {"epsilon": 0.0}), (optim.RMSprop, {"lr": 0.0}),
-    (optim.Adam, {"beta_1": 1.0}), (optim.Adam, {"beta_1": -0.1}), (optim.Adam, {"beta_2": 1.0}),
-    (optim.Adam, {"epsilon": -1e-7}), (optim.Adam, {"global_clipnorm": float("nan")}),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (optim.SGD, {"lr": 0}),
+        (optim.SGD, {"lr": -1.0}),
+        (optim.SGD, {"lr": float("nan")}),
+        (optim.SGD, {"lr": "0.1"}),
+        (optim.SGD, {"lr": None}),
+        (optim.SGD, {"lr": True}),
+        (optim.SGD, {"momentum": 1.0}),
+        (optim.SGD, {"momentum": -0.1}),
+        (optim.SGD, {"global_clipnorm": 0.0}),
+        (optim.SGD, {"global_clipnorm": -1.0}),
+        (optim.RMSprop, {"rho": 0.0}),
+        (optim.RMSprop, {"rho": 1.0}),
+        (optim.RMSprop, {"momentum": 1.5}),
+        (optim.RMSprop, {"epsilon": 0.0}),
+        (optim.RMSprop, {"lr": 0.0}),
+        (optim.Adam, {"beta_1": 1.0}),
+        (optim.Adam, {"beta_1": -0.1}),
+        (optim.Adam, {"beta_2": 1.0}),
+        (optim.Adam, {"epsilon": -1e-7}),
+        (optim.Adam, {"global_clipnorm": float("nan")}),
+    ],
+)
 def test_bad_hyperparameters(cls, kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
@@ -265,11 +285,14 @@ def test_good_edge_hyperparameters():
     optim.RMSprop(rho=0.999, momentum=0.99)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda g: g.pop("dense/bias"), "no gradient for \\['dense/bias'\\]"),
-    (lambda g: g.update(extra=np.zeros(2)), "unknown parameters \\['extra'\\]"),
-    (lambda g: g.update({"lstm_0/bias": np.zeros(9)}), "'lstm_0/bias' has shape \\(9,\\)"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda g: g.pop("dense/bias"), "no gradient for \\['dense/bias'\\]"),
+        (lambda g: g.update(extra=np.zeros(2)), "unknown parameters \\['extra'\\]"),
+        (lambda g: g.update({"lstm_0/bias": np.zeros(9)}), "'lstm_0/bias' has shape \\(9,\\)"),
+    ],
+)
 def test_mismatched_grads(mutate, message):
     params, grad_steps = make_problem(seed=4, steps=1)
     grads = dict(grad_steps[0])
@@ -295,10 +318,22 @@ def test_get():
 
 def test_keras_defaults():
     assert optim.SGD().hyperparameters() == {"lr": 0.01, "momentum": 0.0, "nesterov": False, "global_clipnorm": None}
-    assert optim.RMSprop().hyperparameters() == {"lr": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
-                                                 "centered": False, "global_clipnorm": None}
-    assert optim.Adam().hyperparameters() == {"lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
-                                              "amsgrad": False, "global_clipnorm": None}
+    assert optim.RMSprop().hyperparameters() == {
+        "lr": 0.001,
+        "rho": 0.9,
+        "momentum": 0.0,
+        "epsilon": 1e-7,
+        "centered": False,
+        "global_clipnorm": None,
+    }
+    assert optim.Adam().hyperparameters() == {
+        "lr": 0.001,
+        "beta_1": 0.9,
+        "beta_2": 0.999,
+        "epsilon": 1e-7,
+        "amsgrad": False,
+        "global_clipnorm": None,
+    }
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -310,8 +345,8 @@ def test_state_round_trip_continues_identically(kind, hyper):
     opt = optim.get(kind, global_clipnorm=2.0, **hyper)
     run(opt, params, grad_steps[:2])
     config, arrays = opt.state_dict()
-    config = json.loads(json.dumps(config))                    # as a checkpoint stores it
-    arrays = {k: np.array(a) for k, a in arrays.items()}       # copies, as a file would give
+    config = json.loads(json.dumps(config))  # as a checkpoint stores it
+    arrays = {k: np.array(a) for k, a in arrays.items()}  # copies, as a file would give
     assert config["name"] == kind and config["iterations"] == 2
     assert config["global_clipnorm"] == 2.0 and all(config[k] == v for k, v in hyper.items())
 
@@ -359,11 +394,18 @@ def test_resume_with_new_lr():
 
 
 # -- it actually optimises ---------------------------------------------------------------------
-@pytest.mark.parametrize("opt", [
-    optim.SGD(lr=0.1), optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
-    optim.RMSprop(lr=0.01), optim.RMSprop(lr=0.01, momentum=0.5, centered=True),
-    optim.Adam(lr=0.05), optim.Adam(lr=0.05, amsgrad=True, global_clipnorm=1.0),
-], ids=repr)
+@pytest.mark.parametrize(
+    "opt",
+    [
+        optim.SGD(lr=0.1),
+        optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+        optim.RMSprop(lr=0.01),
+        optim.RMSprop(lr=0.01, momentum=0.5, centered=True),
+        optim.Adam(lr=0.05),
+        optim.Adam(lr=0.05, amsgrad=True, global_clipnorm=1.0),
+    ],
+    ids=repr,
+)
 def test_minimises_a_quadratic(opt):
     """f(w) = ½ Σ a (w − c)², an ill-conditioned bowl with its minimum at c."""
     rng = np.random.default_rng(7)
@@ -391,3 +433,21 @@ def test_cupy_matches_numpy(kind, hyper):
     assert all(type(a) is type(dparams["embedding"]) for a in arrays.values())
     for k in SHAPES:
         np.testing.assert_allclose(cp.to_host(dparams[k]), expected[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("kernels", ["reference", "fused"])
+def test_the_optimizer_takes_the_kernels_it_is_given_whatever_the_environment(monkeypatch, kernels):
+    """kernels="reference" runs the NumPy expressions even where SCRATCHLM_KERNELS says fused, and the other way
+    round; both give the same bits."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("SCRATCHLM_KERNELS", "fused" if kernels == "reference" else "reference")
+    rng = np.random.default_rng(0)
+    w, g = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    results = []
+    for chosen in (kernels, "reference" if kernels == "fused" else "fused"):
+        adam = optim.Adam(lr=0.01, kernels=chosen)
+        assert (adam._fused(w, g, w, w) is not None) == (chosen == "fused")
+        params = {"w": w.copy()}
+        adam.step(params, {"w": g})
+        results.append(params["w"])
+    np.testing.assert_array_equal(*results)

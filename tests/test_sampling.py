@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from scratchlm.backend import Backend
@@ -39,12 +40,28 @@ class FixedUniforms:
 
 # -- options -------------------------------------------------------------------
 
-@pytest.mark.parametrize("options", [
-    dict(temperature=-0.5), dict(temperature=math.nan), dict(temperature=math.inf),
-    dict(temperature="1"), dict(temperature=None), dict(temperature=True),
-    dict(top_k=0), dict(top_k=-3), dict(top_k=1.5), dict(top_k=2.0), dict(top_k=True),
-    dict(top_p=0), dict(top_p=1.5), dict(top_p=-0.1), dict(top_p=math.nan), dict(top_p="0.9"),
-])
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(temperature=-0.5),
+        dict(temperature=math.nan),
+        dict(temperature=math.inf),
+        dict(temperature="1"),
+        dict(temperature=None),
+        dict(temperature=True),
+        dict(top_k=0),
+        dict(top_k=-3),
+        dict(top_k=1.5),
+        dict(top_k=2.0),
+        dict(top_k=True),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(top_p=-0.1),
+        dict(top_p=math.nan),
+        dict(top_p="0.9"),
+    ],
+)
 def test_invalid_options_raise_value_error(options):
     with pytest.raises(ValueError):
         check_options(**options)
@@ -55,10 +72,22 @@ def test_invalid_options_raise_value_error(options):
         sample(logits, Backend.rng(0), **options)
 
 
-@pytest.mark.parametrize("options", [
-    dict(), dict(temperature=0), dict(temperature=0.0), dict(temperature=2), dict(temperature=np.float32(0.7)),
-    dict(top_k=1), dict(top_k=np.int64(3)), dict(top_k=10**9), dict(top_p=1), dict(top_p=1e-9), dict(top_p=0.5),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(temperature=0),
+        dict(temperature=0.0),
+        dict(temperature=2),
+        dict(temperature=np.float32(0.7)),
+        dict(top_k=1),
+        dict(top_k=np.int64(3)),
+        dict(top_k=10**9),
+        dict(top_p=1),
+        dict(top_p=1e-9),
+        dict(top_p=0.5),
+    ],
+)
 def test_valid_options_pass(options):
     assert check_options(**options) is None
 
@@ -68,6 +97,7 @@ def test_errors_are_scratchlm_errors():
 
 
 # -- the distribution ----------------------------------------------------------
+
 
 @settings(max_examples=60, deadline=None)
 @given(logit_rows(), st.sampled_from(DTYPES), st.floats(0.05, 20))
@@ -82,8 +112,8 @@ def test_softmax_rows_are_distributions(z, dtype, temperature):
 @given(logit_rows(), st.floats(0.1, 10))
 def test_matches_the_keras_seed_formula(z, temperature):
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)                  # the model's softmax output
-    q = np.exp(np.log(p) / temperature)                   # the seed: exp(log p / T), renormalised
+    p = e / e.sum(axis=1, keepdims=True)  # the model's softmax output
+    q = np.exp(np.log(p) / temperature)  # the seed: exp(log p / T), renormalised
     q /= q.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(probabilities(z, temperature=temperature), q, rtol=1e-9, atol=1e-12)
 
@@ -101,7 +131,7 @@ def test_lower_temperature_never_raises_entropy(z, t1, ratio):
 def test_temperature_to_zero_gives_the_argmax(z, dtype, temperature):
     rows = np.arange(z.shape[0])
     winner = z.argmax(axis=1)
-    z[rows, winner] = z.max(axis=1) + 0.01                 # beats the rest by >= 0.01: exp(-0.01/1e-4) ~ 0
+    z[rows, winner] = z.max(axis=1) + 0.01  # beats the rest by >= 0.01: exp(-0.01/1e-4) ~ 0
     z = z.astype(dtype)
     p = probabilities(z, temperature=temperature)
     if temperature == 0:
@@ -129,9 +159,9 @@ def test_top_k_leaves_at_most_k_nonzero_and_they_are_the_largest(z, data):
     p = probabilities(z, top_k=k)
     np.testing.assert_allclose(p.sum(axis=1), 1, atol=1e-12)
     assert np.all(np.count_nonzero(p, axis=1) <= k)
-    for row_full, row in zip(full, p):
+    for row_full, row in zip(full, p, strict=False):
         kept = row > 0
-        if np.any(~kept):                                  # nothing dropped outranks what is kept
+        if np.any(~kept):  # nothing dropped outranks what is kept
             assert row_full[kept].min() >= row_full[~kept].max()
         np.testing.assert_allclose(row[kept], row_full[kept] / row_full[kept].sum(), rtol=1e-9)
 
@@ -148,13 +178,13 @@ def test_top_p_keeps_the_minimal_nucleus(z, top_p):
     full = probabilities(z)
     p = probabilities(z, top_p=top_p)
     np.testing.assert_allclose(p.sum(axis=1), 1, atol=1e-12)
-    for row_full, row in zip(full, p):
+    for row_full, row in zip(full, p, strict=False):
         kept = row > 0
         mass = row_full[kept].sum()
-        assert mass >= top_p - 1e-12                                  # enough mass ...
-        assert mass - row_full[kept].min() < top_p + 1e-12            # ... and no id to spare
+        assert mass >= top_p - 1e-12  # enough mass ...
+        assert mass - row_full[kept].min() < top_p + 1e-12  # ... and no id to spare
         if np.any(~kept):
-            assert row_full[kept].min() >= row_full[~kept].max()      # the most likely ids
+            assert row_full[kept].min() >= row_full[~kept].max()  # the most likely ids
         np.testing.assert_allclose(row[kept], row_full[kept] / mass, rtol=1e-9)
 
 
@@ -173,10 +203,11 @@ def test_top_k_then_top_p_after_temperature():
 
 # -- banned ids ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_banned_ids_have_zero_probability_and_are_never_sampled(dtype):
     V = 7
-    z = np.tile(np.array([50.0, -1, 0, 1, 2, 3, 49], dtype=dtype), (5000, 1))   # the banned ids dominate
+    z = np.tile(np.array([50.0, -1, 0, 1, 2, 3, 49], dtype=dtype), (5000, 1))  # the banned ids dominate
     banned = (0, 6)
     p = probabilities(z, banned_ids=banned)
     assert np.all(p[:, banned] == 0)
@@ -253,7 +284,8 @@ def test_minus_inf_logits_act_like_bans_until_a_row_is_all_minus_inf():
 
 # -- numerics, shapes, dtypes --------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # (z - max) / T -> -inf, harmless
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # (z - max) / T -> -inf, harmless
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("temperature", [0, 1e-45, 1e-4, 0.5, 1.0, 3.0, 1e50])
 def test_extreme_logits_give_no_nan(dtype, temperature):
@@ -303,6 +335,7 @@ def test_logits_of_another_rank_raise():
 
 # -- drawing -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("options", [dict(), dict(temperature=0.6), dict(top_k=4), dict(top_p=0.8, banned_ids=[1])])
 def test_empirical_frequencies_match_probabilities(dtype, options):
@@ -314,7 +347,7 @@ def test_empirical_frequencies_match_probabilities(dtype, options):
     assert np.all(counts[p == 0] == 0)
     expected = n * p[p > 0]
     chi2 = np.sum((counts[p > 0] - expected) ** 2 / expected)
-    assert chi2 < 30                                         # df <= 5: P(chi2 > 30) < 2e-5
+    assert chi2 < 30  # df <= 5: P(chi2 > 30) < 2e-5
 
 
 @settings(max_examples=30, deadline=None)
@@ -337,6 +370,7 @@ def test_sample_draws_one_uniform_per_row():
 def test_cupy_matches_numpy():
     from scratchlm.backend import get_backend
     from scratchlm.errors import BackendUnavailable
+
     try:
         gpu = get_backend("cupy", dtype="float64")
     except BackendUnavailable as exc:

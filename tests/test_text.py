@@ -14,7 +14,7 @@ def test_char_book_mode_has_no_reserved_ids():
     tok = CharTokenizer.fit("Hello, World", lower=True, reserved=False)
     assert tok.vocab_size == len(set("hello, world")) == 9
     assert tok.pad_id is tok.unk_id is tok.eos_id is None and tok.special_ids == ()
-    assert tok.tokens == sorted(set("hello, world"))            # ids in sorted character order (Keras)
+    assert tok.tokens == sorted(set("hello, world"))  # ids in sorted character order (Keras)
     assert tok.decode(tok.encode("HELLO")) == "hello"
 
 
@@ -36,6 +36,7 @@ def test_char_round_trip(text):
 
 def test_char_encode_is_chunked_without_changing_the_result(monkeypatch):
     import scratchlm.text as text_module
+
     text = "the quick brown fox jumps over the lazy dog " * 50
     tok = CharTokenizer.fit(text)
     whole = tok.encode(text)
@@ -55,7 +56,7 @@ def test_char_unknown_policies():
 
 
 def test_lone_surrogates_are_unknown_characters():
-    tok = CharTokenizer.fit("abc")            # e.g. an undecodable byte on the command line: '\udcff'
+    tok = CharTokenizer.fit("abc")  # e.g. an undecodable byte on the command line: '\udcff'
     with pytest.raises(VocabularyError) as err:
         tok.encode("a\udcff")
     assert err.value.missing == ["\udcff"]
@@ -79,7 +80,7 @@ def test_char_vocabulary_checks():
 
 
 def test_non_bmp_characters():
-    text = "snow \u2603 and a \U0001F600 face"
+    text = "snow \u2603 and a \U0001f600 face"
     tok = CharTokenizer.fit(text)
     assert tok.decode(tok.encode(text)) == text
 
@@ -92,7 +93,7 @@ def test_word_split_pads_punctuation_and_lower_cases():
 def test_word_vocabulary_by_frequency_capped():
     text = "b b b a a c | d d d d"
     tok = WordTokenizer.fit(text, max_tokens=6)
-    assert tok.tokens == ["<pad>", "<unk>", "<eos>", "d", "b", "a"]     # counts 4, 3, 2; 'c' and '|' cut
+    assert tok.tokens == ["<pad>", "<unk>", "<eos>", "d", "b", "a"]  # counts 4, 3, 2; 'c' and '|' cut
     assert tok.encode("a c d", unknown="unk").tolist() == [5, 1, 3]
     with pytest.raises(VocabularyError) as err:
         tok.encode("a c d |")
@@ -108,8 +109,9 @@ def test_word_ties_alphabetical_and_iterable_input():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.sampled_from(["stir", "the", "pot", ",", ".", "|", "salt", "2", "minutes"]), min_size=1,
-                max_size=40))
+@given(
+    st.lists(st.sampled_from(["stir", "the", "pot", ",", ".", "|", "salt", "2", "minutes"]), min_size=1, max_size=40)
+)
 def test_word_round_trip(words):
     text = " ".join(words)
     tok = WordTokenizer.fit(text)
@@ -118,8 +120,14 @@ def test_word_round_trip(words):
     assert np.array_equal(tok.encode(tok.decode(ids)), ids)
 
 
-@pytest.mark.parametrize("tok", [CharTokenizer.fit("Hello"), CharTokenizer.fit("Hello", lower=True, reserved=False),
-                                 WordTokenizer.fit("a b, c", max_tokens=50)])
+@pytest.mark.parametrize(
+    "tok",
+    [
+        CharTokenizer.fit("Hello"),
+        CharTokenizer.fit("Hello", lower=True, reserved=False),
+        WordTokenizer.fit("a b, c", max_tokens=50),
+    ],
+)
 def test_config_round_trip_through_json(tok):
     again = from_config(json.loads(json.dumps(tok.config)))
     assert type(again) is type(tok) and again.tokens == tok.tokens and again.lower == tok.lower
@@ -127,8 +135,10 @@ def test_config_round_trip_through_json(tok):
     assert np.array_equal(again.encode(sample), tok.encode(sample))
 
 
-@pytest.mark.parametrize("config", [{}, {"kind": "bpe"}, {"kind": "char", "chars": ["a"]}, None,
-                                    {"kind": "word", "words": [""], "lower": True}])
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"kind": "bpe"}, {"kind": "char", "chars": ["a"]}, None, {"kind": "word", "words": [""], "lower": True}],
+)
 def test_bad_config(config):
     with pytest.raises(VocabularyError):
         from_config(config)

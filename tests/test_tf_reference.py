@@ -53,33 +53,40 @@ import numpy as np
 import pytest
 
 from scratchlm import LanguageModel, get_backend, optim
-from scratchlm.models import TransformerLM
 from scratchlm.errors import BackendUnavailable
 from scratchlm.gradcheck import relative_error
 from scratchlm.losses import softmax
+from scratchlm.models import TransformerLM
+
+pytestmark = pytest.mark.gradcheck  # the Keras fixtures: every test here judges numbers against them
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 MANIFEST = json.loads((REFERENCE / "manifest.json").read_text())
 FIXTURES = sorted(MANIFEST["fixtures"])
 
-TOLERANCES = {"float32": {"forward": 1e-5, "gradient": 1e-4, "update": 1e-6},
-              "float64": {"forward": 1e-9, "gradient": 1e-9, "update": 1e-9}}
+TOLERANCES = {
+    "float32": {"forward": 1e-5, "gradient": 1e-4, "update": 1e-6},
+    "float64": {"forward": 1e-9, "gradient": 1e-9, "update": 1e-9},
+}
 
 TRAJECTORY_SECTION = MANIFEST.get("trajectories", {"fixtures": {}})
 TRAJECTORIES = sorted(TRAJECTORY_SECTION["fixtures"])
 TRANSFORMER_SECTION = MANIFEST.get("transformers", {"fixtures": {}})
 TRANSFORMERS = sorted(TRANSFORMER_SECTION["fixtures"])
 
-TRAJECTORY_TOLERANCES = {"float32": {"loss": 2e-6, "final": 2e-5},     # relative; see the module docstring
-                         "float64": {"loss": 1e-9, "final": 1e-9}}
+TRAJECTORY_TOLERANCES = {
+    "float32": {"loss": 2e-6, "final": 2e-5},  # relative; see the module docstring
+    "float64": {"loss": 1e-9, "final": 1e-9},
+}
 
 # The ways scratchlm can compute: each is a function dtype -> Backend for LanguageModel(backend=...).
 # A path that cannot run here raises BackendUnavailable and its tests skip. Adding a path is one line.
 BACKEND_PATHS = [
     pytest.param(lambda dtype: get_backend("numpy", dtype, kernels="reference"), id="numpy-reference"),
     pytest.param(lambda dtype: get_backend("numpy", dtype, kernels="fused"), id="numpy-fused"),
-    pytest.param(lambda dtype: get_backend("cupy", dtype, kernels="reference"), id="cupy-reference",
-                 marks=pytest.mark.gpu),
+    pytest.param(
+        lambda dtype: get_backend("cupy", dtype, kernels="reference"), id="cupy-reference", marks=pytest.mark.gpu
+    ),
     pytest.param(lambda dtype: get_backend("cupy", dtype, kernels="fused"), id="cupy-fused", marks=pytest.mark.gpu),
 ]
 
@@ -87,16 +94,18 @@ BACKEND_PATHS = [
 @pytest.fixture(params=BACKEND_PATHS)
 def backend_for(request):
     """dtype -> Backend of this test's path (the test skips where the path is unavailable)."""
+
     def make(dtype):
         try:
             return request.param(dtype)
         except BackendUnavailable as exc:
             pytest.skip(str(exc))
+
     return make
 
 
 # -- the comparison ---------------------------------------------------------------------
-STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",)}       # each layer's state, as the fixtures name it
+STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",)}  # each layer's state, as the fixtures name it
 
 
 def cell_of(cfg):
@@ -105,8 +114,14 @@ def cell_of(cfg):
 
 
 def make_model(cfg, backend):
-    return LanguageModel(cfg["vocab_size"], embedding_dim=cfg["embedding_dim"], hidden_sizes=cfg["hidden_sizes"],
-                         backend=backend, dtype=cfg["dtype"], cell=cell_of(cfg))
+    return LanguageModel(
+        cfg["vocab_size"],
+        embedding_dim=cfg["embedding_dim"],
+        hidden_sizes=cfg["hidden_sizes"],
+        backend=backend,
+        dtype=cfg["dtype"],
+        cell=cell_of(cfg),
+    )
 
 
 def max_abs(a, b):
@@ -116,7 +131,7 @@ def max_abs(a, b):
 def measure(arrays, cfg, backend):
     """Run scratchlm on a reference case; returns {quantity: error}, see :func:`kind` for which error."""
     model = make_model(cfg, backend)
-    params = {key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")}
+    params = {key[len("param/") :]: a for key, a in arrays.items() if key.startswith("param/")}
     assert set(params) == set(model.params)
     model.set_params(params)
     host = backend.to_host
@@ -128,20 +143,20 @@ def measure(arrays, cfg, backend):
         state = [tuple(backend.asarray(arrays[f"initial_state/{part}_{n}"]) for part in parts) for n in layers]
     errors = {}
 
-    logits, final = model.forward(x, state=state, mask=mask)                 # (B, T, V)
+    logits, final = model.forward(x, state=state, mask=mask)  # (B, T, V)
     logits = host(logits)
     if cfg["last_only"]:
-        logits = logits[:, -1]                                                # (B, V)
+        logits = logits[:, -1]  # (B, V)
     errors["output"] = max_abs(softmax(logits) if cfg["softmax_output"] else logits, arrays["output"])
     assert len(final) == len(layers)
-    for n, layer_state in zip(layers, final):
+    for n, layer_state in zip(layers, final, strict=False):
         assert len(layer_state) == len(parts)
-        for part, a in zip(parts, layer_state):
+        for part, a in zip(parts, layer_state, strict=False):
             errors[f"state/{part}_{n}"] = max_abs(host(a), arrays[f"state/{part}_{n}"])
 
     loss, grads = model.loss_and_grads(x, y, mask=mask, state=state, last_only=cfg["last_only"])
     errors["loss"] = abs(loss - float(arrays["loss"]))
-    errors["keras_loss"] = abs(loss - float(arrays["keras_loss"]))          # Keras' own loss object
+    errors["keras_loss"] = abs(loss - float(arrays["keras_loss"]))  # Keras' own loss object
     for name, g in grads.items():
         errors[f"grad/{name}"] = relative_error(host(g), arrays[f"grad/{name}"])
 
@@ -167,7 +182,7 @@ def kind(quantity):
 
 def assert_within_tolerance(errors, dtype):
     tol = TOLERANCES[dtype]
-    over = {q: e for q, e in errors.items() if not e <= tol[kind(q)]}   # NaN counts as over
+    over = {q: e for q, e in errors.items() if not e <= tol[kind(q)]}  # NaN counts as over
     assert not over, f"beyond tolerance {tol}: {over}"
 
 
@@ -191,7 +206,7 @@ def replay(arrays, cfg, backend, optimizer=None, order=None):
     ``final/<name>`` for every weight after the last step.
     """
     model = make_model(cfg, backend)
-    params = {key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")}
+    params = {key[len("param/") :]: a for key, a in arrays.items() if key.startswith("param/")}
     assert set(params) == set(model.params)
     model.set_params(params)
     if optimizer is None:
@@ -215,14 +230,14 @@ def assert_trajectory_within_tolerance(errors, dtype):
 
 
 # -- fixtures ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", FIXTURES, ids=[n[:-len(".npz")] for n in FIXTURES])
+@pytest.mark.parametrize("name", FIXTURES, ids=[n[: -len(".npz")] for n in FIXTURES])
 def test_matches_keras_reference(name, backend_for):
     cfg = MANIFEST["fixtures"][name]["config"]
     errors = measure(load_fixture(name), cfg, backend_for(cfg["dtype"]))
     assert_within_tolerance(errors, cfg["dtype"])
 
 
-@pytest.mark.parametrize("name", TRAJECTORIES, ids=[n[:-len(".npz")] for n in TRAJECTORIES])
+@pytest.mark.parametrize("name", TRAJECTORIES, ids=[n[: -len(".npz")] for n in TRAJECTORIES])
 def test_trajectory_matches_keras_reference(name, backend_for):
     """10 training steps: every step's loss and the final weights, as Keras trained them."""
     cfg = TRAJECTORY_SECTION["fixtures"][name]["config"]
@@ -255,7 +270,7 @@ def test_fixtures_cover_the_cases(cell):
     assert any(c["mask"] for c in cfgs) and any(c["initial_state"] for c in cfgs)
     assert any(c["mask"] and c["initial_state"] for c in cfgs)
     optimizers = [c["optimizer"] for c in cfgs if c["optimizer"]]
-    if cell == "gru":                                     # one RMSprop step; the optimizers are cell-blind
+    if cell == "gru":  # one RMSprop step; the optimizers are cell-blind
         assert "rmsprop" in {o["name"] for o in optimizers}
         return
     assert {"adam", "rmsprop"} <= {o["name"] for o in optimizers}
@@ -281,7 +296,8 @@ def test_trajectories_cover_the_cases():
     entries = TRAJECTORY_SECTION["fixtures"]
     cfgs = [entry["config"] for entry in entries.values()]
     assert {(c["optimizer"]["name"], c["dtype"]) for c in cfgs} == {
-        (o, d) for o in ("adam", "rmsprop") for d in ("float32", "float64")}
+        (o, d) for o in ("adam", "rmsprop") for d in ("float32", "float64")
+    }
     assert all(c["steps"] == 10 for c in cfgs) and any(c["mask"] for c in cfgs)
     assert any(len(c["hidden_sizes"]) > 1 for c in cfgs)
     for name, entry in entries.items():
@@ -295,8 +311,9 @@ def test_trajectories_cover_the_cases():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("change", ["adam step count off by one", "rmsprop rho 0.9 -> 0.905",
-                                    "two batches swapped", "no clipping"])
+@pytest.mark.parametrize(
+    "change", ["adam step count off by one", "rmsprop rho 0.9 -> 0.905", "two batches swapped", "no clipping"]
+)
 def test_the_trajectory_catches_a_changed_step(change, dtype):
     """Small changes to one part of training fail the trajectory check, at either dtype's bar."""
     case = "rmsprop" if change.startswith("rmsprop") else "adam"
@@ -306,7 +323,7 @@ def test_the_trajectory_catches_a_changed_step(change, dtype):
     optimizer, order = None, None
     if change == "adam step count off by one":
         optimizer = optim.get("adam", **hyper)
-        optimizer.iterations = 1                                  # bias correction of step t + 1
+        optimizer.iterations = 1  # bias correction of step t + 1
     elif change == "rmsprop rho 0.9 -> 0.905":
         optimizer = optim.get("rmsprop", **dict(hyper, rho=0.905))
     elif change == "two batches swapped":
@@ -337,17 +354,21 @@ def test_the_comparison_catches_reset_before():
     arrays = load_fixture(name)
     cfg = MANIFEST["fixtures"][name]["config"]
     model = make_model(cfg, get_backend("numpy", "float64", kernels="reference"))
-    model.set_params({key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")})
-    E, W, U, b = (model.params[k] for k in ("embedding/embeddings", "gru_0/kernel", "gru_0/recurrent_kernel",
-                                               "gru_0/bias"))
+    model.set_params({key[len("param/") :]: a for key, a in arrays.items() if key.startswith("param/")})
+    E, W, U, b = (
+        model.params[k] for k in ("embedding/embeddings", "gru_0/kernel", "gru_0/recurrent_kernel", "gru_0/bias")
+    )
     H = U.shape[0]
-    sigmoid = (lambda a: 1 / (1 + np.exp(-a)))
+
+    def sigmoid(a):
+        return 1 / (1 + np.exp(-a))
+
     h = np.zeros((cfg["batch"], H))
-    for t in range(cfg["time"]):                          # h̃ = tanh(x̂_h + (r ⊙ h) U_h + b_rec,h)
+    for t in range(cfg["time"]):  # h̃ = tanh(x̂_h + (r ⊙ h) U_h + b_rec,h)
         xh = E[arrays["x"][:, t]] @ W + b[0]
         z = sigmoid(xh[:, :H] + h @ U[:, :H] + b[1, :H])
-        r = sigmoid(xh[:, H:2 * H] + h @ U[:, H:2 * H] + b[1, H:2 * H])
-        h = z * h + (1 - z) * np.tanh(xh[:, 2 * H:] + (r * h) @ U[:, 2 * H:] + b[1, 2 * H:])
+        r = sigmoid(xh[:, H : 2 * H] + h @ U[:, H : 2 * H] + b[1, H : 2 * H])
+        h = z * h + (1 - z) * np.tanh(xh[:, 2 * H :] + (r * h) @ U[:, 2 * H :] + b[1, 2 * H :])
     assert max_abs(h, arrays["state/h_0"]) > 1e-3
     _, (final,) = model.forward(arrays["x"])
     assert max_abs(final[0], arrays["state/h_0"]) <= 1e-9
@@ -355,12 +376,11 @@ def test_the_comparison_catches_reset_before():
 
 # -- the Transformer (TransformerLM, the IMDB seed's model) ----------------------------------------
 def make_transformer(cfg, backend):
-    keys = ("vocab_size", "sequence_length", "embed_dim", "dense_dim", "num_heads", "key_dim", "num_layers",
-            "block")
+    keys = ("vocab_size", "sequence_length", "embed_dim", "dense_dim", "num_heads", "key_dim", "num_layers", "block")
     return TransformerLM(**{k: cfg[k] for k in keys}, backend=backend, dtype=cfg["dtype"])
 
 
-ZERO_GRADIENT = 1e-3      # a gradient tensor below this fraction of the model's largest entry is round-off
+ZERO_GRADIENT = 1e-3  # a gradient tensor below this fraction of the model's largest entry is round-off
 
 
 def transformer_grad_errors(grads, arrays):
@@ -391,13 +411,13 @@ def measure_transformer(arrays, cfg, backend):
     ``trained/``: scratchlm's gradients too).
     """
     model = make_transformer(cfg, backend)
-    params = {key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")}
+    params = {key[len("param/") :]: a for key, a in arrays.items() if key.startswith("param/")}
     assert set(params) == set(model.params)
     model.set_params(params)
     host = backend.to_host
     x, y = arrays["x"], arrays["y"]
-    assert (arrays["mask"] == (x != 0)).all() and not arrays["mask"].all()       # padded batches
-    logits, _ = model.forward(x)                                                   # (B, T, V)
+    assert (arrays["mask"] == (x != 0)).all() and not arrays["mask"].all()  # padded batches
+    logits, _ = model.forward(x)  # (B, T, V)
     errors = {"output": max_abs(host(logits), arrays["output"])}
     loss, grads = model.loss_and_grads(x, y)
     errors["loss"] = abs(loss - float(arrays["loss"]))
@@ -406,7 +426,8 @@ def measure_transformer(arrays, cfg, backend):
         hyper = {k: v for k, v in cfg["optimizer"].items() if k != "name"}
         weights = {name: backend.xp.array(backend.asarray(p)) for name, p in params.items()}
         optim.get(cfg["optimizer"]["name"], **hyper).step(
-            weights, {name: backend.asarray(arrays[f"grad/{name}"]) for name in params})
+            weights, {name: backend.asarray(arrays[f"grad/{name}"]) for name in params}
+        )
         optim.get(cfg["optimizer"]["name"], **hyper).step(model.params, grads)
         for name in params:
             errors[f"updated/{name}"] = max_abs(host(weights[name]), arrays[f"updated/{name}"])
@@ -414,13 +435,14 @@ def measure_transformer(arrays, cfg, backend):
     return errors
 
 
-@pytest.mark.parametrize("name", TRANSFORMERS, ids=[n[:-len(".npz")] for n in TRANSFORMERS])
+@pytest.mark.parametrize("name", TRANSFORMERS, ids=[n[: -len(".npz")] for n in TRANSFORMERS])
 def test_transformer_matches_keras_reference(name, backend_for):
     """The book block and the gpt block on padded batches, and one RMSprop step, as Keras computes them."""
     cfg = TRANSFORMER_SECTION["fixtures"][name]["config"]
     errors = measure_transformer(load_fixture(name), cfg, backend_for(cfg["dtype"]))
-    assert len([q for q in errors if q.startswith("grad/")]) == len(make_transformer(
-        cfg, get_backend("numpy", cfg["dtype"])).params)
+    assert len([q for q in errors if q.startswith("grad/")]) == len(
+        make_transformer(cfg, get_backend("numpy", cfg["dtype"])).params
+    )
     assert_within_tolerance(errors, cfg["dtype"])
 
 
@@ -431,11 +453,11 @@ def test_transformer_fixtures_cover_the_cases():
     assert any(c["num_layers"] > 1 for c in cfgs)
     assert all(c["num_heads"] > 1 and c["num_heads"] * c["key_dim"] != c["embed_dim"] for c in cfgs)
     assert {(c["optimizer"] or {}).get("name") for c in cfgs} == {None, "rmsprop"}
-    for name, entry in TRANSFORMER_SECTION["fixtures"].items():
+    for name in TRANSFORMER_SECTION["fixtures"]:
         arrays = load_fixture(name)
         x = arrays["x"]
         assert (x == 0).any() and (x != 0).any(axis=1).all(), name
-        assert any((row == 0).any() and (row != 0).any() for row in x), name          # padded and real in a row
+        assert any((row == 0).any() and (row != 0).any() for row in x), name  # padded and real in a row
         biases = [a for k, a in arrays.items() if k.startswith("param/") and k.endswith(("/bias", "/beta"))]
         assert all(np.abs(b).max() > 0 for b in biases), f"{name}: a zero bias tests nothing"
 
@@ -447,9 +469,12 @@ def test_the_transformer_reference_catches_the_missing_padding_mask(dtype, monke
     name = f"transformer_book-{dtype}.npz"
     cfg, arrays = TRANSFORMER_SECTION["fixtures"][name]["config"], load_fixture(name)
     backend = get_backend("numpy", dtype)
-    with monkeypatch.context() as m:                                    # attention masks: causal only
-        m.setattr(TransformerLM, "_attention_mask",
-                  lambda self, keep, T: np.broadcast_to(np.tril(np.ones((T, T), dtype=bool)), (len(keep), T, T)))
+    with monkeypatch.context() as m:  # attention masks: causal only
+        m.setattr(
+            TransformerLM,
+            "_attention_mask",
+            lambda self, keep, T: np.broadcast_to(np.tril(np.ones((T, T), dtype=bool)), (len(keep), T, T)),
+        )
         errors = measure_transformer(arrays, cfg, backend)
     with pytest.raises(AssertionError, match="output"):
         assert_within_tolerance(errors, dtype)
@@ -486,7 +511,7 @@ def test_live_random_case(seed, dtype, backend_for):
     assert_within_tolerance(errors, dtype)
 
 
-GRU_SEED = SEED + 1000                                    # other sizes than the LSTM cases draw
+GRU_SEED = SEED + 1000  # other sizes than the LSTM cases draw
 
 
 @pytest.mark.tf
@@ -511,6 +536,7 @@ def test_live_fixture_cases_regenerate_identically():
     gen = generator()
     import keras
     import tensorflow as tf
+
     made_with = {k: MANIFEST["versions"][k] for k in ("tensorflow", "keras", "numpy")}
     if made_with != {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}:
         pytest.skip(f"fixtures were made with {made_with}")

@@ -15,15 +15,42 @@ import pytest
 
 from scratchlm import LanguageModel, batching, optim
 from scratchlm.text import CharTokenizer
-from scratchlm.train import (BEST, LAST, METRICS, PLOT, ResumeError, Sampler, Trainer, TrainingDiverged,
-                             load_checkpoint, plot_metrics, read_metrics)
+from scratchlm.train import (
+    BEST,
+    LAST,
+    METRICS,
+    PLOT,
+    ResumeError,
+    Sampler,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint,
+    plot_metrics,
+    read_metrics,
+)
 
-LINES = ["the quick brown fox", "jumps over the lazy dog", "a stitch in time", "saves nine",
-         "all that glitters is not gold", "look before you leap", "many hands make light work",
-         "the early bird catches the worm", "still waters run deep", "time and tide wait for no one",
-         "an apple a day", "keeps the doctor away", "better late than never", "practice makes perfect",
-         "when in rome", "do as the romans do", "every cloud has a silver lining", "fortune favours the bold",
-         "knowledge is power", "the pen is mightier than the sword"]
+LINES = [
+    "the quick brown fox",
+    "jumps over the lazy dog",
+    "a stitch in time",
+    "saves nine",
+    "all that glitters is not gold",
+    "look before you leap",
+    "many hands make light work",
+    "the early bird catches the worm",
+    "still waters run deep",
+    "time and tide wait for no one",
+    "an apple a day",
+    "keeps the doctor away",
+    "better late than never",
+    "practice makes perfect",
+    "when in rome",
+    "do as the romans do",
+    "every cloud has a silver lining",
+    "fortune favours the bold",
+    "knowledge is power",
+    "the pen is mightier than the sword",
+]
 TEXT = ". ".join(LINES) + ". "
 TOKENIZER = CharTokenizer.fit(TEXT)
 
@@ -37,14 +64,23 @@ def make(kind, seed=0):
     V = TOKENIZER.vocab_size
     ids = TOKENIZER.encode(TEXT * 2)
     if kind == "windows":
-        return (LanguageModel(V, None, [8], seed=seed), optim.RMSprop(lr=0.01),
-                batching.Windows(ids, maxlen=8, step=3, batch_size=16, seed=seed))
+        return (
+            LanguageModel(V, None, [8], seed=seed),
+            optim.RMSprop(lr=0.01),
+            batching.Windows(ids, maxlen=8, step=3, batch_size=16, seed=seed),
+        )
     if kind == "streams":
-        return (LanguageModel(V, 5, [8, 6], seed=seed, stateful=True), optim.Adam(lr=0.01, global_clipnorm=1.0),
-                batching.Streams(ids, batch_size=4, seq_len=7))
+        return (
+            LanguageModel(V, 5, [8, 6], seed=seed, stateful=True),
+            optim.Adam(lr=0.01, global_clipnorm=1.0),
+            batching.Streams(ids, batch_size=4, seq_len=7),
+        )
     sequences = [TOKENIZER.encode(line) for line in LINES]
-    return (LanguageModel(V, 4, [8], seed=seed), optim.Adam(lr=0.01),
-            batching.Padded(sequences, TOKENIZER.eos_id, TOKENIZER.pad_id, batch_size=3, seed=seed))
+    return (
+        LanguageModel(V, 4, [8], seed=seed),
+        optim.Adam(lr=0.01),
+        batching.Padded(sequences, TOKENIZER.eos_id, TOKENIZER.pad_id, batch_size=3, seed=seed),
+    )
 
 
 def run(kind, run_dir=None, epochs=3, kill_at=None, resume=False, checkpoint_every=None, val=None, **kwargs):
@@ -57,8 +93,15 @@ def run(kind, run_dir=None, epochs=3, kill_at=None, resume=False, checkpoint_eve
             raise Killed
 
     model, opt, batches = make(kind)
-    options = dict(run_dir=run_dir, epochs=epochs, checkpoint_every=checkpoint_every, on_step=on_step,
-                   progress=False, out=io.StringIO(), **kwargs)
+    options = dict(
+        run_dir=run_dir,
+        epochs=epochs,
+        checkpoint_every=checkpoint_every,
+        on_step=on_step,
+        progress=False,
+        out=io.StringIO(),
+        **kwargs,
+    )
     if resume:
         trainer = Trainer.resume(load_checkpoint(run_dir), batches, val, **options)
     else:
@@ -78,10 +121,10 @@ def same_weights(a, b):
 def test_killed_mid_epoch_then_resumed_continues_exactly(kind, tmp_path):
     full, reference = run(kind)
     n = make(kind)[2].num_batches
-    kill_at = n + n // 2 + 1                              # inside epoch 2 ...
+    kill_at = n + n // 2 + 1  # inside epoch 2 ...
     every = max(2, n // 3)
     if kill_at % every == 0:
-        kill_at += 1                                      # ... and after a checkpoint, not on one
+        kill_at += 1  # ... and after a checkpoint, not on one
     before, killed = run(kind, tmp_path, kill_at=kill_at, checkpoint_every=every)
     saved = load_checkpoint(tmp_path).metadata["train"]
     assert n < saved["step"] < kill_at and saved["batch"] > 0 and saved["epoch"] == 1
@@ -104,7 +147,7 @@ def test_resume_restores_the_carried_state_of_streams(tmp_path):
     model, _, batches = make("streams")
     trainer = Trainer.resume(ckpt, batches, progress=False, out=io.StringIO(), max_steps=n + 3)
     for lstm in trainer.model.recurrent:
-        lstm.reset_state()                                # forget the carried state on purpose
+        lstm.reset_state()  # forget the carried state on purpose
     trainer.fit()
     assert trainer.last_loss != full[n + 3]
 
@@ -112,7 +155,7 @@ def test_resume_restores_the_carried_state_of_streams(tmp_path):
 def test_resume_from_an_epoch_boundary_and_twice(tmp_path):
     full, reference = run("windows", epochs=4)
     n = make("windows")[2].num_batches
-    run("windows", tmp_path, epochs=4, kill_at=n + 2)                 # only the end-of-epoch-1 checkpoint
+    run("windows", tmp_path, epochs=4, kill_at=n + 2)  # only the end-of-epoch-1 checkpoint
     assert load_checkpoint(tmp_path).metadata["train"]["step"] == n
     second, _ = run("windows", tmp_path, epochs=4, resume=True, kill_at=3 * n - 1, checkpoint_every=5)
     third, resumed = run("windows", tmp_path, epochs=4, resume=True, checkpoint_every=5)
@@ -154,11 +197,11 @@ def test_sampler_for_padded_sequences_starts_and_stops_at_eos():
     out = io.StringIO()
     _, trainer = run("padded", epochs=1)
     trainer.out = out
-    trainer.model.dense.bias[TOKENIZER.eos_id] = 50.0                 # <eos> is now by far the likeliest
+    trainer.model.dense.bias[TOKENIZER.eos_id] = 50.0  # <eos> is now by far the likeliest
     Sampler(TOKENIZER, temperatures=(0, 1.0), length=500, prime="the")(trainer)
     lines = out.getvalue().splitlines()
     assert lines[0].endswith('primed with: "the"')
-    assert lines[1:] == ["----- temperature 0", "the", "----- temperature 1", "the"]     # stopped at <eos>
+    assert lines[1:] == ["----- temperature 0", "the", "----- temperature 1", "the"]  # stopped at <eos>
 
 
 def test_epoch_lines_and_metrics_log(tmp_path):
@@ -176,8 +219,9 @@ def test_epoch_lines_and_metrics_log(tmp_path):
     assert [r["epoch"] for r in epochs] == [1, 2] and all(r["seconds"] > 0 for r in epochs)
     assert trainer.history == epochs
     # a resumed run appends and says so
-    Trainer.resume(load_checkpoint(tmp_path), make("windows")[2], run_dir=tmp_path, epochs=3, progress=False,
-                   out=io.StringIO()).fit()
+    Trainer.resume(
+        load_checkpoint(tmp_path), make("windows")[2], run_dir=tmp_path, epochs=3, progress=False, out=io.StringIO()
+    ).fit()
     assert [r["event"] for r in read_metrics(tmp_path / METRICS)].count("resume") == 1
 
 
@@ -189,6 +233,7 @@ def test_loss_plot(tmp_path):
 
 def test_plot_without_matplotlib(tmp_path, monkeypatch):
     import builtins
+
     real_import = builtins.__import__
 
     def no_matplotlib(name, *args, **kwargs):
@@ -204,8 +249,9 @@ def test_plot_without_matplotlib(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad", ["loss", "grads"])
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, bad):
     model, opt, batches = make("windows")
-    trainer = Trainer(model, opt, batches, run_dir=tmp_path, epochs=3, checkpoint_every=4, progress=False,
-                      out=io.StringIO())
+    trainer = Trainer(
+        model, opt, batches, run_dir=tmp_path, epochs=3, checkpoint_every=4, progress=False, out=io.StringIO()
+    )
     good = {}
     real = model.loss_and_grads
 
@@ -213,7 +259,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, bad):
         loss, grads = real(*args, **kwargs)
         if trainer.step == 4:
             good.update({k: p.copy() for k, p in model.params.items()})
-        if trainer.step == 6:                             # the 7th step goes bad
+        if trainer.step == 6:  # the 7th step goes bad
             if bad == "loss":
                 loss = math.nan
             else:
@@ -235,12 +281,22 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, bad):
 
 def test_non_finite_weights_are_never_saved(tmp_path):
     model, opt, batches = make("windows")
-    trainer = Trainer(model, opt, batches, run_dir=tmp_path, epochs=1, checkpoint_every=2, progress=False,
-                      out=io.StringIO(), max_steps=3)
+    trainer = Trainer(
+        model,
+        opt,
+        batches,
+        run_dir=tmp_path,
+        epochs=1,
+        checkpoint_every=2,
+        progress=False,
+        out=io.StringIO(),
+        max_steps=3,
+    )
 
     def spoil(tr):
         if tr.step == 3:
             model.params["dense/bias"][0] = np.nan
+
     trainer.on_step = spoil
     with pytest.raises(TrainingDiverged, match="dense/bias"):
         trainer.fit()

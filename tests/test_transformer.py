@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from scratchlm import get_backend, models, optim
+from scratchlm.batching import Vectorized
 from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_model
 from scratchlm.models import TransformerLM
-from scratchlm.batching import Vectorized
 from scratchlm.train import Trainer, load_checkpoint
 
 TOL = 1e-6
@@ -23,8 +23,19 @@ def make(block="book", num_layers=1, dtype="float64", **kw):
     embeddings themselves, and at σ ≈ 0.03 a finite-difference step of 1e-4 is no longer small (measured: the
     error then grows as h², 1e-5 at h = 1e-4, 1e-7 at h = 1e-5), which would test the step, not the gradient.
     """
-    model = TransformerLM(13, 8, embed_dim=6, dense_dim=7, num_heads=2, key_dim=3, num_layers=num_layers,
-                          block=block, dtype=dtype, seed=1, **kw)
+    model = TransformerLM(
+        13,
+        8,
+        embed_dim=6,
+        dense_dim=7,
+        num_heads=2,
+        key_dim=3,
+        num_layers=num_layers,
+        block=block,
+        dtype=dtype,
+        seed=1,
+        **kw,
+    )
     rng = np.random.default_rng(0)
     for name, p in model.params.items():
         if name.endswith(("bias", "beta", "embeddings")):
@@ -36,11 +47,12 @@ def make(block="book", num_layers=1, dtype="float64", **kw):
 
 def batch(rng, B=3, T=6, V=13):
     x = rng.integers(1, V, (B, T))
-    x[0, 4:] = 0                                                            # right padding
-    x[1, :2] = 0                                                            # left padding
+    x[0, 4:] = 0  # right padding
+    x[1, :2] = 0  # left padding
     return x, rng.integers(0, V, (B, T))
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("block", ["book", "gpt"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("last_only", [False, True])
@@ -62,7 +74,7 @@ def test_parameter_names_and_shapes_are_the_keras_layouts():
     model = TransformerLM(50, 10, embed_dim=8, dense_dim=16, num_heads=2)
     shapes = {k: p.shape for k, p in model.params.items()}
     assert shapes["embedding/token_embeddings"] == (50, 8) and shapes["embedding/position_embeddings"] == (10, 8)
-    assert shapes["decoder_0/attention_1/query/kernel"] == (8, 2, 8)            # key_dim = embed_dim (the seed)
+    assert shapes["decoder_0/attention_1/query/kernel"] == (8, 2, 8)  # key_dim = embed_dim (the seed)
     assert shapes["decoder_0/attention_2/output/kernel"] == (2, 8, 8)
     assert shapes["decoder_0/ffn_1/kernel"] == (8, 16) and shapes["decoder_0/layernorm_3/gamma"] == (8,)
     assert shapes["dense/kernel"] == (8, 50)
@@ -104,11 +116,11 @@ def test_cached_generation_equals_full_forward_passes_at_every_step(block, dtype
     (where the model sees the last sequence_length tokens)."""
     model = make(block, 2, dtype=dtype)
     prompt = np.array([[3, 4, 5], [6, 0, 8]])
-    loop = model.token_loop(model)                                          # the reference loop's steps
+    loop = model.token_loop(model)  # the reference loop's steps
     logits, state = loop.start(model.backend.xp.asarray(prompt))
     ids = prompt
-    for k in range(12):                                                     # 3 + 12 > sequence_length 8
-        full, _ = model.forward(ids[:, -model.sequence_length:])
+    for k in range(12):  # 3 + 12 > sequence_length 8
+        full, _ = model.forward(ids[:, -model.sequence_length :])
         assert np.abs(logits - full[:, -1]).max() <= tol * max(1.0, float(np.abs(full).max())), k
         new = np.array([1 + k % 12, 2 + k % 11])
         logits, state = loop.step(new, state)
@@ -120,7 +132,7 @@ def test_generate_samples_and_a_long_prompt_is_cut_to_the_window():
     out = model.generate([3, 4, 5], 20, temperature=0.7, seed=1, banned_ids=[0])
     assert out.shape == (20,) and out.min() >= 1 and out.max() < 13
     np.testing.assert_array_equal(out, model.generate([3, 4, 5], 20, temperature=0.7, seed=1, banned_ids=[0]))
-    long = model.generate(list(range(1, 13)) * 2, 5, temperature=0, seed=0)      # 24 > sequence_length
+    long = model.generate(list(range(1, 13)) * 2, 5, temperature=0, seed=0)  # 24 > sequence_length
     assert long.shape == (5,)
     with pytest.raises(ModelError, match="sequence_length"):
         model.loss(np.ones((1, 9), dtype=int), np.ones((1, 9), dtype=int))
@@ -146,16 +158,28 @@ def test_trains_with_the_trainer_and_resumes_exactly(tmp_path, kernels):
     ids[::3, 6:] = 0
 
     def model():
-        return TransformerLM(20, 8, embed_dim=8, dense_dim=12, num_heads=2, key_dim=4, seed=0,
-                             backend=get_backend("numpy", kernels=kernels))      # the resume must use it too
+        return TransformerLM(
+            20,
+            8,
+            embed_dim=8,
+            dense_dim=12,
+            num_heads=2,
+            key_dim=4,
+            seed=0,
+            backend=get_backend("numpy", kernels=kernels),
+        )  # the resume must use it too
 
     def run(run_dir, resume=False, max_steps=None):
         batches = Vectorized(ids, batch_size=4, seed=1)
-        options = dict(run_dir=run_dir, epochs=2, max_steps=max_steps, checkpoint_every=None, progress=False,
-                       out=io.StringIO())
+        options = dict(
+            run_dir=run_dir, epochs=2, max_steps=max_steps, checkpoint_every=None, progress=False, out=io.StringIO()
+        )
         backend = get_backend("numpy", kernels=kernels)
-        trainer = (Trainer.resume(load_checkpoint(run_dir, backend=backend), batches, **options) if resume else
-                   Trainer(model(), optim.RMSprop(lr=0.01), batches, **options))
+        trainer = (
+            Trainer.resume(load_checkpoint(run_dir, backend=backend), batches, **options)
+            if resume
+            else Trainer(model(), optim.RMSprop(lr=0.01), batches, **options)
+        )
         trainer.fit()
         return trainer
 
@@ -169,12 +193,32 @@ def test_trains_with_the_trainer_and_resumes_exactly(tmp_path, kernels):
 
 def test_cli_trains_samples_describes_and_resumes_a_transformer(tmp_path, capsys):
     from pathlib import Path
+
     from scratchlm.cli import main
+
     reviews_dir = Path(__file__).resolve().parents[1] / "examples" / "data" / "reviews"
     run = tmp_path / "run"
     tiny = ["--embedding-dim", "8", "--dense-dim", "12", "--key-dim", "4", "--batch-size", "8", "--no-progress"]
-    assert main(["train", str(reviews_dir), "--model", "transformer", "--run-dir", str(run), "--max-steps", "3",
-                 "--sample-length", "5", "--prime", "this movie", *tiny]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(reviews_dir),
+                "--model",
+                "transformer",
+                "--run-dir",
+                str(run),
+                "--max-steps",
+                "3",
+                "--sample-length",
+                "5",
+                "--prime",
+                "this movie",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "TransformerLM(PositionalEmbedding(" in out and "VectorTokenizer" in out
     assert main(["info", str(run)]) == 0
@@ -184,8 +228,26 @@ def test_cli_trains_samples_describes_and_resumes_a_transformer(tmp_path, capsys
     assert main(["train", "--resume", str(run), "--max-steps", "5", "--no-progress"]) == 0
     lines = tmp_path / "lines.txt"
     lines.write_text("a good film\n\nthe worst movie of the year\n" * 20)
-    assert main(["train", str(lines), "--model", "transformer", "--run-dir", str(tmp_path / "r2"), "--max-steps",
-                 "2", "--sample-length", "0", "--seq-len", "12", *tiny]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(lines),
+                "--model",
+                "transformer",
+                "--run-dir",
+                str(tmp_path / "r2"),
+                "--max-steps",
+                "2",
+                "--sample-length",
+                "0",
+                "--seq-len",
+                "12",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     for wrong, words in ((["--cell", "gru"], "--cell"), (["--tokenizer", "char"], "--tokenizer")):
         assert main(["train", str(lines), "--model", "transformer", "--run-dir", str(tmp_path / "r3"), *wrong]) == 2
         assert words in capsys.readouterr().err

@@ -16,8 +16,8 @@ Each fused piece is run next to the plain-``xp`` code it replaces, on the same w
 
 An array passes when max |fused − reference| <= rtol · max |reference| + atol, with float64 1e-10 / 1e-13
 and float32 1e-5 / 1e-6: in float64 both paths do the same arithmetic up to the order of sums; in float32
-the fused exp (``scratchlm/kernels/numba/activations.py``) and the recomputed P = exp(S − lse) differ from NumPy's by a few
-1e-7, which a few products amplify. The key bias gets no gradient in exact arithmetic (softmax ignores the
+the fused exp (``scratchlm/kernels/numba/activations.py``) and the recomputed P = exp(S − lse) differ from NumPy's
+by a few 1e-7, which a few products amplify. The key bias gets no gradient in exact arithmetic (softmax ignores the
 per-query constant q·bk), so it is compared on the scale of the other gradients.
 """
 
@@ -42,12 +42,13 @@ pytest.importorskip("numba")
 
 from scratchlm.kernels.numba import attention as attention_numba
 from scratchlm.kernels.numba import xent as xent_numba
-from scratchlm.kernels.numba.parallel import blas, shards  # noqa: E402  (needs Numba)
+from scratchlm.kernels.numba.parallel import blas, shards
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 ATOL = {"float64": 1e-13, "float32": 1e-6}
-EXAMPLES = settings(max_examples=20, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 DTYPES = st.sampled_from(["float32", "float64"])
 
 
@@ -60,8 +61,9 @@ def assert_close(got, want, dtype, what="", scale=None, truth=None):
     scale = np.max(np.abs(want), initial=0.0) if scale is None else scale
     err = np.max(np.abs(got - want), initial=0.0)
     own = 0.0 if truth is None else np.max(np.abs(want - np.asarray(truth, dtype=np.float64)), initial=0.0)
-    assert err <= TOL[dtype] * scale + ATOL[dtype] + 2 * own, \
+    assert err <= TOL[dtype] * scale + ATOL[dtype] + 2 * own, (
         f"{what}: {err:.3g} against scale {scale:.3g} (the reference's own error {own:.3g})"
+    )
 
 
 def backends(dtype):
@@ -98,14 +100,14 @@ def attention_cases(draw):
         mask = None
     elif kind == "causal":
         mask = np.broadcast_to(causal_mask(T, S), (B, T, S))
-    elif kind == "padded":                                          # Keras: causal ∧ query keep ∧ key keep
+    elif kind == "padded":  # Keras: causal ∧ query keep ∧ key keep
         q_keep, k_keep = rng.random((B, T)) < 0.7, rng.random((B, S)) < 0.7
-        q_keep[0, -1] = False                                       # a padded query
+        q_keep[0, -1] = False  # a padded query
         mask = causal_mask(T, S)[None] & q_keep[:, :, None] & k_keep[:, None, :]
     elif kind == "random":
         mask = rng.random((B, T, S)) < draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
     else:
-        mask = causal_mask(T, S)                                    # (T, S), broadcast over the batch
+        mask = causal_mask(T, S)  # (T, S), broadcast over the batch
     return dict(B=B, T=T, S=S, E=E, N=N, K=K, mask=mask, self_attention=self_attention, seed=seed)
 
 
@@ -139,7 +141,7 @@ def test_flash_attention_matches_the_reference(small_blocks, case, dtype):
     assert_close(cache_f.p, cache_r.p, dtype, "probabilities recomputed from lse", scale=1.0)
     d_r, g_r = ref.backward(cache_r, dout)
     d_f, g_f = fused.backward(cache_f, dout)
-    d_t, g_t = d_r, {name: None for name in g_r}                    # float64: no float32 error to allow for
+    d_t, g_t = d_r, {name: None for name in g_r}  # float64: no float32 error to allow for
     if dtype == "float32":
         exact = MultiHeadAttention(c["E"], c["N"], c["K"], backends("float64")[0], Backend.rng(c["seed"]))
         for name, p in ref.params.items():
@@ -152,8 +154,13 @@ def test_flash_attention_matches_the_reference(small_blocks, case, dtype):
         assert g_f[name].dtype == np.dtype(dtype)
         assert_close(g_f[name], g_r[name], dtype, name, scale=scale if name == "key/bias" else None, truth=g_t[name])
     for name in ("d_query", "d_value", "d_key"):
-        assert_close(getattr(d_f, name), getattr(d_r, name), dtype, name,
-                     truth=None if dtype == "float64" else getattr(d_t, name))
+        assert_close(
+            getattr(d_f, name),
+            getattr(d_r, name),
+            dtype,
+            name,
+            truth=None if dtype == "float64" else getattr(d_t, name),
+        )
 
 
 def test_flash_attention_keeps_no_probabilities_and_skips_hidden_blocks(monkeypatch):
@@ -170,9 +177,10 @@ def test_flash_attention_keeps_no_probabilities_and_skips_hidden_blocks(monkeypa
     def spy(s, *args):
         seen.append(s.shape)
         return real(s, *args)
+
     monkeypatch.setattr(attention_numba, "_online_block", spy)
     o, lse = attention_numba.forward(q, k, v, mask, 1 / np.sqrt(K))
-    assert lse.shape == (B, N, T) and len(seen) == 6                        # 6 of the 3 x 3 blocks: j <= i
+    assert lse.shape == (B, N, T) and len(seen) == 6  # 6 of the 3 x 3 blocks: j <= i
     s = np.where(mask[:, None], q @ k.transpose(0, 1, 3, 2) / np.sqrt(K), -np.inf)
     want_lse = np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1)) + s.max(-1)
     np.testing.assert_allclose(lse, want_lse, rtol=1e-12)
@@ -182,11 +190,11 @@ def test_a_row_with_no_key_is_uniform_and_gives_keys_their_share(rng):
     """Keras' semantics for a fully masked row: output = mean of V over all S, dV_j += dO_i / S, nothing to Q, K."""
     B, T, S, N, K = 1, 2, 3, 1, 2
     q, k, v, do = (rng.standard_normal((B, N, L, K)) for L in (T, S, S, T))
-    mask = np.array([[[False] * S, [True, False, True]]])                # row 0 sees nothing
+    mask = np.array([[[False] * S, [True, False, True]]])  # row 0 sees nothing
     o, lse = attention_numba.forward(q, k, v, mask, 0.5)
     assert np.isinf(lse[0, 0, 0]) and np.isfinite(lse[0, 0, 1])
     np.testing.assert_allclose(o[0, 0, 0], v[0, 0].mean(axis=0), rtol=1e-14)
-    do[0, 0, 1] = 0                                                       # only the dead row's gradient
+    do[0, 0, 1] = 0  # only the dead row's gradient
     dq, dk, dv = attention_numba.backward(q, k, v, o, lse, do, mask, 0.5)
     np.testing.assert_allclose(dv[0, 0], np.broadcast_to(do[0, 0, 0] / S, (S, K)), rtol=1e-14)
     assert not dq.any() and not dk.any()
@@ -194,9 +202,16 @@ def test_a_row_with_no_key_is_uniform_and_gives_keys_their_share(rng):
 
 # -- LayerNorm and the feed-forward -------------------------------------------------------------------
 
+
 @EXAMPLES
-@given(M=st.integers(1, 9), D=st.integers(1, 33), lead=st.booleans(), dtype=DTYPES, seed=st.integers(0, 2**16),
-       spread=st.sampled_from([0.01, 1.0, 30.0]))
+@given(
+    M=st.integers(1, 9),
+    D=st.integers(1, 33),
+    lead=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    spread=st.sampled_from([0.01, 1.0, 30.0]),
+)
 def test_layernorm_matches_the_reference(M, D, lead, dtype, seed, spread):
     ref_be, fused_be = backends(dtype)
     ref, fused = ref_be.layer(LayerNormalization)(D, ref_be), fused_be.layer(LayerNormalization)(D, fused_be)
@@ -210,7 +225,7 @@ def test_layernorm_matches_the_reference(M, D, lead, dtype, seed, spread):
     dy = rng.standard_normal(shape).astype(dtype)
     y_r, c_r = ref.forward(x)
     y_f, c_f = fused.forward(x)
-    assert isinstance(c_f, LayerNormRowCache) and c_f.mean.shape == shape[:-1]     # two numbers per row
+    assert isinstance(c_f, LayerNormRowCache) and c_f.mean.shape == shape[:-1]  # two numbers per row
     assert_close(y_f, y_r, dtype, "y")
     dx_r, g_r = ref.backward(c_r, dy)
     dx_f, g_f = fused.backward(c_f, dy)
@@ -230,7 +245,7 @@ def test_feedforward_bias_relu_matches_the_reference(M, E, F, dtype, seed):
     rng = np.random.default_rng(seed)
     for name, p in ref.params.items():
         if name.endswith("bias"):
-            p[...] = rng.standard_normal(p.shape)                  # both sides of the ReLU
+            p[...] = rng.standard_normal(p.shape)  # both sides of the ReLU
         fused.params[name][...] = p
     x = rng.standard_normal((2, M, E)).astype(dtype)
     dy = rng.standard_normal((2, M, E)).astype(dtype)
@@ -247,15 +262,26 @@ def test_feedforward_bias_relu_matches_the_reference(M, E, F, dtype, seed):
 
 # -- output projection + cross-entropy in chunks ----------------------------------------------------------
 
+
 @EXAMPLES
-@given(N=st.integers(1, 40), D=st.integers(1, 7), V=st.integers(1, 50), chunk=st.sampled_from([None, 1, 3, 7, 64]),
-       masking=st.sampled_from(["none", "some", "one"]), dtype=DTYPES, seed=st.integers(0, 2**16),
-       sharded=st.booleans())
+@given(
+    N=st.integers(1, 40),
+    D=st.integers(1, 7),
+    V=st.integers(1, 50),
+    chunk=st.sampled_from([None, 1, 3, 7, 64]),
+    masking=st.sampled_from(["none", "some", "one"]),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    sharded=st.booleans(),
+)
 def test_chunked_dense_cross_entropy_matches_the_reference(N, D, V, chunk, masking, dtype, seed, sharded):
     """Any chunk size, padding rows, and the row pass split over three threads (or not)."""
     rng = np.random.default_rng(seed)
     ref_be, fused_be = backends(dtype)
-    ref, fused = ref_be.layer(Dense)(D, V, ref_be, Backend.rng(seed)), fused_be.layer(Dense)(D, V, fused_be, Backend.rng(seed))
+    ref, fused = (
+        ref_be.layer(Dense)(D, V, ref_be, Backend.rng(seed)),
+        fused_be.layer(Dense)(D, V, fused_be, Backend.rng(seed)),
+    )
     ref.bias[:] = fused.bias[:] = rng.standard_normal(V)
     x = (3 * rng.standard_normal((N, D))).astype(dtype)
     y = rng.integers(0, V, N)
@@ -263,24 +289,28 @@ def test_chunked_dense_cross_entropy_matches_the_reference(N, D, V, chunk, maski
     if masking == "some":
         mask = rng.random(N) < 0.6
         mask[rng.integers(N)] = True
-    elif masking == "one":                                          # every row but one is padding
+    elif masking == "one":  # every row but one is padding
         mask = np.zeros(N, dtype=bool)
         mask[rng.integers(N)] = True
     loss_r, c_r = ref.score(x, y, mask)
     dx_r, g_r = ref.score_backward(c_r)
-    with mock.patch.object(shards, "count", lambda rows: min(3, rows)) if sharded and blas.THREADS else \
-            contextlib.nullcontext():
+    with (
+        mock.patch.object(shards, "count", lambda rows: min(3, rows))
+        if sharded and blas.THREADS
+        else contextlib.nullcontext()
+    ):
         loss, dx, dW, db = xent_numba.dense_softmax_cross_entropy(x, fused.kernel, fused.bias, y, mask, chunk=chunk)
     assert loss == pytest.approx(loss_r, rel=TOL[dtype], abs=ATOL[dtype])
     assert_close(dx, dx_r, dtype, "dx")
     assert_close(dW, g_r["kernel"], dtype, "dW")
     assert_close(db, g_r["bias"], dtype, "db")
     if mask is not None:
-        assert not dx[~mask].any()                                  # padding rows get exactly 0
-    alone, _, _, _ = xent_numba.dense_softmax_cross_entropy(x, fused.kernel, fused.bias, y, mask, backward=False,
-                                                            chunk=chunk)
+        assert not dx[~mask].any()  # padding rows get exactly 0
+    alone, _, _, _ = xent_numba.dense_softmax_cross_entropy(
+        x, fused.kernel, fused.bias, y, mask, backward=False, chunk=chunk
+    )
     assert alone == pytest.approx(loss_r, rel=TOL[dtype], abs=ATOL[dtype])
-    loss_f, c_f = fused.score(x, y, mask)                           # the fused layer calls the kernel
+    loss_f, c_f = fused.score(x, y, mask)  # the fused layer calls the kernel
     assert isinstance(c_f, ScoredGrads)
     assert loss_f == pytest.approx(loss_r, rel=TOL[dtype], abs=ATOL[dtype])
     assert_close(fused.score_backward(c_f)[1]["kernel"], g_r["kernel"], dtype, "dW")
@@ -307,7 +337,7 @@ def traced_peak(fn):
 def test_a_fused_training_step_never_holds_the_full_logits(monkeypatch):
     """B·T = 240 rows of V = 3,000 logits are 5.8 MB in float64; the fused step's whole peak stays below that
     (the reference step's peak is several times it, which shows the measurement sees the logits)."""
-    monkeypatch.setattr(xent_numba, "CHUNK", 1 << 16)               # 21 rows of logits at a time
+    monkeypatch.setattr(xent_numba, "CHUNK", 1 << 16)  # 21 rows of logits at a time
     V, B, T = 3000, 8, 30
     rng = np.random.default_rng(0)
     x = rng.integers(1, V, (B, T))
@@ -316,18 +346,36 @@ def test_a_fused_training_step_never_holds_the_full_logits(monkeypatch):
     logits_bytes = B * T * V * 8
     peaks = {}
     for kernels in ("reference", "fused"):
-        model = TransformerLM(V, T, embed_dim=8, dense_dim=16, num_heads=2, key_dim=4, dtype="float64", seed=0,
-                              backend=get_backend("numpy", "float64", kernels))
-        model.loss_and_grads(x, y)                                  # compile and warm up
-        peaks[kernels] = traced_peak(lambda: model.loss_and_grads(x, y))
+        model = TransformerLM(
+            V,
+            T,
+            embed_dim=8,
+            dense_dim=16,
+            num_heads=2,
+            key_dim=4,
+            dtype="float64",
+            seed=0,
+            backend=get_backend("numpy", "float64", kernels),
+        )
+        model.loss_and_grads(x, y)  # compile and warm up
+        peaks[kernels] = traced_peak(lambda model=model: model.loss_and_grads(x, y))
     assert peaks["fused"] < logits_bytes < peaks["reference"] / 2, (peaks, logits_bytes)
 
 
 # -- the decoding step ----------------------------------------------------------------------------------
 
+
 @EXAMPLES
-@given(B=st.integers(1, 3), T=st.integers(1, 4), S=st.integers(1, 12), N=st.integers(1, 3), K=st.integers(1, 9),
-       dead=st.booleans(), dtype=DTYPES, seed=st.integers(0, 2**16))
+@given(
+    B=st.integers(1, 3),
+    T=st.integers(1, 4),
+    S=st.integers(1, 12),
+    N=st.integers(1, 3),
+    K=st.integers(1, 9),
+    dead=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
 def test_decode_attention_matches_the_reference(B, T, S, N, K, dead, dtype, seed):
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((B, N, T, K)).astype(dtype)
@@ -336,7 +384,7 @@ def test_decode_attention_matches_the_reference(B, T, S, N, K, dead, dtype, seed
     if dead:
         mask[0, -1] = False
     mha = MultiHeadAttention(2, N, K, get_backend("numpy", dtype, "reference"), Backend.rng(0))
-    _, want = mha._attention(q, k, v, mask[:, None])                # (P, O)
+    _, want = mha._attention(q, k, v, mask[:, None])  # (P, O)
     got = attention_numba.attend(q, k, v, mask, mha.scale)
     assert_close(got, want, dtype, "o")
 
@@ -345,7 +393,7 @@ def test_decode_attention_matches_the_reference(B, T, S, N, K, dead, dtype, seed
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_decode_step_is_the_reference_step(block, dtype):
     """decode_step (concatenated projections, one-kernel attention and LayerNorms) = step, position by position."""
-    ref, fused = (make_pair(block, dtype, layers=2))
+    ref, fused = make_pair(block, dtype, layers=2)
     prompt = np.array([[3, 4, 0], [6, 0, 8]])
     ref_loop = ref.backend.layer(ref.token_loop)(ref)
     fused_loop = fused.backend.layer(fused.token_loop)(fused)
@@ -355,14 +403,20 @@ def test_decode_step_is_the_reference_step(block, dtype):
     weights = [b.decode_weights() for b in fused.blocks]
     for t in range(5):
         assert_close(lf, lr, dtype, f"logits at {t}")
-        new = np.array([1 + t, 0 if t == 2 else 5])               # a padding token in between
+        new = np.array([1 + t, 0 if t == 2 else 5])  # a padding token in between
         lr, sr = ref_loop.step(new, sr)
         lf, sf = fused_loop.decode_step(new, sf, weights)
 
 
 @pytest.mark.parametrize("block", ["book", "gpt"])
-@pytest.mark.parametrize("options", [dict(temperature=0.8, seed=3), dict(temperature=0, seed=0),
-                                     dict(temperature=1.3, seed=5, banned_ids=[0, 1], eos_id=2)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(temperature=0.8, seed=3),
+        dict(temperature=0, seed=0),
+        dict(temperature=1.3, seed=5, banned_ids=[0, 1], eos_id=2),
+    ],
+)
 def test_fused_generation_draws_the_same_ids(block, options):
     """Fused token loop (past sequence_length too: the window slides) = the reference loop, in float64."""
     ref, fused = make_pair(block, "float64", layers=1)
@@ -374,12 +428,26 @@ def test_fused_generation_draws_the_same_ids(block, options):
 
 # -- the whole model -------------------------------------------------------------------------------------
 
+
 def make_pair(block, dtype, layers=1, V=17, L=10, E=6, F=7, N=2, K=3):
     """The same TransformerLM on the reference and the fused path, biases and norms far from their init."""
     models = []
     for kernels in ("reference", "fused"):
-        models.append(TransformerLM(V, L, embed_dim=E, dense_dim=F, num_heads=N, key_dim=K, num_layers=layers,
-                                    block=block, dtype=dtype, seed=2, backend=get_backend("numpy", dtype, kernels)))
+        models.append(
+            TransformerLM(
+                V,
+                L,
+                embed_dim=E,
+                dense_dim=F,
+                num_heads=N,
+                key_dim=K,
+                num_layers=layers,
+                block=block,
+                dtype=dtype,
+                seed=2,
+                backend=get_backend("numpy", dtype, kernels),
+            )
+        )
     rng = np.random.default_rng(7)
     for name, p in models[0].params.items():
         if name.endswith(("bias", "beta")):
@@ -393,15 +461,24 @@ def make_pair(block, dtype, layers=1, V=17, L=10, E=6, F=7, N=2, K=3):
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(block=st.sampled_from(["book", "gpt"]), layers=st.integers(1, 2), B=st.integers(1, 4), T=st.integers(1, 10),
-       dtype=DTYPES, seed=st.integers(0, 2**16), last_only=st.booleans(), user_mask=st.booleans())
-def test_transformer_loss_and_every_gradient_match_the_reference(block, layers, B, T, dtype, seed, last_only,
-                                                                 user_mask):
+@given(
+    block=st.sampled_from(["book", "gpt"]),
+    layers=st.integers(1, 2),
+    B=st.integers(1, 4),
+    T=st.integers(1, 10),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    last_only=st.booleans(),
+    user_mask=st.booleans(),
+)
+def test_transformer_loss_and_every_gradient_match_the_reference(
+    block, layers, B, T, dtype, seed, last_only, user_mask
+):
     ref, fused = make_pair(block, dtype, layers)
     rng = np.random.default_rng(seed)
     x = rng.integers(1, ref.vocab_size, (B, T))
-    x[rng.random((B, T)) < 0.3] = 0                                  # padding anywhere, whole rows too
-    x[0, 0] = 1                                                      # some position is scored
+    x[rng.random((B, T)) < 0.3] = 0  # padding anywhere, whole rows too
+    x[0, 0] = 1  # some position is scored
     y = rng.integers(0, ref.vocab_size, (B,) if last_only else (B, T))
     mask = None
     if user_mask and not last_only:
@@ -427,8 +504,17 @@ def test_the_fused_backend_takes_the_fused_path_everywhere():
     default = TransformerLM(17, 10, embed_dim=6, dense_dim=7, num_heads=2, key_dim=3, seed=2)
     for model, fused_path in ((fused, True), (default, True), (ref, False)):
         block = model.blocks[0]
-        layers = [model.embedding, block, block.attention_1, block.attention_2, block.layernorm_1, block.ffn,
-                  block.ffn.ffn_1, model.dense, model.loss_function]
+        layers = [
+            model.embedding,
+            block,
+            block.attention_1,
+            block.attention_2,
+            block.layernorm_1,
+            block.ffn,
+            block.ffn.ffn_1,
+            model.dense,
+            model.loss_function,
+        ]
         for layer in layers:
             reference = next((cls for cls in type(layer).__mro__ if cls in FUSED), type(layer))
             assert type(layer) is (FUSED.get(reference, reference) if fused_path else reference), layer

@@ -12,9 +12,16 @@ import pytest
 from scratchlm import get_backend
 from scratchlm.backend import Backend
 from scratchlm.errors import ModelError
-from scratchlm.gradcheck import check_gradients, numerical_gradient
-from scratchlm.layers import (FeedForward, LayerNormalization, MultiHeadAttention, PositionalEmbedding,
-                              causal_mask, combine_masks, padding_mask)
+from scratchlm.gradcheck import check_gradients
+from scratchlm.layers import (
+    FeedForward,
+    LayerNormalization,
+    MultiHeadAttention,
+    PositionalEmbedding,
+    causal_mask,
+    combine_masks,
+    padding_mask,
+)
 from scratchlm.layers.attention import FILL
 
 TOL = 1e-6
@@ -39,10 +46,10 @@ def check_attention_gradients(loss_fn, params, grads, mask=None, keys=None):
     relative error means nothing."""
     zero = zero_in_theory(params, mask, keys)
     scale = max(float(np.abs(g).max()) for g in grads.values())
-    for name in zero:                                # analytic: round-off of the products only
+    for name in zero:  # analytic: round-off of the products only
         assert np.abs(grads[name]).max() <= 1e-12 * scale, (name, grads[name])
     errs = check_gradients(loss_fn, params, grads, zero=zero)
-    assert all(errs[name] <= 1e-8 for name in zero), {name: errs[name] for name in zero}   # numeric: ε·|L|/h
+    assert all(errs[name] <= 1e-8 for name in zero), {name: errs[name] for name in zero}  # numeric: ε·|L|/h
     return {k: v for k, v in errs.items() if k not in zero}
 
 
@@ -59,11 +66,11 @@ def masks_with_a_dead_row(T, S, B):
     """causal (T, S) ∧ padding (B, T, S), with padded queries, padded keys and a row with no key at all."""
     q_keep = np.ones((B, T), bool)
     v_keep = np.ones((B, S), bool)
-    q_keep[0, -1] = False                        # a padded query: its whole row is masked
-    v_keep[1 % B, 0] = False                     # key 0 padded: query 0 (which sees only key 0) has nothing
+    q_keep[0, -1] = False  # a padded query: its whole row is masked
+    v_keep[1 % B, 0] = False  # key 0 padded: query 0 (which sees only key 0) has nothing
     v_keep[0, S - 1] = False
     mask = combine_masks(causal_mask(T, S), padding_mask(q_keep, v_keep))
-    assert (~mask.any(axis=-1)).any()            # some row is fully masked
+    assert (~mask.any(axis=-1)).any()  # some row is fully masked
     return mask
 
 
@@ -73,7 +80,7 @@ def mha_loss_and_grads(mha, query, value, key, mask, R):
     d, grads = mha.backward(cache, R)
     grads = {**grads, "query": d.d_query}
     if key is None:
-        grads["value"] = d.d_value + d.d_key      # key is value: the caller adds the two paths
+        grads["value"] = d.d_value + d.d_key  # key is value: the caller adds the two paths
     else:
         grads["value"], grads["key"] = d.d_value, d.d_key
     return float((out * R).sum()), grads
@@ -89,19 +96,20 @@ def reference_mha(mha, query, value, key, mask):
     for b in range(B):
         out[b] = p["output/bias"]
         for n in range(N):
-            Q = query[b] @ p["query/kernel"][:, n, :] + p["query/bias"][n]       # (T, K)
-            Kh = key[b] @ p["key/kernel"][:, n, :] + p["key/bias"][n]           # (S, K)
-            V = value[b] @ p["value/kernel"][:, n, :] + p["value/bias"][n]      # (S, K)
+            Q = query[b] @ p["query/kernel"][:, n, :] + p["query/bias"][n]  # (T, K)
+            Kh = key[b] @ p["key/kernel"][:, n, :] + p["key/bias"][n]  # (S, K)
+            V = value[b] @ p["value/kernel"][:, n, :] + p["value/bias"][n]  # (S, K)
             s = Q @ Kh.T / np.sqrt(K)
             if mask is not None:
                 m = mask[b] if mask.ndim == 3 else mask
                 s = np.where(m, s, FILL)
             w = np.exp(s - s.max(axis=1, keepdims=True))
             w /= w.sum(axis=1, keepdims=True)
-            out[b] += (w @ V) @ p["output/kernel"][n]                            # (T, E)
+            out[b] += (w @ V) @ p["output/kernel"][n]  # (T, E)
     return out
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("B,T,E,N,K", [(3, 5, 6, 2, 4), (2, 4, 5, 1, 3), (1, 1, 4, 3, 2)])
 def test_mha_self_attention_gradients(be64, rng, masked, B, T, E, N, K):
@@ -111,17 +119,19 @@ def test_mha_self_attention_gradients(be64, rng, masked, B, T, E, N, K):
     mask = None
     if masked:
         keep = np.ones((B, T), bool)
-        keep[0, -1] = False                      # right padding: a fully masked row (query and key padded)
+        keep[0, -1] = False  # right padding: a fully masked row (query and key padded)
         mask = combine_masks(causal_mask(T), padding_mask(keep, keep))
     # self-attention called as MHA(q=x, v=x, k=x): dx = d_query + d_value + d_key
     out, cache = mha.forward(x, x, x, mask)
     d, grads = mha.backward(cache, R)
     grads["x"] = d.d_query + d.d_value + d.d_key
-    errs = check_attention_gradients(lambda: float((mha.forward(x, x, x, mask)[0] * R).sum()),
-                                     {**mha.params, "x": x}, grads, mask=mask, keys=T)
+    errs = check_attention_gradients(
+        lambda: float((mha.forward(x, x, x, mask)[0] * R).sum()), {**mha.params, "x": x}, grads, mask=mask, keys=T
+    )
     assert max(errs.values()) <= TOL, errs
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("separate_key", [False, True])
 @pytest.mark.parametrize("B,T,S,E,N,K", [(3, 4, 6, 5, 2, 3), (2, 6, 3, 4, 2, 7)])
 def test_mha_cross_attention_gradients_with_causal_and_padding_masks(be64, rng, separate_key, B, T, S, E, N, K):
@@ -135,8 +145,9 @@ def test_mha_cross_attention_gradients_with_causal_and_padding_masks(be64, rng, 
     params = {**mha.params, "query": query, "value": value}
     if separate_key:
         params["key"] = key
-    errs = check_attention_gradients(lambda: mha_loss_and_grads(mha, query, value, key, mask, R)[0], params, grads,
-                                     mask=mask, keys=S)
+    errs = check_attention_gradients(
+        lambda: mha_loss_and_grads(mha, query, value, key, mask, R)[0], params, grads, mask=mask, keys=S
+    )
     assert set(errs) == set(grads) - {"key/bias"}
     assert max(errs.values()) <= TOL, errs
 
@@ -144,14 +155,14 @@ def test_mha_cross_attention_gradients_with_causal_and_padding_masks(be64, rng, 
 @pytest.mark.parametrize("separate_key", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 def test_mha_forward_matches_the_per_head_formula(be64, rng, masked, separate_key):
-    B, T, S, E, N, K = 3, 4, 5, 6, 2, 7                 # K != E / N: heads are not slices of E
+    B, T, S, E, N, K = 3, 4, 5, 6, 2, 7  # K != E / N: heads are not slices of E
     mha = make_mha(be64, rng, E, N, K)
     query, value = rng.standard_normal((B, T, E)), rng.standard_normal((B, S, E))
     key = rng.standard_normal((B, S, E)) if separate_key else None
     mask = masks_with_a_dead_row(T, S, B) if masked else None
     out, _ = mha.forward(query, value, key, mask)
     np.testing.assert_allclose(out, reference_mha(mha, query, value, key, mask), rtol=0, atol=1e-12)
-    if masked:                                          # a (T, S) mask broadcasts over the batch
+    if masked:  # a (T, S) mask broadcasts over the batch
         out2, _ = mha.forward(query, value, key, causal_mask(T, S))
         np.testing.assert_allclose(out2, reference_mha(mha, query, value, key, causal_mask(T, S)), atol=1e-12)
 
@@ -161,17 +172,17 @@ def test_masked_keys_get_exactly_zero_weight_and_a_fully_masked_row_is_uniform(r
     be = get_backend("numpy", dtype)
     B, T, S, E, N, K = 2, 3, 4, 5, 2, 3
     mha = make_mha(be, rng, E, N, K)
-    query = be.asarray(rng.standard_normal((B, T, E)) * 10)       # large scores: the fill must still win
+    query = be.asarray(rng.standard_normal((B, T, E)) * 10)  # large scores: the fill must still win
     value = be.asarray(rng.standard_normal((B, S, E)))
     mask = np.ones((B, T, S), bool)
-    mask[0, 1] = False                                   # row (0, 1): no key at all
-    mask[1, 2, 1:] = False                               # row (1, 2): only key 0
+    mask[0, 1] = False  # row (0, 1): no key at all
+    mask[1, 2, 1:] = False  # row (1, 2): only key 0
     out, cache = mha.forward(query, value, mask=mask)
     assert out.dtype == be.dtype and cache.p.dtype == be.dtype
-    np.testing.assert_array_equal(cache.p[0, :, 1], np.full((N, S), 1 / S, dtype))   # uniform 1/S, as Keras
+    np.testing.assert_array_equal(cache.p[0, :, 1], np.full((N, S), 1 / S, dtype))  # uniform 1/S, as Keras
     assert (cache.p[1, :, 2, 1:] == 0).all() and (cache.p[1, :, 2, 0] == 1).all()  # exp underflows to 0
     # the uniform row's output is the projected mean of the values
-    mean_v = cache.v[0].mean(axis=1)                                              # (N, K)
+    mean_v = cache.v[0].mean(axis=1)  # (N, K)
     expected = np.einsum("nk,nke->e", mean_v, mha.params["output/kernel"]) + mha.params["output/bias"]
     np.testing.assert_allclose(out[0, 1], expected, rtol=1e-5 if dtype == "float32" else 1e-12)
 
@@ -179,9 +190,17 @@ def test_masked_keys_get_exactly_zero_weight_and_a_fully_masked_row_is_uniform(r
 def test_mha_keras_layout_and_initialisation(be64):
     E, N, K = 64, 2, 3
     mha = be64.layer(MultiHeadAttention)(E, N, K, be64, Backend.rng(0))
-    assert list(mha.params) == ["query/kernel", "query/bias", "key/kernel", "key/bias",
-                                "value/kernel", "value/bias", "output/kernel", "output/bias"]
-    limit = np.sqrt(6 / (E + N * K))        # Keras 3 MHA: fan_in E, fan_out N·K (and N·K, E for the output)
+    assert list(mha.params) == [
+        "query/kernel",
+        "query/bias",
+        "key/kernel",
+        "key/bias",
+        "value/kernel",
+        "value/bias",
+        "output/kernel",
+        "output/bias",
+    ]
+    limit = np.sqrt(6 / (E + N * K))  # Keras 3 MHA: fan_in E, fan_out N·K (and N·K, E for the output)
     for name in ("query", "key", "value"):
         W = mha.params[f"{name}/kernel"]
         assert W.shape == (E, N, K) and 0.9 * limit < np.abs(W).max() <= limit
@@ -209,12 +228,13 @@ def test_mha_rejects_bad_masks_and_shapes(be64):
     with pytest.raises(ModelError, match="mask"):
         mha.forward(x, x, mask=np.ones((2, 3, 4), bool))
     with pytest.raises(ModelError, match="mask"):
-        mha.forward(x, x, mask=np.ones((2, 3, 3)))                  # not bool
+        mha.forward(x, x, mask=np.ones((2, 3, 3)))  # not bool
     with pytest.raises(ModelError, match="E = 4"):
         mha.forward(x, np.zeros((2, 3, 5)))
 
 
 # -- LayerNormalization ----------------------------------------------------------
+
 
 def test_layernorm_forward_is_keras(be64, rng):
     ln = be64.layer(LayerNormalization)(6, be64)
@@ -223,13 +243,14 @@ def test_layernorm_forward_is_keras(be64, rng):
     np.testing.assert_array_equal(ln.beta, np.zeros(6))
     ln.gamma[:] = rng.standard_normal(6)
     ln.beta[:] = rng.standard_normal(6)
-    x = rng.standard_normal((3, 4, 6)) * 0.05             # small variance: epsilon 1e-3 matters
+    x = rng.standard_normal((3, 4, 6)) * 0.05  # small variance: epsilon 1e-3 matters
     y, _ = ln.forward(x)
     mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)         # biased
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)  # biased
     np.testing.assert_allclose(y, (x - mu) / np.sqrt(var + 1e-3) * ln.gamma + ln.beta, atol=1e-13)
 
 
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("shape", [(3, 4, 6), (5, 1), (2, 7)])
 def test_layernorm_gradients(be64, rng, shape):
     D = shape[-1]
@@ -242,8 +263,9 @@ def test_layernorm_gradients(be64, rng, shape):
     dx, grads = ln.backward(cache, R)
     # one feature (D = 1): x − μ is 0, so y = β whatever x and γ are, and both gradients are zero in theory
     zero = {"gamma", "x"} if D == 1 else set()
-    errs = check_gradients(lambda: float((ln.forward(x)[0] * R).sum()), {**ln.params, "x": x}, {**grads, "x": dx},
-                           zero=zero)
+    errs = check_gradients(
+        lambda: float((ln.forward(x)[0] * R).sum()), {**ln.params, "x": x}, {**grads, "x": dx}, zero=zero
+    )
     assert max(errs.values()) <= TOL, errs
 
 
@@ -258,6 +280,8 @@ def test_layernorm_float32_stays_float32(rng):
 
 # -- FeedForward -----------------------------------------------------------------
 
+
+@pytest.mark.gradcheck
 def test_feedforward_gradients(be64, rng):
     B, T, E, F = 3, 4, 5, 7
     ffn = be64.layer(FeedForward)(E, F, be64, Backend.rng(0))
@@ -270,7 +294,7 @@ def test_feedforward_gradients(be64, rng):
     y, cache = ffn.forward(x)
     W1, b1, W2, b2 = (ffn.params[k] for k in ("ffn_1/kernel", "ffn_1/bias", "ffn_2/kernel", "ffn_2/bias"))
     np.testing.assert_allclose(y, np.maximum(x @ W1 + b1, 0) @ W2 + b2, atol=1e-13)
-    assert (cache.h == 0).any() and (cache.h > 0).any()             # both sides of the ReLU are exercised
+    assert (cache.h == 0).any() and (cache.h > 0).any()  # both sides of the ReLU are exercised
     dx, grads = ffn.backward(cache, R)
     errs = check_gradients(lambda: float((ffn.forward(x)[0] * R).sum()), {**ffn.params, "x": x}, {**grads, "x": dx})
     assert max(errs.values()) <= TOL, errs
@@ -278,6 +302,8 @@ def test_feedforward_gradients(be64, rng):
 
 # -- PositionalEmbedding ---------------------------------------------------------
 
+
+@pytest.mark.gradcheck
 @pytest.mark.parametrize("T", [6, 3])
 def test_positional_embedding_gradients(be64, rng, T):
     V, L, E, B = 7, 6, 4, 3
@@ -285,8 +311,8 @@ def test_positional_embedding_gradients(be64, rng, T):
     assert pe.token_embeddings.shape == (V, E) and pe.position_embeddings.shape == (L, E)
     assert np.abs(pe.token_embeddings).max() <= 0.05 and np.abs(pe.position_embeddings).max() <= 0.05
     ids = rng.integers(0, V, (B, T))
-    ids[0, :2] = 3                                                   # repeated ids add up
-    ids[1, -1] = 0                                                   # padding
+    ids[0, :2] = 3  # repeated ids add up
+    ids[1, -1] = 0  # padding
     np.testing.assert_array_equal(pe.keep(ids), ids != 0)
     y, cache = pe.forward(ids)
     np.testing.assert_array_equal(y, pe.token_embeddings[ids] + pe.position_embeddings[None, :T])
@@ -306,6 +332,8 @@ def test_positional_embedding_rejects_sequences_longer_than_its_table(be64):
 
 # -- composed: a post-LN self-attention block --------------------------------------
 
+
+@pytest.mark.gradcheck
 def test_post_ln_block_gradients_sum_the_three_attention_inputs(be64, rng):
     """y = LN(x + MHA(q=x, v=x, k=x)): dx = dr + d_query + d_value + d_key with dr = LN's dx."""
     B, T, E, N, K = 3, 5, 6, 2, 4
@@ -316,13 +344,13 @@ def test_post_ln_block_gradients_sum_the_three_attention_inputs(be64, rng):
     x = rng.standard_normal((B, T, E))
     R = rng.standard_normal((B, T, E))
     ids = rng.integers(1, 9, (B, T))
-    ids[0, 3:] = 0                                                   # right padding
-    ids[1, :2] = 0                                                   # left padding: rows with no key
+    ids[0, 3:] = 0  # right padding
+    ids[1, :2] = 0  # left padding: rows with no key
     keep = PositionalEmbedding.keep(ids)
     mask = combine_masks(causal_mask(T), padding_mask(keep, keep))
 
     def forward(x):
-        a, a_cache = mha.forward(x, x, mask=mask)                    # key=None: key is value
+        a, a_cache = mha.forward(x, x, mask=mask)  # key=None: key is value
         y, ln_cache = ln.forward(x + a)
         return y, a_cache, ln_cache
 

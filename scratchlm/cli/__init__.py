@@ -32,7 +32,7 @@ from .parser import build_parser
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scratchlm`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:                             # everything after it belongs to benchmarks/bench.py
+    if argv[:1] == ["bench"]:  # everything after it belongs to benchmarks/bench.py
         try:
             return cmd_bench(argv[1:])
         except ScratchLMError as exc:
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except distributed.AgreedFailure as exc:              # MPI: every rank stops here; rank 0 says why
+    except distributed.AgreedFailure as exc:  # MPI: every rank stops here; rank 0 says why
         if exc.report:
             print(f"scratchlm {args.command}: error{exc.where}: {exc}", file=sys.stderr)
         return exc.code
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"scratchlm {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:                             # Ctrl-C outside training (under MPI: on every rank)
+    except KeyboardInterrupt:  # Ctrl-C outside training (under MPI: on every rank)
         if distributed.launcher_rank() == 0:
             print(f"\nscratchlm {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -63,7 +63,10 @@ BENCH_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
 def cmd_bench(options: list[str]) -> int:
     """``scratchlm bench [OPTIONS]`` = ``python benchmarks/bench.py [OPTIONS]`` in a source checkout."""
     if not BENCH_SCRIPT.is_file():
-        raise ScratchLMError("the benchmarks come with the source repository, not the installed package: clone it "
-                             "and run  python benchmarks/bench.py  there")
+        raise ScratchLMError(
+            "the benchmarks come with the source repository, not the installed package: clone it "
+            "and run  python benchmarks/bench.py  there"
+        )
     import runpy
+
     return runpy.run_path(str(BENCH_SCRIPT))["main"](options) or 0

@@ -1,6 +1,6 @@
 """``scratchlm info``: what a checkpoint holds, read from its checked header; the model is never built.
 
-    scratchlm info runs/my/last.npz
+scratchlm info runs/my/last.npz
 """
 
 import numpy
@@ -20,32 +20,39 @@ def _info_path(arg):
     for name in (LAST, BEST):
         if (arg / name).exists():
             return arg / name
-    raise CheckpointError(f"{arg} holds no {LAST} or {BEST}: it is not a run directory, or its run wrote no "
-                          "checkpoint yet")
+    raise CheckpointError(
+        f"{arg} holds no {LAST} or {BEST}: it is not a run directory, or its run wrote no checkpoint yet"
+    )
 
 
 def _non_finite(arrays):
     """'key: n of N values' for each float array of a checkpoint that holds NaN or infinity."""
-    counts = {key: int(a.size - numpy.count_nonzero(numpy.isfinite(a)))
-              for key, a in arrays.items() if a.dtype.kind == "f"}
+    counts = {
+        key: int(a.size - numpy.count_nonzero(numpy.isfinite(a))) for key, a in arrays.items() if a.dtype.kind == "f"
+    }
     return [f"{key}: {n:,} of {arrays[key].size:,} values" for key, n in counts.items() if n]
 
 
 def cmd_info(args):
     """Describe a checkpoint from its checked header and the sizes of its arrays: the model is never built."""
-    if distributed.launcher_rank() != 0:       # under mpiexec it runs once, on rank 0 (MPI is never started)
+    if distributed.launcher_rank() != 0:  # under mpiexec it runs once, on rank 0 (MPI is never started)
         return 0
     path = _info_path(args.checkpoint)
     header, arrays = models.read(path)
     config, meta = header["model"], header["metadata"]
     params = sum(a.size for key, a in arrays.items() if key.startswith("param/"))
-    rows = [("checkpoint", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),
-            ("model", f"{models.describe(config)}, {params:,} parameters"
-             + (", stateful" if config.get("stateful") else ""))]
+    rows = [
+        ("checkpoint", f"{path} ({path.stat().st_size / 1e6:.1f} MB)"),
+        (
+            "model",
+            f"{models.describe(config)}, {params:,} parameters" + (", stateful" if config.get("stateful") else ""),
+        ),
+    ]
     bad = _non_finite(arrays)
     if bad:
-        rows.append(("not finite", f"{'; '.join(bad)}: the run diverged, this checkpoint cannot be sampled from "
-                                   "or resumed"))
+        rows.append(
+            ("not finite", f"{'; '.join(bad)}: the run diverged, this checkpoint cannot be sampled from or resumed")
+        )
     tok = tokenizer_of(meta, config["vocab_size"], path)
     if tok is not None:
         extra = (", lower-cased" if tok.lower else "") + ("" if tok.reserved else ", no reserved ids")
@@ -62,8 +69,11 @@ def cmd_info(args):
     position = meta.get("train")
     if position is not None:
         check_position(position)
-        done = (f"{position['epoch']} epochs complete" if position["batch"] == 0 else
-                f"in epoch {position['epoch'] + 1}, after batch {position['batch']:,}")
+        done = (
+            f"{position['epoch']} epochs complete"
+            if position["batch"] == 0
+            else f"in epoch {position['epoch'] + 1}, after batch {position['batch']:,}"
+        )
         rows.append(("position", f"{done}, {position['step']:,} steps taken"))
         if position["best_val_loss"] is not None:
             rows.append(("best val loss", f"{position['best_val_loss']:.4f}"))

@@ -45,12 +45,16 @@ SETTING_RULES = {
     "backend": (lambda v: v in ("numpy", "cupy", "auto"), "'numpy', 'cupy' or 'auto'"),
     "progress": (lambda v: v is None or isinstance(v, bool), "null, true or false"),
     "sample_length": checkpoint.whole_rule(0),
-    "temperature": (lambda v: isinstance(v, list) and v != [] and all(_real(t) and t >= 0 for t in v),
-                    "a list of numbers >= 0"),
+    "temperature": (
+        lambda v: isinstance(v, list) and v != [] and all(_real(t) and t >= 0 for t in v),
+        "a list of numbers >= 0",
+    ),
     "prime": (lambda v: v is None or isinstance(v, str), "null or a text"),
     "embedding_dim": checkpoint.whole_rule(0),
-    "hidden": (lambda v: isinstance(v, list) and v != [] and all(checkpoint.whole_at_least(1)(h) for h in v),
-               "a non-empty list of whole numbers in [1, 2**63)"),
+    "hidden": (
+        lambda v: isinstance(v, list) and v != [] and all(checkpoint.whole_at_least(1)(h) for h in v),
+        "a non-empty list of whole numbers in [1, 2**63)",
+    ),
     "cell": (lambda v: v in ("lstm", "gru"), "'lstm' or 'gru'"),
     "dropout": (lambda v: _real(v) and 0 <= v <= MAX_RATE, f"a number in [0, {MAX_RATE}]"),
     "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
@@ -69,8 +73,9 @@ SETTING_RULES = {
 def metadata_dict(meta, key, path):
     """``meta[key]``, which must be a dict; CheckpointError otherwise."""
     if not isinstance(meta[key], dict):
-        raise CheckpointError(f"{path}: metadata[{key!r}] must be a JSON object, got {type(meta[key]).__name__}; "
-                              f"{checkpoint.EDITED}")
+        raise CheckpointError(
+            f"{path}: metadata[{key!r}] must be a JSON object, got {type(meta[key]).__name__}; {checkpoint.EDITED}"
+        )
     return meta[key]
 
 
@@ -80,21 +85,32 @@ def tokenizer_of(meta, vocab_size, path):
         return None
     tok = from_config(meta["tokenizer"])
     if tok.vocab_size != vocab_size:
-        raise CheckpointError(f"{path}: its tokenizer has {tok.vocab_size:,} tokens, its model "
-                              f"{vocab_size:,}, where they must be equal; {checkpoint.EDITED}")
+        raise CheckpointError(
+            f"{path}: its tokenizer has {tok.vocab_size:,} tokens, its model "
+            f"{vocab_size:,}, where they must be equal; {checkpoint.EDITED}"
+        )
     return tok
 
 
 def settings_of(meta, path):
     """The `scratchlm train` settings a checkpoint records, each checked against :data:`SETTING_RULES`."""
-    older = {"cell": "lstm", "dropout": 0.0, "model": "recurrent", "block": "book", "heads": 2, "dense_dim": 2048,
-             "key_dim": None, "layers": 1}                        # what runs from before these settings used
+    older = {
+        "cell": "lstm",
+        "dropout": 0.0,
+        "model": "recurrent",
+        "block": "book",
+        "heads": 2,
+        "dense_dim": 2048,
+        "key_dim": None,
+        "layers": 1,
+    }  # what runs from before these settings used
     settings = {**older, **metadata_dict(meta, "cli", path)}
     for name, (ok, rule) in SETTING_RULES.items():
         if name not in settings or not ok(settings[name]):
             got = reprlib.repr(settings[name]) if name in settings else "nothing"
-            raise CheckpointError(f"{path}: the run's setting {name!r} (metadata['cli']) must be {rule}, got "
-                                  f"{got}; {checkpoint.EDITED}")
+            raise CheckpointError(
+                f"{path}: the run's setting {name!r} (metadata['cli']) must be {rule}, got {got}; {checkpoint.EDITED}"
+            )
     return settings
 
 
@@ -109,8 +125,14 @@ def _recorded(settings, config, tokenizer, meta):
     yield "model", settings["model"], config["kind"], model
     yield "dtype", settings["dtype"], config["dtype"], model
     if config["kind"] == "transformer":
-        for name, field in (("seq_len", "sequence_length"), ("embedding_dim", "embed_dim"), ("dense_dim", "dense_dim"),
-                            ("heads", "num_heads"), ("layers", "num_layers"), ("block", "block")):
+        for name, field in (
+            ("seq_len", "sequence_length"),
+            ("embedding_dim", "embed_dim"),
+            ("dense_dim", "dense_dim"),
+            ("heads", "num_heads"),
+            ("layers", "num_layers"),
+            ("block", "block"),
+        ):
             yield name, settings[name], config[field], model
         yield "key_dim", settings["key_dim"] or settings["embedding_dim"], config["key_dim"], model
     else:
@@ -121,9 +143,13 @@ def _recorded(settings, config, tokenizer, meta):
     for name, field in (("tokenizer", "kind"), ("lower", "lower")):
         yield name, settings[name], getattr(tokenizer, field), "its tokenizer (metadata['tokenizer'])"
     recorded = meta.get("data")
-    if isinstance(recorded, dict):                        # anything else Trainer.resume refuses
-        for name, field in (("batching", "kind"), ("batch_size", "batch_size"),
-                            ("seq_len", _LENGTH_FIELD[settings["batching"]]), ("step", "step")):
+    if isinstance(recorded, dict):  # anything else Trainer.resume refuses
+        for name, field in (
+            ("batching", "kind"),
+            ("batch_size", "batch_size"),
+            ("seq_len", _LENGTH_FIELD[settings["batching"]]),
+            ("step", "step"),
+        ):
             if field in recorded:
                 yield name, settings[name], recorded[field], "its data (metadata['data'])"
 
@@ -133,6 +159,7 @@ def check_agreement(settings, config, tokenizer, meta, path):
     that its model config, tokenizer or data contradict: a resume builds its data from the settings."""
     for name, said, found, where in _recorded(settings, config, tokenizer, meta):
         if said != found:
-            raise CheckpointError(f"{path}: the run's settings (metadata['cli']) say {name} {reprlib.repr(said)}, "
-                                  f"but {where} has {reprlib.repr(found)}; {checkpoint.EDITED}")
-
+            raise CheckpointError(
+                f"{path}: the run's settings (metadata['cli']) say {name} {reprlib.repr(said)}, "
+                f"but {where} has {reprlib.repr(found)}; {checkpoint.EDITED}"
+            )

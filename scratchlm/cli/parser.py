@@ -29,7 +29,7 @@ def _reports():
     """Whether this process prints an error that every process of the run meets: all but MPI ranks other than 0."""
     try:
         return distributed.world().is_root
-    except ScratchLMError:                    # under an MPI launcher without mpi4py: every process says so
+    except ScratchLMError:  # under an MPI launcher without mpi4py: every process says so
         return True
 
 
@@ -40,7 +40,7 @@ def _whole(s, least):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
     if v < least:
         raise argparse.ArgumentTypeError(f"expected a number >= {least}, got {s}")
-    if v > checkpoint.LARGEST:                # what a checkpoint may record (int64's largest)
+    if v > checkpoint.LARGEST:  # what a checkpoint may record (int64's largest)
         raise argparse.ArgumentTypeError(f"expected a number below 2**63, got {reprlib.repr(v)}")
     return v
 
@@ -66,10 +66,13 @@ def _wrap(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scratchlm", description="Train LSTM language models on your own text and sample "
-                     "from them. A from-scratch engine: NumPy on the CPU, CuPy on a GPU.",
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="Run  scratchlm COMMAND --help  for the options of each command.")
+    parser = _Parser(
+        prog="scratchlm",
+        description="Train LSTM language models on your own text and sample "
+        "from them. A from-scratch engine: NumPy on the CPU, CuPy on a GPU.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run  scratchlm COMMAND --help  for the options of each command.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(commands)
     _add_sample(commands)
@@ -80,133 +83,256 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(commands):
     p = commands.add_parser(
-        "train", help="train a model on a text file (or continue a run with --resume)",
-        description=_wrap("Train a character- or word-level LSTM language model on a text file. Progress, "
-        "per-epoch loss and sample text are printed as it learns; checkpoints, a metrics log and (with "
-        "matplotlib) a loss plot go to the run directory.\n\nStop it any time with Ctrl-C and continue "
-        "later with --resume: the resumed run does exactly what the uninterrupted one would have done."),
+        "train",
+        help="train a model on a text file (or continue a run with --resume)",
+        description=_wrap(
+            "Train a character- or word-level LSTM language model on a text file. Progress, "
+            "per-epoch loss and sample text are printed as it learns; checkpoints, a metrics log and (with "
+            "matplotlib) a loss plot go to the run directory.\n\nStop it any time with Ctrl-C and continue "
+            "later with --resume: the resumed run does exactly what the uninterrupted one would have done."
+        ),
         epilog="Examples:\n  scratchlm train my.txt --run-dir runs/my\n"
         "  scratchlm train nietzsche --batching windows --embedding-dim 0 --hidden 128 --optimizer rmsprop "
         "--lr 0.01 --clipnorm 0 --val-fraction 0\n  scratchlm train --resume runs/my --epochs 20",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("corpus", nargs="?", metavar="CORPUS",
-                   help="a UTF-8 text file (plain or .gz), 'nietzsche' / 'tinyshakespeare' (bundled with "
-                   "scratchlm), or an http(s) URL (downloaded once and cached in $SCRATCHLM_CACHE, default "
-                   "~/.cache/scratchlm). With --resume it defaults to the run's corpus.")
-    p.add_argument("--run-dir", type=Path, metavar="DIR",
-                   help="where checkpoints (last.npz, best.npz), metrics.jsonl and loss.png go "
-                   "(default runs/<corpus name>)")
-    p.add_argument("--resume", type=Path, metavar="DIR",
-                   help="continue the run in DIR from its last checkpoint (the settings come from the checkpoint; "
-                   "only --epochs, --max-steps, --checkpoint-every, --backend and the sample options may change)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "corpus",
+        nargs="?",
+        metavar="CORPUS",
+        help="a UTF-8 text file (plain or .gz), 'nietzsche' / 'tinyshakespeare' (bundled with "
+        "scratchlm), or an http(s) URL (downloaded once and cached in $SCRATCHLM_CACHE, default "
+        "~/.cache/scratchlm). With --resume it defaults to the run's corpus.",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="where checkpoints (last.npz, best.npz), metrics.jsonl and loss.png go (default runs/<corpus name>)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (the settings come from the checkpoint; "
+        "only --epochs, --max-steps, --checkpoint-every, --backend and the sample options may change)",
+    )
     g = p.add_argument_group("text and batches")
-    g.add_argument("--tokenizer", choices=["char", "word"], help="one token per character (default) or per word "
-                   "and punctuation mark")
-    g.add_argument("--lower", action="store_true", default=None, help="lower-case the text first (word level "
-                   "always does)")
-    g.add_argument("--max-tokens", type=_positive_int, metavar="N",
-                   help="word level and --model transformer: keep the N most frequent tokens (default 10000, "
-                   "transformer 15000); the rest become <unk> ([UNK] for --model transformer)")
-    g.add_argument("--batching", choices=["streams", "windows", "padded"],
-                   help="streams: the text as parallel streams read in chunks, state carried between chunks "
-                   "(default, the fastest learner); windows: every --step-th window of --seq-len tokens, "
-                   "predict the next (the Keras book); padded: one sequence per line, padded, ends with <eos>")
-    g.add_argument("--seq-len", type=_positive_int, metavar="T",
-                   help="tokens per chunk/window, the maximum line length for padded (default 100 / 60 / 200)")
-    g.add_argument("--step", type=_positive_int, metavar="S", help="windows: distance between window starts "
-                   "(default 3)")
+    g.add_argument(
+        "--tokenizer",
+        choices=["char", "word"],
+        help="one token per character (default) or per word and punctuation mark",
+    )
+    g.add_argument(
+        "--lower", action="store_true", default=None, help="lower-case the text first (word level always does)"
+    )
+    g.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="word level and --model transformer: keep the N most frequent tokens (default 10000, "
+        "transformer 15000); the rest become <unk> ([UNK] for --model transformer)",
+    )
+    g.add_argument(
+        "--batching",
+        choices=["streams", "windows", "padded"],
+        help="streams: the text as parallel streams read in chunks, state carried between chunks "
+        "(default, the fastest learner); windows: every --step-th window of --seq-len tokens, "
+        "predict the next (the Keras book); padded: one sequence per line, padded, ends with <eos>",
+    )
+    g.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        metavar="T",
+        help="tokens per chunk/window, the maximum line length for padded (default 100 / 60 / 200)",
+    )
+    g.add_argument(
+        "--step", type=_positive_int, metavar="S", help="windows: distance between window starts (default 3)"
+    )
     g.add_argument("--batch-size", type=_positive_int, metavar="B", help="default 64 / 128 / 32")
-    g.add_argument("--val-fraction", type=_number, metavar="F",
-                   help="hold out this fraction of the text (the end of it; random lines for padded) for the "
-                   "validation loss (default 0.05; 0 = no validation)")
+    g.add_argument(
+        "--val-fraction",
+        type=_number,
+        metavar="F",
+        help="hold out this fraction of the text (the end of it; random lines for padded) for the "
+        "validation loss (default 0.05; 0 = no validation)",
+    )
     g = p.add_argument_group("model and optimizer")
-    g.add_argument("--embedding-dim", type=_nonnegative_int, metavar="E",
-                   help="size of the learned token embedding; 0 feeds one-hot tokens to a recurrent model (default "
-                   "64, word level 100, transformer 256: it has no one-hot input)")
-    g.add_argument("--cell", choices=["lstm", "gru"], help="the recurrent cell of every layer: lstm (default) "
-                   "or gru (Keras' GRU, reset gate after the recurrent product)")
-    g.add_argument("--hidden", type=_positive_int, nargs="+", metavar="H",
-                   help="units of each stacked recurrent layer, e.g. --hidden 512 512 (default 256)")
-    g.add_argument("--model", choices=["recurrent", "transformer"],
-                   help="recurrent (default: an LSTM or GRU stack) or transformer (the IMDB seed's decoder LM: "
-                   "word ids as TextVectorization makes them, one sequence per line or per .txt file of a "
-                   "folder laid out like aclImdb/, cut to --seq-len, default 100)")
-    g.add_argument("--block", choices=["book", "gpt"], help="transformer: the seed's post-LayerNorm block "
-                   "(default) or a pre-LayerNorm GPT block")
+    g.add_argument(
+        "--embedding-dim",
+        type=_nonnegative_int,
+        metavar="E",
+        help="size of the learned token embedding; 0 feeds one-hot tokens to a recurrent model (default "
+        "64, word level 100, transformer 256: it has no one-hot input)",
+    )
+    g.add_argument(
+        "--cell",
+        choices=["lstm", "gru"],
+        help="the recurrent cell of every layer: lstm (default) "
+        "or gru (Keras' GRU, reset gate after the recurrent product)",
+    )
+    g.add_argument(
+        "--hidden",
+        type=_positive_int,
+        nargs="+",
+        metavar="H",
+        help="units of each stacked recurrent layer, e.g. --hidden 512 512 (default 256)",
+    )
+    g.add_argument(
+        "--model",
+        choices=["recurrent", "transformer"],
+        help="recurrent (default: an LSTM or GRU stack) or transformer (the IMDB seed's decoder LM: "
+        "word ids as TextVectorization makes them, one sequence per line or per .txt file of a "
+        "folder laid out like aclImdb/, cut to --seq-len, default 100)",
+    )
+    g.add_argument(
+        "--block",
+        choices=["book", "gpt"],
+        help="transformer: the seed's post-LayerNorm block (default) or a pre-LayerNorm GPT block",
+    )
     g.add_argument("--heads", type=_positive_int, metavar="N", help="transformer: attention heads (default 2)")
-    g.add_argument("--key-dim", type=_positive_int, metavar="K",
-                   help="transformer: dimensions of each head (default: the embedding size, as the seed)")
-    g.add_argument("--dense-dim", type=_positive_int, metavar="F",
-                   help="transformer: hidden units of the feed-forward (default 2048)")
+    g.add_argument(
+        "--key-dim",
+        type=_positive_int,
+        metavar="K",
+        help="transformer: dimensions of each head (default: the embedding size, as the seed)",
+    )
+    g.add_argument(
+        "--dense-dim",
+        type=_positive_int,
+        metavar="F",
+        help="transformer: hidden units of the feed-forward (default 2048)",
+    )
     g.add_argument("--layers", type=_positive_int, metavar="L", help="transformer: decoder blocks (default 1)")
-    g.add_argument("--dropout", type=_number, metavar="RATE",
-                   help="Keras-style dropout on each recurrent layer's output, in training only (default 0 = none)")
+    g.add_argument(
+        "--dropout",
+        type=_number,
+        metavar="RATE",
+        help="Keras-style dropout on each recurrent layer's output, in training only (default 0 = none)",
+    )
     g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam (transformer: rmsprop)")
     g.add_argument("--lr", type=_number, help="learning rate (default 0.002 adam, 0.001 rmsprop, 0.01 sgd)")
-    g.add_argument("--clipnorm", type=_number, metavar="C",
-                   help="rescale the gradients so that their global norm is at most C (default 5; 0 = off)")
+    g.add_argument(
+        "--clipnorm",
+        type=_number,
+        metavar="C",
+        help="rescale the gradients so that their global norm is at most C (default 5; 0 = off)",
+    )
     g.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     g = p.add_argument_group("run")
     g.add_argument("--epochs", type=_positive_int, help="passes over the training text (default 10)")
-    g.add_argument("--max-steps", type=_positive_int, metavar="N",
-                   help="stop after N steps in all, e.g. for a quick try (counting steps before a resume)")
-    g.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
-                   help="also write last.npz every N steps (default 500), besides after every epoch")
-    g.add_argument("--seed", type=_nonnegative_int,
-                   help="seeds the weights, the batch order and the samples (default 0)")
-    g.add_argument("--backend", choices=["numpy", "cupy", "auto"],
-                   help="numpy (CPU, default), cupy (CUDA GPU; needs the gpu extra) or auto")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bar (it is shown only on a terminal anyway)")
+    g.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N steps in all, e.g. for a quick try (counting steps before a resume)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="N",
+        help="also write last.npz every N steps (default 500), besides after every epoch",
+    )
+    g.add_argument(
+        "--seed", type=_nonnegative_int, help="seeds the weights, the batch order and the samples (default 0)"
+    )
+    g.add_argument(
+        "--backend",
+        choices=["numpy", "cupy", "auto"],
+        help="numpy (CPU, default), cupy (CUDA GPU; needs the gpu extra) or auto",
+    )
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (it is shown only on a terminal anyway)",
+    )
     g = p.add_argument_group("samples after each epoch")
-    g.add_argument("--sample-length", type=_nonnegative_int, metavar="N",
-                   help="tokens per sample (default 400; 0 = no samples)")
-    g.add_argument("--temperature", type=_number, nargs="+", metavar="T",
-                   help="one sample per temperature (default 0.2 0.5 1.0 1.2)")
-    g.add_argument("--prime", metavar="TEXT", help="start the samples from TEXT (default: a random "
-                   "stretch of the training text)")
+    g.add_argument(
+        "--sample-length", type=_nonnegative_int, metavar="N", help="tokens per sample (default 400; 0 = no samples)"
+    )
+    g.add_argument(
+        "--temperature",
+        type=_number,
+        nargs="+",
+        metavar="T",
+        help="one sample per temperature (default 0.2 0.5 1.0 1.2)",
+    )
+    g.add_argument(
+        "--prime", metavar="TEXT", help="start the samples from TEXT (default: a random stretch of the training text)"
+    )
     p.set_defaults(run=train.cmd_train)
 
 
 def _add_sample(commands):
     p = commands.add_parser(
-        "sample", help="generate text from a trained model",
-        description=_wrap("Generate text from a checkpoint, one sample per temperature. Low temperatures "
-        "(0.2) give safe, repetitive text; 1.0 is the model's own distribution; higher is wilder; 0 is "
-        "greedy (always the most likely token)."),
+        "sample",
+        help="generate text from a trained model",
+        description=_wrap(
+            "Generate text from a checkpoint, one sample per temperature. Low temperatures "
+            "(0.2) give safe, repetitive text; 1.0 is the model's own distribution; higher is wilder; 0 is "
+            "greedy (always the most likely token)."
+        ),
         epilog='Example:\n  scratchlm sample runs/my --prime "The meaning of " --temperature 0.2 0.5 1.0',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
-                   help="a checkpoint file, or a run directory (its best.npz, else its last.npz)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a checkpoint file, or a run directory (its best.npz, else its last.npz)",
+    )
     prime = p.add_mutually_exclusive_group()
-    prime.add_argument("--prime", metavar="TEXT", help="text to continue (default: a newline, or the start of "
-                       "a new line for models trained on lines)")
+    prime.add_argument(
+        "--prime",
+        metavar="TEXT",
+        help="text to continue (default: a newline, or the start of a new line for models trained on lines)",
+    )
     prime.add_argument("--prime-file", type=Path, metavar="FILE", help="read the prime text from FILE")
     p.add_argument("--length", type=_nonnegative_int, default=400, help="tokens to generate (default 400)")
-    p.add_argument("--temperature", type=_number, nargs="+", default=[1.0], metavar="T",
-                   help="one or more temperatures >= 0 (default 1.0; 0 = greedy)")
+    p.add_argument(
+        "--temperature",
+        type=_number,
+        nargs="+",
+        default=[1.0],
+        metavar="T",
+        help="one or more temperatures >= 0 (default 1.0; 0 = greedy)",
+    )
     p.add_argument("--top-k", type=_positive_int, metavar="K", help="sample only among the K most likely tokens")
-    p.add_argument("--top-p", type=_number, metavar="P",
-                   help="sample only among the most likely tokens whose probabilities add up to P (0 < P <= 1)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0,
-                   help="random seed (default 0): the same seed, the same text")
+    p.add_argument(
+        "--top-p",
+        type=_number,
+        metavar="P",
+        help="sample only among the most likely tokens whose probabilities add up to P (0 < P <= 1)",
+    )
+    p.add_argument(
+        "--seed", type=_nonnegative_int, default=0, help="random seed (default 0): the same seed, the same text"
+    )
     p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
-    p.add_argument("--unknown", choices=["error", "skip", "unk"], default="error",
-                   help="what to do with prime characters/words the vocabulary lacks: stop with an error "
-                   "that lists them (default), skip them, or replace them by the unknown token (<unk>; [UNK] "
-                   "for a --model transformer vocabulary)")
+    p.add_argument(
+        "--unknown",
+        choices=["error", "skip", "unk"],
+        default="error",
+        help="what to do with prime characters/words the vocabulary lacks: stop with an error "
+        "that lists them (default), skip them, or replace them by the unknown token (<unk>; [UNK] "
+        "for a --model transformer vocabulary)",
+    )
     p.set_defaults(run=sample.cmd_sample)
 
 
 def _add_info(commands):
-    p = commands.add_parser("info", help="show what a checkpoint holds",
-                            description="Show a checkpoint's model, vocabulary, optimizer, training position, "
-                            "settings and per-epoch losses.")
+    p = commands.add_parser(
+        "info",
+        help="show what a checkpoint holds",
+        description="Show a checkpoint's model, vocabulary, optimizer, training position, "
+        "settings and per-epoch losses.",
+    )
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a checkpoint file or a run directory")
     p.set_defaults(run=info.cmd_info)
 
 
 def _add_bench(commands):
-    commands.add_parser("bench", help="time scratchlm against Keras and PyTorch (from a source checkout)",
-                        add_help=False)                   # its options are benchmarks/bench.py's: see cmd_bench
-
+    commands.add_parser(
+        "bench", help="time scratchlm against Keras and PyTorch (from a source checkout)", add_help=False
+    )  # its options are benchmarks/bench.py's: see cmd_bench

@@ -30,8 +30,11 @@ def prepare_data(settings, corpus, tokenizer, config):
         return (tokenizer, *prepare_vectorized(settings, texts, tokenizer, count))
     text = _text(corpus)
     if tokenizer is None:
-        tokenizer = (WordTokenizer.fit(text, max_tokens=settings["max_tokens"]) if settings["tokenizer"] == "word"
-                     else CharTokenizer.fit(text, lower=settings["lower"]))
+        tokenizer = (
+            WordTokenizer.fit(text, max_tokens=settings["max_tokens"])
+            if settings["tokenizer"] == "word"
+            else CharTokenizer.fit(text, lower=settings["lower"])
+        )
     check_memory(settings, config or model_config(settings, tokenizer.vocab_size), None, config is not None)
     return (tokenizer, *prepare(settings, text, tokenizer, corpus))
 
@@ -53,21 +56,28 @@ def _texts(corpus):
 
     def lines():
         return (line for line in text.splitlines() if line.strip())
+
     return lines, sum(1 for _ in lines())
 
 
 # The settings a model's weights and a training step's activations grow with, besides the vocabulary (and,
 # for the step, --batch-size and --seq-len), by model kind.
-_SIZES = {"recurrent": (("hidden", "embedding_dim"), ("hidden",)),
-          "transformer": (("embedding_dim", "dense_dim", "heads", "key_dim", "layers", "seq_len"),
-                          ("heads", "key_dim", "embedding_dim", "dense_dim", "layers"))}
+_SIZES = {
+    "recurrent": (("hidden", "embedding_dim"), ("hidden",)),
+    "transformer": (
+        ("embedding_dim", "dense_dim", "heads", "key_dim", "layers", "seq_len"),
+        ("heads", "key_dim", "embedding_dim", "dense_dim", "layers"),
+    ),
+}
 
 
 def _shown(settings, *names):
     """'--batch-size 32, --seq-len 100': options and their values in ``settings``, for a memory message."""
+
     def value(name):
         v = settings["embedding_dim"] if name == "key_dim" and settings[name] is None else settings[name]
         return " ".join(f"{h:,}" for h in v) if isinstance(v, list) else f"{v:,}"
+
     return ", ".join(f"--{name.replace('_', '-')} {value(name)}" for name in names)
 
 
@@ -81,22 +91,38 @@ def check_memory(settings, config, texts, loaded):
     """
     B, T = settings["batch_size"], settings["seq_len"]
     parts = []
-    if config["kind"] == "transformer":                   # rows of seq_len ids; x and y hold seq_len - 1
-        parts.append(budget.Part(f"the {texts:,} texts as ids", budget.vectorized_bytes(texts, T, config["vocab_size"]),
-                                 _shown(settings, "seq_len")))
+    if config["kind"] == "transformer":  # rows of seq_len ids; x and y hold seq_len - 1
+        parts.append(
+            budget.Part(
+                f"the {texts:,} texts as ids",
+                budget.vectorized_bytes(texts, T, config["vocab_size"]),
+                _shown(settings, "seq_len"),
+            )
+        )
         B, T = min(B, texts), T - 1
     backend = get_backend(settings["backend"], config["dtype"])
     weights = models.MODELS[config["kind"]].parameter_count(config) * backend.dtype.itemsize
     model_sizes, step_sizes = _SIZES[config["kind"]]
     vocabulary = f", vocabulary {config['vocab_size']:,}"
     activations = budget.step_bytes(config, B, T, backend.kernels == "fused", settings["batching"] == "windows")
-    parts += [budget.Part("the gradients" if loaded else "the weights, their gradients and the optimizer's state",
-                          (1 if loaded else 4) * weights, _shown(settings, *model_sizes) + vocabulary),
-              budget.Part("one training step's activations", activations,
-                          _shown(settings, "batch_size", "seq_len", *step_sizes) + vocabulary),
-              budget.Part("a batch", budget.batch_bytes(B, T), _shown(settings, "batch_size", "seq_len"))]
-    fix = ("the run's sizes are fixed in its checkpoint: resume it on a machine with more memory" if loaded else
-           "lower the sizes of the largest part")
+    parts += [
+        budget.Part(
+            "the gradients" if loaded else "the weights, their gradients and the optimizer's state",
+            (1 if loaded else 4) * weights,
+            _shown(settings, *model_sizes) + vocabulary,
+        ),
+        budget.Part(
+            "one training step's activations",
+            activations,
+            _shown(settings, "batch_size", "seq_len", *step_sizes) + vocabulary,
+        ),
+        budget.Part("a batch", budget.batch_bytes(B, T), _shown(settings, "batch_size", "seq_len")),
+    ]
+    fix = (
+        "the run's sizes are fixed in its checkpoint: resume it on a machine with more memory"
+        if loaded
+        else "lower the sizes of the largest part"
+    )
     budget.check_parts(parts, "training", fix)
 
 
@@ -104,7 +130,7 @@ def prepare_vectorized(settings, texts, tokenizer, count):
     """(train, validation or None) for --model transformer: each of the ``count`` texts of ``texts()`` (a fresh
     iterator each call) vectorised to ``seq_len`` ids; a seeded ``val_fraction`` of them held out."""
     ids = imdb.vectorize(texts(), tokenizer, length=settings["seq_len"], chunk=max(1, min(4096, count)))  # (N, L)
-    held = numpy.random.default_rng(settings["seed"]).permutation(len(ids))[:int(len(ids) * settings["val_fraction"])]
+    held = numpy.random.default_rng(settings["seed"]).permutation(len(ids))[: int(len(ids) * settings["val_fraction"])]
     is_val = numpy.zeros(len(ids), dtype=bool)
     is_val[held] = True
     B = settings["batch_size"]
@@ -120,7 +146,7 @@ def prepare(settings, text, tokenizer, corpus):
     character the checkpoint's vocabulary lacks is an error that lists them.
     """
     word = settings["tokenizer"] == "word"
-    unknown = "unk" if word else "error"       # a capped word vocabulary has <unk> by design
+    unknown = "unk" if word else "error"  # a capped word vocabulary has <unk> by design
     B, T, seed = settings["batch_size"], settings["seq_len"], settings["seed"]
     try:
         if settings["batching"] == "padded":
@@ -128,24 +154,28 @@ def prepare(settings, text, tokenizer, corpus):
             sequences = [tokenizer.encode(line, unknown=unknown) for line in lines]
             train_seqs, val_seqs = batching.split_sequences(sequences, settings["val_fraction"], seed)
             train = batching.Padded(train_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, seed=seed)
-            val = (batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, shuffle=False)
-                   if any(len(s) for s in val_seqs) else None)
+            val = (
+                batching.Padded(val_seqs, tokenizer.eos_id, tokenizer.pad_id, B, maxlen=T, shuffle=False)
+                if any(len(s) for s in val_seqs)
+                else None
+            )
             return train, val
         ids = tokenizer.encode(text, unknown=unknown)
     except VocabularyError as exc:
         if not exc.missing:
             raise
-        raise VocabularyError(f"the corpus {corpus} does not match the checkpoint's vocabulary: it holds "
-                              f"{len(exc.missing)} character(s) the vocabulary lacks ({listing(exc.missing)}); "
-                              "resume with the corpus the run was trained on") from None
+        raise VocabularyError(
+            f"the corpus {corpus} does not match the checkpoint's vocabulary: it holds "
+            f"{len(exc.missing)} character(s) the vocabulary lacks ({listing(exc.missing)}); "
+            "resume with the corpus the run was trained on"
+        ) from None
     train_ids, val_ids = batching.split_tail(ids, settings["val_fraction"])
     if settings["batching"] == "windows":
         train = batching.Windows(train_ids, T, settings["step"], B, seed=seed)
         val = batching.Windows(val_ids, T, settings["step"], B, shuffle=False) if len(val_ids) > T else None
     else:
         train = batching.Streams(train_ids, B, T)
-        ranks = distributed.world().size                   # validation streams divide among the MPI ranks too
+        ranks = distributed.world().size  # validation streams divide among the MPI ranks too
         streams = min(B, (len(val_ids) - 1) // T) // ranks * ranks
         val = batching.Streams(val_ids, streams, T) if streams >= 1 else None
     return train, val
-

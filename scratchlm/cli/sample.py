@@ -1,6 +1,6 @@
 """``scratchlm sample``: text from a checkpoint, one sample per temperature.
 
-    scratchlm sample runs/my --prime "The " --temperature 0.2 0.5 1.0
+scratchlm sample runs/my --prime "The " --temperature 0.2 0.5 1.0
 """
 
 import numpy
@@ -29,19 +29,21 @@ def _unknown_token(tokenizer):
 
 
 def cmd_sample(args):
-    if distributed.launcher_rank() != 0:       # under mpiexec it runs once, on rank 0 (MPI is never started)
+    if distributed.launcher_rank() != 0:  # under mpiexec it runs once, on rank 0 (MPI is never started)
         return 0
     for t in args.temperature:
         sampling.check_options(t, args.top_k, args.top_p)
     path = _checkpoint_path(args.checkpoint)
     try:
         ckpt = load_checkpoint(path, backend=args.backend)
-    except ModelError as exc:                     # a file read whole whose model cannot be built (NaN weights)
+    except ModelError as exc:  # a file read whole whose model cannot be built (NaN weights)
         raise CheckpointError(f"{path}: {exc}") from None
     tokenizer = tokenizer_of(ckpt.metadata, ckpt.model.vocab_size, path)
     if tokenizer is None:
-        raise ScratchLMError(f"{args.checkpoint} holds a model but no tokenizer, so its ids cannot be turned into "
-                             "text: sample from it in Python with model.generate")
+        raise ScratchLMError(
+            f"{args.checkpoint} holds a model but no tokenizer, so its ids cannot be turned into "
+            "text: sample from it in Python with model.generate"
+        )
     lines = "data" in ckpt.metadata and metadata_dict(ckpt.metadata, "data", path).get("kind") == "padded"
     eos = tokenizer.eos_id if lines else None
     banned = [i for i in tokenizer.special_ids if i != eos]
@@ -61,19 +63,32 @@ def cmd_sample(args):
         if not exc.missing:
             raise
         what = "character" if tokenizer.kind == "char" else "word"
-        raise VocabularyError(f"the prime holds {len(exc.missing)} {what}{'s' if len(exc.missing) > 1 else ''} "
-                              f"the model's vocabulary lacks: {listing(exc.missing)}; leave them out with "
-                              "--unknown skip" + (f", or replace them by {_unknown_token(tokenizer)} with --unknown "
-                                                  "unk" if tokenizer.unk_id is not None else "")) from None
+        raise VocabularyError(
+            f"the prime holds {len(exc.missing)} {what}{'s' if len(exc.missing) > 1 else ''} "
+            f"the model's vocabulary lacks: {listing(exc.missing)}; leave them out with "
+            "--unknown skip"
+            + (
+                f", or replace them by {_unknown_token(tokenizer)} with --unknown unk"
+                if tokenizer.unk_id is not None
+                else ""
+            )
+        ) from None
     if lines:
         prompt = numpy.concatenate([[eos], prompt]).astype(numpy.int64)
     if len(prompt) == 0:
         raise ScratchLMError("the prime is empty (after skipping unknown characters): pass a longer --prime")
     shown = render(tokenizer, prompt)
     for t in args.temperature:
-        out = ckpt.model.generate(prompt, args.length, temperature=t, top_k=args.top_k, top_p=args.top_p,
-                                  eos_id=eos, banned_ids=banned, seed=args.seed)
+        out = ckpt.model.generate(
+            prompt,
+            args.length,
+            temperature=t,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_id=eos,
+            banned_ids=banned,
+            seed=args.seed,
+        )
         label = "greedy" if t == 0 else f"temperature {t:g}"
         print(f"--- {label}\n{shown}{render(tokenizer, out)}\n", flush=True)
     return 0
-

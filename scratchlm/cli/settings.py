@@ -13,35 +13,72 @@ from ..layers.dropout import MAX_RATE
 from ..train import TEMPERATURES
 
 DEFAULTS = {
-    "tokenizer": "char", "lower": False, "max_tokens": 10000,
-    "batching": "streams", "seq_len": None, "step": 3, "batch_size": None, "val_fraction": 0.05,
-    "embedding_dim": None, "hidden": [256], "cell": "lstm", "dropout": 0.0, "dtype": "float32",
-    "model": "recurrent", "block": "book", "heads": 2, "dense_dim": 2048, "key_dim": None, "layers": 1,
-    "optimizer": None, "lr": None, "clipnorm": 5.0,
-    "epochs": 10, "max_steps": None, "checkpoint_every": 500, "seed": 0, "backend": "numpy",
-    "sample_length": 400, "temperature": list(TEMPERATURES), "prime": None, "progress": None,
+    "tokenizer": "char",
+    "lower": False,
+    "max_tokens": 10000,
+    "batching": "streams",
+    "seq_len": None,
+    "step": 3,
+    "batch_size": None,
+    "val_fraction": 0.05,
+    "embedding_dim": None,
+    "hidden": [256],
+    "cell": "lstm",
+    "dropout": 0.0,
+    "dtype": "float32",
+    "model": "recurrent",
+    "block": "book",
+    "heads": 2,
+    "dense_dim": 2048,
+    "key_dim": None,
+    "layers": 1,
+    "optimizer": None,
+    "lr": None,
+    "clipnorm": 5.0,
+    "epochs": 10,
+    "max_steps": None,
+    "checkpoint_every": 500,
+    "seed": 0,
+    "backend": "numpy",
+    "sample_length": 400,
+    "temperature": list(TEMPERATURES),
+    "prime": None,
+    "progress": None,
 }
 SEQ_LEN = {"windows": 60, "streams": 100, "padded": 200, "vectorized": 100}
 BATCH_SIZE = {"windows": 128, "streams": 64, "padded": 32, "vectorized": 32}
 LEARNING_RATE = {"adam": 2e-3, "rmsprop": 1e-3, "sgd": 1e-2}
 # What `train --resume` may change; everything else comes from the checkpoint.
-RESUMABLE = {"epochs", "max_steps", "checkpoint_every", "backend", "progress", "sample_length", "temperature",
-             "prime"}
-
+RESUMABLE = {"epochs", "max_steps", "checkpoint_every", "backend", "progress", "sample_length", "temperature", "prime"}
 
 
 def model_config(settings, vocab_size):
     """The config (as a checkpoint's header holds it) of the model a new run's settings describe."""
     if settings["model"] == "transformer":
-        return {"kind": "transformer", "vocab_size": vocab_size, "sequence_length": settings["seq_len"],
-                "embed_dim": settings["embedding_dim"], "dense_dim": settings["dense_dim"],
-                "num_heads": settings["heads"], "key_dim": settings["key_dim"] or settings["embedding_dim"],
-                "num_layers": settings["layers"], "block": settings["block"], "dtype": settings["dtype"],
-                "seed": settings["seed"]}
-    return {"kind": "recurrent", "cell": settings["cell"], "vocab_size": vocab_size,
-            "embedding_dim": settings["embedding_dim"] or None, "hidden_sizes": settings["hidden"],
-            "dtype": settings["dtype"], "stateful": settings["batching"] == "streams", "seed": settings["seed"],
-            "dropout": settings["dropout"]}
+        return {
+            "kind": "transformer",
+            "vocab_size": vocab_size,
+            "sequence_length": settings["seq_len"],
+            "embed_dim": settings["embedding_dim"],
+            "dense_dim": settings["dense_dim"],
+            "num_heads": settings["heads"],
+            "key_dim": settings["key_dim"] or settings["embedding_dim"],
+            "num_layers": settings["layers"],
+            "block": settings["block"],
+            "dtype": settings["dtype"],
+            "seed": settings["seed"],
+        }
+    return {
+        "kind": "recurrent",
+        "cell": settings["cell"],
+        "vocab_size": vocab_size,
+        "embedding_dim": settings["embedding_dim"] or None,
+        "hidden_sizes": settings["hidden"],
+        "dtype": settings["dtype"],
+        "stateful": settings["batching"] == "streams",
+        "seed": settings["seed"],
+        "dropout": settings["dropout"],
+    }
 
 
 def build_model(settings, vocab_size):
@@ -53,20 +90,23 @@ def build_model(settings, vocab_size):
 def resolve(given: dict) -> dict:
     """Settings for a new run: the options given, defaults for the rest."""
     s = {**DEFAULTS, **given}
-    if s["model"] == "transformer":                       # the IMDB seed: TextVectorization ids, RMSprop
+    if s["model"] == "transformer":  # the IMDB seed: TextVectorization ids, RMSprop
         wrong = [f"--{k}" for k in ("tokenizer", "batching", "cell", "hidden", "dropout", "step") if k in given]
         if wrong:
             raise ScratchLMError(f"{', '.join(wrong)}: not a setting of --model transformer; leave it out")
         s.update(tokenizer="vector", batching="vectorized", lower=True)
         s["max_tokens"] = given.get("max_tokens", 15000)
         if s["embedding_dim"] == 0:
-            raise ScratchLMError("--embedding-dim 0 means one-hot input, which --model transformer does not have: "
-                                 "give it a size >= 1 (default 256)")
+            raise ScratchLMError(
+                "--embedding-dim 0 means one-hot input, which --model transformer does not have: "
+                "give it a size >= 1 (default 256)"
+            )
         s["embedding_dim"] = s["embedding_dim"] or 256
         s["optimizer"] = s["optimizer"] or "rmsprop"
     elif any(k in given for k in ("block", "heads", "key_dim", "dense_dim", "layers")):
-        raise ScratchLMError("--block, --heads, --key-dim, --dense-dim and --layers are settings of "
-                             "--model transformer")
+        raise ScratchLMError(
+            "--block, --heads, --key-dim, --dense-dim and --layers are settings of --model transformer"
+        )
     s["optimizer"] = s["optimizer"] or "adam"
     word = s["tokenizer"] == "word"
     s["lower"] = bool(s["lower"]) or word
@@ -77,8 +117,10 @@ def resolve(given: dict) -> dict:
     if s["lr"] is None:
         s["lr"] = LEARNING_RATE[s["optimizer"]]
     if not 0 <= s["dropout"] <= MAX_RATE:
-        raise ScratchLMError(f"--dropout must be a rate in [0, {MAX_RATE}] (above it almost no unit is kept and "
-                             f"nothing trains), got {s['dropout']}")
+        raise ScratchLMError(
+            f"--dropout must be a rate in [0, {MAX_RATE}] (above it almost no unit is kept and "
+            f"nothing trains), got {s['dropout']}"
+        )
     if not 0 <= s["val_fraction"] < 1:
         raise ScratchLMError(f"--val-fraction must lie in [0, 1), got {s['val_fraction']}")
     if not (s["lr"] > 0 and math.isfinite(s["lr"])):
@@ -86,4 +128,3 @@ def resolve(given: dict) -> dict:
     if not (s["clipnorm"] >= 0 and math.isfinite(s["clipnorm"])):
         raise ScratchLMError(f"--clipnorm must be a number >= 0 (0 = off), got {s['clipnorm']}")
     return s
-

@@ -47,24 +47,28 @@ def _check_train_options(args, given, world):
         fixed = sorted(k for k in given if k not in RESUMABLE)
         if fixed:
             names = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise ScratchLMError(f"{names} cannot change when resuming (the run's settings are in its "
-                                 "checkpoint): leave them out, or start a new run with another --run-dir")
+            raise ScratchLMError(
+                f"{names} cannot change when resuming (the run's settings are in its "
+                "checkpoint): leave them out, or start a new run with another --run-dir"
+            )
         if args.resume.is_file():
-            raise ScratchLMError(f"--resume takes the run directory, not a checkpoint file: "
-                                 f"--resume {args.resume.parent}")
+            raise ScratchLMError(
+                f"--resume takes the run directory, not a checkpoint file: --resume {args.resume.parent}"
+            )
         if not args.resume.is_dir():
             raise ScratchLMError(f"there is no run directory {args.resume} to resume: check the path")
         run_dir = args.resume
     elif args.corpus is None:
-        raise ScratchLMError("name a corpus: scratchlm train FILE (or nietzsche, tinyshakespeare), "
-                             "or continue a run with --resume DIR")
+        raise ScratchLMError(
+            "name a corpus: scratchlm train FILE (or nietzsche, tinyshakespeare), or continue a run with --resume DIR"
+        )
     else:
         run_dir = args.run_dir or Path("runs") / Path(args.corpus).stem
     for t in given.get("temperature", ()):
         sampling.check_options(t)
-    backend = get_backend(given.get("backend", "numpy"))    # fail early, before anything is read or built
+    backend = get_backend(given.get("backend", "numpy"))  # fail early, before anything is read or built
     if world.parallel and backend.name == "cupy":
-        world.use_local_device()                            # before any array: one GPU per rank
+        world.use_local_device()  # before any array: one GPU per rank
     return run_dir
 
 
@@ -75,8 +79,9 @@ def _setup_train(args, given, run_dir):
         ckpt = load_checkpoint(run_dir, backend=given.get("backend", "numpy"))
         where = run_dir / LAST
         if "cli" not in ckpt.metadata:
-            raise ScratchLMError(f"{args.resume} was not trained with `scratchlm train`; continue it with the "
-                                 "script that trained it")
+            raise ScratchLMError(
+                f"{args.resume} was not trained with `scratchlm train`; continue it with the script that trained it"
+            )
         settings = {**settings_of(ckpt.metadata, where), **given}
         corpus = args.corpus or settings["corpus"]
         tokenizer = tokenizer_of(ckpt.metadata, ckpt.model.vocab_size, where)
@@ -87,8 +92,10 @@ def _setup_train(args, given, run_dir):
         settings = resolve(given)
         corpus = args.corpus
         if (run_dir / LAST).exists():
-            raise ScratchLMError(f"{run_dir} already holds a run ({LAST}): continue it with --resume {run_dir}, "
-                                 "or choose another --run-dir")
+            raise ScratchLMError(
+                f"{run_dir} already holds a run ({LAST}): continue it with --resume {run_dir}, "
+                "or choose another --run-dir"
+            )
         settings["corpus"] = str(Path(corpus).resolve()) if Path(corpus).exists() else corpus
         tokenizer = None
 
@@ -96,16 +103,29 @@ def _setup_train(args, given, run_dir):
     tokenizer, train, val = prepare_data(settings, corpus, tokenizer, loaded)
     sampler = None
     if settings["sample_length"] > 0:
-        sampler = Sampler(tokenizer, settings["temperature"], settings["sample_length"], prime=settings["prime"],
-                          seed=settings["seed"])
-    common = dict(run_dir=run_dir, epochs=settings["epochs"], max_steps=settings["max_steps"],
-                  checkpoint_every=settings["checkpoint_every"], sampler=sampler, progress=settings["progress"])
+        sampler = Sampler(
+            tokenizer,
+            settings["temperature"],
+            settings["sample_length"],
+            prime=settings["prime"],
+            seed=settings["seed"],
+        )
+    common = dict(
+        run_dir=run_dir,
+        epochs=settings["epochs"],
+        max_steps=settings["max_steps"],
+        checkpoint_every=settings["checkpoint_every"],
+        sampler=sampler,
+        progress=settings["progress"],
+    )
     if args.resume is not None:
         trainer = Trainer.resume(ckpt, train, val, **common)
         trainer.metadata["cli"] = settings
         if trainer.done:
-            return None, (f"{run_dir} is complete ({trainer.epoch} epochs, {trainer.step:,} steps): pass a "
-                          "larger --epochs or --max-steps to train on")
+            return None, (
+                f"{run_dir} is complete ({trainer.epoch} epochs, {trainer.step:,} steps): pass a "
+                "larger --epochs or --max-steps to train on"
+            )
         return trainer, f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}"
     else:
         model = build_model(settings, tokenizer.vocab_size)
@@ -113,23 +133,33 @@ def _setup_train(args, given, run_dir):
             opt = optim.get(settings["optimizer"], lr=settings["lr"], global_clipnorm=settings["clipnorm"] or None)
         except ValueError as exc:
             raise ScratchLMError(str(exc)) from None
-        trainer = Trainer(model, opt, train, val, metadata={"tokenizer": tokenizer.config, "cli": settings},
-                          **common)
+        trainer = Trainer(model, opt, train, val, metadata={"tokenizer": tokenizer.config, "cli": settings}, **common)
         params = sum(int(p.size) for p in model.params.values())
-        return trainer, (f"{model}, {params:,} parameters\n{tokenizer}; training: {train}"
-                         + (f"; validation: {val}" if val is not None else ""))
+        return trainer, (
+            f"{model}, {params:,} parameters\n{tokenizer}; training: {train}"
+            + (f"; validation: {val}" if val is not None else "")
+        )
 
 
 def _fit(trainer, run_dir):
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        where = (f"the last checkpoint is {trainer.last_checkpoint} (step {trainer.saved_step:,}): continue "
-                 f"with  scratchlm train --resume {run_dir}" if trainer.last_checkpoint else "no checkpoint written")
+        where = (
+            f"the last checkpoint is {trainer.last_checkpoint} (step {trainer.saved_step:,}): continue "
+            f"with  scratchlm train --resume {run_dir}"
+            if trainer.last_checkpoint
+            else "no checkpoint written"
+        )
         if trainer.world.is_root:
             print(f"\nscratchlm train: interrupted; {where}", file=sys.stderr)
         return 130
-    trainer.print(f"done: {run_dir / LAST}" + (f", best validation loss {trainer.best_val_loss:.4f} in "
-                                                f"{run_dir / BEST}" if trainer.best_val_loss is not None else ""))
+    trainer.print(
+        f"done: {run_dir / LAST}"
+        + (
+            f", best validation loss {trainer.best_val_loss:.4f} in {run_dir / BEST}"
+            if trainer.best_val_loss is not None
+            else ""
+        )
+    )
     return 0
-

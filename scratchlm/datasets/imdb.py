@@ -42,27 +42,31 @@ class Archive(NamedTuple):
     """Where a data set's ``.tar.gz`` comes from, its SHA-256, and the folder it extracts to."""
 
     url: str
-    sha256: str                 # of the .tar.gz file itself
-    folder: str                 # the top-level folder it extracts to
+    sha256: str  # of the .tar.gz file itself
+    folder: str  # the top-level folder it extracts to
 
 
 ARCHIVES = {
     # Maas et al. 2011, "Learning Word Vectors for Sentiment Analysis": 50,000 labelled + 50,000 unlabelled
     # reviews, 84,125,825 bytes. The SHA-256 is the one published alongside the URL by independent
     # downloaders (DataDeps.jl's IMDB registration, GoMLX's imdb dataset, TFDS' imdb_reviews checksums).
-    "imdb": Archive("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-                    "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe", "aclImdb"),
+    "imdb": Archive(
+        "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+        "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe",
+        "aclImdb",
+    ),
 }
 # How an offline user of examples/imdb_transformer.py gets the reviews in anyway.
 IMDB_HINT = "extract it (tar -xzf aclImdb_v1.tar.gz) and pass the aclImdb folder with --data DIR"
-SEQUENCE_LENGTH = 100           # the seed's output_sequence_length: x and y have 99 positions
+SEQUENCE_LENGTH = 100  # the seed's output_sequence_length: x and y have 99 positions
 _MARK = ".scratchlm-extracted"  # written last into an extracted folder: the archive's SHA-256
-MAX_DEPTH = 32                  # path components of an archive member (aclImdb's deepest has 4)
-REVIEW_LIMIT = 16 << 20         # bytes of one review file (aclImdb's largest has about 14,000)
-_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}   # errors that more space would cure
+MAX_DEPTH = 32  # path components of an archive member (aclImdb's deepest has 4)
+REVIEW_LIMIT = 16 << 20  # bytes of one review file (aclImdb's largest has about 14,000)
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # errors that more space would cure
 
 
 # -- the archive -------------------------------------------------------------------
+
 
 def fetch_imdb(cache_dir: str | os.PathLike | None = None, local_hint: str = IMDB_HINT, timeout: float = 30.0) -> Path:
     """Path of the extracted ``aclImdb`` folder, downloading and extracting the archive once.
@@ -72,13 +76,20 @@ def fetch_imdb(cache_dir: str | os.PathLike | None = None, local_hint: str = IMD
     """
     source = ARCHIVES["imdb"]
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root = fetch_archive(source.url, source.sha256, directory / "imdb", cache_dir=directory,
-                         local_hint=local_hint, timeout=timeout)
+    root = fetch_archive(
+        source.url, source.sha256, directory / "imdb", cache_dir=directory, local_hint=local_hint, timeout=timeout
+    )
     return root / source.folder
 
 
-def fetch_archive(url: str, sha256: str, dest_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                  local_hint: str = IMDB_HINT, timeout: float = 30.0) -> Path:
+def fetch_archive(
+    url: str,
+    sha256: str,
+    dest_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    local_hint: str = IMDB_HINT,
+    timeout: float = 30.0,
+) -> Path:
     """Download the ``.tar.gz`` at ``url``, check it, extract it safely into ``dest_dir``; return ``dest_dir``.
 
     sha256: the archive's expected hex SHA-256 (required: nothing unverified is extracted).
@@ -94,8 +105,10 @@ def fetch_archive(url: str, sha256: str, dest_dir: str | os.PathLike, cache_dir:
     link, a hard link, a device or a FIFO. With no link on disk, a checked name cannot lead outside.
     """
     if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise CorpusError(f"fetch_archive needs the archive's SHA-256 (64 lower-case hex digits), got "
-                          f"{sha256!r:.80}: nothing is extracted unverified")
+        raise CorpusError(
+            f"fetch_archive needs the archive's SHA-256 (64 lower-case hex digits), got "
+            f"{sha256!r:.80}: nothing is extracted unverified"
+        )
     dest = Path(dest_dir)
     if _extracted(dest, sha256):
         return dest
@@ -116,10 +129,12 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike, mar
     archive, dest = Path(archive), Path(dest_dir)
     if dest.exists() and not _extracted(dest, mark):
         try:
-            dest.rmdir()                                  # an empty folder may be replaced, nothing else
+            dest.rmdir()  # an empty folder may be replaced, nothing else
         except OSError:
-            raise CorpusError(f"{dest} already exists and was not extracted from {archive.name} by "
-                              "scratchlm: move it away, or pass the reviews' folder itself") from None
+            raise CorpusError(
+                f"{dest} already exists and was not extracted from {archive.name} by "
+                "scratchlm: move it away, or pass the reviews' folder itself"
+            ) from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
     try:
@@ -129,17 +144,18 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike, mar
                 _check_members(members, archive)
                 _extract_members(tar, members, tmp)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise CorpusError(f"{archive} is not a whole tar archive ({exc}): delete it and fetch it again") \
-                from None
+            raise CorpusError(f"{archive} is not a whole tar archive ({exc}): delete it and fetch it again") from None
         except OSError as exc:
             raise _cannot_extract(archive, dest.parent, exc) from None
         (tmp / _MARK).write_text(mark + "\n")
         try:
-            os.rename(tmp, dest)                          # atomic; fails if another process got there first
+            os.rename(tmp, dest)  # atomic; fails if another process got there first
         except OSError:
             if not _extracted(dest, mark):
-                raise CorpusError(f"cannot move the extracted archive into {dest}: it appeared meanwhile "
-                                  "and holds something else; move it away and try again") from None
+                raise CorpusError(
+                    f"cannot move the extracted archive into {dest}: it appeared meanwhile "
+                    "and holds something else; move it away and try again"
+                ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -147,8 +163,10 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike, mar
 
 
 def _unsafe(archive, member, why):
-    return CorpusError(f"{archive} holds an unsafe member {member.name!r:.200} ({why}); refusing to extract "
-                       "it: the archive is damaged or malicious, delete it")
+    return CorpusError(
+        f"{archive} holds an unsafe member {member.name!r:.200} ({why}); refusing to extract "
+        "it: the archive is damaged or malicious, delete it"
+    )
 
 
 def _cannot_extract(archive, folder, exc):
@@ -156,8 +174,10 @@ def _cannot_extract(archive, folder, exc):
     if exc.errno in _NO_SPACE:
         advice = "free some space or choose another cache directory (SCRATCHLM_CACHE)"
     else:
-        advice = "the archive is damaged or does not suit this file system: delete it, or choose another " \
-                 "cache directory (SCRATCHLM_CACHE)"
+        advice = (
+            "the archive is damaged or does not suit this file system: delete it, or choose another "
+            "cache directory (SCRATCHLM_CACHE)"
+        )
     return CorpusError(f"cannot extract {archive.name} into {folder} ({exc.strerror or exc}): {advice}")
 
 
@@ -181,8 +201,11 @@ def _check_members(members, archive):
             raise _unsafe(archive, m, "an absolute path or a '..' component")
         if m.issym() or m.islnk():
             kind = "symbolic" if m.issym() else "hard"
-            raise _unsafe(archive, m, f"a {kind} link to {m.linkname!r:.100}; reviews are plain files and "
-                                      "scratchlm extracts no links")
+            raise _unsafe(
+                archive,
+                m,
+                f"a {kind} link to {m.linkname!r:.100}; reviews are plain files and scratchlm extracts no links",
+            )
         if not (m.isreg() or m.isdir()):
             raise _unsafe(archive, m, "a device, FIFO or other special file")
         depth = name.count("/") + 1
@@ -211,6 +234,7 @@ def _extract_members(tar, members, tmp):
 
 # -- the files -------------------------------------------------------------------
 
+
 def review_paths(directory: str | os.PathLike) -> list[Path]:
     """The ``.txt`` files of a folder laid out like ``aclImdb/``, in a fixed order.
 
@@ -226,8 +250,7 @@ def review_paths(directory: str | os.PathLike) -> list[Path]:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise CorpusError(f"no such folder: {directory} (pass the folder that holds the class folders, "
-                          "like aclImdb/)")
+        raise CorpusError(f"no such folder: {directory} (pass the folder that holds the class folders, like aclImdb/)")
     folder, paths = os.path.realpath(directory), []
     for cls in sorted(os.listdir(directory)):
         if cls.startswith(".") or not (directory / cls).is_dir():
@@ -238,8 +261,10 @@ def review_paths(directory: str | os.PathLike) -> list[Path]:
                 continue
             paths.extend(Path(root) / f for f in sorted(files) if f.lower().endswith(".txt"))
     if not paths:
-        raise CorpusError(f"{directory} holds no .txt file in a class folder: it should look like aclImdb/, "
-                          "with one folder per class (e.g. pos/, neg/) holding one review per .txt file")
+        raise CorpusError(
+            f"{directory} holds no .txt file in a class folder: it should look like aclImdb/, "
+            "with one folder per class (e.g. pos/, neg/) holding one review per .txt file"
+        )
     return paths
 
 
@@ -247,8 +272,10 @@ def _real_path_inside(path, folder):
     """The real path of ``path`` (every link resolved); CorpusError unless it lies inside the real path ``folder``."""
     real = os.path.realpath(path)
     if os.path.commonpath([real, folder]) != folder:
-        raise CorpusError(f"{path} leads to {real}, outside {folder}: reviews are read only inside their folder; "
-                          "copy the file in, or remove the link")
+        raise CorpusError(
+            f"{path} leads to {real}, outside {folder}: reviews are read only inside their folder; "
+            "copy the file in, or remove the link"
+        )
     return real
 
 
@@ -275,8 +302,10 @@ def iter_review_files(directory: str | os.PathLike) -> Iterator[str]:
 
 # -- the seed's id matrix ----------------------------------------------------------
 
-def vectorize(texts: Iterable[str], tokenizer: VectorTokenizer, length: int = SEQUENCE_LENGTH,
-              chunk: int = 4096) -> numpy.ndarray:
+
+def vectorize(
+    texts: Iterable[str], tokenizer: VectorTokenizer, length: int = SEQUENCE_LENGTH, chunk: int = 4096
+) -> numpy.ndarray:
     """(N, length) ids, one row per text: ``tokenizer.encode_sequence(text, length)`` of each.
 
     texts: any iterable of strings (e.g. :func:`iter_review_files`), consumed one at a time; the

@@ -52,13 +52,13 @@ def from_keras(model_or_path, backend="numpy", dtype: str | None = None) -> Lang
     if hasattr(model_or_path, "layers"):
         return keras_recurrent.from_model(model_or_path, backend, dtype)
     raise KerasInteropError(
-        "from_keras takes a Keras model or the path of a .weights.h5 / .keras file, "
-        f"got {type(model_or_path).__name__}"
+        f"from_keras takes a Keras model or the path of a .weights.h5 / .keras file, got {type(model_or_path).__name__}"
     )
 
 
-def to_keras(model: LanguageModel | TransformerLM, last_only: bool = False, softmax: bool = False,
-             mask_zero: bool = False):
+def to_keras(
+    model: LanguageModel | TransformerLM, last_only: bool = False, softmax: bool = False, mask_zero: bool = False
+):
     """The Keras 3 model equivalent to a scratchlm model, weights set.
 
     A :class:`LanguageModel` becomes a Sequential of Keras' own layers
@@ -68,10 +68,13 @@ def to_keras(model: LanguageModel | TransformerLM, last_only: bool = False, soft
     """
     if isinstance(model, TransformerLM):
         if last_only or softmax or mask_zero:
-            raise KerasInteropError("to_keras(TransformerLM) takes no last_only, softmax or mask_zero: its Keras "
-                                    "model returns logits (B, T, V) and builds its masks from the ids (0 = padding)")
+            raise KerasInteropError(
+                "to_keras(TransformerLM) takes no last_only, softmax or mask_zero: its Keras "
+                "model returns logits (B, T, V) and builds its masks from the ids (0 = padding)"
+            )
         return keras_transformer.to_keras(model)
     if not isinstance(model, LanguageModel):
-        raise KerasInteropError(f"to_keras takes a scratchlm RecurrentLM (LanguageModel) or TransformerLM, "
-                                f"got {type(model).__name__}")
+        raise KerasInteropError(
+            f"to_keras takes a scratchlm RecurrentLM (LanguageModel) or TransformerLM, got {type(model).__name__}"
+        )
     return keras_recurrent.to_keras(model, last_only, softmax, mask_zero)

@@ -46,8 +46,8 @@ from ..models import LanguageModel
 from .keras_io import KerasInteropError, check_finite, datasets, import_h5py, import_keras, open_weights
 
 _SHAPE = "[Embedding] -> LSTM -> ... -> LSTM -> Dense (or GRU -> ... -> GRU)"
-_CELLS = ("lstm", "gru")                         # the recurrent kinds, as LanguageModel names its cells
-_WEIGHTLESS = {"InputLayer", "Dropout"}          # layers that compute nothing at inference
+_CELLS = ("lstm", "gru")  # the recurrent kinds, as LanguageModel names its cells
+_WEIGHTLESS = {"InputLayer", "Dropout"}  # layers that compute nothing at inference
 
 
 # -- reading a Keras model ----------------------------------------------------------------
@@ -70,8 +70,9 @@ def _layers_from_model(model):
     """Keras model -> ([(kind, label, {weight name: array})...] in order, stateful)."""
     inputs = getattr(model, "inputs", None) or []
     if len(inputs) > 1:
-        raise KerasInteropError(f"the Keras model has {len(inputs)} inputs; from_keras reads single-input "
-                                f"{_SHAPE} models")
+        raise KerasInteropError(
+            f"the Keras model has {len(inputs)} inputs; from_keras reads single-input {_SHAPE} models"
+        )
     layers, stateful = [], False
     for layer in model.layers:
         cls = type(layer).__name__
@@ -80,31 +81,41 @@ def _layers_from_model(model):
             continue
         weights = dict(zip((v.path.split("/")[-1] for v in layer.weights), layer.get_weights(), strict=True))
         if cls in ("Embedding", "LSTM", "GRU", "Dense") and not weights:
-            raise KerasInteropError(f"layer {label} has no weights yet: build the Keras model first "
-                                    "(give it an Input, or call it once)")
+            raise KerasInteropError(
+                f"layer {label} has no weights yet: build the Keras model first (give it an Input, or call it once)"
+            )
         if cls == "Embedding":
             layers.append(("embedding", label, {"embeddings": weights["embeddings"]}))
         elif cls in ("LSTM", "GRU"):
-            if _activation_name(layer.cell.activation) != "tanh" or \
-                    _activation_name(layer.cell.recurrent_activation) != "sigmoid":
-                raise KerasInteropError(f"layer {label} uses activation={_activation_name(layer.cell.activation)}, "
-                                        f"recurrent_activation={_activation_name(layer.cell.recurrent_activation)}; "
-                                        f"scratchlm's {cls} is tanh / sigmoid")
+            if (
+                _activation_name(layer.cell.activation) != "tanh"
+                or _activation_name(layer.cell.recurrent_activation) != "sigmoid"
+            ):
+                raise KerasInteropError(
+                    f"layer {label} uses activation={_activation_name(layer.cell.activation)}, "
+                    f"recurrent_activation={_activation_name(layer.cell.recurrent_activation)}; "
+                    f"scratchlm's {cls} is tanh / sigmoid"
+                )
             if layer.go_backwards or layer.return_state:
                 raise KerasInteropError(f"layer {label}: go_backwards and return_state are not supported")
             if cls == "GRU" and not layer.cell.reset_after:
-                raise KerasInteropError(f"layer {label} has reset_after=False; scratchlm's GRU is Keras 3's default "
-                                        "reset_after=True (the reset gate applied after the recurrent product)")
+                raise KerasInteropError(
+                    f"layer {label} has reset_after=False; scratchlm's GRU is Keras 3's default "
+                    "reset_after=True (the reset gate applied after the recurrent product)"
+                )
             stateful = stateful or layer.stateful
             layers.append((cls.lower(), label, weights))
         elif cls == "Dense":
             if _activation_name(layer.activation) not in ("linear", "softmax"):
-                raise KerasInteropError(f"layer {label} has activation {_activation_name(layer.activation)!r}; "
-                                        "the output Dense must be linear (logits) or softmax")
+                raise KerasInteropError(
+                    f"layer {label} has activation {_activation_name(layer.activation)!r}; "
+                    "the output Dense must be linear (logits) or softmax"
+                )
             layers.append(("dense", label, weights))
         else:
-            raise KerasInteropError(f"layer {label} is not supported: from_keras reads {_SHAPE} models "
-                                    "(Dropout allowed)")
+            raise KerasInteropError(
+                f"layer {label} is not supported: from_keras reads {_SHAPE} models (Dropout allowed)"
+            )
     return layers, stateful
 
 
@@ -118,8 +129,10 @@ def _layers_from_file(path):
     h5py = import_h5py()
     with open_weights(path) as f:
         if not isinstance(f.get("layers"), h5py.Group):
-            raise KerasInteropError(f"{path} has no 'layers' group: not a Keras 3 weights file (for a Keras 2 "
-                                    "file, load the model in Keras and pass the model to from_keras)")
+            raise KerasInteropError(
+                f"{path} has no 'layers' group: not a Keras 3 weights file (for a Keras 2 "
+                "file, load the model in Keras and pass the model to from_keras)"
+            )
         found = []
         for key, group in f["layers"].items():
             kind, index = re.fullmatch(r"(.*?)(?:_(\d+))?", key).groups()
@@ -128,23 +141,26 @@ def _layers_from_file(path):
             arrays = datasets(group)
             if kind in ("input_layer", "dropout") and not arrays:
                 continue
-            layout = {"embedding": ("vars", ["embeddings"]),
-                      "lstm": ("cell/vars", ["kernel", "recurrent_kernel", "bias"]),
-                      "gru": ("cell/vars", ["kernel", "recurrent_kernel", "bias"]),
-                      "dense": ("vars", ["kernel", "bias"])}.get(kind)
+            layout = {
+                "embedding": ("vars", ["embeddings"]),
+                "lstm": ("cell/vars", ["kernel", "recurrent_kernel", "bias"]),
+                "gru": ("cell/vars", ["kernel", "recurrent_kernel", "bias"]),
+                "dense": ("vars", ["kernel", "bias"]),
+            }.get(kind)
             if layout is None:
                 raise KerasInteropError(f"layer {label} is not supported: from_keras reads {_SHAPE} models")
             where, names = layout
             values = [arrays.get(f"{where}/{i}") for i in range(len(names))]
-            required = 2 if kind in _CELLS else 1         # kernel and recurrent kernel; the bias is optional
-            if any(v is None for v in values[:required]) or \
-                    set(arrays) - {f"{where}/{i}" for i in range(len(names))}:
+            required = 2 if kind in _CELLS else 1  # kernel and recurrent kernel; the bias is optional
+            if any(v is None for v in values[:required]) or set(arrays) - {f"{where}/{i}" for i in range(len(names))}:
                 raise KerasInteropError(f"layer {label}: unexpected weights {sorted(arrays)} for a Keras {kind}")
             weights = {n: v for n, v in zip(names, values, strict=True) if v is not None}
             if kind == "gru" and "bias" not in weights:
-                raise KerasInteropError(f"layer {label}: a GRU without bias in a weights file does not say whether "
-                                        "it has reset_after=True (scratchlm's GRU) or False; load the model in "
-                                        "Keras and pass the model to from_keras")
+                raise KerasInteropError(
+                    f"layer {label}: a GRU without bias in a weights file does not say whether "
+                    "it has reset_after=True (scratchlm's GRU) or False; load the model in "
+                    "Keras and pass the model to from_keras"
+                )
             found.append((kind, int(index or 0), label, weights))
     rank = {"embedding": 0, "lstm": 1, "gru": 1, "dense": 2}
     found.sort(key=lambda entry: (rank[entry[0]], entry[1]))
@@ -157,16 +173,19 @@ def _build(layers, backend, dtype, stateful):
     kinds = [kind for kind, _, _ in layers]
     labels = {kind: [label for k, label, _ in layers if k == kind] for kind in ("embedding", "lstm", "gru", "dense")}
     if kinds.count("dense") != 1 or kinds[-1] != "dense":
-        raise KerasInteropError(f"expected exactly one Dense layer, at the end; found Dense layers "
-                                f"{labels['dense'] or 'none'} in {_SHAPE}")
+        raise KerasInteropError(
+            f"expected exactly one Dense layer, at the end; found Dense layers {labels['dense'] or 'none'} in {_SHAPE}"
+        )
     if kinds.count("embedding") > 1 or ("embedding" in kinds and kinds[0] != "embedding"):
         raise KerasInteropError(f"an Embedding may only come first, once; found {labels['embedding']}")
     cells = [kind for kind in _CELLS if kind in kinds]
     if not cells:
         raise KerasInteropError(f"no recurrent layer (LSTM or GRU) found: from_keras reads {_SHAPE} models")
     if len(cells) > 1:
-        raise KerasInteropError(f"the model mixes LSTM layers {labels['lstm']} and GRU layers {labels['gru']}; "
-                                "scratchlm's LanguageModel uses one cell for every layer")
+        raise KerasInteropError(
+            f"the model mixes LSTM layers {labels['lstm']} and GRU layers {labels['gru']}; "
+            "scratchlm's LanguageModel uses one cell for every layer"
+        )
     cell = cells[0]
     G = {"lstm": 4, "gru": 3}[cell]
 
@@ -174,13 +193,14 @@ def _build(layers, backend, dtype, stateful):
     dense_label, dense = layers[-1][1:]
     V = dense["kernel"].shape[-1]
     embedding_dim = None
-    d_in = V                                                   # one-hot input
+    d_in = V  # one-hot input
     for kind, label, w in layers:
         if kind == "embedding":
             E = w["embeddings"]
             if E.ndim != 2 or E.shape[0] != V:
-                raise KerasInteropError(f"layer {label}: embeddings of shape {E.shape} do not fit the output "
-                                        f"Dense's vocabulary of {V}")
+                raise KerasInteropError(
+                    f"layer {label}: embeddings of shape {E.shape} do not fit the output Dense's vocabulary of {V}"
+                )
             embedding_dim = d_in = E.shape[1]
             params["embedding/embeddings"] = E
         elif kind == cell:
@@ -190,14 +210,18 @@ def _build(layers, backend, dtype, stateful):
             if U.ndim != 2 or U.shape != (H, G * H) or w["kernel"].shape != (d_in, G * H):
                 article = "an" if cell == "lstm" else "a"
                 one_hot = " (one-hot input of the output vocabulary)" if n == 0 and embedding_dim is None else ""
-                raise KerasInteropError(f"layer {label}: kernel {w['kernel'].shape} and recurrent kernel {U.shape} "
-                                        f"do not fit {article} {cell.upper()} with input size {d_in}: expected "
-                                        f"({d_in}, {G}H) and (H, {G}H)" + one_hot)
-            bias_shape = (G * H,) if cell == "lstm" else (2, G * H)       # GRU: rows b_in, b_rec
+                raise KerasInteropError(
+                    f"layer {label}: kernel {w['kernel'].shape} and recurrent kernel {U.shape} "
+                    f"do not fit {article} {cell.upper()} with input size {d_in}: expected "
+                    f"({d_in}, {G}H) and (H, {G}H)" + one_hot
+                )
+            bias_shape = (G * H,) if cell == "lstm" else (2, G * H)  # GRU: rows b_in, b_rec
             bias = w.get("bias", np.zeros(bias_shape, dtype=U.dtype))
             if cell == "gru" and bias.shape == (G * H,):
-                raise KerasInteropError(f"layer {label}: bias of shape {bias.shape} is a GRU with reset_after=False; "
-                                        f"scratchlm's GRU is Keras 3's default reset_after=True, bias {bias_shape}")
+                raise KerasInteropError(
+                    f"layer {label}: bias of shape {bias.shape} is a GRU with reset_after=False; "
+                    f"scratchlm's GRU is Keras 3's default reset_after=True, bias {bias_shape}"
+                )
             if bias.shape != bias_shape:
                 raise KerasInteropError(f"layer {label}: bias of shape {bias.shape}, expected {bias_shape}")
             params[f"{cell}_{n}/kernel"], params[f"{cell}_{n}/recurrent_kernel"] = w["kernel"], U
@@ -206,14 +230,23 @@ def _build(layers, backend, dtype, stateful):
             d_in = H
     bias = dense.get("bias", np.zeros(V, dtype=dense["kernel"].dtype))
     if dense["kernel"].shape != (d_in, V) or bias.shape != (V,):
-        raise KerasInteropError(f"layer {dense_label}: kernel {dense['kernel'].shape} and bias {bias.shape} "
-                                f"do not fit the last {cell.upper()}'s {d_in} units: expected ({d_in}, V) and (V,)")
+        raise KerasInteropError(
+            f"layer {dense_label}: kernel {dense['kernel'].shape} and bias {bias.shape} "
+            f"do not fit the last {cell.upper()}'s {d_in} units: expected ({d_in}, V) and (V,)"
+        )
     params["dense/kernel"], params["dense/bias"] = dense["kernel"], bias
 
     if dtype is None:
         dtype = "float64" if all(a.dtype == np.float64 for a in params.values()) else "float32"
-    model = LanguageModel(V, embedding_dim=embedding_dim, hidden_sizes=hidden_sizes, backend=backend,
-                          dtype=dtype, stateful=stateful, cell=cell)
+    model = LanguageModel(
+        V,
+        embedding_dim=embedding_dim,
+        hidden_sizes=hidden_sizes,
+        backend=backend,
+        dtype=dtype,
+        stateful=stateful,
+        cell=cell,
+    )
     model.set_params(params)
     return model
 
@@ -243,16 +276,22 @@ def to_keras(model: LanguageModel, last_only: bool = False, softmax: bool = Fals
     if model.embedding is None:
         stack = [keras.Input((None, V), dtype=dtype)]
     else:
-        stack = [keras.Input((None,), dtype="int32"),
-                 layers.Embedding(V, model.embedding_dim, mask_zero=mask_zero, dtype=dtype)]
+        stack = [
+            keras.Input((None,), dtype="int32"),
+            layers.Embedding(V, model.embedding_dim, mask_zero=mask_zero, dtype=dtype),
+        ]
     top = len(model.hidden_sizes) - 1
     cell = model.cell
     if cell == "lstm":
-        rnns = [layers.LSTM(H, return_sequences=not (last_only and n == top), dtype=dtype)
-                for n, H in enumerate(model.hidden_sizes)]
+        rnns = [
+            layers.LSTM(H, return_sequences=not (last_only and n == top), dtype=dtype)
+            for n, H in enumerate(model.hidden_sizes)
+        ]
     elif cell == "gru":
-        rnns = [layers.GRU(H, reset_after=True, return_sequences=not (last_only and n == top), dtype=dtype)
-                for n, H in enumerate(model.hidden_sizes)]
+        rnns = [
+            layers.GRU(H, reset_after=True, return_sequences=not (last_only and n == top), dtype=dtype)
+            for n, H in enumerate(model.hidden_sizes)
+        ]
     else:
         raise KerasInteropError(f"to_keras builds LSTM and GRU models, not cell={cell!r}")
     dense = layers.Dense(V, activation="softmax" if softmax else None, dtype=dtype)
@@ -264,4 +303,3 @@ def to_keras(model: LanguageModel, last_only: bool = False, softmax: bool = Fals
         rnn.set_weights([weights[f"{cell}_{n}/{k}"] for k in ("kernel", "recurrent_kernel", "bias")])
     dense.set_weights([weights["dense/kernel"], weights["dense/bias"]])
     return keras_model
-

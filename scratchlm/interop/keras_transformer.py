@@ -37,7 +37,7 @@ def is_weights_file(path: Path) -> bool:
     try:
         with open_weights(path) as f:
             return "decoders" in f and "embedding/token_embeddings" in f
-    except KerasInteropError:            # not HDF5 (or no h5py): the recurrent reader says so
+    except KerasInteropError:  # not HDF5 (or no h5py): the recurrent reader says so
         return False
 
 
@@ -49,8 +49,8 @@ def _keras_classes(keras):
     def attention_mask(ids):
         """ids (B, T) -> (B, T, T) bool: key j <= query i, both real (id != 0)."""
         T = ops.shape(ids)[1]
-        causal = ops.greater_equal(ops.arange(T)[:, None], ops.arange(T)[None, :])              # (T, T)
-        keep = ops.not_equal(ids, 0)                                                           # (B, T)
+        causal = ops.greater_equal(ops.arange(T)[:, None], ops.arange(T)[None, :])  # (T, T)
+        keep = ops.not_equal(ids, 0)  # (B, T)
         return ops.logical_and(causal[None], ops.logical_and(keep[:, :, None], keep[:, None, :]))
 
     class PositionalEmbedding(layers.Layer):
@@ -58,10 +58,12 @@ def _keras_classes(keras):
 
         def __init__(self, vocab_size, sequence_length, embed_dim, **kwargs):
             super().__init__(**kwargs)
-            self.token_embeddings = layers.Embedding(vocab_size, embed_dim, dtype=self.dtype_policy,
-                                                     name="token_embeddings")
-            self.position_embeddings = layers.Embedding(sequence_length, embed_dim, dtype=self.dtype_policy,
-                                                        name="position_embeddings")
+            self.token_embeddings = layers.Embedding(
+                vocab_size, embed_dim, dtype=self.dtype_policy, name="token_embeddings"
+            )
+            self.position_embeddings = layers.Embedding(
+                sequence_length, embed_dim, dtype=self.dtype_policy, name="position_embeddings"
+            )
 
         def call(self, ids):
             T = ops.shape(ids)[1]
@@ -96,18 +98,29 @@ def _keras_classes(keras):
     class TransformerModel(keras.Model):
         """ids (B, T) int -> logits (B, T, V): scratchlm's TransformerLM in Keras layers."""
 
-        def __init__(self, vocab_size, sequence_length, embed_dim, dense_dim, num_heads, key_dim, num_layers,
-                     block, **kwargs):
+        def __init__(
+            self, vocab_size, sequence_length, embed_dim, dense_dim, num_heads, key_dim, num_layers, block, **kwargs
+        ):
             super().__init__(**kwargs)
-            self.lm_config = {"vocab_size": vocab_size, "sequence_length": sequence_length, "embed_dim": embed_dim,
-                              "dense_dim": dense_dim, "num_heads": num_heads, "key_dim": key_dim,
-                              "num_layers": num_layers, "block": block}
+            self.lm_config = {
+                "vocab_size": vocab_size,
+                "sequence_length": sequence_length,
+                "embed_dim": embed_dim,
+                "dense_dim": dense_dim,
+                "num_heads": num_heads,
+                "key_dim": key_dim,
+                "num_layers": num_layers,
+                "block": block,
+            }
             d = self.dtype_policy
             self.embedding = PositionalEmbedding(vocab_size, sequence_length, embed_dim, dtype=d, name="embedding")
-            self.decoders = [DecoderBlock(block, embed_dim, dense_dim, num_heads, key_dim, dtype=d,
-                                          name=f"decoder_{n}") for n in range(num_layers)]
-            self.final_layernorm = (layers.LayerNormalization(epsilon=1e-3, dtype=d, name="final_layernorm")
-                                    if block == "gpt" else None)
+            self.decoders = [
+                DecoderBlock(block, embed_dim, dense_dim, num_heads, key_dim, dtype=d, name=f"decoder_{n}")
+                for n in range(num_layers)
+            ]
+            self.final_layernorm = (
+                layers.LayerNormalization(epsilon=1e-3, dtype=d, name="final_layernorm") if block == "gpt" else None
+            )
             self.dense = layers.Dense(vocab_size, dtype=d, name="dense")
 
         def call(self, ids):
@@ -127,17 +140,24 @@ def _keras_classes(keras):
 
 def _keras_variables(km):
     """scratchlm parameter name -> Keras variable of a model built by :func:`to_keras` (already built)."""
-    out = {"embedding/token_embeddings": km.embedding.token_embeddings.embeddings,
-           "embedding/position_embeddings": km.embedding.position_embeddings.embeddings}
+    out = {
+        "embedding/token_embeddings": km.embedding.token_embeddings.embeddings,
+        "embedding/position_embeddings": km.embedding.position_embeddings.embeddings,
+    }
     for n, block in enumerate(km.decoders):
         p = f"decoder_{n}"
         for a in ("attention_1", "attention_2") if block.block == "book" else ("attention_1",):
             mha = getattr(block, a)
-            for proj, dense in (("query", mha.query_dense), ("key", mha.key_dense), ("value", mha.value_dense),
-                                ("output", mha.output_dense)):
+            for proj, dense in (
+                ("query", mha.query_dense),
+                ("key", mha.key_dense),
+                ("value", mha.value_dense),
+                ("output", mha.output_dense),
+            ):
                 out[f"{p}/{a}/{proj}/kernel"], out[f"{p}/{a}/{proj}/bias"] = dense.kernel, dense.bias
-        for ln in ("layernorm_1", "layernorm_2", "layernorm_3") if block.block == "book" else \
-                ("layernorm_1", "layernorm_2"):
+        for ln in (
+            ("layernorm_1", "layernorm_2", "layernorm_3") if block.block == "book" else ("layernorm_1", "layernorm_2")
+        ):
             out[f"{p}/{ln}/gamma"], out[f"{p}/{ln}/beta"] = getattr(block, ln).gamma, getattr(block, ln).beta
         for f in ("ffn_1", "ffn_2"):
             out[f"{p}/{f}/kernel"], out[f"{p}/{f}/bias"] = getattr(block, f).kernel, getattr(block, f).bias
@@ -150,8 +170,22 @@ def _keras_variables(km):
 def _keras_model(keras, config, dtype):
     """A built (called once) Keras TransformerModel of a TransformerLM config, Keras' initial weights."""
     cls = _keras_classes(keras)[2]
-    km = cls(**{k: config[k] for k in ("vocab_size", "sequence_length", "embed_dim", "dense_dim", "num_heads",
-                                       "key_dim", "num_layers", "block")}, dtype=dtype)
+    km = cls(
+        **{
+            k: config[k]
+            for k in (
+                "vocab_size",
+                "sequence_length",
+                "embed_dim",
+                "dense_dim",
+                "num_heads",
+                "key_dim",
+                "num_layers",
+                "block",
+            )
+        },
+        dtype=dtype,
+    )
     km(np.ones((1, 1), dtype="int32"))
     return km
 
@@ -184,11 +218,13 @@ def _config_in_file(f, path):
     Keras 3 saves a subclassed model's layers by attribute path: ``embedding/token_embeddings/vars/0`` (V, E),
     ``embedding/position_embeddings/vars/0`` (L, E), ``decoders/decoder_block[_k]/attention_1/query_dense/vars/0``
     (E, N, K), ``…/ffn_1/vars/0`` (E, F), ``…/attention_2`` only in the book block, ``dense/vars/0`` (E, V)."""
+
     def shape(key):
         obj = f.get(key)
         if obj is None or not hasattr(obj, "shape"):
             raise KerasInteropError(f"{path}: no {key!r}: not a weights file of to_keras(TransformerLM)")
         return obj.shape
+
     V, E = shape("embedding/token_embeddings/vars/0")
     L = shape("embedding/position_embeddings/vars/0")[0]
     blocks = sorted(f["decoders"]) if "decoders" in f else []
@@ -198,8 +234,16 @@ def _config_in_file(f, path):
     _, N, K = shape(f"{first}/attention_1/query_dense/vars/0")
     F = shape(f"{first}/ffn_1/vars/0")[1]
     block = "book" if f"{first}/attention_2" in f else "gpt"
-    return {"vocab_size": int(V), "sequence_length": int(L), "embed_dim": int(E), "dense_dim": int(F),
-            "num_heads": int(N), "key_dim": int(K), "num_layers": len(blocks), "block": block}
+    return {
+        "vocab_size": int(V),
+        "sequence_length": int(L),
+        "embed_dim": int(E),
+        "dense_dim": int(F),
+        "num_heads": int(N),
+        "key_dim": int(K),
+        "num_layers": len(blocks),
+        "block": block,
+    }
 
 
 def from_file(path: Path, backend="numpy", dtype=None) -> TransformerLM:
@@ -212,6 +256,6 @@ def from_file(path: Path, backend="numpy", dtype=None) -> TransformerLM:
     km = _keras_model(keras, config, np.dtype(file_dtype).name)
     try:
         km.load_weights(str(path))
-    except Exception as exc:                                          # Keras' own mismatch message
+    except Exception as exc:  # Keras' own mismatch message
         raise KerasInteropError(f"{path}: does not load into to_keras(TransformerLM({config})): {exc}") from None
     return from_model(km, backend, dtype)

@@ -73,7 +73,7 @@ from .layers import (
     FusedSoftmaxCrossEntropy,
 )
 
-OPS = {"numpy": "numba.ops", "cupy": "cuda.ops"}      # backend name -> its op-set module
+OPS = {"numpy": "numba.ops", "cupy": "cuda.ops"}  # backend name -> its op-set module
 
 # The seam: reference class -> the fused subclass that Backend.layer hands out where kernels="fused".
 FUSED: dict[type, type] = {

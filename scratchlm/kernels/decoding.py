@@ -34,9 +34,9 @@ def fused_draws(loop: Any, V: int, length: int, B: int) -> tuple[Any, Array, Arr
     (V,) bool mask)."""
     backend = loop.backend
     xp = backend.xp
-    if loop.temperature == 0:                                             # greedy: no draws
+    if loop.temperature == 0:  # greedy: no draws
         temperature, u = 0.0, xp.zeros((length, B))
-    else:                                                                 # as sampling: T kept finite and > 0
+    else:  # as sampling: T kept finite and > 0
         temperature = sampling.representable_temperature(loop.temperature, xp.finfo(backend.dtype))
         u = xp.asarray(loop.rng.random((length, B)))
     banned = xp.zeros(V, dtype=bool)
@@ -57,10 +57,19 @@ class FusedRecurrentTokenLoop(RecurrentTokenLoop):
         E = None if model.embedding is None else model.embedding.embeddings
         table = first.token_table(E) if model.use_table(length, B) else None
         out = self.backend.ops.decode(
-            logits, state, table, (E, first.kernel, first.bias),
+            logits,
+            state,
+            table,
+            (E, first.kernel, first.bias),
             [(layer.kernel, layer.bias) for layer in model.recurrent[1:]],
-            [layer.recurrent_kernel for layer in model.recurrent], (model.dense.kernel, model.dense.bias),
-            length, temperature, banned, self.eos_id, u)
+            [layer.recurrent_kernel for layer in model.recurrent],
+            (model.dense.kernel, model.dense.bias),
+            length,
+            temperature,
+            banned,
+            self.eos_id,
+            u,
+        )
         if out is None:
             raise SamplingError("logits must be finite: a row holds NaN or +inf")
         return self.backend.to_host(out)
@@ -73,10 +82,10 @@ class FusedTransformerTokenLoop(TransformerTokenLoop):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.kernel = self.top_k is None and self.top_p is None          # else the reference draws and steps
+        self.kernel = self.top_k is None and self.top_p is None  # else the reference draws and steps
 
     def start(self, prompt: Array) -> tuple[Array, DecodeState]:
-        if self.kernel:                                                   # concatenated once per generation
+        if self.kernel:  # concatenated once per generation
             self.weights = [block.decode_weights() for block in self.model.blocks]
         return super().start(prompt)
 
@@ -84,7 +93,7 @@ class FusedTransformerTokenLoop(TransformerTokenLoop):
         if self.kernel:
             B, V = logits.shape
             self.draws = fused_draws(self, V, length, B)
-            logits = self.backend.xp.array(logits)                        # the sampler overwrites its logits
+            logits = self.backend.xp.array(logits)  # the sampler overwrites its logits
         return super().run(logits, state, length)
 
     def draw(self, k: int, logits: Array) -> Array:
@@ -98,18 +107,18 @@ class FusedTransformerTokenLoop(TransformerTokenLoop):
 
     def step(self, new_ids: Array, state: DecodeState) -> tuple[Array, DecodeState]:
         if not self.kernel or state.ids.shape[1] + 1 - state.start > self.model.sequence_length:
-            return super().step(new_ids, state)                           # the window slides: re-run it
+            return super().step(new_ids, state)  # the window slides: re-run it
         return self.decode_step(new_ids, state, self.weights)
 
     def decode_step(self, new_ids: Array, state: DecodeState, weights: list) -> tuple[Array, DecodeState]:
         """One new token per row, (B,), while the window has room: :meth:`step`'s numbers through each
         block's ``decode_step`` (one position's work); weights: each block's ``decode_weights()``."""
         model, xp = self.model, self.backend.xp
-        ids = xp.concatenate([state.ids, new_ids[:, None]], axis=1)       # (B, n)
+        ids = xp.concatenate([state.ids, new_ids[:, None]], axis=1)  # (B, n)
         position = ids.shape[1] - 1 - state.start
-        real = new_ids != 0                                               # (B,)
-        keep = xp.concatenate([state.keep, real[:, None]], axis=1)        # (B, S), S = position + 1
-        mask = (keep & real[:, None])[:, None, :]                         # (B, 1, S): causal holds by construction
+        real = new_ids != 0  # (B,)
+        keep = xp.concatenate([state.keep, real[:, None]], axis=1)  # (B, S), S = position + 1
+        mask = (keep & real[:, None])[:, None, :]  # (B, 1, S): causal holds by construction
         h = model.embedding.forward(new_ids[:, None], position)[0][:, 0]  # (B, E)
         for block, caches, w in zip(model.blocks, state.kv, weights, strict=True):
             h = block.decode_step(h, caches, mask, w)
@@ -120,10 +129,12 @@ class FusedTransformerTokenLoop(TransformerTokenLoop):
 
 # -- the blocks' decoding step ------------------------------------------------------------------------------
 
+
 class DecodeWeights(NamedTuple):
     """The concatenated projections of a block's ``decode_step``."""
-    kernel: Array             # (E, P·N·K): the projections that read the block input, side by side
-    bias: Array               # (P·N·K,)
+
+    kernel: Array  # (E, P·N·K): the projections that read the block input, side by side
+    bias: Array  # (P·N·K,)
 
 
 def _concatenated(xp: Any, projections: list[tuple[MultiHeadAttention, str]]) -> DecodeWeights:
@@ -166,20 +177,20 @@ class FusedBookDecoderBlock(BookDecoderBlock):
         N, K = a1.num_heads, a1.key_dim
         NK = N * K
         ln1, ln2, ln3 = self.layernorm_1, self.layernorm_2, self.layernorm_3
-        xw = x @ weights.kernel                                            # (B, 5·N·K)
+        xw = x @ weights.kernel  # (B, 5·N·K)
         xw += weights.bias
-        q1 = _heads(xw[:, :NK], N, K)                                      # (B, N, 1, K)
-        k1, v1 = kv[0].append(_heads(xw[:, NK:2 * NK], N, K), _heads(xw[:, 2 * NK:3 * NK], N, K))
-        k2, v2 = kv[1].append(_heads(xw[:, 3 * NK:4 * NK], N, K), _heads(xw[:, 4 * NK:], N, K))
-        o1 = ops.attention_decode(q1, k1, v1, mask, a1.scale)              # (B, N, 1, K)
-        m1 = _merge(o1) @ a1.params["output/kernel"].reshape(NK, -1)       # (B, E), bias in the next kernel
+        q1 = _heads(xw[:, :NK], N, K)  # (B, N, 1, K)
+        k1, v1 = kv[0].append(_heads(xw[:, NK : 2 * NK], N, K), _heads(xw[:, 2 * NK : 3 * NK], N, K))
+        k2, v2 = kv[1].append(_heads(xw[:, 3 * NK : 4 * NK], N, K), _heads(xw[:, 4 * NK :], N, K))
+        o1 = ops.attention_decode(q1, k1, v1, mask, a1.scale)  # (B, N, 1, K)
+        m1 = _merge(o1) @ a1.params["output/kernel"].reshape(NK, -1)  # (B, E), bias in the next kernel
         a1_out = ops.residual_layernorm(x, m1, a1.params["output/bias"], ln1.gamma, ln1.beta, ln1.epsilon)
-        q2 = a1_out @ a2.params["query/kernel"].reshape(-1, NK)            # (B, N·K)
+        q2 = a1_out @ a2.params["query/kernel"].reshape(-1, NK)  # (B, N·K)
         q2 += a2.params["query/bias"].reshape(-1)
         o2 = ops.attention_decode(_heads(q2, N, K), k2, v2, mask, a2.scale)
         m2 = _merge(o2) @ a2.params["output/kernel"].reshape(NK, -1)
         a2_out = ops.residual_layernorm(a1_out, m2, a2.params["output/bias"], ln2.gamma, ln2.beta, ln2.epsilon)
-        h = ops.bias_relu(a2_out @ ffn.ffn_1.kernel, ffn.ffn_1.bias)      # (B, F)
+        h = ops.bias_relu(a2_out @ ffn.ffn_1.kernel, ffn.ffn_1.bias)  # (B, F)
         return ops.residual_layernorm(a2_out, h @ ffn.ffn_2.kernel, ffn.ffn_2.bias, ln3.gamma, ln3.beta, ln3.epsilon)
 
 
@@ -205,13 +216,13 @@ class FusedGPTDecoderBlock(GPTDecoderBlock):
         NK = N * K
         ln1, ln2 = self.layernorm_1, self.layernorm_2
         n1 = ops.layernorm_forward(x, ln1.gamma, ln1.beta, ln1.epsilon)[0]
-        qkv = n1 @ weights.kernel                                          # (B, 3·N·K)
+        qkv = n1 @ weights.kernel  # (B, 3·N·K)
         qkv += weights.bias
-        k, v = kv[0].append(_heads(qkv[:, NK:2 * NK], N, K), _heads(qkv[:, 2 * NK:], N, K))
-        o = ops.attention_decode(_heads(qkv[:, :NK], N, K), k, v, mask, a.scale)      # (B, N, 1, K)
+        k, v = kv[0].append(_heads(qkv[:, NK : 2 * NK], N, K), _heads(qkv[:, 2 * NK :], N, K))
+        o = ops.attention_decode(_heads(qkv[:, :NK], N, K), k, v, mask, a.scale)  # (B, N, 1, K)
         m = _merge(o) @ a.params["output/kernel"].reshape(NK, -1)
         m += a.params["output/bias"]
-        h = x + m                                                          # (B, E)
+        h = x + m  # (B, E)
         n2 = ops.layernorm_forward(h, ln2.gamma, ln2.beta, ln2.epsilon)[0]
         f = ops.bias_relu(n2 @ ffn.ffn_1.kernel, ffn.ffn_1.bias) @ ffn.ffn_2.kernel
         f += ffn.ffn_2.bias

@@ -32,7 +32,7 @@ from ..layers.gru import GRUSteps
 from ..layers.recurrent import RecurrentCache
 from ..losses import SoftmaxCrossEntropy
 
-DECODE_ROWS = 8                   # up to this many new queries, generation attends in one kernel (attention_decode)
+DECODE_ROWS = 8  # up to this many new queries, generation attends in one kernel (attention_decode)
 
 
 def _rows(keep: Array | None) -> Array | None:
@@ -42,11 +42,13 @@ def _rows(keep: Array | None) -> Array | None:
 
 # -- recurrent layers ---------------------------------------------------------------------------------------
 
+
 class FusedLSTMSteps(NamedTuple):
     """The fused LSTM's record of its time loop: no tanh(c̃_t), which the backward recomputes."""
-    gates: Array              # (T, B, 4H) activations [i f g o]; the backward writes dz over them
-    hs: Array                 # (T+1, B, H) h_0 … h_T
-    cs: Array                 # (T+1, B, H) c_0 … c_T
+
+    gates: Array  # (T, B, 4H) activations [i f g o]; the backward writes dz over them
+    hs: Array  # (T+1, B, H) h_0 … h_T
+    cs: Array  # (T+1, B, H) c_0 … c_T
 
 
 class FusedLSTM(LSTM):
@@ -57,8 +59,7 @@ class FusedLSTM(LSTM):
     def _loop(self, gates: Array, state0: tuple, keep: Array | None) -> tuple[FusedLSTMSteps, tuple]:
         return self._fused_loop(gates, state0, keep, None, None)
 
-    def _loop_tokens(self, table: Array, ids: Array, state0: tuple,
-                     keep: Array | None) -> tuple[FusedLSTMSteps, tuple]:
+    def _loop_tokens(self, table: Array, ids: Array, state0: tuple, keep: Array | None) -> tuple[FusedLSTMSteps, tuple]:
         gates = self.backend.ops.empty_workspace(ids.shape + (table.shape[1],), self.backend.dtype)  # (T, B, 4H)
         return self._fused_loop(gates, state0, keep, table, ids)
 
@@ -69,12 +70,14 @@ class FusedLSTM(LSTM):
         T = gates.shape[0]
         return FusedLSTMSteps(gates, hs, cs), (hs[T], cs[T])
 
-    def _loop_backward(self, cache: RecurrentCache, dy: Array | None,
-                       d_final: list) -> tuple[Array, dict[str, Array], tuple]:
+    def _loop_backward(
+        self, cache: RecurrentCache, dy: Array | None, d_final: list
+    ) -> tuple[Array, dict[str, Array], tuple]:
         gates, hs, cs = cache.steps
         dh, dc = d_final
-        dZ, dU, dh, dc = self.backend.ops.lstm_backward(gates, hs, cs, self.recurrent_kernel, dy, dh, dc,
-                                                        _rows(cache.keep))
+        dZ, dU, dh, dc = self.backend.ops.lstm_backward(
+            gates, hs, cs, self.recurrent_kernel, dy, dh, dc, _rows(cache.keep)
+        )
         return dZ, {"recurrent_kernel": dU}, (dh, dc)
 
 
@@ -90,26 +93,31 @@ class FusedGRU(GRU):
         return self._fused_loop(gates, state0, keep, table, ids)
 
     def _fused_loop(self, gates, state0, keep, table, ids):
-        hs, uh = self.backend.ops.gru_forward(gates, self.recurrent_kernel, self.bias[1], state0[0], _rows(keep),
-                                              table, ids)
+        hs, uh = self.backend.ops.gru_forward(
+            gates, self.recurrent_kernel, self.bias[1], state0[0], _rows(keep), table, ids
+        )
         return GRUSteps(gates, hs, uh), (hs[gates.shape[0]],)
 
-    def _loop_backward(self, cache: RecurrentCache, dy: Array | None,
-                       d_final: list) -> tuple[Array, dict[str, Array], tuple]:
+    def _loop_backward(
+        self, cache: RecurrentCache, dy: Array | None, d_final: list
+    ) -> tuple[Array, dict[str, Array], tuple]:
         gates, hs, uh = cache.steps
         (dh,) = d_final
-        dX, dU, db_rec, dh = self.backend.ops.gru_backward(gates, hs, uh, self.recurrent_kernel, dy, dh,
-                                                           _rows(cache.keep))
+        dX, dU, db_rec, dh = self.backend.ops.gru_backward(
+            gates, hs, uh, self.recurrent_kernel, dy, dh, _rows(cache.keep)
+        )
         return dX, {"recurrent_kernel": dU, "recurrent_bias": db_rec}, (dh,)
 
 
 # -- the output layer and the loss ----------------------------------------------------------------------------
 
+
 class ScoredGrads(NamedTuple):
     """What :meth:`FusedDense.score` leaves for its backward: the gradients themselves, computed chunk by chunk."""
-    dx: Array                 # (N, D) gradient of the Dense layer's input
-    kernel: Array             # (D, V) dW
-    bias: Array               # (V,) db
+
+    dx: Array  # (N, D) gradient of the Dense layer's input
+    kernel: Array  # (D, V) dW
+    bias: Array  # (V,) db
 
 
 class FusedDense(Dense):
@@ -117,10 +125,12 @@ class FusedDense(Dense):
     (``dense_softmax_cross_entropy``): per chunk of rows z = x_c W + b, then the loss and dz in place,
     then dx_c = dz Wᵀ, dW += x_cᵀ dz, db += Σ dz. Rows of weight 0 (padding) are left out of the GEMMs."""
 
-    def score(self, x: Array, targets: Array, mask: Array | None = None,
-              backward: bool = True) -> tuple[float, ScoredGrads | None]:
-        loss, dx, dW, db = self.backend.ops.dense_softmax_cross_entropy(x, self.kernel, self.bias, targets, mask,
-                                                                        backward)
+    def score(
+        self, x: Array, targets: Array, mask: Array | None = None, backward: bool = True
+    ) -> tuple[float, ScoredGrads | None]:
+        loss, dx, dW, db = self.backend.ops.dense_softmax_cross_entropy(
+            x, self.kernel, self.bias, targets, mask, backward
+        )
         return loss, (ScoredGrads(dx, dW, db) if backward else None)
 
     def score_backward(self, cache: ScoredGrads) -> tuple[Array, dict[str, Array]]:
@@ -137,18 +147,20 @@ class FusedSoftmaxCrossEntropy(SoftmaxCrossEntropy):
 
 # -- the Transformer's layers --------------------------------------------------------------------------------
 
+
 class FusedAttentionCache(NamedTuple):
     """What the flash backward needs: the row log-sum-exp instead of the probabilities."""
-    query: Array              # (B, T, E) query input
-    value: Array              # (B, S, E) value input
-    key: Array                # (B, S, E) key input
-    q: Array                  # (B, N, T, K) projected queries, head-major (a view of (B, T, N, K))
-    k: Array                  # (B, N, S, K) projected keys
-    v: Array                  # (B, N, S, K) projected values
-    o: Array                  # (B, N, T, K) per-head outputs P V (a view of (B, T, N, K))
-    lse: Array                # (B, N, T) log Σ_j exp(S_ij) over the visible keys; +inf for a row with none
-    mask: Array | None        # (B, 1, T, S) bool, True = may attend, or None
-    scale: float              # 1/√K
+
+    query: Array  # (B, T, E) query input
+    value: Array  # (B, S, E) value input
+    key: Array  # (B, S, E) key input
+    q: Array  # (B, N, T, K) projected queries, head-major (a view of (B, T, N, K))
+    k: Array  # (B, N, S, K) projected keys
+    v: Array  # (B, N, S, K) projected values
+    o: Array  # (B, N, T, K) per-head outputs P V (a view of (B, T, N, K))
+    lse: Array  # (B, N, T) log Σ_j exp(S_ij) over the visible keys; +inf for a row with none
+    mask: Array | None  # (B, 1, T, S) bool, True = may attend, or None
+    scale: float  # 1/√K
 
     @property
     def p(self) -> Array:
@@ -173,12 +185,13 @@ class FusedMultiHeadAttention(MultiHeadAttention):
     backward recomputes P = exp(S − lse) block by block, dS = P ⊙ (dP − rowsum(dO ⊙ O)). The projections and
     the output layer are the parent's."""
 
-    def forward(self, query: Array, value: Array, key: Array | None = None,
-                mask: Array | None = None) -> tuple[Array, FusedAttentionCache]:
+    def forward(
+        self, query: Array, value: Array, key: Array | None = None, mask: Array | None = None
+    ) -> tuple[Array, FusedAttentionCache]:
         key, mask = self._inputs(query, value, key, mask)
-        q = self._project(query, "query")                              # (B, N, T, K)
-        k = self._project(key, "key")                                  # (B, N, S, K)
-        v = self._project(value, "value")                              # (B, N, S, K)
+        q = self._project(query, "query")  # (B, N, T, K)
+        k = self._project(key, "key")  # (B, N, S, K)
+        v = self._project(value, "value")  # (B, N, S, K)
         o, lse = self.backend.ops.attention_forward(q, k, v, _heads_mask(mask), self.scale)
         return self._output(o), FusedAttentionCache(query, value, key, q, k, v, o, lse, mask, self.scale)
 
@@ -194,9 +207,10 @@ class FusedMultiHeadAttention(MultiHeadAttention):
 
 class LayerNormRowCache(NamedTuple):
     """What the fused LayerNorm's backward needs: the input and two numbers per row."""
-    x: Array                  # (..., D) the input, in the layer's dtype
-    mean: Array               # (...,) μ of each row
-    rstd: Array               # (...,) 1/σ = 1/√(σ² + ε) of each row
+
+    x: Array  # (..., D) the input, in the layer's dtype
+    mean: Array  # (...,) μ of each row
+    rstd: Array  # (...,) 1/σ = 1/√(σ² + ε) of each row
 
 
 class FusedLayerNormalization(LayerNormalization):
@@ -220,20 +234,31 @@ class FusedFeedForward(FeedForward):
 
     def forward(self, x: Array) -> tuple[Array, FeedForwardCache]:
         W1 = self.ffn_1.kernel
-        h = self.backend.ops.bias_relu(x.reshape(-1, x.shape[-1]) @ W1, self.ffn_1.bias)   # (M, F)
+        h = self.backend.ops.bias_relu(x.reshape(-1, x.shape[-1]) @ W1, self.ffn_1.bias)  # (M, F)
         h = h.reshape(x.shape[:-1] + (W1.shape[1],))
         return self.ffn_2.forward(h)[0], FeedForwardCache(x, h)
 
     def backward(self, cache: FeedForwardCache, dy: Array) -> tuple[Array, dict[str, Array]]:
-        dh, g2 = self.ffn_2.backward(cache.h, dy)                         # (..., F)
+        dh, g2 = self.ffn_2.backward(cache.h, dy)  # (..., F)
         F = dh.shape[-1]
-        dh2, db1 = self.backend.ops.relu_backward(dh.reshape(-1, F), cache.h.reshape(-1, F))   # (M, F), (F,)
-        x2 = cache.x.reshape(-1, cache.x.shape[-1])                       # (M, E)
+        dh2, db1 = self.backend.ops.relu_backward(dh.reshape(-1, F), cache.h.reshape(-1, F))  # (M, F), (F,)
+        x2 = cache.x.reshape(-1, cache.x.shape[-1])  # (M, E)
         dx = (dh2 @ self.ffn_1.kernel.T).reshape(cache.x.shape)
         g1 = {"kernel": x2.T @ dh2, "bias": db1}
         return dx, {**prefixed("ffn_1", g1), **prefixed("ffn_2", g2)}
 
 
-__all__ = ["DECODE_ROWS", "FusedAttentionCache", "FusedDense", "FusedFeedForward", "FusedGRU",
-           "FusedLSTM", "FusedLSTMSteps", "FusedLayerNormalization", "FusedMultiHeadAttention",
-           "FusedSoftmaxCrossEntropy", "LayerNormRowCache", "ScoredGrads"]
+__all__ = [
+    "DECODE_ROWS",
+    "FusedAttentionCache",
+    "FusedDense",
+    "FusedFeedForward",
+    "FusedGRU",
+    "FusedLSTM",
+    "FusedLSTMSteps",
+    "FusedLayerNormalization",
+    "FusedMultiHeadAttention",
+    "FusedSoftmaxCrossEntropy",
+    "LayerNormRowCache",
+    "ScoredGrads",
+]

@@ -41,6 +41,20 @@ from .gru import GRU
 from .layernorm import LayerNormalization
 from .lstm import LSTM
 
-__all__ = ["BookDecoderBlock", "Dense", "Dropout", "Embedding", "FeedForward", "GPTDecoderBlock", "GRU", "LSTM",
-           "Layer", "LayerNormalization", "MultiHeadAttention", "PositionalEmbedding", "causal_mask", "combine_masks",
-           "padding_mask"]
+__all__ = [
+    "BookDecoderBlock",
+    "Dense",
+    "Dropout",
+    "Embedding",
+    "FeedForward",
+    "GPTDecoderBlock",
+    "GRU",
+    "LSTM",
+    "Layer",
+    "LayerNormalization",
+    "MultiHeadAttention",
+    "PositionalEmbedding",
+    "causal_mask",
+    "combine_masks",
+    "padding_mask",
+]

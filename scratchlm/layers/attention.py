@@ -65,19 +65,19 @@ from ..errors import ModelError
 from ..initializers import uniform
 from .base import Array, Layer, Shape
 
-FILL = -0.7 * 3.38953e38          # Keras' large negative for float32 and float64 (≈ -2.37e38)
+FILL = -0.7 * 3.38953e38  # Keras' large negative for float32 and float64 (≈ -2.37e38)
 
 
 def causal_mask(T: int, S: int | None = None, xp: Any = numpy, offset: int = 0) -> Array:
     """(T, S) bool, True where key j may be seen by query i: j ≤ i (Keras' lower band); with ``offset``,
     query i sits at position offset + i (new queries after ``offset`` cached keys): j ≤ offset + i."""
     S = T if S is None else S
-    return xp.arange(S)[None, :] <= offset + xp.arange(T)[:, None]    # (T, S)
+    return xp.arange(S)[None, :] <= offset + xp.arange(T)[:, None]  # (T, S)
 
 
 def padding_mask(query_keep: Array, value_keep: Array) -> Array:
     """query_keep (B, T), value_keep (B, S) bool -> (B, T, S) = query_keep[:, :, None] ∧ value_keep[:, None, :]."""
-    return query_keep[:, :, None] & value_keep[:, None, :]            # (B, T, S)
+    return query_keep[:, :, None] & value_keep[:, None, :]  # (B, T, S)
 
 
 def combine_masks(*masks: Array | None) -> Array | None:
@@ -91,15 +91,16 @@ def combine_masks(*masks: Array | None) -> Array | None:
 
 class AttentionCache(NamedTuple):
     """What :meth:`MultiHeadAttention.backward` needs from its forward."""
-    query: Array              # (B, T, E) query input
-    value: Array              # (B, S, E) value input
-    key: Array                # (B, S, E) key input (the value input when key was None)
-    q: Array                  # (B, N, T, K) projected queries, head-major
-    k: Array                  # (B, N, S, K) projected keys
-    v: Array                  # (B, N, S, K) projected values
-    p: Array                  # (B, N, T, S) attention probabilities
-    o: Array                  # (B, N, T, K) per-head outputs P V
-    mask: Array | None        # (B, 1, T, S) bool, True = may attend, or None
+
+    query: Array  # (B, T, E) query input
+    value: Array  # (B, S, E) value input
+    key: Array  # (B, S, E) key input (the value input when key was None)
+    q: Array  # (B, N, T, K) projected queries, head-major
+    k: Array  # (B, N, S, K) projected keys
+    v: Array  # (B, N, S, K) projected values
+    p: Array  # (B, N, T, S) attention probabilities
+    o: Array  # (B, N, T, K) per-head outputs P V
+    mask: Array | None  # (B, 1, T, S) bool, True = may attend, or None
 
 
 class AttentionGrads(NamedTuple):
@@ -109,9 +110,10 @@ class AttentionGrads(NamedTuple):
     d_query + d_value + d_key; with key=None (key is value) it is the value
     input's d_value + d_key. The caller adds them.
     """
-    d_query: Array            # (B, T, E)
-    d_value: Array            # (B, S, E)
-    d_key: Array              # (B, S, E)
+
+    d_query: Array  # (B, T, E)
+    d_value: Array  # (B, S, E)
+    d_key: Array  # (B, S, E)
 
 
 class MultiHeadAttention(Layer):
@@ -122,13 +124,13 @@ class MultiHeadAttention(Layer):
         E, N, K = embed_dim, num_heads, key_dim
         self.embed_dim, self.num_heads, self.key_dim = E, N, K
         self.scale = 1.0 / math.sqrt(K)
-        proj = math.sqrt(6.0 / (E + N * K))                            # glorot, fan_in E, fan_out N·K
+        proj = math.sqrt(6.0 / (E + N * K))  # glorot, fan_in E, fan_out N·K
         self._params = {}
         for name in ("query", "key", "value"):
-            self._params[f"{name}/kernel"] = uniform((E, N, K), rng, backend, limit=proj)   # (E, N, K)
-            self._params[f"{name}/bias"] = backend.zeros((N, K))                          # (N, K)
-        self._params["output/kernel"] = uniform((N, K, E), rng, backend, limit=proj)      # (N, K, E)
-        self._params["output/bias"] = backend.zeros((E,))                                 # (E,)
+            self._params[f"{name}/kernel"] = uniform((E, N, K), rng, backend, limit=proj)  # (E, N, K)
+            self._params[f"{name}/bias"] = backend.zeros((N, K))  # (N, K)
+        self._params["output/kernel"] = uniform((N, K, E), rng, backend, limit=proj)  # (N, K, E)
+        self._params["output/bias"] = backend.zeros((E,))  # (E,)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -148,68 +150,74 @@ class MultiHeadAttention(Layer):
         """x (B, L, E) -> x W + b, head-major (B, N, L, K)."""
         B, L, E = x.shape
         W, b = self._params[f"{name}/kernel"], self._params[f"{name}/bias"]
-        y = x.reshape(B * L, E) @ W.reshape(E, -1)                     # (B·L, N·K)
-        y = y.reshape(B, L, self.num_heads, self.key_dim) + b          # (B, L, N, K)
-        return y.transpose(0, 2, 1, 3)                                 # (B, N, L, K)
+        y = x.reshape(B * L, E) @ W.reshape(E, -1)  # (B·L, N·K)
+        y = y.reshape(B, L, self.num_heads, self.key_dim) + b  # (B, L, N, K)
+        return y.transpose(0, 2, 1, 3)  # (B, N, L, K)
 
     def _project_backward(self, x: Array, dy: Array, name: str) -> tuple[Array, dict[str, Array]]:
         """dy (B, N, L, K) -> (dx (B, L, E), {name/kernel: xᵀ dy (E, N, K), name/bias: Σ dy (N, K)})."""
         B, L, E = x.shape
         W = self._params[f"{name}/kernel"]
-        dy2 = dy.transpose(0, 2, 1, 3).reshape(B * L, -1)              # (B·L, N·K)
-        dx = (dy2 @ W.reshape(E, -1).T).reshape(B, L, E)               # (B, L, E)
-        return dx, {f"{name}/kernel": (x.reshape(B * L, E).T @ dy2).reshape(W.shape),
-                    f"{name}/bias": dy2.sum(axis=0).reshape(self.num_heads, self.key_dim)}
+        dy2 = dy.transpose(0, 2, 1, 3).reshape(B * L, -1)  # (B·L, N·K)
+        dx = (dy2 @ W.reshape(E, -1).T).reshape(B, L, E)  # (B, L, E)
+        return dx, {
+            f"{name}/kernel": (x.reshape(B * L, E).T @ dy2).reshape(W.shape),
+            f"{name}/bias": dy2.sum(axis=0).reshape(self.num_heads, self.key_dim),
+        }
 
     def _check_mask(self, mask: Array | None, B: int, T: int, S: int) -> Array | None:
         """mask (B, T, S) or (T, S) bool -> (B, 1, T, S) bool (broadcast over heads), or None."""
         if mask is None:
             return None
-        mask = self.backend.asarray(mask)                              # host masks move to the device
+        mask = self.backend.asarray(mask)  # host masks move to the device
         if mask.dtype != bool or mask.shape not in ((B, T, S), (T, S)):
-            raise ModelError(f"attention mask must be a bool array of shape (B, T, S) = {(B, T, S)} "
-                             f"or (T, S), got {mask.dtype} {tuple(mask.shape)}")
+            raise ModelError(
+                f"attention mask must be a bool array of shape (B, T, S) = {(B, T, S)} "
+                f"or (T, S), got {mask.dtype} {tuple(mask.shape)}"
+            )
         return self.backend.xp.broadcast_to(mask, (B, T, S))[:, None]  # (B, 1, T, S)
 
-    def _inputs(self, query: Array, value: Array, key: Array | None,
-                mask: Array | None) -> tuple[Array, Array | None]:
+    def _inputs(self, query: Array, value: Array, key: Array | None, mask: Array | None) -> tuple[Array, Array | None]:
         """(key, mask (B, 1, T, S) or None) once the shapes are checked; key None means key = value."""
         key = value if key is None else key
         B, T, E = query.shape
         S = value.shape[1]
         if value.shape != (B, S, E) or key.shape != (B, S, E):
-            raise ModelError(f"attention inputs must be query (B, T, E), value and key (B, S, E) with E = "
-                             f"{self.embed_dim}: got {tuple(query.shape)}, {tuple(value.shape)}, {tuple(key.shape)}")
+            raise ModelError(
+                f"attention inputs must be query (B, T, E), value and key (B, S, E) with E = "
+                f"{self.embed_dim}: got {tuple(query.shape)}, {tuple(value.shape)}, {tuple(key.shape)}"
+            )
         return key, self._check_mask(mask, B, T, S)
 
     # -- forward and backward ----------------------------------------------
-    def forward(self, query: Array, value: Array, key: Array | None = None,
-                mask: Array | None = None) -> tuple[Array, AttentionCache]:
+    def forward(
+        self, query: Array, value: Array, key: Array | None = None, mask: Array | None = None
+    ) -> tuple[Array, AttentionCache]:
         """query (B, T, E), value (B, S, E), key (B, S, E) or None (= value), mask (B, T, S) or (T, S) bool
         (True = may attend) or None -> (out (B, T, E), cache)."""
         key, mask = self._inputs(query, value, key, mask)
-        q = self._project(query, "query")                              # (B, N, T, K)
-        k = self._project(key, "key")                                  # (B, N, S, K)
-        v = self._project(value, "value")                              # (B, N, S, K)
+        q = self._project(query, "query")  # (B, N, T, K)
+        k = self._project(key, "key")  # (B, N, S, K)
+        v = self._project(value, "value")  # (B, N, S, K)
         p, o = self._attention(q, k, v, mask)
         return self._output(o), AttentionCache(query, value, key, q, k, v, p, o, mask)
 
     def _attention(self, q: Array, k: Array, v: Array, mask: Array | None) -> tuple[Array, Array]:
         """(P, O) = (softmax(Q Kᵀ/√K, masked by replacement), P V), head-major."""
         xp = self.backend.xp
-        s = (q @ k.transpose(0, 1, 3, 2)) * self.scale                 # (B, N, T, S)
+        s = (q @ k.transpose(0, 1, 3, 2)) * self.scale  # (B, N, T, S)
         if mask is not None:
-            s = xp.where(mask, s, s.dtype.type(FILL))                  # replace, not add
+            s = xp.where(mask, s, s.dtype.type(FILL))  # replace, not add
         s -= s.max(axis=-1, keepdims=True)
-        p = xp.exp(s)                                                  # (B, N, T, S)
+        p = xp.exp(s)  # (B, N, T, S)
         p /= p.sum(axis=-1, keepdims=True)
-        return p, p @ v                                                # O (B, N, T, K)
+        return p, p @ v  # O (B, N, T, K)
 
     def _output(self, o: Array) -> Array:
         """Per-head outputs O (B, N, T, K) -> Σ_{n,k} O Wo + bo (B, T, E)."""
         B, N, T, K = o.shape
         Wo = self._params["output/kernel"]
-        out = o.transpose(0, 2, 1, 3).reshape(B * T, N * K) @ Wo.reshape(N * K, -1)   # (B·T, E)
+        out = o.transpose(0, 2, 1, 3).reshape(B * T, N * K) @ Wo.reshape(N * K, -1)  # (B·T, E)
         out += self._params["output/bias"]
         return out.reshape(B, T, -1)
 
@@ -219,11 +227,10 @@ class MultiHeadAttention(Layer):
         B, T, E = dout.shape
         N, K = self.num_heads, self.key_dim
         Wo = self._params["output/kernel"]
-        dout2 = dout.reshape(B * T, E)                                 # (B·T, E)
-        o2 = c.o.transpose(0, 2, 1, 3).reshape(B * T, N * K)           # (B·T, N·K)
-        grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E),
-                 "output/bias": dout2.sum(axis=0)}
-        do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)   # (B, N, T, K)
+        dout2 = dout.reshape(B * T, E)  # (B·T, E)
+        o2 = c.o.transpose(0, 2, 1, 3).reshape(B * T, N * K)  # (B·T, N·K)
+        grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E), "output/bias": dout2.sum(axis=0)}
+        do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)  # (B, N, T, K)
         dq, dk, dv = self._attention_backward(c, do)
         d_query, g = self._project_backward(c.query, dq, "query")
         grads.update(g)
@@ -235,14 +242,14 @@ class MultiHeadAttention(Layer):
 
     def _attention_backward(self, c: AttentionCache, do: Array) -> tuple[Array, Array, Array]:
         """dO (B, N, T, K) -> (dQ, dK, dV) head-major, through the cached probabilities."""
-        dv = c.p.transpose(0, 1, 3, 2) @ do                            # (B, N, S, K)  dV = Pᵀ dO
-        dp = do @ c.v.transpose(0, 1, 3, 2)                            # (B, N, T, S)  dP = dO Vᵀ
-        ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))       # (B, N, T, S)
+        dv = c.p.transpose(0, 1, 3, 2) @ do  # (B, N, S, K)  dV = Pᵀ dO
+        dp = do @ c.v.transpose(0, 1, 3, 2)  # (B, N, T, S)  dP = dO Vᵀ
+        ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))  # (B, N, T, S)
         if c.mask is not None:
-            ds = self.backend.xp.where(c.mask, ds, 0)                  # replaced scores get nothing
+            ds = self.backend.xp.where(c.mask, ds, 0)  # replaced scores get nothing
         ds *= self.scale
-        dq = ds @ c.k                                                  # (B, N, T, K)  dQ = dS K / √K
-        dk = ds.transpose(0, 1, 3, 2) @ c.q                            # (B, N, S, K)  dK = dSᵀ Q / √K
+        dq = ds @ c.k  # (B, N, T, K)  dQ = dS K / √K
+        dk = ds.transpose(0, 1, 3, 2) @ c.q  # (B, N, S, K)  dK = dSᵀ Q / √K
         return dq, dk, dv
 
     # -- decoding with a key/value cache ------------------------------------
@@ -258,7 +265,7 @@ class MultiHeadAttention(Layer):
         """
         B, T, _ = query.shape
         mask = self._check_mask(mask, B, T, k.shape[2])
-        q = self._project(query, "query")                              # (B, N, T, K)
+        q = self._project(query, "query")  # (B, N, T, K)
         return self._output(self._attend(q, k, v, mask))
 
     def _attend(self, q: Array, k: Array, v: Array, mask: Array | None) -> Array:

@@ -53,15 +53,16 @@ class KVCache:
     def append(self, k: Array, v: Array) -> tuple[Array, Array]:
         """Add the keys and values of the next positions, (B, N, T, K) each; returns all so far."""
         T = k.shape[2]
-        self.k[:, :, self.length:self.length + T] = k
-        self.v[:, :, self.length:self.length + T] = v
+        self.k[:, :, self.length : self.length + T] = k
+        self.v[:, :, self.length : self.length + T] = v
         self.length += T
-        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
 
 class BookBlockCache(NamedTuple):
     """What :meth:`BookDecoderBlock.backward` needs: its layers' caches (their types are their classes')."""
-    x: Array                  # (B, T, E) block input
+
+    x: Array  # (B, T, E) block input
     attention_1: AttentionCache
     layernorm_1: LayerNormCache
     attention_2: AttentionCache
@@ -78,22 +79,33 @@ class BookDecoderBlock(Layer):
         self.attention_1 = backend.layer(MultiHeadAttention)(embed_dim, num_heads, key_dim, backend, rng)
         self.attention_2 = backend.layer(MultiHeadAttention)(embed_dim, num_heads, key_dim, backend, rng)
         self.ffn = backend.layer(FeedForward)(embed_dim, dense_dim, backend, rng)
-        self.layernorm_1, self.layernorm_2, self.layernorm_3 = (backend.layer(LayerNormalization)(embed_dim, backend)
-                                                                for _ in range(3))
+        self.layernorm_1, self.layernorm_2, self.layernorm_3 = (
+            backend.layer(LayerNormalization)(embed_dim, backend) for _ in range(3)
+        )
 
     @property
     def params(self) -> dict[str, Array]:
-        return {**prefixed("attention_1", self.attention_1.params), **prefixed("attention_2", self.attention_2.params),
-                **prefixed("layernorm_1", self.layernorm_1.params), **prefixed("layernorm_2", self.layernorm_2.params),
-                **prefixed("layernorm_3", self.layernorm_3.params), **self.ffn.params}
+        return {
+            **prefixed("attention_1", self.attention_1.params),
+            **prefixed("attention_2", self.attention_2.params),
+            **prefixed("layernorm_1", self.layernorm_1.params),
+            **prefixed("layernorm_2", self.layernorm_2.params),
+            **prefixed("layernorm_3", self.layernorm_3.params),
+            **self.ffn.params,
+        }
 
     @classmethod
     def param_shapes(cls, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int) -> dict[str, Shape]:
         attention = MultiHeadAttention.param_shapes(embed_dim, num_heads, key_dim)
         norm = LayerNormalization.param_shapes(embed_dim)
-        return {**prefixed("attention_1", attention), **prefixed("attention_2", attention),
-                **prefixed("layernorm_1", norm), **prefixed("layernorm_2", norm), **prefixed("layernorm_3", norm),
-                **FeedForward.param_shapes(embed_dim, dense_dim)}
+        return {
+            **prefixed("attention_1", attention),
+            **prefixed("attention_2", attention),
+            **prefixed("layernorm_1", norm),
+            **prefixed("layernorm_2", norm),
+            **prefixed("layernorm_3", norm),
+            **FeedForward.param_shapes(embed_dim, dense_dim),
+        }
 
     def forward(self, x: Array, mask: Array | None) -> tuple[Array, BookBlockCache]:
         """x (B, T, E), mask (B, T, T) bool -> (out (B, T, E), BookBlockCache)."""
@@ -111,18 +123,19 @@ class BookDecoderBlock(Layer):
 
         def add(prefix, g):
             grads.update(prefixed(prefix, g))
-        d, g = self.layernorm_3.backward(cache.layernorm_3, dout)          # d(a2 + f)
+
+        d, g = self.layernorm_3.backward(cache.layernorm_3, dout)  # d(a2 + f)
         add("layernorm_3", g)
         da2, g = self.ffn.backward(cache.ffn, d)
         grads.update(g)
         da2 = da2 + d
-        d, g = self.layernorm_2.backward(cache.layernorm_2, da2)           # d(a1 + m2)
+        d, g = self.layernorm_2.backward(cache.layernorm_2, da2)  # d(a1 + m2)
         add("layernorm_2", g)
         d2, g = self.attention_2.backward(cache.attention_2, d)
         add("attention_2", g)
         da1 = d + d2.d_query
-        dx = d2.d_value + d2.d_key                                         # MHA2's keys and values are x
-        d, g = self.layernorm_1.backward(cache.layernorm_1, da1)           # d(x + m1)
+        dx = d2.d_value + d2.d_key  # MHA2's keys and values are x
+        d, g = self.layernorm_1.backward(cache.layernorm_1, da1)  # d(x + m1)
         add("layernorm_1", g)
         d1, g = self.attention_1.backward(cache.attention_1, d)
         add("attention_1", g)
@@ -144,7 +157,8 @@ class BookDecoderBlock(Layer):
 
 class GPTBlockCache(NamedTuple):
     """What :meth:`GPTDecoderBlock.backward` needs: its layers' caches."""
-    x: Array                  # (B, T, E) block input
+
+    x: Array  # (B, T, E) block input
     layernorm_1: LayerNormCache
     attention_1: AttentionCache
     layernorm_2: LayerNormCache
@@ -158,20 +172,26 @@ class GPTDecoderBlock(Layer):
         self.backend = backend
         self.attention_1 = backend.layer(MultiHeadAttention)(embed_dim, num_heads, key_dim, backend, rng)
         self.ffn = backend.layer(FeedForward)(embed_dim, dense_dim, backend, rng)
-        self.layernorm_1, self.layernorm_2 = (backend.layer(LayerNormalization)(embed_dim, backend)
-                                              for _ in range(2))
+        self.layernorm_1, self.layernorm_2 = (backend.layer(LayerNormalization)(embed_dim, backend) for _ in range(2))
 
     @property
     def params(self) -> dict[str, Array]:
-        return {**prefixed("attention_1", self.attention_1.params), **prefixed("layernorm_1", self.layernorm_1.params),
-                **prefixed("layernorm_2", self.layernorm_2.params), **self.ffn.params}
+        return {
+            **prefixed("attention_1", self.attention_1.params),
+            **prefixed("layernorm_1", self.layernorm_1.params),
+            **prefixed("layernorm_2", self.layernorm_2.params),
+            **self.ffn.params,
+        }
 
     @classmethod
     def param_shapes(cls, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int) -> dict[str, Shape]:
         norm = LayerNormalization.param_shapes(embed_dim)
-        return {**prefixed("attention_1", MultiHeadAttention.param_shapes(embed_dim, num_heads, key_dim)),
-                **prefixed("layernorm_1", norm), **prefixed("layernorm_2", norm),
-                **FeedForward.param_shapes(embed_dim, dense_dim)}
+        return {
+            **prefixed("attention_1", MultiHeadAttention.param_shapes(embed_dim, num_heads, key_dim)),
+            **prefixed("layernorm_1", norm),
+            **prefixed("layernorm_2", norm),
+            **FeedForward.param_shapes(embed_dim, dense_dim),
+        }
 
     def forward(self, x: Array, mask: Array | None) -> tuple[Array, GPTBlockCache]:
         """x (B, T, E), mask (B, T, T) bool -> (out (B, T, E), GPTBlockCache)."""

@@ -10,8 +10,9 @@ from .base import Array, Layer, Shape
 
 class ScoreCache(NamedTuple):
     """What :meth:`Dense.score_backward` needs from :meth:`Dense.score`."""
-    x: Array                  # (N, D) the layer's input
-    dlogits: Array            # (N, V) ∂L/∂logits = w_n·(softmax − onehot)
+
+    x: Array  # (N, D) the layer's input
+    dlogits: Array  # (N, V) ∂L/∂logits = w_n·(softmax − onehot)
 
 
 class Dense(Layer):
@@ -30,8 +31,8 @@ class Dense(Layer):
 
     def __init__(self, input_size: int, units: int, backend: Backend, rng: Any):
         self.backend = backend
-        self.kernel = glorot_uniform((input_size, units), rng, backend)   # (D, V)
-        self.bias = backend.zeros((units,))                               # (V,)
+        self.kernel = glorot_uniform((input_size, units), rng, backend)  # (D, V)
+        self.bias = backend.zeros((units,))  # (V,)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -43,19 +44,20 @@ class Dense(Layer):
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         """x (..., D) -> (y (..., V), cache = x)."""
-        y = x.reshape(-1, x.shape[-1]) @ self.kernel                      # (N, V)
+        y = x.reshape(-1, x.shape[-1]) @ self.kernel  # (N, V)
         y += self.bias
         return y.reshape(x.shape[:-1] + (self.kernel.shape[1],)), x
 
     def backward(self, x: Array, dy: Array) -> tuple[Array, dict[str, Array]]:
         """(cache = x, dy (..., V)) -> (dx (..., D), {"kernel": xᵀ dy, "bias": Σ dy})."""
-        x2 = x.reshape(-1, x.shape[-1])                                   # (N, D)
-        dy2 = dy.reshape(-1, dy.shape[-1])                                # (N, V)
-        dx = (dy2 @ self.kernel.T).reshape(x.shape)                       # (..., D)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, D)
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (N, V)
+        dx = (dy2 @ self.kernel.T).reshape(x.shape)  # (..., D)
         return dx, {"kernel": x2.T @ dy2, "bias": dy2.sum(axis=0)}
 
-    def score(self, x: Array, targets: Array, mask: Array | None = None,
-              backward: bool = True) -> tuple[float, ScoreCache | None]:
+    def score(
+        self, x: Array, targets: Array, mask: Array | None = None, backward: bool = True
+    ) -> tuple[float, ScoreCache | None]:
         """Mean softmax cross-entropy of the logits x W + b against ``targets``, and the cache of
         :meth:`score_backward`.
 
@@ -63,7 +65,7 @@ class Dense(Layer):
         :func:`scratchlm.losses.softmax_cross_entropy`). Returns (loss, cache),
         or (loss, None) with backward=False.
         """
-        logits, _ = self.forward(x)                                       # (N, V)
+        logits, _ = self.forward(x)  # (N, V)
         loss, dlogits = softmax_cross_entropy(logits, targets, mask)
         return loss, (ScoreCache(x, dlogits) if backward else None)
 

@@ -14,8 +14,10 @@ from .base import Array, Layer, Shape
 MAX_RATE = 0.99
 
 
-RATE = (f"a rate in [0, {MAX_RATE}] (the share of units dropped; above {MAX_RATE} almost no unit is kept and "
-        "nothing trains)")
+RATE = (
+    f"a rate in [0, {MAX_RATE}] (the share of units dropped; above {MAX_RATE} almost no unit is kept and "
+    "nothing trains)"
+)
 
 
 def is_rate(rate: object) -> bool:

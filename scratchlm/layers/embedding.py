@@ -18,7 +18,7 @@ class Embedding(Layer):
 
     def __init__(self, vocab_size: int, dim: int, backend: Backend, rng: Any):
         self.backend = backend
-        self.embeddings = uniform((vocab_size, dim), rng, backend)      # (V, E)
+        self.embeddings = uniform((vocab_size, dim), rng, backend)  # (V, E)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -55,8 +55,8 @@ class PositionalEmbedding(Layer):
     def __init__(self, vocab_size: int, sequence_length: int, embed_dim: int, backend: Backend, rng: Any):
         self.backend = backend
         self.sequence_length = sequence_length
-        self.token_embeddings = uniform((vocab_size, embed_dim), rng, backend)            # (V, E)
-        self.position_embeddings = uniform((sequence_length, embed_dim), rng, backend)    # (L, E)
+        self.token_embeddings = uniform((vocab_size, embed_dim), rng, backend)  # (V, E)
+        self.position_embeddings = uniform((sequence_length, embed_dim), rng, backend)  # (L, E)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -68,9 +68,11 @@ class PositionalEmbedding(Layer):
 
     def _check(self, ids: Array, start: int = 0) -> None:
         if ids.ndim != 2 or start + ids.shape[1] > self.sequence_length:
-            raise ModelError(f"PositionalEmbedding takes token ids of shape (B, T) with T <= sequence_length "
-                             f"= {self.sequence_length}, got shape {tuple(ids.shape)}: cut the sequences "
-                             f"to at most {self.sequence_length} tokens")
+            raise ModelError(
+                f"PositionalEmbedding takes token ids of shape (B, T) with T <= sequence_length "
+                f"= {self.sequence_length}, got shape {tuple(ids.shape)}: cut the sequences "
+                f"to at most {self.sequence_length} tokens"
+            )
 
     @staticmethod
     def keep(ids: Array) -> Array:
@@ -81,14 +83,14 @@ class PositionalEmbedding(Layer):
         """ids (B, T) int at positions start … start+T-1 (<= L) -> (vectors (B, T, E), cache = ids)."""
         self._check(ids, start)
         T = ids.shape[1]
-        return self.token_embeddings[ids] + self.position_embeddings[start:start + T], ids    # (B, T, E)
+        return self.token_embeddings[ids] + self.position_embeddings[start : start + T], ids  # (B, T, E)
 
     def backward(self, ids: Array, dy: Array) -> tuple[None, dict[str, Array]]:
         """(cache = ids, dy (B, T, E)) -> (None, {"token_embeddings": (V, E), "position_embeddings": (L, E)})."""
         self._check(ids)
         T, E = ids.shape[1], dy.shape[-1]
-        dEt = self.backend.zeros(self.token_embeddings.shape)                             # (V, E)
+        dEt = self.backend.zeros(self.token_embeddings.shape)  # (V, E)
         self.backend.scatter_add(dEt, ids.reshape(-1), dy.reshape(-1, E))
-        dEp = self.backend.zeros(self.position_embeddings.shape)                          # (L, E)
+        dEp = self.backend.zeros(self.position_embeddings.shape)  # (L, E)
         dEp[:T] = dy.sum(axis=0)
         return None, {"token_embeddings": dEt, "position_embeddings": dEp}

@@ -27,8 +27,9 @@ from .dense import Dense
 
 class FeedForwardCache(NamedTuple):
     """What :meth:`FeedForward.backward` needs from its forward: the two Dense layers' inputs (their caches)."""
-    x: Array                  # (..., E) input
-    h: Array                  # (..., F) relu(x W1 + b1)
+
+    x: Array  # (..., E) input
+    h: Array  # (..., F) relu(x W1 + b1)
 
 
 class FeedForward(Layer):
@@ -36,8 +37,8 @@ class FeedForward(Layer):
 
     def __init__(self, embed_dim: int, dense_dim: int, backend: Backend, rng: Any):
         self.backend = backend
-        self.ffn_1 = backend.layer(Dense)(embed_dim, dense_dim, backend, rng)     # (E, F)
-        self.ffn_2 = backend.layer(Dense)(dense_dim, embed_dim, backend, rng)     # (F, E)
+        self.ffn_1 = backend.layer(Dense)(embed_dim, dense_dim, backend, rng)  # (E, F)
+        self.ffn_2 = backend.layer(Dense)(dense_dim, embed_dim, backend, rng)  # (F, E)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -45,19 +46,21 @@ class FeedForward(Layer):
 
     @classmethod
     def param_shapes(cls, embed_dim: int, dense_dim: int) -> dict[str, Shape]:
-        return {**prefixed("ffn_1", Dense.param_shapes(embed_dim, dense_dim)),
-                **prefixed("ffn_2", Dense.param_shapes(dense_dim, embed_dim))}
+        return {
+            **prefixed("ffn_1", Dense.param_shapes(embed_dim, dense_dim)),
+            **prefixed("ffn_2", Dense.param_shapes(dense_dim, embed_dim)),
+        }
 
     def forward(self, x: Array) -> tuple[Array, FeedForwardCache]:
         """x (..., E) -> (y (..., E), cache)."""
-        h, _ = self.ffn_1.forward(x)                                      # (..., F)
-        h = self.backend.xp.maximum(h, 0, out=h)                          # relu, in place
+        h, _ = self.ffn_1.forward(x)  # (..., F)
+        h = self.backend.xp.maximum(h, 0, out=h)  # relu, in place
         y, _ = self.ffn_2.forward(h)
         return y, FeedForwardCache(x, h)
 
     def backward(self, cache: FeedForwardCache, dy: Array) -> tuple[Array, dict[str, Array]]:
         """dy (..., E) -> (dx (..., E), param grads keyed like ``params``)."""
-        dh, g2 = self.ffn_2.backward(cache.h, dy)                         # (..., F)
-        dh = dh * (cache.h > 0)                                           # relu'
-        dx, g1 = self.ffn_1.backward(cache.x, dh)                         # (..., E)
+        dh, g2 = self.ffn_2.backward(cache.h, dy)  # (..., F)
+        dh = dh * (cache.h > 0)  # relu'
+        dx, g1 = self.ffn_1.backward(cache.x, dh)  # (..., E)
         return dx, {**prefixed("ffn_1", g1), **prefixed("ffn_2", g2)}

@@ -9,9 +9,10 @@ from .recurrent import Recurrent, RecurrentCache, sigmoid
 
 class GRUSteps(NamedTuple):
     """The GRU's record of its time loop."""
-    gates: Array              # (T, B, 3H) activations [z r h̃]
-    hs: Array                 # (T+1, B, H) h_0 … h_T
-    uh: Array                 # (T, B, H) û_h = (h_{t-1} U + b_rec)_h, the recurrent part of h̃ before the reset
+
+    gates: Array  # (T, B, 3H) activations [z r h̃]
+    hs: Array  # (T+1, B, H) h_0 … h_T
+    uh: Array  # (T, B, H) û_h = (h_{t-1} U + b_rec)_h, the recurrent part of h̃ before the reset
 
 
 class GRU(Recurrent):
@@ -61,9 +62,9 @@ class GRU(Recurrent):
 
     def _init_params(self, input_size: int, units: int, rng: Any) -> None:
         H = units
-        self.kernel = glorot_uniform((input_size, 3 * H), rng, self.backend)   # W (D, 3H)
-        self.recurrent_kernel = orthogonal((H, 3 * H), rng, self.backend)     # U (H, 3H)
-        self.bias = self.backend.zeros((2, 3 * H))                             # [b_in; b_rec] (2, 3H)
+        self.kernel = glorot_uniform((input_size, 3 * H), rng, self.backend)  # W (D, 3H)
+        self.recurrent_kernel = orthogonal((H, 3 * H), rng, self.backend)  # U (H, 3H)
+        self.bias = self.backend.zeros((2, 3 * H))  # [b_in; b_rec] (2, 3H)
 
     @classmethod
     def bias_shape(cls, units: int) -> Shape:
@@ -79,56 +80,57 @@ class GRU(Recurrent):
         T, B, _ = gates.shape
         H = self.units
         U, b_rec = self.recurrent_kernel, self.bias[1]
-        hs = self.backend.empty((T + 1, B, H))                            # h_0 … h_T
-        uh = self.backend.empty((T, B, H))                                # û_h
+        hs = self.backend.empty((T + 1, B, H))  # h_0 … h_T
+        uh = self.backend.empty((T, B, H))  # û_h
         hs[0] = state0[0]
         for t in range(T):
-            a = gates[t]                                                  # (B, 3H): x̂, then [z r h̃]
-            u = hs[t] @ U                                                 # (B, 3H)
-            u += b_rec                                                    # û
-            a[:, :2 * H] += u[:, :2 * H]
-            sigmoid(xp, a[:, :2 * H], out=a[:, :2 * H])                  # z, r
-            z, r, h_tilde = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-            uh[t] = u[:, 2 * H:]
+            a = gates[t]  # (B, 3H): x̂, then [z r h̃]
+            u = hs[t] @ U  # (B, 3H)
+            u += b_rec  # û
+            a[:, : 2 * H] += u[:, : 2 * H]
+            sigmoid(xp, a[:, : 2 * H], out=a[:, : 2 * H])  # z, r
+            z, r, h_tilde = a[:, :H], a[:, H : 2 * H], a[:, 2 * H :]
+            uh[t] = u[:, 2 * H :]
             h_tilde += r * uh[t]
-            xp.tanh(h_tilde, out=h_tilde)                                 # h̃ = tanh(x̂_h + r ⊙ û_h)
+            xp.tanh(h_tilde, out=h_tilde)  # h̃ = tanh(x̂_h + r ⊙ û_h)
             h = hs[t + 1]
             xp.multiply(z, hs[t] - h_tilde, out=h)
-            h += h_tilde                                                  # h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃
-            if keep is not None:                                          # masked step: keep h
+            h += h_tilde  # h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃
+            if keep is not None:  # masked step: keep h
                 hs[t + 1] = xp.where(keep[t], hs[t + 1], hs[t])
         return GRUSteps(gates, hs, uh), (hs[T],)
 
-    def _loop_backward(self, cache: RecurrentCache, dy: Array | None,
-                       d_final: list) -> tuple[Array, dict[str, Array], tuple]:
+    def _loop_backward(
+        self, cache: RecurrentCache, dy: Array | None, d_final: list
+    ) -> tuple[Array, dict[str, Array], tuple]:
         """BPTT from dh_T = d_final[0] with dy (T, B, H) or None -> (dX̂ (T, B, 3H), recurrent grads, (dh_0,))."""
         gates, hs, uh = cache.steps
         keep = cache.keep
         T, B, G = gates.shape
         H = self.units
         U = self.recurrent_kernel
-        (dh,) = d_final                                                   # ∂L/∂h_t
-        dX = self.backend.empty((T, B, G))                                # ∂L/∂x̂_t
-        dUh = self.backend.empty((T, B, G))                               # ∂L/∂û_t
+        (dh,) = d_final  # ∂L/∂h_t
+        dX = self.backend.empty((T, B, G))  # ∂L/∂x̂_t
+        dUh = self.backend.empty((T, B, G))  # ∂L/∂û_t
         for t in reversed(range(T)):
             if dy is not None:
                 dh = dh + dy[t]
-            z, r, h_tilde = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
-            dh_new = dh if keep is None else dh * keep[t]                 # dh' = m dh
+            z, r, h_tilde = gates[t, :, :H], gates[t, :, H : 2 * H], gates[t, :, 2 * H :]
+            dh_new = dh if keep is None else dh * keep[t]  # dh' = m dh
             da_h = dh_new * (1.0 - z) * (1.0 - h_tilde * h_tilde)
             da_z = dh_new * (hs[t] - h_tilde) * z * (1.0 - z)
             da_r = da_h * uh[t] * r * (1.0 - r)
             dx, du = dX[t], dUh[t]
-            dx[:, :H], dx[:, H:2 * H], dx[:, 2 * H:] = da_z, da_r, da_h
-            du[:, :2 * H] = dx[:, :2 * H]
-            du[:, 2 * H:] = da_h * r
+            dx[:, :H], dx[:, H : 2 * H], dx[:, 2 * H :] = da_z, da_r, da_h
+            du[:, : 2 * H] = dx[:, : 2 * H]
+            du[:, 2 * H :] = da_h * r
             dh_prev = dh_new * z + du @ U.T
             if keep is not None:
                 dh_prev += dh * ~keep[t]
             dh = dh_prev
         dU2 = dUh.reshape(T * B, G)
-        dU = hs[:-1].reshape(T * B, H).T @ dU2                            # (H, 3H)
+        dU = hs[:-1].reshape(T * B, H).T @ dU2  # (H, 3H)
         return dX, {"recurrent_kernel": dU, "recurrent_bias": dU2.sum(axis=0)}, (dh,)
 
     def _bias_gradient(self, d_input_bias: Array, recurrent: dict[str, Array]) -> Array:
-        return self.backend.xp.stack([d_input_bias, recurrent["recurrent_bias"]])     # (2, 3H)
+        return self.backend.xp.stack([d_input_bias, recurrent["recurrent_bias"]])  # (2, 3H)

@@ -27,8 +27,9 @@ from .base import Array, Layer, Shape
 
 class LayerNormCache(NamedTuple):
     """What :meth:`LayerNormalization.backward` needs from its forward."""
-    xhat: Array               # (..., D) normalised input x̂, in the compute dtype
-    rstd: Array               # (..., 1) 1/σ = 1/√(σ² + ε)
+
+    xhat: Array  # (..., D) normalised input x̂, in the compute dtype
+    rstd: Array  # (..., 1) 1/σ = 1/√(σ² + ε)
 
 
 class LayerNormalization(Layer):
@@ -37,8 +38,8 @@ class LayerNormalization(Layer):
     def __init__(self, dim: int, backend: Backend, epsilon: float = 1e-3):
         self.backend = backend
         self.epsilon = epsilon
-        self.gamma = backend.asarray(backend.xp.ones((dim,)))            # (D,)
-        self.beta = backend.zeros((dim,))                                 # (D,)
+        self.gamma = backend.asarray(backend.xp.ones((dim,)))  # (D,)
+        self.beta = backend.zeros((dim,))  # (D,)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -51,12 +52,12 @@ class LayerNormalization(Layer):
     def forward(self, x: Array) -> tuple[Array, LayerNormCache]:
         """x (..., D) -> (y (..., D), cache)."""
         xp = self.backend.xp
-        xc = x.astype(xp.result_type(x.dtype, xp.float32), copy=False)   # at least float32
-        mu = xc.mean(axis=-1, keepdims=True)                              # (..., 1)
-        d = xc - mu                                                       # (..., D)
-        var = (d * d).mean(axis=-1, keepdims=True)                        # (..., 1) biased
-        rstd = 1.0 / xp.sqrt(var + self.epsilon)                          # (..., 1)
-        xhat = d * rstd                                                   # (..., D)
+        xc = x.astype(xp.result_type(x.dtype, xp.float32), copy=False)  # at least float32
+        mu = xc.mean(axis=-1, keepdims=True)  # (..., 1)
+        d = xc - mu  # (..., D)
+        var = (d * d).mean(axis=-1, keepdims=True)  # (..., 1) biased
+        rstd = 1.0 / xp.sqrt(var + self.epsilon)  # (..., 1)
+        xhat = d * rstd  # (..., D)
         y = xhat * self.gamma + self.beta
         return y.astype(x.dtype, copy=False), LayerNormCache(xhat, rstd)
 
@@ -65,10 +66,11 @@ class LayerNormalization(Layer):
         xhat, rstd = cache
         D = xhat.shape[-1]
         dyc = dy.astype(xhat.dtype, copy=False)
-        g = dyc * self.gamma                                              # (..., D)
-        dx = (g - g.mean(axis=-1, keepdims=True)
-              - xhat * (g * xhat).mean(axis=-1, keepdims=True)) * rstd    # (..., D)
-        dy2, xhat2 = dyc.reshape(-1, D), xhat.reshape(-1, D)              # (M, D)
-        grads = {"gamma": (dy2 * xhat2).sum(axis=0).astype(self.gamma.dtype, copy=False),
-                 "beta": dy2.sum(axis=0).astype(self.beta.dtype, copy=False)}
+        g = dyc * self.gamma  # (..., D)
+        dx = (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)) * rstd  # (..., D)
+        dy2, xhat2 = dyc.reshape(-1, D), xhat.reshape(-1, D)  # (M, D)
+        grads = {
+            "gamma": (dy2 * xhat2).sum(axis=0).astype(self.gamma.dtype, copy=False),
+            "beta": dy2.sum(axis=0).astype(self.beta.dtype, copy=False),
+        }
         return dx.astype(dy.dtype, copy=False), grads

@@ -43,21 +43,23 @@ def sigmoid(xp: Any, x: Array, out: Array) -> Array:
 
 class RecurrentCache(NamedTuple):
     """What a recurrent layer's backward needs from its forward, and the state the forward ended in."""
-    x: Array | None           # (T, B, D) float input, or None for token input
-    ids: Array | None         # (T, B) token ids for token input, else None
+
+    x: Array | None  # (T, B, D) float input, or None for token input
+    ids: Array | None  # (T, B) token ids for token input, else None
     embeddings: Array | None  # (V, E) the table the tokens were looked up in, or None (one-hot or float input)
-    steps: Any                # the cell's record of its time loop (LSTMSteps, GRUSteps)
-    keep: Array | None        # (T, B, 1) bool, m_t: True = real step, or None without a mask
-    seen: Array | None        # (T, B, 1) bool, s_t: some real step at or before t, or None without a mask
-    return_sequences: bool    # y is (T, B, H) (True) or the last step's (B, H)
-    final_state: tuple        # the state after step T, one (B, H) per state part (LSTM: h_T, c_T)
+    steps: Any  # the cell's record of its time loop (LSTMSteps, GRUSteps)
+    keep: Array | None  # (T, B, 1) bool, m_t: True = real step, or None without a mask
+    seen: Array | None  # (T, B, 1) bool, s_t: some real step at or before t, or None without a mask
+    return_sequences: bool  # y is (T, B, H) (True) or the last step's (B, H)
+    final_state: tuple  # the state after step T, one (B, H) per state part (LSTM: h_T, c_T)
 
 
 class RecurrentGrads(NamedTuple):
     """The ``dx`` of a recurrent layer's backward: the gradients of what forward was fed."""
-    dx: Array | None          # (T, B, D) ∂L/∂x for float input; None for token input (ids have no gradient)
+
+    dx: Array | None  # (T, B, D) ∂L/∂x for float input; None for token input (ids have no gradient)
     dembeddings: Array | None  # (V, E) ∂L/∂E for token input looked up in an embedding table E, else None
-    dstate: tuple             # ∂L/∂(initial state), one (B, H) per state part (LSTM: dh_0, dc_0)
+    dstate: tuple  # ∂L/∂(initial state), one (B, H) per state part (LSTM: dh_0, dc_0)
 
 
 class Recurrent(Layer):
@@ -78,16 +80,23 @@ class Recurrent(Layer):
     (see :meth:`reset_state`).
     """
 
-    gates: int                        # G, gate blocks per unit
+    gates: int  # G, gate blocks per unit
     state_names: tuple[str, ...] = ()  # the parts of the state, e.g. ("h", "c")
 
-    def __init__(self, input_size: int, units: int, backend: Backend, rng: Any, return_sequences: bool = True,
-                 stateful: bool = False):
+    def __init__(
+        self,
+        input_size: int,
+        units: int,
+        backend: Backend,
+        rng: Any,
+        return_sequences: bool = True,
+        stateful: bool = False,
+    ):
         self.backend = backend
         self.units = units
         self.return_sequences = return_sequences
         self.stateful = stateful
-        self.state: tuple | None = None                                   # the carried state when stateful
+        self.state: tuple | None = None  # the carried state when stateful
         self._init_params(input_size, units, rng)
 
     @abstractmethod
@@ -121,14 +130,14 @@ class Recurrent(Layer):
     def project(self, x: Array) -> Array:
         """x (T, B, D) floats -> zx = x W + b (T, B, G·H): one GEMM over all T·B rows."""
         T, B, D = x.shape
-        zx = x.reshape(T * B, D) @ self.kernel                            # (T·B, G·H)
+        zx = x.reshape(T * B, D) @ self.kernel  # (T·B, G·H)
         zx += self.input_bias
         return zx.reshape(T, B, -1)
 
     def project_backward(self, x: Array, dzx: Array) -> tuple[Array, dict[str, Array]]:
         """dzx (T, B, G·H) -> (dx (T, B, D), {"kernel": xᵀ dzx, "bias": Σ dzx})."""
         T, B, D = x.shape
-        dz2 = dzx.reshape(T * B, -1)                                      # (T·B, G·H)
+        dz2 = dzx.reshape(T * B, -1)  # (T·B, G·H)
         dx = (dz2 @ self.kernel.T).reshape(T, B, D)
         return dx, {"kernel": x.reshape(T * B, D).T @ dz2, "bias": dz2.sum(axis=0)}
 
@@ -141,8 +150,8 @@ class Recurrent(Layer):
             table = E W + b.
         """
         if embeddings is None:
-            return self.kernel + self.input_bias                         # (V, G·H)
-        table = embeddings @ self.kernel                                  # (V, G·H)
+            return self.kernel + self.input_bias  # (V, G·H)
+        table = embeddings @ self.kernel  # (V, G·H)
         table += self.input_bias
         return table
 
@@ -154,8 +163,9 @@ class Recurrent(Layer):
         """
         return self.token_table(embeddings)[ids]
 
-    def project_tokens_backward(self, ids: Array, dzx: Array,
-                                embeddings: Array | None = None) -> tuple[Array | None, dict[str, Array]]:
+    def project_tokens_backward(
+        self, ids: Array, dzx: Array, embeddings: Array | None = None
+    ) -> tuple[Array | None, dict[str, Array]]:
         """Gradients of :meth:`project_tokens`.
 
         dtable[v] = Σ_{(t,b): ids[t,b] = v} dzx[t, b]     (scatter-add, (V, G·H))
@@ -164,14 +174,14 @@ class Recurrent(Layer):
         Returns (dE or None, {"kernel": dW, "bias": db}).
         """
         V = self.kernel.shape[0] if embeddings is None else embeddings.shape[0]
-        dtable = self.backend.zeros((V, dzx.shape[-1]))                   # (V, G·H)
+        dtable = self.backend.zeros((V, dzx.shape[-1]))  # (V, G·H)
         self.backend.scatter_add(dtable, ids.reshape(-1), dzx.reshape(-1, dzx.shape[-1]))
         grads = {"bias": dtable.sum(axis=0)}
         if embeddings is None:
             grads["kernel"] = dtable
             return None, grads
-        grads["kernel"] = embeddings.T @ dtable                           # (E, G·H)
-        return dtable @ self.kernel.T, grads                              # dE (V, E)
+        grads["kernel"] = embeddings.T @ dtable  # (E, G·H)
+        return dtable @ self.kernel.T, grads  # dE (V, E)
 
     # -- state and masks -------------------------------------------------------
     def state_shapes(self, B: int) -> tuple[Shape, ...]:
@@ -189,20 +199,26 @@ class Recurrent(Layer):
         if shapes != self.state_shapes(B):
             raise ValueError(
                 f"initial state must be {len(self.state_names)} arrays of shape {(B, self.units)}, got {shapes}"
-                + (" (stateful layer: call reset_state() when the batch size changes)" if self.stateful else ""))
+                + (" (stateful layer: call reset_state() when the batch size changes)" if self.stateful else "")
+            )
         return tuple(initial_state)
 
     def _outputs(self, hs: Array, keep: Array | None, return_sequences: bool) -> tuple[Array, Array | None]:
         """(y, seen) from h_0 … h_T (T+1, B, H): y_t = s_t ⊙ h_t, all steps or the last one."""
-        y, seen = hs[1:], None                                            # (T, B, H)
+        y, seen = hs[1:], None  # (T, B, H)
         if keep is not None:
-            seen = self.backend.xp.cumsum(keep, axis=0) > 0               # (T, B, 1): s_t
+            seen = self.backend.xp.cumsum(keep, axis=0) > 0  # (T, B, 1): s_t
             y = y * seen
         return (y if return_sequences else y[-1]), seen
 
     # -- forward / backward -------------------------------------------------------
-    def forward(self, x: Array, initial_state: tuple | None = None, mask: Array | None = None,
-                return_sequences: bool | None = None) -> tuple[Array, RecurrentCache]:
+    def forward(
+        self,
+        x: Array,
+        initial_state: tuple | None = None,
+        mask: Array | None = None,
+        return_sequences: bool | None = None,
+    ) -> tuple[Array, RecurrentCache]:
         """x (T, B, D) floats -> (y, cache): the input projection, then the cell's time loop.
 
         initial_state: one (B, H) array per state part, or None for zeros (or,
@@ -216,8 +232,14 @@ class Recurrent(Layer):
         steps, final = self._loop(self.project(x), state0, keep)
         return self._end(steps, final, keep, initial_state, return_sequences, x=x)
 
-    def forward_tokens(self, ids: Array, embeddings: Array | None = None, initial_state: tuple | None = None,
-                       mask: Array | None = None, return_sequences: bool | None = None) -> tuple[Array, RecurrentCache]:
+    def forward_tokens(
+        self,
+        ids: Array,
+        embeddings: Array | None = None,
+        initial_state: tuple | None = None,
+        mask: Array | None = None,
+        return_sequences: bool | None = None,
+    ) -> tuple[Array, RecurrentCache]:
         """``forward`` for token input, ids (T, B), x_t = one-hot(ids) or E[ids] (``embeddings`` E (V, E)).
 
         The input projection is a row lookup in :meth:`token_table`.
@@ -228,20 +250,36 @@ class Recurrent(Layer):
 
     def _begin(self, initial_state: tuple | None, mask: Array | None, B: int) -> tuple[tuple, Array | None]:
         """(the state the loop starts from, the mask as (T, B, 1) bool or None)."""
-        keep = None if mask is None else mask.astype(bool)[:, :, None]    # (T, B, 1)
+        keep = None if mask is None else mask.astype(bool)[:, :, None]  # (T, B, 1)
         return self._initial_state(initial_state, B), keep
 
-    def _end(self, steps: Any, final: tuple, keep: Array | None, initial_state: tuple | None,
-             return_sequences: bool | None, x: Array | None = None, ids: Array | None = None,
-             embeddings: Array | None = None) -> tuple[Array, RecurrentCache]:
+    def _end(
+        self,
+        steps: Any,
+        final: tuple,
+        keep: Array | None,
+        initial_state: tuple | None,
+        return_sequences: bool | None,
+        x: Array | None = None,
+        ids: Array | None = None,
+        embeddings: Array | None = None,
+    ) -> tuple[Array, RecurrentCache]:
         """(y, cache) once the loop has run; a stateful layer called without an initial state keeps the final one."""
         if return_sequences is None:
             return_sequences = self.return_sequences
         y, seen = self._outputs(steps.hs, keep, return_sequences)
         if self.stateful and initial_state is None:
             self.state = tuple(a.copy() for a in final)
-        return y, RecurrentCache(x=x, ids=ids, embeddings=embeddings, steps=steps, keep=keep, seen=seen,
-                                 return_sequences=return_sequences, final_state=final)
+        return y, RecurrentCache(
+            x=x,
+            ids=ids,
+            embeddings=embeddings,
+            steps=steps,
+            keep=keep,
+            seen=seen,
+            return_sequences=return_sequences,
+            final_state=final,
+        )
 
     @abstractmethod
     def _loop(self, zx: Array, state0: tuple, keep: Array | None) -> tuple[Any, tuple]:
@@ -250,16 +288,18 @@ class Recurrent(Layer):
 
     def _loop_tokens(self, table: Array, ids: Array, state0: tuple, keep: Array | None) -> tuple[Any, tuple]:
         """The time loop for token input: the projection of step t is table[ids[t]]."""
-        return self._loop(table[ids], state0, keep)                       # (T, B, G·H)
+        return self._loop(table[ids], state0, keep)  # (T, B, G·H)
 
     @abstractmethod
-    def _loop_backward(self, cache: RecurrentCache, dy: Array | None,
-                       d_final: list) -> tuple[Array, dict[str, Array], tuple]:
+    def _loop_backward(
+        self, cache: RecurrentCache, dy: Array | None, d_final: list
+    ) -> tuple[Array, dict[str, Array], tuple]:
         """BPTT with dy (T, B, H) or None from d_final (one (B, H) per state part, the final state's gradient)
         -> (∂L/∂zx (T, B, G·H), recurrent gradients, ∂L/∂(initial state))."""
 
-    def backward(self, cache: RecurrentCache, dy: Array | None,
-                 d_final_state: tuple | None = None) -> tuple[RecurrentGrads, dict[str, Array]]:
+    def backward(
+        self, cache: RecurrentCache, dy: Array | None, d_final_state: tuple | None = None
+    ) -> tuple[RecurrentGrads, dict[str, Array]]:
         """Backpropagation through time, then through the input projection.
 
         dy: ∂L/∂y — (T, B, H) for a sequence output, (B, H) for a last-step output — or None.
@@ -273,7 +313,7 @@ class Recurrent(Layer):
                 d += given
         dy_steps = None
         if dy is not None:
-            if cache.seen is not None:                                    # y_t = s_t ⊙ h_t
+            if cache.seen is not None:  # y_t = s_t ⊙ h_t
                 dy = dy * (cache.seen if cache.return_sequences else cache.seen[-1])
             if cache.return_sequences:
                 dy_steps = dy
@@ -285,8 +325,11 @@ class Recurrent(Layer):
             dx, g_in = self.project_backward(cache.x, dzx)
         else:
             dE, g_in = self.project_tokens_backward(cache.ids, dzx, cache.embeddings)
-        grads = {"kernel": g_in["kernel"], "recurrent_kernel": recurrent["recurrent_kernel"],
-                 "bias": self._bias_gradient(g_in["bias"], recurrent)}
+        grads = {
+            "kernel": g_in["kernel"],
+            "recurrent_kernel": recurrent["recurrent_kernel"],
+            "bias": self._bias_gradient(g_in["bias"], recurrent),
+        }
         return RecurrentGrads(dx, dE, dstate0), grads
 
     def _bias_gradient(self, d_input_bias: Array, recurrent: dict[str, Array]) -> Array:

@@ -25,9 +25,10 @@ MODELS: dict[str, type[TokenModel]] = {cls.kind: cls for cls in (RecurrentLM, Tr
 
 class Checkpoint(NamedTuple):
     """What :func:`load` returns."""
+
     model: TokenModel
-    optimizer: Any                # Optimizer or None
-    rng: Any                      # numpy.random.Generator or None
+    optimizer: Any  # Optimizer or None
+    rng: Any  # numpy.random.Generator or None
     metadata: dict
 
 
@@ -35,8 +36,10 @@ def model_class(config: Any, what: str) -> type[TokenModel]:
     """The class of the model ``config`` describes, once the config is checked; CheckpointError otherwise."""
     kind = config.get("kind") if isinstance(config, dict) else None
     if kind not in MODELS:
-        raise CheckpointError(f"{what}: unknown model kind {kind!r} (this scratchlm knows "
-                              f"{', '.join(map(repr, MODELS))}); {checkpoint.EDITED}")
+        raise CheckpointError(
+            f"{what}: unknown model kind {kind!r} (this scratchlm knows "
+            f"{', '.join(map(repr, MODELS))}); {checkpoint.EDITED}"
+        )
     cls = MODELS[kind]
     cls.check_config(config, what)
     return cls
@@ -66,10 +69,24 @@ def load(path: Any, backend: Any = "numpy") -> Checkpoint:
     config = dict(header["model"])
     cls = MODELS[config.pop("kind")]
     model = cls(backend=get_backend(backend, config["dtype"]), **config)
-    model.set_params({key[len("param/"):]: a for key, a in arrays.items() if key.startswith("param/")})
-    return Checkpoint(model, checkpoint.optimizer_of(header, arrays, model.backend),
-                      checkpoint.rng_of(header, path), header["metadata"])
+    model.set_params({key[len("param/") :]: a for key, a in arrays.items() if key.startswith("param/")})
+    return Checkpoint(
+        model,
+        checkpoint.optimizer_of(header, arrays, model.backend),
+        checkpoint.rng_of(header, path),
+        header["metadata"],
+    )
 
 
-__all__ = ["Checkpoint", "LanguageModel", "MODELS", "RecurrentLM", "TokenModel", "TransformerLM", "describe", "load",
-           "model_class", "read"]
+__all__ = [
+    "Checkpoint",
+    "LanguageModel",
+    "MODELS",
+    "RecurrentLM",
+    "TokenModel",
+    "TransformerLM",
+    "describe",
+    "load",
+    "model_class",
+    "read",
+]

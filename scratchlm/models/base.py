@@ -38,13 +38,14 @@ from ..layers.base import Shape
 from ..losses import SoftmaxCrossEntropy
 from .generation import TokenLoop
 
-Rules = dict[str, tuple[Callable[[Any], bool], str]]      # config field -> (check, what it must be)
+Rules = dict[str, tuple[Callable[[Any], bool], str]]  # config field -> (check, what it must be)
 
 
 class Scored(NamedTuple):
     """What a model's backward needs after its loss: the forward's cache and ∂L/∂logits."""
-    cache: Any                # the model's forward cache
-    dlogits: Array            # ∂L/∂logits, shaped like the logits
+
+    cache: Any  # the model's forward cache
+    dlogits: Array  # ∂L/∂logits, shaped like the logits
 
 
 def generation_bytes(batch: int, length: int) -> int:
@@ -55,11 +56,11 @@ def generation_bytes(batch: int, length: int) -> int:
 class TokenModel(ABC):
     """Base of the language models over a vocabulary of ``vocab_size`` token ids (see the module docstring)."""
 
-    kind: str                        # the name checkpoints record (header["model"]["kind"])
-    CONFIG_RULES: Rules              # every field of ``config``, checked alike when built and when loaded
-    CONFIG_DEFAULTS: dict = {}       # fields a config written before they existed may lack
-    token_loop: type[TokenLoop]      # the reference token loop of generate (built through backend.layer)
-    dropout_rng = None               # the host generator of a model's dropout masks (saved in checkpoints)
+    kind: str  # the name checkpoints record (header["model"]["kind"])
+    CONFIG_RULES: Rules  # every field of ``config``, checked alike when built and when loaded
+    CONFIG_DEFAULTS: dict = {}  # fields a config written before they existed may lack
+    token_loop: type[TokenLoop]  # the reference token loop of generate (built through backend.layer)
+    dropout_rng = None  # the host generator of a model's dropout masks (saved in checkpoints)
 
     def __init__(self, arguments: dict, backend: Any, dtype: str):
         """Check the constructor's ``arguments`` (the config fields they give) by :data:`CONFIG_RULES`, then
@@ -111,8 +112,9 @@ class TokenModel(ABC):
     def _check_fits(self, parameters: int, fix: str) -> None:
         """ResourceError unless four copies of ``parameters`` weights (weights, gradients, two optimizer
         slots) fit in memory; called before anything is allocated."""
-        check_fits(4 * parameters * self.backend.dtype.itemsize,
-                   "the model's weights, gradients and optimizer state", fix)
+        check_fits(
+            4 * parameters * self.backend.dtype.itemsize, "the model's weights, gradients and optimizer state", fix
+        )
 
     def __repr__(self) -> str:
         return self.describe(self.config, self.backend.name)
@@ -145,13 +147,15 @@ class TokenModel(ABC):
         v = self._array(values, f"parameter {name}")
         if v.shape != param.shape or v.dtype.kind not in "iuf":
             raise ModelError(f"parameter {name} must be a real array of shape {param.shape}, got {v.dtype} {v.shape}")
-        with numpy.errstate(over="ignore"):                    # a float64 beyond float32's range: reported next
+        with numpy.errstate(over="ignore"):  # a float64 beyond float32's range: reported next
             v = v.astype(param.dtype, copy=False)
         bad = int(v.size - self.backend.xp.count_nonzero(self.backend.xp.isfinite(v)))
         if bad:
-            raise ModelError(f"parameter {name} holds {bad:,} value(s) that are not finite {param.dtype} numbers "
-                             "(NaN, infinite, or too large): the weights of a model that diverged cannot be used; "
-                             "take an earlier copy of them")
+            raise ModelError(
+                f"parameter {name} holds {bad:,} value(s) that are not finite {param.dtype} numbers "
+                "(NaN, infinite, or too large): the weights of a model that diverged cannot be used; "
+                "take an earlier copy of them"
+            )
         return v
 
     # -- input checks ------------------------------------------------------------
@@ -168,8 +172,9 @@ class TokenModel(ABC):
         if x.size == 0:
             raise ModelError(f"{name} is empty (shape {x.shape}): give at least one sequence of at least one token id")
         if (x.ndim != 2 if shape is None else x.shape != shape) or x.dtype.kind not in "iu":
-            raise ModelError(f"{name} must be an integer array of shape {shape or '(batch, time)'}, "
-                             f"got {x.dtype} {x.shape}")
+            raise ModelError(
+                f"{name} must be an integer array of shape {shape or '(batch, time)'}, got {x.dtype} {x.shape}"
+            )
         if int(x.min()) < 0 or int(x.max()) >= self.vocab_size:
             raise ModelError(f"{name} holds token ids outside [0, {self.vocab_size})")
         return x
@@ -182,9 +187,11 @@ class TokenModel(ABC):
         if mask.shape != shape:
             raise ModelError(f"mask must have the shape of x {shape}, got {mask.shape}")
         if mask.dtype.kind != "b" and (mask.dtype.kind not in "iuf" or not bool(((mask == 0) | (mask == 1)).all())):
-            raise ModelError(f"mask must be boolean (True = real token) or hold only 0 and 1, got {mask.dtype} "
-                             "with other values: build it with dtype=bool")
-        return mask.astype(bool)                                          # (B, T)
+            raise ModelError(
+                f"mask must be boolean (True = real token) or hold only 0 and 1, got {mask.dtype} "
+                "with other values: build it with dtype=bool"
+            )
+        return mask.astype(bool)  # (B, T)
 
     def _mask(self, x, mask):
         """The (B, T) bool mask of the positions that count for token ids x (B, T), or None for all of them."""
@@ -196,13 +203,16 @@ class TokenModel(ABC):
             return
         want = self.state_shapes(B)
         try:
-            ok = len(state) == len(want) and all(tuple(a.shape for a in part) == shapes
-                                                 for part, shapes in zip(state, want, strict=True))
+            ok = len(state) == len(want) and all(
+                tuple(a.shape for a in part) == shapes for part, shapes in zip(state, want, strict=True)
+            )
         except (TypeError, AttributeError):
             ok = False
         if not ok:
-            raise ModelError(f"state must be None (zeros) or, per layer, arrays of shapes {want} for this batch "
-                             f"of {B}: pass the state that forward returned for a batch of this size")
+            raise ModelError(
+                f"state must be None (zeros) or, per layer, arrays of shapes {want} for this batch "
+                f"of {B}: pass the state that forward returned for a batch of this size"
+            )
 
     # -- forward, loss and gradients ------------------------------------------------
     def forward(self, x: Any, state: Any = None, mask: Any = None) -> tuple[Array, list]:
@@ -225,8 +235,16 @@ class TokenModel(ABC):
         """x (B, T) checked ids, mask (B, T) bool or None -> (logits (B, T, V), new state)."""
 
     @abstractmethod
-    def _score(self, x: Array, y: Array, state: Any, mask: Array | None, last_only: bool, dropout_masks: Any,
-               backward: bool = True) -> tuple[float, Any]:
+    def _score(
+        self,
+        x: Array,
+        y: Array,
+        state: Any,
+        mask: Array | None,
+        last_only: bool,
+        dropout_masks: Any,
+        backward: bool = True,
+    ) -> tuple[float, Any]:
         """Forward and loss: x (B, T), y (B, T) or (B,) with ``last_only``, mask (B, T) or None -> (loss, cache
         of :meth:`_backward`); ``backward=False`` says the cache will not be used."""
 
@@ -246,13 +264,22 @@ class TokenModel(ABC):
         y = self._tokens(y, "y", (B,) if last_only else (B, T))
         return self._score(x, y, state, mask, last_only, dropout_masks, backward)
 
-    def loss(self, x: Any, y: Any, mask: Any = None, state: Any = None, last_only: bool = False,
-             dropout_masks: Any = None) -> float:
+    def loss(
+        self, x: Any, y: Any, mask: Any = None, state: Any = None, last_only: bool = False, dropout_masks: Any = None
+    ) -> float:
         """The loss of :meth:`loss_and_grads` alone (no backward pass, no dropout unless masks are given)."""
         return self._scored_forward(x, y, mask, state, last_only, dropout_masks, backward=False)[0]
 
-    def loss_and_grads(self, x: Any, y: Any, mask: Any = None, state: Any = None, last_only: bool = False,
-                       training: bool = False, dropout_masks: Any = None) -> tuple[float, dict[str, Array]]:
+    def loss_and_grads(
+        self,
+        x: Any,
+        y: Any,
+        mask: Any = None,
+        state: Any = None,
+        last_only: bool = False,
+        training: bool = False,
+        dropout_masks: Any = None,
+    ) -> tuple[float, dict[str, Array]]:
         """Mean cross-entropy (nats per scored token) and the gradient of every parameter.
 
         x (B, T) int inputs, state and mask as in :meth:`forward`. y: (B, T)
@@ -273,9 +300,17 @@ class TokenModel(ABC):
         return None
 
     # -- generation ---------------------------------------------------------------
-    def generate(self, prompt_ids: Any, length: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, eos_id: int | None = None, banned_ids: Any = (),
-                 seed: int | None = None) -> numpy.ndarray:
+    def generate(
+        self,
+        prompt_ids: Any,
+        length: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        banned_ids: Any = (),
+        seed: int | None = None,
+    ) -> numpy.ndarray:
         """Sample ``length`` tokens after each prompt; returns host int64 ids.
 
         prompt_ids: (T_p,) or (B, T_p) integer ids in [0, V), equal-length
@@ -313,11 +348,11 @@ class TokenModel(ABC):
         rng = Backend.rng(seed)
         what = f"generating {length:,} tokens" + (f" for each of {B:,} prompts" if B > 1 else "")
         check_fits(generation_bytes(B, length), what, "ask for fewer tokens at a time")
-        if length == 0:                                                   # nothing to sample: skip the prompt
+        if length == 0:  # nothing to sample: skip the prompt
             out = self.backend.to_host(self.backend.xp.zeros((B, 0), dtype=self.backend.xp.int64))
         else:
             loop = self.backend.layer(self.token_loop)(self, temperature, top_k, top_p, banned, eos_id, rng)
-            logits, state = loop.start(prompt)                            # (B, V)
+            logits, state = loop.start(prompt)  # (B, V)
             out = loop.run(logits, state, length)
         return out[0] if single else out
 
@@ -346,11 +381,19 @@ class TokenModel(ABC):
     def save(self, path: Any, optimizer: Any = None, rng: Any = None, metadata: Any = None) -> None:
         """Write one checkpoint file atomically (see :mod:`scratchlm.checkpoint`)."""
         to_host = self.backend.to_host
-        checkpoint.save(path, {name: to_host(p) for name, p in self.params.items()}, self.config,
-                        optimizer=optimizer, rng=rng, metadata=metadata, backend=self.backend)
+        checkpoint.save(
+            path,
+            {name: to_host(p) for name, p in self.params.items()},
+            self.config,
+            optimizer=optimizer,
+            rng=rng,
+            metadata=metadata,
+            backend=self.backend,
+        )
 
     @classmethod
     def load(cls, path: Any, backend: Any = "numpy") -> "TokenModel":
         """Rebuild a model from :meth:`save`'s file on any backend. Raises CheckpointError."""
         from . import load
+
         return load(path, backend=backend).model

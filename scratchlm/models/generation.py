@@ -29,8 +29,16 @@ class TokenLoop(ABC):
     after which a row repeats itself; rng: the host generator of the draws.
     """
 
-    def __init__(self, model: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 banned: list[int] | tuple = (), eos_id: int | None = None, rng: Any = None):
+    def __init__(
+        self,
+        model: Any,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        banned: list[int] | tuple = (),
+        eos_id: int | None = None,
+        rng: Any = None,
+    ):
         self.model = model
         self.backend = model.backend
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
@@ -62,14 +70,14 @@ class TokenLoop(ABC):
         out = self.backend.to_host(xp.zeros((B, length), dtype=xp.int64))
         done = self.backend.to_host(xp.zeros(B, dtype=bool))
         for k in range(length):
-            ids = self.draw(k, logits)                                              # (B,)
+            ids = self.draw(k, logits)  # (B,)
             drawn = self.backend.to_host(ids)
             if self.eos_id is not None:
                 drawn[done] = self.eos_id
                 done |= drawn == self.eos_id
             out[:, k] = drawn
             if self.eos_id is not None and done.all():
-                return out[:, :k + 1]
+                return out[:, : k + 1]
             if k + 1 < length:
                 logits, state = self.step(ids, state)
         return out

@@ -45,22 +45,25 @@ CELLS = {"lstm": LSTM, "gru": GRU}
 
 class RecurrentModelCache(NamedTuple):
     """What the model's backward needs from its forward (time-major inside)."""
-    ids: Array                # (T, B) token ids
-    table: bool               # the first layer's input projection was a token-table lookup
+
+    ids: Array  # (T, B) token ids
+    table: bool  # the first layer's input projection was a token-table lookup
     layers: list[RecurrentCache]  # one per recurrent layer, bottom first
-    top: Array                # (T, B, H) or (B, H): the top (dropped-out) output, the Dense layer's input (its cache)
-    dropout: list | None      # one keep-mask per recurrent layer's output (shaped like it), or None
+    top: Array  # (T, B, H) or (B, H): the top (dropped-out) output, the Dense layer's input (its cache)
+    dropout: list | None  # one keep-mask per recurrent layer's output (shaped like it), or None
 
 
 def _rules() -> dict:
-    size = whole_at_least(1)                                               # at most int64's largest
+    size = whole_at_least(1)  # at most int64's largest
     return {
         "kind": (lambda v: v == "recurrent", "'recurrent'"),
         "cell": (lambda v: v in CELLS, " or ".join(repr(c) for c in CELLS)),
         "vocab_size": (size, "a whole number in [1, 2**63)"),
         "embedding_dim": (lambda v: v is None or size(v), "null (None: one-hot input) or a whole number in [1, 2**63)"),
-        "hidden_sizes": (lambda v: isinstance(v, list) and len(v) > 0 and all(size(h) for h in v),
-                         "a non-empty list of whole numbers in [1, 2**63) (units per recurrent layer, e.g. [128])"),
+        "hidden_sizes": (
+            lambda v: isinstance(v, list) and len(v) > 0 and all(size(h) for h in v),
+            "a non-empty list of whole numbers in [1, 2**63) (units per recurrent layer, e.g. [128])",
+        ),
         "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
         "stateful": (lambda v: isinstance(v, bool), "true or false"),
         "seed": (lambda v: v is None or (is_whole(v) and v >= 0), "null (None) or a whole number >= 0"),
@@ -112,44 +115,75 @@ class RecurrentLM(TokenModel):
 
     kind = "recurrent"
     CONFIG_RULES = _rules()
-    CONFIG_DEFAULTS = {"dropout": 0.0}        # fields a config written before they existed may lack
+    CONFIG_DEFAULTS = {"dropout": 0.0}  # fields a config written before they existed may lack
     token_loop = RecurrentTokenLoop
 
-    def __init__(self, vocab_size: int, embedding_dim: int | None = None, hidden_sizes: Any = (128,),
-                 backend: Any = "numpy", dtype: str = "float32", seed: int | None = 0, stateful: bool = False,
-                 cell: str = "lstm", dropout: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int | None = None,
+        hidden_sizes: Any = (128,),
+        backend: Any = "numpy",
+        dtype: str = "float32",
+        seed: int | None = 0,
+        stateful: bool = False,
+        cell: str = "lstm",
+        dropout: float = 0.0,
+    ):
         hidden = list(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else hidden_sizes
-        super().__init__({"vocab_size": vocab_size, "embedding_dim": embedding_dim, "hidden_sizes": hidden,
-                          "stateful": stateful, "cell": cell, "seed": seed, "dropout": dropout}, backend, dtype)
+        super().__init__(
+            {
+                "vocab_size": vocab_size,
+                "embedding_dim": embedding_dim,
+                "hidden_sizes": hidden,
+                "stateful": stateful,
+                "cell": cell,
+                "seed": seed,
+                "dropout": dropout,
+            },
+            backend,
+            dtype,
+        )
         rng = Backend.rng(seed)
         V = self.vocab_size
         self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
         self.hidden_sizes = hidden_sizes = [int(h) for h in hidden]
         self.cell = cell
-        self._check_fits(self.parameter_count({"vocab_size": V, "embedding_dim": self.embedding_dim,
-                                               "hidden_sizes": hidden_sizes, "cell": cell}),
-                         "use fewer or smaller recurrent layers (hidden_sizes, --hidden), a smaller embedding or "
-                         "vocabulary")
+        self._check_fits(
+            self.parameter_count(
+                {"vocab_size": V, "embedding_dim": self.embedding_dim, "hidden_sizes": hidden_sizes, "cell": cell}
+            ),
+            "use fewer or smaller recurrent layers (hidden_sizes, --hidden), a smaller embedding or vocabulary",
+        )
         self.stateful = stateful
         self.seed = None if seed is None else int(seed)
 
         layer = self.backend.layer
         self.embedding = None if embedding_dim is None else layer(Embedding)(V, self.embedding_dim, self.backend, rng)
         sizes = [self.embedding_dim or V] + hidden_sizes
-        self.recurrent = [layer(CELLS[cell])(d_in, h, self.backend, rng, stateful=self.stateful)
-                          for d_in, h in zip(sizes[:-1], sizes[1:], strict=True)]
+        self.recurrent = [
+            layer(CELLS[cell])(d_in, h, self.backend, rng, stateful=self.stateful)
+            for d_in, h in zip(sizes[:-1], sizes[1:], strict=True)
+        ]
         self.dense = layer(Dense)(hidden_sizes[-1], V, self.backend, rng)
         self.dropout = layer(Dropout)(float(dropout), self.backend)
-        self.dropout_rng = numpy.random.default_rng(None if seed is None else [int(seed), 1])   # not the weights'
+        self.dropout_rng = numpy.random.default_rng(None if seed is None else [int(seed), 1])  # not the weights'
 
     # -- what a config means, without building the model -----------------------------
     @property
     def config(self) -> dict:
         """What it takes to rebuild this model (JSON-serialisable; ``kind`` names the class)."""
-        return {"kind": self.kind, "cell": self.cell, "vocab_size": self.vocab_size,
-                "embedding_dim": self.embedding_dim, "hidden_sizes": list(self.hidden_sizes),
-                "dtype": self.backend.dtype.name, "stateful": self.stateful, "seed": self.seed,
-                "dropout": self.dropout.rate}
+        return {
+            "kind": self.kind,
+            "cell": self.cell,
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+            "hidden_sizes": list(self.hidden_sizes),
+            "dtype": self.backend.dtype.name,
+            "stateful": self.stateful,
+            "seed": self.seed,
+            "dropout": self.dropout.rate,
+        }
 
     @classmethod
     def parameter_shapes(cls, config: dict) -> Iterator[tuple[str, Shape]]:
@@ -185,16 +219,17 @@ class RecurrentLM(TokenModel):
         return [layer.state_shapes(B) for layer in self.recurrent]
 
     def state_names(self) -> list:
-        return [[f"{name} of {self.cell.upper()} layer {n}" for name in layer.state_names]
-                for n, layer in enumerate(self.recurrent)]
+        return [
+            [f"{name} of {self.cell.upper()} layer {n}" for name in layer.state_names]
+            for n, layer in enumerate(self.recurrent)
+        ]
 
     def get_state(self) -> list:
         return [layer.state for layer in self.recurrent]
 
     def set_state(self, state: list) -> None:
         if len(state) != len(self.recurrent):
-            raise ModelError(f"state must hold one entry per recurrent layer ({len(self.recurrent)}), "
-                             f"got {len(state)}")
+            raise ModelError(f"state must hold one entry per recurrent layer ({len(self.recurrent)}), got {len(state)}")
         for layer, s in zip(self.recurrent, state, strict=True):
             layer.state = None if s is None else tuple(self.backend.asarray(a) for a in s)
 
@@ -218,11 +253,14 @@ class RecurrentLM(TokenModel):
         if self.dropout.rate == 0:
             return None
         top = len(self.hidden_sizes) - 1
-        return [self.dropout.draw((B, h) if last_only and n == top else (T, B, h), self.dropout_rng)
-                for n, h in enumerate(self.hidden_sizes)]
+        return [
+            self.dropout.draw((B, h) if last_only and n == top else (T, B, h), self.dropout_rng)
+            for n, h in enumerate(self.hidden_sizes)
+        ]
 
-    def _run(self, ids: Array, state: Any, mask: Array | None, last_only: bool,
-             dropout_masks: list | None = None) -> tuple[Array, list, RecurrentModelCache]:
+    def _run(
+        self, ids: Array, state: Any, mask: Array | None, last_only: bool, dropout_masks: list | None = None
+    ) -> tuple[Array, list, RecurrentModelCache]:
         """The stack, time-major: ids (T, B), mask (T, B) or None, dropout keep-masks or None ->
         (logits (T, B, V), or (B, V) with ``last_only``, the new state per layer, cache)."""
         T, B = ids.shape
@@ -233,32 +271,40 @@ class RecurrentLM(TokenModel):
         for n, layer in enumerate(self.recurrent):
             initial = None if state is None else state[n]
             sequences = not (last_only and n == top)
-            if n == 0 and table:                                          # rows of the (V, G·H) table
+            if n == 0 and table:  # rows of the (V, G·H) table
                 y, cache = layer.forward_tokens(ids, E, initial, mask, sequences)
             else:
-                x = self.embedding.forward(ids)[0] if n == 0 else y       # (T, B, D)
+                x = self.embedding.forward(ids)[0] if n == 0 else y  # (T, B, D)
                 y, cache = layer.forward(x, initial, mask, sequences)
             caches.append(cache)
             new_state.append(cache.final_state)
             if dropout_masks is not None:
                 y, _ = self.dropout.forward(y, dropout_masks[n])
-        logits, _ = self.dense.forward(y)                                 # (T, B, V) or (B, V)
+        logits, _ = self.dense.forward(y)  # (T, B, V) or (B, V)
         return logits, new_state, RecurrentModelCache(ids, table, caches, y, dropout_masks)
 
     def _forward(self, x: Array, state: Any, mask: Array | None) -> tuple[Array, list]:
         logits, new_state, _ = self._run(x.T, state, None if mask is None else mask.T, False)
-        return logits.transpose(1, 0, 2), new_state                       # (B, T, V)
+        return logits.transpose(1, 0, 2), new_state  # (B, T, V)
 
-    def _score(self, x: Array, y: Array, state: Any, mask: Array | None, last_only: bool, dropout_masks: Any,
-               backward: bool = True) -> tuple[float, Scored]:
+    def _score(
+        self,
+        x: Array,
+        y: Array,
+        state: Any,
+        mask: Array | None,
+        last_only: bool,
+        dropout_masks: Any,
+        backward: bool = True,
+    ) -> tuple[float, Scored]:
         """The loss over the time-major logits: every step's, (T, B, V) against y.T, masked steps not scored;
         or with ``last_only`` the last step's, (B, V) against y (B,)."""
-        mask = None if mask is None else mask.T                           # (T, B)
+        mask = None if mask is None else mask.T  # (T, B)
         logits, _, cache = self._run(x.T, state, mask, last_only, dropout_masks)
         if last_only:
-            loss, dlogits = self.loss_function(logits, y)                 # (B, V)
+            loss, dlogits = self.loss_function(logits, y)  # (B, V)
         else:
-            loss, dlogits = self.loss_function(logits, y.T, mask)         # (T, B, V)
+            loss, dlogits = self.loss_function(logits, y.T, mask)  # (T, B, V)
         return loss, Scored(cache, dlogits)
 
     def _backward(self, scored: Scored) -> dict[str, Array]:
@@ -271,13 +317,13 @@ class RecurrentLM(TokenModel):
                 dy, _ = self.dropout.backward(cache.dropout[n], dy)
             d, g = self.recurrent[n].backward(cache.layers[n], dy)
             grads.update(prefixed_items(f"{self.cell}_{n}", g))
-            dy = d.dx                                                     # for the layer below (None: tokens)
+            dy = d.dx  # for the layer below (None: tokens)
         if self.embedding is not None:
-            if cache.table:                                               # the table lookup's own dE
+            if cache.table:  # the table lookup's own dE
                 grads["embedding/embeddings"] = d.dembeddings
             else:
                 grads["embedding/embeddings"] = self.embedding.backward(cache.ids, dy)[1]["embeddings"]
         return {name: grads[name] for name in self.params}
 
 
-LanguageModel = RecurrentLM       # its first name, kept: code and checkpoints that use it work unchanged
+LanguageModel = RecurrentLM  # its first name, kept: code and checkpoints that use it work unchanged

@@ -46,20 +46,22 @@ from .generation import TokenLoop
 
 class TransformerCache(NamedTuple):
     """What the model's backward needs from its forward and loss."""
-    ids: Array                # (B, T) token ids
-    blocks: list              # one block cache per decoder block
-    final: Any                # the final LayerNorm's cache (gpt block), or None
-    last_only: bool           # only the last position was scored
-    head: Any                 # every position scored: Dense.score's cache; last_only: the Dense layer's cache
-    dlogits: Array | None     # last_only: ∂L/∂logits (B, 1, V) from the loss; else None (the score keeps its own)
+
+    ids: Array  # (B, T) token ids
+    blocks: list  # one block cache per decoder block
+    final: Any  # the final LayerNorm's cache (gpt block), or None
+    last_only: bool  # only the last position was scored
+    head: Any  # every position scored: Dense.score's cache; last_only: the Dense layer's cache
+    dlogits: Array | None  # last_only: ∂L/∂logits (B, 1, V) from the loss; else None (the score keeps its own)
 
 
 class DecodeState(NamedTuple):
     """What generation carries from one token to the next."""
-    ids: Array                # (B, n) every token so far (prompt and generated)
-    kv: list                  # per block, its KV caches for the current window
-    start: int                # the window's first token in ``ids``: its positions are 0 … n - start - 1
-    keep: Array               # (B, n - start) bool: the window's real (non-padding) tokens
+
+    ids: Array  # (B, n) every token so far (prompt and generated)
+    kv: list  # per block, its KV caches for the current window
+    start: int  # the window's first token in ``ids``: its positions are 0 … n - start - 1
+    keep: Array  # (B, n - start) bool: the window's real (non-padding) tokens
 
 
 def _rules() -> dict:
@@ -91,7 +93,7 @@ class TransformerTokenLoop(TokenLoop):
 
     def step(self, new_ids: Array, state: DecodeState) -> tuple[Array, DecodeState]:
         """One new token per row, (B,): one position's work while the window has room."""
-        ids = self.backend.xp.concatenate([state.ids, new_ids[:, None]], axis=1)   # (B, n)
+        ids = self.backend.xp.concatenate([state.ids, new_ids[:, None]], axis=1)  # (B, n)
         n = ids.shape[1]
         if n - state.start > self.model.sequence_length:
             return self._window(ids, n - self.model.sequence_length)
@@ -110,14 +112,14 @@ class TransformerTokenLoop(TokenLoop):
         of those already in the KV caches ``kv`` -> (logits of the last new position (B, V), keep (B, S))."""
         model, xp = self.model, self.backend.xp
         T = new.shape[1]
-        keep = xp.concatenate([keep, new != 0], axis=1)                    # (B, S), S = position + T
+        keep = xp.concatenate([keep, new != 0], axis=1)  # (B, S), S = position + T
         mask = causal_mask(T, keep.shape[1], xp, offset=position)[None] & keep[:, None, :] & (new != 0)[:, :, None]
-        h, _ = model.embedding.forward(new, position)                      # (B, T, E)
+        h, _ = model.embedding.forward(new, position)  # (B, T, E)
         for block, caches in zip(model.blocks, kv, strict=True):
             h = block.step(h, caches, mask)
         if model.final_layernorm is not None:
             h = model.final_layernorm.forward(h)[0]
-        return model.dense.forward(h[:, -1])[0], keep                      # (B, V)
+        return model.dense.forward(h[:, -1])[0], keep  # (B, V)
 
 
 class TransformerLM(TokenModel):
@@ -136,37 +138,67 @@ class TransformerLM(TokenModel):
     CONFIG_RULES = _rules()
     token_loop = TransformerTokenLoop
 
-    def __init__(self, vocab_size: int, sequence_length: int, embed_dim: int = 256, dense_dim: int = 2048,
-                 num_heads: int = 2, key_dim: int | None = None, num_layers: int = 1, block: str = "book",
-                 backend: Any = "numpy", dtype: str = "float32", seed: int | None = 0):
+    def __init__(
+        self,
+        vocab_size: int,
+        sequence_length: int,
+        embed_dim: int = 256,
+        dense_dim: int = 2048,
+        num_heads: int = 2,
+        key_dim: int | None = None,
+        num_layers: int = 1,
+        block: str = "book",
+        backend: Any = "numpy",
+        dtype: str = "float32",
+        seed: int | None = 0,
+    ):
         key_dim = embed_dim if key_dim is None else key_dim
-        sizes = {"sequence_length": sequence_length, "embed_dim": embed_dim, "dense_dim": dense_dim,
-                 "num_heads": num_heads, "key_dim": key_dim, "num_layers": num_layers}
+        sizes = {
+            "sequence_length": sequence_length,
+            "embed_dim": embed_dim,
+            "dense_dim": dense_dim,
+            "num_heads": num_heads,
+            "key_dim": key_dim,
+            "num_layers": num_layers,
+        }
         super().__init__({"vocab_size": vocab_size, **sizes, "block": block, "seed": seed}, backend, dtype)
         for name, value in sizes.items():
             setattr(self, name, int(value))
         self.block = block
         self.seed = None if seed is None else int(seed)
-        self._check_fits(self.parameter_count(self.config),
-                         f"use a smaller embed_dim ({embed_dim:,}), dense_dim ({dense_dim:,}), key_dim ({key_dim:,}), "
-                         f"vocabulary ({vocab_size:,}) or sequence_length ({sequence_length:,}), or fewer "
-                         f"num_heads ({num_heads:,}) or num_layers ({num_layers:,})")
+        self._check_fits(
+            self.parameter_count(self.config),
+            f"use a smaller embed_dim ({embed_dim:,}), dense_dim ({dense_dim:,}), key_dim ({key_dim:,}), "
+            f"vocabulary ({vocab_size:,}) or sequence_length ({sequence_length:,}), or fewer "
+            f"num_heads ({num_heads:,}) or num_layers ({num_layers:,})",
+        )
         rng = Backend.rng(seed)
         V, E = self.vocab_size, self.embed_dim
         layer = self.backend.layer
         self.embedding = layer(PositionalEmbedding)(V, self.sequence_length, E, self.backend, rng)
-        self.blocks = [layer(BLOCKS[block])(E, self.dense_dim, self.num_heads, self.key_dim, self.backend, rng)
-                       for _ in range(self.num_layers)]
+        self.blocks = [
+            layer(BLOCKS[block])(E, self.dense_dim, self.num_heads, self.key_dim, self.backend, rng)
+            for _ in range(self.num_layers)
+        ]
         self.final_layernorm = layer(LayerNormalization)(E, self.backend) if block == "gpt" else None
         self.dense = layer(Dense)(E, V, self.backend, rng)
 
     # -- what a config means, without building the model -----------------------------
     @property
     def config(self) -> dict:
-        return {"kind": self.kind, "vocab_size": self.vocab_size, "sequence_length": self.sequence_length,
-                "embed_dim": self.embed_dim, "dense_dim": self.dense_dim, "num_heads": self.num_heads,
-                "key_dim": self.key_dim, "num_layers": self.num_layers, "block": self.block,
-                "dtype": self.backend.dtype.name, "seed": self.seed}
+        return {
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "sequence_length": self.sequence_length,
+            "embed_dim": self.embed_dim,
+            "dense_dim": self.dense_dim,
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "num_layers": self.num_layers,
+            "block": self.block,
+            "dtype": self.backend.dtype.name,
+            "seed": self.seed,
+        }
 
     @classmethod
     def parameter_shapes(cls, config: dict) -> Iterator[tuple[str, Shape]]:
@@ -185,9 +217,11 @@ class TransformerLM(TokenModel):
     @staticmethod
     def describe(config: dict, backend: str = "numpy") -> str:
         c = config
-        return (f"TransformerLM(PositionalEmbedding({c['vocab_size']}, {c['sequence_length']}, {c['embed_dim']}) -> "
-                f"{c['num_layers']} x {c['block']} block(heads {c['num_heads']}, key_dim {c['key_dim']}, "
-                f"dense {c['dense_dim']}) -> Dense({c['vocab_size']}), {backend}, {c['dtype']})")
+        return (
+            f"TransformerLM(PositionalEmbedding({c['vocab_size']}, {c['sequence_length']}, {c['embed_dim']}) -> "
+            f"{c['num_layers']} x {c['block']} block(heads {c['num_heads']}, key_dim {c['key_dim']}, "
+            f"dense {c['dense_dim']}) -> Dense({c['vocab_size']}), {backend}, {c['dtype']})"
+        )
 
     def _named_layers(self) -> list:
         named = [("embedding", self.embedding)] + [(f"decoder_{n}", b) for n, b in enumerate(self.blocks)]
@@ -212,11 +246,12 @@ class TransformerLM(TokenModel):
         """x (B, T), mask (B, T) -> (the top hidden states (B, T, E), block caches, final LayerNorm's cache)."""
         T = x.shape[1]
         if T > self.sequence_length:
-            raise ModelError(f"sequences of {T} tokens are longer than this model's sequence_length "
-                             f"{self.sequence_length}: cut them")
-        keep = (x != 0) if mask is None else mask                          # (B, T)
-        attention = self._attention_mask(keep, T)                          # (B, T, T)
-        h, _ = self.embedding.forward(x)                                   # (B, T, E)
+            raise ModelError(
+                f"sequences of {T} tokens are longer than this model's sequence_length {self.sequence_length}: cut them"
+            )
+        keep = (x != 0) if mask is None else mask  # (B, T)
+        attention = self._attention_mask(keep, T)  # (B, T, T)
+        h, _ = self.embedding.forward(x)  # (B, T, E)
         caches = []
         for block in self.blocks:
             h, cache = block.forward(h, attention)
@@ -228,20 +263,28 @@ class TransformerLM(TokenModel):
 
     def _forward(self, x: Array, state: Any, mask: Array | None) -> tuple[Array, list]:
         h, _, _ = self._hidden(x, mask)
-        return self.dense.forward(h)[0], []                                # (B, T, V)
+        return self.dense.forward(h)[0], []  # (B, T, V)
 
-    def _score(self, x: Array, y: Array, state: Any, mask: Array | None, last_only: bool, dropout_masks: Any,
-               backward: bool = True) -> tuple[float, TransformerCache]:
+    def _score(
+        self,
+        x: Array,
+        y: Array,
+        state: Any,
+        mask: Array | None,
+        last_only: bool,
+        dropout_masks: Any,
+        backward: bool = True,
+    ) -> tuple[float, TransformerCache]:
         """Every position scored: the output projection and the loss in one :meth:`Dense.score` over the B·T
         rows (in chunks on the fused path: the logits never exist). ``last_only``: the last position's logits
         (B, V) against y (B,)."""
-        h, blocks, final = self._hidden(x, mask)                           # (B, T, E)
+        h, blocks, final = self._hidden(x, mask)  # (B, T, E)
         if last_only:
-            logits, head = self.dense.forward(h[:, -1:])                   # (B, 1, V)
-            loss, dlogits = self.loss_function(logits[:, 0], y)            # (B, V)
+            logits, head = self.dense.forward(h[:, -1:])  # (B, 1, V)
+            loss, dlogits = self.loss_function(logits[:, 0], y)  # (B, V)
             return loss, TransformerCache(x, blocks, final, True, head, dlogits[:, None])
         B, T, E = h.shape
-        keep = None if mask is None else mask.reshape(-1)                  # (B·T,)
+        keep = None if mask is None else mask.reshape(-1)  # (B·T,)
         loss, head = self.dense.score(h.reshape(B * T, E), y.reshape(-1), keep, backward)
         return loss, TransformerCache(x, blocks, final, False, head, None)
 
@@ -249,11 +292,11 @@ class TransformerLM(TokenModel):
         grads = {}
         B, T = cache.ids.shape
         if cache.last_only:
-            dtop, g = self.dense.backward(cache.head, cache.dlogits)       # (B, 1, E)
+            dtop, g = self.dense.backward(cache.head, cache.dlogits)  # (B, 1, E)
             dh = self.backend.zeros((B, T, self.embed_dim))
             dh[:, -1:] = dtop
         else:
-            dtop, g = self.dense.score_backward(cache.head)                # (B·T, E)
+            dtop, g = self.dense.score_backward(cache.head)  # (B·T, E)
             dh = dtop.reshape(B, T, self.embed_dim)
         grads.update(prefixed_items("dense", g))
         if self.final_layernorm is not None:

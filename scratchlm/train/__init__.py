@@ -21,6 +21,26 @@ from .resume import ResumeError, check_position, load_checkpoint, open_run
 from .scripts import run_script, start_or_resume
 from .step import StepResult, TrainingDiverged, train_step
 
-__all__ = ["BEST", "Batches", "LAST", "METRICS", "MetricsLog", "PLOT", "ResumeError", "Sampler", "StepResult",
-           "TEMPERATURES", "Trainer", "TrainingDiverged", "check_position", "load_checkpoint", "open_run",
-           "plot_metrics", "read_metrics", "render", "run_script", "start_or_resume", "train_step"]
+__all__ = [
+    "BEST",
+    "Batches",
+    "LAST",
+    "METRICS",
+    "MetricsLog",
+    "PLOT",
+    "ResumeError",
+    "Sampler",
+    "StepResult",
+    "TEMPERATURES",
+    "Trainer",
+    "TrainingDiverged",
+    "check_position",
+    "load_checkpoint",
+    "open_run",
+    "plot_metrics",
+    "read_metrics",
+    "render",
+    "run_script",
+    "start_or_resume",
+    "train_step",
+]

@@ -50,12 +50,12 @@ if TYPE_CHECKING:
 class Batches(Protocol):
     """What the Trainer asks of a batcher (:mod:`scratchlm.batching`'s Windows, Streams and Padded, IMDB's)."""
 
-    num_batches: int            # batches per epoch
-    batch_size: int             # rows per batch (the last batch may have fewer)
-    stateful: bool              # consecutive batches continue the same streams (carry the model's state)
-    last_only: bool             # y holds one target per row, for the last position
-    eos_id: int | None          # the id that ends each sequence, when the data mark ends
-    config: dict                # JSON description of the data, fingerprint included (checked on resume)
+    num_batches: int  # batches per epoch
+    batch_size: int  # rows per batch (the last batch may have fewer)
+    stateful: bool  # consecutive batches continue the same streams (carry the model's state)
+    last_only: bool  # y holds one target per row, for the last position
+    eos_id: int | None  # the id that ends each sequence, when the data mark ends
+    config: dict  # JSON description of the data, fingerprint included (checked on resume)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches ``start``, ``start`` + 1, ... of ``epoch``, in the order that (seed, epoch) decides."""
@@ -83,15 +83,29 @@ class Trainer:
     on_step: optional callable(trainer) after each step (after its checkpoint).
     """
 
-    def __init__(self, model: TokenModel, optimizer: Optimizer, train: Batches, val: Batches | None = None, *,
-                 run_dir: str | Path | None = None, epochs: int = 1, max_steps: int | None = None,
-                 checkpoint_every: int | None = 1000, log_every: int = 50,
-                 sampler: Callable[[Trainer], None] | None = None, metadata: dict | None = None,
-                 progress: bool | None = None, out: IO[str] | None = None,
-                 on_step: Callable[[Trainer], None] | None = None):
+    def __init__(
+        self,
+        model: TokenModel,
+        optimizer: Optimizer,
+        train: Batches,
+        val: Batches | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        epochs: int = 1,
+        max_steps: int | None = None,
+        checkpoint_every: int | None = 1000,
+        log_every: int = 50,
+        sampler: Callable[[Trainer], None] | None = None,
+        metadata: dict | None = None,
+        progress: bool | None = None,
+        out: IO[str] | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
+    ):
         if model.stateful and not train.stateful:
-            raise ScratchLMError("a stateful model carries its state from batch to batch, which only makes "
-                                 "sense for Streams batches: build the model with stateful=False")
+            raise ScratchLMError(
+                "a stateful model carries its state from batch to batch, which only makes "
+                "sense for Streams batches: build the model with stateful=False"
+            )
         if int(epochs) < 1 or (max_steps is not None and int(max_steps) < 1):
             raise ScratchLMError(f"epochs and max_steps must be at least 1, got {epochs} and {max_steps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
@@ -103,7 +117,8 @@ class Trainer:
                     raise ScratchLMError(
                         f"the {what} streams' batch size {batches.batch_size} does not divide among "
                         f"{self.world.size} MPI ranks: each rank carries the state of its own rows, so the "
-                        f"batch size must be a multiple of the number of ranks")
+                        f"batch size must be a multiple of the number of ranks"
+                    )
         self.model, self.optimizer, self.train, self.val = model, optimizer, train, val
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.epochs = int(epochs)
@@ -114,20 +129,20 @@ class Trainer:
         self.metadata = dict(metadata or {})
         self.out = out
         # The position: what the next step is.
-        self.epoch = 0                      # current epoch, 0-based
-        self.batch = 0                      # next batch within it
-        self.step = 0                       # steps taken in all
+        self.epoch = 0  # current epoch, 0-based
+        self.batch = 0  # next batch within it
+        self.step = 0  # steps taken in all
         self.best_val_loss = None
-        self.last_loss = None               # loss of the latest step
-        self._epoch_loss = 0.0              # Σ loss·targets over the epoch's steps so far
+        self.last_loss = None  # loss of the latest step
+        self._epoch_loss = 0.0  # Σ loss·targets over the epoch's steps so far
         self._epoch_targets = 0
         self._epoch_seconds = 0.0
-        self._window_loss = 0.0             # Σ loss of the steps since the last step record
-        self._window_skipped = 0            # steps of that window not taken here (before a resume with no record)
-        self.saved_step = None              # step of the latest checkpoint written (or resumed from)
-        self.history = []                   # one dict per completed epoch
-        self._metrics = None                # the MetricsLog while fit() runs (rank 0 of a run with a run_dir)
-        self._state_sharded = False         # MPI: the model carries only this rank's rows of the state
+        self._window_loss = 0.0  # Σ loss of the steps since the last step record
+        self._window_skipped = 0  # steps of that window not taken here (before a resume with no record)
+        self.saved_step = None  # step of the latest checkpoint written (or resumed from)
+        self.history = []  # one dict per completed epoch
+        self._metrics = None  # the MetricsLog while fit() runs (rank 0 of a run with a run_dir)
+        self._state_sharded = False  # MPI: the model carries only this rank's rows of the state
 
     @classmethod
     def resume(cls, ckpt: Checkpoint, train: Batches, val: Batches | None = None, **kwargs) -> Trainer:
@@ -144,24 +159,30 @@ class Trainer:
         trainer._epoch_seconds = position["epoch_seconds"]
         if "window_loss" in position:
             trainer._window_loss = position["window_loss"]
-        else:                                    # an older checkpoint: the window's earlier losses are unknown
+        else:  # an older checkpoint: the window's earlier losses are unknown
             trainer._window_skipped = trainer.step % trainer.log_every
         trainer.history = position["history"]
         trainer.saved_step = trainer.step
         ckpt.model.set_state(states)
         if ckpt.rng is not None:
-            ckpt.model.dropout_rng = ckpt.rng            # the next dropout masks are the uninterrupted run's
+            ckpt.model.dropout_rng = ckpt.rng  # the next dropout masks are the uninterrupted run's
         return trainer
 
     def _position(self, epoch_done: bool) -> dict:
         """What a checkpoint's metadata["train"] holds (read back by :meth:`resume`). epoch_done: the epoch's
         last batch is taken; the position is the start of the next epoch."""
         epoch, batch = (self.epoch + 1, 0) if epoch_done else (self.epoch, self.batch)
-        return {"epoch": epoch, "batch": batch, "step": self.step,
-                "best_val_loss": self.best_val_loss, "epoch_loss": self._epoch_loss,
-                "epoch_targets": self._epoch_targets, "epoch_seconds": self._epoch_seconds,
-                "window_loss": self._window_loss,
-                "history": self.history}
+        return {
+            "epoch": epoch,
+            "batch": batch,
+            "step": self.step,
+            "best_val_loss": self.best_val_loss,
+            "epoch_loss": self._epoch_loss,
+            "epoch_targets": self._epoch_targets,
+            "epoch_seconds": self._epoch_seconds,
+            "window_loss": self._window_loss,
+            "history": self.history,
+        }
 
     # -- the loop -------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -181,23 +202,32 @@ class Trainer:
     def _fit(self):
         bad = self._non_finite_params()
         if bad:
-            raise TrainingDiverged(f"the weights {', '.join(bad)} are not finite before training starts, so "
-                                   "nothing can be learnt from them: resume from an earlier checkpoint or start "
-                                   "a new run")
+            raise TrainingDiverged(
+                f"the weights {', '.join(bad)} are not finite before training starts, so "
+                "nothing can be learnt from them: resume from an earlier checkpoint or start "
+                "a new run"
+            )
         if self.run_dir is not None:
             if self.saved_step is None and (self.run_dir / LAST).exists():
-                raise ResumeError(f"{self.run_dir} already holds a run ({LAST}): resume it, or choose another "
-                                  "run directory")
+                raise ResumeError(
+                    f"{self.run_dir} already holds a run ({LAST}): resume it, or choose another run directory"
+                )
             if self.world.is_root:
                 self._metrics = MetricsLog(self.run_dir / METRICS)
         try:
-            self._record({"event": "resume" if self.step else "start", "step": self.step,
-                          "epoch": self.epoch + 1, "time": time.time()})
+            self._record(
+                {
+                    "event": "resume" if self.step else "start",
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "time": time.time(),
+                }
+            )
             while not self.done:
                 if self.batch == 0:
                     self._begin_epoch()
                 if not self._run_epoch():
-                    break                                     # max_steps reached inside the epoch
+                    break  # max_steps reached inside the epoch
                 self._end_epoch()
             if self.saved_step != self.step:
                 self._save(LAST)
@@ -217,27 +247,29 @@ class Trainer:
         return self.max_steps is not None and self.step >= self.max_steps
 
     def _begin_epoch(self):
-        self.model.reset_state()                               # streams start over from zero state
+        self.model.reset_state()  # streams start over from zero state
         self._epoch_loss, self._epoch_targets, self._epoch_seconds = 0.0, 0, 0.0
 
     def _run_epoch(self):
         """Steps from the current batch to the epoch's end; False if max_steps stopped it first."""
         n = self.train.num_batches
-        bar = progress_bar(n, self.batch, f"epoch {self.epoch + 1}/{self.epochs}",
-                           show=self.progress if self.world.is_root else False)
+        bar = progress_bar(
+            n, self.batch, f"epoch {self.epoch + 1}/{self.epochs}", show=self.progress if self.world.is_root else False
+        )
         clock = Throughput()
         try:
             for batch in self.train.batches(self.epoch, self.batch):
                 result = self._step(batch)
                 seconds, rate = clock.lap(result.tokens)
                 self._epoch_seconds += seconds
-                bar.set_postfix(loss=f"{self._epoch_loss / self._epoch_targets:.4f}", tok_s=f"{rate:,.0f}",
-                                refresh=False)
+                bar.set_postfix(
+                    loss=f"{self._epoch_loss / self._epoch_targets:.4f}", tok_s=f"{rate:,.0f}", refresh=False
+                )
                 bar.update(1)
                 self._after_step(result, rate, clock)
                 if self._out_of_steps() and self.batch < n:
                     return False
-                clock.restart()                                # checkpoint writes and hooks are not step time
+                clock.restart()  # checkpoint writes and hooks are not step time
         finally:
             bar.close()
         return True
@@ -260,8 +292,16 @@ class Trainer:
         """A step record every ``log_every`` steps, a checkpoint every ``checkpoint_every``, then ``on_step``."""
         if self.step % self.log_every == 0:
             steps = self.log_every - self._window_skipped
-            self._record({"event": "step", "step": self.step, "epoch": self.epoch + 1,
-                          "loss": self._window_loss / steps, "grad_norm": result.grad_norm, "tokens_per_s": rate})
+            self._record(
+                {
+                    "event": "step",
+                    "step": self.step,
+                    "epoch": self.epoch + 1,
+                    "loss": self._window_loss / steps,
+                    "grad_norm": result.grad_norm,
+                    "tokens_per_s": rate,
+                }
+            )
             self._window_loss, self._window_skipped = 0.0, 0
             clock.new_window()
         if self.checkpoint_every and self.step % self.checkpoint_every == 0:
@@ -273,20 +313,26 @@ class Trainer:
         train_loss = self._epoch_loss / max(self._epoch_targets, 1)
         with quiet_overflow():
             val_loss = self.evaluate(self.val) if self.val is not None else None
-        if val_loss is not None and not math.isfinite(val_loss):      # the weights overflow: before saving them
+        if val_loss is not None and not math.isfinite(val_loss):  # the weights overflow: before saving them
             self._diverged(f"the validation loss after step {self.step:,} is {val_loss}")
         improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss = val_loss
-        record = {"event": "epoch", "epoch": self.epoch + 1, "step": self.step, "loss": train_loss,
-                  "val_loss": val_loss, "seconds": self._epoch_seconds}
+        record = {
+            "event": "epoch",
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "loss": train_loss,
+            "val_loss": val_loss,
+            "seconds": self._epoch_seconds,
+        }
         self.history.append(record)
         self._record(record)
         line = f"epoch {self.epoch + 1}/{self.epochs}  loss {train_loss:.4f}"
         if val_loss is not None:
             line += f"  val_loss {val_loss:.4f}" + (" (best)" if improved else "")
         self.print(line + f"  {self._epoch_seconds:.1f} s  ({self.step:,} steps)")
-        self._save(LAST, epoch_done=True)         # first the checkpoint: a Ctrl-C while sampling loses nothing
+        self._save(LAST, epoch_done=True)  # first the checkpoint: a Ctrl-C while sampling loses nothing
         if improved:
             self._save(BEST, epoch_done=True)
         self._plot()
@@ -307,10 +353,10 @@ class Trainer:
         try:
             self.model.reset_state()
             for batch in batches.batches(0):
-                self.world.stop_if_interrupted()           # MPI: Ctrl-C stops every rank here too
+                self.world.stop_if_interrupted()  # MPI: Ctrl-C stops every rank here too
                 if not batches.stateful:
                     self.model.reset_state()
-                if self.world.parallel:                    # this rank's rows; the sums are added below
+                if self.world.parallel:  # this rank's rows; the sums are added below
                     lo, hi = self.world.shard(len(batch.x))
                     if hi == lo:
                         continue
@@ -359,11 +405,16 @@ class Trainer:
         bad = self._non_finite_params()
         if bad:
             self._diverged(f"weights {', '.join(bad)} are not finite")
-        metadata = {**self.metadata, "data": self.train.config, "train": self._position(epoch_done),
-                    "state": carried_state(self.model, self.world)}
+        metadata = {
+            **self.metadata,
+            "data": self.train.config,
+            "train": self._position(epoch_done),
+            "state": carried_state(self.model, self.world),
+        }
         if self.world.is_root:
-            self.model.save(self.run_dir / name, optimizer=self.optimizer, rng=self.model.dropout_rng,
-                            metadata=metadata)
+            self.model.save(
+                self.run_dir / name, optimizer=self.optimizer, rng=self.model.dropout_rng, metadata=metadata
+            )
         if name == LAST:
             self.saved_step = self.step
 
@@ -371,10 +422,12 @@ class Trainer:
         """Record a "diverged" event and raise TrainingDiverged: at which step, ``what`` went wrong, what to do."""
         self._record({"event": "diverged", "step": self.step + 1, "epoch": self.epoch + 1})
         if self.last_checkpoint is not None:
-            advice = (f"the last good checkpoint, {self.last_checkpoint} (step {self.saved_step}), is kept: "
-                      "resume from it with a lower learning rate or gradient clipping")
+            advice = (
+                f"the last good checkpoint, {self.last_checkpoint} (step {self.saved_step}), is kept: "
+                "resume from it with a lower learning rate or gradient clipping"
+            )
         else:
-            advice = ("no checkpoint was written yet: start again with a lower learning rate or gradient "
-                      "clipping")
-        raise TrainingDiverged(f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}; "
-                               + advice) from None
+            advice = "no checkpoint was written yet: start again with a lower learning rate or gradient clipping"
+        raise TrainingDiverged(
+            f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}; " + advice
+        ) from None

@@ -46,23 +46,29 @@ def sharded_loss_and_grads(model: TokenModel, batch: Batch, last_only: bool, wor
     n = len(batch.x)
     lo, hi = world.shard(n)
     T = batch.x.shape[1]
-    masks = model.dropout_masks(n, T, last_only)              # the global batch's, as one process draws them
+    masks = model.dropout_masks(n, T, last_only)  # the global batch's, as one process draws them
     if masks is not None:
         masks = [m[lo:hi] if m.ndim == 2 else m[:, lo:hi] for m in masks]
     if hi > lo:
         part = rows(batch, lo, hi, last_only)
-        loss, grads = model.loss_and_grads(part.x, part.y, mask=part.mask, last_only=last_only,
-                                           training=True, dropout_masks=masks)
+        loss, grads = model.loss_and_grads(
+            part.x, part.y, mask=part.mask, last_only=last_only, training=True, dropout_masks=masks
+        )
         tokens = part.targets
-    else:                                                     # a last short batch with fewer rows than ranks
+    else:  # a last short batch with fewer rows than ranks
         loss, grads, tokens = 0.0, None, 0
     return world.reduce_step(model.params, grads, loss, tokens, batch.targets, model.backend)
 
 
 def state_batch_axes(model: TokenModel) -> list[list[int]]:
     """Per layer, per state part, the axis of the carried state that runs over the batch's rows."""
-    return [[next(i for i, (a, b) in enumerate(zip(one, two)) if a != b) for one, two in zip(ones, twos)]
-            for ones, twos in zip(model.state_shapes(1), model.state_shapes(2))]
+    return [
+        [
+            next(i for i, (a, b) in enumerate(zip(one, two, strict=False)) if a != b)
+            for one, two in zip(ones, twos, strict=False)
+        ]
+        for ones, twos in zip(model.state_shapes(1), model.state_shapes(2), strict=False)
+    ]
 
 
 def join_world(world: World, model: TokenModel, optimizer: Optimizer, train, val) -> None:
@@ -70,21 +76,27 @@ def join_world(world: World, model: TokenModel, optimizer: Optimizer, train, val
     one has not), then take rank 0's weights, optimizer slots and dropout generator."""
     world.wait_for_all()
     backend = model.backend
-    mine = {"training": None if train is None else train.config,
-            "validation": None if val is None else val.config,
-            "backend": (backend.name, backend.dtype.name)}
+    mine = {
+        "training": None if train is None else train.config,
+        "validation": None if val is None else val.config,
+        "backend": (backend.name, backend.dtype.name),
+    }
     root = world.broadcast(mine)
-    error = None                                  # every rank checks, then they stop together (agree)
+    error = None  # every rank checks, then they stop together (agree)
     for what in ("training", "validation"):
         if error is None and root[what] != mine[what]:
-            error = ScratchLMError(f"rank {world.rank}'s {what} data differ from rank 0's (corpus, tokenization "
-                                   "or batch settings): every rank must read the same corpus with the same "
-                                   "settings")
+            error = ScratchLMError(
+                f"rank {world.rank}'s {what} data differ from rank 0's (corpus, tokenization "
+                "or batch settings): every rank must read the same corpus with the same "
+                "settings"
+            )
     if error is None and root["backend"] != mine["backend"]:
-        error = ScratchLMError(f"rank {world.rank} trains with the {backend.name} backend in {backend.dtype.name}, "
-                               f"rank 0 with {root['backend'][0]} in {root['backend'][1]}: every rank must use "
-                               "the same backend and dtype (name the backend rather than 'auto' when the "
-                               "machines differ)")
+        error = ScratchLMError(
+            f"rank {world.rank} trains with the {backend.name} backend in {backend.dtype.name}, "
+            f"rank 0 with {root['backend'][0]} in {root['backend'][1]}: every rank must use "
+            "the same backend and dtype (name the backend rather than 'auto' when the "
+            "machines differ)"
+        )
     if error is None and backend.name == "cupy":
         try:
             world.check_device(model.params)
@@ -92,7 +104,7 @@ def join_world(world: World, model: TokenModel, optimizer: Optimizer, train, val
             error = exc
     world.agree(error)
     if backend.name == "cupy":
-        world.start_nccl()                        # the all-reduce on device buffers, when CuPy has NCCL
+        world.start_nccl()  # the all-reduce on device buffers, when CuPy has NCCL
     world.broadcast_arrays(model.params, model.backend)
     world.broadcast_arrays(optimizer.slots, model.backend)
     if model.dropout_rng is not None:
@@ -102,7 +114,14 @@ def join_world(world: World, model: TokenModel, optimizer: Optimizer, train, val
 def shard_state(world: World, model: TokenModel, batch_size: int) -> None:
     """Keep only this rank's rows of the model's carried state (of a batch of ``batch_size`` rows)."""
     lo, hi = world.shard(batch_size)
-    model.set_state([None if state is None else tuple(
-                         a if a.shape[axis] != batch_size else a[(slice(None),) * axis + (slice(lo, hi),)]
-                         for a, axis in zip(state, axes))
-                     for state, axes in zip(model.get_state(), state_batch_axes(model))])
+    model.set_state(
+        [
+            None
+            if state is None
+            else tuple(
+                a if a.shape[axis] != batch_size else a[(slice(None),) * axis + (slice(lo, hi),)]
+                for a, axis in zip(state, axes, strict=False)
+            )
+            for state, axes in zip(model.get_state(), state_batch_axes(model), strict=False)
+        ]
+    )

@@ -1,9 +1,9 @@
 """What a run shows: samples after each epoch, the metrics log and its plot, the progress bar and throughput.
 
-    Sampler(tokenizer)              text at several temperatures after each epoch, as the book's callback prints it
-    MetricsLog(path)                metrics.jsonl: one JSON object per line (step and epoch records, events)
-    read_metrics, plot_metrics      read metrics.jsonl back; draw loss.png from it (with matplotlib)
-    progress_bar, Throughput        the tqdm bar of an epoch; tokens per second over a logging window
+Sampler(tokenizer)              text at several temperatures after each epoch, as the book's callback prints it
+MetricsLog(path)                metrics.jsonl: one JSON object per line (step and epoch records, events)
+read_metrics, plot_metrics      read metrics.jsonl back; draw loss.png from it (with matplotlib)
+progress_bar, Throughput        the tqdm bar of an epoch; tokens per second over a logging window
 """
 
 from __future__ import annotations
@@ -55,15 +55,26 @@ class Sampler:
     never changes what training does next.
     """
 
-    def __init__(self, tokenizer, temperatures=TEMPERATURES, length: int = 400, prime: str | None = None,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        tokenizer,
+        temperatures=TEMPERATURES,
+        length: int = 400,
+        prime: str | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ):
         self.tokenizer = tokenizer
         self.temperatures = [float(t) for t in temperatures]
         self.length, self.prime, self.top_k, self.top_p, self.seed = int(length), prime, top_k, top_p, seed
         for temperature in self.temperatures:
             sampling.check_options(temperature, top_k, top_p)
-        check_fits(generation_bytes(1, self.length), f"samples of {self.length:,} tokens",
-                   "ask for shorter samples (--sample-length)")
+        check_fits(
+            generation_bytes(1, self.length),
+            f"samples of {self.length:,} tokens",
+            "ask for shorter samples (--sample-length)",
+        )
         self.prime_ids = None if prime is None else _prime_ids(tokenizer, prime)
 
     def __call__(self, trainer: Trainer) -> None:
@@ -81,18 +92,27 @@ class Sampler:
         shown = render(tok, prompt)
         trainer.print(f'--- samples at step {trainer.step:,} (epoch {trainer.epoch + 1}), primed with: "{shown}"')
         for temperature in self.temperatures:
-            if trainer.world.interrupted:        # MPI: Ctrl-C; the ranks stop together at the next step
+            if trainer.world.interrupted:  # MPI: Ctrl-C; the ranks stop together at the next step
                 return
             try:
                 with quiet_overflow():
-                    out = trainer.model.generate(prompt, self.length, temperature=temperature, top_k=self.top_k,
-                                                 top_p=self.top_p, eos_id=eos, banned_ids=banned,
-                                                 seed=int(rng.integers(2 ** 32)))
-            except SamplingError as exc:         # the options were checked when made: the logits are not finite
+                    out = trainer.model.generate(
+                        prompt,
+                        self.length,
+                        temperature=temperature,
+                        top_k=self.top_k,
+                        top_p=self.top_p,
+                        eos_id=eos,
+                        banned_ids=banned,
+                        seed=int(rng.integers(2**32)),
+                    )
+            except SamplingError as exc:  # the options were checked when made: the logits are not finite
                 saved = "" if trainer.last_checkpoint is None else f" (just saved in {trainer.last_checkpoint})"
-                raise TrainingDiverged(f"training stopped after step {trainer.step:,} (epoch {trainer.epoch + 1}): "
-                                       f"no sample can be drawn ({exc}): the weights{saved} have diverged; start "
-                                       "again with a lower learning rate or gradient clipping") from None
+                raise TrainingDiverged(
+                    f"training stopped after step {trainer.step:,} (epoch {trainer.epoch + 1}): "
+                    f"no sample can be drawn ({exc}): the weights{saved} have diverged; start "
+                    "again with a lower learning rate or gradient clipping"
+                ) from None
             trainer.print(f"----- temperature {temperature:g}\n{shown}{render(tok, out)}")
 
 
@@ -103,13 +123,18 @@ def _prime_ids(tokenizer, prime):
     try:
         ids = tokenizer.encode(prime, unknown=unknown).astype(numpy.int64)
     except VocabularyError as exc:
-        raise VocabularyError(f"the samples' prime {prime!r} holds {listing(exc.missing)}, which the "
-                              "vocabulary lacks: choose a prime made of the corpus' own tokens", exc.missing) from None
+        raise VocabularyError(
+            f"the samples' prime {prime!r} holds {listing(exc.missing)}, which the "
+            "vocabulary lacks: choose a prime made of the corpus' own tokens",
+            exc.missing,
+        ) from None
     known = ids if tokenizer.unk_id is None else ids[ids != tokenizer.unk_id]
     if len(known) == 0:
-        raise VocabularyError(f"the samples' prime {prime!r} encodes to {'<unk> only' if len(ids) else 'no token'}, "
-                              "so the samples would have nothing to start from: choose a prime made of the corpus' "
-                              "own tokens, or give none (the samples then start from the training data)")
+        raise VocabularyError(
+            f"the samples' prime {prime!r} encodes to {'<unk> only' if len(ids) else 'no token'}, "
+            "so the samples would have nothing to start from: choose a prime made of the corpus' "
+            "own tokens, or give none (the samples then start from the training data)"
+        )
     return ids
 
 
@@ -121,6 +146,7 @@ def render(tokenizer, ids) -> str:
 
 
 # -- the metrics log ----------------------------------------------------------------------
+
 
 class MetricsLog:
     """metrics.jsonl opened for appending records, one JSON object per line (a torn last line, left by a
@@ -195,11 +221,20 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> bool:
 
 # -- progress while an epoch runs -------------------------------------------------------
 
+
 def progress_bar(total: int, initial: int, desc: str, show: bool | None) -> tqdm:
     """An epoch's tqdm bar on stderr: shown when ``show`` is True, hidden when False, on a terminal only when
     None."""
-    return tqdm(total=total, initial=initial, desc=desc, unit="batch", disable=None if show is None else not show,
-                leave=False, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="batch",
+        disable=None if show is None else not show,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 class Throughput:

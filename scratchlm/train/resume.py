@@ -44,15 +44,22 @@ _count, _number = checkpoint.whole_at_least(0), checkpoint.is_number
 
 # What a Trainer's position in metadata["train"] holds: field -> (check, what it must be).
 _POSITION_RULES = {
-    "epoch": (_count, "a whole number >= 0"), "batch": (_count, "a whole number >= 0"),
-    "step": (_count, "a whole number >= 0"), "best_val_loss": (lambda v: v is None or _number(v), "null or a number"),
-    "epoch_loss": (_number, "a number"), "epoch_targets": (_count, "a whole number >= 0"),
-    "epoch_seconds": (_number, "a number"), "history": (lambda v: isinstance(v, list), "a list of epoch records"),
+    "epoch": (_count, "a whole number >= 0"),
+    "batch": (_count, "a whole number >= 0"),
+    "step": (_count, "a whole number >= 0"),
+    "best_val_loss": (lambda v: v is None or _number(v), "null or a number"),
+    "epoch_loss": (_number, "a number"),
+    "epoch_targets": (_count, "a whole number >= 0"),
+    "epoch_seconds": (_number, "a number"),
+    "history": (lambda v: isinstance(v, list), "a list of epoch records"),
 }
-_EPOCH_RULES = {"epoch": (checkpoint.whole_at_least(1), "a positive whole number"),
-                "step": (_count, "a whole number >= 0"),
-                "loss": (_number, "a number"), "val_loss": (lambda v: v is None or _number(v), "null or a number"),
-                "seconds": (_number, "a number")}
+_EPOCH_RULES = {
+    "epoch": (checkpoint.whole_at_least(1), "a positive whole number"),
+    "step": (_count, "a whole number >= 0"),
+    "loss": (_number, "a number"),
+    "val_loss": (lambda v: v is None or _number(v), "null or a number"),
+    "seconds": (_number, "a number"),
+}
 
 
 def check_position(position: dict) -> None:
@@ -64,12 +71,15 @@ def check_position(position: dict) -> None:
     on the data: :func:`resumed` checks it.
     """
     checkpoint.check_fields(position, _POSITION_RULES, "the training position (metadata['train'])")
-    if not _number(position.get("window_loss", 0.0)):       # absent in checkpoints written before it was kept
-        raise CheckpointError("the training position (metadata['train']): field 'window_loss' must be a number, "
-                              f"got {position['window_loss']!r}; {checkpoint.EDITED}")
+    if not _number(position.get("window_loss", 0.0)):  # absent in checkpoints written before it was kept
+        raise CheckpointError(
+            "the training position (metadata['train']): field 'window_loss' must be a number, "
+            f"got {position['window_loss']!r}; {checkpoint.EDITED}"
+        )
     for n, record in enumerate(position["history"]):
-        checkpoint.check_fields(record, _EPOCH_RULES,
-                                f"record {n} of the training history (metadata['train']['history'])")
+        checkpoint.check_fields(
+            record, _EPOCH_RULES, f"record {n} of the training history (metadata['train']['history'])"
+        )
 
 
 def load_checkpoint(path: str | Path, backend: str = "numpy") -> Checkpoint:
@@ -77,8 +87,9 @@ def load_checkpoint(path: str | Path, backend: str = "numpy") -> Checkpoint:
     path = Path(path)
     if path.is_dir():
         if not (path / LAST).exists():
-            raise CheckpointError(f"{path} holds no {LAST}: it is not a run directory, or its run wrote no "
-                                  "checkpoint yet")
+            raise CheckpointError(
+                f"{path} holds no {LAST}: it is not a run directory, or its run wrote no checkpoint yet"
+            )
         path = path / LAST
     return models.load(path, backend=backend)
 
@@ -94,16 +105,18 @@ def open_run(run_dir: str | Path, resume: bool, backend: str = "numpy") -> Check
     if resume:
         return load_checkpoint(run_dir, backend=backend)
     if (run_dir / LAST).exists():
-        raise ResumeError(f"{run_dir} already holds a run ({LAST}): continue it with --resume, "
-                          "or choose another run directory")
+        raise ResumeError(
+            f"{run_dir} already holds a run ({LAST}): continue it with --resume, or choose another run directory"
+        )
     return None
 
 
 class Resumed(NamedTuple):
     """What :func:`resumed` finds in a checkpoint."""
-    metadata: dict          # the checkpoint's metadata less "train", "state" and "data" (the Trainer writes those)
-    position: dict          # metadata["train"], checked by check_position
-    states: list            # per layer, None or the carried state's host arrays (the model's dtype)
+
+    metadata: dict  # the checkpoint's metadata less "train", "state" and "data" (the Trainer writes those)
+    position: dict  # metadata["train"], checked by check_position
+    states: list  # per layer, None or the carried state's host arrays (the model's dtype)
 
 
 def resumed(ckpt: Checkpoint, train) -> Resumed:
@@ -117,42 +130,62 @@ def resumed(ckpt: Checkpoint, train) -> Resumed:
     carried = meta.pop("state", None)
     recorded = meta.pop("data", None)
     if position is None or ckpt.optimizer is None:
-        raise ResumeError("this checkpoint holds no training position or optimizer state "
-                          "(it was not written by a Trainer): start a new run instead")
+        raise ResumeError(
+            "this checkpoint holds no training position or optimizer state "
+            "(it was not written by a Trainer): start a new run instead"
+        )
     check_position(position)
     if not isinstance(recorded, dict):
-        raise CheckpointError(f"this checkpoint's description of its training data (metadata['data']) is "
-                              f"{type(recorded).__name__}, not a JSON object; {checkpoint.EDITED}")
+        raise CheckpointError(
+            f"this checkpoint's description of its training data (metadata['data']) is "
+            f"{type(recorded).__name__}, not a JSON object; {checkpoint.EDITED}"
+        )
     if recorded != train.config:
         differ = sorted(k for k in set(recorded) | set(train.config) if recorded.get(k) != train.config.get(k))
         what = "the corpus or its tokenization" if differ == ["fingerprint"] else ", ".join(differ)
-        raise ResumeError(f"the training data differ from the checkpoint's ({what}): resume with the "
-                          "same corpus and data settings, or start a new run")
+        raise ResumeError(
+            f"the training data differ from the checkpoint's ({what}): resume with the "
+            "same corpus and data settings, or start a new run"
+        )
     if position["batch"] > train.num_batches:
-        raise CheckpointError(f"this checkpoint's training position, after batch {position['batch']:,} of an "
-                              f"epoch, lies beyond the {train.num_batches:,} batches of an epoch of its data; "
-                              f"{checkpoint.EDITED}")
+        raise CheckpointError(
+            f"this checkpoint's training position, after batch {position['batch']:,} of an "
+            f"epoch, lies beyond the {train.num_batches:,} batches of an epoch of its data; "
+            f"{checkpoint.EDITED}"
+        )
     return Resumed(meta, position, _carried_states(ckpt.model, carried, train.batch_size))
 
 
 def _carried_states(model, carried, batch_size):
     """The model's carried state from metadata["state"] (checked against the model and the batch size)."""
-    shapes = model.state_shapes(batch_size)                     # per layer, one shape per state part
+    shapes = model.state_shapes(batch_size)  # per layer, one shape per state part
     names = model.state_names()
     if carried is None:
         carried = [None] * len(shapes)
-    elif not (model.stateful and isinstance(carried, list) and len(carried) == len(shapes)
-              and all(s is None or isinstance(s, list) and len(s) == len(want)
-                      for s, want in zip(carried, shapes))):
+    elif not (
+        model.stateful
+        and isinstance(carried, list)
+        and len(carried) == len(shapes)
+        and all(
+            s is None or isinstance(s, list) and len(s) == len(want) for s, want in zip(carried, shapes, strict=False)
+        )
+    ):
         parts = "[" + ", ".join(name.split()[0] for name in names[0]) + "]" if names else "[]"
-        raise CheckpointError("this checkpoint's carried state (metadata['state']) must be null, or for a "
-                              f"stateful model a list of {len(shapes)} entries, each null or {parts}"
-                              + ("" if model.stateful else " (its model is not stateful)")
-                              + f"; {checkpoint.EDITED}")
-    return [None if s is None else tuple(
-                decode_array(a, shape, model.backend.dtype, f"the carried {name} (metadata['state'][{n}])")
-                for shape, name, a in zip(want, layer_names, s))
-            for n, (want, layer_names, s) in enumerate(zip(shapes, names, carried))]
+        raise CheckpointError(
+            "this checkpoint's carried state (metadata['state']) must be null, or for a "
+            f"stateful model a list of {len(shapes)} entries, each null or {parts}"
+            + ("" if model.stateful else " (its model is not stateful)")
+            + f"; {checkpoint.EDITED}"
+        )
+    return [
+        None
+        if s is None
+        else tuple(
+            decode_array(a, shape, model.backend.dtype, f"the carried {name} (metadata['state'][{n}])")
+            for shape, name, a in zip(want, layer_names, s, strict=False)
+        )
+        for n, (want, layer_names, s) in enumerate(zip(shapes, names, carried, strict=False))
+    ]
 
 
 def carried_state(model: TokenModel, world: World) -> list | None:
@@ -164,8 +197,10 @@ def carried_state(model: TokenModel, world: World) -> list | None:
     to_host = model.backend.to_host
     state = model.get_state()
     if world.parallel:
-        state = [None if s is None else [world.gather_rows(to_host(a), axis) for a, axis in zip(s, axes)]
-                 for s, axes in zip(state, state_batch_axes(model))]
+        state = [
+            None if s is None else [world.gather_rows(to_host(a), axis) for a, axis in zip(s, axes, strict=False)]
+            for s, axes in zip(state, state_batch_axes(model), strict=False)
+        ]
     if not world.is_root:
         return None
     return [None if s is None else [encode_array(to_host(a)) for a in s] for s in state]
@@ -185,13 +220,16 @@ def decode_array(d: dict, shape: tuple, dtype, what: str) -> numpy.ndarray:
     if not isinstance(d, dict) or not isinstance(d.get("base64"), str):
         raise CheckpointError(f"{wrong}, encoded as dtype, shape and base64; {checkpoint.EDITED}")
     if d.get("dtype") != dtype.str or d.get("shape") != list(shape):
-        raise CheckpointError(f"{wrong}, got dtype {d.get('dtype')!r:.20} and shape {d.get('shape')!r:.40}; "
-                              f"{checkpoint.EDITED}")
+        raise CheckpointError(
+            f"{wrong}, got dtype {d.get('dtype')!r:.20} and shape {d.get('shape')!r:.40}; {checkpoint.EDITED}"
+        )
     try:
         data = base64.b64decode(d["base64"], validate=True)
-    except ValueError:                                    # binascii.Error
+    except ValueError:  # binascii.Error
         raise CheckpointError(f"{wrong}: its base64 text does not decode; {checkpoint.EDITED}") from None
     if len(data) != math.prod(shape) * dtype.itemsize:
-        raise CheckpointError(f"{wrong}: it holds {len(data):,} bytes instead of {math.prod(shape) * dtype.itemsize:,}"
-                              f"; {checkpoint.EDITED}")
+        raise CheckpointError(
+            f"{wrong}: it holds {len(data):,} bytes instead of {math.prod(shape) * dtype.itemsize:,}"
+            f"; {checkpoint.EDITED}"
+        )
     return numpy.frombuffer(data, dtype=dtype).reshape(shape).copy()

@@ -1,12 +1,12 @@
 """What an example script needs around a Trainer: a new run or the one to continue, and the command-line contract.
 
-    def main():
-        return run_script("nietzsche_char", run_dir, lambda: run(args, run_dir))   # exit code 0, 2 or 130
+def main():
+    return run_script("nietzsche_char", run_dir, lambda: run(args, run_dir))   # exit code 0, 2 or 130
 
-    def run(args, run_dir):
-        ckpt = open_run(run_dir, args.resume)                          # None for a new run
-        trainer = start_or_resume(ckpt, train, val, build, tokenizer, run_dir=run_dir, epochs=...)
-        trainer.fit()
+def run(args, run_dir):
+    ckpt = open_run(run_dir, args.resume)                          # None for a new run
+    trainer = start_or_resume(ckpt, train, val, build, tokenizer, run_dir=run_dir, epochs=...)
+    trainer.fit()
 """
 
 from __future__ import annotations
@@ -27,8 +27,14 @@ if TYPE_CHECKING:
     from .loop import Batches
 
 
-def start_or_resume(ckpt: Checkpoint | None, train: Batches, val: Batches | None,
-                    build: Callable[[], tuple[TokenModel, Optimizer]], tokenizer, **options) -> Trainer:
+def start_or_resume(
+    ckpt: Checkpoint | None,
+    train: Batches,
+    val: Batches | None,
+    build: Callable[[], tuple[TokenModel, Optimizer]],
+    tokenizer,
+    **options,
+) -> Trainer:
     """The Trainer of a run: continuing ``ckpt`` (from :func:`~scratchlm.train.resume.open_run`), or new on
     ``build()``'s (model, optimizer).
 
@@ -52,7 +58,7 @@ def run_script(name: str, run_dir: str | Path, body: Callable[[], object]) -> in
     try:
         with rundir.lock(run_dir):
             body()
-    except distributed.AgreedFailure as exc:          # MPI: every rank stops here; rank 0 says why
+    except distributed.AgreedFailure as exc:  # MPI: every rank stops here; rank 0 says why
         if exc.report:
             print(f"{name}: error{exc.where}: {exc}", file=sys.stderr)
         return exc.code

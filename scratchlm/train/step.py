@@ -36,9 +36,10 @@ class TrainingDiverged(ScratchLMError):
 
 class StepResult(NamedTuple):
     """What :func:`train_step` returns."""
-    loss: float         # mean loss per scored target of the batch (the global batch under MPI)
-    grad_norm: float    # global L2 norm of the gradients, before clipping
-    tokens: int         # input tokens of the batch that are not padding (the global batch under MPI)
+
+    loss: float  # mean loss per scored target of the batch (the global batch under MPI)
+    grad_norm: float  # global L2 norm of the gradients, before clipping
+    tokens: int  # input tokens of the batch that are not padding (the global batch under MPI)
 
 
 def quiet_overflow() -> numpy.errstate:
@@ -47,8 +48,9 @@ def quiet_overflow() -> numpy.errstate:
     return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
-def train_step(model: TokenModel, optimizer: Optimizer, batch: Batch, *, last_only: bool = False,
-               world: World | None = None) -> StepResult:
+def train_step(
+    model: TokenModel, optimizer: Optimizer, batch: Batch, *, last_only: bool = False, world: World | None = None
+) -> StepResult:
     """One step of gradient descent on ``batch`` (x, y, mask: a :class:`~scratchlm.batching.Batch`).
 
     last_only: score only the last position of each row (y is (B,)), as the batcher says.
@@ -62,8 +64,7 @@ def train_step(model: TokenModel, optimizer: Optimizer, batch: Batch, *, last_on
         if world is not None and world.parallel:
             loss, grads = sharded_loss_and_grads(model, batch, last_only, world)
         else:
-            loss, grads = model.loss_and_grads(batch.x, batch.y, mask=batch.mask, last_only=last_only,
-                                               training=True)
+            loss, grads = model.loss_and_grads(batch.x, batch.y, mask=batch.mask, last_only=last_only, training=True)
         norm = optim.global_norm(grads)
     # The NaN guard: nothing is updated from a non-finite loss or gradient.
     if not (math.isfinite(loss) and math.isfinite(norm)):

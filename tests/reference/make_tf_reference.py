@@ -76,13 +76,25 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DTYPES = ("float32", "float64")
-WEIGHTS_H5 = "keras_lm.weights.h5"              # the interop fixture, and its expected outputs:
+WEIGHTS_H5 = "keras_lm.weights.h5"  # the interop fixture, and its expected outputs:
 WEIGHTS_H5_EXPECTED = "keras_lm_expected.npz"
 
 
-def config(vocab_size, embedding_dim, hidden_sizes, batch, time, seed, last_only=False,
-           softmax_output=False, mask=False, initial_state=False, optimizer=None, dtype="float32",
-           cell="lstm"):
+def config(
+    vocab_size,
+    embedding_dim,
+    hidden_sizes,
+    batch,
+    time,
+    seed,
+    last_only=False,
+    softmax_output=False,
+    mask=False,
+    initial_state=False,
+    optimizer=None,
+    dtype="float32",
+    cell="lstm",
+):
     """One case: the model, the batch and what to compare.
 
     embedding_dim None = one-hot input (Keras is fed one-hot float vectors).
@@ -99,36 +111,55 @@ def config(vocab_size, embedding_dim, hidden_sizes, batch, time, seed, last_only
         key, so the LSTM configs (and the manifest entries written before GRU) stay as they were.
     """
     assert cell in ("lstm", "gru"), cell
-    cfg = {"vocab_size": vocab_size, "embedding_dim": embedding_dim, "hidden_sizes": list(hidden_sizes),
-           "batch": batch, "time": time, "seed": seed, "last_only": last_only,
-           "softmax_output": softmax_output, "mask": mask, "initial_state": initial_state,
-           "optimizer": optimizer, "dtype": dtype}
+    cfg = {
+        "vocab_size": vocab_size,
+        "embedding_dim": embedding_dim,
+        "hidden_sizes": list(hidden_sizes),
+        "batch": batch,
+        "time": time,
+        "seed": seed,
+        "last_only": last_only,
+        "softmax_output": softmax_output,
+        "mask": mask,
+        "initial_state": initial_state,
+        "optimizer": optimizer,
+        "dtype": dtype,
+    }
     if cell != "lstm":
         cfg["cell"] = cell
     return cfg
 
 
 def cell_of(cfg):
-    """"lstm" or "gru": the recurrent cell of a config (no ``cell`` key: an LSTM case)."""
+    """ "lstm" or "gru": the recurrent cell of a config (no ``cell`` key: an LSTM case)."""
     return cfg.get("cell", "lstm")
 
 
-STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",)}      # the parts of each layer's state, in Keras' order
+STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",)}  # the parts of each layer's state, in Keras' order
 
 
-_SHAKESPEARE = dict(vocab_size=11, embedding_dim=6, hidden_sizes=[8], batch=4, time=7)   # Embedding -> LSTM -> logits
-_NIETZSCHE = dict(vocab_size=9, embedding_dim=None, hidden_sizes=[10], batch=5, time=8,   # one-hot -> LSTM last -> softmax
-                  last_only=True, softmax_output=True)
+_SHAKESPEARE = dict(vocab_size=11, embedding_dim=6, hidden_sizes=[8], batch=4, time=7)  # Embedding -> LSTM -> logits
+_NIETZSCHE = dict(
+    vocab_size=9,
+    embedding_dim=None,
+    hidden_sizes=[10],
+    batch=5,
+    time=8,  # one-hot -> LSTM last -> softmax
+    last_only=True,
+    softmax_output=True,
+)
 
 CASES = {
     "embedding_sequence": dict(_SHAKESPEARE, seed=1),
     "onehot_last_step": dict(_NIETZSCHE, seed=2),
     "stacked": dict(vocab_size=10, embedding_dim=5, hidden_sizes=[7, 6], batch=3, time=6, seed=3),
     "masked": dict(vocab_size=12, embedding_dim=5, hidden_sizes=[6, 5], batch=4, time=8, mask=True, seed=4),
-    "initial_state": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=3, time=5,
-                          initial_state=True, seed=5),
-    "initial_state_masked": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=4, time=6,
-                                 initial_state=True, mask=True, seed=6),
+    "initial_state": dict(
+        vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=3, time=5, initial_state=True, seed=5
+    ),
+    "initial_state_masked": dict(
+        vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=4, time=6, initial_state=True, mask=True, seed=6
+    ),
     "adam_step": dict(_SHAKESPEARE, optimizer={"name": "adam"}, seed=7),
     "rmsprop_step": dict(_SHAKESPEARE, optimizer={"name": "rmsprop"}, seed=8),
     "rmsprop_seed_step": dict(_NIETZSCHE, optimizer={"name": "rmsprop", "lr": 0.01}, seed=9),
@@ -140,12 +171,23 @@ GRU_CASES = {
     "gru_embedding_sequence": dict(_SHAKESPEARE, cell="gru", seed=21),
     "gru_onehot_last_step": dict(_NIETZSCHE, cell="gru", seed=22),
     "gru_stacked": dict(vocab_size=10, embedding_dim=5, hidden_sizes=[7, 6], batch=3, time=6, cell="gru", seed=23),
-    "gru_masked": dict(vocab_size=12, embedding_dim=5, hidden_sizes=[6, 5], batch=4, time=8, mask=True,
-                       cell="gru", seed=24),
-    "gru_initial_state": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=3, time=5,
-                              initial_state=True, cell="gru", seed=25),
-    "gru_initial_state_masked": dict(vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=4, time=6,
-                                     initial_state=True, mask=True, cell="gru", seed=26),
+    "gru_masked": dict(
+        vocab_size=12, embedding_dim=5, hidden_sizes=[6, 5], batch=4, time=8, mask=True, cell="gru", seed=24
+    ),
+    "gru_initial_state": dict(
+        vocab_size=10, embedding_dim=4, hidden_sizes=[6, 5], batch=3, time=5, initial_state=True, cell="gru", seed=25
+    ),
+    "gru_initial_state_masked": dict(
+        vocab_size=10,
+        embedding_dim=4,
+        hidden_sizes=[6, 5],
+        batch=4,
+        time=6,
+        initial_state=True,
+        mask=True,
+        cell="gru",
+        seed=26,
+    ),
     "gru_rmsprop_step": dict(_SHAKESPEARE, optimizer={"name": "rmsprop"}, cell="gru", seed=27),
 }
 CASES.update(GRU_CASES)
@@ -182,7 +224,7 @@ def param_shapes(cfg):
             shapes[f"lstm_{n}/kernel"] = (d_in, 4 * H)
             shapes[f"lstm_{n}/recurrent_kernel"] = (H, 4 * H)
             shapes[f"lstm_{n}/bias"] = (4 * H,)
-        else:                                           # GRU, reset_after=True: bias rows b_in, b_rec
+        else:  # GRU, reset_after=True: bias rows b_in, b_rec
             shapes[f"gru_{n}/kernel"] = (d_in, 3 * H)
             shapes[f"gru_{n}/recurrent_kernel"] = (H, 3 * H)
             shapes[f"gru_{n}/bias"] = (2, 3 * H)
@@ -198,15 +240,14 @@ def padding_mask(rng, B, T):
     fixed = [np.arange(T) < T - 2, np.arange(T) >= 2, np.arange(T) != T // 2]
     for b, row in enumerate(fixed[:B]):
         mask[b] = row
-    mask[0, 0] = True                                   # the loss needs a scored token
+    mask[0, 0] = True  # the loss needs a scored token
     return mask
 
 
 def draw_params(rng, cfg):
     """param/<name> -> weights uniform in [-0.5, 0.5), drawn in float64 in scratchlm's order, then cast."""
     dtype = np.dtype(cfg["dtype"])
-    return {f"param/{name}": rng.uniform(-0.5, 0.5, shape).astype(dtype)
-            for name, shape in param_shapes(cfg).items()}
+    return {f"param/{name}": rng.uniform(-0.5, 0.5, shape).astype(dtype) for name, shape in param_shapes(cfg).items()}
 
 
 def make_inputs(cfg):
@@ -216,7 +257,7 @@ def make_inputs(cfg):
     V, B, T = cfg["vocab_size"], cfg["batch"], cfg["time"]
     arrays = draw_params(rng, cfg)
     padded_by_zero = cfg["mask"] and cfg["embedding_dim"] is not None
-    low = 1 if padded_by_zero else 0                    # token 0 is padding under mask_zero
+    low = 1 if padded_by_zero else 0  # token 0 is padding under mask_zero
     x = rng.integers(low, V, (B, T))
     if cfg["mask"]:
         mask = padding_mask(rng, B, T)
@@ -239,7 +280,7 @@ def make_trajectory_inputs(cfg):
     arrays = draw_params(rng, cfg)
     xs, ys, masks = [], [], []
     for _ in range(cfg["steps"]):
-        x = rng.integers(1 if cfg["mask"] else 0, V, (B, T))    # token 0 is padding under mask_zero
+        x = rng.integers(1 if cfg["mask"] else 0, V, (B, T))  # token 0 is padding under mask_zero
         if cfg["mask"]:
             mask = padding_mask(rng, B, T)
             x[~mask] = 0
@@ -264,30 +305,39 @@ def random_config(seed, dtype=None, cell="lstm"):
         optimizer = {"name": str(rng.choice(["adam", "rmsprop", "sgd"])), "lr": float(rng.choice([1e-3, 1e-2]))}
         if rng.random() < 0.5:
             optimizer["global_clipnorm"] = float(rng.choice([0.05, 0.5, 5.0]))
-    return config(vocab_size=int(rng.integers(2, 25)),
-                  embedding_dim=None if rng.random() < 0.4 else int(rng.integers(1, 9)),
-                  hidden_sizes=[int(h) for h in rng.integers(1, 11, size=int(rng.integers(1, 4)))],
-                  batch=int(rng.integers(1, 6)), time=int(rng.integers(1, 10)), seed=int(seed),
-                  last_only=bool(rng.random() < 0.3), softmax_output=bool(rng.random() < 0.3),
-                  mask=bool(rng.random() < 0.5), initial_state=bool(rng.random() < 0.5),
-                  optimizer=optimizer, dtype=dtype or str(rng.choice(DTYPES)), cell=cell)
+    return config(
+        vocab_size=int(rng.integers(2, 25)),
+        embedding_dim=None if rng.random() < 0.4 else int(rng.integers(1, 9)),
+        hidden_sizes=[int(h) for h in rng.integers(1, 11, size=int(rng.integers(1, 4)))],
+        batch=int(rng.integers(1, 6)),
+        time=int(rng.integers(1, 10)),
+        seed=int(seed),
+        last_only=bool(rng.random() < 0.3),
+        softmax_output=bool(rng.random() < 0.3),
+        mask=bool(rng.random() < 0.5),
+        initial_state=bool(rng.random() < 0.5),
+        optimizer=optimizer,
+        dtype=dtype or str(rng.choice(DTYPES)),
+        cell=cell,
+    )
 
 
 # -- TensorFlow / Keras -----------------------------------------------------------------
 def import_keras():
     """(tf, keras), configured for reproducible CPU runs. Raises ImportError without TensorFlow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")     # read at import: plain Eigen kernels
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # read at import: plain Eigen kernels
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
+
     if keras.backend.backend() != "tensorflow":
         raise ImportError(f"the reference needs Keras' TensorFlow backend, not {keras.backend.backend()!r}")
     tf.config.experimental.enable_op_determinism()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:                                    # TensorFlow already initialised its pools
+    except RuntimeError:  # TensorFlow already initialised its pools
         pass
     return tf, keras
 
@@ -334,8 +384,9 @@ def build_keras_model(keras, cfg):
         if cell == "lstm":
             rnn = layers.LSTM(H, return_sequences=sequences, return_state=True, dtype=dtype, name=f"lstm_{n}")
         else:
-            rnn = layers.GRU(H, reset_after=True, return_sequences=sequences, return_state=True,
-                             dtype=dtype, name=f"gru_{n}")
+            rnn = layers.GRU(
+                H, reset_after=True, return_sequences=sequences, return_state=True, dtype=dtype, name=f"gru_{n}"
+            )
         kwargs = {}
         if cfg["initial_state"]:
             initial = [keras.Input((H,), dtype=dtype, name=f"{part}0_{n}") for part in STATE_NAMES[cell]]
@@ -377,8 +428,9 @@ def keras_optimizer(keras, spec, dtype):
     0.999 and 0.9 rounded to float32 and every float64 Adam step is 6.7e-6
     relatively (6.7e-9 absolutely at lr = 1e-3) smaller than float64 math gives.
     """
-    cls = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
-           "sgd": keras.optimizers.SGD}[spec["name"]]
+    cls = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}[
+        spec["name"]
+    ]
     kwargs = {}
     if dtype == "float64":
         for key, param in inspect.signature(cls).parameters.items():
@@ -421,11 +473,11 @@ def keras_reference(cfg):
                 ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True)
             if per_token_mask:
                 m = tf.cast(arrays["mask"], dtype)
-                loss = tf.reduce_sum(ce * m) / tf.reduce_sum(m)         # mean over real tokens
+                loss = tf.reduce_sum(ce * m) / tf.reduce_sum(m)  # mean over real tokens
             else:
                 loss = tf.reduce_mean(ce)
         grads = tape.gradient(loss, list(variables.values()))
-        grads = [tf.convert_to_tensor(g) for g in grads]                 # Embedding: IndexedSlices -> dense
+        grads = [tf.convert_to_tensor(g) for g in grads]  # Embedding: IndexedSlices -> dense
 
         if cfg["softmax_output"]:
             keras_loss = keras.losses.CategoricalCrossentropy()(tf.one_hot(y, V, dtype=dtype), out)
@@ -438,12 +490,12 @@ def keras_reference(cfg):
                 arrays[f"state/{part}_{n}"] = states[len(parts) * n + k].numpy()
         arrays["loss"] = np.asarray(loss.numpy(), dtype=dtype)
         arrays["keras_loss"] = np.asarray(keras_loss.numpy(), dtype=dtype)
-        for name, g in zip(variables, grads):
+        for name, g in zip(variables, grads, strict=False):
             arrays[f"grad/{name}"] = g.numpy()
 
         if cfg["optimizer"] is not None:
             opt = keras_optimizer(keras, cfg["optimizer"], dtype)
-            opt.apply_gradients(zip(grads, variables.values()))
+            opt.apply_gradients(zip(grads, variables.values(), strict=False))
             for name, var in variables.items():
                 arrays[f"updated/{name}"] = var.numpy()
     for key, a in arrays.items():
@@ -459,7 +511,7 @@ def keras_trajectory(cfg):
     dtype = cfg["dtype"]
     losses, keras_losses, norms = [], [], []
     with floatx(keras, dtype):
-        model = build_keras_model(keras, cfg)                       # Embedding(mask_zero=mask) -> LSTMs -> logits
+        model = build_keras_model(keras, cfg)  # Embedding(mask_zero=mask) -> LSTMs -> logits
         variables = keras_variables(model, cfg)
         for name, var in variables.items():
             var.assign(arrays[f"param/{name}"])
@@ -471,14 +523,14 @@ def keras_trajectory(cfg):
                 ce = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True)
                 if cfg["mask"]:
                     m = tf.cast(arrays["mask"][step], dtype)
-                    loss = tf.reduce_sum(ce * m) / tf.reduce_sum(m)     # mean over real tokens
+                    loss = tf.reduce_sum(ce * m) / tf.reduce_sum(m)  # mean over real tokens
                 else:
                     loss = tf.reduce_mean(ce)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, list(variables.values()))]
             losses.append(loss.numpy())
             keras_losses.append(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, out).numpy())
             norms.append(np.sqrt(sum(float(np.sum(g.numpy().astype(np.float64) ** 2)) for g in grads)))
-            opt.apply_gradients(zip(grads, variables.values()))
+            opt.apply_gradients(zip(grads, variables.values(), strict=False))
         assert int(opt.iterations.numpy()) == cfg["steps"]
         for name, var in variables.items():
             arrays[f"final/{name}"] = var.numpy()
@@ -500,9 +552,15 @@ def weights_h5_reference(directory):
     tf, keras = import_keras()
     cfg = config(vocab_size=13, embedding_dim=5, hidden_sizes=[6, 4], batch=2, time=5, seed=11)
     arrays = make_inputs(cfg)
-    model = keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(13, 5),
-                              keras.layers.LSTM(6, return_sequences=True),
-                              keras.layers.LSTM(4, return_sequences=True), keras.layers.Dense(13)])
+    model = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(13, 5),
+            keras.layers.LSTM(6, return_sequences=True),
+            keras.layers.LSTM(4, return_sequences=True),
+            keras.layers.Dense(13),
+        ]
+    )
     lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
     model.layers[0].embeddings.assign(arrays["param/embedding/embeddings"])
     for n, lstm in enumerate(lstms):
@@ -532,32 +590,59 @@ def weights_h5_reference(directory):
 #                      reference against the float32 Keras layers (TRANSFORMER_CROSS_CHECK) on every case.
 # Transformer fixtures live in the manifest section ``transformers`` (their configs are not LSTM configs).
 
-def transformer_config(vocab_size, sequence_length, embed_dim, dense_dim, num_heads, key_dim, num_layers, block,
-                       batch, time, seed, optimizer=None, dtype="float32"):
+
+def transformer_config(
+    vocab_size,
+    sequence_length,
+    embed_dim,
+    dense_dim,
+    num_heads,
+    key_dim,
+    num_layers,
+    block,
+    batch,
+    time,
+    seed,
+    optimizer=None,
+    dtype="float32",
+):
     """One Transformer case: TransformerLM's config plus the batch (B, T <= L), seed and optimizer."""
     assert block in ("book", "gpt") and time <= sequence_length, (block, time, sequence_length)
-    return {"model": "transformer", "vocab_size": vocab_size, "sequence_length": sequence_length,
-            "embed_dim": embed_dim, "dense_dim": dense_dim, "num_heads": num_heads, "key_dim": key_dim,
-            "num_layers": num_layers, "block": block, "batch": batch, "time": time, "seed": seed,
-            "optimizer": optimizer, "dtype": dtype}
+    return {
+        "model": "transformer",
+        "vocab_size": vocab_size,
+        "sequence_length": sequence_length,
+        "embed_dim": embed_dim,
+        "dense_dim": dense_dim,
+        "num_heads": num_heads,
+        "key_dim": key_dim,
+        "num_layers": num_layers,
+        "block": block,
+        "batch": batch,
+        "time": time,
+        "seed": seed,
+        "optimizer": optimizer,
+        "dtype": dtype,
+    }
 
 
-_TRANSFORMER = dict(vocab_size=17, sequence_length=9, embed_dim=8, dense_dim=12, num_heads=2, key_dim=5,
-                    batch=3, time=7)
+_TRANSFORMER = dict(
+    vocab_size=17, sequence_length=9, embed_dim=8, dense_dim=12, num_heads=2, key_dim=5, batch=3, time=7
+)
 TRANSFORMER_CASES = {
     "transformer_book": dict(_TRANSFORMER, block="book", num_layers=2, seed=31),
     "transformer_gpt": dict(_TRANSFORMER, block="gpt", num_layers=2, seed=32),
-    "transformer_rmsprop_step": dict(_TRANSFORMER, block="book", num_layers=1,
-                                     optimizer={"name": "rmsprop", "lr": 0.01}, seed=33),
+    "transformer_rmsprop_step": dict(
+        _TRANSFORMER, block="book", num_layers=1, optimizer={"name": "rmsprop", "lr": 0.01}, seed=33
+    ),
 }
-TRANSFORMER_CROSS_CHECK = {"output": 1e-5, "gradient": 1e-4}   # float64 TF ops vs float32 Keras layers
-KERAS_LARGE_NEGATIVE = -0.7 * 3.38953e38                       # keras.src...._get_large_negative, float32/64
+TRANSFORMER_CROSS_CHECK = {"output": 1e-5, "gradient": 1e-4}  # float64 TF ops vs float32 Keras layers
+KERAS_LARGE_NEGATIVE = -0.7 * 3.38953e38  # keras.src...._get_large_negative, float32/64
 
 
 def transformer_model_config(cfg):
     """The TransformerLM(**config) of a case."""
-    keys = ("vocab_size", "sequence_length", "embed_dim", "dense_dim", "num_heads", "key_dim", "num_layers",
-            "block")
+    keys = ("vocab_size", "sequence_length", "embed_dim", "dense_dim", "num_heads", "key_dim", "num_layers", "block")
     return {k: cfg[k] for k in keys}
 
 
@@ -566,8 +651,9 @@ def make_transformer_inputs(cfg):
     float64, by name; biases, gammas and betas (zeros and ones at initialisation) are then moved by
     U(-0.2, 0.2) so a wrong bias or LayerNorm parameter shows. Batch: x (B, T) in 1..V-1 with padding
     (token 0) where :func:`padding_mask` says, y (B, T) in 0..V-1. All from default_rng(seed), then cast."""
-    sys.path.insert(0, str(HERE.parent.parent))                 # the repository's scratchlm
+    sys.path.insert(0, str(HERE.parent.parent))  # the repository's scratchlm
     from scratchlm.models import TransformerLM
+
     rng = np.random.default_rng(cfg["seed"])
     dtype = np.dtype(cfg["dtype"])
     model = TransformerLM(**transformer_model_config(cfg), dtype="float64", seed=cfg["seed"])
@@ -594,21 +680,28 @@ def random_transformer_config(seed, dtype=None, block=None):
     the input), which shows Keras' float32 round-off at 1e-4 relative in the gradients below it."""
     rng = np.random.default_rng(seed)
     L = int(rng.integers(1, 12))
-    return transformer_config(vocab_size=int(rng.integers(2, 25)), sequence_length=L,
-                              embed_dim=int(rng.integers(4, 11)), dense_dim=int(rng.integers(1, 17)),
-                              num_heads=int(rng.integers(1, 4)), key_dim=int(rng.integers(1, 8)),
-                              num_layers=int(rng.integers(1, 3)),
-                              block=block or str(rng.choice(["book", "gpt"])),
-                              batch=int(rng.integers(1, 5)), time=int(rng.integers(1, L + 1)), seed=int(seed),
-                              optimizer=({"name": "rmsprop", "lr": 0.01} if rng.random() < 0.3 else None),
-                              dtype=dtype or str(rng.choice(DTYPES)))
+    return transformer_config(
+        vocab_size=int(rng.integers(2, 25)),
+        sequence_length=L,
+        embed_dim=int(rng.integers(4, 11)),
+        dense_dim=int(rng.integers(1, 17)),
+        num_heads=int(rng.integers(1, 4)),
+        key_dim=int(rng.integers(1, 8)),
+        num_layers=int(rng.integers(1, 3)),
+        block=block or str(rng.choice(["book", "gpt"])),
+        batch=int(rng.integers(1, 5)),
+        time=int(rng.integers(1, L + 1)),
+        seed=int(seed),
+        optimizer=({"name": "rmsprop", "lr": 0.01} if rng.random() < 0.3 else None),
+        dtype=dtype or str(rng.choice(DTYPES)),
+    )
 
 
 def attention_mask_of(tf, x):
     """x (B, T) int -> (B, T, T) bool: causal (key j <= query i) ∧ query x != 0 ∧ key x != 0."""
     T = tf.shape(x)[1]
     keep = tf.not_equal(x, 0)
-    causal = tf.linalg.band_part(tf.ones((T, T), dtype=tf.bool), -1, 0)          # lower triangle
+    causal = tf.linalg.band_part(tf.ones((T, T), dtype=tf.bool), -1, 0)  # lower triangle
     return causal[None] & keep[:, :, None] & keep[:, None, :]
 
 
@@ -620,8 +713,10 @@ def build_keras_transformer(keras, cfg):
     layers = keras.layers
     V, L, E, F = cfg["vocab_size"], cfg["sequence_length"], cfg["embed_dim"], cfg["dense_dim"]
     N, K, dtype = cfg["num_heads"], cfg["key_dim"], cfg["dtype"]
-    named = {"embedding/token_embeddings": layers.Embedding(V, E, mask_zero=True, dtype=dtype),
-             "embedding/position_embeddings": layers.Embedding(L, E, dtype=dtype)}
+    named = {
+        "embedding/token_embeddings": layers.Embedding(V, E, mask_zero=True, dtype=dtype),
+        "embedding/position_embeddings": layers.Embedding(L, E, dtype=dtype),
+    }
     attentions = ("attention_1", "attention_2") if cfg["block"] == "book" else ("attention_1",)
     norms = ("layernorm_1", "layernorm_2", "layernorm_3") if cfg["block"] == "book" else ("layernorm_1", "layernorm_2")
     for n in range(cfg["num_layers"]):
@@ -637,11 +732,15 @@ def build_keras_transformer(keras, cfg):
 
     def forward(x):
         import tensorflow as tf
+
         T = x.shape[1]
         mask = attention_mask_of(tf, x)
         h = named["embedding/token_embeddings"](x) + named["embedding/position_embeddings"](tf.range(T))[None]
         for n in range(cfg["num_layers"]):
-            get = (lambda part: named[f"decoder_{n}/{part}"])
+
+            def get(part, n=n):
+                return named[f"decoder_{n}/{part}"]
+
             if cfg["block"] == "book":
                 a1 = get("layernorm_1")(h + get("attention_1")(h, h, attention_mask=mask))
                 a2 = get("layernorm_2")(a1 + get("attention_2")(a1, h, attention_mask=mask))
@@ -653,18 +752,25 @@ def build_keras_transformer(keras, cfg):
         if cfg["block"] == "gpt":
             h = named["final_layernorm"](h)
         return named["dense"](h)
+
     return named, forward
 
 
 def keras_transformer_variables(named, cfg):
     """scratchlm parameter name -> the Keras variable holding it (layers built by one forward call first)."""
-    out = {"embedding/token_embeddings": named["embedding/token_embeddings"].embeddings,
-           "embedding/position_embeddings": named["embedding/position_embeddings"].embeddings}
+    out = {
+        "embedding/token_embeddings": named["embedding/token_embeddings"].embeddings,
+        "embedding/position_embeddings": named["embedding/position_embeddings"].embeddings,
+    }
     for prefix, layer in named.items():
         cls = type(layer).__name__
         if cls == "MultiHeadAttention":
-            for proj, dense in (("query", layer.query_dense), ("key", layer.key_dense),
-                                ("value", layer.value_dense), ("output", layer.output_dense)):
+            for proj, dense in (
+                ("query", layer.query_dense),
+                ("key", layer.key_dense),
+                ("value", layer.value_dense),
+                ("output", layer.output_dense),
+            ):
                 out[f"{prefix}/{proj}/kernel"], out[f"{prefix}/{proj}/bias"] = dense.kernel, dense.bias
         elif cls == "LayerNormalization":
             out[f"{prefix}/gamma"], out[f"{prefix}/beta"] = layer.gamma, layer.beta
@@ -680,7 +786,7 @@ def tf_ops_transformer(tf, w, x, cfg):
     S = (Q Kᵀ)/√K, masked entries replaced by Keras' large negative, softmax over keys, O = P V.
     """
     T, K = x.shape[1], cfg["key_dim"]
-    mask = attention_mask_of(tf, x)[:, None]                                          # (B, 1, T, T)
+    mask = attention_mask_of(tf, x)[:, None]  # (B, 1, T, T)
     dtype = w["dense/kernel"].dtype
 
     def mha(p, q_in, kv_in):
@@ -719,7 +825,7 @@ def tf_ops_transformer(tf, w, x, cfg):
 
 def _masked_loss(tf, keras, x, y, logits):
     """Mean sparse cross-entropy over positions whose input token is not padding (the seed's loss)."""
-    ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)    # (B, T)
+    ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # (B, T)
     m = tf.cast(tf.not_equal(x, 0), logits.dtype)
     return tf.reduce_sum(ce * m) / tf.reduce_sum(m)
 
@@ -735,11 +841,11 @@ def _keras_transformer_run(tf, keras, cfg, arrays, variables_of, forward):
     grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, list(variables.values()))]
     out["output"] = logits.numpy()
     out["loss"] = np.asarray(loss.numpy(), dtype=cfg["dtype"])
-    for name, g in zip(variables, grads):
+    for name, g in zip(variables, grads, strict=False):
         out[f"grad/{name}"] = g.numpy()
     if cfg["optimizer"] is not None:
         opt = keras_optimizer(keras, cfg["optimizer"], cfg["dtype"])
-        opt.apply_gradients(zip(grads, variables.values()))
+        opt.apply_gradients(zip(grads, variables.values(), strict=False))
         for name, var in variables.items():
             out[f"updated/{name}"] = np.asarray(var.numpy())
     return out
@@ -751,9 +857,9 @@ def keras_layers_transformer(cfg, arrays=None):
     arrays = make_transformer_inputs(cfg) if arrays is None else arrays
     with floatx(keras, cfg["dtype"]):
         named, forward = build_keras_transformer(keras, cfg)
-        forward(tf.constant(arrays["x"]))                                             # builds every layer
+        forward(tf.constant(arrays["x"]))  # builds every layer
         variables = keras_transformer_variables(named, cfg)
-        assert set(variables) == {k[len("param/"):] for k in arrays if k.startswith("param/")}
+        assert set(variables) == {k[len("param/") :] for k in arrays if k.startswith("param/")}
         for name, var in variables.items():
             assert tuple(var.shape) == arrays[f"param/{name}"].shape, name
             var.assign(arrays[f"param/{name}"])
@@ -765,11 +871,19 @@ def tf_ops_transformer_reference(cfg, arrays=None):
     tf, keras = import_keras()
     arrays = make_transformer_inputs(cfg) if arrays is None else arrays
     with floatx(keras, cfg["dtype"]):
-        variables = {k[len("param/"):]: keras.Variable(a, dtype=cfg["dtype"], name=k.replace("/", "_"))
-                     for k, a in arrays.items() if k.startswith("param/")}
+        variables = {
+            k[len("param/") :]: keras.Variable(a, dtype=cfg["dtype"], name=k.replace("/", "_"))
+            for k, a in arrays.items()
+            if k.startswith("param/")
+        }
         return _keras_transformer_run(
-            tf, keras, cfg, arrays, lambda: variables,
-            lambda x: tf_ops_transformer(tf, {n: v.value for n, v in variables.items()}, x, cfg))
+            tf,
+            keras,
+            cfg,
+            arrays,
+            lambda: variables,
+            lambda x: tf_ops_transformer(tf, {n: v.value for n, v in variables.items()}, x, cfg),
+        )
 
 
 def transformer_reference(cfg):
@@ -817,8 +931,10 @@ def _transformer_fixture(case, dtype):
     cfg = transformer_config(**TRANSFORMER_CASES[case], dtype=dtype)
     if dtype == "float64":
         errors = transformer_cross_check(cfg)
-        assert errors["keras32/output"] <= TRANSFORMER_CROSS_CHECK["output"] and \
-            errors["keras32/grad"] <= TRANSFORMER_CROSS_CHECK["gradient"], f"{case}: {errors}"
+        assert (
+            errors["keras32/output"] <= TRANSFORMER_CROSS_CHECK["output"]
+            and errors["keras32/grad"] <= TRANSFORMER_CROSS_CHECK["gradient"]
+        ), f"{case}: {errors}"
         print(f"{case}: float64 TF ops vs Keras layers: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     return cfg, transformer_reference(cfg)
 
@@ -850,8 +966,14 @@ def versions():
     _, keras = import_keras()
     import h5py
     import tensorflow as tf
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "python": platform.python_version()}
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _one_step_fixture(case, dtype):
@@ -860,8 +982,9 @@ def _one_step_fixture(case, dtype):
     arrays = keras_reference(cfg)
     clipnorm = (cfg["optimizer"] or {}).get("global_clipnorm")
     if clipnorm is not None:
-        norm = np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2))
-                           for k, a in arrays.items() if k.startswith("grad/")))
+        norm = np.sqrt(
+            sum(float(np.sum(a.astype(np.float64) ** 2)) for k, a in arrays.items() if k.startswith("grad/"))
+        )
         assert norm > clipnorm, f"{case}: global norm {norm} <= global_clipnorm {clipnorm}, nothing clipped"
     return cfg, arrays
 
@@ -871,7 +994,7 @@ def _trajectory_fixture(case, dtype):
     cfg = trajectory_config(**TRAJECTORIES[case], dtype=dtype)
     arrays = keras_trajectory(cfg)
     clipnorm = cfg["optimizer"].get("global_clipnorm")
-    if clipnorm is not None:                             # both branches of the clip, at different steps
+    if clipnorm is not None:  # both branches of the clip, at different steps
         clipped = arrays["grad_norm"] > clipnorm
         assert clipped.any() and not clipped.all(), f"{case}: clipped at steps {np.flatnonzero(clipped)}"
     return cfg, arrays
@@ -891,13 +1014,20 @@ def _write_fixtures(directory, cases, make):
 
 
 def _trajectory_section(entries, made_with):
-    return {"versions": made_with, "seeds": {case: spec["seed"] for case, spec in TRAJECTORIES.items()},
-            "fixtures": entries}
+    return {
+        "versions": made_with,
+        "seeds": {case: spec["seed"] for case, spec in TRAJECTORIES.items()},
+        "fixtures": entries,
+    }
 
 
 def _transformer_section(entries, made_with):
-    return {"versions": made_with, "seeds": {case: spec["seed"] for case, spec in TRANSFORMER_CASES.items()},
-            "cross_check": TRANSFORMER_CROSS_CHECK, "fixtures": entries}
+    return {
+        "versions": made_with,
+        "seeds": {case: spec["seed"] for case, spec in TRANSFORMER_CASES.items()},
+        "cross_check": TRANSFORMER_CROSS_CHECK,
+        "fixtures": entries,
+    }
 
 
 def generate(directory, only=None):
@@ -918,15 +1048,23 @@ def generate(directory, only=None):
         trajectories = _write_fixtures(directory, TRAJECTORIES, _trajectory_fixture)
         transformers = _write_fixtures(directory, TRANSFORMER_CASES, _transformer_fixture)
         weights_h5_reference(directory)
-        manifest = {"generator": "tests/reference/make_tf_reference.py", "versions": made_with,
-                    "environment": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")},
-                    "seeds": {case: spec["seed"] for case, spec in CASES.items()},
-                    "fixtures": fixtures,
-                    "trajectories": _trajectory_section(trajectories, made_with),
-                    "transformers": _transformer_section(transformers, made_with),
-                    "weights_h5": {"file": WEIGHTS_H5, "expected": WEIGHTS_H5_EXPECTED,
-                                   "sha256": {f: hashlib.sha256((directory / f).read_bytes()).hexdigest()
-                                              for f in (WEIGHTS_H5, WEIGHTS_H5_EXPECTED)}}}
+        manifest = {
+            "generator": "tests/reference/make_tf_reference.py",
+            "versions": made_with,
+            "environment": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")},
+            "seeds": {case: spec["seed"] for case, spec in CASES.items()},
+            "fixtures": fixtures,
+            "trajectories": _trajectory_section(trajectories, made_with),
+            "transformers": _transformer_section(transformers, made_with),
+            "weights_h5": {
+                "file": WEIGHTS_H5,
+                "expected": WEIGHTS_H5_EXPECTED,
+                "sha256": {
+                    f: hashlib.sha256((directory / f).read_bytes()).hexdigest()
+                    for f in (WEIGHTS_H5, WEIGHTS_H5_EXPECTED)
+                },
+            },
+        }
     else:
         known = {**CASES, **TRAJECTORIES, **TRANSFORMER_CASES}
         unknown = [case for case in only if case not in known]
@@ -936,13 +1074,17 @@ def generate(directory, only=None):
         one_step = [case for case in CASES if case in only]
         multi = [case for case in TRAJECTORIES if case in only]
         if one_step and manifest["versions"] != made_with:
-            raise SystemExit(f"the single-step fixtures were made with {manifest['versions']}, this is {made_with}: "
-                             "regenerate everything (no --only)")
+            raise SystemExit(
+                f"the single-step fixtures were made with {manifest['versions']}, this is {made_with}: "
+                "regenerate everything (no --only)"
+            )
         section = manifest.setdefault("trajectories", _trajectory_section({}, made_with))
         others = [e["case"] for e in section["fixtures"].values() if e["case"] not in multi]
         if multi and others and section["versions"] != made_with:
-            raise SystemExit(f"the trajectories {sorted(set(others))} were made with {section['versions']}, "
-                             f"this is {made_with}: regenerate all of them")
+            raise SystemExit(
+                f"the trajectories {sorted(set(others))} were made with {section['versions']}, "
+                f"this is {made_with}: regenerate all of them"
+            )
         manifest["fixtures"].update(_write_fixtures(directory, one_step, _one_step_fixture))
         manifest["seeds"].update({case: CASES[case]["seed"] for case in one_step})
         if multi:
@@ -954,8 +1096,10 @@ def generate(directory, only=None):
             section = manifest.setdefault("transformers", _transformer_section({}, made_with))
             others = [e["case"] for e in section["fixtures"].values() if e["case"] not in chosen]
             if others and section["versions"] != made_with:
-                raise SystemExit(f"the Transformer fixtures {sorted(set(others))} were made with "
-                                 f"{section['versions']}, this is {made_with}: regenerate all of them")
+                raise SystemExit(
+                    f"the Transformer fixtures {sorted(set(others))} were made with "
+                    f"{section['versions']}, this is {made_with}: regenerate all of them"
+                )
             section["fixtures"].update(_write_fixtures(directory, chosen, _transformer_fixture))
             section["versions"] = made_with
             section["seeds"] = {case: spec["seed"] for case, spec in TRANSFORMER_CASES.items()}
@@ -970,6 +1114,7 @@ def check(directory, only=None):
     ``manifest.json`` (regenerated from a copy of the folder's manifest).
     """
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         if only is None:
             generate(tmp)
@@ -985,23 +1130,35 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(HERE), help="output folder (default: next to this script)")
     parser.add_argument("--check", action="store_true", help="regenerate in a temporary folder and compare bytes")
-    parser.add_argument("--only", nargs="+", metavar="CASE",
-                        help="just these cases (both dtypes); the other files and manifest entries stay")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="CASE",
+        help="just these cases (both dtypes); the other files and manifest entries stay",
+    )
     args = parser.parse_args(argv)
     if args.check:
         differ = check(args.out, args.only)
         print("all fixtures identical" if not differ else f"differ: {', '.join(differ)}")
         return 1 if differ else 0
     manifest = generate(args.out, args.only)
-    written = [name for name, entry in {**manifest["fixtures"], **manifest["trajectories"]["fixtures"],
-                                        **manifest.get("transformers", {"fixtures": {}})["fixtures"]}.items()
-               if args.only is None or entry["case"] in args.only]
+    written = [
+        name
+        for name, entry in {
+            **manifest["fixtures"],
+            **manifest["trajectories"]["fixtures"],
+            **manifest.get("transformers", {"fixtures": {}})["fixtures"],
+        }.items()
+        if args.only is None or entry["case"] in args.only
+    ]
     if args.only is None:
         written += [WEIGHTS_H5, WEIGHTS_H5_EXPECTED]
     total = sum((Path(args.out) / f).stat().st_size for f in written)
     made_with = manifest["versions"] if args.only is None else versions()
-    print(f"wrote {len(written)} files ({total / 1024:.0f} KiB) "
-          f"with TensorFlow {made_with['tensorflow']}, Keras {made_with['keras']}")
+    print(
+        f"wrote {len(written)} files ({total / 1024:.0f} KiB) "
+        f"with TensorFlow {made_with['tensorflow']}, Keras {made_with['keras']}"
+    )
     return 0
 
 

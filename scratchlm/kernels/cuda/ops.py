@@ -55,20 +55,21 @@ def lstm_forward(z, U, h0, c0, keep=None, table=None, ids=None):
     all_kept = cupy.ones(B, dtype=bool)
     keep = None if keep is None else cupy.ascontiguousarray(keep, dtype=bool)
     if table is None:
-        rec = cupy.empty((B, G), dtype=z.dtype)                      # h_{t-1} U
+        rec = cupy.empty((B, G), dtype=z.dtype)  # h_{t-1} U
         rows = cupy.arange(B, dtype=cupy.int64)
     else:
         ids = cupy.ascontiguousarray(ids, dtype=cupy.int64)
     for t in range(T):
-        if table is None:                                            # z[t] holds x_t W + b: add row b of h U
+        if table is None:  # z[t] holds x_t W + b: add row b of h U
             cupy.matmul(hs[t], U, out=rec)
             src, src_rows = rec, rows
-        else:                                                        # z[t] <- h U, then add table[ids[t]]
+        else:  # z[t] <- h U, then add table[ids[t]]
             cupy.matmul(hs[t], U, out=z[t])
             src, src_rows = table, ids[t]
         keep_t = all_kept if keep is None else keep[t]
-        _launch(step, B * H, (z[t], src, src_rows, cs[t], hs[t], keep_t, cs[t + 1], hs[t + 1],
-                              np.int32(B), np.int32(H)))
+        _launch(
+            step, B * H, (z[t], src, src_rows, cs[t], hs[t], keep_t, cs[t + 1], hs[t + 1], np.int32(B), np.int32(H))
+        )
     return hs, cs
 
 
@@ -83,14 +84,26 @@ def lstm_backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
     all_kept = cupy.ones(B, dtype=bool)
     keep = None if keep is None else cupy.ascontiguousarray(keep, dtype=bool)
     dy = None if dy is None else cupy.ascontiguousarray(dy, dtype=z.dtype)
-    Ut = cupy.ascontiguousarray(U.T)                                 # (4H, H)
+    Ut = cupy.ascontiguousarray(U.T)  # (4H, H)
     for t in reversed(range(T)):
         keep_next = all_kept if keep is None or t == T - 1 else keep[t + 1]
         keep_t = all_kept if keep is None else keep[t]
-        args = (z[t], cs[t], cs[t + 1], dh_rec, keep_next, dh if dy is None else dy[t],
-                np.int32(dy is not None), keep_t, dh, dc, np.int32(B), np.int32(H))
+        args = (
+            z[t],
+            cs[t],
+            cs[t + 1],
+            dh_rec,
+            keep_next,
+            dh if dy is None else dy[t],
+            np.int32(dy is not None),
+            keep_t,
+            dh,
+            dc,
+            np.int32(B),
+            np.int32(H),
+        )
         _launch(step, B * H, args)
-        cupy.matmul(z[t], Ut, out=dh_rec)                            # dz_t Uᵀ
+        cupy.matmul(z[t], Ut, out=dh_rec)  # dz_t Uᵀ
     dh0 = dh_rec if keep is None else cupy.where(keep[0][:, None], dh_rec, dh_rec + dh)
     dU = hs[:-1].reshape(T * B, H).T @ z.reshape(T * B, G)
     return z, dU, dh0, dc
@@ -107,17 +120,16 @@ def gru_forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
     all_kept = cupy.ones(B, dtype=bool)
     keep = None if keep is None else cupy.ascontiguousarray(keep, dtype=bool)
     b_rec = cupy.ascontiguousarray(b_rec, dtype=a.dtype)
-    u = cupy.empty((B, G), dtype=a.dtype)                            # h_{t-1} U
+    u = cupy.empty((B, G), dtype=a.dtype)  # h_{t-1} U
     if table is None:
-        rows = cupy.arange(B, dtype=cupy.int64)                      # x̂ read from a[t] itself
+        rows = cupy.arange(B, dtype=cupy.int64)  # x̂ read from a[t] itself
     else:
         ids = cupy.ascontiguousarray(ids, dtype=cupy.int64)
     for t in range(T):
         cupy.matmul(hs[t], U, out=u)
         src, src_rows = (a[t], rows) if table is None else (table, ids[t])
         keep_t = all_kept if keep is None else keep[t]
-        _launch(step, B * H, (a[t], src, src_rows, u, b_rec, hs[t], keep_t, hs[t + 1], uh[t],
-                              np.int32(B), np.int32(H)))
+        _launch(step, B * H, (a[t], src, src_rows, u, b_rec, hs[t], keep_t, hs[t + 1], uh[t], np.int32(B), np.int32(H)))
     return hs, uh
 
 
@@ -128,23 +140,34 @@ def gru_backward(a, hs, uh, U, dy=None, dh_T=None, keep=None):
     step = _kernel("gru_cell", "gru_step_backward", a.dtype)
     dh_rec = cupy.zeros((B, H), dtype=a.dtype) if dh_T is None else cupy.array(dh_T, dtype=a.dtype)
     carry = cupy.zeros((B, H), dtype=a.dtype)
-    du = cupy.empty((B, G), dtype=a.dtype)                           # dû_t
+    du = cupy.empty((B, G), dtype=a.dtype)  # dû_t
     all_kept = cupy.ones(B, dtype=bool)
     keep = None if keep is None else cupy.ascontiguousarray(keep, dtype=bool)
     dy = None if dy is None else cupy.ascontiguousarray(dy, dtype=a.dtype)
-    Ut = cupy.ascontiguousarray(U.T)                                 # (3H, H)
+    Ut = cupy.ascontiguousarray(U.T)  # (3H, H)
     for t in reversed(range(T)):
         keep_t = all_kept if keep is None else keep[t]
-        args = (a[t], hs[t], uh[t], dh_rec, carry if dy is None else dy[t], np.int32(dy is not None), keep_t,
-                carry, du, np.int32(B), np.int32(H))
+        args = (
+            a[t],
+            hs[t],
+            uh[t],
+            dh_rec,
+            carry if dy is None else dy[t],
+            np.int32(dy is not None),
+            keep_t,
+            carry,
+            du,
+            np.int32(B),
+            np.int32(H),
+        )
         _launch(step, B * H, args)
-        cupy.matmul(du, Ut, out=dh_rec)                              # dû_t Uᵀ
+        cupy.matmul(du, Ut, out=dh_rec)  # dû_t Uᵀ
     dh0 = dh_rec + carry
     hs2 = hs[:-1].reshape(T * B, H).T
     dX2 = a.reshape(T * B, G)
     duh2 = uh.reshape(T * B, H)
-    dU = cupy.concatenate([hs2 @ dX2[:, :2 * H], hs2 @ duh2], axis=1)          # (H, 3H)
-    db_rec = cupy.concatenate([dX2[:, :2 * H].sum(axis=0), duh2.sum(axis=0)])
+    dU = cupy.concatenate([hs2 @ dX2[:, : 2 * H], hs2 @ duh2], axis=1)  # (H, 3H)
+    db_rec = cupy.concatenate([dX2[:, : 2 * H].sum(axis=0), duh2.sum(axis=0)])
     return a, dU, db_rec, dh0
 
 
@@ -156,9 +179,9 @@ def softmax_cross_entropy(logits, targets, mask=None):
     N = z.shape[0]
     if y.shape[0] != N:
         raise ValueError(f"targets have {y.shape[0]} entries but logits have {N} rows")
-    w = token_weights(cupy, N, z.dtype, mask)                   # (N,)
+    w = token_weights(cupy, N, z.dtype, mask)  # (N,)
     log_p = cupy.empty(N, dtype=z.dtype)
-    threads = min(1024, 1 << max(5, (V - 1).bit_length()))           # a power of two >= V (32..1024)
+    threads = min(1024, 1 << max(5, (V - 1).bit_length()))  # a power of two >= V (32..1024)
     kernel = _kernel("softmax_xent", "softmax_xent", z.dtype)
     kernel((N,), (threads,), (z, y, w, log_p, np.int32(V)), shared_mem=2 * threads * z.dtype.itemsize)
     return -float((w * log_p).sum()), z.reshape(logits.shape)
@@ -169,8 +192,17 @@ def scatter_add(target, index, rows):
     if index.size:
         N, C = rows.shape
         kernel = _kernel("scatter_add", "scatter_add", target.dtype)
-        _launch(kernel, N * C, (target, cupy.ascontiguousarray(index, dtype=cupy.int64),
-                                cupy.ascontiguousarray(rows, dtype=target.dtype), np.int64(N), np.int32(C)))
+        _launch(
+            kernel,
+            N * C,
+            (
+                target,
+                cupy.ascontiguousarray(index, dtype=cupy.int64),
+                cupy.ascontiguousarray(rows, dtype=target.dtype),
+                np.int64(N),
+                np.int32(C),
+            ),
+        )
     return target
 
 
@@ -205,7 +237,7 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
             ids = cupy.asarray(host)
         out[:, k] = host
         if eos_id is not None and done.all():
-            return out[:, :k + 1]
+            return out[:, : k + 1]
         if k + 1 == length:
             break
         below = None
@@ -224,8 +256,11 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
                 xw[n] += b
                 src, src_rows = xw[n], rows
             h_new, c_new = spare[n]
-            _launch(step, B * h.shape[1], (z[n], src, src_rows, c, h, all_kept, c_new, h_new,
-                                           np.int32(B), np.int32(h.shape[1])))
+            _launch(
+                step,
+                B * h.shape[1],
+                (z[n], src, src_rows, c, h, all_kept, c_new, h_new, np.int32(B), np.int32(h.shape[1])),
+            )
             states[n], spare[n] = (h_new, c_new), (h, c)
             below = h_new
         cupy.matmul(below, W_d, out=logits)
@@ -234,6 +269,7 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
 
 
 # -- the Transformer (issue 15): attention, LayerNorm, the feed-forward, the chunked loss ---------------------
+
 
 def _strides(a):
     """(sb, sn, sl) in elements of a (B, N, L, K) array with unit stride along K (attention.cu's layout)."""
@@ -278,10 +314,29 @@ def attention_forward(q, k, v, mask, scale):
     m, has_mask = _attention_mask(mask, B, T, S)
     threads = _attention_threads(K)
     kernel = _kernel("attention", "flash_forward", q.dtype)
-    kernel((T, N, B), (threads,), (q, *_strides(q), k, *_strides(k), v, *_strides(v), m, has_mask,
-                                  q.dtype.type(scale), o, *_strides(o), lse, np.int32(N), np.int32(T), np.int32(S),
-                                  np.int32(K)),
-           shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
+    kernel(
+        (T, N, B),
+        (threads,),
+        (
+            q,
+            *_strides(q),
+            k,
+            *_strides(k),
+            v,
+            *_strides(v),
+            m,
+            has_mask,
+            q.dtype.type(scale),
+            o,
+            *_strides(o),
+            lse,
+            np.int32(N),
+            np.int32(T),
+            np.int32(S),
+            np.int32(K),
+        ),
+        shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize,
+    )
     return o, lse
 
 
@@ -293,8 +348,11 @@ def attention_backward(q, k, v, o, lse, do, mask, scale):
     lse = cupy.ascontiguousarray(lse)
     D = cupy.empty((B, N, T), dtype=q.dtype)
     rows = B * N * T
-    _launch(_kernel("attention", "attention_row_dot", q.dtype), rows,
-            (do, *_strides(do), o, *_strides(o), D, np.int32(B), np.int32(N), np.int32(T), np.int32(K)))
+    _launch(
+        _kernel("attention", "attention_row_dot", q.dtype),
+        rows,
+        (do, *_strides(do), o, *_strides(o), D, np.int32(B), np.int32(N), np.int32(T), np.int32(K)),
+    )
     dq, dk, dv = _head_major(B, T, N, K, q.dtype), _head_major(B, S, N, K, q.dtype), _head_major(B, S, N, K, q.dtype)
     m, has_mask = _attention_mask(mask, B, T, S)
     scale = q.dtype.type(scale)
@@ -302,11 +360,14 @@ def attention_backward(q, k, v, o, lse, do, mask, scale):
     sizes = (np.int32(N), np.int32(T), np.int32(S), np.int32(K))
     threads = _attention_threads(K)
     _kernel("attention", "flash_backward_dq", q.dtype)(
-        (T, N, B), (threads,), (*common, dq, *_strides(dq), *sizes),
-        shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
+        (T, N, B), (threads,), (*common, dq, *_strides(dq), *sizes), shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize
+    )
     _kernel("attention", "flash_backward_dkdv", q.dtype)(
-        (S, N, B), (threads,), (*common, dk, *_strides(dk), dv, *_strides(dv), *sizes),
-        shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize)
+        (S, N, B),
+        (threads,),
+        (*common, dk, *_strides(dk), dv, *_strides(dv), *sizes),
+        shared_mem=(2 * K + 2 * threads) * q.dtype.itemsize,
+    )
     return dq, dk, dv
 
 
@@ -332,8 +393,11 @@ def layernorm_forward(x, gamma, beta, eps):
     mean, rstd = cupy.empty(M, dtype=x.dtype), cupy.empty(M, dtype=x.dtype)
     threads = _row_threads(D)
     _kernel("layernorm", "layernorm_forward", x.dtype)(
-        (M,), (threads,), (x2, gamma, beta, x.dtype.type(eps), y, mean, rstd, np.int32(D)),
-        shared_mem=2 * threads * x.dtype.itemsize)
+        (M,),
+        (threads,),
+        (x2, gamma, beta, x.dtype.type(eps), y, mean, rstd, np.int32(D)),
+        shared_mem=2 * threads * x.dtype.itemsize,
+    )
     return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
@@ -347,10 +411,14 @@ def layernorm_backward(x, mean, rstd, gamma, dy):
     dx = cupy.empty_like(x2)
     threads = _row_threads(D)
     _kernel("layernorm", "layernorm_backward_dx", x.dtype)(
-        (M,), (threads,), (x2, mean, rstd, gamma, dy2, dx, np.int32(D)), shared_mem=2 * threads * x.dtype.itemsize)
+        (M,), (threads,), (x2, mean, rstd, gamma, dy2, dx, np.int32(D)), shared_mem=2 * threads * x.dtype.itemsize
+    )
     dgamma, dbeta = cupy.empty(D, dtype=x.dtype), cupy.empty(D, dtype=x.dtype)
-    _launch(_kernel("layernorm", "layernorm_backward_params", x.dtype), D,
-            (x2, mean, rstd, dy2, dgamma, dbeta, np.int32(M), np.int32(D)))
+    _launch(
+        _kernel("layernorm", "layernorm_backward_params", x.dtype),
+        D,
+        (x2, mean, rstd, dy2, dgamma, dbeta, np.int32(M), np.int32(D)),
+    )
     return dx.reshape(x.shape), dgamma, dbeta
 
 
@@ -361,8 +429,11 @@ def residual_layernorm(x, y, b, gamma, beta, eps, out=None):
     out = cupy.empty_like(x) if out is None else out
     threads = _row_threads(D)
     _kernel("layernorm", "residual_layernorm", x.dtype)(
-        (M,), (threads,), (x, y, b, gamma, beta, x.dtype.type(eps), out, np.int32(D)),
-        shared_mem=2 * threads * x.dtype.itemsize)
+        (M,),
+        (threads,),
+        (x, y, b, gamma, beta, x.dtype.type(eps), out, np.int32(D)),
+        shared_mem=2 * threads * x.dtype.itemsize,
+    )
     return out
 
 
@@ -393,7 +464,7 @@ def dense_softmax_cross_entropy(x, W, b, targets, mask=None, backward=True, chun
     xs, ys, ws = (x, y, w) if M == N else (x[scored], y[scored], w[scored])
     log_p = cupy.empty(M, dtype=dtype)
     size = max(1, chunk or (1 << 23) // max(1, V))
-    size = -(-M // -(-M // size))                                    # even chunks
+    size = -(-M // -(-M // size))  # even chunks
     z_all = cupy.empty((size, V), dtype=dtype)
     threads = min(1024, 1 << max(5, (V - 1).bit_length()))
     xent = _kernel("softmax_xent", "softmax_xent", dtype)
@@ -402,11 +473,15 @@ def dense_softmax_cross_entropy(x, W, b, targets, mask=None, backward=True, chun
     db = cupy.zeros(V, dtype=dtype) if backward else None
     for r0 in range(0, M, size):
         r1 = min(M, r0 + size)
-        z = z_all[:r1 - r0]
+        z = z_all[: r1 - r0]
         cupy.matmul(xs[r0:r1], W, out=z)
         z += b
-        xent((r1 - r0,), (threads,), (z, ys[r0:r1], ws[r0:r1], log_p[r0:r1], np.int32(V)),
-             shared_mem=2 * threads * z.dtype.itemsize)                # z <- dL/dz
+        xent(
+            (r1 - r0,),
+            (threads,),
+            (z, ys[r0:r1], ws[r0:r1], log_p[r0:r1], np.int32(V)),
+            shared_mem=2 * threads * z.dtype.itemsize,
+        )  # z <- dL/dz
         if backward:
             db += z.sum(axis=0)
             cupy.matmul(z, W.T, out=dxs[r0:r1])
@@ -425,7 +500,18 @@ def sample_logits(logits, banned, temperature, u, ids):
     """As :func:`scratchlm.kernels.numba.ops.sample_logits`, on the device: ids (B,) from logits (B, V), overwritten."""
     B, V = logits.shape
     ok = cupy.ones(1, dtype=cupy.int32)
-    _launch(_kernel("sample", "sample", logits.dtype), B,
-            (logits, cupy.asarray(banned, dtype=bool), logits.dtype.type(temperature),
-             cupy.asarray(u, dtype=cupy.float64), ids, ok, np.int32(B), np.int32(V)))
+    _launch(
+        _kernel("sample", "sample", logits.dtype),
+        B,
+        (
+            logits,
+            cupy.asarray(banned, dtype=bool),
+            logits.dtype.type(temperature),
+            cupy.asarray(u, dtype=cupy.float64),
+            ids,
+            ok,
+            np.int32(B),
+            np.int32(V),
+        ),
+    )
     return bool(int(ok[0]))

@@ -37,8 +37,8 @@ from .options import jit
 
 f32 = np.float32
 _LOG2E = f32(1.44269504088896341)
-_LN2_HI, _LN2_LO = f32(0.693359375), f32(-2.12194440e-4)      # ln 2 = hi + lo, hi exact in 9 bits
-_X_MAX, _X_MIN = f32(88.3762626647949), f32(-87.3365447504)   # e^x stays a normal float32
+_LN2_HI, _LN2_LO = f32(0.693359375), f32(-2.12194440e-4)  # ln 2 = hi + lo, hi exact in 9 bits
+_X_MAX, _X_MIN = f32(88.3762626647949), f32(-87.3365447504)  # e^x stays a normal float32
 _E0, _E1, _E2 = f32(1.9875691500e-4), f32(1.3981999507e-3), f32(8.3334519073e-3)
 _E3, _E4, _E5 = f32(4.1665795894e-2), f32(1.6666665459e-1), f32(5.0000001201e-1)
 _T0, _T1, _T2 = f32(-5.70498872745e-3), f32(2.06390887954e-2), f32(-5.37397155531e-2)
@@ -50,8 +50,10 @@ _ONE, _TWO, _HALF = f32(1.0), f32(2.0), f32(0.5)
 @intrinsic
 def _float32_from_bits(typingctx, bits):
     """The float32 whose IEEE-754 bit pattern is the int32 ``bits`` (a free bit cast)."""
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
+
     return types.float32(types.int32), codegen
 
 
@@ -59,12 +61,12 @@ def _float32_from_bits(typingctx, bits):
 def exp32(x):
     """e^x in float32 for x in [-87.3, 88.4] (clamped outside), relative error ~1 ulp."""
     x = min(max(x, _X_MIN), _X_MAX)
-    n = np.floor(x * _LOG2E + _HALF)                               # round(x / ln 2)
+    n = np.floor(x * _LOG2E + _HALF)  # round(x / ln 2)
     r = x - n * _LN2_HI
-    r = r - n * _LN2_LO                                            # |r| <= ln2/2, exact
+    r = r - n * _LN2_LO  # |r| <= ln2/2, exact
     p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
-    p = p * (r * r) + r + _ONE                                     # e^r
-    return p * _float32_from_bits(np.int32(n) * np.int32(1 << 23) + np.int32(127 << 23))   # · 2^n
+    p = p * (r * r) + r + _ONE  # e^r
+    return p * _float32_from_bits(np.int32(n) * np.int32(1 << 23) + np.int32(127 << 23))  # · 2^n
 
 
 @jit

@@ -52,18 +52,19 @@ import math
 
 import numpy as np
 
-from .parallel import shards
-from .options import jit
-from .parallel.dots import dot
 from .activations import exp
+from .options import jit
+from .parallel import shards
+from .parallel.dots import dot
 from .xent import row_sum
 
-BLOCK_Q = 128                     # query rows per block
-BLOCK_K = 128                     # keys per block
-WORK = 1 << 20                    # elements of one group's score block (4 MB in float32)
+BLOCK_Q = 128  # query rows per block
+BLOCK_K = 128  # keys per block
+WORK = 1 << 20  # elements of one group's score block (4 MB in float32)
 
 
 # -- the elementwise kernels ---------------------------------------------------------------------
+
 
 @jit
 def _softmax_block(s, mask, masked, scale, lse):
@@ -78,7 +79,7 @@ def _softmax_block(s, mask, masked, scale, lse):
             for i in range(tq):
                 row = s[g, n, i]
                 m = _scale_mask_max(row, mask, g, i, masked, scale)
-                if m == ninf:                                      # no key: uniform later (Keras)
+                if m == ninf:  # no key: uniform later (Keras)
                     row[:] = zero
                     lse[g, n, i] = inf
                     continue
@@ -104,7 +105,7 @@ def _scale_mask_max(row, mask, g, i, masked, scale):
 
 
 @jit
-def _online_block(s, mask, masked, scale, m, l, alpha):
+def _online_block(s, mask, masked, scale, m, ell, alpha):
     """One key block of the online softmax: s (G, N, tq, tk) = Q Kᵀ on entry, P̃ = exp(Sc − m') on exit.
 
     m, l (G, N, tq): the running row max and sum, updated; alpha (G, N, tq) out:
@@ -119,33 +120,33 @@ def _online_block(s, mask, masked, scale, m, l, alpha):
                 mb = _scale_mask_max(row, mask, g, i, masked, scale)
                 m_old = m[g, n, i]
                 m_new = max(m_old, mb)
-                if m_new == ninf:                                  # nothing seen yet
+                if m_new == ninf:  # nothing seen yet
                     row[:] = zero
                     alpha[g, n, i] = one
                     continue
                 a = exp(m_old - m_new) if m_old != ninf else zero
                 for j in range(tk):
                     row[j] = exp(row[j] - m_new) if row[j] != ninf else zero
-                l[g, n, i] = l[g, n, i] * a + row_sum(row)
+                ell[g, n, i] = ell[g, n, i] * a + row_sum(row)
                 m[g, n, i] = m_new
                 alpha[g, n, i] = a
 
 
 @jit
-def _finish(o, m, l, lse):
+def _finish(o, m, ell, lse):
     """o (G, N, tq, K) ← o / l, lse = m + log l; rows that saw no key: o untouched, lse = +inf."""
     G, N, tq, K = o.shape
     inf = lse.dtype.type(np.inf)
     for g in range(G):
         for n in range(N):
             for i in range(tq):
-                if l[g, n, i] == 0:
+                if ell[g, n, i] == 0:
                     lse[g, n, i] = inf
                     continue
-                inv = l[g, n, i]
+                inv = ell[g, n, i]
                 for d in range(K):
                     o[g, n, i, d] = o[g, n, i, d] / inv
-                lse[g, n, i] = m[g, n, i] + math.log(l[g, n, i])
+                lse[g, n, i] = m[g, n, i] + math.log(ell[g, n, i])
 
 
 @jit
@@ -197,6 +198,7 @@ def _row_dot(a, b, out):
 # lse) or goes to a kernel compiled for any layout (_finish, _row_dot, _attend: head-major views are
 # contiguous or not depending on the shape), so each kernel compiles once per dtype, whatever the shapes.
 
+
 def _for_any_layout(kernel, signature):
     """Compile ``kernel`` for float32 and float64 only (``signature``: its Numba signature with F for the
     float type; ``[:, :]`` any layout, ``[:, ::1]`` C-contiguous), and for nothing else: an argument of
@@ -244,7 +246,7 @@ def _dead_rows(mask):
     """(b, i) index arrays of the query rows that may see no key (None without a mask or without such rows)."""
     if mask is None:
         return None
-    dead = ~mask.any(axis=-1)                                              # (B, T)
+    dead = ~mask.any(axis=-1)  # (B, T)
     return np.nonzero(dead) if dead.any() else None
 
 
@@ -270,43 +272,43 @@ def forward(q, k, v, mask, scale):
     lse = np.empty((B, N, T), dtype=dtype)
     qblocks, kblocks = _blocks(T, BLOCK_Q), _blocks(S, BLOCK_K)
 
-    def rows(lo, hi):                                                      # batch rows lo:hi, on one thread
+    def rows(lo, hi):  # batch rows lo:hi, on one thread
         for b0, b1 in _groups(lo, hi, N, min(T, BLOCK_Q), min(S, BLOCK_K)):
             G = b1 - b0
             for i0, i1 in qblocks:
                 tq = i1 - i0
                 qg, og = q[b0:b1, :, i0:i1], o[b0:b1, :, i0:i1]
                 lse_g = np.empty((G, N, tq), dtype=dtype)
-                if len(kblocks) == 1:                                      # every key in one block
+                if len(kblocks) == 1:  # every key in one block
                     s = np.empty((G, N, tq, S), dtype=dtype)
                     np.matmul(qg, k[b0:b1].transpose(0, 1, 3, 2), out=s)  # Q Kᵀ
                     _softmax_block(s, _mask_block(mask, b0, b1, i0, i1, 0, S), masked, scale, lse_g)
-                    np.matmul(s, v[b0:b1], out=og)                         # O = P V
+                    np.matmul(s, v[b0:b1], out=og)  # O = P V
                     lse[b0:b1, :, i0:i1] = lse_g
                     continue
                 m = np.full((G, N, tq), -np.inf, dtype=dtype)
-                l = np.zeros((G, N, tq), dtype=dtype)
+                ell = np.zeros((G, N, tq), dtype=dtype)
                 alpha = np.empty((G, N, tq), dtype=dtype)
                 first = True
                 for j0, j1 in kblocks:
-                    if not _visible(mask, b0, b1, i0, i1, j0, j1):         # e.g. above the causal diagonal
+                    if not _visible(mask, b0, b1, i0, i1, j0, j1):  # e.g. above the causal diagonal
                         continue
                     s = np.empty((G, N, tq, j1 - j0), dtype=dtype)
                     np.matmul(qg, k[b0:b1, :, j0:j1].transpose(0, 1, 3, 2), out=s)
-                    _online_block(s, _mask_block(mask, b0, b1, i0, i1, j0, j1), masked, scale, m, l, alpha)
+                    _online_block(s, _mask_block(mask, b0, b1, i0, i1, j0, j1), masked, scale, m, ell, alpha)
                     if not first:
                         og *= alpha[..., None]
-                    _mm(s, v[b0:b1, :, j0:j1], og, first)                  # O <- O·α + P̃ V
+                    _mm(s, v[b0:b1, :, j0:j1], og, first)  # O <- O·α + P̃ V
                     first = False
-                if first:                                                  # the mask hides every key
+                if first:  # the mask hides every key
                     og[...] = 0
-                _finish(og, m, l, lse_g)
+                _finish(og, m, ell, lse_g)
                 lse[b0:b1, :, i0:i1] = lse_g
 
     shards.run(rows, B)
     dead = _dead_rows(mask)
-    if dead is not None:                                                   # uniform over all S keys
-        o[dead[0], :, dead[1]] = v.mean(axis=2)[dead[0]]                   # (rows, N, K)
+    if dead is not None:  # uniform over all S keys
+        o[dead[0], :, dead[1]] = v.mean(axis=2)[dead[0]]  # (rows, N, K)
     return o, lse
 
 
@@ -326,8 +328,8 @@ def backward(q, k, v, o, lse, do, mask, scale):
     _, dv = _head_major(B, S, N, K, dtype)
     qblocks, kblocks = _blocks(T, BLOCK_Q), _blocks(S, BLOCK_K)
 
-    def rows(lo, hi):                                                      # batch rows lo:hi, on one thread
-        _row_dot(do[lo:hi], o[lo:hi], D[lo:hi])                            # rowsum(dO ⊙ O)
+    def rows(lo, hi):  # batch rows lo:hi, on one thread
+        _row_dot(do[lo:hi], o[lo:hi], D[lo:hi])  # rowsum(dO ⊙ O)
         for b0, b1 in _groups(lo, hi, N, min(T, BLOCK_Q), min(S, BLOCK_K)):
             G = b1 - b0
             q_written = [False] * len(qblocks)
@@ -342,15 +344,20 @@ def backward(q, k, v, o, lse, do, mask, scale):
                     p = np.empty((G, N, i1 - i0, j1 - j0), dtype=dtype)
                     dp = np.empty_like(p)
                     np.matmul(qg, kg.transpose(0, 1, 3, 2), out=p)
-                    _probabilities(p, _mask_block(mask, b0, b1, i0, i1, j0, j1), masked, scale,
-                                   np.ascontiguousarray(lse[b0:b1, :, i0:i1]))                # P
+                    _probabilities(
+                        p,
+                        _mask_block(mask, b0, b1, i0, i1, j0, j1),
+                        masked,
+                        scale,
+                        np.ascontiguousarray(lse[b0:b1, :, i0:i1]),
+                    )  # P
                     _mm(p.transpose(0, 1, 3, 2), dog, dvg, not k_written)  # dV += Pᵀ dO
-                    np.matmul(dog, vg.transpose(0, 1, 3, 2), out=dp)       # dP = dO Vᵀ
+                    np.matmul(dog, vg.transpose(0, 1, 3, 2), out=dp)  # dP = dO Vᵀ
                     _score_gradient(p, dp, np.ascontiguousarray(D[b0:b1, :, i0:i1]), scale)  # dS / √K
-                    _mm(dp, kg, dq[b0:b1, :, i0:i1], not q_written[n_q])   # dQ += dS K / √K
+                    _mm(dp, kg, dq[b0:b1, :, i0:i1], not q_written[n_q])  # dQ += dS K / √K
                     _mm(dp.transpose(0, 1, 3, 2), qg, dkg, not k_written)  # dK += dSᵀ Q / √K
                     q_written[n_q] = k_written = True
-                if not k_written:                                          # no query sees these keys
+                if not k_written:  # no query sees these keys
                     dkg[...] = 0
                     dvg[...] = 0
             for n_q, (i0, i1) in enumerate(qblocks):
@@ -359,14 +366,15 @@ def backward(q, k, v, o, lse, do, mask, scale):
 
     shards.run(rows, B)
     dead = _dead_rows(mask)
-    if dead is not None:                                                   # P = 1/S on those rows
+    if dead is not None:  # P = 1/S on those rows
         for b in np.unique(dead[0]):
             hidden = dead[1][dead[0] == b]
-            dv[b] += (do[b][:, hidden].sum(axis=1) / dtype.type(S))[:, None, :]   # (N, 1, K), every key
+            dv[b] += (do[b][:, hidden].sum(axis=1) / dtype.type(S))[:, None, :]  # (N, 1, K), every key
     return dq, dk, dv
 
 
 # -- the decoding step -----------------------------------------------------------------------------
+
 
 @jit
 def _attend(q, k, v, mask, masked, scale, s, o):
@@ -386,7 +394,7 @@ def _attend(q, k, v, mask, masked, scale, s, o):
                         x = ninf
                     s[j] = x
                     m = max(m, x)
-                if m == ninf:                                              # no key: uniform over S (Keras)
+                if m == ninf:  # no key: uniform over S (Keras)
                     for j in range(S):
                         s[j] = o.dtype.type(1) / o.dtype.type(S)
                 else:
@@ -414,13 +422,16 @@ def attend(q, k, v, mask, scale, out=None):
     B, N, T, K = q.shape
     o = np.empty((B, N, T, K), dtype=q.dtype)
     m = _NO_MASK if mask is None else np.array(mask, dtype=bool, order="C")
-    _attend(np.ascontiguousarray(q), k, v, m, mask is not None, q.dtype.type(scale),
-            np.empty(k.shape[2], dtype=q.dtype), o)
+    _attend(
+        np.ascontiguousarray(q), k, v, m, mask is not None, q.dtype.type(scale), np.empty(k.shape[2], dtype=q.dtype), o
+    )
     if out is None:
         return o
     out[...] = o
     return out
 
 
-_for_any_layout(_attend, "void(F[:, :, :, ::1], F[:, :, :, :], F[:, :, :, :], boolean[:, :, ::1], boolean, F, F[::1], "
-                         "F[:, :, :, ::1])")
+_for_any_layout(
+    _attend,
+    "void(F[:, :, :, ::1], F[:, :, :, :], F[:, :, :, :], boolean[:, :, ::1], boolean, F, F[::1], F[:, :, :, ::1])",
+)

@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 
-from .options import jit
 from .activations import exp
 from .lstm import step_forward
+from .options import jit
 
 
 @jit
@@ -46,10 +46,10 @@ def sample_rows(logits, bias, banned, temperature, u, ids):
             continue
         m = row[best]
         total = row.dtype.type(0)
-        for v in range(V):                                   # e_v = exp((z_v − m) / T), 0 if banned
+        for v in range(V):  # e_v = exp((z_v − m) / T), 0 if banned
             row[v] = 0 if banned[v] else exp((row[v] - m) / temperature)
             total += row[v]
-        target = u[b] * total                                # first id whose cdf passes u · Σ
+        target = u[b] * total  # first id whose cdf passes u · Σ
         cdf = row.dtype.type(0)
         ids[b] = best
         last_positive = best
@@ -85,13 +85,13 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
     all_kept = np.ones(B, dtype=bool)
     rows = np.arange(B)
     ids = np.zeros(B, dtype=np.int64)
-    z = [np.empty((B, U.shape[1]), dtype=dtype) for U in recurrent]          # h U, then the gates
-    xw = [np.empty((B, U.shape[1]), dtype=dtype) for U in recurrent]         # x W + b per layer
+    z = [np.empty((B, U.shape[1]), dtype=dtype) for U in recurrent]  # h U, then the gates
+    xw = [np.empty((B, U.shape[1]), dtype=dtype) for U in recurrent]  # x W + b per layer
     W_d, b_d = dense
-    logits = np.array(logits, dtype=dtype)                                    # our own buffer
-    no_bias = np.zeros(V, dtype=dtype)                                        # the prompt's logits have theirs
+    logits = np.array(logits, dtype=dtype)  # our own buffer
+    no_bias = np.zeros(V, dtype=dtype)  # the prompt's logits have theirs
     states = [(np.array(h), np.array(c)) for h, c in states]
-    spare = [(np.empty_like(h), np.empty_like(c)) for h, c in states]        # h_t, c_t, then swapped
+    spare = [(np.empty_like(h), np.empty_like(c)) for h, c in states]  # h_t, c_t, then swapped
     ok = sample_rows(logits, no_bias, banned, temperature, u[0], ids)
     for k in range(length):
         if not ok:
@@ -101,7 +101,7 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
             done |= ids == eos_id
         out[:, k] = ids
         if eos_id is not None and done.all():
-            return out[:, :k + 1]
+            return out[:, : k + 1]
         if k + 1 == length:
             break
         below = None
@@ -109,7 +109,7 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
             h, c = states[n]
             np.matmul(h, U, out=z[n])
             if n == 0 and table is not None:
-                src, src_rows = table, ids                                    # rows of E W + b
+                src, src_rows = table, ids  # rows of E W + b
             else:
                 if n == 0:
                     E, W, b = embeddings
@@ -124,5 +124,5 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
             states[n], spare[n] = (h_new, c_new), (h, c)
             below = h_new
         np.matmul(below, W_d, out=logits)
-        ok = sample_rows(logits, b_d, banned, temperature, u[k + 1], ids)           # adds b_d
+        ok = sample_rows(logits, b_d, banned, temperature, u[k + 1], ids)  # adds b_d
     return out

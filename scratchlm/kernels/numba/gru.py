@@ -33,9 +33,9 @@ vectorises (docs/design.md §4: one loop over many arrays did not).
 
 import numpy as np
 
-from .parallel import blas, shards, workspace
-from .options import jit
 from .activations import sigmoid, tanh
+from .options import jit
+from .parallel import blas, shards, workspace
 
 
 @jit
@@ -53,18 +53,18 @@ def step_forward(a, table, rows, u, b_rec, h_prev, keep, h, uh):
     H = h.shape[1]
     for b in range(a.shape[0]):
         ab = a[b]
-        z, r, ht = ab[:H], ab[H:2 * H], ab[2 * H:]
-        _add(u[b, 2 * H:], b_rec[2 * H:], uh[b])                    # û_h
+        z, r, ht = ab[:H], ab[H : 2 * H], ab[2 * H :]
+        _add(u[b, 2 * H :], b_rec[2 * H :], uh[b])  # û_h
         if table is None:
-            _gates_inplace(ab[:2 * H], u[b, :2 * H], b_rec[:2 * H])
+            _gates_inplace(ab[: 2 * H], u[b, : 2 * H], b_rec[: 2 * H])
             _candidate_inplace(ht, r, uh[b])
         else:
             xw = table[rows[b]]
-            _gates(ab[:2 * H], xw[:2 * H], u[b, :2 * H], b_rec[:2 * H])
-            _candidate(ht, xw[2 * H:], r, uh[b])
+            _gates(ab[: 2 * H], xw[: 2 * H], u[b, : 2 * H], b_rec[: 2 * H])
+            _candidate(ht, xw[2 * H :], r, uh[b])
         if keep[b]:
             _hidden(z, ht, h_prev[b], h[b])
-        else:                                                       # masked step: keep h
+        else:  # masked step: keep h
             h[b] = h_prev[b]
 
 
@@ -128,18 +128,18 @@ def step_backward(a, h_prev, uh, dh_rec, dy, keep, carry, du):
     for b in range(a.shape[0]):
         d = carry[b]
         if dy is None:
-            _add(dh_rec[b], d, d)                                   # ∂L/∂h_t
+            _add(dh_rec[b], d, d)  # ∂L/∂h_t
         else:
             _add_add(dh_rec[b], d, dy[b], d)
-        if keep[b]:                                                 # dh' = dh
+        if keep[b]:  # dh' = dh
             ab, dub = a[b], du[b]
-            z, r, ht = ab[:H], ab[H:2 * H], ab[2 * H:]
-            du_z, du_r, du_h = dub[:H], dub[H:2 * H], dub[2 * H:]
-            _dz_dh(z, ht, h_prev[b], d, du_z, du_h)                 # du_z <- da_z, du_h <- da_h
-            _carry(z, d, du_z, ht, du_h)                            # d <- dh ⊙ z; z <- da_z, ht <- da_h
-            _dr(r, du_h, uh[b], du_r)                               # r, du_r <- da_r; du_h, uh <- da_h ⊙ r
-        else:                                                       # masked: nothing flows through the step,
-            a[b] = 0                                                # dh passes on unchanged (carry = dh)
+            z, r, ht = ab[:H], ab[H : 2 * H], ab[2 * H :]
+            du_z, du_r, du_h = dub[:H], dub[H : 2 * H], dub[2 * H :]
+            _dz_dh(z, ht, h_prev[b], d, du_z, du_h)  # du_z <- da_z, du_h <- da_h
+            _carry(z, d, du_z, ht, du_h)  # d <- dh ⊙ z; z <- da_z, ht <- da_h
+            _dr(r, du_h, uh[b], du_r)  # r, du_r <- da_r; du_h, uh <- da_h ⊙ r
+        else:  # masked: nothing flows through the step,
+            a[b] = 0  # dh passes on unchanged (carry = dh)
             du[b] = 0
             uh[b] = 0
 
@@ -192,11 +192,21 @@ def forward_rows(gemm_at, a, U, b_rec, table, ids, keep, hs, uh, u, lo, hi):
         ut = u[lo:hi]
         blas.gemm(gemm_at, hs[t, lo:hi], U, ut)
         if ids is None:
-            step_forward(a[t, lo:hi], None, None, ut, b_rec, hs[t, lo:hi], keep[t, lo:hi],
-                         hs[t + 1, lo:hi], uh[t, lo:hi])
+            step_forward(
+                a[t, lo:hi], None, None, ut, b_rec, hs[t, lo:hi], keep[t, lo:hi], hs[t + 1, lo:hi], uh[t, lo:hi]
+            )
         else:
-            step_forward(a[t, lo:hi], table, ids[t, lo:hi], ut, b_rec, hs[t, lo:hi], keep[t, lo:hi],
-                         hs[t + 1, lo:hi], uh[t, lo:hi])
+            step_forward(
+                a[t, lo:hi],
+                table,
+                ids[t, lo:hi],
+                ut,
+                b_rec,
+                hs[t, lo:hi],
+                keep[t, lo:hi],
+                hs[t + 1, lo:hi],
+                uh[t, lo:hi],
+            )
 
 
 @jit
@@ -205,12 +215,14 @@ def backward_rows(gemm_at, a, hs, uh, U, dy, keep, dh_rec, carry, du, lo, hi):
     for t in range(a.shape[0] - 1, -1, -1):
         dut = du[lo:hi]
         if dy is None:
-            step_backward(a[t, lo:hi], hs[t, lo:hi], uh[t, lo:hi], dh_rec[lo:hi], None, keep[t, lo:hi],
-                          carry[lo:hi], dut)
+            step_backward(
+                a[t, lo:hi], hs[t, lo:hi], uh[t, lo:hi], dh_rec[lo:hi], None, keep[t, lo:hi], carry[lo:hi], dut
+            )
         else:
-            step_backward(a[t, lo:hi], hs[t, lo:hi], uh[t, lo:hi], dh_rec[lo:hi], dy[t, lo:hi], keep[t, lo:hi],
-                          carry[lo:hi], dut)
-        blas.gemm(gemm_at, dut, U, dh_rec[lo:hi], True)                # dû_t Uᵀ
+            step_backward(
+                a[t, lo:hi], hs[t, lo:hi], uh[t, lo:hi], dh_rec[lo:hi], dy[t, lo:hi], keep[t, lo:hi], carry[lo:hi], dut
+            )
+        blas.gemm(gemm_at, dut, U, dh_rec[lo:hi], True)  # dû_t Uᵀ
 
 
 def forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
@@ -231,9 +243,9 @@ def forward(a, U, b_rec, h0, keep=None, table=None, ids=None):
     b_rec = np.ascontiguousarray(b_rec, dtype=a.dtype)
     ids = None if ids is None else np.ascontiguousarray(ids)
     U = np.ascontiguousarray(U)
-    u = np.empty((B, G), dtype=a.dtype)                             # h_{t-1} U
+    u = np.empty((B, G), dtype=a.dtype)  # h_{t-1} U
     gemm_at = blas.GEMM.get(a.dtype)
-    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+    if gemm_at is None:  # no OpenBLAS to call: the loop in Python
         for t in range(T):
             np.matmul(hs[t], U, out=u)
             step_forward(a[t], table, None if ids is None else ids[t], u, b_rec, hs[t], keep[t], hs[t + 1], uh[t])
@@ -254,24 +266,24 @@ def backward(a, hs, uh, U, dy=None, dh_T=None, keep=None):
     H = G // 3
     dh_rec = np.zeros((B, H), dtype=a.dtype) if dh_T is None else np.array(dh_T, dtype=a.dtype)
     carry = np.zeros((B, H), dtype=a.dtype)
-    du = np.empty((B, G), dtype=a.dtype)                            # dû_t
+    du = np.empty((B, G), dtype=a.dtype)  # dû_t
     keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     dy = None if dy is None else np.ascontiguousarray(dy, dtype=a.dtype)
     U = np.ascontiguousarray(U)
     gemm_at = blas.GEMM.get(a.dtype)
-    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+    if gemm_at is None:  # no OpenBLAS to call: the loop in Python
         for t in reversed(range(T)):
             step_backward(a[t], hs[t], uh[t], dh_rec, None if dy is None else dy[t], keep[t], carry, du)
-            np.matmul(du, U.T, out=dh_rec)                          # dû_t Uᵀ
+            np.matmul(du, U.T, out=dh_rec)  # dû_t Uᵀ
     else:
         shards.run(lambda lo, hi: backward_rows(gemm_at, a, hs, uh, U, dy, keep, dh_rec, carry, du, lo, hi), B)
     dh0 = dh_rec + carry
-    hs2 = hs[:-1].reshape(T * B, H).T                               # (H, T·B)
+    hs2 = hs[:-1].reshape(T * B, H).T  # (H, T·B)
     dX2 = a.reshape(T * B, G)
     duh2 = uh.reshape(T * B, H)
     dU = np.empty((H, G), dtype=a.dtype)
-    np.matmul(hs2, dX2[:, :2 * H], out=dU[:, :2 * H])               # z, r blocks: dÛ = dX̂ there
-    np.matmul(hs2, duh2, out=dU[:, 2 * H:])                         # h block: da_h ⊙ r
-    ones = np.ones(T * B, dtype=a.dtype)                            # column sums as GEMVs: a strided
-    db_rec = np.concatenate([ones @ dX2[:, :2 * H], ones @ duh2])   # .sum(axis=0) took 12x as long
+    np.matmul(hs2, dX2[:, : 2 * H], out=dU[:, : 2 * H])  # z, r blocks: dÛ = dX̂ there
+    np.matmul(hs2, duh2, out=dU[:, 2 * H :])  # h block: da_h ⊙ r
+    ones = np.ones(T * B, dtype=a.dtype)  # column sums as GEMVs: a strided
+    db_rec = np.concatenate([ones @ dX2[:, : 2 * H], ones @ duh2])  # .sum(axis=0) took 12x as long
     return a, dU, db_rec, dh0

@@ -96,7 +96,7 @@ def _layernorm_backward(x, mean, rstd, gamma, dy, dx, dgamma, dbeta):
 def layernorm_forward(x, gamma, beta, eps):
     """x (..., D) -> (y (..., D), mean (...), rstd (...)), as LayerNormalization.forward (float32/64 only)."""
     D = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, D)                            # (M, D)
+    x2 = np.ascontiguousarray(x).reshape(-1, D)  # (M, D)
     y = np.empty_like(x2)
     mean = np.empty(x2.shape[0], dtype=x.dtype)
     rstd = np.empty(x2.shape[0], dtype=x.dtype)

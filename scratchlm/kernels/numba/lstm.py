@@ -42,11 +42,11 @@ waiting costs about what the split saves (docs/benchmarks.md).
 
 import numpy as np
 
-from .parallel import barrier, blas, dots, shards, workspace
-from .options import jit
 from .activations import sigmoid, tanh
+from .options import jit
+from .parallel import barrier, blas, dots, shards, workspace
 
-UNIT_ROWS_FORWARD = 4                   # rows per thread at most for splitting the units of a step (shards.parties)
+UNIT_ROWS_FORWARD = 4  # rows per thread at most for splitting the units of a step (shards.parties)
 UNIT_ROWS_BACKWARD = 8
 
 
@@ -70,7 +70,7 @@ def units_forward(z, table, rows, c_prev, h_prev, keep, c, h, j0, j1):
         _gates_forward(z[b], table[rows[b]], j0, j1)
         if keep[b]:
             _cell_forward(z[b], c_prev[b], c[b], h[b], j0, j1)
-        else:                                                       # masked step: keep h, c
+        else:  # masked step: keep h, c
             c[b, j0:j1] = c_prev[b, j0:j1]
             h[b, j0:j1] = h_prev[b, j0:j1]
 
@@ -98,16 +98,16 @@ def units_backward(z, c_prev, c, dh_rec, keep_next, dy, keep, dh, dc, j0, j1):
     for b in range(z.shape[0]):
         if keep_next[b]:
             dh[b, j0:j1] = dh_rec[b, j0:j1]
-        else:                                                       # step t+1 was masked: dh_{t+1} passed through it
+        else:  # step t+1 was masked: dh_{t+1} passed through it
             dh[b, j0:j1] += dh_rec[b, j0:j1]
         if dy is not None:
             dh[b, j0:j1] += dy[b, j0:j1]
         if keep[b]:
             _cell_backward(z[b], c_prev[b], c[b], dh[b], dc[b], j0, j1)
-        else:                                                       # masked step: nothing flows through it,
-            H = c.shape[1]                                          # dc passes on unchanged
+        else:  # masked step: nothing flows through it,
+            H = c.shape[1]  # dc passes on unchanged
             for g in range(4):
-                z[b, g * H + j0:g * H + j1] = 0
+                z[b, g * H + j0 : g * H + j1] = 0
 
 
 @jit
@@ -150,7 +150,7 @@ def _cell_backward(z, c_prev, c, dh, dc, j0, j1):
     one = z.dtype.type(1)
     for j in range(j1 - j0):
         i, f, g, o = zi[j], zf[j], zg[j], zo[j]
-        tc = tanh(c[j])                                             # recomputed, not stored
+        tc = tanh(c[j])  # recomputed, not stored
         dct = dc[j] + dh[j] * o * (one - tc * tc)
         zi[j] = dct * g * (i * (one - i))
         zf[j] = dct * c_prev[j] * (f * (one - f))
@@ -164,7 +164,7 @@ def _units(z, j0, j1):
     """The units j0:j1 of the four gate blocks of z (4H,), as four views indexed from 0 (so that LLVM can
     prove every index in range and vectorise the loops over them)."""
     H = z.shape[0] // 4
-    return z[j0:j1], z[H + j0:H + j1], z[2 * H + j0:2 * H + j1], z[3 * H + j0:3 * H + j1]
+    return z[j0:j1], z[H + j0 : H + j1], z[2 * H + j0 : 2 * H + j1], z[3 * H + j0 : 3 * H + j1]
 
 
 @jit
@@ -195,12 +195,22 @@ def backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi):
         keep_next = all_kept if t == T - 1 else keep[t + 1, lo:hi]
         zt = z[t, lo:hi]
         if dy is None:
-            step_backward(zt, cs[t, lo:hi], cs[t + 1, lo:hi], dh_rec[lo:hi], keep_next, None, keep[t, lo:hi],
-                          dh[lo:hi], dc[lo:hi])
+            step_backward(
+                zt, cs[t, lo:hi], cs[t + 1, lo:hi], dh_rec[lo:hi], keep_next, None, keep[t, lo:hi], dh[lo:hi], dc[lo:hi]
+            )
         else:
-            step_backward(zt, cs[t, lo:hi], cs[t + 1, lo:hi], dh_rec[lo:hi], keep_next, dy[t, lo:hi], keep[t, lo:hi],
-                          dh[lo:hi], dc[lo:hi])
-        blas.gemm(gemm_at, zt, U, dh_rec[lo:hi], True)                 # dz_t Uᵀ
+            step_backward(
+                zt,
+                cs[t, lo:hi],
+                cs[t + 1, lo:hi],
+                dh_rec[lo:hi],
+                keep_next,
+                dy[t, lo:hi],
+                keep[t, lo:hi],
+                dh[lo:hi],
+                dc[lo:hi],
+            )
+        blas.gemm(gemm_at, zt, U, dh_rec[lo:hi], True)  # dz_t Uᵀ
 
 
 @jit
@@ -217,11 +227,11 @@ def forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, parties, j0
     H = G // 4
     every_row = np.arange(B)
     for g in range(4):
-        dots.transpose_rows(U, UT, g * H + j0, g * H + j1)          # this thread's rows of Uᵀ
+        dots.transpose_rows(U, UT, g * H + j0, g * H + j1)  # this thread's rows of Uᵀ
     for t in range(T):
         for g in range(4):
             dots.product_t(hs[t], UT, zT, g * H + j0, g * H + j1)
-        product = rec if ids is None else z[t]                      # token input: the product goes straight to z[t]
+        product = rec if ids is None else z[t]  # token input: the product goes straight to z[t]
         for b in range(B):
             for g in range(4):
                 for j in range(g * H + j0, g * H + j1):
@@ -252,7 +262,7 @@ def backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, parties, j0, j
             units_backward(z[t], cs[t], cs[t + 1], dh_rec, keep_next, dy[t], keep[t], dh, dc, j0, j1)
         if not barrier.wait(sync, parties, T - 1 - t):
             return
-        dots.product_t(z[t], U, dhT, j0, j1)                        # (dz_t Uᵀ)ᵀ for units j0:j1
+        dots.product_t(z[t], U, dhT, j0, j1)  # (dz_t Uᵀ)ᵀ for units j0:j1
         for b in range(B):
             for j in range(j0, j1):
                 dh_rec[b, j] = dhT[j, b]
@@ -273,11 +283,11 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
     hs[0], cs[0] = h0, c0
     keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     ids = None if ids is None else np.ascontiguousarray(ids)
-    table = z if table is None else table                           # (unused for float input)
+    table = z if table is None else table  # (unused for float input)
     rec = np.empty((B, G), dtype=z.dtype)
     U = np.ascontiguousarray(U)
     gemm_at = blas.GEMM.get(z.dtype)
-    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+    if gemm_at is None:  # no OpenBLAS to call: the loop in Python
         for t in range(T):
             if ids is None:
                 np.matmul(hs[t], U, out=rec)
@@ -287,9 +297,11 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
                 step_forward(z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1])
         return hs, cs
     n = shards.parties(B, H, UNIT_ROWS_FORWARD)
-    if n > 1:                                                       # a few rows: split each step's units instead
+    if n > 1:  # a few rows: split each step's units instead
         sync, spans, UT, zT = barrier.new(), shards.bounds(H, n), np.empty((G, H), z.dtype), np.empty((G, B), z.dtype)
-        shards.together(lambda k: forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, n, *spans[k]), n, sync)
+        shards.together(
+            lambda k: forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, n, *spans[k]), n, sync
+        )
     else:
         shards.run(lambda lo, hi: forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi), B)
     return hs, cs
@@ -312,20 +324,30 @@ def backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
     dy = None if dy is None else np.ascontiguousarray(dy, dtype=z.dtype)
     U = np.ascontiguousarray(U)
     gemm_at = blas.GEMM.get(z.dtype)
-    if gemm_at is None:                                             # no OpenBLAS to call: the loop in Python
+    if gemm_at is None:  # no OpenBLAS to call: the loop in Python
         all_kept = np.ones(B, dtype=bool)
         for t in reversed(range(T)):
-            step_backward(z[t], cs[t], cs[t + 1], dh_rec, all_kept if t == T - 1 else keep[t + 1],
-                          None if dy is None else dy[t], keep[t], dh, dc)
-            np.matmul(z[t], U.T, out=dh_rec)                        # dz_t Uᵀ
+            step_backward(
+                z[t],
+                cs[t],
+                cs[t + 1],
+                dh_rec,
+                all_kept if t == T - 1 else keep[t + 1],
+                None if dy is None else dy[t],
+                keep[t],
+                dh,
+                dc,
+            )
+            np.matmul(z[t], U.T, out=dh_rec)  # dz_t Uᵀ
     else:
         n = shards.parties(B, H, UNIT_ROWS_BACKWARD)
         if n > 1:
             sync, spans, dhT = barrier.new(), shards.bounds(H, n), np.empty((H, B), z.dtype)
-            shards.together(lambda k: backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, n, *spans[k]), n,
-                            sync)
+            shards.together(
+                lambda k: backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, n, *spans[k]), n, sync
+            )
         else:
             shards.run(lambda lo, hi: backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi), B)
     dh0 = np.where(keep[0][:, None], dh_rec, dh_rec + dh) if masked else dh_rec
-    dU = hs[:-1].reshape(T * B, H).T @ z.reshape(T * B, G)          # (H, 4H)
+    dU = hs[:-1].reshape(T * B, H).T @ z.reshape(T * B, G)  # (H, 4H)
     return z, dU, dh0, dc

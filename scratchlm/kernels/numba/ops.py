@@ -30,8 +30,23 @@ def sample_logits(logits, banned, temperature, u, ids):
     return sample_rows(logits, np.zeros(logits.shape[1], dtype=logits.dtype), banned, temperature, u, ids)
 
 
-__all__ = ["attention_backward", "attention_decode", "attention_forward", "bias_relu", "decode",
-           "dense_softmax_cross_entropy", "empty_workspace", "gru_backward", "gru_forward", "layernorm_backward",
-           "layernorm_forward", "lstm_backward", "lstm_forward", "relu_backward", "residual_layernorm",
-           "sample_logits", "scatter_add",
-           "softmax_cross_entropy"]
+__all__ = [
+    "attention_backward",
+    "attention_decode",
+    "attention_forward",
+    "bias_relu",
+    "decode",
+    "dense_softmax_cross_entropy",
+    "empty_workspace",
+    "gru_backward",
+    "gru_forward",
+    "layernorm_backward",
+    "layernorm_forward",
+    "lstm_backward",
+    "lstm_forward",
+    "relu_backward",
+    "residual_layernorm",
+    "sample_logits",
+    "scatter_add",
+    "softmax_cross_entropy",
+]

@@ -27,6 +27,5 @@ def jit(fn=None, **options):
     options = {"error_model": "numpy", "nogil": True, **options}
     try:
         return numba.njit(cache=True, **options)(fn)
-    except RuntimeError:            # "cannot cache function ...: no locator available" (read-only install)
+    except RuntimeError:  # "cannot cache function ...: no locator available" (read-only install)
         return numba.njit(cache=False, **options)(fn)
-

@@ -30,11 +30,11 @@ import numpy as np
 
 from scratchlm.losses import token_weights
 
-from .parallel import shards, workspace
-from .options import jit
 from .activations import exp
+from .options import jit
+from .parallel import shards, workspace
 
-CHUNK = 1 << 23                   # elements of one chunk of logits (32 MB in float32)
+CHUNK = 1 << 23  # elements of one chunk of logits (32 MB in float32)
 
 
 @jit
@@ -46,8 +46,8 @@ def _softmax_xent(z, y, w, log_p):
         log_p[n], s = _exp_shifted(row, y[n])
         scale = w[n] / s
         for v in range(V):
-            row[v] = row[v] * scale                            # w · softmax
-        row[y[n]] -= w[n]                                      # − w · onehot(y)
+            row[v] = row[v] * scale  # w · softmax
+        row[y[n]] -= w[n]  # − w · onehot(y)
 
 
 @jit
@@ -84,12 +84,12 @@ def softmax_cross_entropy(logits, targets, mask=None):
     Raises ValueError when the mask scores no token at all.
     """
     V = logits.shape[-1]
-    z = logits.reshape(-1, V)                                  # (N, V), a view
-    y = np.ascontiguousarray(targets.reshape(-1))              # (N,)
+    z = logits.reshape(-1, V)  # (N, V), a view
+    y = np.ascontiguousarray(targets.reshape(-1))  # (N,)
     N = z.shape[0]
     if y.shape[0] != N:
         raise ValueError(f"targets have {y.shape[0]} entries but logits have {N} rows")
-    w = token_weights(np, N, z.dtype, mask)                   # (N,)
+    w = token_weights(np, N, z.dtype, mask)  # (N,)
     log_p = np.empty(N, dtype=z.dtype)
     _softmax_xent(z, y, w, log_p)
     return -float((w * log_p).sum()), z.reshape(logits.shape)
@@ -115,10 +115,10 @@ def _dense_xent_rows(z, b, y, w, log_p, db):
         log_p[n], s = _exp_shifted(row, y[n])
         scale = w[n] / s
         for v in range(V):
-            x = row[v] * scale                                 # w · softmax
+            x = row[v] * scale  # w · softmax
             row[v] = x
             db[v] += x
-        row[y[n]] -= w[n]                                      # − w · onehot(y)
+        row[y[n]] -= w[n]  # − w · onehot(y)
         db[y[n]] -= w[n]
 
 
@@ -155,37 +155,37 @@ def dense_softmax_cross_entropy(x, W, b, targets, mask=None, backward=True, chun
     y = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
     if y.shape[0] != N:
         raise ValueError(f"targets have {y.shape[0]} entries but x has {N} rows")
-    w = token_weights(np, N, dtype, mask)                                  # (N,)
+    w = token_weights(np, N, dtype, mask)  # (N,)
     scored = np.flatnonzero(w)
     everything = scored.size == N
-    xs, ys, ws = (x, y, w) if everything else (x[scored], y[scored], w[scored])   # (M, D), (M,), (M,)
+    xs, ys, ws = (x, y, w) if everything else (x[scored], y[scored], w[scored])  # (M, D), (M,), (M,)
     M = xs.shape[0]
     log_p = np.empty(M, dtype=dtype)
     chunks = _chunks(M, V, chunk)
-    z_all = workspace.take((chunks[0][1] - chunks[0][0], V), dtype)       # one chunk of logits
+    z_all = workspace.take((chunks[0][1] - chunks[0][0], V), dtype)  # one chunk of logits
     if not backward:
         for r0, r1 in chunks:
-            z = z_all[:r1 - r0]
+            z = z_all[: r1 - r0]
             np.matmul(xs[r0:r1], W, out=z)
             _dense_log_p(z, b, ys[r0:r1], log_p[r0:r1])
         return -float((ws * log_p).sum()), None, None, None
     dxs = np.empty((M, D), dtype=dtype)
     dW = np.empty((D, V), dtype=dtype)
     db = np.zeros(V, dtype=dtype)
-    part = workspace.take((D, V), dtype) if len(chunks) > 1 else None     # x_cᵀ z of the later chunks
-    db_parts = {}                                                         # first row of a shard -> its db
+    part = workspace.take((D, V), dtype) if len(chunks) > 1 else None  # x_cᵀ z of the later chunks
+    db_parts = {}  # first row of a shard -> its db
 
-    def rows(lo, hi, z, r0):                                               # z[lo:hi] <- dL/dz, on one thread
+    def rows(lo, hi, z, r0):  # z[lo:hi] <- dL/dz, on one thread
         acc = db_parts.setdefault(lo, np.zeros(V, dtype=dtype))
-        _dense_xent_rows(z[lo:hi], b, ys[r0 + lo:r0 + hi], ws[r0 + lo:r0 + hi], log_p[r0 + lo:r0 + hi], acc)
+        _dense_xent_rows(z[lo:hi], b, ys[r0 + lo : r0 + hi], ws[r0 + lo : r0 + hi], log_p[r0 + lo : r0 + hi], acc)
 
     for k, (r0, r1) in enumerate(chunks):
-        z = z_all[:r1 - r0]
-        np.matmul(xs[r0:r1], W, out=z)                                     # (n, V) logits, bias to come
-        shards.run(lambda lo, hi: rows(lo, hi, z, r0), r1 - r0)            # z <- dL/dz, db parts
-        np.matmul(z, W.T, out=dxs[r0:r1])                                  # dx_c = dz Wᵀ
+        z = z_all[: r1 - r0]
+        np.matmul(xs[r0:r1], W, out=z)  # (n, V) logits, bias to come
+        shards.run(lambda lo, hi, z=z, r0=r0: rows(lo, hi, z, r0), r1 - r0)  # z <- dL/dz, db parts
+        np.matmul(z, W.T, out=dxs[r0:r1])  # dx_c = dz Wᵀ
         if k == 0:
-            np.matmul(xs[r0:r1].T, z, out=dW)                              # dW = x_cᵀ dz
+            np.matmul(xs[r0:r1].T, z, out=dW)  # dW = x_cᵀ dz
         else:
             np.matmul(xs[r0:r1].T, z, out=part)
             dW += part

@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 
 from ..options import jit
 
-SPINS = 4096                            # polls between two sched_yield calls (~10-20 µs)
+SPINS = 4096  # polls between two sched_yield calls (~10-20 µs)
 
 
 def _sched_yield():
@@ -53,28 +53,34 @@ def abort(sync):
 @intrinsic
 def _fetch_add(typingctx, address, value):
     """Atomically add ``value`` to the int64 at ``address`` (sequentially consistent); returns the old value."""
+
     def codegen(context, builder, signature, args):
         pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
         return builder.atomic_rmw("add", pointer, args[1], "seq_cst")
+
     return types.int64(types.uint64, types.int64), codegen
 
 
 @intrinsic
 def _load(typingctx, address):
     """The int64 at ``address``, read atomically with acquire ordering (sees what the writer published)."""
+
     def codegen(context, builder, signature, args):
         pointer = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
         return builder.load_atomic(pointer, "acquire", 8)
+
     return types.int64(types.uint64), codegen
 
 
 @intrinsic
 def _call(typingctx, address):
     """Call the C function ``int f(void)`` at ``address``."""
+
     def codegen(context, builder, signature, args):
         fnty = ir.FunctionType(ir.IntType(32), [])
         builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
         return context.get_dummy_value()
+
     return types.none(types.int64), codegen
 
 

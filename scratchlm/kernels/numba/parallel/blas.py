@@ -26,10 +26,10 @@ from numba.extending import intrinsic
 
 from ..options import jit
 
-ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112          # the CBLAS enum values
-_PREFIXES = ("scipy_", "")                          # scipy-openblas64 renames every symbol with scipy_
-GEMM = {}                                           # dtype -> address of cblas_?gemm (ILP64), when found
-THREADS = None                                      # (get, set) of OpenBLAS's thread count, when found
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # the CBLAS enum values
+_PREFIXES = ("scipy_", "")  # scipy-openblas64 renames every symbol with scipy_
+GEMM = {}  # dtype -> address of cblas_?gemm (ILP64), when found
+THREADS = None  # (get, set) of OpenBLAS's thread count, when found
 
 
 def _find():
@@ -81,12 +81,41 @@ def _cblas_gemm(typingctx, address, trans_b, M, N, K, a, lda, b, ldb, beta, c, l
         def size(value):
             return builder.sext(value, i64) if value.type.width < 64 else value
 
-        builder.call(fn, [ir.Constant(i32, ROW_MAJOR), ir.Constant(i32, NO_TRANS), builder.trunc(trans_b, i32),
-                          size(M), size(N), size(K), ir.Constant(fp, 1.0), pointer(a), size(lda),
-                          pointer(b), size(ldb), beta, pointer(c), size(ldc)])
+        builder.call(
+            fn,
+            [
+                ir.Constant(i32, ROW_MAJOR),
+                ir.Constant(i32, NO_TRANS),
+                builder.trunc(trans_b, i32),
+                size(M),
+                size(N),
+                size(K),
+                ir.Constant(fp, 1.0),
+                pointer(a),
+                size(lda),
+                pointer(b),
+                size(ldb),
+                beta,
+                pointer(c),
+                size(ldc),
+            ],
+        )
         return context.get_dummy_value()
-    return types.none(types.int64, types.int64, types.int64, types.int64, types.int64, types.uint64, types.int64,
-                      types.uint64, types.int64, real, types.uint64, types.int64), codegen
+
+    return types.none(
+        types.int64,
+        types.int64,
+        types.int64,
+        types.int64,
+        types.int64,
+        types.uint64,
+        types.int64,
+        types.uint64,
+        types.int64,
+        real,
+        types.uint64,
+        types.int64,
+    ), codegen
 
 
 @jit
@@ -95,8 +124,20 @@ def gemm(address, a, b, c, transpose_b=False, beta=0.0):
 
     a (M, K) and c (M, N) and b: 2-D arrays whose rows are contiguous (any row stride), of c's dtype.
     """
-    _cblas_gemm(address, TRANS if transpose_b else NO_TRANS, c.shape[0], c.shape[1], a.shape[1],
-                a.ctypes.data, _leading(a), b.ctypes.data, _leading(b), c.dtype.type(beta), c.ctypes.data, _leading(c))
+    _cblas_gemm(
+        address,
+        TRANS if transpose_b else NO_TRANS,
+        c.shape[0],
+        c.shape[1],
+        a.shape[1],
+        a.ctypes.data,
+        _leading(a),
+        b.ctypes.data,
+        _leading(b),
+        c.dtype.type(beta),
+        c.ctypes.data,
+        _leading(c),
+    )
 
 
 @jit

@@ -29,7 +29,7 @@ A block of columns [lo, hi) per call lets each core own its share of U (see
 
 from ..options import jit
 
-_SUMS = {"reassoc", "contract"}         # re-associate and fuse the sums (vectorised reductions), nothing else
+_SUMS = {"reassoc", "contract"}  # re-associate and fuse the sums (vectorised reductions), nothing else
 
 
 @jit(fastmath=_SUMS)

@@ -41,8 +41,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from . import barrier, blas
 
-MIN_ROWS = 16                           # rows per shard at least
-SPIN_TIMEOUT = 20                       # OPENBLAS_THREAD_TIMEOUT at most this: idle workers sleep after 2^20 cycles (~0.3 ms)
+MIN_ROWS = 16  # rows per shard at least
+SPIN_TIMEOUT = 20  # OPENBLAS_THREAD_TIMEOUT at most this: idle workers sleep after 2^20 cycles (~0.3 ms)
 _lock = threading.Lock()
 _pool = {}
 
@@ -94,6 +94,7 @@ def together(loop, n, sync=None):
     with ``sync`` (:mod:`barrier`), a failing party also releases the others
     from their barrier so that they stop instead of waiting for it forever.
     """
+
     def party(k):
         try:
             loop(k)
@@ -116,7 +117,7 @@ def together(loop, n, sync=None):
             finally:
                 wait(others)
             for future in others:
-                future.result()                     # re-raises a party's exception
+                future.result()  # re-raises a party's exception
         finally:
             set_(threads)
 

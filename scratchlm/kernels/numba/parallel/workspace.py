@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-_KEEP = 2                               # arrays kept per (shape, dtype)
+_KEEP = 2  # arrays kept per (shape, dtype)
 _pool = {}
 _lock = threading.Lock()
 
@@ -28,7 +28,7 @@ def take(shape, dtype):
     with _lock:
         kept = _pool.setdefault(key, [])
         for array in kept:
-            if sys.getrefcount(array) == 3:         # the list, this loop's name, getrefcount's argument
+            if sys.getrefcount(array) == 3:  # the list, this loop's name, getrefcount's argument
                 return array
         array = np.empty(shape, dtype=dtype)
         if len(kept) < _KEEP:

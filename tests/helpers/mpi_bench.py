@@ -1,7 +1,7 @@
 """Tokens per second of the Trainer alone and under mpiexec, for docs/distributed.md's scaling table.
 
-    OPENBLAS_NUM_THREADS=2 python tests/mpi_bench.py s2s              # one process, two BLAS threads
-    OPENBLAS_NUM_THREADS=1 mpiexec -n 2 python tests/mpi_bench.py s2s # two ranks, one thread each
+    OPENBLAS_NUM_THREADS=2 python tests/helpers/mpi_bench.py s2s              # one process, two BLAS threads
+    OPENBLAS_NUM_THREADS=1 mpiexec -n 2 python tests/helpers/mpi_bench.py s2s # two ranks, one thread each
 
 s2s:  Embedding(60, 64) -> LSTM 512 -> Dense 60, streams T=100, B=64 (global), Adam.
 book: one-hot -> LSTM 128 -> Dense 60, windows of 60 (step 3), B=128, RMSprop 0.01 (the book's model).
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scratchlm import LanguageModel, batching, corpora, distributed, optim  # noqa: E402
-from scratchlm.text import CharTokenizer  # noqa: E402
-from scratchlm.train import Trainer  # noqa: E402
+from scratchlm import LanguageModel, batching, corpora, distributed, optim
+from scratchlm.text import CharTokenizer
+from scratchlm.train import Trainer
 
 
 def main():
@@ -51,8 +51,9 @@ def main():
         return out
 
     world.reduce_step = timed_reduce_step
-    trainer = Trainer(model, opt, train, max_steps=warmup + steps, progress=False,
-                      on_step=lambda t: times.append(time.perf_counter()))
+    trainer = Trainer(
+        model, opt, train, max_steps=warmup + steps, progress=False, on_step=lambda t: times.append(time.perf_counter())
+    )
     trainer.fit()
     per_step = (times[-1] - times[warmup - 1]) / steps
     B, T = next(train.batches(0)).x.shape
@@ -60,6 +61,7 @@ def main():
         print(f"{workload} ranks={world.size} steps={steps} s/step={per_step:.4f} tokens/s={B * T / per_step:,.0f}")
     if world.parallel:
         from mpi4py import MPI
+
         total = sum(int(p.size) for p in model.params.values())
         dense = sum(int(p.size) for name, p in model.params.items() if name.startswith("dense"))
         buffer = numpy.zeros(total + 1, dtype=model.backend.dtype)
@@ -70,9 +72,11 @@ def main():
         bare = (MPI.Wtime() - start) / 20
         in_step = sum(reducing[warmup:]) / steps
         if world.is_root:
-            print(f"  reduce_step {in_step * 1e3:.2f} ms/step ({in_step / per_step:.1%}), bare all-reduce of "
-                  f"{buffer.nbytes / 1e6:.2f} MB {bare * 1e3:.2f} ms ({bare / per_step:.1%}), output layer "
-                  f"{dense / total:.1%} of the gradient")
+            print(
+                f"  reduce_step {in_step * 1e3:.2f} ms/step ({in_step / per_step:.1%}), bare all-reduce of "
+                f"{buffer.nbytes / 1e6:.2f} MB {bare * 1e3:.2f} ms ({bare / per_step:.1%}), output layer "
+                f"{dense / total:.1%} of the gradient"
+            )
 
 
 if __name__ == "__main__":
