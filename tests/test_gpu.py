@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.strategies import attention_cases, transformer_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scratchlm import LanguageModel, get_backend, models, optim
 from scratchlm.backend import Backend
 from scratchlm.errors import BackendUnavailable
-from scratchlm.layers import FeedForward, LayerNormalization, MultiHeadAttention, causal_mask
+from scratchlm.layers import FeedForward, LayerNormalization, MultiHeadAttention
 from scratchlm.layers.dense import Dense
 from scratchlm.losses import softmax_cross_entropy
 from scratchlm.models import TransformerLM
@@ -231,35 +232,8 @@ def test_scatter_add(V, N, C, dtype, seed):
 # -- Transformer layers ------------------------------------------------------------------------------------
 
 
-@st.composite
-def attention_cases(draw):
-    """Shapes, inputs and a mask: none, causal, causal ∧ padding (rows with no key), random, or (T, S)."""
-    B, T, S = draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
-    E, N = draw(st.integers(1, 6)), draw(st.integers(1, 3))
-    K = draw(st.sampled_from([1, 2, 5, 64, 300, 513]))  # past 4 entries per thread: more threads
-    kind = draw(st.sampled_from(["none", "causal", "padded", "random", "broadcast"]))
-    self_attention = draw(st.booleans()) and kind in ("causal", "padded", "none")
-    if self_attention:
-        S = T
-    seed = draw(st.integers(0, 2**16))
-    rng = np.random.default_rng(seed)
-    if kind == "none":
-        mask = None
-    elif kind == "causal":
-        mask = np.broadcast_to(causal_mask(T, S), (B, T, S))
-    elif kind == "padded":  # Keras: causal ∧ query keep ∧ key keep
-        q_keep, k_keep = rng.random((B, T)) < 0.7, rng.random((B, S)) < 0.7
-        q_keep[0, -1] = False  # a padded query: a row with no key
-        mask = causal_mask(T, S)[None] & q_keep[:, :, None] & k_keep[:, None, :]
-    elif kind == "random":
-        mask = rng.random((B, T, S)) < draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
-    else:
-        mask = causal_mask(T, S)  # (T, S), broadcast over the batch
-    return dict(B=B, T=T, S=S, E=E, N=N, K=K, mask=mask, self_attention=self_attention, seed=seed)
-
-
 @EXAMPLES
-@given(case=attention_cases(), dtype=DTYPES)
+@given(case=attention_cases(key_dims=st.sampled_from([1, 2, 5, 64, 300, 513])), dtype=DTYPES)
 def test_attention_forward_and_every_gradient(case, dtype):
     c = case
     ref = MultiHeadAttention(c["E"], c["N"], c["K"], reference(dtype), Backend.rng(c["seed"]))
@@ -444,15 +418,7 @@ def transformer_pair(block, dtype, layers=1, V=17, L=12, E=6, F=7, N=2, K=3):
 )
 def test_transformer_loss_and_every_gradient(block, layers, B, T, dtype, seed, last_only, user_mask):
     ref, dev = transformer_pair(block, dtype, layers)
-    rng = np.random.default_rng(seed)
-    x = rng.integers(1, ref.vocab_size, (B, T))
-    x[rng.random((B, T)) < 0.3] = 0  # padding anywhere, whole rows too
-    x[0, 0] = 1  # some position is scored
-    y = rng.integers(0, ref.vocab_size, (B,) if last_only else (B, T))
-    mask = None
-    if user_mask and not last_only:
-        mask = rng.random((B, T)) < 0.8
-        mask[0, 0] = True
+    x, y, mask = transformer_batch(np.random.default_rng(seed), ref.vocab_size, B, T, last_only, user_mask)
     loss_r, g_r = ref.loss_and_grads(x, y, mask=mask, last_only=last_only)
     loss_d, g_d = dev.loss_and_grads(x, y, mask=mask, last_only=last_only)
     assert loss_d == pytest.approx(loss_r, rel=RTOL[dtype], abs=ATOL[dtype])

@@ -27,6 +27,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from helpers.strategies import attention_cases, transformer_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,32 +84,6 @@ def small_blocks(request, monkeypatch):
             pytest.skip("OpenBLAS's thread control was not found: the loops run as one shard")
         monkeypatch.setattr(shards, "count", lambda rows: min(3, rows))
     return request.param
-
-
-@st.composite
-def attention_cases(draw):
-    """Shapes, inputs and a mask: none, causal, causal ∧ padding (rows with no key), random, or (T, S)."""
-    B, T, S = draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
-    E, N, K = draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(1, 5))
-    kind = draw(st.sampled_from(["none", "causal", "padded", "random", "broadcast"]))
-    self_attention = draw(st.booleans()) and kind in ("causal", "padded", "none")
-    if self_attention:
-        S = T
-    seed = draw(st.integers(0, 2**16))
-    rng = np.random.default_rng(seed)
-    if kind == "none":
-        mask = None
-    elif kind == "causal":
-        mask = np.broadcast_to(causal_mask(T, S), (B, T, S))
-    elif kind == "padded":  # Keras: causal ∧ query keep ∧ key keep
-        q_keep, k_keep = rng.random((B, T)) < 0.7, rng.random((B, S)) < 0.7
-        q_keep[0, -1] = False  # a padded query
-        mask = causal_mask(T, S)[None] & q_keep[:, :, None] & k_keep[:, None, :]
-    elif kind == "random":
-        mask = rng.random((B, T, S)) < draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
-    else:
-        mask = causal_mask(T, S)  # (T, S), broadcast over the batch
-    return dict(B=B, T=T, S=S, E=E, N=N, K=K, mask=mask, self_attention=self_attention, seed=seed)
 
 
 def pair_of_attentions(dtype, E, N, K, seed):
@@ -475,15 +450,7 @@ def test_transformer_loss_and_every_gradient_match_the_reference(
     block, layers, B, T, dtype, seed, last_only, user_mask
 ):
     ref, fused = make_pair(block, dtype, layers)
-    rng = np.random.default_rng(seed)
-    x = rng.integers(1, ref.vocab_size, (B, T))
-    x[rng.random((B, T)) < 0.3] = 0  # padding anywhere, whole rows too
-    x[0, 0] = 1  # some position is scored
-    y = rng.integers(0, ref.vocab_size, (B,) if last_only else (B, T))
-    mask = None
-    if user_mask and not last_only:
-        mask = rng.random((B, T)) < 0.8
-        mask[0, 0] = True
+    x, y, mask = transformer_batch(np.random.default_rng(seed), ref.vocab_size, B, T, last_only, user_mask)
     loss_r, g_r = ref.loss_and_grads(x, y, mask=mask, last_only=last_only)
     loss_f, g_f = fused.loss_and_grads(x, y, mask=mask, last_only=last_only)
     assert loss_f == pytest.approx(loss_r, rel=TOL[dtype])
