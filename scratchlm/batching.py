@@ -1,6 +1,6 @@
 """Batches: how a token sequence is cut into training batches.
 
-Four batchers, all with the same interface (``num_batches``,
+Five batchers, all with the same interface (``num_batches``,
 ``batches(epoch, start)``, ``config``, ``last_only``, ``stateful``, ``eos_id``,
 ``random_prompt``), each yielding :class:`Batch` es:
 
@@ -9,6 +9,8 @@ Four batchers, all with the same interface (``num_batches``,
 * :class:`Streams` — the sequence cut into B parallel contiguous streams, read
   in consecutive chunks of T with targets shifted by one: stateful truncated
   BPTT, where the LSTM state flows from one chunk to the next.
+* :class:`RandomWindows` — windows of T + 1 tokens from random starts, every position
+  scored (nanoGPT's ``get_batch``): each batch drawn afresh from (seed, epoch, batch).
 * :class:`Padded` — one sequence per line or record, padded per batch, with
   <eos> marking both ends and a mask over the real steps.
 * :class:`Vectorized` — the rows of an (N, L) id matrix cut into x = ids[:, :-1],
@@ -256,6 +258,77 @@ class Streams:
         T = self.seq_len
         for k in range(start, self.num_batches):
             cols = self._starts + k * T + self._offsets  # (B, T) positions
+            yield Batch(self.ids[cols].astype(numpy.int64), self.ids[cols + 1].astype(numpy.int64), None, cols.size)
+
+    def random_prompt(self, rng: numpy.random.Generator, length: int | None = None) -> numpy.ndarray:
+        return _random_slice(self.ids, rng, length or self.seq_len)
+
+
+class RandomWindows:
+    """nanoGPT's ``get_batch``: B windows of T + 1 tokens from random starts, every position scored.
+
+    Batch k of epoch e draws B starts i uniformly from 0 … N - T - 1 with
+    ``numpy.random.default_rng([seed, e, k])`` and takes x = ids[i : i+T],
+    y = ids[i+1 : i+T+1], both (B, T). The draw depends only on (seed, epoch,
+    batch), so a resumed run draws exactly the batches the uninterrupted run
+    would have, and under MPI every rank draws the same global batch and takes
+    its share of the rows. An "epoch" is a fixed number of batches:
+    ``num_batches`` (default max(1, N // (B·T)), about one pass's worth of
+    tokens); windows overlap and repeat, as nanoGPT's do.
+    ids: a 1-D array of non-negative integer token ids; batch_size, seq_len:
+    whole numbers >= 1; num_batches: None or a whole number >= 1; seed: a whole
+    number >= 0. Raises :class:`CorpusError` otherwise, or when the corpus
+    holds no window of T + 1 tokens.
+    """
+
+    stateful = False
+    last_only = False
+    eos_id = None
+
+    def __init__(
+        self, ids: ArrayLike, batch_size: int = 64, seq_len: int = 100, seed: int = 0, num_batches: int | None = None
+    ):
+        self.ids = _id_array(ids)
+        self.batch_size = B = _whole("batch size", batch_size)
+        self.seq_len = T = _whole("sequence length", seq_len)
+        self.seed = _whole("seed", seed, 0)
+        self.num_starts = max(0, len(self.ids) - T)  # i = 0 … N - T - 1
+        if self.num_starts == 0:
+            raise CorpusError(
+                f"the corpus holds {len(self.ids):,} tokens; windows of {T} need at least {T + 1:,}: "
+                "use a longer corpus or a smaller sequence length"
+            )
+        _check_ids(self.ids)
+        self.num_batches = max(1, len(self.ids) // (B * T)) if num_batches is None else _whole("batches", num_batches)
+        self._offsets = numpy.arange(T)  # (T,)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.num_batches:,} batches of {self.batch_size} random windows of {self.seq_len} "
+            f"(from {len(self.ids):,} tokens) per epoch"
+        )
+
+    @functools.cached_property
+    def config(self) -> dict:
+        """What a checkpoint records and a resumed run must match (the fingerprint hashes the ids once)."""
+        return {
+            "kind": "random",
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "num_batches": self.num_batches,
+            "fingerprint": fingerprint(self.ids),
+        }
+
+    def starts(self, epoch: int, k: int) -> numpy.ndarray:
+        """The (B,) window starts of batch ``k`` of ``epoch``."""
+        rng = numpy.random.default_rng([self.seed, epoch, k])
+        return rng.integers(0, self.num_starts, size=self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Yield the Batch'es of ``epoch`` from batch number ``start`` on."""
+        for k in range(start, self.num_batches):
+            cols = self.starts(epoch, k)[:, None] + self._offsets  # (B, T) positions
             yield Batch(self.ids[cols].astype(numpy.int64), self.ids[cols + 1].astype(numpy.int64), None, cols.size)
 
     def random_prompt(self, rng: numpy.random.Generator, length: int | None = None) -> numpy.ndarray:

@@ -200,3 +200,42 @@ def test_vectorized_config_prompt_and_checks():
         batching.Vectorized(ids.astype(float))
     with pytest.raises(CorpusError, match="batch size"):
         batching.Vectorized(ids, batch_size=0)
+
+
+def test_random_windows_are_get_batch_windows_drawn_by_seed_epoch_and_batch():
+    """Issue 23 §1: x = ids[i:i+T], y = ids[i+1:i+T+1] from random starts; batch k of epoch e is a function of
+    (seed, e, k) alone, so resuming from batch k gives the same batches; an epoch is N // (B·T) batches."""
+    ids = np.arange(1000) % 251
+    r = batching.RandomWindows(ids, batch_size=4, seq_len=10, seed=3)
+    assert r.num_batches == 1000 // 40 and not r.stateful and not r.last_only
+    epoch = list(r.batches(1))
+    assert len(epoch) == r.num_batches
+    for k, b in enumerate(epoch):
+        starts = r.starts(1, k)
+        assert b.x.shape == b.y.shape == (4, 10) and b.targets == 40 and b.mask is None
+        np.testing.assert_array_equal(b.x, ids[starts[:, None] + np.arange(10)])
+        np.testing.assert_array_equal(b.y, ids[starts[:, None] + np.arange(1, 11)])
+        assert starts.min() >= 0 and starts.max() <= 1000 - 11
+    again = list(batching.RandomWindows(ids, 4, 10, seed=3).batches(1, start=5))
+    for a, b in zip(epoch[5:], again, strict=True):
+        np.testing.assert_array_equal(a.x, b.x)
+    assert not np.array_equal(next(r.batches(2)).x, epoch[0].x)  # a new draw each epoch
+    assert not np.array_equal(next(batching.RandomWindows(ids, 4, 10, seed=4).batches(1)).x, epoch[0].x)
+    assert batching.RandomWindows(ids, 4, 10, num_batches=7).num_batches == 7
+    assert batching.RandomWindows(ids[:30], 4, 10).num_batches == 1  # less than one batch's worth of tokens
+
+
+def test_random_windows_reach_every_start_and_check_their_input():
+    ids = np.arange(12)
+    r = batching.RandomWindows(ids, batch_size=8, seq_len=10, num_batches=50)
+    seen = {int(s) for k in range(50) for s in r.starts(0, k)}
+    assert seen == {0, 1}  # the last window's target is the last token
+    assert (
+        r.config["kind"] == "random"
+        and r.config["fingerprint"] != batching.RandomWindows(ids[::-1], 8, 10).config["fingerprint"]
+    )
+    assert len(r.random_prompt(np.random.default_rng(0), 5)) == 5
+    with pytest.raises(CorpusError, match="at least 11"):
+        batching.RandomWindows(np.arange(10), 2, 10)
+    with pytest.raises(CorpusError, match="integers"):
+        batching.RandomWindows(np.arange(20.0), 2, 10)
