@@ -1,4 +1,4 @@
-"""Optimizers: SGD, RMSprop and Adam with Keras 3 defaults and update formulas.
+"""Optimizers: SGD, RMSprop and Adam with Keras 3 defaults and update formulas; AdamW as PyTorch's.
 
 An optimizer turns gradients into weight updates. It is handed two dicts keyed by
 parameter name, ``params`` and ``grads``, and updates every ``params[name]`` in place,
@@ -106,7 +106,7 @@ class Optimizer:
     or the NumPy expressions below.
     """
 
-    name: str | None = None  # "sgd" | "rmsprop" | "adam"
+    name: str | None = None  # "sgd" | "rmsprop" | "adam" | "adamw"
     slot_names: tuple[str, ...] = ()  # the slots this optimizer may keep per parameter
 
     def __init__(self, lr: float, global_clipnorm: float | None = None, kernels: str | None = None):
@@ -400,11 +400,94 @@ class Adam(Optimizer):
         w -= m * alpha / (xp.sqrt(v) + self.epsilon)
 
 
-_OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's ``torch.optim.AdamW`` formula.
+
+    t = iterations + 1
+    w ← w − lr·λ·w                       (decay first, and only for the parameters that decay)
+    m ← β₁·m + (1 − β₁)·g                                     (slot "m")
+    v ← β₂·v + (1 − β₂)·g²                                    (slot "v")
+    m̂ = m / (1 − β₁ᵗ)    v̂ = v / (1 − β₂ᵗ)
+    w ← w − lr·m̂ / (√v̂ + ε)
+
+    Unlike :class:`Adam` (Keras), ε is added to the bias-corrected √v̂, as in PyTorch, and its
+    default is PyTorch's 1e-8. The decay λ (``weight_decay``) is not part of the gradient, so
+    Adam's per-weight scaling does not weaken it. Which parameters decay: by default those with
+    two or more dimensions (kernels, embeddings, attention projections), not the biases and
+    LayerNorm's gamma/beta (1-D), as nanoGPT's ``configure_optimizers``; or exactly the
+    parameter names listed in ``decay`` (an empty list: none).
+    """
+
+    name = "adamw"
+    slot_names = ("m", "v")
+
+    def __init__(
+        self,
+        lr: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.01,
+        decay: list[str] | None = None,
+        global_clipnorm: float | None = None,
+        kernels: str | None = None,
+    ):
+        super().__init__(lr, global_clipnorm, kernels)
+        self.beta_1 = _number("beta_1", beta_1, lambda x: 0 <= x < 1, "in [0, 1)")
+        self.beta_2 = _number("beta_2", beta_2, lambda x: 0 <= x < 1, "in [0, 1)")
+        self.epsilon = _number("epsilon", epsilon, lambda x: x > 0, "> 0")
+        self.weight_decay = _number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf, ">= 0")
+        if decay is not None:
+            if isinstance(decay, str) or not all(isinstance(n, str) for n in decay):
+                raise ValueError(f"decay must be a list of parameter names (or None: the >= 2-D ones), got {decay!r}")
+            decay = sorted(set(decay))
+        self.decay = decay
+
+    def hyperparameters(self) -> dict:
+        return {
+            "lr": self.lr,
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+            "weight_decay": self.weight_decay,
+            "decay": self.decay,
+            "global_clipnorm": self.global_clipnorm,
+        }
+
+    def decays(self, name: str, w: Array) -> bool:
+        """Whether parameter ``name`` (array ``w``) is decayed: listed in ``decay``, or >= 2-D when it is None."""
+        return w.ndim >= 2 if self.decay is None else name in self.decay
+
+    def step(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
+        if self.decay is not None:
+            unknown = [name for name in self.decay if name not in params]
+            if unknown:
+                raise ValueError(
+                    f"AdamW's decay lists {unknown}, which are not parameters; the parameters: {list(params)}"
+                )
+        super().step(params, grads)
+
+    def _update(self, name, w, g):
+        xp = array_module(w)
+        t = self.iterations + 1
+        if self.weight_decay and self.decays(name, w):
+            w *= 1 - self.lr * self.weight_decay
+        m = self._slot("m", name, w)
+        v = self._slot("v", name, w)
+        m *= self.beta_1
+        m += (1 - self.beta_1) * g
+        v *= self.beta_2
+        v += (1 - self.beta_2) * xp.square(g)
+        step_size = self.lr / (1 - self.beta_1**t)
+        denom = xp.sqrt(v) / math.sqrt(1 - self.beta_2**t) + self.epsilon
+        w -= step_size * m / denom
+
+
+_OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
 
 
 def get(name: str, **kwargs) -> Optimizer:
-    """An optimizer by name: "adam", "rmsprop" or "sgd" (any case), built with ``kwargs``."""
+    """An optimizer by name: "adam", "adamw", "rmsprop" or "sgd" (any case), built with ``kwargs``."""
     cls = _OPTIMIZERS.get(name.lower() if isinstance(name, str) else None)
     if cls is None:
         raise ValueError(f"unknown optimizer {name!r}: choose one of {sorted(_OPTIMIZERS)}")

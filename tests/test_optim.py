@@ -451,3 +451,114 @@ def test_the_optimizer_takes_the_kernels_it_is_given_whatever_the_environment(mo
         adam.step(params, {"w": g})
         results.append(params["w"])
     np.testing.assert_array_equal(*results)
+
+
+# -- AdamW: PyTorch's torch.optim.AdamW, transcribed ----------------------------------------
+def torch_adamw_run(params, grad_steps, lr, betas, eps, weight_decay, decays, clipnorm=None):
+    """PyTorch's single-tensor AdamW (torch/optim/adamw.py, non-capturable) written out in float64 NumPy:
+    param.mul_(1 − lr·wd); exp_avg.lerp_(grad, 1 − β₁); exp_avg_sq.mul_(β₂).addcmul_(grad, grad, 1 − β₂);
+    param.addcdiv_(exp_avg, exp_avg_sq.sqrt() / √(1 − β₂ᵗ) + ε, value=−lr / (1 − β₁ᵗ)).
+    Clipping as torch.nn.utils.clip_grad_norm_ (grads · max_norm / (norm + 1e-6) when norm > max_norm) is not
+    Keras': it is applied here only when asked, to check that the optimizer clips before it decays."""
+    w = {k: np.array(p, dtype=np.float64) for k, p in params.items()}
+    m = {k: np.zeros_like(p) for k, p in w.items()}
+    v = {k: np.zeros_like(p) for k, p in w.items()}
+    b1, b2 = betas
+    for t, grads in enumerate(grad_steps, start=1):
+        if clipnorm is not None:
+            norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+            grads = {k: g * min(1.0, clipnorm / norm) for k, g in grads.items()}
+        for k in w:
+            g = grads[k]
+            if decays(k, w[k]):
+                w[k] = w[k] * (1 - lr * weight_decay)
+            m[k] = m[k] + (g - m[k]) * (1 - b1)
+            v[k] = v[k] * b2 + (1 - b2) * g * g
+            denom = np.sqrt(v[k]) / math.sqrt(1 - b2**t) + eps
+            w[k] = w[k] - lr / (1 - b1**t) * m[k] / denom
+    return w
+
+
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        {},
+        {"lr": 0.01, "beta_2": 0.99, "weight_decay": 0.1},
+        {"lr": 0.003, "beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-4, "weight_decay": 0.5, "global_clipnorm": 1.0},
+    ],
+)
+def test_adamw_matches_pytorchs_formula(hyper):
+    rng = np.random.default_rng(3)
+    params = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+    grad_steps = [{k: rng.normal(size=s) * 0.5**t for k, s in SHAPES.items()} for t in range(7)]
+    opt = optim.AdamW(**hyper)
+    mine = copy.deepcopy(params)
+    for grads in grad_steps:
+        opt.step(mine, grads)
+    want = torch_adamw_run(
+        params,
+        grad_steps,
+        lr=hyper.get("lr", 1e-3),
+        betas=(hyper.get("beta_1", 0.9), hyper.get("beta_2", 0.999)),
+        eps=hyper.get("epsilon", 1e-8),
+        weight_decay=hyper.get("weight_decay", 0.01),
+        decays=lambda k, w: w.ndim >= 2,
+        clipnorm=hyper.get("global_clipnorm"),
+    )
+    for k in SHAPES:
+        np.testing.assert_allclose(mine[k], want[k], rtol=1e-12, atol=1e-15, err_msg=k)
+
+
+def test_adamw_decays_only_matrices_unless_told():
+    """With zero gradients Adam's part is zero: what moves is the decay alone."""
+    params = {k: np.ones(s) for k, s in SHAPES.items()}
+    zeros = {k: np.zeros(s) for k, s in SHAPES.items()}
+    optim.AdamW(lr=0.1, weight_decay=0.5).step(params, zeros)
+    for k, p in params.items():
+        np.testing.assert_array_equal(p, 0.95 if p.ndim >= 2 else 1.0, err_msg=k)
+    params = {k: np.ones(s) for k, s in SHAPES.items()}
+    optim.AdamW(lr=0.1, weight_decay=0.5, decay=["dense/bias"]).step(params, zeros)
+    assert [k for k, p in params.items() if (p != 1).any()] == ["dense/bias"]
+    with pytest.raises(ValueError, match=r"decay lists \['nope'\], which are not parameters"):
+        optim.AdamW(decay=["nope"]).step(params, zeros)
+    for bad in ("embedding", [1]):
+        with pytest.raises(ValueError, match="decay must be a list of parameter names"):
+            optim.AdamW(decay=bad)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        optim.AdamW(weight_decay=-0.1)
+
+
+def test_adamw_state_round_trip_continues_exactly():
+    rng = np.random.default_rng(0)
+    params = {k: rng.normal(size=s) for k, s in SHAPES.items()}
+    grad_steps = [{k: rng.normal(size=s) for k, s in SHAPES.items()} for _ in range(4)]
+    opt = optim.AdamW(lr=0.01, weight_decay=0.1, beta_2=0.99, decay=["embedding"])
+    straight = copy.deepcopy(params)
+    for grads in grad_steps:
+        opt.step(straight, grads)
+    first = optim.AdamW(lr=0.01, weight_decay=0.1, beta_2=0.99, decay=["embedding"])
+    resumed = copy.deepcopy(params)
+    for grads in grad_steps[:2]:
+        first.step(resumed, grads)
+    config, arrays = first.state_dict()
+    config = json.loads(json.dumps(config))
+    assert config["name"] == "adamw" and config["decay"] == ["embedding"] and config["epsilon"] == 1e-8
+    second = optim.from_state(config, {k: a.copy() for k, a in arrays.items()})
+    for grads in grad_steps[2:]:
+        second.step(resumed, grads)
+    for k in SHAPES:
+        np.testing.assert_array_equal(resumed[k], straight[k])
+
+
+def test_adamw_in_a_checkpoint(tmp_path):
+    from scratchlm import LanguageModel, models
+
+    model = LanguageModel(6, 3, [4], seed=0, dtype="float64")
+    opt = optim.AdamW(lr=0.01, weight_decay=0.1)
+    x = np.arange(12).reshape(2, 6) % 6
+    _, grads = model.loss_and_grads(x[:, :-1], x[:, 1:])
+    opt.step(model.params, grads)
+    model.save(tmp_path / "c.npz", optimizer=opt)
+    loaded = models.load(tmp_path / "c.npz").optimizer
+    assert type(loaded) is optim.AdamW and loaded.hyperparameters() == opt.hyperparameters()
+    assert loaded.iterations == 1 and sorted(loaded.slots) == sorted(opt.slots)
