@@ -330,3 +330,48 @@ def test_without_run_dir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _, trainer = run("padded", epochs=1)
     assert trainer.last_checkpoint is None and list(tmp_path.iterdir()) == []
+
+
+def test_killed_mid_warmup_then_resumed_follows_the_schedule_exactly(tmp_path):
+    """A cosine schedule whose warmup outlasts the kill: each step's lr is the schedule's, before and after."""
+    from scratchlm import schedules
+
+    n = make("padded")[2].num_batches
+    schedule = schedules.Cosine(lr=0.02, min_lr=0.002, warmup_steps=2 * n, decay_steps=3 * n)
+    lrs = {}
+
+    def lr_of(trainer):
+        lrs[trainer.step] = trainer.optimizer.lr
+
+    full, reference = run("padded", schedule=schedule)
+    assert len({e["loss"] for e in reference.history}) == 3
+    kill_at = n + 3
+    before, _ = run("padded", tmp_path, kill_at=kill_at, checkpoint_every=2, schedule=schedule)
+    saved = load_checkpoint(tmp_path)
+    assert saved.metadata["train"]["schedule"] == schedule.config() and saved.metadata["train"]["grad_accum"] == 1
+    assert saved.optimizer.lr == schedule(saved.metadata["train"]["step"] - 1) < schedule.lr  # mid-warmup
+    after, resumed = run("padded", tmp_path, resume=True, checkpoint_every=2)
+    assert resumed.schedule.config() == schedule.config()
+    assert after == {s: full[s] for s in after} and max(after) == max(full)
+    assert same_weights(resumed.model, reference.model)
+    model, opt, batches = make("padded")
+    Trainer(model, opt, batches, schedule=schedule, max_steps=5, on_step=lr_of, progress=False).fit()
+    assert lrs == {s: schedule(s - 1) for s in range(1, 6)}
+
+
+def test_resume_takes_the_schedule_from_the_checkpoint(tmp_path):
+    from scratchlm import schedules
+    from scratchlm.errors import CheckpointError
+
+    run("windows", tmp_path, epochs=1, schedule=schedules.Constant(0.01, warmup_steps=3))
+    _, _, batches = make("windows")
+    with pytest.raises(ResumeError, match="schedule: a resumed run goes on with its checkpoint's"):
+        Trainer.resume(load_checkpoint(tmp_path), batches, schedule=schedules.Constant(0.1))
+    ckpt = load_checkpoint(tmp_path)
+    ckpt.metadata["train"]["schedule"] = {"name": "cosine", "lr": 0.1}
+    with pytest.raises(CheckpointError, match="field 'schedule': bad 'cosine' schedule config"):
+        Trainer.resume(ckpt, batches)
+    ckpt = load_checkpoint(tmp_path)
+    ckpt.metadata["train"]["grad_accum"] = 0
+    with pytest.raises(CheckpointError, match="field 'grad_accum' must be a whole number >= 1"):
+        Trainer.resume(ckpt, batches)

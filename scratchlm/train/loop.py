@@ -8,7 +8,8 @@
                              epochs=60, sampler=Sampler(tokenizer))
     trainer.fit()                                   # continues with the very next batch
 
-Each batch is one :func:`~scratchlm.train.step.train_step`. After each epoch the
+Each batch is one :func:`~scratchlm.train.step.train_step` (or each ``grad_accum`` batches, taken
+together: gradient accumulation), at the learning rate its ``schedule`` gives. After each epoch the
 trainer computes the validation loss, prints the epoch's mean training loss and
 time, writes a checkpoint, and lets a sampler print text at several
 temperatures. What a run directory holds is listed in :mod:`scratchlm.rundir`;
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn, Protocol
 
-from .. import distributed, rundir
+from .. import distributed, rundir, schedules
 from ..errors import ScratchLMError
 from ..rundir import BEST, LAST, METRICS, PLOT
 from .parallel import join_world, rows, shard_state
@@ -75,6 +76,10 @@ class Trainer:
         this many steps in all (counting the steps before a resume).
     checkpoint_every: also write ``last.npz`` every this many steps (None: only per epoch).
     log_every: a step record in metrics.jsonl every this many steps.
+    schedule: a learning-rate schedule (:mod:`scratchlm.schedules`): ``optimizer.lr = schedule(step)`` before
+        each step, ``step`` the steps taken before it; None keeps the optimizer's lr.
+    grad_accum: batches per step (gradient accumulation): each step takes the next ``grad_accum`` batches as
+        one batch of their rows (an epoch's last step takes what is left of it); checkpoints fall between steps.
     sampler: called with the trainer after each epoch (e.g. :class:`Sampler`), or None.
     metadata: JSON-serialisable dict stored in every checkpoint (the tokenizer's
         config under "tokenizer", how the corpus was prepared, ...).
@@ -100,6 +105,8 @@ class Trainer:
         progress: bool | None = None,
         out: IO[str] | None = None,
         on_step: Callable[[Trainer], None] | None = None,
+        schedule: schedules.Schedule | None = None,
+        grad_accum: int = 1,
     ):
         if model.stateful and not train.stateful:
             raise ScratchLMError(
@@ -110,6 +117,10 @@ class Trainer:
             raise ScratchLMError(f"epochs and max_steps must be at least 1, got {epochs} and {max_steps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
             raise ScratchLMError(f"checkpoint_every must be at least 1 (or None), got {checkpoint_every}")
+        if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+            raise ScratchLMError(f"grad_accum must be a whole number of batches per step, at least 1, got {grad_accum}")
+        if schedule is not None and not isinstance(schedule, schedules.Schedule):
+            raise ScratchLMError(f"schedule must be a scratchlm.schedules.Schedule (or None), got {schedule!r:.60}")
         self.world = distributed.world()
         if self.world.parallel:
             for what, batches in (("training", train), ("validation", val)):
@@ -120,6 +131,7 @@ class Trainer:
                         f"batch size must be a multiple of the number of ranks"
                     )
         self.model, self.optimizer, self.train, self.val = model, optimizer, train, val
+        self.schedule, self.grad_accum = schedule, grad_accum
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.epochs = int(epochs)
         self.max_steps = None if max_steps is None else int(max_steps)
@@ -148,10 +160,24 @@ class Trainer:
     def resume(cls, ckpt: Checkpoint, train: Batches, val: Batches | None = None, **kwargs) -> Trainer:
         """A Trainer that continues the run saved in ``ckpt`` (a :class:`Checkpoint`, e.g. from
         :func:`load_checkpoint`) exactly where it stopped. ``train`` must be built from the same
-        data with the same settings (checked by fingerprint); other arguments as for ``Trainer``.
+        data with the same settings (checked by fingerprint); other arguments as for ``Trainer``,
+        except the schedule and grad_accum, which are the checkpoint's.
         """
+        fixed = sorted({"schedule", "grad_accum"} & set(kwargs))
+        if fixed:
+            raise ResumeError(f"{', '.join(fixed)}: a resumed run goes on with its checkpoint's; leave it out")
         metadata, position, states = resumed(ckpt, train)
-        trainer = cls(ckpt.model, ckpt.optimizer, train, val, metadata=metadata, **kwargs)
+        schedule = position.get("schedule")
+        trainer = cls(
+            ckpt.model,
+            ckpt.optimizer,
+            train,
+            val,
+            metadata=metadata,
+            schedule=None if schedule is None else schedules.from_config(schedule),
+            grad_accum=position.get("grad_accum", 1),
+            **kwargs,
+        )
         trainer.epoch, trainer.batch, trainer.step = position["epoch"], position["batch"], position["step"]
         trainer.best_val_loss = position["best_val_loss"]
         trainer._epoch_loss = position["epoch_loss"]
@@ -182,6 +208,8 @@ class Trainer:
             "epoch_seconds": self._epoch_seconds,
             "window_loss": self._window_loss,
             "history": self.history,
+            "schedule": None if self.schedule is None else self.schedule.config(),
+            "grad_accum": self.grad_accum,
         }
 
     # -- the loop -------------------------------------------------------------------
@@ -258,14 +286,14 @@ class Trainer:
         )
         clock = Throughput()
         try:
-            for batch in self.train.batches(self.epoch, self.batch):
-                result = self._step(batch)
+            for micro in _groups(self.train.batches(self.epoch, self.batch), self.grad_accum):
+                result = self._step(micro)
                 seconds, rate = clock.lap(result.tokens)
                 self._epoch_seconds += seconds
                 bar.set_postfix(
                     loss=f"{self._epoch_loss / self._epoch_targets:.4f}", tok_s=f"{rate:,.0f}", refresh=False
                 )
-                bar.update(1)
+                bar.update(len(micro))
                 self._after_step(result, rate, clock)
                 if self._out_of_steps() and self.batch < n:
                     return False
@@ -274,17 +302,21 @@ class Trainer:
             bar.close()
         return True
 
-    def _step(self, batch: Batch) -> StepResult:
-        """:func:`train_step` on ``batch``, then the position and the epoch's and the window's sums move on."""
+    def _step(self, micro: list[Batch]) -> StepResult:
+        """:func:`train_step` on the micro-batches ``micro`` (one batch without accumulation) at the schedule's
+        learning rate, then the position and the epoch's and the window's sums move on."""
+        if self.schedule is not None:
+            self.optimizer.lr = self.schedule(self.step)
         try:
-            result = train_step(self.model, self.optimizer, batch, last_only=self.train.last_only, world=self.world)
+            result = train_step(self.model, self.optimizer, micro, last_only=self.train.last_only, world=self.world)
         except TrainingDiverged as exc:
             self._diverged(str(exc))
+        targets = sum(b.targets for b in micro)
         self.step += 1
-        self.batch += 1
+        self.batch += len(micro)
         self.last_loss = result.loss
-        self._epoch_loss += result.loss * batch.targets
-        self._epoch_targets += batch.targets
+        self._epoch_loss += result.loss * targets
+        self._epoch_targets += targets
         self._window_loss += result.loss
         return result
 
@@ -431,3 +463,15 @@ class Trainer:
         raise TrainingDiverged(
             f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}; " + advice
         ) from None
+
+
+def _groups(batches: Iterator[Batch], size: int) -> Iterator[list[Batch]]:
+    """Lists of ``size`` consecutive batches (the last one shorter when they run out): one step's micro-batches."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

@@ -7,7 +7,9 @@ Exact resume. Everything that decides the next step is in the checkpoint: the
 weights and optimizer slots (exact float arrays), the position (epoch and batch
 within it), the state of the dropout masks' generator, and, for stateful
 streams, the recurrent state carried into the next chunk (:func:`carried_state`,
-JSON-safe base64 of the exact bytes). The batch order is a function of (seed,
+JSON-safe base64 of the exact bytes), the learning-rate schedule's config (the
+step count is its position) and the number of batches per step (gradient
+accumulation; a step is atomic: checkpoints fall between steps only). The batch order is a function of (seed,
 epoch) (see :mod:`scratchlm.batching`), so a resumed run gathers exactly the batches
 the uninterrupted run would have, from exactly the same weights and state: its
 losses are equal, bit for bit. Samples and validation never touch the training
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy
 
-from .. import checkpoint, models
+from .. import checkpoint, models, schedules
 from ..errors import CheckpointError, ScratchLMError
 from ..rundir import LAST
 from .parallel import state_batch_axes
@@ -68,9 +70,21 @@ def check_position(position: dict) -> None:
     epoch, batch, step and epoch_targets whole numbers >= 0; best_val_loss null or a number; epoch_loss,
     epoch_seconds and (when present) window_loss numbers; history a list of epoch records, each with epoch
     (>= 1), step, loss, val_loss (null or a number) and seconds. Whether ``batch`` lies within an epoch depends
-    on the data: :func:`resumed` checks it.
+    on the data: :func:`resumed` checks it. Since schedules and gradient accumulation (absent before them, read as
+    none and 1): schedule null or a :mod:`scratchlm.schedules` config, grad_accum a whole number >= 1.
     """
-    checkpoint.check_fields(position, _POSITION_RULES, "the training position (metadata['train'])")
+    what = "the training position (metadata['train'])"
+    checkpoint.check_fields(position, _POSITION_RULES, what)
+    if not checkpoint.whole_at_least(1)(position.get("grad_accum", 1)):
+        raise CheckpointError(
+            f"{what}: field 'grad_accum' must be a whole number >= 1, got {position['grad_accum']!r:.40}; "
+            f"{checkpoint.EDITED}"
+        )
+    if position.get("schedule") is not None:
+        try:
+            schedules.from_config(position["schedule"])
+        except ValueError as exc:
+            raise CheckpointError(f"{what}: field 'schedule': {exc}; {checkpoint.EDITED}") from None
     if not _number(position.get("window_loss", 0.0)):  # absent in checkpoints written before it was kept
         raise CheckpointError(
             "the training position (metadata['train']): field 'window_loss' must be a number, "
