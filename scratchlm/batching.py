@@ -1,6 +1,6 @@
 """Batches: how a token sequence is cut into training batches.
 
-Five batchers, all with the same interface (``num_batches``,
+Five training batchers, all with the same interface (``num_batches``,
 ``batches(epoch, start)``, ``config``, ``last_only``, ``stateful``, ``eos_id``,
 ``random_prompt``), each yielding :class:`Batch` es:
 
@@ -16,6 +16,7 @@ Five batchers, all with the same interface (``num_batches``,
 * :class:`Vectorized` — the rows of an (N, L) id matrix cut into x = ids[:, :-1],
   y = ids[:, 1:] (the IMDB seed's batches; :mod:`scratchlm.datasets.imdb` makes the matrix).
 
+:class:`Whole` reads a text for scoring (``scratchlm eval``): every target once, in order.
 :func:`split_tail` and :func:`split_sequences` hold out the validation part first.
 
 Streaming: no batcher materialises its (N, T) windows or any one-hot array.
@@ -333,6 +334,48 @@ class RandomWindows:
 
     def random_prompt(self, rng: numpy.random.Generator, length: int | None = None) -> numpy.ndarray:
         return _random_slice(self.ids, rng, length or self.seq_len)
+
+
+class Whole:
+    """Every target of a token sequence exactly once, for scoring: B streams read in chunks of T.
+
+    With n = N - 1 targets and B' = min(B, n) streams, stream b holds L_b = n // B' targets (the first
+    n mod B' streams one more), consecutive: stream b + 1 starts where stream b ends. Batch k holds columns
+    kT … kT + T - 1 of every stream, x = ids[p], y = ids[p + 1]; the last batch may be narrower, and its
+    steps past a stream's end are masked (mask None when none is). A stateful model carries its state from
+    one batch to the next and so reads each stream as one sequence, as :class:`Streams`; a stateless one
+    (the Transformer) sees each chunk alone. ids: a 1-D array of at least 2 non-negative integer ids;
+    batch_size, seq_len: whole numbers >= 1.
+    """
+
+    stateful = True
+    last_only = False
+
+    def __init__(self, ids: ArrayLike, batch_size: int = 64, seq_len: int = 100):
+        self.ids = _id_array(ids)
+        B, self.seq_len = _whole("batch size", batch_size), _whole("sequence length", seq_len)
+        self.targets = n = len(self.ids) - 1
+        if n < 1:
+            raise CorpusError(f"the text holds {len(self.ids):,} token(s); scoring needs at least 2")
+        _check_ids(self.ids)
+        self.batch_size = B = min(B, n)
+        L, r = divmod(n, B)
+        self.lengths = numpy.full(B, L, dtype=numpy.int64) + (numpy.arange(B) < r)  # (B,) targets per stream
+        self.starts = numpy.concatenate([[0], numpy.cumsum(self.lengths)[:-1]])  # (B,)
+        self.num_batches = math.ceil(int(self.lengths[0]) / self.seq_len)
+
+    def __str__(self) -> str:
+        return f"{self.targets:,} targets in {self.batch_size} streams, {self.num_batches:,} chunks of {self.seq_len}"
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Yield the Batch'es from chunk ``start`` on (``epoch`` is ignored: the order is the text's)."""
+        T, longest = self.seq_len, int(self.lengths[0])
+        for k in range(start, self.num_batches):
+            cols = numpy.arange(k * T, min((k + 1) * T, longest))  # (T',)
+            real = cols[None, :] < self.lengths[:, None]  # (B, T')
+            p = numpy.where(real, self.starts[:, None] + cols, 0)  # (B, T') positions; 0 past a stream's end
+            mask = None if real.all() else real
+            yield Batch(self.ids[p].astype(numpy.int64), self.ids[p + 1].astype(numpy.int64), mask, int(real.sum()))
 
 
 class Padded:

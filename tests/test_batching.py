@@ -239,3 +239,25 @@ def test_random_windows_reach_every_start_and_check_their_input():
         batching.RandomWindows(np.arange(10), 2, 10)
     with pytest.raises(CorpusError, match="integers"):
         batching.RandomWindows(np.arange(20.0), 2, 10)
+
+
+@pytest.mark.parametrize(("n", "B", "T"), [(2, 4, 3), (50, 4, 5), (53, 4, 5), (101, 3, 100), (12, 1, 4)])
+def test_whole_scores_every_target_once_in_order(n, B, T):
+    """Issue 23 §4: the streams of Whole cover targets 1 … N-1 once each, each stream consecutive from one
+    batch to the next; the mask marks exactly the steps past a stream's end."""
+    ids = (np.arange(n) * 7) % 97
+    w = batching.Whole(ids, B, T)
+    seen, rows = [], [[] for _ in range(w.batch_size)]
+    batches = list(w.batches())
+    assert len(batches) == w.num_batches
+    for b in batches:
+        real = np.ones(b.x.shape, bool) if b.mask is None else b.mask
+        assert b.targets == real.sum() and b.x.shape[1] <= T
+        for r in range(len(b.x)):
+            rows[r] += [(int(x), int(y)) for x, y in zip(b.x[r][real[r]], b.y[r][real[r]], strict=True)]
+    for r in rows:
+        seen += r
+    assert seen == [(int(ids[i]), int(ids[i + 1])) for i in range(n - 1)]
+    assert sum(b.targets for b in batches) == w.targets == n - 1
+    with pytest.raises(CorpusError, match="at least 2"):
+        batching.Whole(np.arange(1), 4, 5)

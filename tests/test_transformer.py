@@ -248,7 +248,7 @@ def test_cli_trains_samples_describes_and_resumes_a_transformer(tmp_path, capsys
         )
         == 0
     )
-    for wrong, words in ((["--cell", "gru"], "--cell"), (["--tokenizer", "char"], "--tokenizer")):
+    for wrong, words in ((["--cell", "gru"], "--cell"), (["--batching", "windows"], "--batching windows")):
         assert main(["train", str(lines), "--model", "transformer", "--run-dir", str(tmp_path / "r3"), *wrong]) == 2
         assert words in capsys.readouterr().err
     assert main(["train", str(lines), "--heads", "3", "--run-dir", str(tmp_path / "r3")]) == 2

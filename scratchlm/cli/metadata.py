@@ -33,7 +33,7 @@ SETTING_RULES = {
     "tokenizer": (lambda v: v in ("char", "word", "vector"), "'char', 'word' or 'vector'"),
     "lower": (lambda v: isinstance(v, bool), "true or false"),
     "max_tokens": checkpoint.whole_rule(1),
-    "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows', 'padded' or 'vectorized'"),
+    "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows', 'random', 'padded' or 'vectorized'"),
     "seq_len": checkpoint.whole_rule(1),
     "step": checkpoint.whole_rule(1),
     "batch_size": checkpoint.whole_rule(1),
@@ -115,7 +115,13 @@ def settings_of(meta, path):
 
 
 # The field of each batcher's config (metadata["data"]) that records the run's --seq-len.
-_LENGTH_FIELD = {"streams": "seq_len", "windows": "maxlen", "padded": "maxlen", "vectorized": "length"}
+_LENGTH_FIELD = {
+    "streams": "seq_len",
+    "random": "seq_len",
+    "windows": "maxlen",
+    "padded": "maxlen",
+    "vectorized": "length",
+}
 
 
 def _recorded(settings, config, tokenizer, meta):

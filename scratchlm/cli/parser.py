@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import checkpoint, distributed
 from ..errors import ScratchLMError
-from . import info, sample, train
+from . import eval, info, sample, train
 from .settings import LEARNING_RATE
 
 
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(commands)
     _add_sample(commands)
+    _add_eval(commands)
     _add_info(commands)
     _add_bench(commands)
     return parser
@@ -135,10 +136,13 @@ def _add_train(commands):
     )
     g.add_argument(
         "--batching",
-        choices=["streams", "windows", "padded"],
+        choices=["streams", "windows", "random", "padded"],
         help="streams: the text as parallel streams read in chunks, state carried between chunks "
         "(default, the fastest learner); windows: every --step-th window of --seq-len tokens, "
-        "predict the next (the Keras book); padded: one sequence per line, padded, ends with <eos>",
+        "predict the next (the Keras book); random: windows of --seq-len tokens from random starts, every "
+        "position scored (nanoGPT's get_batch; an epoch is len(train) // (B·T) batches, at least 1); padded: "
+        "one sequence per line, padded, ends with <eos>. --model transformer takes random (its default with "
+        "--tokenizer) or streams (no state carried)",
     )
     g.add_argument(
         "--seq-len",
@@ -181,8 +185,9 @@ def _add_train(commands):
     g.add_argument(
         "--model",
         choices=["recurrent", "transformer"],
-        help="recurrent (default: an LSTM or GRU stack) or transformer (the IMDB seed's decoder LM: "
-        "word ids as TextVectorization makes them, one sequence per line or per .txt file of a "
+        help="recurrent (default: an LSTM or GRU stack) or transformer (a decoder LM; with --tokenizer or "
+        "--batching a GPT on the text, e.g. --tokenizer char as nanoGPT's shakespeare_char; without, the "
+        "IMDB seed's: word ids as TextVectorization makes them, one sequence per line or per .txt file of a "
         "folder laid out like aclImdb/, cut to --seq-len, default 100)",
     )
     g.add_argument(
@@ -319,6 +324,53 @@ def _add_sample(commands):
         "for a --model transformer vocabulary)",
     )
     p.set_defaults(run=sample.cmd_sample)
+
+
+def _add_eval(commands):
+    p = commands.add_parser(
+        "eval",
+        help="score a held-out text: loss, bits per token, perplexity",
+        description=_wrap(
+            "Score a checkpoint on its run's held-out text (the --val-fraction the run cut off, as it cut it), "
+            "or on any text file: the mean loss over every token of the text (not a sample), in nats per "
+            "token, bits per token (per character for a character-level model) and perplexity. The text is "
+            "read in --batch-size streams of --seq-len chunks; a recurrent model trained on streams carries "
+            "its state from chunk to chunk, as validation does."
+        ),
+        epilog="Examples:\n  scratchlm eval runs/shakespeare\n  scratchlm eval runs/shakespeare other.txt --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a run directory (its best.npz, else its last.npz) or a checkpoint file",
+    )
+    p.add_argument(
+        "text",
+        nargs="?",
+        metavar="TEXT",
+        help="a text file (or bundled corpus name) to score instead of the run's held-out text",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, metavar="B", help="streams (lines) per batch (default: the run's)"
+    )
+    p.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        metavar="T",
+        help="tokens per chunk (default: the run's; a Transformer's sequence_length, at most that)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (for scripts)")
+    p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (on stderr; it is shown only on a terminal anyway)",
+    )
+    p.set_defaults(run=eval.cmd_eval)
 
 
 def _add_info(commands):

@@ -22,7 +22,7 @@ def prepare_data(settings, corpus, tokenizer, config):
     checkpoint's tokenizer and model config. Then, before any text is encoded or vectorized,
     :func:`check_memory` weighs what training will hold.
     """
-    if settings["model"] == "transformer":
+    if settings["batching"] == "vectorized":  # the IMDB seed's Transformer: one review per line or file
         texts, count = _texts(corpus)
         if tokenizer is None:
             tokenizer = VectorTokenizer.fit(texts(), max_tokens=settings["max_tokens"])
@@ -85,13 +85,13 @@ def check_memory(settings, config, texts, loaded):
     """ResourceError unless what training the model ``config`` describes holds at once fits in memory.
 
     That is: its weights, their gradients and two optimizer slots (only the gradients when the model is
-    ``loaded`` already, on resume), one training step's activations, a batch, and for the Transformer its
-    ``texts`` (how many) vectorized. Called before any text is encoded or vectorized and before the model
-    is built, so that nothing is allocated for a run that cannot fit.
+    ``loaded`` already, on resume), one training step's activations, a batch, and for the IMDB seed's
+    Transformer its ``texts`` (how many; None for a run on one text) vectorized. Called before any text is
+    encoded or vectorized and before the model is built, so that nothing is allocated for a run that cannot fit.
     """
     B, T = settings["batch_size"], settings["seq_len"]
     parts = []
-    if config["kind"] == "transformer":  # rows of seq_len ids; x and y hold seq_len - 1
+    if texts is not None:  # the IMDB seed's rows of seq_len ids; x and y hold seq_len - 1
         parts.append(
             budget.Part(
                 f"the {texts:,} texts as ids",
@@ -173,9 +173,14 @@ def prepare(settings, text, tokenizer, corpus):
     if settings["batching"] == "windows":
         train = batching.Windows(train_ids, T, settings["step"], B, seed=seed)
         val = batching.Windows(val_ids, T, settings["step"], B, shuffle=False) if len(val_ids) > T else None
+        return train, val
+    if settings["batching"] == "random":
+        train = batching.RandomWindows(train_ids, B, T, seed=seed)
     else:
         train = batching.Streams(train_ids, B, T)
-        ranks = distributed.world().size  # validation streams divide among the MPI ranks too
-        streams = min(B, (len(val_ids) - 1) // T) // ranks * ranks
-        val = batching.Streams(val_ids, streams, T) if streams >= 1 else None
+    # Validation reads the held-out text in consecutive chunks, for random windows too (every position once,
+    # not a sample); the streams divide among the MPI ranks.
+    ranks = distributed.world().size
+    streams = min(B, (len(val_ids) - 1) // T) // ranks * ranks
+    val = batching.Streams(val_ids, streams, T) if streams >= 1 else None
     return train, val

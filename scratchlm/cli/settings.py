@@ -45,9 +45,11 @@ DEFAULTS = {
     "prime": None,
     "progress": None,
 }
-SEQ_LEN = {"windows": 60, "streams": 100, "padded": 200, "vectorized": 100}
-BATCH_SIZE = {"windows": 128, "streams": 64, "padded": 32, "vectorized": 32}
+SEQ_LEN = {"windows": 60, "streams": 100, "random": 100, "padded": 200, "vectorized": 100}
+BATCH_SIZE = {"windows": 128, "streams": 64, "random": 64, "padded": 32, "vectorized": 32}
 LEARNING_RATE = {"adam": 2e-3, "rmsprop": 1e-3, "sgd": 1e-2}
+# The batchings of --model transformer on a text (every position scored; the IMDB seed's is "vectorized").
+TRANSFORMER_BATCHING = ("random", "streams")
 # What `train --resume` may change; everything else comes from the checkpoint.
 RESUMABLE = {"epochs", "max_steps", "checkpoint_every", "backend", "progress", "sample_length", "temperature", "prime"}
 
@@ -90,19 +92,27 @@ def build_model(settings, vocab_size):
 def resolve(given: dict) -> dict:
     """Settings for a new run: the options given, defaults for the rest."""
     s = {**DEFAULTS, **given}
-    if s["model"] == "transformer":  # the IMDB seed: TextVectorization ids, RMSprop
-        wrong = [f"--{k}" for k in ("tokenizer", "batching", "cell", "hidden", "dropout", "step") if k in given]
+    if s["model"] == "transformer":
+        wrong = [f"--{k}" for k in ("cell", "hidden", "dropout", "step") if k in given]
         if wrong:
             raise ScratchLMError(f"{', '.join(wrong)}: not a setting of --model transformer; leave it out")
-        s.update(tokenizer="vector", batching="vectorized", lower=True)
-        s["max_tokens"] = given.get("max_tokens", 15000)
+        if "tokenizer" in given or "batching" in given:  # a GPT on the text: char or word ids, every position
+            s["batching"] = given.get("batching", "random")
+            if s["batching"] not in TRANSFORMER_BATCHING:
+                raise ScratchLMError(
+                    f"--batching {s['batching']} is not a batching of --model transformer: use random "
+                    "(windows from random starts, as nanoGPT) or streams (consecutive chunks)"
+                )
+        else:  # the IMDB seed: TextVectorization ids, one review per line, RMSprop
+            s.update(tokenizer="vector", batching="vectorized", lower=True)
+            s["max_tokens"] = given.get("max_tokens", 15000)
+            s["optimizer"] = s["optimizer"] or "rmsprop"
         if s["embedding_dim"] == 0:
             raise ScratchLMError(
                 "--embedding-dim 0 means one-hot input, which --model transformer does not have: "
                 "give it a size >= 1 (default 256)"
             )
         s["embedding_dim"] = s["embedding_dim"] or 256
-        s["optimizer"] = s["optimizer"] or "rmsprop"
     elif any(k in given for k in ("block", "heads", "key_dim", "dense_dim", "layers")):
         raise ScratchLMError(
             "--block, --heads, --key-dim, --dense-dim and --layers are settings of --model transformer"
