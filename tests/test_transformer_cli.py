@@ -2,8 +2,10 @@
 streams), exact resume of random batching after kill -9, and `scratchlm sample` with primes longer than
 the model's window."""
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,3 +166,39 @@ def test_kill_9_then_resume_of_random_batching_is_exact(tmp_path, capsys):
     assert a.metadata["train"]["step"] == b.metadata["train"]["step"] > stopped_at
     assert all(np.array_equal(a.model.params[k], p) for k, p in b.model.params.items())
     assert [e["loss"] for e in a.metadata["train"]["history"]] == [e["loss"] for e in b.metadata["train"]["history"]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None or shutil.which("mpiexec") is None,
+    reason="needs mpi4py and mpiexec: pip install 'scratchlm[mpi]'",
+)
+def test_random_batching_under_mpiexec_takes_the_single_process_steps(tmp_path, capsys):
+    """Every rank draws the same global batch of random windows and takes its share of the rows: two ranks
+    take the steps of one process, validation included."""
+    corpus = tmp_path / "dickens.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    args = ["train", corpus, "--tokenizer", "char", "--dtype", "float64", "--max-steps", 40, *TINY]
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE")}
+    env.update(
+        OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    command = [shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "scratchlm", *map(str, args)]
+    result = subprocess.run(
+        [*command, "--run-dir", str(tmp_path / "two")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    code, _, err = cli(capsys, *args, "--run-dir", tmp_path / "one")
+    assert code == 0, err
+    a, b = models.load(tmp_path / "two" / "last.npz"), models.load(tmp_path / "one" / "last.npz")
+    assert a.metadata["train"]["step"] == b.metadata["train"]["step"] == 40
+    flat = [np.concatenate([m.model.params[k].ravel() for k in sorted(b.model.params)]) for m in (a, b)]
+    assert np.linalg.norm(flat[0] - flat[1]) <= 1e-10 * np.linalg.norm(flat[1])  # (the key bias's gradient is 0)
+    assert a.metadata["train"]["history"][0]["val_loss"] == pytest.approx(
+        b.metadata["train"]["history"][0]["val_loss"], rel=1e-10
+    )
