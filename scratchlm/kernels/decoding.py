@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from .. import sampling
 from ..backend import Array
 from ..errors import SamplingError
-from ..layers import BookDecoderBlock, GPTDecoderBlock, MultiHeadAttention
+from ..layers import BookDecoderBlock, FeedForward, GPTDecoderBlock, LayerNormalization, MultiHeadAttention
 from ..layers.decoder import KVCache
 from ..models.recurrent import RecurrentTokenLoop
 from ..models.transformer import DecodeState, TransformerTokenLoop
@@ -137,10 +137,15 @@ class DecodeWeights(NamedTuple):
     bias: Array  # (P·N·K,)
 
 
+def _or_zeros(b: Array | None, backend: Any, size: int) -> Array:
+    """A bias, or zeros (size,) where the layer has none (use_bias=False): the kernels always add one."""
+    return backend.zeros((size,)) if b is None else b
+
+
 def _concatenated(xp: Any, projections: list[tuple[MultiHeadAttention, str]]) -> DecodeWeights:
     """[(attention, "query"), ...] -> DecodeWeights of those projections, in that order."""
     kernels = [a.params[f"{name}/kernel"].reshape(a.embed_dim, -1) for a, name in projections]
-    biases = [a.params[f"{name}/bias"].reshape(-1) for a, name in projections]
+    biases = [_attention_bias(a, name) for a, name in projections]
     return DecodeWeights(xp.ascontiguousarray(xp.concatenate(kernels, axis=1)), xp.concatenate(biases))
 
 
@@ -153,6 +158,29 @@ def _merge(o: Array) -> Array:
     """Head-major (B, N, 1, K) -> (B, N·K)."""
     B, N, _, K = o.shape
     return o.transpose(0, 2, 1, 3).reshape(B, N * K)
+
+
+def _ffn(ffn: FeedForward, x: Array) -> tuple[Array, Array]:
+    """The feed-forward of one position per row, x (B, E), without its output bias, and that bias (B, E), (E,)
+    for the caller's kernel to add: relu(x W1 + b1) W2 with bias + ReLU in one kernel; the GELUs (no kernel)
+    as the layer computes them (output bias included, zeros returned)."""
+    backend = ffn.backend
+    E = ffn.ffn_2.kernel.shape[1]
+    if ffn.activation != "relu":
+        return ffn.forward(x)[0], backend.zeros((E,))
+    b1 = _or_zeros(ffn.ffn_1.bias, backend, ffn.ffn_1.kernel.shape[1])
+    return backend.ops.bias_relu(x @ ffn.ffn_1.kernel, b1) @ ffn.ffn_2.kernel, _or_zeros(ffn.ffn_2.bias, backend, E)
+
+
+def _attention_bias(a: MultiHeadAttention, name: str) -> Array:
+    """The attention's ``name/bias`` flat ((E,) for the output, (N·K,) otherwise), or zeros."""
+    size = a.embed_dim if name == "output" else a.num_heads * a.key_dim
+    return _or_zeros(a.params.get(f"{name}/bias"), a.backend, size).reshape(-1)
+
+
+def _beta(norm: LayerNormalization) -> Array:
+    """A LayerNorm's β, or zeros where it has none."""
+    return _or_zeros(norm.beta, norm.backend, norm.gamma.shape[0])
 
 
 class FusedBookDecoderBlock(BookDecoderBlock):
@@ -184,14 +212,14 @@ class FusedBookDecoderBlock(BookDecoderBlock):
         k2, v2 = kv[1].append(_heads(xw[:, 3 * NK : 4 * NK], N, K), _heads(xw[:, 4 * NK :], N, K))
         o1 = ops.attention_decode(q1, k1, v1, mask, a1.scale)  # (B, N, 1, K)
         m1 = _merge(o1) @ a1.params["output/kernel"].reshape(NK, -1)  # (B, E), bias in the next kernel
-        a1_out = ops.residual_layernorm(x, m1, a1.params["output/bias"], ln1.gamma, ln1.beta, ln1.epsilon)
+        a1_out = ops.residual_layernorm(x, m1, _attention_bias(a1, "output"), ln1.gamma, _beta(ln1), ln1.epsilon)
         q2 = a1_out @ a2.params["query/kernel"].reshape(-1, NK)  # (B, N·K)
-        q2 += a2.params["query/bias"].reshape(-1)
+        q2 += _attention_bias(a2, "query")
         o2 = ops.attention_decode(_heads(q2, N, K), k2, v2, mask, a2.scale)
         m2 = _merge(o2) @ a2.params["output/kernel"].reshape(NK, -1)
-        a2_out = ops.residual_layernorm(a1_out, m2, a2.params["output/bias"], ln2.gamma, ln2.beta, ln2.epsilon)
-        h = ops.bias_relu(a2_out @ ffn.ffn_1.kernel, ffn.ffn_1.bias)  # (B, F)
-        return ops.residual_layernorm(a2_out, h @ ffn.ffn_2.kernel, ffn.ffn_2.bias, ln3.gamma, ln3.beta, ln3.epsilon)
+        a2_out = ops.residual_layernorm(a1_out, m2, _attention_bias(a2, "output"), ln2.gamma, _beta(ln2), ln2.epsilon)
+        f, b2 = _ffn(ffn, a2_out)  # (B, E)
+        return ops.residual_layernorm(a2_out, f, b2, ln3.gamma, _beta(ln3), ln3.epsilon)
 
 
 class FusedGPTDecoderBlock(GPTDecoderBlock):
@@ -215,15 +243,15 @@ class FusedGPTDecoderBlock(GPTDecoderBlock):
         N, K = a.num_heads, a.key_dim
         NK = N * K
         ln1, ln2 = self.layernorm_1, self.layernorm_2
-        n1 = ops.layernorm_forward(x, ln1.gamma, ln1.beta, ln1.epsilon)[0]
+        n1 = ops.layernorm_forward(x, ln1.gamma, _beta(ln1), ln1.epsilon)[0]
         qkv = n1 @ weights.kernel  # (B, 3·N·K)
         qkv += weights.bias
         k, v = kv[0].append(_heads(qkv[:, NK : 2 * NK], N, K), _heads(qkv[:, 2 * NK :], N, K))
         o = ops.attention_decode(_heads(qkv[:, :NK], N, K), k, v, mask, a.scale)  # (B, N, 1, K)
         m = _merge(o) @ a.params["output/kernel"].reshape(NK, -1)
-        m += a.params["output/bias"]
+        m += _attention_bias(a, "output")
         h = x + m  # (B, E)
-        n2 = ops.layernorm_forward(h, ln2.gamma, ln2.beta, ln2.epsilon)[0]
-        f = ops.bias_relu(n2 @ ffn.ffn_1.kernel, ffn.ffn_1.bias) @ ffn.ffn_2.kernel
-        f += ffn.ffn_2.bias
+        n2 = ops.layernorm_forward(h, ln2.gamma, _beta(ln2), ln2.epsilon)[0]
+        f, b2 = _ffn(ffn, n2)
+        f += b2
         return h + f

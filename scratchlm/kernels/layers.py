@@ -22,10 +22,11 @@ the cached gates and the loss writes dlogits over the logits, so each forward
 gets exactly one backward. Importing this module imports no Numba or CuPy.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..backend import Array, array_module
 from ..layers import GRU, LSTM, Dense, FeedForward, LayerNormalization, MultiHeadAttention
+from ..layers.attention import AttentionCache
 from ..layers.base import prefixed
 from ..layers.feedforward import FeedForwardCache
 from ..layers.gru import GRUSteps
@@ -33,6 +34,11 @@ from ..layers.recurrent import RecurrentCache
 from ..losses import SoftmaxCrossEntropy
 
 DECODE_ROWS = 8  # up to this many new queries, generation attends in one kernel (attention_decode)
+
+
+def _bias(layer: Any, bias: Array | None, size: int) -> Array:
+    """A layer's bias, or zeros (size,) where it has none (use_bias=False): the kernels always add one."""
+    return layer.backend.zeros((size,)) if bias is None else bias
 
 
 def _rows(keep: Array | None) -> Array | None:
@@ -129,11 +135,13 @@ class FusedDense(Dense):
         self, x: Array, targets: Array, mask: Array | None = None, backward: bool = True
     ) -> tuple[float, ScoredGrads | None]:
         loss, dx, dW, db = self.backend.ops.dense_softmax_cross_entropy(
-            x, self.kernel, self.bias, targets, mask, backward
+            x, self.kernel, _bias(self, self.bias, self.kernel.shape[1]), targets, mask, backward
         )
         return loss, (ScoredGrads(dx, dW, db) if backward else None)
 
     def score_backward(self, cache: ScoredGrads) -> tuple[Array, dict[str, Array]]:
+        if self.bias is None:
+            return cache.dx, {"kernel": cache.kernel}
         return cache.dx, {"kernel": cache.kernel, "bias": cache.bias}
 
 
@@ -183,11 +191,19 @@ class FusedMultiHeadAttention(MultiHeadAttention):
     """:class:`~scratchlm.layers.MultiHeadAttention` with FlashAttention's scheme (``attention_forward``,
     ``attention_backward``): an online softmax over key blocks keeps only lse = log Σ exp(S) per row, and the
     backward recomputes P = exp(S − lse) block by block, dS = P ⊙ (dP − rowsum(dO ⊙ O)). The projections and
-    the output layer are the parent's."""
+    the output layer are the parent's. With a dropout mask on the probabilities (which the kernels do not
+    apply) forward and backward are the parent's."""
 
     def forward(
-        self, query: Array, value: Array, key: Array | None = None, mask: Array | None = None
-    ) -> tuple[Array, FusedAttentionCache]:
+        self,
+        query: Array,
+        value: Array,
+        key: Array | None = None,
+        mask: Array | None = None,
+        dropout: Array | None = None,
+    ) -> tuple[Array, FusedAttentionCache | AttentionCache]:
+        if dropout is not None:
+            return super().forward(query, value, key, mask, dropout)
         key, mask = self._inputs(query, value, key, mask)
         q = self._project(query, "query")  # (B, N, T, K)
         k = self._project(key, "key")  # (B, N, S, K)
@@ -195,7 +211,9 @@ class FusedMultiHeadAttention(MultiHeadAttention):
         o, lse = self.backend.ops.attention_forward(q, k, v, _heads_mask(mask), self.scale)
         return self._output(o), FusedAttentionCache(query, value, key, q, k, v, o, lse, mask, self.scale)
 
-    def _attention_backward(self, c: FusedAttentionCache, do: Array) -> tuple[Array, Array, Array]:
+    def _attention_backward(self, c: FusedAttentionCache | AttentionCache, do: Array) -> tuple[Array, Array, Array]:
+        if isinstance(c, AttentionCache):  # forward ran the parent's math (dropout)
+            return super()._attention_backward(c, do)
         return self.backend.ops.attention_backward(c.q, c.k, c.v, c.o, c.lse, do, _heads_mask(c.mask), self.scale)
 
     def _attend(self, q: Array, k: Array, v: Array, mask: Array | None) -> Array:
@@ -220,31 +238,40 @@ class FusedLayerNormalization(LayerNormalization):
 
     def forward(self, x: Array) -> tuple[Array, LayerNormRowCache]:
         x = x.astype(self.gamma.dtype, copy=False)
-        y, mean, rstd = self.backend.ops.layernorm_forward(x, self.gamma, self.beta, self.epsilon)
+        beta = _bias(self, self.beta, self.gamma.shape[0])
+        y, mean, rstd = self.backend.ops.layernorm_forward(x, self.gamma, beta, self.epsilon)
         return y, LayerNormRowCache(x, mean, rstd)
 
     def backward(self, cache: LayerNormRowCache, dy: Array) -> tuple[Array, dict[str, Array]]:
         dx, dgamma, dbeta = self.backend.ops.layernorm_backward(cache.x, cache.mean, cache.rstd, self.gamma, dy)
-        return dx, {"gamma": dgamma, "beta": dbeta}
+        return dx, ({"gamma": dgamma} if self.beta is None else {"gamma": dgamma, "beta": dbeta})
 
 
 class FusedFeedForward(FeedForward):
     """:class:`~scratchlm.layers.FeedForward` with b1 and the ReLU applied in one pass over the GEMM's output
-    (``bias_relu``, in place), and ReLU' with db1 in one pass over dh (``relu_backward``, in place)."""
+    (``bias_relu``, in place), and ReLU' with db1 in one pass over dh (``relu_backward``, in place). The
+    GELUs have no kernel: with them, forward and backward are the parent's."""
 
     def forward(self, x: Array) -> tuple[Array, FeedForwardCache]:
+        if self.activation != "relu":
+            return super().forward(x)
         W1 = self.ffn_1.kernel
-        h = self.backend.ops.bias_relu(x.reshape(-1, x.shape[-1]) @ W1, self.ffn_1.bias)  # (M, F)
+        b1 = _bias(self, self.ffn_1.bias, W1.shape[1])
+        h = self.backend.ops.bias_relu(x.reshape(-1, x.shape[-1]) @ W1, b1)  # (M, F)
         h = h.reshape(x.shape[:-1] + (W1.shape[1],))
         return self.ffn_2.forward(h)[0], FeedForwardCache(x, h)
 
     def backward(self, cache: FeedForwardCache, dy: Array) -> tuple[Array, dict[str, Array]]:
+        if self.activation != "relu":
+            return super().backward(cache, dy)
         dh, g2 = self.ffn_2.backward(cache.h, dy)  # (..., F)
         F = dh.shape[-1]
         dh2, db1 = self.backend.ops.relu_backward(dh.reshape(-1, F), cache.h.reshape(-1, F))  # (M, F), (F,)
         x2 = cache.x.reshape(-1, cache.x.shape[-1])  # (M, E)
         dx = (dh2 @ self.ffn_1.kernel.T).reshape(cache.x.shape)
-        g1 = {"kernel": x2.T @ dh2, "bias": db1}
+        g1 = {"kernel": x2.T @ dh2}
+        if self.ffn_1.bias is not None:
+            g1["bias"] = db1
         return dx, {**prefixed("ffn_1", g1), **prefixed("ffn_2", g2)}
 
 

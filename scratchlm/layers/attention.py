@@ -25,11 +25,17 @@ A row whose keys are all masked holds S copies of FILL, so its softmax is the
 uniform 1/S (as in Keras); elsewhere exp(FILL - max) underflows to exactly 0.
 Since masked scores are replaced by a constant, no gradient reaches them.
 
+Dropout on the probabilities (GPT-2's ``attn_dropout``), when a keep-mask M
+(B, N, T, S) is given, with rate r: O = P̃ V, P̃ = P ⊙ M / (1 − r). The masks
+are drawn by the model (:class:`~scratchlm.layers.Dropout`), not here.
+``use_bias=False`` drops bq, bk, bv and bo (nanoGPT's ``bias=False``).
+
 Backward, without a (T×T) Jacobian per row (llm.c, FlashAttention), with
 dO = dout Woᵀ per head:
 
     dV = Pᵀ dO                   dP = dO Vᵀ
     dS = P ⊙ (dP − rowsum(dO ⊙ O))         (rowsum(dP ⊙ P) = rowsum(dO ⊙ O))
+    with dropout: dV = P̃ᵀ dO, dP = (dO Vᵀ) ⊙ M / (1 − r), dS = P ⊙ (dP − rowsum(dP ⊙ P))
     dS[~mask] = 0                          (the replaced entries)
     dQ = dS K / √K               dK = dSᵀ Q / √K
     then through the projections: dWq = queryᵀ dQ, dbq = Σ dQ, dquery = dQ Wqᵀ, ...
@@ -64,6 +70,7 @@ from ..backend import Backend
 from ..errors import ModelError
 from ..initializers import uniform
 from .base import Array, Layer, Shape
+from .dropout import Dropout
 
 FILL = -0.7 * 3.38953e38  # Keras' large negative for float32 and float64 (≈ -2.37e38)
 
@@ -99,8 +106,9 @@ class AttentionCache(NamedTuple):
     k: Array  # (B, N, S, K) projected keys
     v: Array  # (B, N, S, K) projected values
     p: Array  # (B, N, T, S) attention probabilities
-    o: Array  # (B, N, T, K) per-head outputs P V
+    o: Array  # (B, N, T, K) per-head outputs P V (P̃ V with dropout)
     mask: Array | None  # (B, 1, T, S) bool, True = may attend, or None
+    dropout: Array | None = None  # (B, N, T, S) bool keep-mask M of the probabilities, or None
 
 
 class AttentionGrads(NamedTuple):
@@ -119,39 +127,58 @@ class AttentionGrads(NamedTuple):
 class MultiHeadAttention(Layer):
     """Keras 3 ``MultiHeadAttention(num_heads=N, key_dim=K)`` on (B, T, E) inputs; see the module docstring."""
 
-    def __init__(self, embed_dim: int, num_heads: int, key_dim: int, backend: Backend, rng: Any):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        key_dim: int,
+        backend: Backend,
+        rng: Any,
+        use_bias: bool = True,
+        dropout: float = 0.0,
+    ):
         self.backend = backend
         E, N, K = embed_dim, num_heads, key_dim
         self.embed_dim, self.num_heads, self.key_dim = E, N, K
         self.scale = 1.0 / math.sqrt(K)
+        self.dropout = Dropout(dropout, backend)  # on the probabilities, masks given to forward
         proj = math.sqrt(6.0 / (E + N * K))  # glorot, fan_in E, fan_out N·K
         self._params = {}
         for name in ("query", "key", "value"):
             self._params[f"{name}/kernel"] = uniform((E, N, K), rng, backend, limit=proj)  # (E, N, K)
-            self._params[f"{name}/bias"] = backend.zeros((N, K))  # (N, K)
+            if use_bias:
+                self._params[f"{name}/bias"] = backend.zeros((N, K))  # (N, K)
         self._params["output/kernel"] = uniform((N, K, E), rng, backend, limit=proj)  # (N, K, E)
-        self._params["output/bias"] = backend.zeros((E,))  # (E,)
+        if use_bias:
+            self._params["output/bias"] = backend.zeros((E,))  # (E,)
+        self.use_bias = use_bias
 
     @property
     def params(self) -> dict[str, Array]:
         return dict(self._params)
 
     @classmethod
-    def param_shapes(cls, embed_dim: int, num_heads: int, key_dim: int) -> dict[str, Shape]:
+    def param_shapes(cls, embed_dim: int, num_heads: int, key_dim: int, use_bias: bool = True) -> dict[str, Shape]:
         E, N, K = embed_dim, num_heads, key_dim
         shapes = {}
         for name in ("query", "key", "value"):
-            shapes[f"{name}/kernel"], shapes[f"{name}/bias"] = (E, N, K), (N, K)
-        shapes["output/kernel"], shapes["output/bias"] = (N, K, E), (E,)
+            shapes[f"{name}/kernel"] = (E, N, K)
+            if use_bias:
+                shapes[f"{name}/bias"] = (N, K)
+        shapes["output/kernel"] = (N, K, E)
+        if use_bias:
+            shapes["output/bias"] = (E,)
         return shapes
 
     # -- projections (E) <-> (N, K) -----------------------------------------
     def _project(self, x: Array, name: str) -> Array:
         """x (B, L, E) -> x W + b, head-major (B, N, L, K)."""
         B, L, E = x.shape
-        W, b = self._params[f"{name}/kernel"], self._params[f"{name}/bias"]
+        W = self._params[f"{name}/kernel"]
         y = x.reshape(B * L, E) @ W.reshape(E, -1)  # (B·L, N·K)
-        y = y.reshape(B, L, self.num_heads, self.key_dim) + b  # (B, L, N, K)
+        y = y.reshape(B, L, self.num_heads, self.key_dim)  # (B, L, N, K)
+        if self.use_bias:
+            y = y + self._params[f"{name}/bias"]
         return y.transpose(0, 2, 1, 3)  # (B, N, L, K)
 
     def _project_backward(self, x: Array, dy: Array, name: str) -> tuple[Array, dict[str, Array]]:
@@ -160,10 +187,10 @@ class MultiHeadAttention(Layer):
         W = self._params[f"{name}/kernel"]
         dy2 = dy.transpose(0, 2, 1, 3).reshape(B * L, -1)  # (B·L, N·K)
         dx = (dy2 @ W.reshape(E, -1).T).reshape(B, L, E)  # (B, L, E)
-        return dx, {
-            f"{name}/kernel": (x.reshape(B * L, E).T @ dy2).reshape(W.shape),
-            f"{name}/bias": dy2.sum(axis=0).reshape(self.num_heads, self.key_dim),
-        }
+        grads = {f"{name}/kernel": (x.reshape(B * L, E).T @ dy2).reshape(W.shape)}
+        if self.use_bias:
+            grads[f"{name}/bias"] = dy2.sum(axis=0).reshape(self.num_heads, self.key_dim)
+        return dx, grads
 
     def _check_mask(self, mask: Array | None, B: int, T: int, S: int) -> Array | None:
         """mask (B, T, S) or (T, S) bool -> (B, 1, T, S) bool (broadcast over heads), or None."""
@@ -191,19 +218,27 @@ class MultiHeadAttention(Layer):
 
     # -- forward and backward ----------------------------------------------
     def forward(
-        self, query: Array, value: Array, key: Array | None = None, mask: Array | None = None
+        self,
+        query: Array,
+        value: Array,
+        key: Array | None = None,
+        mask: Array | None = None,
+        dropout: Array | None = None,
     ) -> tuple[Array, AttentionCache]:
         """query (B, T, E), value (B, S, E), key (B, S, E) or None (= value), mask (B, T, S) or (T, S) bool
-        (True = may attend) or None -> (out (B, T, E), cache)."""
+        (True = may attend) or None, dropout (B, N, T, S) bool keep-mask of the probabilities or None
+        -> (out (B, T, E), cache)."""
         key, mask = self._inputs(query, value, key, mask)
         q = self._project(query, "query")  # (B, N, T, K)
         k = self._project(key, "key")  # (B, N, S, K)
         v = self._project(value, "value")  # (B, N, S, K)
-        p, o = self._attention(q, k, v, mask)
-        return self._output(o), AttentionCache(query, value, key, q, k, v, p, o, mask)
+        p, o = self._attention(q, k, v, mask, dropout)
+        return self._output(o), AttentionCache(query, value, key, q, k, v, p, o, mask, dropout)
 
-    def _attention(self, q: Array, k: Array, v: Array, mask: Array | None) -> tuple[Array, Array]:
-        """(P, O) = (softmax(Q Kᵀ/√K, masked by replacement), P V), head-major."""
+    def _attention(
+        self, q: Array, k: Array, v: Array, mask: Array | None, dropout: Array | None = None
+    ) -> tuple[Array, Array]:
+        """(P, O) = (softmax(Q Kᵀ/√K, masked by replacement), P V) head-major; O = P̃ V with a dropout mask."""
         xp = self.backend.xp
         s = (q @ k.transpose(0, 1, 3, 2)) * self.scale  # (B, N, T, S)
         if mask is not None:
@@ -211,6 +246,8 @@ class MultiHeadAttention(Layer):
         s -= s.max(axis=-1, keepdims=True)
         p = xp.exp(s)  # (B, N, T, S)
         p /= p.sum(axis=-1, keepdims=True)
+        if dropout is not None:
+            return p, self.dropout.forward(p, dropout)[0] @ v  # O = P̃ V
         return p, p @ v  # O (B, N, T, K)
 
     def _output(self, o: Array) -> Array:
@@ -218,7 +255,8 @@ class MultiHeadAttention(Layer):
         B, N, T, K = o.shape
         Wo = self._params["output/kernel"]
         out = o.transpose(0, 2, 1, 3).reshape(B * T, N * K) @ Wo.reshape(N * K, -1)  # (B·T, E)
-        out += self._params["output/bias"]
+        if self.use_bias:
+            out += self._params["output/bias"]
         return out.reshape(B, T, -1)
 
     def backward(self, cache: AttentionCache, dout: Array) -> tuple[AttentionGrads, dict[str, Array]]:
@@ -229,7 +267,9 @@ class MultiHeadAttention(Layer):
         Wo = self._params["output/kernel"]
         dout2 = dout.reshape(B * T, E)  # (B·T, E)
         o2 = c.o.transpose(0, 2, 1, 3).reshape(B * T, N * K)  # (B·T, N·K)
-        grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E), "output/bias": dout2.sum(axis=0)}
+        grads = {"output/kernel": (o2.T @ dout2).reshape(N, K, E)}
+        if self.use_bias:
+            grads["output/bias"] = dout2.sum(axis=0)
         do = (dout2 @ Wo.reshape(N * K, E).T).reshape(B, T, N, K).transpose(0, 2, 1, 3)  # (B, N, T, K)
         dq, dk, dv = self._attention_backward(c, do)
         d_query, g = self._project_backward(c.query, dq, "query")
@@ -242,9 +282,14 @@ class MultiHeadAttention(Layer):
 
     def _attention_backward(self, c: AttentionCache, do: Array) -> tuple[Array, Array, Array]:
         """dO (B, N, T, K) -> (dQ, dK, dV) head-major, through the cached probabilities."""
-        dv = c.p.transpose(0, 1, 3, 2) @ do  # (B, N, S, K)  dV = Pᵀ dO
-        dp = do @ c.v.transpose(0, 1, 3, 2)  # (B, N, T, S)  dP = dO Vᵀ
-        ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))  # (B, N, T, S)
+        if c.dropout is None:
+            dv = c.p.transpose(0, 1, 3, 2) @ do  # (B, N, S, K)  dV = Pᵀ dO
+            dp = do @ c.v.transpose(0, 1, 3, 2)  # (B, N, T, S)  dP = dO Vᵀ
+            ds = c.p * (dp - (do * c.o).sum(axis=-1, keepdims=True))  # (B, N, T, S)
+        else:
+            dv = self.dropout.forward(c.p, c.dropout)[0].transpose(0, 1, 3, 2) @ do  # dV = P̃ᵀ dO
+            dp = self.dropout.backward(c.dropout, do @ c.v.transpose(0, 1, 3, 2))[0]  # dP = (dO Vᵀ) ⊙ M/(1 − r)
+            ds = c.p * (dp - (dp * c.p).sum(axis=-1, keepdims=True))  # (B, N, T, S)
         if c.mask is not None:
             ds = self.backend.xp.where(c.mask, ds, 0)  # replaced scores get nothing
         ds *= self.scale

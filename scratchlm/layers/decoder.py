@@ -19,6 +19,16 @@ model adds a final LayerNorm after the last block):
     h   = x + MHA(LN1(x))
     out = h + FFN(LN2(h))
 
+With dropout (GPT-2's ``attn_dropout`` and ``resid_dropout``, one rate r), given
+the keep-masks of a :class:`GPTBlockDropout`: the attention drops its
+probabilities, and each residual branch is dropped before it is added,
+h = x + D₁(MHA(LN1(x))), out = h + D₂(FFN(LN2(h))), D(a) = a ⊙ M / (1 − r), whose
+backward is dD(a) = d ⊙ M / (1 − r) (:class:`~scratchlm.layers.Dropout`).
+
+Both blocks take the feed-forward's ``activation`` ("relu" | "gelu" |
+"gelu_tanh"), the LayerNorms' ``epsilon`` and ``use_bias`` (False: no bias in
+the projections, the feed-forward or the LayerNorms, as nanoGPT's ``bias=False``).
+
 For generation, the keys and values of every attention come from positions
 that never change once computed (the book block's both attentions read x; the
 GPT block's reads LN1(x)), so :meth:`step` needs only the new positions' own
@@ -38,6 +48,7 @@ from typing import Any, NamedTuple
 from ..backend import Backend
 from .attention import AttentionCache, MultiHeadAttention
 from .base import Array, Layer, Shape, prefixed
+from .dropout import Dropout
 from .feedforward import FeedForward, FeedForwardCache
 from .layernorm import LayerNormalization, LayerNormCache
 
@@ -74,13 +85,25 @@ class BookBlockCache(NamedTuple):
 class BookDecoderBlock(Layer):
     """The seed's post-LayerNorm decoder block; see the module docstring."""
 
-    def __init__(self, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int, backend: Backend, rng: Any):
+    def __init__(
+        self,
+        embed_dim: int,
+        dense_dim: int,
+        num_heads: int,
+        key_dim: int,
+        backend: Backend,
+        rng: Any,
+        activation: str = "relu",
+        epsilon: float = 1e-3,
+        use_bias: bool = True,
+    ):
         self.backend = backend
-        self.attention_1 = backend.layer(MultiHeadAttention)(embed_dim, num_heads, key_dim, backend, rng)
-        self.attention_2 = backend.layer(MultiHeadAttention)(embed_dim, num_heads, key_dim, backend, rng)
-        self.ffn = backend.layer(FeedForward)(embed_dim, dense_dim, backend, rng)
+        E, N, K = embed_dim, num_heads, key_dim
+        self.attention_1 = backend.layer(MultiHeadAttention)(E, N, K, backend, rng, use_bias)
+        self.attention_2 = backend.layer(MultiHeadAttention)(E, N, K, backend, rng, use_bias)
+        self.ffn = backend.layer(FeedForward)(E, dense_dim, backend, rng, activation, use_bias)
         self.layernorm_1, self.layernorm_2, self.layernorm_3 = (
-            backend.layer(LayerNormalization)(embed_dim, backend) for _ in range(3)
+            backend.layer(LayerNormalization)(E, backend, epsilon, use_bias) for _ in range(3)
         )
 
     @property
@@ -95,20 +118,22 @@ class BookDecoderBlock(Layer):
         }
 
     @classmethod
-    def param_shapes(cls, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int) -> dict[str, Shape]:
-        attention = MultiHeadAttention.param_shapes(embed_dim, num_heads, key_dim)
-        norm = LayerNormalization.param_shapes(embed_dim)
+    def param_shapes(
+        cls, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int, use_bias: bool = True
+    ) -> dict[str, Shape]:
+        attention = MultiHeadAttention.param_shapes(embed_dim, num_heads, key_dim, use_bias)
+        norm = LayerNormalization.param_shapes(embed_dim, use_bias)
         return {
             **prefixed("attention_1", attention),
             **prefixed("attention_2", attention),
             **prefixed("layernorm_1", norm),
             **prefixed("layernorm_2", norm),
             **prefixed("layernorm_3", norm),
-            **FeedForward.param_shapes(embed_dim, dense_dim),
+            **FeedForward.param_shapes(embed_dim, dense_dim, use_bias),
         }
 
-    def forward(self, x: Array, mask: Array | None) -> tuple[Array, BookBlockCache]:
-        """x (B, T, E), mask (B, T, T) bool -> (out (B, T, E), BookBlockCache)."""
+    def forward(self, x: Array, mask: Array | None, dropout: None = None) -> tuple[Array, BookBlockCache]:
+        """x (B, T, E), mask (B, T, T) bool -> (out (B, T, E), BookBlockCache); the book block has no dropout."""
         m1, c_m1 = self.attention_1.forward(x, x, mask=mask)
         a1, c_ln1 = self.layernorm_1.forward(x + m1)
         m2, c_m2 = self.attention_2.forward(a1, x, mask=mask)
@@ -155,6 +180,14 @@ class BookDecoderBlock(Layer):
         return self.layernorm_3.forward(a2 + self.ffn.forward(a2)[0])[0]
 
 
+class GPTBlockDropout(NamedTuple):
+    """The keep-masks of one GPT block's dropout (bool, True = kept), drawn by the model."""
+
+    attention: Array  # (B, N, T, T) the attention probabilities'
+    attention_out: Array  # (B, T, E) the attention branch's, before its residual add
+    ffn_out: Array  # (B, T, E) the feed-forward branch's, before its residual add
+
+
 class GPTBlockCache(NamedTuple):
     """What :meth:`GPTDecoderBlock.backward` needs: its layers' caches."""
 
@@ -163,16 +196,34 @@ class GPTBlockCache(NamedTuple):
     attention_1: AttentionCache
     layernorm_2: LayerNormCache
     ffn: FeedForwardCache
+    dropout: GPTBlockDropout | None = None  # the keep-masks, or None without dropout
 
 
 class GPTDecoderBlock(Layer):
-    """The pre-LayerNorm (GPT) decoder block; see the module docstring."""
+    """The pre-LayerNorm (GPT) decoder block; see the module docstring. dropout: the rate of every dropout
+    (its masks are given to :meth:`forward`)."""
 
-    def __init__(self, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int, backend: Backend, rng: Any):
+    def __init__(
+        self,
+        embed_dim: int,
+        dense_dim: int,
+        num_heads: int,
+        key_dim: int,
+        backend: Backend,
+        rng: Any,
+        activation: str = "relu",
+        epsilon: float = 1e-3,
+        use_bias: bool = True,
+        dropout: float = 0.0,
+    ):
         self.backend = backend
-        self.attention_1 = backend.layer(MultiHeadAttention)(embed_dim, num_heads, key_dim, backend, rng)
-        self.ffn = backend.layer(FeedForward)(embed_dim, dense_dim, backend, rng)
-        self.layernorm_1, self.layernorm_2 = (backend.layer(LayerNormalization)(embed_dim, backend) for _ in range(2))
+        E, N, K = embed_dim, num_heads, key_dim
+        self.attention_1 = backend.layer(MultiHeadAttention)(E, N, K, backend, rng, use_bias, dropout)
+        self.ffn = backend.layer(FeedForward)(E, dense_dim, backend, rng, activation, use_bias)
+        self.layernorm_1, self.layernorm_2 = (
+            backend.layer(LayerNormalization)(E, backend, epsilon, use_bias) for _ in range(2)
+        )
+        self.dropout = Dropout(dropout, backend)
 
     @property
     def params(self) -> dict[str, Array]:
@@ -184,33 +235,43 @@ class GPTDecoderBlock(Layer):
         }
 
     @classmethod
-    def param_shapes(cls, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int) -> dict[str, Shape]:
-        norm = LayerNormalization.param_shapes(embed_dim)
+    def param_shapes(
+        cls, embed_dim: int, dense_dim: int, num_heads: int, key_dim: int, use_bias: bool = True
+    ) -> dict[str, Shape]:
+        norm = LayerNormalization.param_shapes(embed_dim, use_bias)
         return {
-            **prefixed("attention_1", MultiHeadAttention.param_shapes(embed_dim, num_heads, key_dim)),
+            **prefixed("attention_1", MultiHeadAttention.param_shapes(embed_dim, num_heads, key_dim, use_bias)),
             **prefixed("layernorm_1", norm),
             **prefixed("layernorm_2", norm),
-            **FeedForward.param_shapes(embed_dim, dense_dim),
+            **FeedForward.param_shapes(embed_dim, dense_dim, use_bias),
         }
 
-    def forward(self, x: Array, mask: Array | None) -> tuple[Array, GPTBlockCache]:
-        """x (B, T, E), mask (B, T, T) bool -> (out (B, T, E), GPTBlockCache)."""
+    def forward(
+        self, x: Array, mask: Array | None, dropout: GPTBlockDropout | None = None
+    ) -> tuple[Array, GPTBlockCache]:
+        """x (B, T, E), mask (B, T, T) bool, dropout keep-masks or None -> (out (B, T, E), GPTBlockCache)."""
         n1, c_ln1 = self.layernorm_1.forward(x)
-        m, c_m = self.attention_1.forward(n1, n1, mask=mask)
+        m, c_m = self.attention_1.forward(n1, n1, mask=mask, dropout=None if dropout is None else dropout.attention)
+        if dropout is not None:
+            m, _ = self.dropout.forward(m, dropout.attention_out)
         h = x + m
         n2, c_ln2 = self.layernorm_2.forward(h)
         f, c_ffn = self.ffn.forward(n2)
-        return h + f, GPTBlockCache(x, c_ln1, c_m, c_ln2, c_ffn)
+        if dropout is not None:
+            f, _ = self.dropout.forward(f, dropout.ffn_out)
+        return h + f, GPTBlockCache(x, c_ln1, c_m, c_ln2, c_ffn, dropout)
 
     def backward(self, cache: GPTBlockCache, dout: Array) -> tuple[Array, dict[str, Array]]:
         """dout (B, T, E) -> (dx (B, T, E), param grads keyed like ``params``)."""
         grads = {}
-        dn2, g = self.ffn.backward(cache.ffn, dout)
+        df = dout if cache.dropout is None else self.dropout.backward(cache.dropout.ffn_out, dout)[0]
+        dn2, g = self.ffn.backward(cache.ffn, df)
         grads.update(g)
         d, g = self.layernorm_2.backward(cache.layernorm_2, dn2)
         grads.update(prefixed("layernorm_2", g))
         dh = dout + d
-        da, g = self.attention_1.backward(cache.attention_1, dh)
+        dm = dh if cache.dropout is None else self.dropout.backward(cache.dropout.attention_out, dh)[0]
+        da, g = self.attention_1.backward(cache.attention_1, dm)
         grads.update(prefixed("attention_1", g))
         d, g = self.layernorm_1.backward(cache.layernorm_1, da.d_query + da.d_value + da.d_key)
         grads.update(prefixed("layernorm_1", g))

@@ -20,7 +20,8 @@ class Dense(Layer):
 
     Backward: dx = dy Wᵀ, dW = xᵀ dy, db = Σ dy (over all leading positions).
     The cache of forward is the input x itself. Keras' default initialisation:
-    glorot-uniform W, b = 0.
+    glorot-uniform W, b = 0. ``use_bias=False``: y = x W, no b (nanoGPT's
+    ``bias=False``); ``bias`` is then None.
 
     :meth:`score` / :meth:`score_backward` are the layer and the softmax
     cross-entropy after it (:func:`scratchlm.losses.softmax_cross_entropy`) as
@@ -29,23 +30,24 @@ class Dense(Layer):
     of rows and never holds the (N, V) logits.
     """
 
-    def __init__(self, input_size: int, units: int, backend: Backend, rng: Any):
+    def __init__(self, input_size: int, units: int, backend: Backend, rng: Any, use_bias: bool = True):
         self.backend = backend
         self.kernel = glorot_uniform((input_size, units), rng, backend)  # (D, V)
-        self.bias = backend.zeros((units,))  # (V,)
+        self.bias = backend.zeros((units,)) if use_bias else None  # (V,)
 
     @property
     def params(self) -> dict[str, Array]:
-        return {"kernel": self.kernel, "bias": self.bias}
+        return {"kernel": self.kernel} if self.bias is None else {"kernel": self.kernel, "bias": self.bias}
 
     @classmethod
-    def param_shapes(cls, input_size: int, units: int) -> dict[str, Shape]:
-        return {"kernel": (input_size, units), "bias": (units,)}
+    def param_shapes(cls, input_size: int, units: int, use_bias: bool = True) -> dict[str, Shape]:
+        return {"kernel": (input_size, units), "bias": (units,)} if use_bias else {"kernel": (input_size, units)}
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         """x (..., D) -> (y (..., V), cache = x)."""
         y = x.reshape(-1, x.shape[-1]) @ self.kernel  # (N, V)
-        y += self.bias
+        if self.bias is not None:
+            y += self.bias
         return y.reshape(x.shape[:-1] + (self.kernel.shape[1],)), x
 
     def backward(self, x: Array, dy: Array) -> tuple[Array, dict[str, Array]]:
@@ -53,7 +55,10 @@ class Dense(Layer):
         x2 = x.reshape(-1, x.shape[-1])  # (N, D)
         dy2 = dy.reshape(-1, dy.shape[-1])  # (N, V)
         dx = (dy2 @ self.kernel.T).reshape(x.shape)  # (..., D)
-        return dx, {"kernel": x2.T @ dy2, "bias": dy2.sum(axis=0)}
+        grads = {"kernel": x2.T @ dy2}
+        if self.bias is not None:
+            grads["bias"] = dy2.sum(axis=0)
+        return dx, grads
 
     def score(
         self, x: Array, targets: Array, mask: Array | None = None, backward: bool = True

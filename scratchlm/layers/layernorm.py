@@ -11,7 +11,8 @@ Backward, with g = dy ⊙ γ (means over the last axis, sums over all leading po
     dγ = Σ dy ⊙ x̂        dβ = Σ dy
 
 Computed in at least float32 (as Keras does); the output has the input's dtype.
-Note Keras' epsilon is 1e-3, not the 1e-5 of GPT code.
+Note Keras' epsilon is 1e-3, not the 1e-5 of GPT code (``epsilon=1e-5`` there).
+``use_bias=False`` drops β (y = x̂ ⊙ γ: nanoGPT's ``LayerNorm(bias=False)``); ``beta`` is then None.
 
 The fused subclass (:class:`~scratchlm.kernels.layers.FusedLayerNormalization`,
 ``scratchlm/kernels/numba/layernorm.py``, ``scratchlm/kernels/cuda/layernorm.cu``) makes
@@ -35,19 +36,19 @@ class LayerNormCache(NamedTuple):
 class LayerNormalization(Layer):
     """y = (x − μ)/√(σ² + ε) ⊙ γ + β over the last axis; see the module docstring."""
 
-    def __init__(self, dim: int, backend: Backend, epsilon: float = 1e-3):
+    def __init__(self, dim: int, backend: Backend, epsilon: float = 1e-3, use_bias: bool = True):
         self.backend = backend
         self.epsilon = epsilon
         self.gamma = backend.asarray(backend.xp.ones((dim,)))  # (D,)
-        self.beta = backend.zeros((dim,))  # (D,)
+        self.beta = backend.zeros((dim,)) if use_bias else None  # (D,)
 
     @property
     def params(self) -> dict[str, Array]:
-        return {"gamma": self.gamma, "beta": self.beta}
+        return {"gamma": self.gamma} if self.beta is None else {"gamma": self.gamma, "beta": self.beta}
 
     @classmethod
-    def param_shapes(cls, dim: int) -> dict[str, Shape]:
-        return {"gamma": (dim,), "beta": (dim,)}
+    def param_shapes(cls, dim: int, use_bias: bool = True) -> dict[str, Shape]:
+        return {"gamma": (dim,), "beta": (dim,)} if use_bias else {"gamma": (dim,)}
 
     def forward(self, x: Array) -> tuple[Array, LayerNormCache]:
         """x (..., D) -> (y (..., D), cache)."""
@@ -58,7 +59,9 @@ class LayerNormalization(Layer):
         var = (d * d).mean(axis=-1, keepdims=True)  # (..., 1) biased
         rstd = 1.0 / xp.sqrt(var + self.epsilon)  # (..., 1)
         xhat = d * rstd  # (..., D)
-        y = xhat * self.gamma + self.beta
+        y = xhat * self.gamma
+        if self.beta is not None:
+            y = y + self.beta
         return y.astype(x.dtype, copy=False), LayerNormCache(xhat, rstd)
 
     def backward(self, cache: LayerNormCache, dy: Array) -> tuple[Array, dict[str, Array]]:
@@ -69,8 +72,7 @@ class LayerNormalization(Layer):
         g = dyc * self.gamma  # (..., D)
         dx = (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)) * rstd  # (..., D)
         dy2, xhat2 = dyc.reshape(-1, D), xhat.reshape(-1, D)  # (M, D)
-        grads = {
-            "gamma": (dy2 * xhat2).sum(axis=0).astype(self.gamma.dtype, copy=False),
-            "beta": dy2.sum(axis=0).astype(self.beta.dtype, copy=False),
-        }
+        grads = {"gamma": (dy2 * xhat2).sum(axis=0).astype(self.gamma.dtype, copy=False)}
+        if self.beta is not None:
+            grads["beta"] = dy2.sum(axis=0).astype(self.beta.dtype, copy=False)
         return dx.astype(dy.dtype, copy=False), grads
