@@ -131,8 +131,8 @@ def _add_train(commands):
         "--max-tokens",
         type=_positive_int,
         metavar="N",
-        help="word level and --model transformer: keep the N most frequent tokens (default 10000, "
-        "transformer 15000); the rest become <unk> ([UNK] for --model transformer)",
+        help="word level and the IMDB seed's --model transformer: keep the N most frequent tokens (default "
+        "10000, the seed 15000); the rest become <unk> ([UNK] for the seed)",
     )
     g.add_argument(
         "--batching",
