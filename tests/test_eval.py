@@ -115,3 +115,5 @@ def test_eval_errors_are_one_line(tmp_path, corpus, capsys):
     )
     assert code == 0, err
     fails(cli(capsys, "eval", tmp_path / "n"), "held out no text", "name a TEXT")
+    corpus.write_text(TEXT.replace("wisdom", "wisdow"), encoding="utf-8")  # the run's corpus, edited since
+    fails(cli(capsys, "eval", tmp_path / "r"), "no longer the text the run trained on")

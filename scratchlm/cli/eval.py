@@ -40,7 +40,7 @@ def cmd_eval(args):
     if tokenizer is None:
         raise ScratchLMError(f"{path} holds no tokenizer, so no text can be scored with it: score it in Python")
     settings = settings_of(ckpt.metadata, path) if "cli" in ckpt.metadata else None
-    batches, what = _batches(args, ckpt.model, tokenizer, settings, path)
+    batches, what = _batches(args, ckpt.model, tokenizer, settings, ckpt.metadata.get("data"), path)
     loss, targets = score(ckpt.model, batches, args.progress)
     unit = "character" if tokenizer.kind == "char" else "token"
     result = {
@@ -82,7 +82,7 @@ def score(model, batches, progress=None):
     return total / count, count
 
 
-def _batches(args, model, tokenizer, settings, path):
+def _batches(args, model, tokenizer, settings, data, path):
     """(the batches that score the text ``args`` name, what they hold in words)."""
     lines = settings is not None and settings["batching"] in ("padded", "vectorized")
     if args.text is None:
@@ -116,7 +116,8 @@ def _batches(args, model, tokenizer, settings, path):
     except VocabularyError as exc:
         raise _vocabulary_error(corpus, exc) from None
     if args.text is None:
-        ids = batching.split_tail(ids, settings["val_fraction"])[1]
+        train_ids, ids = batching.split_tail(ids, settings["val_fraction"])
+        _check_same_corpus(corpus, train_ids, data)
     T = args.seq_len or _default_length(model, settings)
     if model.kind == "transformer" and T > model.sequence_length:
         raise ScratchLMError(
@@ -127,6 +128,16 @@ def _batches(args, model, tokenizer, settings, path):
         raise ScratchLMError(f"{what} holds {len(ids)} token(s): scoring needs at least 2")
     B = args.batch_size or (settings["batch_size"] if settings is not None else 64)
     return batching.Whole(ids, B, T), what
+
+
+def _check_same_corpus(corpus, train_ids, data):
+    """ScratchLMError unless the training part of ``corpus`` is the text the run trained on (the fingerprint
+    in its checkpoint's metadata["data"]), so that the held-out part is the one the run held out."""
+    if isinstance(data, dict) and "fingerprint" in data and data["fingerprint"] != corpora.fingerprint(train_ids):
+        raise ScratchLMError(
+            f"{corpus} is no longer the text the run trained on (its training part differs): "
+            "score the held-out text as a TEXT file instead"
+        )
 
 
 def _default_length(model, settings):
