@@ -17,7 +17,7 @@ from scratchlm.batching import Vectorized
 from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_gradients, check_model
 from scratchlm.layers import FeedForward
-from scratchlm.layers.activations import ACTIVATIONS, erf, gelu, gelu_tanh
+from scratchlm.layers.activations import ACTIVATIONS, erf, gelu, gelu_backward, gelu_tanh
 from scratchlm.models import TransformerLM
 from scratchlm.train import Trainer, load_checkpoint
 
@@ -77,6 +77,14 @@ def test_erf_is_math_erf_and_the_gelus_are_their_formulas():
     # x·Φ(x) with Φ(−1) = 0.15865525393145707, Φ(0.5) = 0.6914624612740131, Φ(2) = 0.9772498680518208
     want = [-0.15865525393145707, 0.5 * 0.6914624612740131, 2 * 0.9772498680518208]
     assert gelu(np.array([-1.0, 0.5, 2.0])) == pytest.approx(want, rel=1e-15)
+
+
+def test_gelu_backward_reads_phi_back_from_the_output_to_float64_accuracy():
+    z = np.concatenate([np.linspace(-10, 10, 20001), [-1e-300, 0.0, 1e-300]])
+    want = [0.5 * (1 + math.erf(v / math.sqrt(2))) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi) for v in z]
+    assert np.max(np.abs(gelu_backward(z, gelu(z), np.ones_like(z)) - want)) <= 1e-15
+    z32 = z.astype(np.float32)
+    assert gelu_backward(z32, gelu(z32), np.ones_like(z32)).dtype == np.float32
 
 
 @pytest.mark.gradcheck

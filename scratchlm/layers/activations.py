@@ -11,7 +11,9 @@ For z (...) elementwise, h = f(z) and dz = dh ⊙ f'(z):
 GPT-2's ``gelu_new`` (PyTorch's ``nn.GELU(approximate="tanh")``). NumPy has no
 erf: :func:`erf` applies Python's ``math.erf`` (the C library's, accurate to the
 last bit or so in float64) to each entry on the host, so the exact GELU costs
-one Python call per entry; ReLU and GELU-tanh stay vectorised.
+one Python call per entry in forward (~55 ns; ~22 ms for a (768, 512) block);
+its backward reads Φ(z) = h/z back from the output instead of calling erf again.
+ReLU and GELU-tanh stay vectorised.
 
 Each activation's ``backward`` takes the pre-activation z and the output h (ReLU
 needs only h, so a caller may keep h alone for it: :data:`NEEDS_Z`).
@@ -27,7 +29,6 @@ from .base import Array
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # c of gelu_tanh
 GELU_TANH_A = 0.044715  # a of gelu_tanh
-_erf_host = numpy.frompyfunc(math.erf, 1, 1)
 
 
 def _xp(z: Array) -> Any:
@@ -38,7 +39,8 @@ def erf(z: Array) -> Array:
     """erf(z) entry by entry with Python's ``math.erf``, in z's dtype, on z's device."""
     xp = _xp(z)
     host = z.get() if hasattr(z, "get") else numpy.asarray(z)  # CuPy arrays come to the host
-    return xp.asarray(_erf_host(host).astype(z.dtype), dtype=z.dtype)
+    values = numpy.fromiter(map(math.erf, host.ravel().tolist()), numpy.float64, host.size)
+    return xp.asarray(values.reshape(host.shape), dtype=z.dtype)
 
 
 def relu(z: Array) -> Array:
@@ -57,9 +59,11 @@ def gelu(z: Array) -> Array:
 
 
 def gelu_backward(z: Array, h: Array, dh: Array) -> Array:
-    """dz = dh ⊙ (Φ(z) + z φ(z)), Φ(z) = h/z recomputed as ½(1 + erf(z/√2)), φ(z) = exp(−z²/2)/√(2π)."""
+    """dz = dh ⊙ (Φ(z) + z φ(z)), φ(z) = exp(−z²/2)/√(2π), with Φ(z) = h/z read back from the output (no
+    second erf; Φ(0) = ½ where z is too small to divide by)."""
     xp = _xp(z)
-    cdf = 0.5 * (1.0 + erf(z * (1.0 / math.sqrt(2.0))))
+    small = xp.abs(z) < 1e-30
+    cdf = xp.where(small, 0.5, h / xp.where(small, 1.0, z))  # Φ(z)
     pdf = xp.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
     return dh * (cdf + z * pdf)
 
