@@ -202,3 +202,16 @@ def test_random_batching_under_mpiexec_takes_the_single_process_steps(tmp_path, 
     assert a.metadata["train"]["history"][0]["val_loss"] == pytest.approx(
         b.metadata["train"]["history"][0]["val_loss"], rel=1e-10
     )
+
+
+def test_random_batching_serves_a_recurrent_model_too(tmp_path, corpus, capsys):
+    """--batching random without --model transformer: a stateless LSTM on random windows, every position scored."""
+    lstm = ["--hidden", "16", "--embedding-dim", "8", "--batch-size", "8", "--seq-len", "16", "--sample-length", "0"]
+    code, out, err = cli(
+        capsys, "train", corpus, "--batching", "random", "--epochs", 1, "--run-dir", tmp_path / "l", *lstm
+    )
+    assert code == 0 and "RecurrentLM" in out and "random windows" in out, err
+    ckpt = models.load(tmp_path / "l" / "last.npz")
+    assert not ckpt.model.stateful and ckpt.metadata["data"]["kind"] == "random"
+    code, out, err = cli(capsys, "train", "--resume", tmp_path / "l", "--epochs", 2, "--no-progress")
+    assert code == 0 and "resuming" in out, err
