@@ -4,6 +4,7 @@ Each bad input must end with exit code 2 and exactly one line on stderr (no
 traceback), and must leave every file already written byte for byte as it was.
 """
 
+import math
 import os
 import signal
 import subprocess
@@ -383,7 +384,7 @@ def test_numbers_no_checkpoint_could_record_are_usage_errors(tmp_path, corpus, c
 # -- a real kill ------------------------------------------------------------------------------
 
 
-def _train_command(corpus, run_dir, epochs):
+def _train_command(corpus, run_dir, epochs, recipe=()):
     return [
         sys.executable,
         "-m",
@@ -407,16 +408,25 @@ def _train_command(corpus, run_dir, epochs):
         "--seq-len",
         "16",
         "--no-progress",
+        *recipe,
     ]
 
 
-def test_kill_9_then_resume_loses_nothing(tmp_path, capsys):
+# nanoGPT's recipe, the kill falling inside the warmup (40 of 2 × ~50 steps) and between accumulated batches.
+RECIPE = [
+    *("--optimizer", "adamw", "--weight-decay", "0.1", "--beta2", "0.99", "--lr-schedule", "cosine"),
+    *("--warmup-steps", "40", "--decay-steps", "90", "--min-lr", "1e-4", "--grad-accum", "2", "--clipnorm", "1"),
+]
+
+
+@pytest.mark.parametrize("recipe", [(), RECIPE], ids=["default", "adamw-cosine-accumulated"])
+def test_kill_9_then_resume_loses_nothing(tmp_path, capsys, recipe):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        _train_command(corpus, killed, epochs=1000),
+        _train_command(corpus, killed, epochs=1000, recipe=recipe),
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -438,7 +448,7 @@ def test_kill_9_then_resume_loses_nothing(tmp_path, capsys):
     code, out, err = cli(capsys, "train", "--resume", killed, "--epochs", 2)
     assert code == 0, err
     reference = tmp_path / "reference"
-    code, _, err = cli(capsys, *_train_command(corpus, reference, epochs=2)[3:])
+    code, _, err = cli(capsys, *_train_command(corpus, reference, epochs=2, recipe=recipe)[3:])
     assert code == 0, err
     a, b = models.load(killed / "last.npz"), models.load(reference / "last.npz")
     assert a.metadata["train"]["step"] == b.metadata["train"]["step"] > stopped_at
@@ -458,3 +468,73 @@ def test_bench_outside_a_source_checkout(monkeypatch, tmp_path, capsys):
     assert cli_module.main(["bench"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "source repository" in err
+
+
+# -- the optimizer and the learning-rate schedule ------------------------------------------------
+
+
+def test_the_recipe_options_are_recorded_and_resumed(tmp_path, corpus, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = cli(
+        capsys,
+        *("train", corpus, "--run-dir", run_dir, "--max-steps", 6, "--sample-length", 0, *TINY),
+        *("--optimizer", "adamw", "--beta2", 0.99, "--lr-schedule", "cosine", "--warmup-steps", 2, "--grad-accum", 2),
+    )
+    assert code == 0, err
+    ckpt = models.load(run_dir / "last.npz")
+    opt, train = ckpt.optimizer, ckpt.metadata["train"]
+    assert opt.name == "adamw" and (opt.weight_decay, opt.beta_2, opt.decay) == (0.1, 0.99, None)
+    assert train["grad_accum"] == 2 and train["step"] == 6
+    assert train["schedule"] == {"name": "cosine", "lr": 1e-3, "min_lr": 1e-4, "decay_steps": 6, "warmup_steps": 2}
+    cli_settings = ckpt.metadata["cli"]
+    assert (cli_settings["lr_schedule"], cli_settings["decay_steps"], cli_settings["grad_accum"]) == ("cosine", 6, 2)
+    assert opt.lr == 1e-4 + 0.5 * (1 + math.cos(math.pi * 3 / 4)) * 9e-4  # the last step's, it = 5
+    fails(cli(capsys, "train", "--resume", run_dir, "--grad-accum", 1), "--grad-accum", "cannot change")
+    code, _, err = cli(capsys, "train", "--resume", run_dir, "--max-steps", 8)
+    assert code == 0, err
+    ckpt = models.load(run_dir / "last.npz")
+    assert ckpt.metadata["train"]["step"] == 8 and ckpt.optimizer.lr == 1e-4  # past decay_steps: min_lr
+
+
+def test_step_decay_from_the_command_line(tmp_path, corpus, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = cli(
+        capsys,
+        *("train", corpus, "--run-dir", run_dir, "--max-steps", 5, "--sample-length", 0, *TINY),
+        *("--optimizer", "sgd", "--lr", 0.1, "--lr-schedule", "step", "--lr-decay-every", 2),
+    )
+    assert code == 0, err
+    ckpt = models.load(run_dir / "last.npz")
+    assert ckpt.metadata["train"]["schedule"] == {
+        "name": "step",
+        "lr": 0.1,
+        "every": 2,
+        "factor": 0.5,
+        "warmup_steps": 0,
+    }
+    assert ckpt.optimizer.lr == 0.1 * 0.5**2  # step 5 is it = 4
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--weight-decay", 0.1], ["--weight-decay is a setting of --optimizer adamw"]),
+        (["--optimizer", "adamw", "--weight-decay", -1], ["--weight-decay must be a number >= 0"]),
+        (["--optimizer", "rmsprop", "--beta2", 0.99], ["--beta2 is a setting of --optimizer adam and adamw"]),
+        (["--beta2", 1], ["--beta2 must lie in [0, 1)"]),
+        (["--lr-schedule", "cosine"], ["--lr-schedule cosine needs --decay-steps"]),
+        (["--lr-schedule", "cosine", "--decay-steps", 5, "--warmup-steps", 5], ["--decay-steps must be", ">= 6"]),
+        (["--lr-schedule", "cosine", "--decay-steps", 5, "--min-lr", 1], ["--min-lr must be at most lr"]),
+        (["--lr-schedule", "cosine", "--decay-steps", 5, "--min-lr", 0], ["--min-lr must be a number > 0"]),
+        (["--min-lr", 1e-4], ["--min-lr: not a setting of --lr-schedule constant"]),
+        (["--lr-schedule", "step"], ["--lr-schedule step needs --lr-decay-every"]),
+        (["--lr-schedule", "step", "--lr-decay-every", 3, "--lr-decay-factor", 2], ["--lr-decay-factor must be in"]),
+        (["--lr-schedule", "cosine", "--lr-decay-every", 3, "--max-steps", 9], ["--lr-decay-every: not a setting"]),
+        (["--lr-schedule", "linear"], ["invalid choice"]),
+        (["--grad-accum", 0], ["--grad-accum"]),
+        (["--warmup-steps", -1], ["--warmup-steps"]),
+    ],
+)
+def test_bad_recipe_options(tmp_path, corpus, capsys, options, words):
+    fails(cli(capsys, "train", corpus, "--run-dir", tmp_path / "r", *options), *words)
+    assert not (tmp_path / "r").exists()

@@ -58,9 +58,18 @@ SETTING_RULES = {
     "cell": (lambda v: v in ("lstm", "gru"), "'lstm' or 'gru'"),
     "dropout": (lambda v: _real(v) and 0 <= v <= MAX_RATE, f"a number in [0, {MAX_RATE}]"),
     "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
-    "optimizer": (lambda v: v in LEARNING_RATE, "'adam', 'rmsprop' or 'sgd'"),
+    "optimizer": (lambda v: v in LEARNING_RATE, "'adam', 'adamw', 'rmsprop' or 'sgd'"),
     "lr": (lambda v: _real(v) and v > 0, "a number > 0"),
     "clipnorm": (lambda v: _real(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: v is None or _real(v) and v >= 0, "null or a number >= 0"),
+    "beta2": (lambda v: v is None or _real(v) and 0 <= v < 1, "null or a number in [0, 1)"),
+    "lr_schedule": (lambda v: v in ("constant", "cosine", "step"), "'constant', 'cosine' or 'step'"),
+    "warmup_steps": checkpoint.whole_rule(0),
+    "min_lr": (lambda v: v is None or _real(v) and v > 0, "null or a number > 0"),
+    "decay_steps": _whole_or_null(1),
+    "lr_decay_every": _whole_or_null(1),
+    "lr_decay_factor": (lambda v: v is None or _real(v) and 0 < v <= 1, "null or a number in (0, 1]"),
+    "grad_accum": checkpoint.whole_rule(1),
     "model": (lambda v: v in ("recurrent", "transformer"), "'recurrent' or 'transformer'"),
     "block": (lambda v: v in ("book", "gpt"), "'book' or 'gpt'"),
     "heads": checkpoint.whole_rule(1),
@@ -92,6 +101,20 @@ def tokenizer_of(meta, vocab_size, path):
     return tok
 
 
+# The optimizer and schedule settings of the runs from before them: a constant rate, one batch per step.
+_RECIPE_BEFORE = {
+    "weight_decay": None,
+    "beta2": None,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "min_lr": None,
+    "decay_steps": None,
+    "lr_decay_every": None,
+    "lr_decay_factor": None,
+    "grad_accum": 1,
+}
+
+
 def settings_of(meta, path):
     """The `scratchlm train` settings a checkpoint records, each checked against :data:`SETTING_RULES`."""
     older = {
@@ -103,6 +126,7 @@ def settings_of(meta, path):
         "dense_dim": 2048,
         "key_dim": None,
         "layers": 1,
+        **_RECIPE_BEFORE,
     }  # what runs from before these settings used
     settings = {**older, **metadata_dict(meta, "cli", path)}
     for name, (ok, rule) in SETTING_RULES.items():

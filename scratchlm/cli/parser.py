@@ -224,6 +224,45 @@ def _add_train(commands):
         help="rescale the gradients so that their global norm is at most C (default 5; 0 = off)",
     )
     g.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+    g = p.add_argument_group(
+        "optimizer and learning-rate schedule (nanoGPT: --optimizer adamw --lr 1e-3 --beta2 0.99 "
+        "--clipnorm 1 --lr-schedule cosine --warmup-steps 100 --min-lr 1e-4)"
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=_number,
+        metavar="W",
+        help="adamw: decoupled weight decay of the >= 2-D weights (kernels, embeddings; not biases or LayerNorm), "
+        "w -= lr·W·w each step (default 0.1)",
+    )
+    g.add_argument("--beta2", type=_number, metavar="B2", help="adam, adamw: β₂ (default 0.999; nanoGPT 0.99)")
+    g.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine", "step"],
+        help="constant (default); cosine: from --lr down to --min-lr at --decay-steps (nanoGPT's get_lr); "
+        "step: --lr times --lr-decay-factor every --lr-decay-every steps (char-rnn, torch-rnn)",
+    )
+    g.add_argument(
+        "--warmup-steps",
+        type=_nonnegative_int,
+        metavar="N",
+        help="any schedule: rise linearly to --lr over the first N steps (default 0)",
+    )
+    g.add_argument("--min-lr", type=_number, metavar="LR", help="cosine: the final rate (default --lr / 10)")
+    g.add_argument(
+        "--decay-steps",
+        type=_positive_int,
+        metavar="N",
+        help="cosine: the step it reaches --min-lr (default --max-steps)",
+    )
+    g.add_argument("--lr-decay-every", type=_positive_int, metavar="N", help="step: steps between two decays")
+    g.add_argument("--lr-decay-factor", type=_number, metavar="F", help="step: in (0, 1] (default 0.5)")
+    g.add_argument(
+        "--grad-accum",
+        type=_positive_int,
+        metavar="N",
+        help="gradient accumulation: N batches make one step, as one batch N times as large (default 1)",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--epochs", type=_positive_int, help="passes over the training text (default 10)")
     g.add_argument(

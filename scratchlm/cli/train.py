@@ -10,14 +10,14 @@ The settings come from the options (:mod:`.settings`) or, on resume, from the ch
 import sys
 from pathlib import Path
 
-from .. import checkpoint, distributed, optim, rundir, sampling
+from .. import checkpoint, distributed, rundir, sampling
 from ..backend import get_backend
 from ..errors import CheckpointError, ScratchLMError
 from ..rundir import BEST, LAST
 from ..train import Sampler, Trainer, load_checkpoint
 from .metadata import check_agreement, settings_of, tokenizer_of
 from .prepare import prepare_data
-from .settings import DEFAULTS, RESUMABLE, build_model, resolve
+from .settings import DEFAULTS, RESUMABLE, build_model, build_optimizer, build_schedule, resolve
 
 
 def cmd_train(args):
@@ -130,10 +130,19 @@ def _setup_train(args, given, run_dir):
     else:
         model = build_model(settings, tokenizer.vocab_size)
         try:
-            opt = optim.get(settings["optimizer"], lr=settings["lr"], global_clipnorm=settings["clipnorm"] or None)
+            opt = build_optimizer(settings)
         except ValueError as exc:
             raise ScratchLMError(str(exc)) from None
-        trainer = Trainer(model, opt, train, val, metadata={"tokenizer": tokenizer.config, "cli": settings}, **common)
+        trainer = Trainer(
+            model,
+            opt,
+            train,
+            val,
+            metadata={"tokenizer": tokenizer.config, "cli": settings},
+            schedule=build_schedule(settings),
+            grad_accum=settings["grad_accum"],
+            **common,
+        )
         params = sum(int(p.size) for p in model.params.values())
         return trainer, (
             f"{model}, {params:,} parameters\n{tokenizer}; training: {train}"
