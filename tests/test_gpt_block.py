@@ -140,6 +140,22 @@ def test_every_option_and_their_combination_has_the_right_gradients(rng, option)
     assert max(errors.values()) <= TOL, errors
 
 
+@pytest.mark.gradcheck
+def test_the_book_block_takes_the_same_options_but_dropout(rng):
+    options = dict(GPT, use_bias=False)
+    model = TransformerLM(13, 8, embed_dim=6, dense_dim=7, num_heads=2, key_dim=3, num_layers=2, block="book",
+                          seed=1, dtype="float64", **options)  # fmt: skip
+    for name, p in model.params.items():
+        if name.endswith("embeddings"):
+            p[...] = rng.standard_normal(p.shape)
+        elif name.endswith("gamma"):
+            p[...] = 1 + 0.3 * rng.standard_normal(p.shape)
+    assert not any(name.endswith(("bias", "beta")) for name in model.params)
+    x, y = batch(rng)
+    errors = check_model(model, x, y)
+    assert max(errors.values()) <= TOL, errors
+
+
 @pytest.mark.parametrize("option", ["gelu", "gelu_tanh", "tied", "no_bias", "dropout", "all", "all_gelu_tanh"])
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-4)])
 def test_the_fused_path_computes_the_reference_numbers(rng, option, dtype, tol):
@@ -156,6 +172,35 @@ def test_the_fused_path_computes_the_reference_numbers(rng, option, dtype, tol):
     for name in g_r:
         assert np.max(np.abs(g_f[name] - g_r[name])) <= tol * scale, name
     assert np.max(np.abs(fused.forward(x)[0] - ref.forward(x)[0])) <= tol * np.abs(ref.forward(x)[0]).max()
+    prompt = x[:, :3]
+    assert np.array_equal(fused.generate(prompt, 4, temperature=0), ref.generate(prompt, 4, temperature=0))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_the_fused_book_block_with_the_options_computes_the_reference_numbers(rng, activation):
+    options = dict(GPT, activation=activation, use_bias=False)
+    ref, fused = (
+        TransformerLM(
+            13,
+            8,
+            embed_dim=6,
+            dense_dim=7,
+            num_heads=2,
+            key_dim=3,
+            num_layers=2,
+            seed=1,
+            dtype="float64",
+            backend=get_backend("numpy", "float64", kernels=kernels),
+            **options,
+        )  # fmt: skip
+        for kernels in ("reference", "fused")
+    )
+    x, y = batch(rng)
+    loss_r, g_r = ref.loss_and_grads(x, y)
+    loss_f, g_f = fused.loss_and_grads(x, y)
+    assert loss_f == pytest.approx(loss_r, rel=1e-10)
+    scale = max(float(np.abs(g).max()) for g in g_r.values())
+    assert all(np.max(np.abs(g_f[name] - g_r[name])) <= 1e-10 * scale for name in g_r)
     prompt = x[:, :3]
     assert np.array_equal(fused.generate(prompt, 4, temperature=0), ref.generate(prompt, 4, temperature=0))
 
