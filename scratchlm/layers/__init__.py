@@ -12,7 +12,9 @@
     attention.py   MultiHeadAttention in Keras 3's layout, batch-major (B, T, E)
                    unlike the recurrent layers; causal and padding masks
     layernorm.py   LayerNormalization over the last axis (Keras: epsilon 1e-3, biased variance)
-    feedforward.py FeedForward: Dense, ReLU, Dense, over any leading shape
+    feedforward.py FeedForward: Dense, activation, Dense, over any leading shape
+    activations.py the feed-forward's ReLU, GELU (exact, with erf) and GELU-tanh (GPT-2's),
+                   each forward with its derivative
     decoder.py     the Transformer decoder blocks (the seed's post-LN one, GPT's pre-LN one)
                    and the KV cache of generation
 
