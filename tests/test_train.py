@@ -375,3 +375,25 @@ def test_resume_takes_the_schedule_from_the_checkpoint(tmp_path):
     ckpt.metadata["train"]["grad_accum"] = 0
     with pytest.raises(CheckpointError, match="field 'grad_accum' must be a whole number >= 1"):
         Trainer.resume(ckpt, batches)
+
+
+def test_a_checkpoint_from_before_schedules_resumes_as_before(tmp_path):
+    """metadata['train'] without schedule and grad_accum (older runs): a constant rate, one batch per step."""
+    import numpy
+
+    from scratchlm import checkpoint
+
+    full, reference = run("windows")
+    n = make("windows")[2].num_batches
+    run("windows", tmp_path, kill_at=n + 2)
+    path = tmp_path / LAST
+    with numpy.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    header = json.loads(arrays["header.json"].tobytes())
+    del header["metadata"]["train"]["schedule"], header["metadata"]["train"]["grad_accum"]
+    arrays["header.json"] = numpy.frombuffer(json.dumps(header).encode(), dtype=numpy.uint8)
+    numpy.savez(path, **arrays)
+    assert "schedule" not in load_checkpoint(tmp_path).metadata["train"] and checkpoint.VERSION == 2
+    after, resumed = run("windows", tmp_path, resume=True)
+    assert resumed.schedule is None and resumed.grad_accum == 1
+    assert after == {s: full[s] for s in after} and same_weights(resumed.model, reference.model)
