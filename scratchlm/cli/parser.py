@@ -216,7 +216,11 @@ def _add_train(commands):
         help="Keras-style dropout on each recurrent layer's output, in training only (default 0 = none)",
     )
     g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam (transformer: rmsprop)")
-    g.add_argument("--lr", type=_number, help="learning rate (default 0.002 adam, 0.001 rmsprop, 0.01 sgd)")
+    g.add_argument(
+        "--lr",
+        type=_number,
+        help="learning rate, the peak of a schedule (default 0.002 adam, 0.001 adamw, 0.001 rmsprop, 0.01 sgd)",
+    )
     g.add_argument(
         "--clipnorm",
         type=_number,
