@@ -23,6 +23,7 @@ lr·(it + 1)/(warmup_steps + 1), as nanoGPT's ``get_lr`` (it never starts at 0).
 from __future__ import annotations
 
 import math
+import sys
 
 from .checks import is_whole
 
@@ -123,7 +124,9 @@ class StepDecay(Schedule):
         return ("lr", "every", "factor", "warmup_steps")
 
     def _after_warmup(self, it):
-        return self.lr * self.factor ** ((it - self.warmup_steps) // self.every)
+        # Never 0: decayed long enough, lr·factor^k underflows, and a rate of 0 is no rate (optimizers refuse it,
+        # and a checkpoint records it); the smallest positive float stops every update just as well.
+        return max(self.lr * self.factor ** ((it - self.warmup_steps) // self.every), sys.float_info.min)
 
 
 SCHEDULES = {"constant": Constant, "cosine": Cosine, "step": StepDecay}

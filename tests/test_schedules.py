@@ -2,10 +2,12 @@
 
 import json
 import math
+import sys
 
 import pytest
 
-from scratchlm import schedules
+from scratchlm import optim, schedules
+from scratchlm.schedules import StepDecay
 
 
 def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
@@ -86,3 +88,12 @@ def test_config_round_trip(schedule):
 def test_bad_schedules(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_step_decay_never_reaches_zero_and_an_optimizer_takes_its_rate():
+    """Decayed past what a float holds (0.1 every step, 400 steps), the rate stays positive, so the optimizer and
+    its checkpoint accept it."""
+    schedule = StepDecay(1.0, every=1, factor=0.1)
+    lr = schedule(400)
+    assert 0 < lr <= sys.float_info.min
+    optim.AdamW(lr=lr)
