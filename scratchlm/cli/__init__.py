@@ -1,9 +1,10 @@
-"""The ``scratchlm`` command: train a model on your text, sample from it, inspect a checkpoint.
+"""The ``scratchlm`` command: train a model on your text, sample from it, score it, inspect a checkpoint.
 
     scratchlm train my.txt --run-dir runs/my            # train (Ctrl-C any time)
     scratchlm train --resume runs/my                    # continue exactly where it stopped
     scratchlm sample runs/my --prime "The " --temperature 0.2 0.5 1.0
     scratchlm info runs/my/last.npz
+    scratchlm eval runs/my [other.txt] [--json]         # held-out loss: nats/token, bits, perplexity
 
 Every mistake a user can make (a missing file, an empty corpus, a prime with
 characters the model never saw, a negative temperature, a corrupt checkpoint,
@@ -18,6 +19,7 @@ traceback, and never touches files already written.
     prepare.py    a run's corpus, tokenizer and batches, after the memory check
     sample.py     sample: text from a checkpoint
     info.py       info: what a checkpoint holds
+    eval.py       eval: the loss of a run over its held-out split or any text
 """
 
 import sys
