@@ -538,3 +538,27 @@ def test_step_decay_from_the_command_line(tmp_path, corpus, capsys):
 def test_bad_recipe_options(tmp_path, corpus, capsys, options, words):
     fails(cli(capsys, "train", corpus, "--run-dir", tmp_path / "r", *options), *words)
     assert not (tmp_path / "r").exists()
+
+
+def test_info_shows_the_schedule_and_the_accumulation(tmp_path, corpus, capsys):
+    run_dir = tmp_path / "run"
+    args = [
+        "--lr-schedule",
+        "cosine",
+        "--warmup-steps",
+        "2",
+        "--decay-steps",
+        "6",
+        "--min-lr",
+        "1e-4",
+        "--grad-accum",
+        2,
+    ]
+    code, _, err = cli(
+        capsys, "train", corpus, "--run-dir", run_dir, "--max-steps", 3, "--sample-length", 0, *TINY, *args
+    )
+    assert code == 0, err
+    code, out, _ = cli(capsys, "info", run_dir)
+    assert code == 0
+    assert "schedule    Cosine(lr=0.002, min_lr=0.0001, decay_steps=6, warmup_steps=2), lr " in out, out
+    assert "grad accum  2 batches per step" in out

@@ -5,7 +5,7 @@ scratchlm info runs/my/last.npz
 
 import numpy
 
-from .. import distributed, models, optim
+from .. import distributed, models, optim, schedules
 from ..errors import CheckpointError
 from ..rundir import BEST, LAST
 from ..train import check_position
@@ -75,6 +75,11 @@ def cmd_info(args):
             else f"in epoch {position['epoch'] + 1}, after batch {position['batch']:,}"
         )
         rows.append(("position", f"{done}, {position['step']:,} steps taken"))
+        if position.get("schedule") is not None:  # runs from before schedules have none: a constant rate
+            schedule = schedules.from_config(position["schedule"])
+            rows.append(("schedule", f"{schedule!r}, lr {schedule(position['step']):.4g} at the next step"))
+        if position.get("grad_accum", 1) > 1:
+            rows.append(("grad accum", f"{position['grad_accum']} batches per step"))
         if position["best_val_loss"] is not None:
             rows.append(("best val loss", f"{position['best_val_loss']:.4f}"))
         for r in position["history"]:
