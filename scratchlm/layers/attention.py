@@ -141,7 +141,7 @@ class MultiHeadAttention(Layer):
         E, N, K = embed_dim, num_heads, key_dim
         self.embed_dim, self.num_heads, self.key_dim = E, N, K
         self.scale = 1.0 / math.sqrt(K)
-        self.dropout = Dropout(dropout, backend)  # on the probabilities, masks given to forward
+        self.dropout = backend.layer(Dropout)(dropout, backend)  # on the probabilities, masks given to forward
         proj = math.sqrt(6.0 / (E + N * K))  # glorot, fan_in E, fan_out N·K
         self._params = {}
         for name in ("query", "key", "value"):

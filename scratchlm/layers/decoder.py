@@ -223,7 +223,7 @@ class GPTDecoderBlock(Layer):
         self.layernorm_1, self.layernorm_2 = (
             backend.layer(LayerNormalization)(E, backend, epsilon, use_bias) for _ in range(2)
         )
-        self.dropout = Dropout(dropout, backend)
+        self.dropout = backend.layer(Dropout)(dropout, backend)
 
     @property
     def params(self) -> dict[str, Array]:
