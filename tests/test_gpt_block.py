@@ -315,3 +315,41 @@ def test_a_run_with_dropout_resumes_exactly(tmp_path, kernels):
     resumed = run(tmp_path / "b", resume=True)
     assert [e["loss"] for e in resumed.history] == [e["loss"] for e in full.history]
     assert all(np.array_equal(p, full.model.params[k]) for k, p in resumed.model.params.items())
+
+
+@pytest.mark.parametrize("model_kind", ["transformer", "recurrent"])
+def test_the_rows_of_the_dropout_masks_give_each_rank_its_share(model_kind):
+    """What MPI's sharded step relies on (train/parallel.py): the gradient of the whole batch with its masks equals
+    the token-weighted sum of the gradients of two row ranges, each with dropout_rows of the same masks."""
+    from scratchlm import RecurrentLM
+
+    be = get_backend("numpy", "float64", "reference")
+    if model_kind == "transformer":
+        model = TransformerLM(
+            11,
+            6,
+            embed_dim=8,
+            dense_dim=12,
+            num_heads=2,
+            key_dim=4,
+            num_layers=2,
+            block="gpt",
+            dropout=0.3,
+            dtype="float64",
+            seed=4,
+            backend=be,
+        )
+    else:
+        model = RecurrentLM(11, 5, [6, 7], dropout=0.3, dtype="float64", seed=4, backend=be)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(1, 11, (5, 6)), rng.integers(0, 11, (5, 6))
+    masks = model.dropout_masks(5, 6)
+    _, whole = model.loss_and_grads(x, y, training=True, dropout_masks=masks)
+    parts = [(0, 2), (2, 5)]
+    summed = {name: 0.0 for name in whole}
+    for lo, hi in parts:
+        _, g = model.loss_and_grads(x[lo:hi], y[lo:hi], training=True, dropout_masks=model.dropout_rows(masks, lo, hi))
+        for name in g:
+            summed[name] = summed[name] + g[name] * (hi - lo) / 5
+    for name in whole:
+        np.testing.assert_allclose(summed[name], whole[name], rtol=1e-12, atol=1e-15, err_msg=name)

@@ -299,6 +299,11 @@ class TokenModel(ABC):
         """Fresh dropout keep-masks for a training batch of (B, T), or None for a model without dropout."""
         return None
 
+    def dropout_rows(self, masks: Any, lo: int, hi: int) -> Any:
+        """The keep-masks of rows [lo, hi) of a batch, from the masks :meth:`dropout_masks` drew for all of it (an
+        MPI rank's share of the global batch's masks); a model with dropout says where its batch axis is."""
+        return masks
+
     # -- generation ---------------------------------------------------------------
     def generate(
         self,

@@ -258,6 +258,10 @@ class RecurrentLM(TokenModel):
             for n, h in enumerate(self.hidden_sizes)
         ]
 
+    def dropout_rows(self, masks: list | None, lo: int, hi: int) -> list | None:
+        """Rows [lo, hi) of :meth:`dropout_masks`' masks: axis 1 of a (T, B, H) mask, axis 0 of the top (B, H)."""
+        return None if masks is None else [m[lo:hi] if m.ndim == 2 else m[:, lo:hi] for m in masks]
+
     def _run(
         self, ids: Array, state: Any, mask: Array | None, last_only: bool, dropout_masks: list | None = None
     ) -> tuple[Array, list, RecurrentModelCache]:

@@ -367,6 +367,13 @@ class TransformerLM(TokenModel):
         blocks = [GPTBlockDropout(draw((B, N, T, T)), draw((B, T, E)), draw((B, T, E))) for _ in self.blocks]
         return TransformerDropout(embedding, blocks)
 
+    def dropout_rows(self, masks: TransformerDropout | None, lo: int, hi: int) -> TransformerDropout | None:
+        """Rows [lo, hi) of :meth:`dropout_masks`' masks: every one is batch-major."""
+        if masks is None:
+            return None
+        blocks = [GPTBlockDropout(*(m[lo:hi] for m in block)) for block in masks.blocks]
+        return TransformerDropout(masks.embedding[lo:hi], blocks)
+
     def _hidden(
         self, x: Array, mask: Array | None, dropout: TransformerDropout | None = None
     ) -> tuple[Array, list, Any]:

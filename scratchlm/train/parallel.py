@@ -46,9 +46,7 @@ def sharded_loss_and_grads(model: TokenModel, batch: Batch, last_only: bool, wor
     n = len(batch.x)
     lo, hi = world.shard(n)
     T = batch.x.shape[1]
-    masks = model.dropout_masks(n, T, last_only)  # the global batch's, as one process draws them
-    if masks is not None:
-        masks = [m[lo:hi] if m.ndim == 2 else m[:, lo:hi] for m in masks]
+    masks = model.dropout_rows(model.dropout_masks(n, T, last_only), lo, hi)  # the global batch's: our rows
     if hi > lo:
         part = rows(batch, lo, hi, last_only)
         loss, grads = model.loss_and_grads(
