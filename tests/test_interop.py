@@ -545,3 +545,14 @@ def test_transformer_weights_file_of_another_model_is_refused(keras, tmp_path):
         del f["embedding/position_embeddings/vars/0"]
     with pytest.raises(KerasInteropError, match="position_embeddings"):
         from_keras(tmp_path / "gpt.weights.h5")
+
+
+@pytest.mark.parametrize(
+    "option", [dict(activation="gelu"), dict(layernorm_epsilon=1e-5), dict(tie_embeddings=True), dict(use_bias=False)]
+)
+def test_to_keras_refuses_a_transformer_it_cannot_write(option):
+    """The Keras model to_keras writes is the seed's; a GPT-2 option would silently build another model (checked
+    before Keras is imported, so this runs without TensorFlow too)."""
+    model = TransformerLM(11, 6, embed_dim=8, dense_dim=12, num_heads=2, key_dim=4, block="gpt", **option)
+    with pytest.raises(KerasInteropError, match=f"{next(iter(option))}=.*model.save"):
+        to_keras(model)

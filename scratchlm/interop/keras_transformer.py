@@ -193,6 +193,18 @@ def _keras_model(keras, config, dtype):
 def to_keras(model: TransformerLM):
     """The Keras 3 model (the ``TransformerModel`` class above) equivalent to a TransformerLM, weights set:
     ids (B, T) in, logits (B, T, V) out, masks built from the ids (0 = padding). Needs Keras 3."""
+    # The Keras model written here is the seed's: ReLU, Keras' LayerNorm ε, biases, an untied output layer.
+    # init and dropout only shape training; any other GPT-2 option would build a different model silently.
+    differ = [
+        f"{k}={model.config[k]!r}"
+        for k, seed in TransformerLM.CONFIG_DEFAULTS.items()
+        if k not in ("init", "dropout") and model.config.get(k, seed) != seed
+    ]
+    if differ:
+        raise KerasInteropError(
+            f"to_keras writes the seed's Transformer (ReLU, LayerNorm epsilon 1e-3, biases, an output layer of its "
+            f"own); this model has {', '.join(differ)}: keep it as a scratchlm checkpoint (model.save)"
+        )
     keras = import_keras()
     km = _keras_model(keras, model.config, model.backend.dtype.name)
     for name, var in _keras_variables(km).items():
