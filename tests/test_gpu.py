@@ -304,14 +304,22 @@ def test_layernorm_forward_and_backward(M, D, lead, dtype, seed, spread):
 
 
 @EXAMPLES
-@given(M=st.integers(1, 7), E=st.integers(1, 6), F=st.integers(1, 300), dtype=DTYPES, seed=st.integers(0, 2**16))
-def test_feedforward_bias_relu(M, E, F, dtype, seed):
-    ref, be = FeedForward(E, F, reference(dtype), Backend.rng(seed)), device(dtype)
-    dev = be.layer(FeedForward)(E, F, be, Backend.rng(seed))
+@given(
+    M=st.integers(1, 7),
+    E=st.integers(1, 6),
+    F=st.integers(1, 300),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    activation=st.sampled_from(["relu", "gelu", "gelu_tanh"]),
+)
+def test_feedforward_bias_activation(M, E, F, dtype, seed, activation):
+    """feedforward.cu's bias + ReLU, and the exact GELU through CuPy's erf."""
+    ref, be = FeedForward(E, F, reference(dtype), Backend.rng(seed), activation), device(dtype)
+    dev = be.layer(FeedForward)(E, F, be, Backend.rng(seed), activation)
     rng = np.random.default_rng(seed)
     for name, p in ref.params.items():
         if name.endswith("bias"):
-            p[...] = rng.standard_normal(p.shape)  # both sides of the ReLU
+            p[...] = rng.standard_normal(p.shape)  # both sides of the kink
         dev.params[name][...] = be.asarray(p)
     x = rng.standard_normal((2, M, E)).astype(dtype)
     dy = rng.standard_normal((2, M, E)).astype(dtype)

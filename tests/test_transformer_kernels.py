@@ -211,16 +211,24 @@ def test_layernorm_matches_the_reference(M, D, lead, dtype, seed, spread):
 
 
 @EXAMPLES
-@given(M=st.integers(1, 7), E=st.integers(1, 6), F=st.integers(1, 9), dtype=DTYPES, seed=st.integers(0, 2**16))
-def test_feedforward_bias_relu_matches_the_reference(M, E, F, dtype, seed):
+@given(
+    M=st.integers(1, 7),
+    E=st.integers(1, 6),
+    F=st.integers(1, 9),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    activation=st.sampled_from(["relu", "gelu", "gelu_tanh"]),
+)
+def test_feedforward_bias_activation_matches_the_reference(M, E, F, dtype, seed, activation):
+    """bias_relu / bias_gelu and their backward passes (GELU-tanh: the parent's math on the fused class too)."""
     ref_be, fused_be = backends(dtype)
-    ref = ref_be.layer(FeedForward)(E, F, ref_be, Backend.rng(seed))
-    fused = fused_be.layer(FeedForward)(E, F, fused_be, Backend.rng(seed))
+    ref = ref_be.layer(FeedForward)(E, F, ref_be, Backend.rng(seed), activation)
+    fused = fused_be.layer(FeedForward)(E, F, fused_be, Backend.rng(seed), activation)
     assert type(ref) is FeedForward and type(fused) is FUSED[FeedForward]
     rng = np.random.default_rng(seed)
     for name, p in ref.params.items():
         if name.endswith("bias"):
-            p[...] = rng.standard_normal(p.shape)  # both sides of the ReLU
+            p[...] = rng.standard_normal(p.shape)  # both sides of the kink
         fused.params[name][...] = p
     x = rng.standard_normal((2, M, E)).astype(dtype)
     dy = rng.standard_normal((2, M, E)).astype(dtype)

@@ -248,25 +248,33 @@ class FusedLayerNormalization(LayerNormalization):
 
 
 class FusedFeedForward(FeedForward):
-    """:class:`~scratchlm.layers.FeedForward` with b1 and the ReLU applied in one pass over the GEMM's output
-    (``bias_relu``, in place), and ReLU' with db1 in one pass over dh (``relu_backward``, in place). The
-    GELUs have no kernel: with them, forward and backward are the parent's."""
+    """:class:`~scratchlm.layers.FeedForward` with b1 and the activation applied in one pass over the GEMM's
+    output, and the activation's derivative with db1 in one pass over dh (in place): ``bias_relu`` /
+    ``relu_backward`` for ReLU, ``bias_gelu`` / ``gelu_backward`` for the exact GELU (erf from the C library:
+    the reference calls Python's ``math.erf`` per entry). GELU-tanh has no kernel: it is the parent's."""
 
     def forward(self, x: Array) -> tuple[Array, FeedForwardCache]:
-        if self.activation != "relu":
+        if self.activation == "gelu_tanh":
             return super().forward(x)
         W1 = self.ffn_1.kernel
         b1 = _bias(self, self.ffn_1.bias, W1.shape[1])
-        h = self.backend.ops.bias_relu(x.reshape(-1, x.shape[-1]) @ W1, b1)  # (M, F)
-        h = h.reshape(x.shape[:-1] + (W1.shape[1],))
-        return self.ffn_2.forward(h)[0], FeedForwardCache(x, h)
+        z = x.reshape(-1, x.shape[-1]) @ W1  # (M, F)
+        shape = x.shape[:-1] + (W1.shape[1],)
+        if self.activation == "relu":  # h written over z: ReLU' reads h alone
+            h = self.backend.ops.bias_relu(z, b1)
+            return self.ffn_2.forward(h.reshape(shape))[0], FeedForwardCache(x, h.reshape(shape))
+        h = self.backend.ops.bias_gelu(z, b1)  # z <- z + b1, kept for the backward
+        return self.ffn_2.forward(h.reshape(shape))[0], FeedForwardCache(x, h.reshape(shape), z.reshape(shape))
 
     def backward(self, cache: FeedForwardCache, dy: Array) -> tuple[Array, dict[str, Array]]:
-        if self.activation != "relu":
+        if self.activation == "gelu_tanh":
             return super().backward(cache, dy)
         dh, g2 = self.ffn_2.backward(cache.h, dy)  # (..., F)
         F = dh.shape[-1]
-        dh2, db1 = self.backend.ops.relu_backward(dh.reshape(-1, F), cache.h.reshape(-1, F))  # (M, F), (F,)
+        if self.activation == "relu":
+            dh2, db1 = self.backend.ops.relu_backward(dh.reshape(-1, F), cache.h.reshape(-1, F))  # (M, F), (F,)
+        else:
+            dh2, db1 = self.backend.ops.gelu_backward(dh.reshape(-1, F), cache.z.reshape(-1, F))
         x2 = cache.x.reshape(-1, cache.x.shape[-1])  # (M, E)
         dx = (dh2 @ self.ffn_1.kernel.T).reshape(cache.x.shape)
         g1 = {"kernel": x2.T @ dh2}

@@ -14,6 +14,7 @@ loop would remove (not done yet).
 
 import functools
 import importlib.resources
+import math
 
 import cupy
 import numpy as np
@@ -435,6 +436,24 @@ def residual_layernorm(x, y, b, gamma, beta, eps, out=None):
         shared_mem=2 * threads * x.dtype.itemsize,
     )
     return out
+
+
+def bias_gelu(z, b):
+    """As :func:`scratchlm.kernels.numba.layernorm.bias_gelu`: z ← z + b in place -> h = z Φ(z), with CuPy's erf
+    (``cupyx.scipy.special``). Not yet run on a GPU (tests/test_gpu.py covers it)."""
+    from cupyx.scipy.special import erf
+
+    z += b
+    return 0.5 * z * (1 + erf(z * math.sqrt(0.5)))
+
+
+def gelu_backward(dh, z):
+    """As :func:`scratchlm.kernels.numba.layernorm.gelu_backward`: dh ← dh ⊙ (Φ(z) + z φ(z)) in place ->
+    (dh, Σ_rows dh). Not yet run on a GPU."""
+    from cupyx.scipy.special import erf
+
+    dh *= 0.5 * (1 + erf(z * math.sqrt(0.5))) + z * cupy.exp(-0.5 * z * z) * (1 / math.sqrt(2 * math.pi))
+    return dh, dh.sum(axis=0)
 
 
 def bias_relu(z, b):

@@ -24,6 +24,8 @@ The feed-forward (:class:`scratchlm.layers.FeedForward`): after the GEMM z = x W
     dz = dh ⊙ [h > 0],   db1 = Σ_r dz               in place, one pass
 """
 
+import math
+
 import numpy as np
 
 from .options import jit
@@ -173,4 +175,49 @@ def relu_backward(dh, h):
     """dh (M, F) ← dh ⊙ [h > 0] in place (C-contiguous dh); returns (dh, db = Σ_r dh (F,))."""
     db = np.empty(dh.shape[1], dtype=dh.dtype)
     _relu_backward(dh, h, db)
+    return dh, db
+
+
+# -- the exact GELU of the feed-forward (nanoGPT's nn.GELU): NumPy has no erf, Numba calls the C library's ----------
+
+
+@jit
+def _bias_gelu(z, b, h):
+    M, F = z.shape
+    half, root_half = z.dtype.type(0.5), z.dtype.type(math.sqrt(0.5))
+    for r in range(M):
+        zr, hr = z[r], h[r]
+        for j in range(F):
+            v = zr[j] + b[j]
+            zr[j] = v
+            hr[j] = half * v * (1 + math.erf(v * root_half))
+
+
+@jit
+def _gelu_backward(dh, z, db):
+    M, F = dh.shape
+    half, root_half = dh.dtype.type(0.5), dh.dtype.type(math.sqrt(0.5))
+    inv_root_2pi = dh.dtype.type(1 / math.sqrt(2 * math.pi))
+    db[:] = 0
+    for r in range(M):
+        dr, zr = dh[r], z[r]
+        for j in range(F):
+            v = zr[j]
+            d = dr[j] * (half * (1 + math.erf(v * root_half)) + v * math.exp(-half * v * v) * inv_root_2pi)
+            dr[j] = d
+            db[j] += d
+
+
+def bias_gelu(z, b):
+    """z (M, F) ← z + b in place (the pre-activation, which GELU's backward needs) -> h = z Φ(z) (M, F),
+    Φ(z) = ½ (1 + erf(z/√2)) with the C library's erf, as :func:`scratchlm.layers.activations.gelu`."""
+    h = np.empty_like(z)
+    _bias_gelu(z, b, h)
+    return h
+
+
+def gelu_backward(dh, z):
+    """dh (M, F) ← dh ⊙ (Φ(z) + z φ(z)) in place, φ(z) = exp(−z²/2)/√(2π); returns (dh, db = Σ_r dh (F,))."""
+    db = np.empty(dh.shape[1], dtype=dh.dtype)
+    _gelu_backward(dh, z, db)
     return dh, db

@@ -15,7 +15,15 @@ from .attention import forward as attention_forward
 from .generate import decode, sample_rows
 from .gru import backward as gru_backward
 from .gru import forward as gru_forward
-from .layernorm import bias_relu, layernorm_backward, layernorm_forward, relu_backward, residual_layernorm
+from .layernorm import (
+    bias_gelu,
+    bias_relu,
+    gelu_backward,
+    layernorm_backward,
+    layernorm_forward,
+    relu_backward,
+    residual_layernorm,
+)
 from .lstm import backward as lstm_backward
 from .lstm import forward as lstm_forward
 from .parallel.workspace import take as empty_workspace
@@ -34,7 +42,9 @@ __all__ = [
     "attention_backward",
     "attention_decode",
     "attention_forward",
+    "bias_gelu",
     "bias_relu",
+    "gelu_backward",
     "decode",
     "dense_softmax_cross_entropy",
     "empty_workspace",
