@@ -14,7 +14,7 @@ from .. import checkpoint
 from ..errors import CheckpointError
 from ..layers.dropout import MAX_RATE
 from ..text import from_config
-from .settings import LEARNING_RATE, SEQ_LEN
+from .settings import GPT2_OPTIONS, LEARNING_RATE, PRESETS, SEQ_LEN
 
 
 def _real(v):
@@ -76,6 +76,12 @@ SETTING_RULES = {
     "dense_dim": checkpoint.whole_rule(1),
     "key_dim": _whole_or_null(1),
     "layers": checkpoint.whole_rule(1),
+    "activation": (lambda v: v in ("relu", "gelu", "gelu_tanh"), "'relu', 'gelu' or 'gelu_tanh'"),
+    "layernorm_epsilon": (lambda v: _real(v) and v > 0, "a number > 0"),
+    "tie_embeddings": (lambda v: isinstance(v, bool), "true or false"),
+    "use_bias": (lambda v: isinstance(v, bool), "true or false"),
+    "init": (lambda v: v in ("keras", "gpt2"), "'keras' or 'gpt2'"),
+    "preset": (lambda v: v is None or v in PRESETS, "null or " + " or ".join(map(repr, PRESETS))),
 }
 
 
@@ -114,6 +120,16 @@ _RECIPE_BEFORE = {
     "grad_accum": 1,
 }
 
+# The Transformer's options of the runs from before its GPT-2 options: the seed's model, and no preset.
+_GPT2_BEFORE = {
+    "activation": "relu",
+    "layernorm_epsilon": 1e-3,
+    "tie_embeddings": False,
+    "use_bias": True,
+    "init": "keras",
+    "preset": None,
+}
+
 
 def settings_of(meta, path):
     """The `scratchlm train` settings a checkpoint records, each checked against :data:`SETTING_RULES`."""
@@ -127,6 +143,7 @@ def settings_of(meta, path):
         "key_dim": None,
         "layers": 1,
         **_RECIPE_BEFORE,
+        **_GPT2_BEFORE,
     }  # what runs from before these settings used
     settings = {**older, **metadata_dict(meta, "cli", path)}
     for name, (ok, rule) in SETTING_RULES.items():
@@ -165,6 +182,8 @@ def _recorded(settings, config, tokenizer, meta):
         ):
             yield name, settings[name], config[field], model
         yield "key_dim", settings["key_dim"] or settings["embedding_dim"], config["key_dim"], model
+        for name in (*GPT2_OPTIONS, "dropout"):
+            yield name, settings[name], config[name], model
     else:
         yield "cell", settings["cell"], config["cell"], model
         yield "hidden", settings["hidden"], config["hidden_sizes"], model

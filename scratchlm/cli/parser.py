@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import checkpoint, distributed
 from ..errors import ScratchLMError
 from . import eval, info, sample, train
-from .settings import LEARNING_RATE
+from .settings import LEARNING_RATE, PRESETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,7 +94,9 @@ def _add_train(commands):
         ),
         epilog="Examples:\n  scratchlm train my.txt --run-dir runs/my\n"
         "  scratchlm train nietzsche --batching windows --embedding-dim 0 --hidden 128 --optimizer rmsprop "
-        "--lr 0.01 --clipnorm 0 --val-fraction 0\n  scratchlm train --resume runs/my --epochs 20",
+        "--lr 0.01 --clipnorm 0 --val-fraction 0\n"
+        "  scratchlm train tinyshakespeare --preset nanogpt-cpu --run-dir runs/gpt\n"
+        "  scratchlm train --resume runs/my --epochs 20",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -200,20 +202,56 @@ def _add_train(commands):
         "--key-dim",
         type=_positive_int,
         metavar="K",
-        help="transformer: dimensions of each head (default: the embedding size, as the seed)",
+        help="transformer: dimensions of each head (default: the embedding size, as the seed; --block gpt "
+        "on a text: embedding size // --heads, as GPT-2)",
     )
     g.add_argument(
         "--dense-dim",
         type=_positive_int,
         metavar="F",
-        help="transformer: hidden units of the feed-forward (default 2048)",
+        help="transformer: hidden units of the feed-forward (default 2048; --block gpt on a text: 4 × the "
+        "embedding size, as GPT-2)",
     )
     g.add_argument("--layers", type=_positive_int, metavar="L", help="transformer: decoder blocks (default 1)")
     g.add_argument(
         "--dropout",
         type=_number,
         metavar="RATE",
-        help="Keras-style dropout on each recurrent layer's output, in training only (default 0 = none)",
+        help="in training only (default 0 = none): Keras-style dropout on each recurrent layer's output; "
+        "--block gpt: on the embeddings, the attention probabilities and each residual branch, as nanoGPT",
+    )
+    g.add_argument(
+        "--activation",
+        choices=["relu", "gelu", "gelu_tanh"],
+        help="transformer: the feed-forward's activation: relu (default, the seed's), gelu (exact, as PyTorch's "
+        "nn.GELU and nanoGPT) or gelu_tanh (GPT-2's tanh approximation)",
+    )
+    g.add_argument(
+        "--layernorm-epsilon",
+        type=_number,
+        metavar="EPS",
+        help="transformer: ε of every LayerNorm (default 1e-3, Keras'; GPT-2 and nanoGPT 1e-5)",
+    )
+    g.add_argument(
+        "--tie-embeddings",
+        action="store_true",
+        default=None,
+        help="transformer: the output layer is the token embedding, transposed, with no bias (GPT-2's tied "
+        "wte/lm_head)",
+    )
+    g.add_argument(
+        "--no-bias",
+        dest="use_bias",
+        action="store_false",
+        default=None,
+        help="transformer: no bias in the projections, the feed-forward, the LayerNorms or the output "
+        "(nanoGPT's bias=False)",
+    )
+    g.add_argument(
+        "--init",
+        choices=["keras", "gpt2"],
+        help="transformer: keras (default, the seed's) or gpt2: N(0, 0.02), the residual projections scaled "
+        "by 1/√(2·layers), biases 0",
     )
     g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam (transformer: rmsprop)")
     g.add_argument(
@@ -268,6 +306,15 @@ def _add_train(commands):
         help="gradient accumulation: N batches make one step, as one batch N times as large (default 1)",
     )
     g = p.add_argument_group("run")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="start from the settings of a known command; options given besides override them. nanogpt-cpu: "
+        "nanoGPT's README CPU command (shakespeare_char at --seq-len 64 --batch-size 12, 4 layers, 4 heads, "
+        "embedding 128, GELU, ε 1e-5, tied, no bias, GPT-2 init, dropout 0; AdamW 1e-3, weight decay 0.1, "
+        "β₂ 0.99, cosine to 1e-4 over 2000 steps after 100 of warmup, --clipnorm 1, --max-steps 2000, "
+        "--val-fraction 0.1), e.g. scratchlm train tinyshakespeare --preset nanogpt-cpu",
+    )
     g.add_argument("--epochs", type=_positive_int, help="passes over the training text (default 10)")
     g.add_argument(
         "--max-steps",

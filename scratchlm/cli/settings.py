@@ -32,6 +32,12 @@ DEFAULTS = {
     "dense_dim": 2048,
     "key_dim": None,
     "layers": 1,
+    "activation": "relu",
+    "layernorm_epsilon": 1e-3,
+    "tie_embeddings": False,
+    "use_bias": True,
+    "init": "keras",
+    "preset": None,
     "optimizer": None,
     "lr": None,
     "clipnorm": 5.0,
@@ -59,6 +65,45 @@ BATCH_SIZE = {"windows": 128, "streams": 64, "random": 64, "padded": 32, "vector
 LEARNING_RATE = {"adam": 2e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 1e-2}
 # The batchings of --model transformer on a text (every position scored; the IMDB seed's is "vectorized").
 TRANSFORMER_BATCHING = ("random", "streams")
+# --preset NAME: the settings of a known command, which the options given explicitly override.
+PRESETS = {
+    # nanoGPT's README CPU command ("I only have a macbook"): config/train_shakespeare_char.py with
+    # --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
+    # --dropout=0.0, and model.py's GELU, LayerNorm ε 1e-5, tied wte/lm_head, bias=False, GPT-2 init.
+    "nanogpt-cpu": {
+        "model": "transformer",
+        "block": "gpt",
+        "tokenizer": "char",
+        "batching": "random",
+        "seq_len": 64,
+        "batch_size": 12,
+        "layers": 4,
+        "heads": 4,
+        "embedding_dim": 128,
+        "key_dim": 32,
+        "dense_dim": 512,
+        "dropout": 0.0,
+        "activation": "gelu",
+        "layernorm_epsilon": 1e-5,
+        "tie_embeddings": True,
+        "use_bias": False,
+        "init": "gpt2",
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 0.1,
+        "beta2": 0.99,
+        "lr_schedule": "cosine",
+        "warmup_steps": 100,
+        "decay_steps": 2000,
+        "min_lr": 1e-4,
+        "clipnorm": 1.0,
+        "max_steps": 2000,
+        "val_fraction": 0.1,
+    },
+}
+# The options of the Transformer alone, and those of its GPT-2 block options.
+TRANSFORMER_OPTIONS = ("block", "heads", "key_dim", "dense_dim", "layers")
+GPT2_OPTIONS = ("activation", "layernorm_epsilon", "tie_embeddings", "use_bias", "init")
 # What `train --resume` may change; everything else comes from the checkpoint.
 RESUMABLE = {"epochs", "max_steps", "checkpoint_every", "backend", "progress", "sample_length", "temperature", "prime"}
 
@@ -78,6 +123,8 @@ def model_config(settings, vocab_size):
             "block": settings["block"],
             "dtype": settings["dtype"],
             "seed": settings["seed"],
+            **{name: settings[name] for name in GPT2_OPTIONS},
+            "dropout": settings["dropout"],
         }
     return {
         "kind": "recurrent",
@@ -98,13 +145,35 @@ def build_model(settings, vocab_size):
     return models.MODELS[config.pop("kind")](backend=settings["backend"], **config)
 
 
+def _option(name):
+    return "--" + name.replace("_", "-")
+
+
+def _with_preset(given: dict) -> dict:
+    """The options given, over the settings of their --preset (if any)."""
+    if "preset" not in given:
+        return given
+    preset = PRESETS[given["preset"]]
+    clash = [k for k in ("model", "block") if k in given and given[k] != preset[k]]
+    if clash:
+        names = ", ".join(f"{_option(k)} {given[k]}" for k in clash)
+        trains = f"--model {preset['model']} --block {preset['block']}"
+        raise ScratchLMError(f"--preset {given['preset']} trains a {trains}: leave out {names}")
+    return {**preset, **given}
+
+
 def resolve(given: dict) -> dict:
-    """Settings for a new run: the options given, defaults for the rest."""
+    """Settings for a new run: the options given (over their --preset's), defaults for the rest."""
+    given = _with_preset(given)
     s = {**DEFAULTS, **given}
     if s["model"] == "transformer":
-        wrong = [f"--{k}" for k in ("cell", "hidden", "dropout", "step") if k in given]
+        wrong = [_option(k) for k in ("cell", "hidden", "step") if k in given]
         if wrong:
             raise ScratchLMError(f"{', '.join(wrong)}: not a setting of --model transformer; leave it out")
+        if "dropout" in given and s["block"] != "gpt":
+            raise ScratchLMError(
+                "--dropout is a setting of --block gpt (and of the recurrent models): add --block gpt or leave it out"
+            )
         if "tokenizer" in given or "batching" in given:  # a GPT on the text: char or word ids, every position
             s["batching"] = given.get("batching", "random")
             if s["batching"] not in TRANSFORMER_BATCHING:
@@ -122,10 +191,17 @@ def resolve(given: dict) -> dict:
                 "give it a size >= 1 (default 256)"
             )
         s["embedding_dim"] = s["embedding_dim"] or 256
-    elif any(k in given for k in ("block", "heads", "key_dim", "dense_dim", "layers")):
-        raise ScratchLMError(
-            "--block, --heads, --key-dim, --dense-dim and --layers are settings of --model transformer"
-        )
+        if s["block"] == "gpt" and s["batching"] != "vectorized":
+            _gpt_sizes(s, given)
+        if not (math.isfinite(s["layernorm_epsilon"]) and s["layernorm_epsilon"] > 0):
+            raise ScratchLMError(
+                f"--layernorm-epsilon must be a number > 0 (GPT's 1e-5, Keras' 1e-3), got {s['layernorm_epsilon']}"
+            )
+    else:
+        wrong = [_option(k) for k in (*TRANSFORMER_OPTIONS, *GPT2_OPTIONS) if k in given]
+        if wrong:
+            names = ", ".join("--no-bias" if k == "--use-bias" else k for k in wrong)
+            raise ScratchLMError(f"{names}: settings of --model transformer; leave them out")
     s["optimizer"] = s["optimizer"] or "adam"
     word = s["tokenizer"] == "word"
     s["lower"] = bool(s["lower"]) or word
@@ -148,6 +224,21 @@ def resolve(given: dict) -> dict:
         raise ScratchLMError(f"--clipnorm must be a number >= 0 (0 = off), got {s['clipnorm']}")
     _resolve_recipe(s, given)
     return s
+
+
+def _gpt_sizes(s, given):
+    """A GPT on text: the head size embed_dim // heads and the feed-forward 4·embed_dim unless given, as
+    GPT-2's and nanoGPT's."""
+    E = s["embedding_dim"]
+    if "dense_dim" not in given:
+        s["dense_dim"] = 4 * E
+    if "key_dim" not in given:
+        if E < s["heads"]:
+            raise ScratchLMError(
+                f"--heads {s['heads']} share --embedding-dim {E}, less than one dimension each: give fewer "
+                "--heads, a larger --embedding-dim or a --key-dim"
+            )
+        s["key_dim"] = E // s["heads"]
 
 
 # The options of each learning-rate schedule besides --warmup-steps, and the option of each schedule argument.
