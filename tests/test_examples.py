@@ -8,6 +8,7 @@ holds the corpora and the CUDA sources.
 """
 
 import importlib.util
+import math
 import os
 import shutil
 import subprocess
@@ -227,3 +228,26 @@ def test_imdb_offline_names_the_data_option(tmp_path, capsys, monkeypatch):
     assert example("imdb_transformer").main(["--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert url in err and "--data DIR" in err and err.count("\n") == 1
+
+
+def test_shakespeare_gpt_smoke_run_and_resume_train_the_preset(tmp_path, capsys):
+    """examples/shakespeare_gpt.py is `scratchlm train tinyshakespeare --preset nanogpt-cpu` written out: the same
+    model, optimizer and schedule; it ends with the loss over the whole held-out tenth."""
+    from scratchlm import models
+    from scratchlm.cli.settings import build_optimizer, build_schedule, model_config, resolve
+
+    module, run = example("shakespeare_gpt"), tmp_path / "run"
+    argv = ["--sample-length", "20", "--run-dir", str(run)]
+    assert module.main([*argv, "--max-steps", "3"]) == 0
+    assert module.main([*argv, "--max-steps", "5", "--resume"]) == 0
+    out = capsys.readouterr().out
+    held = [line for line in out.splitlines() if line.startswith("held-out loss")]
+    assert len(held) == 2 and "after 5 steps" in held[1] and "(all 111,538 held-out characters)" in held[1]
+    assert 1.0 < float(held[1].split(": ")[1].split()[0]) < math.log(68) + 0.5
+    ckpt = models.load(run / "last.npz")
+    preset = resolve({"preset": "nanogpt-cpu"})
+    assert ckpt.model.config == model_config(preset, ckpt.model.vocab_size)
+    assert ckpt.metadata["train"]["step"] == 5
+    hyper = ckpt.optimizer.hyperparameters()  # its lr: the schedule's at the last step
+    assert {**hyper, "lr": preset["lr"]} == build_optimizer(preset).hyperparameters()
+    assert ckpt.metadata["train"]["schedule"] == build_schedule(preset).config()
