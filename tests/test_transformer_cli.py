@@ -5,6 +5,7 @@ the model's window."""
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -390,3 +391,13 @@ def test_a_resume_refuses_gpt2_settings_its_model_contradicts_and_reads_older_ru
             check_agreement({**settings_back, name: value}, ckpt.model.config, tokenizer, ckpt.metadata, run)
     with pytest.raises(CheckpointError, match="'activation'"):
         settings_of({"cli": {**older, "activation": "tanh"}}, run)
+
+
+def test_the_readmes_spelled_out_command_is_the_preset():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("The same run, each setting spelled out:")[1].split("```console\n$ ")[1].split("\n```")[0]
+    spelled = settings(*shlex.split(block.replace("\\\n", ""))[2:])
+    assert spelled == {
+        **settings("tinyshakespeare", "--preset", "nanogpt-cpu", "--run-dir", "runs/gpt"),
+        "preset": None,
+    }
