@@ -400,6 +400,9 @@ class Adam(Optimizer):
         w -= m * alpha / (xp.sqrt(v) + self.epsilon)
 
 
+NOT_DECAYED = ("bias", "gamma", "beta")  # the last part of the names AdamW leaves undecayed by default
+
+
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's ``torch.optim.AdamW`` formula.
 
@@ -412,10 +415,12 @@ class AdamW(Optimizer):
 
     Unlike :class:`Adam` (Keras), ε is added to the bias-corrected √v̂, as in PyTorch, and its
     default is PyTorch's 1e-8. The decay λ (``weight_decay``) is not part of the gradient, so
-    Adam's per-weight scaling does not weaken it. Which parameters decay: by default those with
-    two or more dimensions (kernels, embeddings, attention projections), not the biases and
-    LayerNorm's gamma/beta (1-D), as nanoGPT's ``configure_optimizers``; or exactly the
-    parameter names listed in ``decay`` (an empty list: none).
+    Adam's per-weight scaling does not weaken it. Which parameters decay: by default the weights —
+    kernels, embeddings —, not the biases and LayerNorm's gamma and beta (named ``.../bias``,
+    ``.../gamma``, ``.../beta``): nanoGPT's ``configure_optimizers`` groups, which it picks by
+    dimension (≥ 2-D) because its biases are all 1-D; here some are not (the attention's (N, K),
+    the GRU's (2, 3H)), so the rule goes by name. Or exactly the names listed in ``decay`` (an
+    empty list: none).
     """
 
     name = "adamw"
@@ -439,7 +444,7 @@ class AdamW(Optimizer):
         self.weight_decay = _number("weight_decay", weight_decay, lambda x: 0 <= x < math.inf, ">= 0")
         if decay is not None:
             if isinstance(decay, str) or not all(isinstance(n, str) for n in decay):
-                raise ValueError(f"decay must be a list of parameter names (or None: the >= 2-D ones), got {decay!r}")
+                raise ValueError(f"decay must be a list of parameter names (or None: the weights), got {decay!r}")
             decay = sorted(set(decay))
         self.decay = decay
 
@@ -455,8 +460,11 @@ class AdamW(Optimizer):
         }
 
     def decays(self, name: str, w: Array) -> bool:
-        """Whether parameter ``name`` (array ``w``) is decayed: listed in ``decay``, or >= 2-D when it is None."""
-        return w.ndim >= 2 if self.decay is None else name in self.decay
+        """Whether parameter ``name`` (array ``w``) is decayed: listed in ``decay``, or, when that is None, a
+        weight (not a bias, nor LayerNorm's gamma or beta)."""
+        if self.decay is not None:
+            return name in self.decay
+        return name.rsplit("/", 1)[-1] not in NOT_DECAYED
 
     def step(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
         if self.decay is not None:

@@ -562,3 +562,19 @@ def test_adamw_in_a_checkpoint(tmp_path):
     loaded = models.load(tmp_path / "c.npz").optimizer
     assert type(loaded) is optim.AdamW and loaded.hyperparameters() == opt.hyperparameters()
     assert loaded.iterations == 1 and sorted(loaded.slots) == sorted(opt.slots)
+
+
+def test_adamw_leaves_every_bias_and_layernorm_alone_whatever_its_shape():
+    """The default goes by name: the attention's (N, K) biases and the GRU's (2, 3H) bias are biases too."""
+    shapes = {
+        "attention/query/kernel": (4, 2, 3),
+        "attention/query/bias": (2, 3),
+        "gru_0/bias": (2, 6),
+        "layernorm/gamma": (4,),
+        "layernorm/beta": (4,),
+        "embedding/token_embeddings": (5, 4),
+    }
+    params = {k: np.ones(s) for k, s in shapes.items()}
+    optim.AdamW(lr=0.1, weight_decay=0.5).step(params, {k: np.zeros(s) for k, s in shapes.items()})
+    decayed = sorted(k for k, p in params.items() if (p != 1).any())
+    assert decayed == ["attention/query/kernel", "embedding/token_embeddings"]

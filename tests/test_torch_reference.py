@@ -22,9 +22,9 @@ gradients, clipping to global norm 1.0, ``optim.AdamW`` (β 0.9, 0.99, ε 1e-8, 
 weights nanoGPT's ``configure_optimizers`` decays). Two differences from PyTorch are made explicit here:
 
 * decay groups: nanoGPT decays the >= 2-D tensors, and its attention biases are one (3E,) tensor; scratchlm
-  keeps the query, key and value biases as (N, K) arrays, which AdamW's default rule (>= 2-D) decays (with it,
-  the biased cases' query bias ends 2.2e-4 off). The replay passes AdamW ``decay`` = the kernels and
-  embeddings, nanoGPT's group.
+  keeps the query, key and value biases as (N, K) arrays, so AdamW's default rule goes by name (weights decay,
+  biases and LayerNorm do not): the replay uses that default, and :func:`test_the_default_decay_is_nanogpts`
+  checks it is nanoGPT's group.
 * clipping: ``clip_grad_norm_`` scales by min(1, c/(norm + 1e-6)), scratchlm's global_clipnorm (as Keras) by
   c/max(norm, c). :func:`test_training_steps` clips as PyTorch, by hand; :func:`test_clipping_formulas` runs
   scratchlm's own clipping through :func:`scratchlm.train.step.train_step`, as the Trainer does: exact where
@@ -160,7 +160,7 @@ def replay(name, kernels, clipping):
         beta_2=recipe["betas"][1],
         epsilon=recipe["eps"],
         weight_decay=recipe["weight_decay"],
-        decay=nanogpt_decay(model.params),
+        decay=None,  # the default: nanoGPT's group (test_the_default_decay_is_nanogpts)
         global_clipnorm=clipnorm if clipping == "scratchlm" else None,
         kernels=kernels,
     )
@@ -237,3 +237,12 @@ def test_fixtures_are_reproducible():
             np.testing.assert_array_equal(made[key], want, err_msg=key)
         else:
             assert relative(made[key], want) <= 1e-12, key
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_default_decay_is_nanogpts(name):
+    """AdamW's default decays exactly what nanoGPT's configure_optimizers decays: kernels and embeddings."""
+    case = MANIFEST["cases"][name]
+    model = build(case, "reference", prefixed(load(name), "weights"))
+    adamw = optim.AdamW()
+    assert sorted(k for k, w in model.params.items() if adamw.decays(k, w)) == sorted(nanogpt_decay(model.params))

@@ -274,7 +274,7 @@ def _add_train(commands):
         "--weight-decay",
         type=_number,
         metavar="W",
-        help="adamw: decoupled weight decay of the >= 2-D weights (kernels, embeddings; not biases or LayerNorm), "
+        help="adamw: decoupled weight decay of the weights (kernels, embeddings; not biases or LayerNorm), "
         "w -= lr·W·w each step (default 0.1)",
     )
     g.add_argument("--beta2", type=_number, metavar="B2", help="adam, adamw: β₂ (default 0.999; nanoGPT 0.99)")
