@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from .options import jit
+from .parallel import shards
 
 
 @jit(fastmath={"reassoc", "nsz"})
@@ -210,14 +211,25 @@ def _gelu_backward(dh, z, db):
 
 def bias_gelu(z, b):
     """z (M, F) ← z + b in place (the pre-activation, which GELU's backward needs) -> h = z Φ(z) (M, F),
-    Φ(z) = ½ (1 + erf(z/√2)) with the C library's erf, as :func:`scratchlm.layers.activations.gelu`."""
+    Φ(z) = ½ (1 + erf(z/√2)) with the C library's erf, as :func:`scratchlm.layers.activations.gelu`. The rows
+    are split over the cores (:func:`.parallel.shards.run`): a scalar erf per entry is the cost."""
     h = np.empty_like(z)
-    _bias_gelu(z, b, h)
+    shards.run(lambda lo, hi: _bias_gelu(z[lo:hi], b, h[lo:hi]), z.shape[0])
     return h
 
 
 def gelu_backward(dh, z):
-    """dh (M, F) ← dh ⊙ (Φ(z) + z φ(z)) in place, φ(z) = exp(−z²/2)/√(2π); returns (dh, db = Σ_r dh (F,))."""
-    db = np.empty(dh.shape[1], dtype=dh.dtype)
-    _gelu_backward(dh, z, db)
+    """dh (M, F) ← dh ⊙ (Φ(z) + z φ(z)) in place, φ(z) = exp(−z²/2)/√(2π); returns (dh, db = Σ_r dh (F,)), the
+    rows split over the cores as in :func:`bias_gelu`, db summed over the shards in row order."""
+    parts = {}  # first row of a shard -> its db
+
+    def rows(lo, hi):
+        parts[lo] = np.empty(dh.shape[1], dtype=dh.dtype)
+        _gelu_backward(dh[lo:hi], z[lo:hi], parts[lo])
+
+    shards.run(rows, dh.shape[0])
+    first, *rest = sorted(parts)
+    db = parts[first]
+    for lo in rest:
+        db += parts[lo]
     return dh, db
