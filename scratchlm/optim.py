@@ -79,6 +79,17 @@ def clip_by_global_norm(grads: dict[str, Array], clipnorm: float) -> tuple[dict[
     return {name: g * scale for name, g in grads.items()}, norm
 
 
+def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> tuple[dict[str, Array], float]:
+    """Return (clipped, norm) as PyTorch's ``torch.nn.utils.clip_grad_norm_`` scales:
+    ``scale = min(1, max_norm / (norm + 1e-6))`` (so a norm just above max_norm is scaled a little below it,
+    unlike :func:`clip_by_global_norm`). A non-finite norm gives scale NaN. ``grads`` is not modified."""
+    norm = global_norm(grads)
+    scale = min(1.0, max_norm / (norm + 1e-6)) if math.isfinite(norm) else math.nan
+    if scale == 1.0:
+        return grads, norm
+    return {name: g * scale for name, g in grads.items()}, norm
+
+
 def _number(name, value, ok, rule):
     """float(value), or ValueError naming the hyperparameter and the rule it breaks."""
     try:
@@ -131,6 +142,10 @@ class Optimizer:
         raise NotImplementedError
 
     # -- the step ------------------------------------------------------------
+    def _clip(self, grads: dict[str, Array], clipnorm: float) -> tuple[dict[str, Array], float]:
+        """The gradients scaled to global norm ``clipnorm`` at most: Keras' formula (:func:`clip_by_global_norm`)."""
+        return clip_by_global_norm(grads, clipnorm)
+
     def step(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
         """One update of every ``params[name]``, in place, from ``grads[name]``.
 
@@ -150,7 +165,7 @@ class Optimizer:
                     f"gradient for {name!r} has shape {grads[name].shape}, but the parameter has shape {w.shape}"
                 )
         if self.global_clipnorm is not None:
-            grads, _ = clip_by_global_norm(grads, self.global_clipnorm)
+            grads, _ = self._clip(grads, self.global_clipnorm)
         for name, w in params.items():
             self._update(name, w, grads[name])
         self.iterations += 1
@@ -421,6 +436,8 @@ class AdamW(Optimizer):
     dimension (≥ 2-D) because its biases are all 1-D; here some are not (the attention's (N, K),
     the GRU's (2, 3H)), so the rule goes by name. Or exactly the names listed in ``decay`` (an
     empty list: none).
+    With ``global_clipnorm`` it clips as ``torch.nn.utils.clip_grad_norm_`` does (:func:`clip_grad_norm`),
+    not as Keras does: the recipe is PyTorch's throughout.
     """
 
     name = "adamw"
@@ -458,6 +475,10 @@ class AdamW(Optimizer):
             "decay": self.decay,
             "global_clipnorm": self.global_clipnorm,
         }
+
+    def _clip(self, grads: dict[str, Array], clipnorm: float) -> tuple[dict[str, Array], float]:
+        """PyTorch's clipping (:func:`clip_grad_norm`), as a PyTorch training loop does before AdamW's step."""
+        return clip_grad_norm(grads, clipnorm)
 
     def decays(self, name: str, w: Array) -> bool:
         """Whether parameter ``name`` (array ``w``) is decayed: listed in ``decay``, or, when that is None, a

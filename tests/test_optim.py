@@ -458,8 +458,9 @@ def torch_adamw_run(params, grad_steps, lr, betas, eps, weight_decay, decays, cl
     """PyTorch's single-tensor AdamW (torch/optim/adamw.py, non-capturable) written out in float64 NumPy:
     param.mul_(1 − lr·wd); exp_avg.lerp_(grad, 1 − β₁); exp_avg_sq.mul_(β₂).addcmul_(grad, grad, 1 − β₂);
     param.addcdiv_(exp_avg, exp_avg_sq.sqrt() / √(1 − β₂ᵗ) + ε, value=−lr / (1 − β₁ᵗ)).
-    Clipping as torch.nn.utils.clip_grad_norm_ (grads · max_norm / (norm + 1e-6) when norm > max_norm) is not
-    Keras': it is applied here only when asked, to check that the optimizer clips before it decays."""
+    Clipping as torch.nn.utils.clip_grad_norm_ (grads · max_norm / (norm + 1e-6) when that is below 1), which
+    AdamW uses (Keras' optimizers scale by max_norm / max(norm, max_norm)); applied here when asked, to check that
+    the optimizer clips before it decays."""
     w = {k: np.array(p, dtype=np.float64) for k, p in params.items()}
     m = {k: np.zeros_like(p) for k, p in w.items()}
     v = {k: np.zeros_like(p) for k, p in w.items()}
@@ -467,7 +468,7 @@ def torch_adamw_run(params, grad_steps, lr, betas, eps, weight_decay, decays, cl
     for t, grads in enumerate(grad_steps, start=1):
         if clipnorm is not None:
             norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
-            grads = {k: g * min(1.0, clipnorm / norm) for k, g in grads.items()}
+            grads = {k: g * min(1.0, clipnorm / (norm + 1e-6)) for k, g in grads.items()}
         for k in w:
             g = grads[k]
             if decays(k, w[k]):
