@@ -125,6 +125,29 @@ def test_float32_activations_are_accurate():
         assert rel.max() <= 2e-7, (name, rel.max(), x[k][rel.argmax()])
 
 
+def test_float32_erf_is_within_its_bound_and_float64_is_libm():
+    """erf for the exact GELU: Abramowitz & Stegun 7.1.26 in float32 (absolute error <= 1.5e-7, plus rounding:
+    5e-7 in all), the C library's in float64 (the same bits as math.erf)."""
+    import math
+
+    from scratchlm.kernels.numba.activations import erf
+    from scratchlm.kernels.numba.options import jit
+
+    @jit
+    def apply(x, out):
+        for k in range(x.shape[0]):
+            out[k] = erf(x[k])
+
+    x = np.concatenate([np.linspace(-12, 12, 200001), np.geomspace(1e-30, 3, 2001), -np.geomspace(1e-30, 3, 2001)])
+    want = np.array([math.erf(v) for v in x])
+    for dtype, bound in ((np.float32, 5e-7), (np.float64, 0.0)):
+        xs = x.astype(dtype)
+        got = np.empty_like(xs)
+        apply(xs, got)
+        exact = want if dtype == np.float64 else np.array([math.erf(float(v)) for v in xs])
+        assert np.abs(got.astype(np.float64) - exact).max() <= bound, dtype
+
+
 def test_float64_activations_are_libm():
     from scratchlm.kernels.numba.activations import sigmoid, tanh
     from scratchlm.kernels.numba.options import jit
