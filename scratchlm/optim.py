@@ -480,9 +480,9 @@ class AdamW(Optimizer):
         """PyTorch's clipping (:func:`clip_grad_norm`), as a PyTorch training loop does before AdamW's step."""
         return clip_grad_norm(grads, clipnorm)
 
-    def decays(self, name: str, w: Array) -> bool:
-        """Whether parameter ``name`` (array ``w``) is decayed: listed in ``decay``, or, when that is None, a
-        weight (not a bias, nor LayerNorm's gamma or beta)."""
+    def decays(self, name: str) -> bool:
+        """Whether parameter ``name`` is decayed: listed in ``decay``, or, when that is None, a weight (not a bias,
+        nor LayerNorm's gamma or beta)."""
         if self.decay is not None:
             return name in self.decay
         return name.rsplit("/", 1)[-1] not in NOT_DECAYED
@@ -499,7 +499,7 @@ class AdamW(Optimizer):
     def _update(self, name, w, g):
         xp = array_module(w)
         t = self.iterations + 1
-        if self.weight_decay and self.decays(name, w):
+        if self.weight_decay and self.decays(name):
             w *= 1 - self.lr * self.weight_decay
         m = self._slot("m", name, w)
         v = self._slot("v", name, w)

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers.cli import fails
 
 from scratchlm import files
 from scratchlm.cli import main
@@ -60,16 +61,6 @@ def scratchlm(*argv, timeout=120):
     return subprocess.run(
         [sys.executable, "-m", "scratchlm", *map(str, argv)], env=ENV, capture_output=True, text=True, timeout=timeout
     )
-
-
-def fails(result, *words):
-    """Exit code 2, one line on stderr, no traceback, each of ``words`` in it; returns the line."""
-    err = result.stderr
-    assert result.returncode == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 def within(seconds, function, *args):

@@ -5,44 +5,21 @@ traceback), and must leave every file already written byte for byte as it was.
 """
 
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli import cli, fails, kill_9_after
 
 import scratchlm.cli as cli_module
 from scratchlm import models
-from scratchlm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (
     "It was the best of times, it was the worst of times; it was the age of wisdom, it was the age of foolishness.\n"
 ) * 40
 TINY = ["--hidden", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-len", "16", "--no-progress"]
-
-
-def cli(capsys, *argv):
-    """Run `scratchlm argv...` in-process -> (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse's own exits (--help, usage errors)
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def fails(result, *words):
-    code, _, err = result
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 def snapshot(directory):
@@ -423,27 +400,8 @@ RECIPE = [
 def test_kill_9_then_resume_loses_nothing(tmp_path, capsys, recipe):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _train_command(corpus, killed, epochs=1000, recipe=recipe),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 300  # generous: a cold Numba cache compiles first
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (killed / "last.npz").exists() and models.load(killed / "last.npz").metadata["train"]["step"] >= 30:
-                break
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    stopped_at = models.load(killed / "last.npz").metadata["train"]["step"]
-    assert stopped_at >= 30
+    stopped_at = kill_9_after(_train_command(corpus, killed, epochs=1000, recipe=recipe), killed, 30, tmp_path)
 
     code, out, err = cli(capsys, "train", "--resume", killed, "--epochs", 2)
     assert code == 0, err

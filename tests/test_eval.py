@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from helpers.cli import cli, fails
 
 from scratchlm import batching, models
-from scratchlm.cli import main
 from scratchlm.text import from_config
 
 TEXT = (
@@ -16,23 +16,6 @@ TEXT = (
 ) * 40
 GPT = ["--model", "transformer", "--tokenizer", "char", "--embedding-dim", "16", "--dense-dim", "32", "--layers", "2"]
 RUN = ["--batch-size", "8", "--seq-len", "16", "--sample-length", "0", "--no-progress", "--val-fraction", "0.1"]
-
-
-def cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def fails(result, *words):
-    code, _, err = result
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli import fails
 from test_train import TOKENIZER, make
 
 from scratchlm import cli, models, rundir
@@ -40,16 +41,6 @@ def scratchlm(*argv, cwd=None, user=None, timeout=300):
         text=True,
         timeout=timeout,
     )
-
-
-def fails(result, *words):
-    """Exit code 2, one line on stderr, no traceback, each of ``words`` in it; returns the line."""
-    err = result.stderr
-    assert result.returncode == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 def files(directory):

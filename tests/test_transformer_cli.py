@@ -7,17 +7,15 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.cli import cli, fails, kill_9_after
 
 from scratchlm import models
-from scratchlm.cli import main
 from scratchlm.cli.metadata import check_agreement, settings_of, tokenizer_of
 from scratchlm.cli.parser import build_parser
 from scratchlm.cli.settings import DEFAULTS, build_schedule, model_config, resolve
@@ -29,24 +27,6 @@ TEXT = (
 ) * 40
 GPT = ["--model", "transformer", "--block", "gpt", "--embedding-dim", "16", "--dense-dim", "32", "--heads", "2"]
 TINY = [*GPT, "--layers", "2", "--batch-size", "8", "--seq-len", "16", "--sample-length", "0", "--no-progress"]
-
-
-def cli(capsys, *argv):
-    """Run `scratchlm argv...` in-process -> (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def fails(result, *words):
-    code, _, err = result
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
 
 
 @pytest.fixture
@@ -145,22 +125,8 @@ def _train_command(corpus, run_dir, epochs):
 def test_kill_9_then_resume_of_random_batching_is_exact(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3)
-    command = _train_command(corpus, tmp_path / "killed", 1000)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300  # generous: a cold Numba cache compiles first
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (killed / "last.npz").exists() and models.load(killed / "last.npz").metadata["train"]["step"] >= 30:
-                break
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    stopped_at = models.load(killed / "last.npz").metadata["train"]["step"]
-    assert stopped_at >= 30
+    stopped_at = kill_9_after(_train_command(corpus, killed, 1000), killed, 30, tmp_path)
 
     code, _, err = cli(capsys, "train", "--resume", killed, "--epochs", 2)
     assert code == 0, err
