@@ -5,21 +5,19 @@ the fused path against the reference, checkpoints keep the options and files wri
 as the seed's model, and dropout is seeded, off outside training and resumed exactly.
 """
 
-import io
 import json
 import math
 
 import numpy as np
 import pytest
+from helpers.training import full_and_resumed
 
 from scratchlm import get_backend, models, optim
-from scratchlm.batching import Vectorized
 from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_gradients, check_model
 from scratchlm.layers import FeedForward
 from scratchlm.layers.activations import ACTIVATIONS, erf, gelu, gelu_backward, gelu_tanh
 from scratchlm.models import TransformerLM
-from scratchlm.train import Trainer, load_checkpoint
 
 TOL = 1e-6
 GPT = dict(activation="gelu", layernorm_epsilon=1e-5, tie_embeddings=True, init="gpt2")
@@ -296,23 +294,7 @@ def test_a_run_with_dropout_resumes_exactly(tmp_path, kernels):
         return TransformerLM(20, 8, embed_dim=8, dense_dim=12, num_heads=2, key_dim=4, block="gpt", seed=0,
                              backend=get_backend("numpy", kernels=kernels), **dict(GPT, dropout=0.2))  # fmt: skip
 
-    def run(run_dir, resume=False, max_steps=None):
-        batches = Vectorized(ids, batch_size=4, seed=1)
-        options = dict(
-            run_dir=run_dir, epochs=2, max_steps=max_steps, checkpoint_every=None, progress=False, out=io.StringIO()
-        )
-        backend = get_backend("numpy", kernels=kernels)
-        trainer = (
-            Trainer.resume(load_checkpoint(run_dir, backend=backend), batches, **options)
-            if resume
-            else Trainer(model(), optim.Adam(lr=0.01), batches, **options)
-        )
-        trainer.fit()
-        return trainer
-
-    full = run(tmp_path / "a")
-    run(tmp_path / "b", max_steps=7)
-    resumed = run(tmp_path / "b", resume=True)
+    full, resumed = full_and_resumed(tmp_path, model, lambda: optim.Adam(lr=0.01), ids, kernels)
     assert [e["loss"] for e in resumed.history] == [e["loss"] for e in full.history]
     assert all(np.array_equal(p, full.model.params[k]) for k, p in resumed.model.params.items())
 

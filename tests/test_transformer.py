@@ -1,17 +1,14 @@
 """TransformerLM: finite differences of every parameter (both blocks, padding, 1-2 layers), the padding
 semantics of its loss, the KV-cache generation against full forward passes, checkpoints and training."""
 
-import io
-
 import numpy as np
 import pytest
+from helpers.training import full_and_resumed
 
 from scratchlm import get_backend, models, optim
-from scratchlm.batching import Vectorized
 from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_model
 from scratchlm.models import TransformerLM
-from scratchlm.train import Trainer, load_checkpoint
 
 TOL = 1e-6
 
@@ -169,23 +166,7 @@ def test_trains_with_the_trainer_and_resumes_exactly(tmp_path, kernels):
             backend=get_backend("numpy", kernels=kernels),
         )  # the resume must use it too
 
-    def run(run_dir, resume=False, max_steps=None):
-        batches = Vectorized(ids, batch_size=4, seed=1)
-        options = dict(
-            run_dir=run_dir, epochs=2, max_steps=max_steps, checkpoint_every=None, progress=False, out=io.StringIO()
-        )
-        backend = get_backend("numpy", kernels=kernels)
-        trainer = (
-            Trainer.resume(load_checkpoint(run_dir, backend=backend), batches, **options)
-            if resume
-            else Trainer(model(), optim.RMSprop(lr=0.01), batches, **options)
-        )
-        trainer.fit()
-        return trainer
-
-    full = run(tmp_path / "a")
-    run(tmp_path / "b", max_steps=7)
-    resumed = run(tmp_path / "b", resume=True)
+    full, resumed = full_and_resumed(tmp_path, model, lambda: optim.RMSprop(lr=0.01), ids, kernels)
     assert [e["loss"] for e in resumed.history] == [e["loss"] for e in full.history]
     assert all(np.array_equal(p, full.model.params[k]) for k, p in resumed.model.params.items())
     assert full.history[-1]["loss"] < full.history[0]["loss"]
