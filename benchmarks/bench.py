@@ -1,6 +1,6 @@
 """Benchmark scratchlm (fused and reference kernels) against Keras and PyTorch on the same workloads.
 
-    python benchmarks/bench.py [--workloads book,s2s,gen,gpu,gru-book,gru-s2s,transformer,transformer-gen,sweep]
+    python benchmarks/bench.py [--workloads book,s2s,gen,gpu,gru-book,gru-s2s,transformer,transformer-gen,gpt-cpu,sweep]
                                [--repeat N]
                                [--json out.json]
                                [--frameworks scratchlm,scratchlm-reference,scratchlm-rerun,keras,torch]
@@ -19,8 +19,10 @@ dense 2048 -> Dense 15000, T=99, B=32, RMSprop, padded batches) and
 ``transformer-gen`` (that model generating 50 tokens after a 2-token prompt,
 batch 1: scratchlm's KV cache against the seed's full re-run per token, in
 Keras and as ``scratchlm-rerun``). These two are not in the default list (a
-transformer step takes seconds here). ``sweep`` (issue 14) is one training step
-of Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, for every B in 8 … 256 and
+transformer step takes seconds here), nor is ``gpt-cpu`` (issue 23: one training
+step of ``--preset nanogpt-cpu`` against nanoGPT's own model.py and train.py step
+in PyTorch; ``benchmarks/gpt_cpu.py`` runs the whole 2000-step training of both).
+``sweep`` (issue 14) is one training step of Embedding 64 -> LSTM H -> Dense 96, T=100, Adam, for every B in 8 … 256 and
 H in 128 … 1024 (24 cases, no memory rounds); ``--sweep-png FILE`` draws the
 speed-ups over PyTorch as a heat map (needs matplotlib, the ``plot`` extra); one
 cell runs by its case name (``--workloads sweep-b8-h512``). Frameworks that are not installed are
@@ -80,6 +82,7 @@ WORKLOAD_CASES = {
     "gru-s2s": ["gru-s2s"],
     "transformer": ["transformer"],
     "transformer-gen": ["transformer-gen"],
+    "gpt-cpu": ["gpt-cpu"],
     "sweep": [f"sweep-b{B}-h{H}" for H in fw.SWEEP_H for B in fw.SWEEP_B],
 }
 # Units per round: enough that the fastest framework's round lasts >= ~0.1 s, so that waking its threads and
@@ -96,6 +99,7 @@ ROUND = {
     "gpu": 5,
     "transformer": 1,
     "transformer-gen": 2,
+    "gpt-cpu": 10,
     "gpu-gen-b1": 1000,
     "gpu-transformer": 10,
     "gpu-transformer-gen": 2,
@@ -110,6 +114,7 @@ WARMUP = {
     "gpu": 3,
     "transformer": 1,
     "transformer-gen": 1,
+    "gpt-cpu": 5,
     "gpu-gen-b1": 50,
     "gpu-transformer": 3,
     "gpu-transformer-gen": 1,
@@ -260,6 +265,8 @@ def gemms(case):
     c = fw.CASES[case]
     if c.get("model") == "transformer":
         return transformer_gemms(c)
+    if c.get("model") == "gpt":
+        return gpt_gemms(c)
     T, B, H, V = c["T"], c["B"], c["H"], c.get("V", fw.V)
     G = 3 if c.get("cell") == "gru" else 4  # gates: GRU z, r, h; LSTM i, f, c, o
     out = [
@@ -289,6 +296,24 @@ def transformer_gemms(c):
         (BT, F, E, 1),  # feed-forward
         (BT, E, V, 1),
     ]  # Dense(V)
+    return [shape for M, Kd, Nd, n in forward for shape in ((M, Kd, Nd, n), (M, Nd, Kd, n), (Kd, M, Nd, n))]
+
+
+def gpt_gemms(c):
+    """One training step of the GPT of ``gpt-cpu``, as :func:`transformer_gemms` counts them: per block the fused
+    q/k/v projection, the attention's two products per head, its output projection and the feed-forward of 4E;
+    then the tied output layer."""
+    BT, E, N, T, L, V = c["B"] * c["T"], c["E"], c["N"], c["T"], c["L"], c["V"]
+    K, BN = E // N, c["B"] * N
+    forward = [
+        (BT, E, 3 * E, L),
+        (T, K, T, L * BN),
+        (T, T, K, L * BN),
+        (BT, E, E, L),
+        (BT, E, 4 * E, L),
+        (BT, 4 * E, E, L),
+        (BT, E, V, 1),
+    ]
     return [shape for M, Kd, Nd, n in forward for shape in ((M, Kd, Nd, n), (M, Nd, Kd, n), (Kd, M, Nd, n))]
 
 

@@ -33,9 +33,17 @@ Cases (see benchmarks/bench.py):
              ``generate`` (KV cache) against the seed's way, the full model re-run on the whole text
              for every token (Keras ``model(x)`` as the book's callback does, and ``scratchlm-rerun``:
              scratchlm's ``forward`` the same way); one unit is one 50-token generation
+    gpt-cpu  issue 23's ``--preset nanogpt-cpu``: nanoGPT's character GPT (4 blocks, E 128, 4 heads, T 64,
+             B 12, V 65, exact GELU, no biases, tied embeddings), one step of its train.py: forward,
+             backward, clip to a global norm of 1, AdamW (lr 1e-3, β₂ 0.99, weight decay 0.1 on the >= 2-D
+             weights). PyTorch runs nanoGPT's own ``model.py`` (eager, imported from a copy in a temporary
+             folder, see :func:`nanogpt_module`) with its ``configure_optimizers``; scratchlm runs
+             :func:`scratchlm.train.train_step`, the step its Trainer takes
 """
 
+import contextlib
 import os
+import sys
 import time
 
 import numpy as np
@@ -100,17 +108,36 @@ for _B in SWEEP_B:
         CASES[f"sweep-b{_B}-h{_H}"] = dict(
             kind="train", embedding=64, H=_H, T=100, B=_B, V=96, optimizer="adam", last_only=False
         )
+# Issue 23: nanoGPT's CPU command ("I only have a macbook"), as scratchlm's --preset nanogpt-cpu.
+CASES["gpt-cpu"] = dict(
+    kind="train",
+    model="gpt",
+    V=65,
+    T=64,
+    B=12,
+    E=128,
+    N=4,
+    L=4,
+    frameworks=["scratchlm", "scratchlm-reference", "torch"],
+)
+NANOGPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "nanogpt")
 DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]  # cases without "frameworks"
 THREADS = 2
 
 
 def data(case):
     """(x ids (B, T), y targets) for a training case, or the prompt ids (B, P) for generation."""
-    c = CASES[case]
+    return data_of(CASES[case])
+
+
+def data_of(c):
+    """:func:`data` of the case ``c``."""
     rng = np.random.default_rng(0)
     if c.get("model") == "transformer":
         return transformer_data(c, rng)
     v = c.get("V", V)
+    if c.get("model") == "gpt":  # ids >= 1: scratchlm's TransformerLM reads id 0 as padding (a CharTokenizer's <pad>)
+        return rng.integers(1, v, (c["B"], c["T"])), rng.integers(1, v, (c["B"], c["T"]))
     if c["kind"] == "generate":
         return rng.integers(0, v, (c["B"], c["prompt"]))
     x = rng.integers(0, v, (c["B"], c["T"]))
@@ -148,6 +175,8 @@ def build_scratchlm(case, kernels="fused"):
     backend = get_backend("cupy" if c.get("gpu") else "numpy", "float32", kernels)
     if c.get("model") == "transformer":
         return _scratchlm_transformer(c, backend, optim)
+    if c.get("model") == "gpt":
+        return _scratchlm_gpt(c, backend, optim)
     model = LanguageModel(c.get("V", V), c["embedding"], [c["H"]], backend=backend, cell=c.get("cell", "lstm"))
     sync = backend.xp.cuda.Device().synchronize if c.get("gpu") else lambda: None
     if c["kind"] == "generate":
@@ -223,6 +252,43 @@ def _scratchlm_transformer(c, backend, optim, rerun=False):
     return run, 1
 
 
+def _scratchlm_gpt(c, backend, optim):
+    """The model and step of ``scratchlm train tinyshakespeare --preset nanogpt-cpu``."""
+    from scratchlm.batching import Batch
+    from scratchlm.models.transformer import TransformerLM
+    from scratchlm.train import train_step
+
+    E = c["E"]
+    model = TransformerLM(
+        c["V"],
+        c["T"],
+        embed_dim=E,
+        dense_dim=4 * E,
+        num_heads=c["N"],
+        key_dim=E // c["N"],
+        num_layers=c["L"],
+        block="gpt",
+        activation="gelu",
+        layernorm_epsilon=1e-5,
+        tie_embeddings=True,
+        use_bias=False,
+        init="gpt2",
+        backend=backend,
+        seed=0,
+    )
+    opt = optim.AdamW(lr=1e-3, beta_2=0.99, weight_decay=0.1, global_clipnorm=1.0, kernels=backend.kernels)
+    x, y = (backend.asarray(a) for a in data_for(c))
+    batch = Batch(x, y, None, x.size)
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            train_step(model, opt, batch)
+        return time.perf_counter() - start
+
+    return run, 1
+
+
 def build_scratchlm_rerun(case):
     """The seed's way of generating, with scratchlm's model: the full forward pass per token."""
     from scratchlm import get_backend, optim
@@ -268,6 +334,8 @@ def build_torch(case):
     import torch
 
     torch.set_num_threads(THREADS)
+    if CASES[case].get("model") == "gpt":
+        return _torch_nanogpt(torch, CASES[case])
     torch.manual_seed(0)
     # float32 means float32: PyTorch lets cuDNN round float32 to TF32 on tensor cores unless told not to
     # (scratchlm's CuPy GEMMs stay float32). SCRATCHLM_BENCH_TF32=1 measures PyTorch with TF32.
@@ -411,7 +479,51 @@ def _torch_transformer(torch, c):
     return run, 1
 
 
+def nanogpt_module():
+    """nanoGPT's model.py (MIT, ``../shared/nanogpt`` next to the checkout, or $NANOGPT), imported from a copy in a
+    temporary folder: it is run for comparison only, never part of scratchlm."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    source = os.path.join(os.environ.get("NANOGPT", NANOGPT), "model.py")
+    if not os.path.exists(source):
+        raise RuntimeError(f"nanoGPT's model.py is not at {source}: set NANOGPT to its folder")
+    copy = os.path.join(tempfile.mkdtemp(prefix="nanogpt-"), "model.py")
+    shutil.copyfile(source, copy)
+    spec = importlib.util.spec_from_file_location("nanogpt_model", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _torch_nanogpt(torch, c):
+    """nanoGPT's model and one iteration of its train.py loop (float32 on the CPU: no autocast, no GradScaler)."""
+    nanogpt = nanogpt_module()
+    config = nanogpt.GPTConfig(
+        block_size=c["T"], vocab_size=c["V"], n_layer=c["L"], n_head=c["N"], n_embd=c["E"], dropout=0.0, bias=False
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # its parameter count and optimizer groups
+        model = nanogpt.GPT(config)
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    x, y = (torch.as_tensor(a, dtype=torch.int64) for a in data_for(c))
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            _, loss = model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    return run, 1
+
+
 def data_for(c):
+    if c.get("model") == "gpt":
+        return data_of(c)
     return transformer_data(c, np.random.default_rng(0))
 
 
