@@ -99,7 +99,7 @@ ROUND = {
     "gpu": 5,
     "transformer": 1,
     "transformer-gen": 2,
-    "gpt-cpu": 10,
+    "gpt-cpu": 40,
     "gpu-gen-b1": 1000,
     "gpu-transformer": 10,
     "gpu-transformer-gen": 2,
