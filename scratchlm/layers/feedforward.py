@@ -33,7 +33,7 @@ class FeedForwardCache(NamedTuple):
     """What :meth:`FeedForward.backward` needs from its forward: the two Dense layers' inputs (their caches)."""
 
     x: Array  # (..., E) input
-    h: Array  # (..., F) f(x W1 + b1)
+    h: Array | None  # (..., F) f(x W1 + b1); None where the backward computes it again from z (fused GELU)
     z: Array | None = None  # (..., F) x W1 + b1, kept for the GELUs (None for ReLU, whose f' reads h)
 
 
