@@ -2,6 +2,7 @@
 
     python benchmarks/gpt_cpu.py --torch-python /path/to/torch-venv/bin/python [--seeds 0,1] [--json out.json]
     python benchmarks/gpt_cpu.py --torch-python ... --steps 50          # a quick try of the whole pipeline
+    python benchmarks/gpt_cpu.py --keep DIR --json out.json --rescore   # score kept runs again
 
 For every seed it trains nanoGPT's character GPT on tiny Shakespeare twice, right after each other,
 each as its users run it, timed from process start to exit:
@@ -115,6 +116,7 @@ def nanogpt_model(weights, vocab_size):
         layernorm_epsilon=1e-5,
         tie_embeddings=True,
         use_bias=False,
+        pad_id=None,  # nanoGPT's id 0 is "\n", a character like any other
     )
     model.set_params(to_scratchlm(named, 4, 4))
     return model
@@ -139,8 +141,8 @@ def scratchlm_step_ms(metrics):
     return statistics.median(1e3 * B * T / r for r in rates) if rates else None
 
 
-def one_seed(seed, args, folder, text, val_text):
-    """Train nanoGPT, then scratchlm, with ``seed``; score both; the results as a dict."""
+def one_seed(seed, args, folder):
+    """Train nanoGPT, then scratchlm, with ``seed`` (their runs kept in ``folder``); the timings as a dict."""
     out = {"seed": seed}
     env = {**os.environ, "NANOGPT_SEED": str(1337 + seed), "OMP_NUM_THREADS": str(args.threads)}
     steps = [f"--max_iters={args.steps}", f"--lr_decay_iters={args.steps}", f"--out_dir=out-{seed}"]
@@ -157,14 +159,8 @@ def one_seed(seed, args, folder, text, val_text):
     reported = re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", log)
     exported = folder / f"nanogpt-{seed}.npz"
     subprocess.run([args.torch_python, "-c", EXPORT, folder / f"out-{seed}" / "ckpt.pt", exported], check=True)
-    chars = sorted(set(text))  # nanoGPT's prepare.py: the text's characters, sorted, are its ids
-    stoi = {c: i for i, c in enumerate(chars)}
-    ids = np.array([stoi[c] for c in val_text], dtype=np.int64)
-    loss, count = held_out(nanogpt_model(exported, len(chars)), ids)
     out["nanogpt"] = {
         "wall_s": seconds,
-        "held_out_loss": loss,
-        "targets": count,
         "reported_val_loss": float(reported[-1]) if reported else None,
         "step_ms": median_step_ms(log, r"iter \d+: loss [\d.]+, time ([\d.]+)ms"),
         "iter_num": int(np.load(exported)["iter_num"]),
@@ -174,39 +170,51 @@ def one_seed(seed, args, folder, text, val_text):
     command += ["--seed", str(seed), "--run-dir", run_dir, "--max-steps", str(args.steps)]
     command += ["--decay-steps", str(args.steps), "--warmup-steps", str(warmup)]
     seconds, log = timed(command, ROOT, {**os.environ, "PYTHONPATH": str(ROOT)}, folder / f"scratchlm-{seed}.log")
-    ckpt = load_checkpoint(run_dir / "last.npz")
-    ids = from_config(ckpt.metadata["tokenizer"]).encode(val_text)
-    loss, count = held_out(ckpt.model, ids)
-    out["scratchlm"] = {
-        "wall_s": seconds,
-        "held_out_loss": loss,
-        "targets": count,
-        "step": ckpt.optimizer.iterations,
-        "step_ms": scratchlm_step_ms(run_dir / "metrics.jsonl"),
-    }
+    out["scratchlm"] = {"wall_s": seconds, "step_ms": scratchlm_step_ms(run_dir / "metrics.jsonl")}
     return out
+
+
+def score_seed(result, folder, text, val_text):
+    """Add both models' held-out loss (the same evaluation) to one seed's ``result``."""
+    seed = result["seed"]
+    chars = sorted(set(text))  # nanoGPT's prepare.py: the text's characters, sorted, are its ids
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in val_text], dtype=np.int64)
+    loss, count = held_out(nanogpt_model(folder / f"nanogpt-{seed}.npz", len(chars)), ids)
+    result["nanogpt"].update(held_out_loss=loss, targets=count)
+    ckpt = load_checkpoint(folder / f"scratchlm-{seed}" / "last.npz")
+    loss, count = held_out(ckpt.model, from_config(ckpt.metadata["tokenizer"]).encode(val_text))
+    result["scratchlm"].update(held_out_loss=loss, targets=count, step=ckpt.optimizer.iterations)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--torch-python", required=True, help="a Python with PyTorch (and NumPy) for nanoGPT")
+    p.add_argument("--torch-python", help="a Python with PyTorch (and NumPy) for nanoGPT (needed unless --rescore)")
     p.add_argument("--nanogpt", type=Path, default=NANOGPT, help=f"nanoGPT's files (default {NANOGPT})")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     p.add_argument("--steps", type=int, default=STEPS, help=f"training steps of both (default {STEPS})")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS for PyTorch (default: all)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--keep", type=Path, help="keep the runs and logs in this folder (default: a temporary one)")
+    p.add_argument("--rescore", action="store_true", help="score the runs kept in --keep again (the --json file's)")
     args = p.parse_args(argv)
     text = corpora.load_text("tinyshakespeare")
     val_text = text[len(text) - int(len(text) * VAL_FRACTION) :]  # scratchlm's split_tail: the held-out part
     folder = args.keep or Path(tempfile.mkdtemp(prefix="gpt-cpu-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    layout(args.nanogpt, folder, text)
-    subprocess.run([args.torch_python, "prepare.py"], cwd=folder / "data" / "shakespeare_char", check=True)
-    results = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        results.append(one_seed(seed, args, folder, text, val_text))
-        print(json.dumps(results[-1]), flush=True)
+    if args.rescore:
+        if not (args.keep and args.json and args.json.exists()):
+            p.error("--rescore needs --keep (the runs' folder) and --json (the earlier results)")
+        results = json.loads(args.json.read_text())["seeds"]
+    else:
+        if not args.torch_python:
+            p.error("--torch-python is needed to train nanoGPT")
+        folder.mkdir(parents=True, exist_ok=True)
+        layout(args.nanogpt, folder, text)
+        subprocess.run([args.torch_python, "prepare.py"], cwd=folder / "data" / "shakespeare_char", check=True)
+        results = [one_seed(int(seed), args, folder) for seed in args.seeds.split(",")]
+    for result in results:
+        score_seed(result, folder, text, val_text)
+        print(json.dumps(result), flush=True)
     summary = {
         name: {key: statistics.mean(r[name][key] for r in results) for key in ("wall_s", "held_out_loss")}
         for name in ("nanogpt", "scratchlm")
