@@ -203,7 +203,7 @@ def to_keras(model: TransformerLM):
     if differ:
         raise KerasInteropError(
             f"to_keras writes the seed's Transformer (ReLU, LayerNorm epsilon 1e-3, biases, an output layer of its "
-            f"own); this model has {', '.join(differ)}: keep it as a scratchlm checkpoint (model.save)"
+            f"own, id 0 as padding); this model has {', '.join(differ)}: keep it as a scratchlm checkpoint (model.save)"
         )
     keras = import_keras()
     km = _keras_model(keras, model.config, model.backend.dtype.name)

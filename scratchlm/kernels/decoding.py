@@ -116,7 +116,7 @@ class FusedTransformerTokenLoop(TransformerTokenLoop):
         model, xp = self.model, self.backend.xp
         ids = xp.concatenate([state.ids, new_ids[:, None]], axis=1)  # (B, n)
         position = ids.shape[1] - 1 - state.start
-        real = new_ids != 0  # (B,)
+        real = model.keep(new_ids[:, None])[:, 0]  # (B,): not padding
         keep = xp.concatenate([state.keep, real[:, None]], axis=1)  # (B, S), S = position + 1
         mask = (keep & real[:, None])[:, None, :]  # (B, 1, S): causal holds by construction
         h = model.embedding.forward(new_ids[:, None], position)[0][:, 0]  # (B, E)

@@ -46,10 +46,9 @@ class PositionalEmbedding(Layer):
 
     Backward: dEt = scatter-add of dy by token id (repeated ids add up);
     dEp[t] = Σ_b dy[b, t] for t < T and 0 for the rows T..L-1 not used.
-    Token id 0 is padding (Keras ``mask_zero=True``): :meth:`keep` gives the
-    (B, T) mask of real tokens, which the attention masks are built from; the
-    vector of a padding token is still computed. The cache of forward is the
-    ids. Both tables: Keras' U(-0.05, 0.05), the token table drawn first.
+    Which id (if any) is padding is the model's business (``TransformerLM.pad_id``):
+    the vector of a padding token is computed like any other. The cache of forward
+    is the ids. Both tables: Keras' U(-0.05, 0.05), the token table drawn first.
     """
 
     def __init__(self, vocab_size: int, sequence_length: int, embed_dim: int, backend: Backend, rng: Any):
@@ -73,11 +72,6 @@ class PositionalEmbedding(Layer):
                 f"= {self.sequence_length}, got shape {tuple(ids.shape)}: cut the sequences "
                 f"to at most {self.sequence_length} tokens"
             )
-
-    @staticmethod
-    def keep(ids: Array) -> Array:
-        """ids (B, T) -> (B, T) bool, True for real tokens (id != 0, Keras' mask_zero)."""
-        return ids != 0
 
     def forward(self, ids: Array, start: int = 0) -> tuple[Array, Array]:
         """ids (B, T) int at positions start … start+T-1 (<= L) -> (vectors (B, T, E), cache = ids)."""

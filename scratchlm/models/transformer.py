@@ -1,20 +1,20 @@
 """TransformerLM: tokens -> PositionalEmbedding -> decoder blocks -> Dense -> logits (the IMDB seed's model).
 
     model = TransformerLM(15000, sequence_length=100)        # the seed: E 256, F 2048, 2 heads, 1 book block
-    loss, grads = model.loss_and_grads(x, y)                 # x, y (B, T) word ids, 0 = padding
+    loss, grads = model.loss_and_grads(x, y)                 # x, y (B, T) word ids, 0 = padding (pad_id)
     ids = model.generate(prompt_ids, 50, temperature=0.7)    # KV cache: one position's work per token
 
 The model works **batch-major** end to end, (B, T, ...), as users pass their
 arrays: attention sees every position at once, so no step slice needs to be
 contiguous.
 
-Token id 0 is padding (Keras ``mask_zero=True``): it is masked out of every
-attention (as a query and as a key) and the loss is the mean over positions
-whose *input* token is not padding, as Keras computes the seed's loss. Masks:
-causal ∧ query padding ∧ key padding, for both attentions of the book block
-(the seed's code, under Keras 3, must be given them explicitly; see
-docs/design.md). ``block="gpt"`` uses the pre-LayerNorm block instead, with a
-final LayerNorm after the last block.
+The padding id is a property of the model, ``pad_id``: 0 by default (the seed's, Keras ``mask_zero=True``),
+or None (GPT-2's: no id is padding, id 0 is a token like any other). Padding is masked out of every
+attention (as a query and as a key) and the loss is the mean over positions whose *input* token is not
+padding, as Keras computes the seed's loss. Masks: causal ∧ query padding ∧ key padding, for both
+attentions of the book block (the seed's code, under Keras 3, must be given them explicitly; see
+docs/design.md); with ``pad_id=None`` only the causal mask and the caller's ``mask``. ``block="gpt"`` uses
+the pre-LayerNorm block instead, with a final LayerNorm after the last block.
 
 GPT-2's options (nanoGPT's model with ``activation="gelu", layernorm_epsilon=1e-5,
 tie_embeddings=True, init="gpt2"``; each kept in ``config``, so checkpoints keep
@@ -30,6 +30,7 @@ them, and a checkpoint written before them loads with the defaults, the seed's):
     dropout             one rate (gpt block) on the embeddings' sum, the attention probabilities and each
                         residual branch, in training only; its masks come from :attr:`dropout_rng` (seeded by
                         ``seed``, saved in checkpoints, so resuming draws the uninterrupted run's masks)
+    pad_id              the padding id (0, the seed's) or None (GPT-2's: nothing is masked by id)
 
 Parameter names, so that Keras weights map by name: ``embedding/token_embeddings``
 (V, E), ``embedding/position_embeddings`` (L, E), ``decoder_{n}/attention_1/{query,key,value,output}/{kernel,bias}``,
@@ -53,9 +54,10 @@ from typing import Any, NamedTuple
 
 import numpy
 
+from .. import checkpoint
 from ..backend import Array, Backend
 from ..checks import is_whole, whole_at_least
-from ..errors import ModelError
+from ..errors import CheckpointError, ModelError
 from ..layers import Dense, Dropout, LayerNormalization, PositionalEmbedding
 from ..layers.activations import ACTIVATIONS
 from ..layers.attention import causal_mask
@@ -91,7 +93,7 @@ class DecodeState(NamedTuple):
     ids: Array  # (B, n) every token so far (prompt and generated)
     kv: list  # per block, its KV caches for the current window
     start: int  # the window's first token in ``ids``: its positions are 0 … n - start - 1
-    keep: Array  # (B, n - start) bool: the window's real (non-padding) tokens
+    keep: Array  # (B, n - start) bool: the window's real (non-padding) tokens, all True when pad_id is None
 
 
 INITS = ("keras", "gpt2")
@@ -100,6 +102,10 @@ GPT2_STD = 0.02  # GPT-2's (and nanoGPT's) initial standard deviation
 
 def _is_epsilon(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _is_pad_id(v: object) -> bool:
+    return v is None or whole_at_least(0)(v)
 
 
 def _rules() -> dict:
@@ -120,6 +126,7 @@ def _rules() -> dict:
         "use_bias": (lambda v: isinstance(v, bool), "true or false"),
         "init": (lambda v: v in INITS, " or ".join(map(repr, INITS))),
         "dropout": (is_rate, RATE),
+        "pad_id": (_is_pad_id, "null (None: no padding id) or a token id below vocab_size"),
         "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
         "seed": (lambda v: v is None or (is_whole(v) and v >= 0), "null (None) or a whole number >= 0"),
     }
@@ -156,8 +163,9 @@ class TransformerTokenLoop(TokenLoop):
         of those already in the KV caches ``kv`` -> (logits of the last new position (B, V), keep (B, S))."""
         model, xp = self.model, self.backend.xp
         T = new.shape[1]
-        keep = xp.concatenate([keep, new != 0], axis=1)  # (B, S), S = position + T
-        mask = causal_mask(T, keep.shape[1], xp, offset=position)[None] & keep[:, None, :] & (new != 0)[:, :, None]
+        real = model.keep(new)  # (B, T)
+        keep = xp.concatenate([keep, real], axis=1)  # (B, S), S = position + T
+        mask = causal_mask(T, keep.shape[1], xp, offset=position)[None] & keep[:, None, :] & real[:, :, None]
         h, _ = model.embedding.forward(new, position)  # (B, T, E)
         for block, caches in zip(model.blocks, kv, strict=True):
             h = block.step(h, caches, mask)
@@ -175,8 +183,9 @@ class TransformerLM(TokenModel):
     every head has K dimensions of its own), num_layers, block "book" | "gpt";
     backend, dtype, seed as for :class:`~scratchlm.models.RecurrentLM`;
     activation, layernorm_epsilon, tie_embeddings, use_bias, init, dropout: the
-    GPT-2 options of the module docstring. The arguments are checked by the
-    same rules as a checkpoint's config.
+    GPT-2 options of the module docstring; pad_id: the padding id, 0 or None (no
+    padding, GPT-2's). The arguments are checked by the same rules as a
+    checkpoint's config.
     """
 
     kind = "transformer"
@@ -189,6 +198,7 @@ class TransformerLM(TokenModel):
         "use_bias": True,
         "init": "keras",
         "dropout": 0.0,
+        "pad_id": 0,
     }
     token_loop = TransformerTokenLoop
 
@@ -211,6 +221,7 @@ class TransformerLM(TokenModel):
         use_bias: bool = True,
         init: str = "keras",
         dropout: float = 0.0,
+        pad_id: int | None = 0,
     ):
         key_dim = embed_dim if key_dim is None else key_dim
         options = {
@@ -220,6 +231,7 @@ class TransformerLM(TokenModel):
             "use_bias": use_bias,
             "init": init,
             "dropout": dropout,
+            "pad_id": pad_id,
         }
         sizes = {
             "sequence_length": sequence_length,
@@ -232,12 +244,15 @@ class TransformerLM(TokenModel):
         super().__init__({"vocab_size": vocab_size, **sizes, "block": block, "seed": seed, **options}, backend, dtype)
         if dropout > 0 and block != "gpt":
             raise ModelError(f"dropout is an option of the gpt block: use block='gpt' or dropout=0, got {dropout!r}")
+        if pad_id is not None and pad_id >= vocab_size:
+            raise ModelError(f"pad_id must be None or a token id in [0, {vocab_size}), got {pad_id!r}")
         for name, value in sizes.items():
             setattr(self, name, int(value))
         self.block = block
         self.seed = None if seed is None else int(seed)
         self.activation, self.layernorm_epsilon = activation, float(layernorm_epsilon)
         self.tie_embeddings, self.use_bias, self.init = tie_embeddings, use_bias, init
+        self.pad_id = None if pad_id is None else int(pad_id)
         self.dropout = self.backend.layer(Dropout)(float(dropout), self.backend)  # embeddings' and blocks' rate
         self.dropout_rng = numpy.random.default_rng(None if seed is None else [int(seed), 1])  # not the weights'
         self._check_fits(
@@ -300,7 +315,19 @@ class TransformerLM(TokenModel):
             "use_bias": self.use_bias,
             "init": self.init,
             "dropout": self.dropout.rate,
+            "pad_id": self.pad_id,
         }
+
+    @classmethod
+    def check_config(cls, config: Any, what: str) -> None:
+        """:meth:`TokenModel.check_config`, and a ``pad_id`` that is a token id of the vocabulary."""
+        super().check_config(config, what)
+        pad_id = config.get("pad_id", cls.CONFIG_DEFAULTS["pad_id"])
+        if pad_id is not None and pad_id >= config["vocab_size"]:
+            raise CheckpointError(
+                f"{what}: field 'pad_id' must be null or a token id below vocab_size {config['vocab_size']}, "
+                f"got {pad_id!r}; {checkpoint.EDITED}"
+            )
 
     @classmethod
     def parameter_shapes(cls, config: dict) -> Iterator[tuple[str, Shape]]:
@@ -323,7 +350,7 @@ class TransformerLM(TokenModel):
         c = {**TransformerLM.CONFIG_DEFAULTS, **config}
         options = [
             f"{name} {c[name]!r}"
-            for name in ("activation", "layernorm_epsilon", "tie_embeddings", "use_bias", "init", "dropout")
+            for name in ("activation", "layernorm_epsilon", "tie_embeddings", "use_bias", "init", "dropout", "pad_id")
             if c[name] != TransformerLM.CONFIG_DEFAULTS[name]
         ]
         head = "tied to the embedding" if c["tie_embeddings"] else f"Dense({c['vocab_size']})"
@@ -340,10 +367,20 @@ class TransformerLM(TokenModel):
         return named if self.tie_embeddings else named + [("dense", self.dense)]
 
     # -- masks -------------------------------------------------------------------------
-    def _mask(self, x: Array, mask: Any) -> Array:
-        """The positions that count, (B, T): the caller's mask (if any) ∧ input token != 0 (padding)."""
-        keep = x != 0
+    def keep(self, ids: Array) -> Array:
+        """ids (B, T) -> (B, T) bool, True for real tokens: id != pad_id (Keras' mask_zero for pad_id 0), every
+        position when pad_id is None."""
+        if self.pad_id is None:
+            return self.backend.xp.ones(ids.shape, dtype=bool)
+        return ids != self.pad_id
+
+    def _mask(self, x: Array, mask: Any) -> Array | None:
+        """The positions that count, (B, T): the caller's mask (if any) ∧ input token != pad_id; None (all of
+        them) without a mask when pad_id is None."""
         given = super()._mask(x, mask)
+        if self.pad_id is None:
+            return given
+        keep = self.keep(x)
         return keep if given is None else given & keep
 
     def _attention_mask(self, keep: Array, T: int) -> Array:
@@ -384,7 +421,7 @@ class TransformerLM(TokenModel):
             raise ModelError(
                 f"sequences of {T} tokens are longer than this model's sequence_length {self.sequence_length}: cut them"
             )
-        keep = (x != 0) if mask is None else mask  # (B, T)
+        keep = self.keep(x) if mask is None else mask  # (B, T)
         attention = self._attention_mask(keep, T)  # (B, T, T)
         h, _ = self.embedding.forward(x)  # (B, T, E)
         if dropout is not None:
