@@ -1,8 +1,11 @@
-"""Keras interop: load a Keras 3 model into scratchlm, and build one from scratchlm.
+"""Interop: Keras 3 models and Hugging Face GPT-2 folders into scratchlm, and scratchlm models out to them.
 
     model = from_keras(keras_model)                  # a Sequential / functional Keras model
     model = from_keras("char_lm.weights.h5")         # model.save_weights(...) output, or a .keras file
     keras_model = to_keras(model)                    # a Keras model with the same weights
+    model = from_hf("gpt2/")                         # config.json + model.safetensors -> TransformerLM
+    tokenizer = hf_tokenizer("gpt2/")                # vocab.json + merges.txt -> BPETokenizer, or None
+    to_hf(model, "out/", tokenizer)                  # a GPT-2 folder transformers reads
 
 Two mappings, one module each, both in Keras' own weight layout (scratchlm stores its weights that way):
 
@@ -15,6 +18,10 @@ Two mappings, one module each, both in Keras' own weight layout (scratchlm store
 :mod:`~scratchlm.interop.keras_io` holds what they share: :class:`KerasInteropError`, and the reading of
 weight files. Reading files needs h5py, building Keras models needs Keras 3 (TensorFlow): both are imported
 only when used (``pip install "scratchlm[reference]"``).
+
+:mod:`~scratchlm.interop.gpt2` reads and writes GPT-2 (transformers' ``GPT2LMHeadModel``) folders with
+scratchlm's own safetensors reader (:mod:`scratchlm.safetensors`): it needs neither PyTorch nor transformers,
+and refuses pickles (``pytorch_model.bin``).
 """
 
 import os
@@ -22,9 +29,10 @@ from pathlib import Path
 
 from ..models import LanguageModel, TransformerLM
 from . import keras_recurrent, keras_transformer
+from .gpt2 import from_hf, hf_tokenizer, to_hf
 from .keras_io import KerasInteropError
 
-__all__ = ["KerasInteropError", "from_keras", "to_keras"]
+__all__ = ["KerasInteropError", "from_hf", "from_keras", "hf_tokenizer", "to_hf", "to_keras"]
 
 
 def from_keras(model_or_path, backend="numpy", dtype: str | None = None) -> LanguageModel | TransformerLM:
