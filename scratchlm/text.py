@@ -1,4 +1,4 @@
-"""Tokenizers: text <-> integer token ids, for characters and for words.
+"""Tokenizers: text <-> integer token ids, for characters and for words (byte-level BPE: :mod:`scratchlm.bpe`).
 
 A language model sees a vocabulary of V ids 0..V-1. A tokenizer fixes which
 piece of text each id stands for, turns text into ids (``encode``) and back
@@ -402,21 +402,21 @@ def from_config(config):
 
     Raises VocabularyError, naming the field, unless ``config`` has the shape ``config`` writes: kind "char"
     with chars (a list of characters), lower and reserved (true/false), kind "word" with words (a list
-    of strings) and lower, or kind "vector" with words, lower and strip_br (true/false).
+    of strings) and lower, kind "vector" with words, lower and strip_br (true/false), or kind "bpe" with
+    tokens (a list of strings), merges (a list of [left, right] pairs) and lower (:mod:`scratchlm.bpe`).
     """
     fix = "it is not a scratchlm tokenizer's config (a checkpoint holding it is corrupt or was edited)"
     if not isinstance(config, dict):
         raise VocabularyError(f"malformed tokenizer description, a {type(config).__name__} instead of a dict: {fix}")
     kind = config.get("kind")
-    if kind not in ("char", "word", "vector"):
-        raise VocabularyError(f"unknown tokenizer kind {kind!r:.60}: expected 'char', 'word' or 'vector'")
-    rules = (
-        {"chars": (list, "a list of characters"), "reserved": (bool, "true or false")}
-        if kind == "char"
-        else {"words": (list, "a list of words"), "strip_br": (bool, "true or false")}
-        if kind == "vector"
-        else {"words": (list, "a list of words")}
-    )
+    if kind not in ("char", "word", "vector", "bpe"):
+        raise VocabularyError(f"unknown tokenizer kind {kind!r:.60}: expected 'char', 'word', 'vector' or 'bpe'")
+    rules = {
+        "char": {"chars": (list, "a list of characters"), "reserved": (bool, "true or false")},
+        "word": {"words": (list, "a list of words")},
+        "vector": {"words": (list, "a list of words"), "strip_br": (bool, "true or false")},
+        "bpe": {"tokens": (list, "a list of tokens"), "merges": (list, "a list of [left, right] token pairs")},
+    }[kind]
     for name, (type_, rule) in {**rules, "lower": (bool, "true or false")}.items():
         if not isinstance(config.get(name), type_):
             raise VocabularyError(
@@ -426,4 +426,8 @@ def from_config(config):
         return CharTokenizer(config["chars"], lower=config["lower"], reserved=config["reserved"])
     if kind == "vector":
         return VectorTokenizer(config["words"], lower=config["lower"], strip_br=config["strip_br"])
+    if kind == "bpe":
+        from .bpe import BPETokenizer  # (scratchlm.bpe imports this module)
+
+        return BPETokenizer(config["tokens"], config["merges"], lower=config["lower"])
     return WordTokenizer(config["words"], lower=config["lower"])

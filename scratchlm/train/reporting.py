@@ -113,7 +113,8 @@ class Sampler:
                     f"no sample can be drawn ({exc}): the weights{saved} have diverged; start "
                     "again with a lower learning rate or gradient clipping"
                 ) from None
-            trainer.print(f"----- temperature {temperature:g}\n{shown}{render(tok, out)}")
+            # decoded with the prompt: a byte-level BPE character may begin in the prompt and end in the sample
+            trainer.print(f"----- temperature {temperature:g}\n{render(tok, numpy.concatenate([prompt, out]))}")
 
 
 def _prime_ids(tokenizer, prime):
@@ -139,10 +140,11 @@ def _prime_ids(tokenizer, prime):
 
 
 def render(tokenizer, ids) -> str:
-    """Text of ``ids`` without <eos>/<pad> (word tokens joined by spaces, a leading space when they follow)."""
+    """Text of ``ids`` without <eos>/<pad> (word tokens joined by spaces, a leading space when they follow;
+    character and byte-level BPE tokens joined as they are)."""
     ids = [int(i) for i in ids if int(i) not in (tokenizer.eos_id, tokenizer.pad_id)]
     text = tokenizer.decode(ids)
-    return text if tokenizer.kind == "char" or not text else " " + text
+    return text if tokenizer.kind in ("char", "bpe") or not text else " " + text
 
 
 # -- the metrics log ----------------------------------------------------------------------
@@ -222,14 +224,14 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> bool:
 # -- progress while an epoch runs -------------------------------------------------------
 
 
-def progress_bar(total: int, initial: int, desc: str, show: bool | None) -> tqdm:
-    """An epoch's tqdm bar on stderr: shown when ``show`` is True, hidden when False, on a terminal only when
-    None."""
+def progress_bar(total: int, initial: int, desc: str, show: bool | None, unit: str = "batch") -> tqdm:
+    """An epoch's tqdm bar on stderr (or one of another ``unit``): shown when ``show`` is True, hidden when False,
+    on a terminal only when None."""
     return tqdm(
         total=total,
         initial=initial,
         desc=desc,
-        unit="batch",
+        unit=unit,
         disable=None if show is None else not show,
         leave=False,
         file=sys.stderr,
