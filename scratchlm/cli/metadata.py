@@ -14,7 +14,7 @@ from .. import checkpoint
 from ..errors import CheckpointError
 from ..layers.dropout import MAX_RATE
 from ..text import from_config
-from .settings import GPT2_OPTIONS, LEARNING_RATE, PRESETS, SEQ_LEN
+from .settings import BPE_LEAST_VOCABULARY, DEFAULTS, GPT2_OPTIONS, LEARNING_RATE, PRESETS, SEQ_LEN
 
 
 def _real(v):
@@ -30,9 +30,10 @@ def _whole_or_null(least):
 # What the settings of a `scratchlm train` run (metadata["cli"]) must look like for --resume to use them.
 SETTING_RULES = {
     "corpus": (lambda v: isinstance(v, str) and v != "", "a corpus name or path"),
-    "tokenizer": (lambda v: v in ("char", "word", "vector"), "'char', 'word' or 'vector'"),
+    "tokenizer": (lambda v: v in ("char", "word", "vector", "bpe"), "'char', 'word', 'vector' or 'bpe'"),
     "lower": (lambda v: isinstance(v, bool), "true or false"),
     "max_tokens": checkpoint.whole_rule(1),
+    "vocab_size": checkpoint.whole_rule(BPE_LEAST_VOCABULARY),
     "batching": (lambda v: v in SEQ_LEN, "'streams', 'windows', 'random', 'padded' or 'vectorized'"),
     "seq_len": checkpoint.whole_rule(1),
     "step": checkpoint.whole_rule(1),
@@ -142,6 +143,7 @@ def settings_of(meta, path):
         "dense_dim": 2048,
         "key_dim": None,
         "layers": 1,
+        "vocab_size": DEFAULTS["vocab_size"],
         **_RECIPE_BEFORE,
         **_GPT2_BEFORE,
     }  # what runs from before these settings used

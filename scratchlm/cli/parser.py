@@ -123,8 +123,9 @@ def _add_train(commands):
     g = p.add_argument_group("text and batches")
     g.add_argument(
         "--tokenizer",
-        choices=["char", "word"],
-        help="one token per character (default) or per word and punctuation mark",
+        choices=["char", "word", "bpe"],
+        help="one token per character (default), per word and punctuation mark, or byte-level BPE (GPT-2's "
+        "tokenizer, its merges learned from the corpus up to --vocab-size tokens)",
     )
     g.add_argument(
         "--lower", action="store_true", default=None, help="lower-case the text first (word level always does)"
@@ -135,6 +136,13 @@ def _add_train(commands):
         metavar="N",
         help="word level and the IMDB seed's --model transformer: keep the N most frequent tokens (default "
         "10000, the seed 15000); the rest become <unk> ([UNK] for the seed)",
+    )
+    g.add_argument(
+        "--vocab-size",
+        type=_positive_int,
+        metavar="N",
+        help="--tokenizer bpe: learn merges until the vocabulary has N tokens: the 256 byte symbols, one per "
+        "merge, and <|endoftext|> (default 2000; fewer when no pair of tokens occurs twice any more)",
     )
     g.add_argument(
         "--batching",

@@ -10,6 +10,7 @@ import numpy
 
 from .. import batching, budget, corpora, distributed, models
 from ..backend import get_backend
+from ..bpe import BPETokenizer
 from ..datasets import imdb
 from ..text import CharTokenizer, VectorTokenizer, VocabularyError, WordTokenizer, listing
 from .settings import model_config
@@ -30,13 +31,20 @@ def prepare_data(settings, corpus, tokenizer, config):
         return (tokenizer, *prepare_vectorized(settings, texts, tokenizer, count))
     text = _text(corpus)
     if tokenizer is None:
-        tokenizer = (
-            WordTokenizer.fit(text, max_tokens=settings["max_tokens"])
-            if settings["tokenizer"] == "word"
-            else CharTokenizer.fit(text, lower=settings["lower"])
-        )
+        tokenizer = _fit(settings, text)
     check_memory(settings, config or model_config(settings, tokenizer.vocab_size), None, config is not None)
     return (tokenizer, *prepare(settings, text, tokenizer, corpus))
+
+
+def _fit(settings, text):
+    """The tokenizer a new run's settings describe, fitted to ``text``. A BPE vocabulary has at most --vocab-size
+    tokens, so the memory its model needs is weighed before the merges are learned."""
+    if settings["tokenizer"] == "word":
+        return WordTokenizer.fit(text, max_tokens=settings["max_tokens"])
+    if settings["tokenizer"] == "bpe":
+        check_memory(settings, model_config(settings, settings["vocab_size"]), None, False)
+        return BPETokenizer.train(text, settings["vocab_size"], lower=settings["lower"], progress=settings["progress"])
+    return CharTokenizer.fit(text, lower=settings["lower"])
 
 
 def _text(corpus):

@@ -16,6 +16,7 @@ DEFAULTS = {
     "tokenizer": "char",
     "lower": False,
     "max_tokens": 10000,
+    "vocab_size": 2000,
     "batching": "streams",
     "seq_len": None,
     "step": 3,
@@ -104,6 +105,7 @@ PRESETS = {
 # The options of the Transformer alone, and those of its GPT-2 block options.
 TRANSFORMER_OPTIONS = ("block", "heads", "key_dim", "dense_dim", "layers")
 GPT2_OPTIONS = ("activation", "layernorm_epsilon", "tie_embeddings", "use_bias", "init")
+BPE_LEAST_VOCABULARY = 257  # --vocab-size: the 256 byte symbols and <|endoftext|>
 # What `train --resume` may change; everything else comes from the checkpoint.
 RESUMABLE = {"epochs", "max_steps", "checkpoint_every", "backend", "progress", "sample_length", "temperature", "prime"}
 
@@ -202,6 +204,7 @@ def resolve(given: dict) -> dict:
         if wrong:
             names = ", ".join("--no-bias" if k == "--use-bias" else k for k in wrong)
             raise ScratchLMError(f"{names}: settings of --model transformer; leave them out")
+    _check_bpe(s, given)
     s["optimizer"] = s["optimizer"] or "adam"
     word = s["tokenizer"] == "word"
     s["lower"] = bool(s["lower"]) or word
@@ -224,6 +227,27 @@ def resolve(given: dict) -> dict:
         raise ScratchLMError(f"--clipnorm must be a number >= 0 (0 = off), got {s['clipnorm']}")
     _resolve_recipe(s, given)
     return s
+
+
+def _check_bpe(s, given):
+    """--vocab-size belongs to --tokenizer bpe, counts at least the 256 byte symbols and <|endoftext|>, and a BPE
+    vocabulary has no <pad> for padded batches."""
+    if s["tokenizer"] != "bpe":
+        if "vocab_size" in given:
+            raise ScratchLMError(
+                "--vocab-size is a setting of --tokenizer bpe (a word vocabulary is capped by --max-tokens)"
+            )
+        return
+    if s["vocab_size"] < BPE_LEAST_VOCABULARY:
+        raise ScratchLMError(
+            f"--vocab-size must be at least {BPE_LEAST_VOCABULARY} (the 256 byte symbols and <|endoftext|>), got "
+            f"{s['vocab_size']:,}: e.g. 2000 for a small corpus, GPT-2 has 50257"
+        )
+    if s["batching"] == "padded":
+        raise ScratchLMError(
+            "--batching padded needs <pad>, which a byte-level BPE vocabulary does not have: use streams, windows "
+            "or random"
+        )
 
 
 def _gpt_sizes(s, given):
