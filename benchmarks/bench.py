@@ -83,6 +83,7 @@ WORKLOAD_CASES = {
     "transformer": ["transformer"],
     "transformer-gen": ["transformer-gen"],
     "gpt-cpu": ["gpt-cpu"],
+    "gpt2-124m": ["gpt2-124m-gen", "gpt2-124m-step"],
     "sweep": [f"sweep-b{B}-h{H}" for H in fw.SWEEP_H for B in fw.SWEEP_B],
 }
 # Units per round: enough that the fastest framework's round lasts >= ~0.1 s, so that waking its threads and
@@ -100,6 +101,8 @@ ROUND = {
     "transformer": 1,
     "transformer-gen": 2,
     "gpt-cpu": 40,
+    "gpt2-124m-gen": 2,
+    "gpt2-124m-step": 3,
     "gpu-gen-b1": 1000,
     "gpu-transformer": 10,
     "gpu-transformer-gen": 2,
@@ -115,6 +118,8 @@ WARMUP = {
     "transformer": 1,
     "transformer-gen": 1,
     "gpt-cpu": 5,
+    "gpt2-124m-gen": 1,
+    "gpt2-124m-step": 1,
     "gpu-gen-b1": 50,
     "gpu-transformer": 3,
     "gpu-transformer-gen": 1,
@@ -267,6 +272,8 @@ def gemms(case):
         return transformer_gemms(c)
     if c.get("model") == "gpt":
         return gpt_gemms(c)
+    if c.get("model") == "gpt2":
+        return gpt_gemms(dict(c, V=fw.GPT2_VOCAB, E=768, N=12, L=12))
     T, B, H, V = c["T"], c["B"], c["H"], c.get("V", fw.V)
     G = 3 if c.get("cell") == "gru" else 4  # gates: GRU z, r, h; LSTM i, f, c, o
     out = [

@@ -39,6 +39,13 @@ Cases (see benchmarks/bench.py):
              weights). PyTorch runs nanoGPT's own ``model.py`` (eager, imported from a copy in a temporary
              folder, see :func:`nanogpt_module`) with its ``configure_optimizers``; scratchlm runs
              :func:`scratchlm.train.train_step`, the step its Trainer takes
+    gpt2-124m-gen   issue 24: a GPT-2-124M-shaped model (12 blocks, E 768, 12 heads, context 1024, V 50,257,
+             GELU-tanh, tied; random weights written locally by benchmarks/gpt2_124m.py into the folder
+             $SCRATCHLM_GPT2_FOLDER) generating 32 tokens greedily after an 8-token prompt, batch 1: scratchlm's
+             ``generate`` (KV cache) against transformers' GPT2LMHeadModel (eager attention) stepping with its
+             own cache (``past_key_values``); one unit is one 32-token generation
+    gpt2-124m-step  that model's fine-tuning step at B 4, T 64: forward, backward, AdamW (lr 1e-4, weight decay
+             0.1), in scratchlm and in transformers + torch.optim.AdamW
 """
 
 import contextlib
@@ -120,6 +127,12 @@ CASES["gpt-cpu"] = dict(
     L=4,
     frameworks=["scratchlm", "scratchlm-reference", "torch"],
 )
+# Issue 24: a GPT-2-124M-shaped model read from a Hugging Face folder (benchmarks/gpt2_124m.py writes it).
+CASES["gpt2-124m-gen"] = dict(
+    kind="generate", model="gpt2", B=1, prompt=8, length=32, frameworks=["scratchlm", "torch"]
+)
+CASES["gpt2-124m-step"] = dict(kind="train", model="gpt2", B=4, T=64, frameworks=["scratchlm", "torch"])
+GPT2_VOCAB = 50257
 NANOGPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "nanogpt")
 DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]  # cases without "frameworks"
 THREADS = 2
@@ -177,6 +190,8 @@ def build_scratchlm(case, kernels="fused"):
         return _scratchlm_transformer(c, backend, optim)
     if c.get("model") == "gpt":
         return _scratchlm_gpt(c, backend, optim)
+    if c.get("model") == "gpt2":
+        return _scratchlm_gpt2(c, backend, optim)
     model = LanguageModel(c.get("V", V), c["embedding"], [c["H"]], backend=backend, cell=c.get("cell", "lstm"))
     sync = backend.xp.cuda.Device().synchronize if c.get("gpu") else lambda: None
     if c["kind"] == "generate":
@@ -289,6 +304,51 @@ def _scratchlm_gpt(c, backend, optim):
     return run, 1
 
 
+def gpt2_folder():
+    """The GPT-2-124M-shaped folder the gpt2-124m cases read ($SCRATCHLM_GPT2_FOLDER)."""
+    folder = os.environ.get("SCRATCHLM_GPT2_FOLDER")
+    if not folder or not os.path.exists(os.path.join(folder, "model.safetensors")):
+        raise RuntimeError("set SCRATCHLM_GPT2_FOLDER to the folder benchmarks/gpt2_124m.py writes")
+    return folder
+
+
+def gpt2_data(c):
+    """The prompt (1, P), or x, y (B, T) for a step: random ids of GPT-2's vocabulary (0 included: no padding)."""
+    rng = np.random.default_rng(0)
+    if c["kind"] == "generate":
+        return rng.integers(0, GPT2_VOCAB, (c["B"], c["prompt"]))
+    return rng.integers(0, GPT2_VOCAB, (c["B"], c["T"])), rng.integers(0, GPT2_VOCAB, (c["B"], c["T"]))
+
+
+def _scratchlm_gpt2(c, backend, optim):
+    from scratchlm.batching import Batch
+    from scratchlm.interop import from_hf
+    from scratchlm.train import train_step
+
+    model = from_hf(gpt2_folder(), backend=backend, dropout=0.0)
+    if c["kind"] == "generate":
+        prompt = gpt2_data(c)
+
+        def run(n):
+            start = time.perf_counter()
+            for _ in range(n):
+                model.generate(prompt, c["length"], temperature=0)
+            return time.perf_counter() - start
+
+        return run, c["length"]
+    opt = optim.AdamW(lr=1e-4, weight_decay=0.1, kernels=backend.kernels)
+    x, y = gpt2_data(c)
+    batch = Batch(x, y, None, x.size)
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            train_step(model, opt, batch)
+        return time.perf_counter() - start
+
+    return run, 1
+
+
 def build_scratchlm_rerun(case):
     """The seed's way of generating, with scratchlm's model: the full forward pass per token."""
     from scratchlm import get_backend, optim
@@ -336,6 +396,8 @@ def build_torch(case):
     torch.set_num_threads(THREADS)
     if CASES[case].get("model") == "gpt":
         return _torch_nanogpt(torch, CASES[case])
+    if CASES[case].get("model") == "gpt2":
+        return _torch_gpt2(torch, CASES[case])
     torch.manual_seed(0)
     # float32 means float32: PyTorch lets cuDNN round float32 to TF32 on tensor cores unless told not to
     # (scratchlm's CuPy GEMMs stay float32). SCRATCHLM_BENCH_TF32=1 measures PyTorch with TF32.
@@ -514,6 +576,49 @@ def _torch_nanogpt(torch, c):
             _, loss = model(x, y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    return run, 1
+
+
+def _torch_gpt2(torch, c):
+    """transformers' GPT2LMHeadModel read from the same folder, eager attention; generation steps with its own
+    KV cache (``past_key_values``), greedy, one token per forward as scratchlm's ``generate`` does."""
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(gpt2_folder(), torch_dtype=torch.float32, attn_implementation="eager")
+    if c["kind"] == "generate":
+        model.eval()
+        prompt = torch.as_tensor(gpt2_data(c))
+
+        def run(n):
+            start = time.perf_counter()
+            with torch.no_grad():
+                for _ in range(n):
+                    out = model(prompt, use_cache=True)
+                    past, ids = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                    for _ in range(c["length"] - 1):
+                        out = model(ids, past_key_values=past, use_cache=True)
+                        past, ids = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            return time.perf_counter() - start
+
+        return run, c["length"]
+    model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
+    model.train()
+    for module in model.modules():  # dropout 0, as scratchlm's dropout=0.0
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    x, y = (torch.as_tensor(a) for a in gpt2_data(c))
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            logits = model(x).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return time.perf_counter() - start
