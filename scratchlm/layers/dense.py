@@ -30,9 +30,18 @@ class Dense(Layer):
     of rows and never holds the (N, V) logits.
     """
 
-    def __init__(self, input_size: int, units: int, backend: Backend, rng: Any, use_bias: bool = True):
+    def __init__(
+        self,
+        input_size: int,
+        units: int,
+        backend: Backend,
+        rng: Any,
+        use_bias: bool = True,
+        kernel: Array | None = None,
+    ):
         self.backend = backend
-        self.kernel = glorot_uniform((input_size, units), rng, backend)  # (D, V)
+        # (D, V); a kernel given by the owner (a tied output layer's: the token table, transposed) is not drawn
+        self.kernel = glorot_uniform((input_size, units), rng, backend) if kernel is None else kernel
         self.bias = backend.zeros((units,)) if use_bias else None  # (V,)
 
     @property
