@@ -241,7 +241,7 @@ METADATA_LIES = {  # lie -> (change, commands that refuse it, words of the messa
     "tokenizer without chars": (lambda a, h: h["metadata"]["tokenizer"].pop("chars"), EVERYWHERE, ["'chars'"]),
     "chars a string": (tokenizer(chars="abc"), EVERYWHERE, ["'chars'", "'abc'"]),
     "lower 'no'": (tokenizer(lower="no"), EVERYWHERE, ["'lower'", "'no'"]),
-    "an unknown tokenizer kind": (tokenizer(kind="bpe"), EVERYWHERE, ["'bpe'"]),
+    "an unknown tokenizer kind": (tokenizer(kind="unigram"), EVERYWHERE, ["'unigram'"]),
 }
 
 

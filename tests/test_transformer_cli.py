@@ -314,6 +314,7 @@ def test_the_preset_resolves_to_nanogpts_cpu_command_and_options_given_override_
         "use_bias": False,
         "init": "gpt2",
         "dropout": 0.0,
+        "pad_id": 0,
     }
     schedule = build_schedule(s)
     assert [schedule(step) for step in (100, 1050, 2000, 5000)] == pytest.approx([1e-3, 5.5e-4, 1e-4, 1e-4])

@@ -8,8 +8,10 @@ for a new run by :func:`resolve` and recorded in every checkpoint (``metadata["c
 import math
 
 from .. import models, optim, schedules
-from ..errors import ScratchLMError
+from ..errors import CheckpointError, ScratchLMError
+from ..interop import gpt2
 from ..layers.dropout import MAX_RATE
+from ..models.transformer import INITS
 from ..train import TEMPERATURES
 
 DEFAULTS = {
@@ -126,7 +128,11 @@ def model_config(settings, vocab_size):
             "dtype": settings["dtype"],
             "seed": settings["seed"],
             **{name: settings[name] for name in GPT2_OPTIONS},
+            # a fine-tuning run's model is built with the constructor's cheapest draw, then given the folder's weights
+            "init": "keras" if is_folder_init(settings["init"]) else settings["init"],
             "dropout": settings["dropout"],
+            # char and word vocabularies reserve id 0 for <pad>; a byte-level BPE has no padding (its id 0 is "!")
+            "pad_id": None if settings["tokenizer"] == "bpe" else 0,
         }
     return {
         "kind": "recurrent",
@@ -164,8 +170,72 @@ def _with_preset(given: dict) -> dict:
     return {**preset, **given}
 
 
+def is_folder_init(init) -> bool:
+    """Whether --init names a Hugging Face GPT-2 folder (the parser keeps its absolute path) rather than an
+    initialisation (keras, gpt2)."""
+    return init not in INITS
+
+
+# What a GPT-2 folder decides in a fine-tuning run (--init HF_FOLDER): its architecture and its tokenizer.
+FOLDER_DECIDES = (
+    "model",
+    "block",
+    "preset",
+    "tokenizer",
+    "vocab_size",
+    "max_tokens",
+    "lower",
+    *TRANSFORMER_OPTIONS,
+    "embedding_dim",
+    *(name for name in GPT2_OPTIONS if name != "init"),
+)
+
+
+def _from_folder(given: dict) -> dict:
+    """The options given, with the architecture and tokenizer of the GPT-2 folder ``given["init"]``; fine-tuning
+    defaults (AdamW at 1e-4, random windows as long as the model's context) where the options are silent."""
+    folder = given["init"]
+    clash = [_option(k) for k in FOLDER_DECIDES if k in given]
+    if clash:
+        names = ", ".join("--no-bias" if k == "--use-bias" else k for k in clash)
+        raise ScratchLMError(f"--init {folder} brings its own architecture and tokenizer: leave out {names}")
+    try:
+        c = gpt2.read_config(folder)
+    except CheckpointError as exc:
+        raise ScratchLMError(f"--init: {exc}") from None
+    seq_len = given.get("seq_len") or c["n_positions"]
+    if seq_len > c["n_positions"]:
+        raise ScratchLMError(
+            f"--seq-len {seq_len} is longer than the context of {folder} ({c['n_positions']} positions): "
+            f"give at most {c['n_positions']}"
+        )
+    return {
+        "optimizer": "adamw",
+        "lr": 1e-4,
+        "batching": "random",
+        **given,
+        "model": "transformer",
+        "block": "gpt",
+        "tokenizer": "bpe",
+        "vocab_size": c["vocab_size"],
+        "seq_len": seq_len,
+        "embedding_dim": c["n_embd"],
+        "heads": c["n_head"],
+        "key_dim": c["n_embd"] // c["n_head"],
+        "dense_dim": c["n_inner"],
+        "layers": c["n_layer"],
+        "activation": gpt2.ACTIVATIONS[c["activation_function"]],
+        "layernorm_epsilon": float(c["layer_norm_epsilon"]),
+        "tie_embeddings": True,
+        "use_bias": True,
+    }
+
+
 def resolve(given: dict) -> dict:
-    """Settings for a new run: the options given (over their --preset's), defaults for the rest."""
+    """Settings for a new run: the options given (over their --preset's), defaults for the rest; with ``--init
+    HF_FOLDER``, the folder's architecture and tokenizer."""
+    if is_folder_init(given.get("init", DEFAULTS["init"])):
+        given = _from_folder(given)
     given = _with_preset(given)
     s = {**DEFAULTS, **given}
     if s["model"] == "transformer":
