@@ -2,6 +2,7 @@
 
     scratchlm eval runs/shakespeare                 # the held-out split, as the run cut it
     scratchlm eval runs/shakespeare other.txt --json
+    scratchlm eval gpt2/ wiki.txt                    # a Hugging Face GPT-2 folder on any text
 
 Every target of the text is scored once (not a sample), batched: a text read as one sequence is cut into
 streams read in chunks (:class:`~scratchlm.batching.Whole`; a stateful recurrent model carries its state
@@ -21,6 +22,7 @@ from ..errors import CheckpointError, ModelError, ScratchLMError
 from ..text import VocabularyError, listing
 from ..train import load_checkpoint
 from ..train.reporting import progress_bar
+from . import hf
 from .metadata import settings_of, tokenizer_of
 from .prepare import prepare_data
 from .sample import _checkpoint_path
@@ -31,17 +33,22 @@ def cmd_eval(args):
         return 0
     if not args.checkpoint.exists():
         raise ScratchLMError(f"there is no run directory or checkpoint {args.checkpoint}: check the path")
-    path = _checkpoint_path(args.checkpoint)
-    try:
-        ckpt = load_checkpoint(path, backend=args.backend)
-    except ModelError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    tokenizer = tokenizer_of(ckpt.metadata, ckpt.model.vocab_size, path)
-    if tokenizer is None:
-        raise ScratchLMError(f"{path} holds no tokenizer, so no text can be scored with it: score it in Python")
-    settings = settings_of(ckpt.metadata, path) if "cli" in ckpt.metadata else None
-    batches, what = _batches(args, ckpt.model, tokenizer, settings, ckpt.metadata.get("data"), path)
-    loss, targets = score(ckpt.model, batches, args.progress)
+    if hf.is_hf_folder(args.checkpoint):  # a Hugging Face GPT-2 folder: no run, so no held-out split
+        path, metadata = args.checkpoint, {}
+        model, tokenizer = hf.load(path, args.backend)
+    else:
+        path = _checkpoint_path(args.checkpoint)
+        try:
+            ckpt = load_checkpoint(path, backend=args.backend)
+        except ModelError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        model, metadata = ckpt.model, ckpt.metadata
+        tokenizer = tokenizer_of(metadata, model.vocab_size, path)
+        if tokenizer is None:
+            raise ScratchLMError(f"{path} holds no tokenizer, so no text can be scored with it: score it in Python")
+    settings = settings_of(metadata, path) if "cli" in metadata else None
+    batches, what = _batches(args, model, tokenizer, settings, metadata.get("data"), path)
+    loss, targets = score(model, batches, args.progress)
     unit = "character" if tokenizer.kind == "char" else "token"
     result = {
         "checkpoint": str(path),
@@ -126,7 +133,7 @@ def _batches(args, model, tokenizer, settings, data, path):
         )
     if len(ids) < 2:
         raise ScratchLMError(f"{what} holds {len(ids)} token(s): scoring needs at least 2")
-    B = args.batch_size or (settings["batch_size"] if settings is not None else 64)
+    B = args.batch_size or (settings["batch_size"] if settings is not None else _default_batch(model, T))
     return batching.Whole(ids, B, T), what
 
 
@@ -138,6 +145,12 @@ def _check_same_corpus(corpus, train_ids, data):
             f"{corpus} is no longer the text the run trained on (its training part differs): "
             "score the held-out text as a TEXT file instead"
         )
+
+
+def _default_batch(model, T):
+    """Rows per batch for a model without a run's settings: 64, fewer when that many rows' logits (T x V floats
+    each, GPT-2's 1024 x 50,257) would pass 256 MB."""
+    return max(1, min(64, (256 << 20) // (4 * T * model.vocab_size)))
 
 
 def _default_length(model, settings):

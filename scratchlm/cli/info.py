@@ -1,6 +1,7 @@
 """``scratchlm info``: what a checkpoint holds, read from its checked header; the model is never built.
 
 scratchlm info runs/my/last.npz
+scratchlm info gpt2/                # a Hugging Face GPT-2 folder: its config and safetensors header
 """
 
 import numpy
@@ -9,6 +10,7 @@ from .. import distributed, models, optim, schedules
 from ..errors import CheckpointError
 from ..rundir import BEST, LAST
 from ..train import check_position
+from . import hf
 from .metadata import metadata_dict, tokenizer_of
 
 
@@ -37,6 +39,9 @@ def cmd_info(args):
     """Describe a checkpoint from its checked header and the sizes of its arrays: the model is never built."""
     if distributed.launcher_rank() != 0:  # under mpiexec it runs once, on rank 0 (MPI is never started)
         return 0
+    if hf.is_hf_folder(args.checkpoint):
+        _print(hf.describe(args.checkpoint))
+        return 0
     path = _info_path(args.checkpoint)
     header, arrays = models.read(path)
     config, meta = header["model"], header["metadata"]
@@ -55,7 +60,8 @@ def cmd_info(args):
         )
     tok = tokenizer_of(meta, config["vocab_size"], path)
     if tok is not None:
-        extra = (", lower-cased" if tok.lower else "") + ("" if tok.reserved else ", no reserved ids")
+        lower = getattr(tok, "lower", False)  # a BPE tokenizer keeps the text's case
+        extra = (", lower-cased" if lower else "") + ("" if tok.reserved else ", no reserved ids")
         rows.append(("tokenizer", f"{tok.kind}, {tok.vocab_size:,} tokens{extra}"))
     if header["optimizer"] is not None:
         opt = optim.from_state(header["optimizer"], {})
@@ -85,7 +91,11 @@ def cmd_info(args):
         for r in position["history"]:
             val = f", val {r['val_loss']:.4f}" if r["val_loss"] is not None else ""
             rows.append((f"epoch {r['epoch']}", f"loss {r['loss']:.4f}{val}, {r['seconds']:.1f} s"))
+    _print(rows)
+    return 0
+
+
+def _print(rows):
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    return 0

@@ -8,13 +8,14 @@ reads both and builds its data from the settings, so each setting must follow it
 """
 
 import math
+import os
 import reprlib
 
 from .. import checkpoint
 from ..errors import CheckpointError
 from ..layers.dropout import MAX_RATE
 from ..text import from_config
-from .settings import BPE_LEAST_VOCABULARY, DEFAULTS, GPT2_OPTIONS, LEARNING_RATE, PRESETS, SEQ_LEN
+from .settings import BPE_LEAST_VOCABULARY, DEFAULTS, GPT2_OPTIONS, LEARNING_RATE, PRESETS, SEQ_LEN, is_folder_init
 
 
 def _real(v):
@@ -81,7 +82,10 @@ SETTING_RULES = {
     "layernorm_epsilon": (lambda v: _real(v) and v > 0, "a number > 0"),
     "tie_embeddings": (lambda v: isinstance(v, bool), "true or false"),
     "use_bias": (lambda v: isinstance(v, bool), "true or false"),
-    "init": (lambda v: v in ("keras", "gpt2"), "'keras' or 'gpt2'"),
+    "init": (  # an initialisation, or the GPT-2 folder a fine-tuning run started from (never read on resume)
+        lambda v: v in ("keras", "gpt2") or (isinstance(v, str) and 0 < len(v) < 4096 and os.path.isabs(v)),
+        "'keras', 'gpt2' or the absolute path of the GPT-2 folder the run fine-tuned",
+    ),
     "preset": (lambda v: v is None or v in PRESETS, "null or " + " or ".join(map(repr, PRESETS))),
 }
 
@@ -185,7 +189,10 @@ def _recorded(settings, config, tokenizer, meta):
             yield name, settings[name], config[field], model
         yield "key_dim", settings["key_dim"] or settings["embedding_dim"], config["key_dim"], model
         for name in (*GPT2_OPTIONS, "dropout"):
-            yield name, settings[name], config[name], model
+            value = settings[name]
+            if name == "init" and is_folder_init(value):  # a fine-tuning run's model was built with keras' draw
+                value = "keras"
+            yield name, value, config[name], model
     else:
         yield "cell", settings["cell"], config["cell"], model
         yield "hidden", settings["hidden"], config["hidden_sizes"], model

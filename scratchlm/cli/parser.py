@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import checkpoint, distributed
 from ..errors import ScratchLMError
+from ..models.transformer import INITS
 from . import eval, info, sample, train
 from .settings import LEARNING_RATE, PRESETS
 
@@ -58,6 +59,22 @@ def _number(s):
         return float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
+def _init(s):
+    """--init: an initialisation's name, or a Hugging Face GPT-2 folder (its absolute path)."""
+    folder = Path(s)
+    if s in INITS:
+        if (folder / "config.json").is_file():
+            raise argparse.ArgumentTypeError(
+                f"{s} names GPT-2's initialisation and also a folder here: write --init ./{s} to start from the folder"
+            )
+        return s
+    if not (folder / "config.json").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{s!r} is neither keras, gpt2 nor a folder holding a Hugging Face model's config.json"
+        )
+    return str(folder.resolve())
 
 
 def _wrap(text):
@@ -257,9 +274,11 @@ def _add_train(commands):
     )
     g.add_argument(
         "--init",
-        choices=["keras", "gpt2"],
+        type=_init,
+        metavar="{keras,gpt2,HF_FOLDER}",
         help="transformer: keras (default, the seed's) or gpt2: N(0, 0.02), the residual projections scaled "
-        "by 1/√(2·layers), biases 0",
+        "by 1/√(2·layers), biases 0; or a Hugging Face GPT-2 folder to fine-tune (config.json, "
+        "model.safetensors, vocab.json, merges.txt): its architecture and tokenizer, its weights to start from",
     )
     g.add_argument("--optimizer", choices=sorted(LEARNING_RATE), help="default adam (transformer: rmsprop)")
     g.add_argument(

@@ -1,6 +1,7 @@
 """``scratchlm sample``: text from a checkpoint, one sample per temperature.
 
 scratchlm sample runs/my --prime "The " --temperature 0.2 0.5 1.0
+scratchlm sample gpt2/ --prime "Hello, I'm a language model," --top-k 40    # a Hugging Face GPT-2 folder
 """
 
 import numpy
@@ -10,6 +11,7 @@ from ..errors import CheckpointError, ModelError, ScratchLMError
 from ..rundir import BEST, LAST
 from ..text import UNK, VectorTokenizer, VocabularyError, listing
 from ..train import load_checkpoint, render
+from . import hf
 from .metadata import metadata_dict, tokenizer_of
 
 
@@ -28,11 +30,11 @@ def _unknown_token(tokenizer):
     return VectorTokenizer.UNK if tokenizer.kind == VectorTokenizer.kind else UNK
 
 
-def cmd_sample(args):
-    if distributed.launcher_rank() != 0:  # under mpiexec it runs once, on rank 0 (MPI is never started)
-        return 0
-    for t in args.temperature:
-        sampling.check_options(t, args.top_k, args.top_p)
+def _model_and_tokenizer(args):
+    """(model, tokenizer, whether the run was trained on padded lines) of a checkpoint, a run directory or a
+    Hugging Face GPT-2 folder."""
+    if hf.is_hf_folder(args.checkpoint):
+        return (*hf.load(args.checkpoint, args.backend), False)
     path = _checkpoint_path(args.checkpoint)
     try:
         ckpt = load_checkpoint(path, backend=args.backend)
@@ -45,6 +47,15 @@ def cmd_sample(args):
             "text: sample from it in Python with model.generate"
         )
     lines = "data" in ckpt.metadata and metadata_dict(ckpt.metadata, "data", path).get("kind") == "padded"
+    return ckpt.model, tokenizer, lines
+
+
+def cmd_sample(args):
+    if distributed.launcher_rank() != 0:  # under mpiexec it runs once, on rank 0 (MPI is never started)
+        return 0
+    for t in args.temperature:
+        sampling.check_options(t, args.top_k, args.top_p)
+    model, tokenizer, lines = _model_and_tokenizer(args)
     eos = tokenizer.eos_id if lines else None
     banned = [i for i in tokenizer.special_ids if i != eos]
     if args.prime_file is not None:
@@ -55,14 +66,19 @@ def cmd_sample(args):
         prime = ""
     elif tokenizer.kind == "char" and "\n" in tokenizer.chars:
         prime = "\n"
+    elif tokenizer.kind == "bpe" and tokenizer.eos_id is not None:
+        prime = None  # unconditional, as GPT-2 samples: from <|endoftext|> alone
     else:
         raise ScratchLMError("this model needs text to start from: pass --prime TEXT or --prime-file FILE")
     try:
-        prompt = tokenizer.encode(prime, unknown=args.unknown).astype(numpy.int64)
+        if prime is None:
+            prompt = numpy.array([tokenizer.eos_id], dtype=numpy.int64)
+        else:
+            prompt = tokenizer.encode(prime, unknown=args.unknown).astype(numpy.int64)
     except VocabularyError as exc:
         if not exc.missing:
             raise
-        what = "character" if tokenizer.kind == "char" else "word"
+        what = "word" if tokenizer.kind in ("word", "vector") else "character"
         raise VocabularyError(
             f"the prime holds {len(exc.missing)} {what}{'s' if len(exc.missing) > 1 else ''} "
             f"the model's vocabulary lacks: {listing(exc.missing)}; leave them out with "
@@ -79,7 +95,7 @@ def cmd_sample(args):
         raise ScratchLMError("the prime is empty (after skipping unknown characters): pass a longer --prime")
     shown = render(tokenizer, prompt)
     for t in args.temperature:
-        out = ckpt.model.generate(
+        out = model.generate(
             prompt,
             args.length,
             temperature=t,

@@ -2,6 +2,7 @@
 
     scratchlm train my.txt --run-dir runs/my            # train (Ctrl-C any time)
     scratchlm train --resume runs/my                    # continue exactly where it stopped
+    scratchlm train my.txt --init gpt2/ --seq-len 128   # fine-tune a Hugging Face GPT-2 folder
 
 The settings come from the options (:mod:`.settings`) or, on resume, from the checkpoint
 (:mod:`.metadata`); the corpus, tokenizer and batches from :mod:`.prepare`.
@@ -13,11 +14,12 @@ from pathlib import Path
 from .. import checkpoint, distributed, rundir, sampling
 from ..backend import get_backend
 from ..errors import CheckpointError, ScratchLMError
+from ..interop.gpt2 import from_hf, hf_tokenizer
 from ..rundir import BEST, LAST
 from ..train import Sampler, Trainer, load_checkpoint
 from .metadata import check_agreement, settings_of, tokenizer_of
 from .prepare import prepare_data
-from .settings import DEFAULTS, RESUMABLE, build_model, build_optimizer, build_schedule, resolve
+from .settings import DEFAULTS, RESUMABLE, build_model, build_optimizer, build_schedule, is_folder_init, resolve
 
 
 def cmd_train(args):
@@ -97,7 +99,7 @@ def _setup_train(args, given, run_dir):
                 "or choose another --run-dir"
             )
         settings["corpus"] = str(Path(corpus).resolve()) if Path(corpus).exists() else corpus
-        tokenizer = None
+        tokenizer = _folder_tokenizer(settings["init"]) if is_folder_init(settings["init"]) else None
 
     loaded = None if args.resume is None else ckpt.model.config
     tokenizer, train, val = prepare_data(settings, corpus, tokenizer, loaded)
@@ -129,6 +131,8 @@ def _setup_train(args, given, run_dir):
         return trainer, f"resuming {run_dir / LAST} at epoch {trainer.epoch + 1}, step {trainer.step:,}"
     else:
         model = build_model(settings, tokenizer.vocab_size)
+        if is_folder_init(settings["init"]):
+            _load_folder_weights(model, settings["init"])
         try:
             opt = build_optimizer(settings)
         except ValueError as exc:
@@ -148,6 +152,34 @@ def _setup_train(args, given, run_dir):
             f"{model}, {params:,} parameters\n{tokenizer}; training: {train}"
             + (f"; validation: {val}" if val is not None else "")
         )
+
+
+def _folder_tokenizer(folder):
+    """The BPE tokenizer of the GPT-2 folder a run fine-tunes (--init HF_FOLDER): the corpus is encoded with it."""
+    try:
+        tokenizer = hf_tokenizer(folder)
+    except CheckpointError as exc:
+        raise ScratchLMError(f"--init: {exc}") from None
+    if tokenizer is None:
+        raise ScratchLMError(
+            f"--init {folder} holds no tokenizer (vocab.json and merges.txt), so the corpus cannot be turned into "
+            "its ids: download the two files into it"
+        )
+    return tokenizer
+
+
+def _load_folder_weights(model, folder):
+    """The weights of the GPT-2 folder into the run's new model (its first sequence_length positions)."""
+    source = from_hf(folder, backend=model.backend, dtype=model.backend.dtype.name, dropout=0.0)
+    if source.vocab_size != model.vocab_size:
+        raise ScratchLMError(
+            f"--init {folder}: its model has {source.vocab_size:,} tokens but its tokenizer {model.vocab_size:,}: "
+            "the vocab.json is not this model's"
+        )
+    params = source.params
+    position = "embedding/position_embeddings"
+    params[position] = params[position][: model.sequence_length]
+    model.set_params(params)
 
 
 def _fit(trainer, run_dir):

@@ -1,0 +1,69 @@
+"""Hugging Face GPT-2 folders on the command line: ``scratchlm sample|info|eval HF_FOLDER``.
+
+A GPT-2 folder (``config.json`` + ``model.safetensors``, and the tokenizer's ``vocab.json`` +
+``merges.txt``) is read by :func:`scratchlm.interop.from_hf`, which checks the config and the
+safetensors header against each other before it reads a tensor. A run directory is never one: it holds
+``last.npz`` or ``best.npz``.
+"""
+
+from pathlib import Path
+
+from ..errors import ScratchLMError
+from ..interop.gpt2 import CONFIG, WEIGHTS, from_hf, hf_tokenizer, read_config
+from ..rundir import BEST, LAST
+from ..safetensors import read_header
+
+
+def is_hf_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder with a config.json and no scratchlm checkpoint (a GPT-2 folder to read)."""
+    return path.is_dir() and (path / CONFIG).is_file() and not any((path / name).exists() for name in (LAST, BEST))
+
+
+def load(folder: Path, backend):
+    """(the TransformerLM of a GPT-2 folder, its BPE tokenizer); ScratchLMError when it has no tokenizer."""
+    tokenizer = hf_tokenizer(folder)
+    if tokenizer is None:
+        raise ScratchLMError(
+            f"{folder} holds a model but no tokenizer (vocab.json and merges.txt), so text cannot be turned into "
+            "its ids: download the two files into it"
+        )
+    model = from_hf(folder, backend=backend)
+    if model.vocab_size < tokenizer.vocab_size:
+        raise ScratchLMError(
+            f"{folder}'s tokenizer has {tokenizer.vocab_size:,} tokens but its model only {model.vocab_size:,}: "
+            "the vocab.json is not this model's"
+        )
+    return model, tokenizer
+
+
+def describe(folder: Path) -> list[tuple[str, str]]:
+    """``scratchlm info`` rows of a GPT-2 folder, from its config and the safetensors header alone."""
+    c = read_config(folder)
+    header = read_header(folder / WEIGHTS)
+    count, dtypes = 0, set()
+    for name, entry in header.entries.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # buffers (the causal mask), not weights
+        size = 1
+        for n in entry.shape:
+            size *= n
+        count += size
+        dtypes.add(entry.dtype)
+    if "lm_head.weight" in header.entries:  # tied: the token table again
+        count -= c["vocab_size"] * c["n_embd"]
+    size = (folder / WEIGHTS).stat().st_size
+    rows = [
+        ("checkpoint", f"{folder / WEIGHTS} ({size / 1e6:.1f} MB, {', '.join(sorted(dtypes))}): Hugging Face GPT-2"),
+        (
+            "model",
+            f"gpt, {c['n_layer']} blocks, {c['n_head']} heads, embedding {c['n_embd']}, feed-forward "
+            f"{c['n_inner']} ({c['activation_function']}), context {c['n_positions']}, vocabulary "
+            f"{c['vocab_size']:,}, LayerNorm ε {c['layer_norm_epsilon']:g}, tied, {count:,} parameters",
+        ),
+    ]
+    tokenizer = hf_tokenizer(folder)
+    if tokenizer is not None:
+        rows.append(("tokenizer", f"bpe (byte-level), {tokenizer.vocab_size:,} tokens"))
+    else:
+        rows.append(("tokenizer", "none (no vocab.json and merges.txt)"))
+    return rows
