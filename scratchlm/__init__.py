@@ -15,9 +15,12 @@ import sys
 if "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
+from . import heap
 from .backend import Backend, get_backend
 from .errors import BackendUnavailable, CheckpointError, ScratchLMError
 from .models import LanguageModel, RecurrentLM, TransformerLM
+
+heap.tune()  # a step's arrays from reused heap memory, not fresh pages: see scratchlm/heap.py
 
 __version__ = "0.1.0"
 __all__ = [
