@@ -403,7 +403,8 @@ def _add_sample(commands):
         "checkpoint",
         type=Path,
         metavar="CHECKPOINT",
-        help="a checkpoint file, or a run directory (its best.npz, else its last.npz)",
+        help="a checkpoint file, a run directory (its best.npz, else its last.npz), or a Hugging Face GPT-2 folder "
+        "(config.json, model.safetensors, vocab.json, merges.txt)",
     )
     prime = p.add_mutually_exclusive_group()
     prime.add_argument(
@@ -461,7 +462,8 @@ def _add_eval(commands):
         "checkpoint",
         type=Path,
         metavar="RUN_DIR",
-        help="a run directory (its best.npz, else its last.npz) or a checkpoint file",
+        help="a run directory (its best.npz, else its last.npz), a checkpoint file, or a Hugging Face GPT-2 folder "
+        "(then name a TEXT)",
     )
     p.add_argument(
         "text",
@@ -497,7 +499,12 @@ def _add_info(commands):
         description="Show a checkpoint's model, vocabulary, optimizer, training position, "
         "settings and per-epoch losses.",
     )
-    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a checkpoint file or a run directory")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a checkpoint file, a run directory or a Hugging Face GPT-2 folder",
+    )
     p.set_defaults(run=info.cmd_info)
 
 
