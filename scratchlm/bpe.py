@@ -161,8 +161,8 @@ class BPETokenizer:
     initial_alphabet=ByteLevel.alphabet())`` too (its alphabet sorted by character is the table's order, so
     its tie-break is this one), which ``tests/test_bpe.py`` checks on random texts.
     ``<|endoftext|>`` is appended last, as in GPT-2, unless ``end_of_text=False``.
-    It is never produced by ``encode``: the text "<|endoftext|>" is encoded as the 13 characters it is
-    (as Hugging Face's plain BPE model and tiktoken's ``encode_ordinary`` do); put :attr:`eos_id` between
+    It is never produced by ``encode``: the text ``"<|endoftext|>"`` is encoded as the 13 characters it is
+    (as Hugging Face's plain BPE model and tiktoken's ``encode_ordinary`` do); put its ``eos_id`` between
     documents yourself.
     """
 

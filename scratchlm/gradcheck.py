@@ -29,7 +29,7 @@ ROUND_OFF = 1e-8  # a gradient tensor below this fraction of the largest entry o
 
 
 def relative_error(analytic: Array, numeric: Array) -> float:
-    """max|a - n| / max(|a| + |n|) over all entries (0 when both are zero)."""
+    """``max|a - n| / max(|a| + |n|)`` over all entries (0 when both are zero)."""
     xp = array_module(analytic)
     scale = float(xp.max(xp.abs(analytic) + xp.abs(numeric))) if analytic.size else 0.0
     diff = float(xp.max(xp.abs(analytic - numeric))) if analytic.size else 0.0
@@ -77,7 +77,7 @@ def check_gradients(
     max_entries: check at most this many randomly chosen entries per tensor
     (default: all).
     zero: names whose gradient is zero in exact arithmetic; each gets
-    max(|a|, |n|) / scale instead of a relative error, with scale the largest
+    ``max(|a|, |n|) / scale`` instead of a relative error, with scale the largest
     analytic entry of any tensor.
     Returns dict name -> error. Raises ValueError for a tensor outside ``zero``
     whose gradients are both below ROUND_OFF · scale (a hidden zero).

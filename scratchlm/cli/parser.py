@@ -2,8 +2,9 @@
 
     build_parser().parse_args(["train", "my.txt"])     # Namespace(command="train", run=cmd_train, ...)
 
-Each command's parser sets ``run``, the function that carries it out (:mod:`.train`, :mod:`.sample`,
-:mod:`.info`); ``bench`` passes its options on to benchmarks/bench.py (see :func:`scratchlm.cli.main`).
+Each command's parser sets ``run``, the function that carries it out (:mod:`scratchlm.cli.train`,
+:mod:`scratchlm.cli.sample`, :mod:`scratchlm.cli.info`, :mod:`scratchlm.cli.eval`); ``bench`` passes its options
+on to benchmarks/bench.py (see :func:`scratchlm.cli.main`).
 A usage error is one line on stderr and exit code 2.
 """
 

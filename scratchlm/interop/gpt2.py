@@ -30,8 +30,8 @@ same numbers in the same order as its scratchlm parameter (c_proj's (E, E) is th
 c_attn's columns are q | k | v, E each, and column n·K + k of a part is head n's k-th dimension: the three
 kernels are c_attn.weight[:, jE:(j+1)E] as (E, N, K), the biases the same slices of c_attn.bias as (N, K).
 
-**Reading** (:func:`from_hf`) checks config.json and the safetensors header (:func:`scratchlm.safetensors
-.read_header`: sizes, dtypes, offsets) against each other, every name and shape the config implies, before
+**Reading** (:func:`from_hf`) checks config.json and the safetensors header (:func:`scratchlm.safetensors.read_header`:
+sizes, dtypes, offsets) against each other, every name and shape the config implies, before
 any tensor is read; then it builds the model (whose constructor checks that it fits in memory) and reads
 each tensor straight into its parameter (c_attn through one buffer of its own size): the weights are never
 held twice. ``pytorch_model.bin`` and every other pickle are refused: unpickling a file can run its code.

@@ -31,7 +31,8 @@ the projections, the feed-forward or the LayerNorms, as nanoGPT's ``bias=False``
 
 For generation, the keys and values of every attention come from positions
 that never change once computed (the book block's both attentions read x; the
-GPT block's reads LN1(x)), so :meth:`step` needs only the new positions' own
+GPT block's reads LN1(x)), so each block's ``step``
+(:meth:`BookDecoderBlock.step`, :meth:`GPTDecoderBlock.step`) needs only the new positions' own
 work plus attention over a :class:`KVCache`. Memory per block in training: the
 attention probabilities (B, N, T, T) of each attention, the FFN's hidden
 (B, T, F) and a handful of (B, T, E) activations.
@@ -40,7 +41,7 @@ The blocks build their layers through ``backend.layer``, so on the fused path
 each part is its fused subclass; the fused blocks
 (:class:`~scratchlm.kernels.decoding.FusedBookDecoderBlock`, ...) add a
 one-position decoding step that concatenates the projections reading the same
-input into one product, which the fused token loop runs instead of :meth:`step`.
+input into one product, which the fused token loop runs instead of ``step``.
 """
 
 from typing import Any, NamedTuple

@@ -334,7 +334,7 @@ class TokenModel(ABC):
         ``backend.layer``: on the fused path it runs on the kernels (without
         top_k/top_p), with the same draws and, up to float round-off in the
         logits, the same ids.
-        Raises :class:`ModelError` or :class:`SamplingError` (both ValueErrors)
+        Raises :class:`~scratchlm.errors.ModelError` or :class:`~scratchlm.errors.SamplingError` (both ValueErrors)
         for unusable arguments, and :class:`scratchlm.budget.ResourceError`
         before allocating when the output would not fit in memory.
         """

@@ -158,7 +158,7 @@ class Trainer:
 
     @classmethod
     def resume(cls, ckpt: Checkpoint, train: Batches, val: Batches | None = None, **kwargs) -> Trainer:
-        """A Trainer that continues the run saved in ``ckpt`` (a :class:`Checkpoint`, e.g. from
+        """A Trainer that continues the run saved in ``ckpt`` (a :class:`~scratchlm.models.Checkpoint`, e.g. from
         :func:`load_checkpoint`) exactly where it stopped. ``train`` must be built from the same
         data with the same settings (checked by fingerprint); other arguments as for ``Trainer``,
         except the schedule and grad_accum, which are the checkpoint's.

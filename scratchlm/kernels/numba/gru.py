@@ -1,7 +1,7 @@
 """Fused GRU recurrence on the CPU: the whole time loop in one Numba call, OpenBLAS GEMMs inside it.
 
 The same equations as :class:`scratchlm.layers.GRU` (read its docstring first;
-Keras 3's ``reset_after=True`` cell), organised like :mod:`lstm_numba` (the
+Keras 3's ``reset_after=True`` cell), organised like :mod:`scratchlm.kernels.numba.lstm` (the
 time loop in one Numba function calling OpenBLAS itself, run in batch shards,
 one per core: :mod:`shards`):
 
@@ -25,7 +25,7 @@ gates z r h̃, then (after backward) dx̂; hs (T+1, B, H) holds h_0..h_T and uh
 :mod:`workspace`.
 
 As for the LSTM the elementwise kernels are vectorised and a shard runs on one
-thread (no ``prange``: see :mod:`lstm_numba`). Each batch
+thread (no ``prange``: see :mod:`scratchlm.kernels.numba.lstm`). Each batch
 row gets short passes over a few (B-row slices of) arrays each — four forward,
 four backward — so that LLVM's runtime alias checks stay few and every loop
 vectorises (docs/design.md §4: one loop over many arrays did not).

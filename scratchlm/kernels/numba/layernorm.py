@@ -212,8 +212,9 @@ def _gelu_backward(dh, z, db):
 
 def bias_gelu(z, b):
     """z (M, F) ← z + b in place (the pre-activation, which GELU's backward needs) -> h = z Φ(z) (M, F),
-    Φ(z) = ½ (1 + erf(z/√2)) as :func:`scratchlm.layers.activations.gelu` (:func:`.activations.erf`: the C
-    library's in float64, a vectorisable formula to ~2e-7 in float32). The rows
+    Φ(z) = ½ (1 + erf(z/√2)) as :func:`scratchlm.layers.activations.gelu`
+    (:func:`scratchlm.kernels.numba.activations.erf`: the C library's in float64, a vectorisable formula
+    to ~2e-7 in float32). The rows
     are split over the cores (:func:`.parallel.shards.run`): a scalar erf per entry is the cost."""
     h = np.empty_like(z)
     shards.run(lambda lo, hi: _bias_gelu(z[lo:hi], b, h[lo:hi]), z.shape[0])

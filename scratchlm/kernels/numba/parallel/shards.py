@@ -26,7 +26,7 @@ loops run as one shard.
 A batch too thin for shards (a few rows per core) is split the other way:
 :func:`together` runs one party per core over the whole time loop, each owning
 a share of the hidden units, meeting at a :mod:`barrier` after every step
-(:func:`parties` says when; ``lstm_numba.forward_units``).
+(:func:`parties` says when; :func:`scratchlm.kernels.numba.lstm.forward_units`).
 
 How many shards: as many as OpenBLAS has threads (``OPENBLAS_NUM_THREADS``, or
 the cores it found), so ``OPENBLAS_NUM_THREADS=1`` — one MPI rank per core,
