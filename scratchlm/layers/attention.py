@@ -1,4 +1,4 @@
-"""Multi-head attention in Keras 3's layout, and the causal and padding masks it takes.
+r"""Multi-head attention in Keras 3's layout, and the causal and padding masks it takes.
 
 Attention works **batch-major**, (B, T, E), unlike the recurrent layers
 (time-major): every position is computed at once, so there is no per-step
@@ -7,19 +7,21 @@ positions, E embedding size, N heads, K key_dim (the size of each head; in
 Keras' layout heads are *not* slices of E: each has K dimensions of its own).
 
 Keras 3 semantics (``MultiHeadAttention``, TF backend ``dot_product_attention``;
-see docs/design.md):
+see docs/design.md), with Wq, Wk, Wv (E, N, K), bq, bk, bv (N, K), Wo (N, K, E), bo (E,):
 
-    Q = query Wq + bq        Wq (E, N, K), bq (N, K)           (B, T, N, K)
-    K = key   Wk + bk        Wk (E, N, K), bk (N, K)           (B, S, N, K)
-    V = value Wv + bv        Wv (E, N, K), bv (N, K)           (B, S, N, K)
-    per head n:
-      S = Q Kᵀ / √K                                            (B, N, T, S)
-      S[~mask] = FILL        masked entries *replaced* (not added) by
-                             FILL = -0.7 · 3.38953e38 ≈ -2.37e38, Keras'
-                             ``_get_large_negative`` for float32 and float64
-      P = softmax(S) over the key axis                         (B, N, T, S)
-      O = P V                                                  (B, N, T, K)
-    out = Σ_{n,k} O[.., n, k] Wo[n, k, :] + bo   Wo (N, K, E), bo (E,)   (B, T, E)
+.. math::
+
+    Q &= \text{query}\, W_q + b_q \qquad (B, T, N, K) \\
+    K &= \text{key}\, W_k + b_k \qquad (B, S, N, K) \\
+    V &= \text{value}\, W_v + b_v \qquad (B, S, N, K) \\
+    S &= \frac{Q K^\top}{\sqrt{K}} \quad \text{per head } n \qquad (B, N, T, S) \\
+    S_{ij} &= \text{FILL} \quad \text{where } \lnot\, \text{mask}_{ij} \\
+    P &= \operatorname{softmax}(S) \quad \text{over the key axis} \qquad (B, N, T, S) \\
+    O &= P V \qquad (B, N, T, K) \\
+    \text{out} &= \sum_{n,k} O_{\dots nk}\, W_o[n, k, :] + b_o \qquad (B, T, E)
+
+Masked entries are *replaced* (not added) by FILL = -0.7 · 3.38953e38 ≈ -2.37e38, Keras'
+``_get_large_negative`` for float32 and float64.
 
 A row whose keys are all masked holds S copies of FILL, so its softmax is the
 uniform 1/S (as in Keras); elsewhere exp(FILL - max) underflows to exactly 0.
@@ -33,12 +35,17 @@ are drawn by the model (:class:`~scratchlm.layers.Dropout`), not here.
 Backward, without a (T×T) Jacobian per row (llm.c, FlashAttention), with
 dO = dout Woᵀ per head:
 
-    dV = Pᵀ dO                   dP = dO Vᵀ
-    dS = P ⊙ (dP − rowsum(dO ⊙ O))         (rowsum(dP ⊙ P) = rowsum(dO ⊙ O))
-    with dropout: dV = P̃ᵀ dO, dP = (dO Vᵀ) ⊙ M / (1 − r), dS = P ⊙ (dP − rowsum(dP ⊙ P))
-    dS[~mask] = 0                          (the replaced entries)
-    dQ = dS K / √K               dK = dSᵀ Q / √K
-    then through the projections: dWq = queryᵀ dQ, dbq = Σ dQ, dquery = dQ Wqᵀ, ...
+.. math::
+
+    dV &= P^\top dO \qquad dP = dO\, V^\top \\
+    dS &= P \odot \bigl(dP - \operatorname{rowsum}(dO \odot O)\bigr)
+        \qquad \bigl(\operatorname{rowsum}(dP \odot P) = \operatorname{rowsum}(dO \odot O)\bigr) \\
+    dS_{ij} &= 0 \quad \text{where } \lnot\, \text{mask}_{ij} \ \text{(the replaced entries)} \\
+    dQ &= \frac{dS\, K}{\sqrt{K}} \qquad dK = \frac{dS^\top Q}{\sqrt{K}}
+
+With dropout, :math:`dV = \tilde P^\top dO`, :math:`dP = (dO\, V^\top) \odot M / (1 - r)` and
+:math:`dS = P \odot (dP - \operatorname{rowsum}(dP \odot P))`. Then through the projections:
+:math:`dW_q = \text{query}^\top dQ`, :math:`db_q = \sum dQ`, :math:`d\,\text{query} = dQ\, W_q^\top`, and so on.
 
 Masks are bool, True = may attend, and combine by AND: query padding
 [B, T, 1] ∧ key padding [B, 1, S] ∧ causal [T, S] (see :func:`padding_mask`,

@@ -17,7 +17,7 @@ class LSTMSteps(NamedTuple):
 
 
 class LSTM(Recurrent):
-    """Long short-term memory layer in Keras' weight layout.
+    r"""Long short-term memory layer in Keras' weight layout.
 
     Parameters (Keras 3 initialisation): ``kernel`` W (D, 4H) glorot-uniform,
     ``recurrent_kernel`` U (H, 4H) orthogonal, ``bias`` b (4H,) zeros but the
@@ -29,18 +29,22 @@ class LSTM(Recurrent):
     (:meth:`_loop`; the input part x_t W + b of every step is one GEMM first,
     :meth:`project`):
 
-        z_t = x_t W + b + h_{t-1} U
-        i = σ(z_i)    f = σ(z_f)    g = tanh(z_g)    o = σ(z_o)
-        c̃_t = f ⊙ c_{t-1} + i ⊙ g
-        h̃_t = o ⊙ tanh(c̃_t)
+    .. math::
+
+        z_t &= x_t W + b + h_{t-1} U \\
+        i &= \sigma(z_i) \qquad f = \sigma(z_f) \qquad g = \tanh(z_g) \qquad o = \sigma(z_o) \\
+        \tilde c_t &= f \odot c_{t-1} + i \odot g \\
+        \tilde h_t &= o \odot \tanh(\tilde c_t)
 
     σ is computed as ½·tanh(x/2) + ½ (one transcendental, no overflow).
 
     Masks (Keras 3, ``zero_output_for_mask=False``), with m_t ∈ {0, 1} (1 = real
     step) and s_t = 1 if some step ≤ t is real:
 
-        h_t = m_t h̃_t + (1 − m_t) h_{t-1}        c_t = m_t c̃_t + (1 − m_t) c_{t-1}
-        y_t = s_t ⊙ h_t
+    .. math::
+
+        h_t &= m_t \tilde h_t + (1 - m_t)\, h_{t-1} \qquad c_t = m_t \tilde c_t + (1 - m_t)\, c_{t-1} \\
+        y_t &= s_t \odot h_t
 
     A masked step leaves h and c unchanged; its output repeats the previous
     output, and outputs before the first real step are zeros (even from a given
@@ -51,20 +55,24 @@ class LSTM(Recurrent):
     gradient of the final state; the output's gradient (already multiplied by
     s_t in :meth:`backward`) is added first, dh += dy_t. Then:
 
-        dh̃ = m_t dh                  dc̃_in = m_t dc
-        dc̃ = dc̃_in + dh̃ ⊙ o ⊙ (1 − tanh² c̃_t)
-        dz_o = dh̃ ⊙ tanh(c̃_t) ⊙ o(1 − o)
-        dz_i = dc̃ ⊙ g ⊙ i(1 − i)
-        dz_g = dc̃ ⊙ i ⊙ (1 − g²)
-        dz_f = dc̃ ⊙ c_{t-1} ⊙ f(1 − f)
-        dh_{t-1} = dz Uᵀ + (1 − m_t) dh
-        dc_{t-1} = dc̃ ⊙ f + (1 − m_t) dc
+    .. math::
+
+        d\tilde h &= m_t\, dh \qquad d\tilde c_{\text{in}} = m_t\, dc \\
+        d\tilde c &= d\tilde c_{\text{in}} + d\tilde h \odot o \odot (1 - \tanh^2 \tilde c_t) \\
+        dz_o &= d\tilde h \odot \tanh(\tilde c_t) \odot o(1 - o) \\
+        dz_i &= d\tilde c \odot g \odot i(1 - i) \\
+        dz_g &= d\tilde c \odot i \odot (1 - g^2) \\
+        dz_f &= d\tilde c \odot c_{t-1} \odot f(1 - f) \\
+        dh_{t-1} &= dz\, U^\top + (1 - m_t)\, dh \\
+        dc_{t-1} &= d\tilde c \odot f + (1 - m_t)\, dc
 
     After the loop, each weight gradient is one product over all T·B rows
-    (dZ (T, B, 4H) holds every dz_t):
+    (dZ (T, B, 4H) holds every dz_t; dW, db and dX in :meth:`project_backward`):
 
-        dU = [h_0 … h_{T-1}]ᵀ dZ                         (H, 4H)
-        dW = Xᵀ dZ    db = Σ dZ    dX = dZ Wᵀ             (:meth:`project_backward`)
+    .. math::
+
+        dU &= [h_0 \dots h_{T-1}]^\top dZ \qquad (H, 4H) \\
+        dW &= X^\top dZ \qquad db = \textstyle\sum dZ \qquad dX = dZ\, W^\top
 
     For token input dW and db come from a scatter-add of dZ by token id
     (:meth:`project_tokens_backward`).
