@@ -269,9 +269,7 @@ def _scratchlm_transformer(c, backend, optim, rerun=False):
 
 def _scratchlm_gpt(c, backend, optim):
     """The model and step of ``scratchlm train tinyshakespeare --preset nanogpt-cpu``."""
-    from scratchlm.batching import Batch
     from scratchlm.models.transformer import TransformerLM
-    from scratchlm.train import train_step
 
     E = c["E"]
     model = TransformerLM(
@@ -292,7 +290,15 @@ def _scratchlm_gpt(c, backend, optim):
         seed=0,
     )
     opt = optim.AdamW(lr=1e-3, beta_2=0.99, weight_decay=0.1, global_clipnorm=1.0, kernels=backend.kernels)
-    x, y = (backend.asarray(a) for a in data_for(c))
+    return _train_steps(model, opt, *(backend.asarray(a) for a in data_for(c)))
+
+
+def _train_steps(model, opt, x, y):
+    """(run, 1): ``run(n)`` takes n steps of :func:`scratchlm.train.train_step` on the batch (x, y), the step its
+    Trainer takes, and returns the seconds."""
+    from scratchlm.batching import Batch
+    from scratchlm.train import train_step
+
     batch = Batch(x, y, None, x.size)
 
     def run(n):
@@ -321,9 +327,7 @@ def gpt2_data(c):
 
 
 def _scratchlm_gpt2(c, backend, optim):
-    from scratchlm.batching import Batch
     from scratchlm.interop import from_hf
-    from scratchlm.train import train_step
 
     model = from_hf(gpt2_folder(), backend=backend, dropout=0.0)
     if c["kind"] == "generate":
@@ -336,17 +340,7 @@ def _scratchlm_gpt2(c, backend, optim):
             return time.perf_counter() - start
 
         return run, c["length"]
-    opt = optim.AdamW(lr=1e-4, weight_decay=0.1, kernels=backend.kernels)
-    x, y = gpt2_data(c)
-    batch = Batch(x, y, None, x.size)
-
-    def run(n):
-        start = time.perf_counter()
-        for _ in range(n):
-            train_step(model, opt, batch)
-        return time.perf_counter() - start
-
-    return run, 1
+    return _train_steps(model, optim.AdamW(lr=1e-4, weight_decay=0.1, kernels=backend.kernels), *gpt2_data(c))
 
 
 def build_scratchlm_rerun(case):

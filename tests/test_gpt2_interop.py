@@ -31,6 +31,7 @@ from scratchlm import get_backend, safetensors
 from scratchlm.errors import CheckpointError, ModelError
 from scratchlm.interop import from_hf, hf_tokenizer, to_hf
 from scratchlm.models import TransformerLM
+from tests.helpers.reference import gradient_errors, relative
 
 REFERENCE = Path(__file__).parent / "reference"
 FIXTURES = REFERENCE / "hf"
@@ -38,7 +39,6 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 CASES = sorted(MANIFEST["cases"])
 FORWARD = {"float64": 1e-9, "float32": 1e-5}
 GRADIENT = {"float64": 1e-9, "float32": 1e-4}
-ZERO_GRADIENT = "/attention_1/key/bias"  # no gradient in exact arithmetic: judged on the gradient scale
 
 
 def load(name):
@@ -50,23 +50,6 @@ def load(name):
 def read(folder, kernels="reference", **options):
     """from_hf of ``folder`` on the NumPy ``kernels`` path."""
     return from_hf(folder, backend=get_backend("numpy", kernels=kernels), **options)
-
-
-def relative(a, b):
-    """max|a − b| / max|b|."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def gradient_errors(grads, want):
-    """{name: relative error}; the key bias's on the scale of the largest gradient (see the module docstring)."""
-    scale = max(float(np.abs(g).max()) for g in want.values())
-    return {
-        name: float(np.abs(np.asarray(grads[name], np.float64) - want[name]).max() / scale)
-        if name.endswith(ZERO_GRADIENT)
-        else relative(grads[name], want[name])
-        for name in want
-    }
 
 
 def compare(model, ref, dtype):

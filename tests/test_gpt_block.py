@@ -18,6 +18,7 @@ from scratchlm.gradcheck import check_gradients, check_model
 from scratchlm.layers import FeedForward
 from scratchlm.layers.activations import ACTIVATIONS, erf, gelu, gelu_backward, gelu_tanh
 from scratchlm.models import TransformerLM
+from tests.helpers.models import spread
 
 TOL = 1e-6
 GPT = dict(activation="gelu", layernorm_epsilon=1e-5, tie_embeddings=True, init="gpt2")
@@ -43,13 +44,7 @@ def make(num_layers=2, dtype="float64", kernels=None, **options):
         13, 8, embed_dim=6, dense_dim=7, num_heads=2, key_dim=3, num_layers=num_layers, block="gpt", seed=1,
         backend=backend, dtype=dtype, **options,
     )  # fmt: skip
-    rng = np.random.default_rng(0)
-    for name, p in model.params.items():
-        if name.endswith(("bias", "beta", "embeddings")):
-            p[...] = rng.standard_normal(p.shape) * (1.0 if name.endswith("embeddings") else 0.3)
-        elif name.endswith("gamma"):
-            p[...] = 1 + 0.3 * rng.standard_normal(p.shape)
-    return model
+    return spread(model)
 
 
 def batch(rng, B=3, T=6, V=13):

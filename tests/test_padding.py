@@ -11,6 +11,7 @@ from scratchlm import get_backend, models
 from scratchlm.errors import CheckpointError, ModelError
 from scratchlm.gradcheck import check_model
 from scratchlm.models import TransformerLM
+from tests.helpers.models import spread
 
 V = 13
 
@@ -21,13 +22,7 @@ def make(block="gpt", pad_id=None, dtype="float64", kernels="reference", num_lay
         V, 8, embed_dim=6, dense_dim=7, num_heads=2, key_dim=3, num_layers=num_layers, block=block, seed=1,
         backend=get_backend("numpy", dtype, kernels=kernels), dtype=dtype, pad_id=pad_id,
     )  # fmt: skip
-    rng = np.random.default_rng(0)
-    for name, p in model.params.items():
-        if name.endswith(("bias", "beta", "embeddings")):
-            p[...] = rng.standard_normal(p.shape) * (1.0 if name.endswith("embeddings") else 0.3)
-        elif name.endswith("gamma"):
-            p[...] = 1 + 0.3 * rng.standard_normal(p.shape)
-    return model
+    return spread(model)
 
 
 def batch(rng, B=3, T=6):

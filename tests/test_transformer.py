@@ -9,6 +9,7 @@ from scratchlm import get_backend, models, optim
 from scratchlm.errors import ModelError
 from scratchlm.gradcheck import check_model
 from scratchlm.models import TransformerLM
+from tests.helpers.models import spread
 
 TOL = 1e-6
 
@@ -33,13 +34,7 @@ def make(block="book", num_layers=1, dtype="float64", **kw):
         seed=1,
         **kw,
     )
-    rng = np.random.default_rng(0)
-    for name, p in model.params.items():
-        if name.endswith(("bias", "beta", "embeddings")):
-            p[...] = rng.standard_normal(p.shape) * (1.0 if name.endswith("embeddings") else 0.3)
-        elif name.endswith("gamma"):
-            p[...] = 1 + 0.3 * rng.standard_normal(p.shape)
-    return model
+    return spread(model)
 
 
 def batch(rng, B=3, T=6, V=13):
