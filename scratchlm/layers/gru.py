@@ -16,18 +16,20 @@ class GRUSteps(NamedTuple):
 
 
 class GRU(Recurrent):
-    """Gated recurrent unit layer in Keras 3's weight layout, reset gate applied after the recurrent product.
+    r"""Gated recurrent unit layer in Keras 3's weight layout, reset gate applied after the recurrent product.
 
     Parameters: ``kernel`` W (D, 3H), ``recurrent_kernel`` U (H, 3H), ``bias`` (2, 3H)
     (row 0 = b_in, added to x W; row 1 = b_rec, added to h U), gate blocks [z | r | h]
     along the last axis. Keras 3 initialisation: glorot-uniform W, orthogonal U, zero bias.
 
-    Forward, for t = 1..T:
+    Forward, for t = 1..T, with x̂ and û (B, 3H) each:
 
-        x̂ = x_t W + b_in            û = h_{t-1} U + b_rec               (B, 3H) each
-        z = σ(x̂_z + û_z)            r = σ(x̂_r + û_r)
-        h̃ = tanh(x̂_h + r ⊙ û_h)
-        h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃
+    .. math::
+
+        \hat x &= x_t W + b_{\text{in}} \qquad \hat u = h_{t-1} U + b_{\text{rec}} \\
+        z &= \sigma(\hat x_z + \hat u_z) \qquad r = \sigma(\hat x_r + \hat u_r) \\
+        \tilde h &= \tanh(\hat x_h + r \odot \hat u_h) \\
+        h_t &= z \odot h_{t-1} + (1 - z) \odot \tilde h
 
     PyTorch's ``nn.GRU`` computes the same cell. Masks as for every recurrent
     layer: a masked step keeps h (h_t = m h_t' + (1 − m) h_{t-1}) and the output
@@ -36,16 +38,21 @@ class GRU(Recurrent):
     Backward (BPTT), from t = T down to 1, with dh = ∂L/∂h_t (from the output y_t
     plus what flows back from t+1) and m the step's mask (1 without one):
 
-        dh' = m dh
-        da_h = dh' ⊙ (1 − z) ⊙ (1 − h̃²)                    (pre-activation of h̃)
-        da_z = dh' ⊙ (h_{t-1} − h̃) ⊙ z(1 − z)
-        da_r = da_h ⊙ û_h ⊙ r(1 − r)
-        dx̂ = [da_z | da_r | da_h]       dû = [da_z | da_r | da_h ⊙ r]
-        dh_{t-1} = (1 − m) dh + dh' ⊙ z + dû Uᵀ
+    .. math::
+
+        dh' &= m\, dh \\
+        da_h &= dh' \odot (1 - z) \odot (1 - \tilde h^2) \qquad \text{(pre-activation of } \tilde h \text{)} \\
+        da_z &= dh' \odot (h_{t-1} - \tilde h) \odot z(1 - z) \\
+        da_r &= da_h \odot \hat u_h \odot r(1 - r) \\
+        d\hat x &= [da_z \mid da_r \mid da_h] \qquad d\hat u = [da_z \mid da_r \mid da_h \odot r] \\
+        dh_{t-1} &= (1 - m)\, dh + dh' \odot z + d\hat u\, U^\top
 
     and, after the loop, as single products over all T·B rows:
 
-        dU = [h_0 … h_{T-1}]ᵀ dÛ     db_rec = Σ dÛ     dW = [x_1 … x_T]ᵀ dX̂     db_in = Σ dX̂
+    .. math::
+
+        dU = [h_0 \dots h_{T-1}]^\top d\hat U \qquad db_{\text{rec}} = \textstyle\sum d\hat U \qquad
+        dW = [x_1 \dots x_T]^\top d\hat X \qquad db_{\text{in}} = \textstyle\sum d\hat X
 
     Memory: per step it keeps z, r, h̃, û_h and h, (T, B, 5H) values in all.
 
