@@ -16,9 +16,20 @@ class ScoreCache(NamedTuple):
 
 
 class Dense(Layer):
-    """Affine map to logits: y = x W + b, W (D, V), b (V,), over any leading shape.
+    r"""Affine map to logits: y = x W + b, W (D, V), b (V,), over any leading shape.
 
-    Backward: dx = dy Wᵀ, dW = xᵀ dy, db = Σ dy (over all leading positions).
+    Forward, x (..., D), with the leading positions flattened to N rows:
+
+    .. math::
+
+        y = x W + b \qquad (N, D) \times (D, V) \to (N, V)
+
+    Backward (sums over all leading positions):
+
+    .. math::
+
+        dx = dy\, W^\top \qquad dW = x^\top dy \qquad db = \textstyle\sum dy
+
     The cache of forward is the input x itself. Keras' default initialisation:
     glorot-uniform W, b = 0. ``use_bias=False``: y = x W, no b (nanoGPT's
     ``bias=False``); ``bias`` is then None.

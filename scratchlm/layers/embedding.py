@@ -9,11 +9,17 @@ from .base import Array, Layer, Shape
 
 
 class Embedding(Layer):
-    """Token ids -> vectors: y[...] = E[ids[...]].
+    r"""Token ids -> vectors: y[...] = E[ids[...]].
 
     Forward is a gather of rows of E (V, E); its cache is the ids. Backward is
-    the matching scatter-add: dE[v] = Σ_{positions p with ids[p] = v} dy[p]
-    (repeated ids add up). Keras' default initialisation: U(-0.05, 0.05).
+    the matching scatter-add (repeated ids add up):
+
+    .. math::
+
+        y_p &= E[\text{ids}_p] \qquad (\dots, E) \\
+        dE[v] &= \sum_{p \,:\, \text{ids}_p = v} dy_p \qquad (V, E)
+
+    Keras' default initialisation: U(-0.05, 0.05).
     """
 
     def __init__(self, vocab_size: int, dim: int, backend: Backend, rng: Any):
@@ -40,12 +46,21 @@ class Embedding(Layer):
 
 
 class PositionalEmbedding(Layer):
-    """Token embedding plus a learned position embedding (the IMDB seed's), batch-major:
+    r"""Token embedding plus a learned position embedding (the IMDB seed's), batch-major, with
+    Et (V, E), Ep (L, E) and t < T ≤ L:
 
-        y[b, t] = Et[ids[b, t]] + Ep[t]        Et (V, E), Ep (L, E), t < T ≤ L     (B, T, E)
+    .. math::
 
-    Backward: dEt = scatter-add of dy by token id (repeated ids add up);
-    dEp[t] = Σ_b dy[b, t] for t < T and 0 for the rows T..L-1 not used.
+        y[b, t] = E_{\mathrm{t}}[\text{ids}[b, t]] + E_{\mathrm{p}}[t] \qquad (B, T, E)
+
+    Backward: dEt is the scatter-add of dy by token id (repeated ids add up); dEp
+    sums over the batch, and its rows T … L-1, not used, are 0:
+
+    .. math::
+
+        dE_{\mathrm{t}}[v] = \sum_{(b, t) \,:\, \text{ids}[b, t] = v} dy[b, t] \qquad
+        dE_{\mathrm{p}}[t] = \begin{cases} \sum_b dy[b, t] & t < T \\ 0 & T \le t < L \end{cases}
+
     Which id (if any) is padding is the model's business (``TransformerLM.pad_id``):
     the vector of a padding token is computed like any other. The cache of forward
     is the ids. Both tables: Keras' U(-0.05, 0.05), the token table drawn first.

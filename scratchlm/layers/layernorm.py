@@ -1,14 +1,20 @@
-"""LayerNormalization over the last axis, Keras 3 defaults (epsilon 1e-3, gamma ones, beta zeros).
+r"""LayerNormalization over the last axis, Keras 3 defaults (epsilon 1e-3, gamma ones, beta zeros).
 
-Forward, over the last axis of x (..., D), biased variance:
+Forward, over the last axis of x (..., D), biased variance, γ and β (D,):
 
-    μ = mean(x)         σ² = mean((x − μ)²)         σ = √(σ² + ε)
-    x̂ = (x − μ) / σ     y = x̂ ⊙ γ + β               γ, β (D,)
+.. math::
 
-Backward, with g = dy ⊙ γ (means over the last axis, sums over all leading positions):
+    \mu &= \operatorname{mean}(x) \qquad \sigma^2 = \operatorname{mean}\bigl((x - \mu)^2\bigr)
+        \qquad \sigma = \sqrt{\sigma^2 + \varepsilon} \\
+    \hat x &= \frac{x - \mu}{\sigma} \qquad y = \hat x \odot \gamma + \beta
 
-    dx = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ
-    dγ = Σ dy ⊙ x̂        dβ = Σ dy
+Backward (means over the last axis, sums over all leading positions):
+
+.. math::
+
+    g &= dy \odot \gamma \\
+    dx &= \frac{g - \operatorname{mean}(g) - \hat x \odot \operatorname{mean}(g \odot \hat x)}{\sigma} \\
+    d\gamma &= \textstyle\sum dy \odot \hat x \qquad d\beta = \textstyle\sum dy
 
 Computed in at least float32 (as Keras does); the output has the input's dtype.
 Note Keras' epsilon is 1e-3, not the 1e-5 of GPT code (``epsilon=1e-5`` there).
