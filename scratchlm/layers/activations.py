@@ -1,11 +1,24 @@
-"""The feed-forward network's activations, each a forward and a backward side by side: ReLU, GELU, GELU-tanh.
+r"""The feed-forward network's activations, each a forward and a backward side by side: ReLU, GELU, GELU-tanh.
 
-For z (...) elementwise, h = f(z) and dz = dh ⊙ f'(z):
+For z (...) elementwise, h = f(z) and dz = dh ⊙ f'(z). ``relu``:
 
-    relu        h = max(z, 0)                                  f'(z) = [z > 0]
-    gelu        h = z Φ(z),  Φ(z) = ½ (1 + erf(z/√2))          f'(z) = Φ(z) + z φ(z),  φ(z) = exp(−z²/2)/√(2π)
-    gelu_tanh   h = ½ z (1 + tanh u),  u = c (z + a z³)        f'(z) = ½ (1 + tanh u) + ½ z (1 − tanh² u) c (1 + 3a z²)
-                c = √(2/π), a = 0.044715
+.. math::
+
+    h = \max(z, 0) \qquad f'(z) = [z > 0]
+
+``gelu`` (exact), with Φ and φ the standard normal's distribution and density:
+
+.. math::
+
+    h &= z\, \Phi(z) \qquad \Phi(z) = \tfrac12 \bigl(1 + \operatorname{erf}(z / \sqrt2)\bigr) \\
+    f'(z) &= \Phi(z) + z\, \varphi(z) \qquad \varphi(z) = \frac{e^{-z^2/2}}{\sqrt{2\pi}}
+
+``gelu_tanh``, with c = √(2/π) and a = 0.044715:
+
+.. math::
+
+    h &= \tfrac12 z\, (1 + \tanh u) \qquad u = c\, (z + a z^3) \\
+    f'(z) &= \tfrac12 (1 + \tanh u) + \tfrac12 z\, (1 - \tanh^2 u)\, c\, (1 + 3 a z^2)
 
 ``gelu`` is PyTorch's ``nn.GELU()`` (the exact form, nanoGPT's); ``gelu_tanh`` is
 GPT-2's ``gelu_new`` (PyTorch's ``nn.GELU(approximate="tanh")``). NumPy has no

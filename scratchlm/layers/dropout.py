@@ -32,10 +32,16 @@ def check_rate(rate: object) -> None:
 
 
 class Dropout(Layer):
-    """y = x ⊙ m / (1 − rate), m ~ Bernoulli(1 − rate) per unit: kept units are scaled up in training, so
-    nothing changes at evaluation, where dropout is simply not applied.
+    r"""y = x ⊙ m / (1 − rate), m ~ Bernoulli(1 − rate) per unit: kept units are scaled up in training, so
+    nothing changes at evaluation, where dropout is simply not applied. Forward and backward, elementwise
+    over any shape, with r the rate:
 
-    Backward: dx = dy ⊙ m / (1 − rate). The masks are drawn by the caller (:meth:`draw`, from a
+    .. math::
+
+        m &\sim \operatorname{Bernoulli}(1 - r) \\
+        y &= \frac{x \odot m}{1 - r} \qquad dx = \frac{dy \odot m}{1 - r}
+
+    The masks are drawn by the caller (:meth:`draw`, from a
     host generator, so a seeded run draws the same masks on every backend) and passed to ``forward``,
     whose cache is the mask: that is also how a gradient check holds them fixed.
 

@@ -1,14 +1,24 @@
-"""FeedForward: the Transformer's position-wise network, Dense(E→F), activation, Dense(F→E).
+r"""FeedForward: the Transformer's position-wise network, Dense(E→F), activation, Dense(F→E).
 
-Over any leading shape (..., E), e.g. batch-major (B, T, E):
+Over any leading shape (..., E), e.g. batch-major (B, T, E), with W1 (E, F), b1 (F,), W2 (F, E),
+b2 (E,) and f = relu (the seed's), gelu or gelu_tanh:
 
-    z = x W1 + b1        W1 (E, F), b1 (F,)                          (..., F)
-    h = f(z)             f = relu (the seed's), gelu or gelu_tanh   (..., F)
-    y = h W2 + b2        W2 (F, E), b2 (E,)                          (..., E)
+.. math::
 
-Backward: dh = dy W2ᵀ, dz = dh ⊙ f'(z) (:mod:`scratchlm.layers.activations`; for
-ReLU f'(z) = [h > 0], so only h is kept), dx = dz W1ᵀ, with the weight gradients
-of the two :class:`~scratchlm.layers.Dense` layers. ``use_bias=False`` drops b1
+    z &= x W_1 + b_1 \qquad (\dots, F) \\
+    h &= f(z) \qquad (\dots, F) \\
+    y &= h W_2 + b_2 \qquad (\dots, E)
+
+Backward (:mod:`scratchlm.layers.activations` for f'; for ReLU f'(z) = [h > 0], so
+only h is kept), with the weight gradients of the two :class:`~scratchlm.layers.Dense`
+layers (sums over all leading positions):
+
+.. math::
+
+    dh &= dy\, W_2^\top \qquad dW_2 = h^\top dy \qquad db_2 = \textstyle\sum dy \\
+    dz &= dh \odot f'(z) \\
+    dx &= dz\, W_1^\top \qquad dW_1 = x^\top dz \qquad db_1 = \textstyle\sum dz
+ ``use_bias=False`` drops b1
 and b2 (nanoGPT's ``bias=False``).
 Parameters are a flat dict ``ffn_1/kernel``, ``ffn_1/bias``, ``ffn_2/kernel``,
 ``ffn_2/bias`` (the seed's ``Dense`` pair). Keras defaults: glorot-uniform
