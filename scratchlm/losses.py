@@ -1,11 +1,16 @@
-"""Softmax cross-entropy from logits, forward and backward in one function.
+r"""Softmax cross-entropy from logits, forward and backward in one function.
 
 For logits z (N, V) and integer targets y (N,), with optional weights m (N,)
-(1 = scored, 0 = padding):
+(1 = scored, 0 = padding; without them every m_n = 1). The log-softmax is
+computed stably (the row max subtracted first) and L is the mean over the scored
+tokens:
 
-    log p_{n,v} = z_{n,v} - logsumexp_v(z_{n,:})          (stable: subtract the row max first)
-    L           = -(1 / Σ_n m_n) · Σ_n m_n · log p_{n, y_n}      (mean over scored tokens)
-    dL/dz_{n,v} =  (m_n / Σ m) · (softmax(z_n)_v - [v = y_n])
+.. math::
+
+    \log p_{n,v} &= z_{n,v} - \log \sum_{v'} e^{z_{n,v'}} \\
+    L &= -\frac{1}{\sum_n m_n} \sum_n m_n \log p_{n, y_n} \\
+    \frac{\partial L}{\partial z_{n,v}} &= \frac{m_n}{\sum_{n'} m_{n'}}
+        \bigl(\operatorname{softmax}(z_n)_v - [v = y_n]\bigr)
 
 Any leading shape works: logits (..., V) with targets and mask of shape (...).
 

@@ -1,29 +1,62 @@
-"""Transformer decoder blocks: the IMDB seed's post-LayerNorm block and the pre-LayerNorm (GPT) block.
+r"""Transformer decoder blocks: the IMDB seed's post-LayerNorm block and the pre-LayerNorm (GPT) block.
 
 Both work batch-major on x (B, T, E) with one attention mask (B, T, T) bool,
 True = may attend (causal ∧ query padding ∧ key padding, see
 :mod:`scratchlm.layers.attention`), and compose the layers' own forward and
-backward: a residual y = x + f(x) has dx = dy + (∂f)ᵀ dy, and an attention
-whose query, key and value are the same x passes d_query + d_key + d_value.
+backward: a residual :math:`y = x + f(x)` has :math:`dx = dy + (\partial f)^\top dy`,
+and an attention whose query, key and value are the same x passes
+:math:`d_\text{query} + d_\text{key} + d_\text{value}`. Below, :math:`(\partial F)^\top d`
+is layer F's backward applied to d, and an attention's backward gives (dq, dk, dv),
+the gradients of its query, key and value inputs.
 
 The book block (Chollet's ``TransformerDecoder(embed_dim, dense_dim, num_heads)``
 called as ``decoder(x, x)``, so its "encoder outputs" are x itself):
 
-    a1  = LN1(x + MHA1(q = x,  k = v = x))
-    a2  = LN2(a1 + MHA2(q = a1, k = v = x))
-    out = LN3(a2 + FFN(a2))
+.. math::
+
+    a_1 &= \mathrm{LN}_1\bigl(x + \mathrm{MHA}_1(q = x,\ k = v = x)\bigr) \\
+    a_2 &= \mathrm{LN}_2\bigl(a_1 + \mathrm{MHA}_2(q = a_1,\ k = v = x)\bigr) \\
+    \text{out} &= \mathrm{LN}_3\bigl(a_2 + \mathrm{FFN}(a_2)\bigr)
+
+and its backward (:meth:`BookDecoderBlock.backward`), from the top; x reaches the
+output through the first residual, both of MHA1's inputs and MHA2's keys and values:
+
+.. math::
+
+    g_3 &= (\partial \mathrm{LN}_3)^\top d\text{out} \qquad da_2 = g_3 + (\partial \mathrm{FFN})^\top g_3 \\
+    g_2 &= (\partial \mathrm{LN}_2)^\top da_2 \qquad (dq_2, dk_2, dv_2) = (\partial \mathrm{MHA}_2)^\top g_2
+        \qquad da_1 = g_2 + dq_2 \\
+    g_1 &= (\partial \mathrm{LN}_1)^\top da_1 \qquad (dq_1, dk_1, dv_1) = (\partial \mathrm{MHA}_1)^\top g_1 \\
+    dx &= g_1 + dq_1 + dk_1 + dv_1 + dk_2 + dv_2
 
 The GPT block (one causal self-attention, LayerNorm before each sublayer; the
 model adds a final LayerNorm after the last block):
 
-    h   = x + MHA(LN1(x))
-    out = h + FFN(LN2(h))
+.. math::
+
+    h &= x + \mathrm{MHA}\bigl(\mathrm{LN}_1(x)\bigr) \\
+    \text{out} &= h + \mathrm{FFN}\bigl(\mathrm{LN}_2(h)\bigr)
 
 With dropout (GPT-2's ``attn_dropout`` and ``resid_dropout``, one rate r), given
 the keep-masks of a :class:`GPTBlockDropout`: the attention drops its
-probabilities, and each residual branch is dropped before it is added,
-h = x + D₁(MHA(LN1(x))), out = h + D₂(FFN(LN2(h))), D(a) = a ⊙ M / (1 − r), whose
-backward is dD(a) = d ⊙ M / (1 − r) (:class:`~scratchlm.layers.Dropout`).
+probabilities, and each residual branch is dropped before it is added
+(:class:`~scratchlm.layers.Dropout`):
+
+.. math::
+
+    h &= x + D_1\bigl(\mathrm{MHA}(\mathrm{LN}_1(x))\bigr) \qquad
+    \text{out} = h + D_2\bigl(\mathrm{FFN}(\mathrm{LN}_2(h))\bigr) \\
+    D(a) &= \frac{a \odot M}{1 - r} \qquad dD(a) = \frac{d \odot M}{1 - r}
+
+and the block's backward (:meth:`GPTDecoderBlock.backward`; without dropout,
+read M/(1 − r) as 1):
+
+.. math::
+
+    dh &= d\text{out}
+        + (\partial \mathrm{LN}_2)^\top (\partial \mathrm{FFN})^\top \frac{d\text{out} \odot M_2}{1 - r} \\
+    (dq, dk, dv) &= (\partial \mathrm{MHA})^\top \frac{dh \odot M_1}{1 - r} \\
+    dx &= dh + (\partial \mathrm{LN}_1)^\top (dq + dk + dv)
 
 Both blocks take the feed-forward's ``activation`` ("relu" | "gelu" |
 "gelu_tanh"), the LayerNorms' ``epsilon`` and ``use_bias`` (False: no bias in
