@@ -1,4 +1,4 @@
-"""What every recurrent cell shares: input projection, token table, initial and carried state, masks.
+r"""What every recurrent cell shares: input projection, token table, initial and carried state, masks.
 
 A recurrent layer is split the way fast implementations split it (cuDNN,
 torch-rnn): the input projection x_t W + b of all T steps at once, as one GEMM
@@ -23,6 +23,33 @@ Sequences are **time-major**, (T, B, ...), so the slice of one step is
 contiguous. Masks follow Keras 3 (``zero_output_for_mask=False``): a masked
 step keeps the state unchanged and the output repeats the previous output,
 zeros before the first real step.
+
+The equations every cell shares, with W (D, G·H), b the input bias (G·H,), X the
+input (T, B, D), E an embedding table (V, E), m_t the mask (1 = real step) and the
+cell's loop in between. Forward:
+
+.. math::
+
+    Z_x &= X W + b \qquad (T, B, G \cdot H) \\
+    \text{table} &= E W + b \quad \text{(one-hot input: } W + b\text{)} \qquad (V, G \cdot H) \\
+    Z_x[t, b] &= \text{table}[\text{ids}[t, b]] \quad \text{(token input)} \\
+    y_t &= s_t \odot h_t \qquad s_t = \max_{t' \le t} m_{t'}
+
+Backward: dy is multiplied by s_t first, the cell's BPTT turns it into dZ_x
+(T, B, G·H), then the projection's gradients are single products over all T·B rows:
+
+.. math::
+
+    dX = dZ_x W^\top \qquad dW = X^\top dZ_x \qquad db = \textstyle\sum dZ_x
+
+or, for token input, a scatter-add by token id first:
+
+.. math::
+
+    d\text{table}[v] &= \sum_{(t, b) \,:\, \text{ids}[t, b] = v} dZ_x[t, b] \qquad
+        db = \textstyle\sum_v d\text{table}[v] \\
+    dW &= d\text{table} \quad \text{(one-hot)} \qquad
+        dW = E^\top d\text{table}, \quad dE = d\text{table}\, W^\top \quad \text{(embeddings)}
 """
 
 from abc import abstractmethod
