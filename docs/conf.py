@@ -40,6 +40,8 @@ myst_enable_extensions = ["dollarmath"]
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True, "ignore-module-all": True}
 autodoc_typehints = "description"
+# Defaults as written in the source (``xp=numpy``), not their repr (a module's repr names this machine's paths).
+autodoc_preserve_defaults = True
 
 html_theme = "alabaster"
 html_title = "scratchlm"
