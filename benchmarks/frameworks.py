@@ -32,7 +32,8 @@ Cases (see benchmarks/bench.py):
     transformer-gen  that model generating 50 tokens after a 2-token prompt, batch 1: scratchlm's
              ``generate`` (KV cache) against the seed's way, the full model re-run on the whole text
              for every token (Keras ``model(x)`` as the book's callback does, and ``scratchlm-rerun``:
-             scratchlm's ``forward`` the same way); one unit is one 50-token generation
+             scratchlm's ``forward`` the same way), and against PyTorch with a KV cache of its own
+             (:func:`_torch_transformer_generator`); one unit is one 50-token generation
     gpt-cpu  issue 23's ``--preset nanogpt-cpu``: nanoGPT's character GPT (4 blocks, E 128, 4 heads, T 64,
              B 12, V 65, exact GELU, no biases, tied embeddings), one step of its train.py: forward,
              backward, clip to a global norm of 1, AdamW (lr 1e-3, β₂ 0.99, weight decay 0.1 on the >= 2-D
@@ -94,7 +95,7 @@ CASES = {
         B=1,
         prompt=2,
         length=50,
-        frameworks=["scratchlm", "scratchlm-rerun", "keras"],
+        frameworks=["scratchlm", "scratchlm-rerun", "keras", "torch"],
     ),
 }
 # The same two Transformer cases on a CUDA GPU (issue 27): CuPy against PyTorch's CUDA tensors.
@@ -516,6 +517,8 @@ def _torch_transformer(torch, c):
 
     device = "cuda" if c.get("gpu") else "cpu"
     net = Net().to(device)
+    if c["kind"] == "generate":
+        return _torch_transformer_generator(torch, net, c), c["length"]
     x, y = (torch.as_tensor(a).to(device) for a in data_for(c))
     y = torch.where(x != 0, y, torch.full_like(y, -100))  # ignore_index: mean over non-padding inputs
     opt = torch.optim.RMSprop(net.parameters(), lr=c["lr"], alpha=0.9, eps=1e-7)  # Keras' rho, epsilon
@@ -618,6 +621,58 @@ def _torch_gpt2(torch, c):
         return time.perf_counter() - start
 
     return run, 1
+
+
+def _torch_transformer_generator(torch, net, c):
+    """The seed's model generating with a KV cache in PyTorch (issue 25: a decoder to compare scratchlm's ``generate``
+    with, beyond the book's full re-run): the prompt runs once; then each token costs one position's work. Both
+    attentions keep their keys and values: attention_1's of the embeddings x, attention_2's (queries from a1) of
+    the same x, as the book's decoder attends to its inputs. No padding in the prompt, so the causal mask is the
+    cache's extent. Sampling at temperature 1, never id 0, one draw per token on the host (:func:`sample_host`)."""
+    F = torch.nn.functional
+    N, K = c["N"], c["K"]
+    prompt = torch.as_tensor(transformer_data(c, np.random.default_rng(0)))
+    rng = np.random.default_rng(0)
+
+    def heads(t):  # (1, S, N·K) -> (1, N, S, K)
+        return t.view(1, t.shape[1], N, K).transpose(1, 2)
+
+    def attend(att, query, keys, values, causal):
+        q = heads(att.query(query))
+        s = (q @ keys.transpose(-1, -2)) * (1.0 / K**0.5)  # (1, N, T, S)
+        if causal:
+            T_, S = s.shape[-2:]
+            s = s.masked_fill(~torch.ones(T_, S, dtype=torch.bool).tril(S - T_), float("-inf"))
+        o = torch.softmax(s, dim=-1) @ values  # (1, N, T, K)
+        return att.output(o.transpose(1, 2).reshape(1, query.shape[1], N * K))
+
+    def step(ids, start, cache):
+        """Positions start … start + T - 1 of ``ids`` (1, T) through the model, the caches grown; last logits."""
+        pos = torch.arange(start, start + ids.shape[1])
+        x = net.tokens(ids) + net.positions(pos)[None]
+        for name, att in (("1", net.attention_1), ("2", net.attention_2)):
+            k, v = heads(att.key(x)), heads(att.value(x))
+            if name in cache:
+                k, v = torch.cat([cache[name][0], k], dim=2), torch.cat([cache[name][1], v], dim=2)
+            cache[name] = k, v
+        a1 = net.ln1(x + attend(net.attention_1, x, *cache["1"], causal=True))
+        a2 = net.ln2(a1 + attend(net.attention_2, a1, *cache["2"], causal=True))
+        out = net.ln3(a2 + net.ffn_2(F.relu(net.ffn_1(a2))))
+        return net.dense(out[:, -1])[0]
+
+    def run(n):
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(n):
+                cache = {}
+                logits = step(prompt, 0, cache)
+                used = prompt.shape[1]
+                for _ in range(c["length"]):  # prompt + length <= L positions: the cache never has to slide
+                    logits = step(torch.tensor([[sample_host(logits.numpy(), rng)]]), used, cache)
+                    used += 1
+        return time.perf_counter() - start
+
+    return run
 
 
 def data_for(c):
