@@ -34,7 +34,9 @@ How it measures:
   warmed up (JIT compilation, graph tracing) before any timing;
 * the workers of a workload then take turns, round after round, in a rotating
   order (so a drift of the machine's speed touches all of them alike), and the
-  table shows the median over the rounds;
+  table shows the median over the rounds with the rounds' range around it; a
+  speed-up (a ratio of medians) is marked "(noise)" where the two frameworks'
+  rounds overlap;
 * memory is measured in separate worker processes (one round each, after the
   warm-up) from /proc/self/status: the peak RSS is reset before the round and
   read after it, so "step peak" is how far the resident set rose above its
@@ -362,8 +364,10 @@ def summarise(case, rounds, memory):
     c = fw.CASES[case]
     out = {}
     for name, rs in rounds.items():
-        per_unit = statistics.median(r["seconds"] / r["count"] for r in rs)  # s per step or per character
+        times = [r["seconds"] / r["count"] for r in rs]  # s per step or per character, one per round
+        per_unit = statistics.median(times)
         entry = {"rounds": rs, **{k: memory[name][k] for k in ("step_peak_mb", "process_peak_mb") if k in memory[name]}}
+        entry["spread"] = [min(times) / per_unit, max(times) / per_unit]  # the rounds' range, relative to the median
         if "device_peak_mb" in memory[name]:
             entry["device_peak_mb"] = memory[name]["device_peak_mb"]
         if c["kind"] == "train":
@@ -378,16 +382,35 @@ def throughput(entry):
     return entry.get("tokens_per_s") or entry["chars_per_s"]
 
 
+def rates(entry):
+    """(the slowest, the fastest) of an entry's rounds, as throughput."""
+    return throughput(entry) / entry["spread"][1], throughput(entry) / entry["spread"][0]
+
+
+def in_noise(a, b):
+    """Whether two entries' rounds overlap (some round of each is as fast as some round of the other): then the
+    ratio of their medians is inside the machine's noise."""
+    (slow_a, fast_a), (slow_b, fast_b) = rates(a), rates(b)
+    return slow_a <= fast_b and slow_b <= fast_a
+
+
 def table(results):
+    """Markdown: per case and framework the median over the rounds (and the rounds' range, ±% of the median),
+    scratchlm's speed-up as the ratio of medians, marked "(noise)" where the two frameworks' rounds overlap."""
     lines = [
-        "| workload | framework | ms/step | tokens or chars/s | scratchlm speed-up | step peak MB | process peak MB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | framework | ms/step | tokens or chars/s | rounds' range | scratchlm speed-up | step peak MB "
+        "| process peak MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for case, entries in results.items():
         ours = entries.get("scratchlm")
         for name, e in entries.items():
             ms = f"{e['ms_per_step']:.1f}" if "ms_per_step" in e else "–"
             ratio = f"{throughput(ours) / throughput(e):.2f}x" if ours and name != "scratchlm" else ""
+            if ratio and in_noise(ours, e):
+                ratio += " (noise)"
+            low, high = e["spread"]
+            spread = f"-{100 * (1 - low):.0f}% / +{100 * (high - 1):.0f}%"
             memory = (
                 f"{e['device_peak_mb']:.0f} (device)"
                 if "device_peak_mb" in e
@@ -396,7 +419,9 @@ def table(results):
                 else "–"
             )  # "–": --no-memory
             process = f"{e['process_peak_mb']:.0f}" if "process_peak_mb" in e else "–"
-            lines.append(f"| {case} | {name} | {ms} | {throughput(e):,.0f} | {ratio} | {memory} | {process} |")
+            lines.append(
+                f"| {case} | {name} | {ms} | {throughput(e):,.0f} | {spread} | {ratio} | {memory} | {process} |"
+            )
     return "\n".join(lines)
 
 
