@@ -1,6 +1,7 @@
 """The docs site (README, "The docs site"): it builds with warnings and broken references as errors, no page
 loads anything from the network, and in a real browser (headless Chromium) the math of the LSTM and attention
-pages renders. Skipped without Sphinx (the ``docs`` extra) or without Chromium (Debian's ``chromium``).
+pages (and of every other layer page) renders. Skipped without Sphinx (the ``docs`` extra) or without Chromium
+(Debian's ``chromium``).
 
 SCRATCHLM_DOCS_SCREENSHOTS=1 also writes the two pages' screenshots over docs/lstm_page.png and
 docs/attention_page.png.
@@ -60,25 +61,39 @@ def test_no_page_loads_from_the_network(site):
     assert fonts, "MathJax's fonts are not in the site"
 
 
+def _check_rendered(path):
+    """Open the page at ``path`` in headless Chromium: every math block became a MathJax formula, no raw TeX is
+    left in the text and MathJax reported no TeX error."""
+    run = _browser("--dump-dom", path.as_uri())
+    assert run.returncode == 0, run.stderr[-2000:]
+    dom = run.stdout
+    assert "<mjx-container" in dom, f"MathJax rendered no formula on {path.name}"
+    body = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)  # MathJax's configuration and CSS
+    for raw_tex in (r"\frac", r"\tilde", r"\odot", "$$", r"\[", r"\begin{split}"):
+        assert raw_tex not in body, f"raw TeX {raw_tex!r} left on {path.name}"
+    formulas = body.count("<mjx-container")
+    assert formulas >= body.count('class="math') // 2  # every displayed math block became a formula
+    assert "<mjx-merror" not in body, f"MathJax reported a TeX error on {path.name}"
+
+
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_math_renders_in_chromium(site, page, tmp_path):
     url = (site / PAGES[page]).as_uri()
     raw = (site / PAGES[page]).read_text(encoding="utf-8")
     assert r"\frac" in raw or r"\tilde" in raw  # the page has TeX for MathJax to render
-
-    run = _browser("--dump-dom", url)
-    assert run.returncode == 0, run.stderr[-2000:]
-    dom = run.stdout
-    assert "<mjx-container" in dom, "MathJax rendered no formula"
-    body = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S)  # MathJax's configuration and CSS
-    for raw_tex in (r"\frac", r"\tilde", r"\odot", "$$", r"\[", r"\begin{split}"):
-        assert raw_tex not in body, f"raw TeX {raw_tex!r} left on the {page} page"
-    formulas = body.count("<mjx-container")
-    assert formulas >= body.count('class="math') // 2  # every displayed math block became a formula
-    assert "<mjx-merror" not in body, "MathJax reported a TeX error"
+    _check_rendered(site / PAGES[page])
 
     shot = tmp_path / f"{page}_page.png"
     run = _browser("--window-size=1280,1800", f"--screenshot={shot}", url)
     assert run.returncode == 0 and shot.stat().st_size > 10_000, run.stderr[-2000:]
     if os.environ.get("SCRATCHLM_DOCS_SCREENSHOTS"):
         shutil.copyfile(shot, ROOT / "docs" / f"{page}_page.png")
+
+
+def test_every_layer_page_renders_its_math(site):
+    """Every layer's page with math (forward and backward equations) renders it in Chromium."""
+    pages = sorted((site / "api" / "layers").glob("*.html"))
+    with_math = [p for p in pages if 'class="math' in p.read_text(encoding="utf-8")]
+    assert len(with_math) >= 12, [p.name for p in with_math]
+    for path in with_math:
+        _check_rendered(path)
