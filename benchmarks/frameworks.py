@@ -268,28 +268,22 @@ def _scratchlm_transformer(c, backend, optim, rerun=False):
     return run, 1
 
 
-def _scratchlm_gpt(c, backend, optim):
-    """The model and step of ``scratchlm train tinyshakespeare --preset nanogpt-cpu``."""
+def nanogpt_cpu_model(vocab_size, backend="numpy", seed=0, **changes):
+    """The TransformerLM of ``scratchlm train --preset nanogpt-cpu`` (its settings in
+    :data:`scratchlm.cli.settings.PRESETS`), with ``changes`` to its config (e.g. ``pad_id=None``)."""
+    from scratchlm.cli.settings import model_config, resolve
     from scratchlm.models.transformer import TransformerLM
 
-    E = c["E"]
-    model = TransformerLM(
-        c["V"],
-        c["T"],
-        embed_dim=E,
-        dense_dim=4 * E,
-        num_heads=c["N"],
-        key_dim=E // c["N"],
-        num_layers=c["L"],
-        block="gpt",
-        activation="gelu",
-        layernorm_epsilon=1e-5,
-        tie_embeddings=True,
-        use_bias=False,
-        init="gpt2",
-        backend=backend,
-        seed=0,
-    )
+    config = {**model_config(resolve({"preset": "nanogpt-cpu", "seed": seed}), vocab_size), **changes}
+    config.pop("kind")
+    return TransformerLM(backend=backend, **config)
+
+
+def _scratchlm_gpt(c, backend, optim):
+    """The model and step of ``scratchlm train tinyshakespeare --preset nanogpt-cpu``."""
+    model = nanogpt_cpu_model(c["V"], backend)
+    shape = (model.sequence_length, model.embed_dim, model.num_heads, model.num_layers)
+    assert shape == (c["T"], c["E"], c["N"], c["L"]), "CASES['gpt-cpu'] is no longer the preset's shape"
     opt = optim.AdamW(lr=1e-3, beta_2=0.99, weight_decay=0.1, global_clipnorm=1.0, kernels=backend.kernels)
     return _train_steps(model, opt, *(backend.asarray(a) for a in data_for(c)))
 

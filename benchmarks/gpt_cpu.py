@@ -45,12 +45,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "reference"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from make_torch_reference import to_scratchlm  # noqa: E402  (nanoGPT's names and layouts -> scratchlm's)
 
 from scratchlm import batching, corpora  # noqa: E402
 from scratchlm.cli.eval import score  # noqa: E402
-from scratchlm.models import TransformerLM  # noqa: E402
 from scratchlm.text import from_config  # noqa: E402
 from scratchlm.train import load_checkpoint  # noqa: E402
 
@@ -103,21 +103,9 @@ def nanogpt_model(weights, vocab_size):
     """nanoGPT's exported arrays as a scratchlm TransformerLM of the same architecture."""
     named = dict(np.load(weights))
     named.pop("iter_num")
-    model = TransformerLM(
-        vocab_size,
-        T,
-        embed_dim=128,
-        dense_dim=512,
-        num_heads=4,
-        key_dim=32,
-        num_layers=4,
-        block="gpt",
-        activation="gelu",
-        layernorm_epsilon=1e-5,
-        tie_embeddings=True,
-        use_bias=False,
-        pad_id=None,  # nanoGPT's id 0 is "\n", a character like any other
-    )
+    import frameworks  # benchmarks/frameworks.py: the preset's model
+
+    model = frameworks.nanogpt_cpu_model(vocab_size, pad_id=None)  # nanoGPT's id 0 is "\n", a character like any other
     model.set_params(to_scratchlm(named, 4, 4))
     return model
 

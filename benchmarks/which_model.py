@@ -33,10 +33,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
 
 from scratchlm import LanguageModel, batching, corpora, get_backend, optim, schedules  # noqa: E402
 from scratchlm.cli.eval import score  # noqa: E402
-from scratchlm.models import TransformerLM  # noqa: E402
 from scratchlm.text import CharTokenizer  # noqa: E402
 from scratchlm.train import train_step  # noqa: E402
 
@@ -45,23 +46,9 @@ LR = {"gpt": 1e-3, "lstm": 2e-3, "gru": 2e-3}
 
 
 def gpt(vocab_size, backend, seed):
-    return TransformerLM(
-        vocab_size,
-        T,
-        embed_dim=128,
-        dense_dim=512,
-        num_heads=4,
-        key_dim=32,
-        num_layers=4,
-        block="gpt",
-        activation="gelu",
-        layernorm_epsilon=1e-5,
-        tie_embeddings=True,
-        use_bias=False,
-        init="gpt2",
-        backend=backend,
-        seed=seed,
-    )
+    import frameworks  # here, not above: NumPy must load after scratchlm (OPENBLAS_THREAD_TIMEOUT, see scratchlm)
+
+    return frameworks.nanogpt_cpu_model(vocab_size, backend, seed)
 
 
 def recurrent(vocab_size, cell, hidden, backend, seed):
