@@ -6,10 +6,11 @@ safetensors header against each other before it reads a tensor. A run directory 
 ``last.npz`` or ``best.npz``.
 """
 
+import math
 from pathlib import Path
 
 from ..errors import ScratchLMError
-from ..interop.gpt2 import CONFIG, WEIGHTS, from_hf, hf_tokenizer, read_config
+from ..interop.gpt2 import BUFFERS, CONFIG, LM_HEAD, WEIGHTS, from_hf, hf_tokenizer, read_config
 from ..rundir import BEST, LAST
 from ..safetensors import read_header
 
@@ -42,14 +43,11 @@ def describe(folder: Path) -> list[tuple[str, str]]:
     header = read_header(folder / WEIGHTS)
     count, dtypes = 0, set()
     for name, entry in header.entries.items():
-        if name.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # buffers (the causal mask), not weights
-        size = 1
-        for n in entry.shape:
-            size *= n
-        count += size
+        if name.endswith(tuple(f".{buffer}" for buffer in BUFFERS)):
+            continue  # the causal mask, not weights
+        count += math.prod(entry.shape)
         dtypes.add(entry.dtype)
-    if "lm_head.weight" in header.entries:  # tied: the token table again
+    if LM_HEAD in header.entries:  # tied: the token table again
         count -= c["vocab_size"] * c["n_embd"]
     size = (folder / WEIGHTS).stat().st_size
     rows = [

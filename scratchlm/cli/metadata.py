@@ -15,7 +15,7 @@ from .. import checkpoint
 from ..errors import CheckpointError
 from ..layers.dropout import MAX_RATE
 from ..text import from_config
-from .settings import BPE_LEAST_VOCABULARY, DEFAULTS, GPT2_OPTIONS, LEARNING_RATE, PRESETS, SEQ_LEN, is_folder_init
+from .settings import BPE_LEAST_VOCABULARY, DEFAULTS, GPT2_OPTIONS, LEARNING_RATE, PRESETS, SEQ_LEN, built_init
 
 
 def _real(v):
@@ -189,10 +189,7 @@ def _recorded(settings, config, tokenizer, meta):
             yield name, settings[name], config[field], model
         yield "key_dim", settings["key_dim"] or settings["embedding_dim"], config["key_dim"], model
         for name in (*GPT2_OPTIONS, "dropout"):
-            value = settings[name]
-            if name == "init" and is_folder_init(value):  # a fine-tuning run's model was built with keras' draw
-                value = "keras"
-            yield name, value, config[name], model
+            yield name, built_init(settings[name]) if name == "init" else settings[name], config[name], model
     else:
         yield "cell", settings["cell"], config["cell"], model
         yield "hidden", settings["hidden"], config["hidden_sizes"], model

@@ -128,8 +128,7 @@ def model_config(settings, vocab_size):
             "dtype": settings["dtype"],
             "seed": settings["seed"],
             **{name: settings[name] for name in GPT2_OPTIONS},
-            # a fine-tuning run's model is built with the constructor's cheapest draw, then given the folder's weights
-            "init": "keras" if is_folder_init(settings["init"]) else settings["init"],
+            "init": built_init(settings["init"]),
             "dropout": settings["dropout"],
             # char and word vocabularies reserve id 0 for <pad>; a byte-level BPE has no padding (its id 0 is "!")
             "pad_id": None if settings["tokenizer"] == "bpe" else 0,
@@ -168,6 +167,12 @@ def _with_preset(given: dict) -> dict:
         trains = f"--model {preset['model']} --block {preset['block']}"
         raise ScratchLMError(f"--preset {given['preset']} trains a {trains}: leave out {names}")
     return {**preset, **given}
+
+
+def built_init(init) -> str:
+    """The initialisation a run's model is built with: --init's, or for a fine-tuning run (--init HF_FOLDER) the
+    constructor's cheapest draw, keras, which the folder's weights then replace."""
+    return "keras" if is_folder_init(init) else init
 
 
 def is_folder_init(init) -> bool:
