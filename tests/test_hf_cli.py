@@ -134,6 +134,11 @@ def test_train_init_refusals_are_one_line(capsys, folder, corpus, tmp_path, monk
     fails(_finetune(capsys, folder, corpus, run, "--tokenizer", "char"), "--tokenizer")
     fails(cli(capsys, "train", corpus, "--init", folder, "--seq-len", 17, "--run-dir", run), "at most 16")
     fails(cli(capsys, "train", corpus, "--init", tmp_path, "--run-dir", run), "neither keras, gpt2 nor a folder")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((folder / name).read_bytes())
+    fails(cli(capsys, "train", corpus, "--init", bare, "--run-dir", run), "--init: ", "no tokenizer", "vocab.json")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text("{}")

@@ -20,21 +20,27 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG).is_file() and not any((path / name).exists() for name in (LAST, BEST))
 
 
-def load(folder: Path, backend):
-    """(the TransformerLM of a GPT-2 folder, its BPE tokenizer); ScratchLMError when it has no tokenizer."""
-    tokenizer = hf_tokenizer(folder)
-    if tokenizer is None:
+def tokenizer(folder: Path):
+    """The BPE tokenizer of a GPT-2 folder; ScratchLMError when it has none (CheckpointError when it is broken)."""
+    found = hf_tokenizer(folder)
+    if found is None:
         raise ScratchLMError(
             f"{folder} holds a model but no tokenizer (vocab.json and merges.txt), so text cannot be turned into "
             "its ids: download the two files into it"
         )
+    return found
+
+
+def load(folder: Path, backend):
+    """(the TransformerLM of a GPT-2 folder, its BPE tokenizer); ScratchLMError when it has no tokenizer."""
+    tokenizer_ = tokenizer(folder)
     model = from_hf(folder, backend=backend)
-    if model.vocab_size < tokenizer.vocab_size:
+    if model.vocab_size < tokenizer_.vocab_size:
         raise ScratchLMError(
-            f"{folder}'s tokenizer has {tokenizer.vocab_size:,} tokens but its model only {model.vocab_size:,}: "
+            f"{folder}'s tokenizer has {tokenizer_.vocab_size:,} tokens but its model only {model.vocab_size:,}: "
             "the vocab.json is not this model's"
         )
-    return model, tokenizer
+    return model, tokenizer_
 
 
 def describe(folder: Path) -> list[tuple[str, str]]:

@@ -14,9 +14,10 @@ from pathlib import Path
 from .. import checkpoint, distributed, rundir, sampling
 from ..backend import get_backend
 from ..errors import CheckpointError, ScratchLMError
-from ..interop.gpt2 import from_hf, hf_tokenizer
+from ..interop.gpt2 import from_hf
 from ..rundir import BEST, LAST
 from ..train import Sampler, Trainer, load_checkpoint
+from . import hf
 from .metadata import check_agreement, settings_of, tokenizer_of
 from .prepare import prepare_data
 from .settings import DEFAULTS, RESUMABLE, build_model, build_optimizer, build_schedule, is_folder_init, resolve
@@ -157,15 +158,9 @@ def _setup_train(args, given, run_dir):
 def _folder_tokenizer(folder):
     """The BPE tokenizer of the GPT-2 folder a run fine-tunes (--init HF_FOLDER): the corpus is encoded with it."""
     try:
-        tokenizer = hf_tokenizer(folder)
-    except CheckpointError as exc:
+        return hf.tokenizer(Path(folder))
+    except ScratchLMError as exc:  # CheckpointError included
         raise ScratchLMError(f"--init: {exc}") from None
-    if tokenizer is None:
-        raise ScratchLMError(
-            f"--init {folder} holds no tokenizer (vocab.json and merges.txt), so the corpus cannot be turned into "
-            "its ids: download the two files into it"
-        )
-    return tokenizer
 
 
 def _load_folder_weights(model, folder):
