@@ -229,3 +229,15 @@ def test_cli_trains_samples_describes_and_resumes_a_transformer(tmp_path, capsys
         assert words in capsys.readouterr().err
     assert main(["train", str(lines), "--heads", "3", "--run-dir", str(tmp_path / "r3")]) == 2
     assert "--model transformer" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
+def test_a_tied_output_layer_moves_the_generator_as_its_kernels_draw_would():
+    """TransformerLM(tie_embeddings=True) draws no (E, V) kernel but advances its generator by E·V steps: exactly
+    where drawing glorot_uniform((E, V)) leaves it, so the draws after it (init="gpt2") are the untouched ones."""
+    from scratchlm import Backend
+    from scratchlm.initializers import glorot_uniform
+
+    drawn, advanced = Backend.rng(3), Backend.rng(3)
+    glorot_uniform((6, 13), drawn, get_backend("numpy", "float64"))
+    advanced.bit_generator.advance(6 * 13)
+    assert drawn.bit_generator.state == advanced.bit_generator.state
