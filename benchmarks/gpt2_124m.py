@@ -32,6 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from scratchlm.safetensors import read_header  # noqa: E402
+
 SHAPE = dict(embed_dim=768, dense_dim=3072, num_heads=12, key_dim=64, num_layers=12)
 V, L = 50257, 1024
 LOAD_SCRATCHLM = """import json, sys, time
@@ -106,10 +109,8 @@ def main(argv=None):
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     write_folder(args.folder)
-    weights = sum(
-        int(np.prod(shape)) * 4
-        for shape in [(V, 768), (L, 768)] + [(768, 2304), (2304,), (768, 768), (768, 3072), (3072,), (3072, 768)] * 12
-    )  # the big tensors; LayerNorms and small biases are < 0.1%
+    entries = read_header(args.folder / "model.safetensors").entries.values()
+    weights = sum(e.end - e.begin for e in entries)  # float32 bytes of every tensor the folder holds
     per_token = weights  # the tied table once: the logits read all of it, the lookup one row of it
     bandwidth = copy_bandwidth()
     results = {
