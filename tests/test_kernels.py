@@ -764,35 +764,56 @@ def test_units_split_only_for_thin_batches(monkeypatch):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    M=st.integers(1, 13),
+    M=st.integers(1, 20),
     K=st.integers(1, 40),
-    N=st.integers(1, 21),
+    N=st.integers(1, 70),
     dtype=st.sampled_from(["float32", "float64"]),
     seed=st.integers(0, 2**16),
     data=st.data(),
 )
-def test_dot_product_kernel_matches_numpy(M, K, N, dtype, seed, data):
-    from scratchlm.kernels.numba.parallel import dots
+def test_packed_panel_product_matches_numpy(M, K, N, dtype, seed, data):
+    """panels.product against NumPy: odd sizes (partial row tiles and panels), rows with a longer stride, b
+    packed from its columns or from its transpose; and the same bits however the columns are split."""
+    from scratchlm.kernels.numba.parallel import panels
 
     rng = np.random.default_rng(seed)
-    lo = data.draw(st.integers(0, N))
-    hi = data.draw(st.integers(lo, N))
-    a = rng.standard_normal((M, K + 3)).astype(dtype)[:, :K]  # rows with a stride longer than K
-    b = rng.standard_normal((N, K)).astype(dtype)
-    out = np.full((N, M), 7.0, dtype=dtype)
-    dots.product_t(a, b, out, lo, hi)
-    want = np.full((N, M), 7.0)
-    want[lo:hi] = b[lo:hi] @ a.T
+    lo = data.draw(st.integers(0, N - 1))
+    hi = data.draw(st.integers(lo + 1, N))
+    a = rng.standard_normal((M, K + 3)).astype(dtype)[:, :K]
+    b = rng.standard_normal((K, N)).astype(dtype)
+    tiles = np.empty(panels.tile_shape(M, K), dtype)
+    panels.pack_rows(a, tiles)
+    scratch = np.empty((panels.ROWS, panels.width(dtype)), dtype)
+
+    def product(lo, hi, at):
+        packed, packed_t = (np.full(panels.panel_shape(K, hi - lo, dtype), 9.0, dtype) for _ in range(2))
+        panels.pack(b, lo, hi, packed)
+        panels.pack_transposed(np.ascontiguousarray(b.T), lo, hi, packed_t)
+        assert np.array_equal(packed, packed_t)  # zero past the last column either way
+        panels.product(tiles, packed, out, at, hi - lo, scratch)
+
+    out = np.full((M, N + 5), 7.0, dtype=dtype)[:, : N + 2]  # rows with a longer stride
+    product(lo, hi, 1)
+    want = np.full((M, N + 2), 7.0)
+    want[:, 1 : 1 + hi - lo] = a.astype(np.float64) @ b[:, lo:hi].astype(np.float64)
     assert close(out, want, dtype)
+    whole = out.copy()
     cut = data.draw(st.integers(lo, hi))  # the same bits whichever way [lo, hi) is split
-    parts = np.full((N, M), 7.0, dtype=dtype)
-    dots.product_t(a, b, parts, lo, cut)
-    dots.product_t(a, b, parts, cut, hi)
-    assert np.array_equal(parts, out)
-    u = rng.standard_normal((K, N)).astype(dtype)
-    ut = np.zeros((N, K), dtype=dtype)
-    dots.transpose_rows(u, ut, lo, hi)
-    assert np.array_equal(ut[lo:hi], u.T[lo:hi]) and not ut[:lo].any() and not ut[hi:].any()
+    out[:] = 7.0
+    for part in ((lo, cut), (cut, hi)):
+        if part[1] > part[0]:
+            product(*part, 1 + part[0] - lo)
+    assert np.array_equal(out, whole)
+
+
+def test_panel_sizes_follow_the_vector_registers_numba_compiles_for(monkeypatch):
+    from numba.core import config
+
+    from scratchlm.kernels.numba.parallel import panels
+
+    for features, size in (("+avx512f,+avx2,+avx", 64), ("-avx512f,+avx2,+avx", 32), ("+sse4.2,-avx", 16)):
+        monkeypatch.setattr(config, "CPU_FEATURES", features)
+        assert panels._vector_bytes() == size
 
 
 def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():

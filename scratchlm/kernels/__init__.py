@@ -32,7 +32,7 @@ own (:meth:`~scratchlm.backend.Backend.scatter_add`).
         blas.py             OpenBLAS's GEMM called from inside the Numba loops; its thread count
         shards.py           a batch split into row shards, one per core, or (thin batches) every step
                             split by hidden units over the cores
-        dots.py             the per-step product of a few rows with U, as dot products (no packing)
+        panels.py           the per-step product h U on U packed once per loop, with its own micro-kernel
         barrier.py          a spinning barrier for threads that meet inside Numba loops, once per step
         workspace.py        big work buffers, reused from step to step when free
     cuda/               the CuPy backend

@@ -27,27 +27,35 @@ The elementwise kernels are vectorised (AVX-512 or AVX2). Within one shard
 everything runs on one thread; with one shard (see :mod:`shards` for when) the
 per-step GEMMs use OpenBLAS's threads.
 
-A batch of a few rows (at most ``UNIT_ROWS_FORWARD`` per core forward,
-``UNIT_ROWS_BACKWARD`` backward) is too thin for shards, and a GEMM of (8, H) x
-(H, 4H) spends its time packing U. Then the threads split each *step* by hidden
-units instead (:func:`forward_units`, :func:`backward_units`): thread k owns
-units j0:j1 — their four gate columns of U, forward, and their rows of U,
-backward — computes their share of the step's product as dot products
-(:mod:`dots`) and their elementwise work, and all meet at a spinning
-:mod:`barrier` (~0.2 µs) before the next step. Each core so reads only its
-share of U per step. Numba's own ``prange`` per step was measured and does not
-pay on two cores: its OpenMP threads spin against OpenBLAS's, and passive
-waiting costs about what the split saves (docs/benchmarks.md).
+Up to a few dozen rows per core (:func:`unit_rows`), the threads split each
+*step* by hidden units instead (:func:`forward_units`, :func:`backward_units`):
+thread k owns units j0:j1 — their four gate columns of U, forward, and their
+rows of U, backward — packs them once per loop into panels (:mod:`panels`),
+computes their share of every step's product with its own micro-kernel, then
+their elementwise work, and all meet at a spinning :mod:`barrier` (~0.2 µs)
+before the next step. Each core so reads only its share of U per step, in a
+layout made for streaming it, where a GEMM call per step would copy U into
+its own layout every time. Numba's own ``prange`` per step was measured and
+does not pay on two cores: its OpenMP threads spin against OpenBLAS's, and
+passive waiting costs about what the split saves (docs/benchmarks.md).
 """
 
 import numpy as np
 
 from .activations import sigmoid, tanh
 from .options import jit
-from .parallel import barrier, blas, dots, shards, workspace
+from .parallel import barrier, blas, panels, shards, workspace
 
-UNIT_ROWS_FORWARD = 4  # rows per thread at most for splitting the units of a step (shards.parties)
-UNIT_ROWS_BACKWARD = 8
+
+def unit_rows(H, backward):
+    """Rows per thread up to which a step of H hidden units is split by units (:func:`shards.parties`).
+
+    Measured on the Zen 5 with AVX-512 and again with the kernels built for AVX2 (docs/benchmarks.md, "Packed
+    panels"): the split wins wherever a thread's share of U is large, at any batch measured (8-256) for
+    H >= 1024 backward, and loses to the row shards' GEMMs only where U is small and the batch wide (H = 128
+    at batch 32 and up forward, batch 128 backward; H = 512 at batch 128 forward).
+    """
+    return max(32, H // 4) if backward else max(8, H // 16)
 
 
 @jit
@@ -214,28 +222,25 @@ def backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi):
 
 
 @jit
-def forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, parties, j0, j1):
+def forward_units(z, U, table, ids, keep, hs, cs, rec, packed, tiles, scratch, sync, parties, j0, j1):
     """The forward time loop of hidden units j0:j1, every row: one of ``parties`` threads that split each step.
 
-    Per step this thread computes its units' four gate columns of h_{t-1} U (:func:`dots.product_t`
-    against its rows of UT (4H, H), the buffer for Uᵀ, which it fills first; into zT (4H, B)),
-    then their gates, c_t and h_t; all threads meet (:func:`barrier.wait`) before the next step
-    reads the whole of h_t. Arguments as in :func:`forward_rows` (rec (B, 4H), for float input:
-    each step's product in the Keras layout).
+    This thread first packs its units' four gate columns of U (:func:`panels.pack`, into packed
+    (4, ·, H, C·W)); per step it packs h_{t-1} into row tiles, computes those columns of h_{t-1} U
+    (:func:`panels.product`), then their gates, c_t and h_t; all threads meet (:func:`barrier.wait`)
+    before the next step reads the whole of h_t. Arguments as in :func:`forward_rows` (rec (B, 4H), for
+    float input: each step's product in the Keras layout); tiles and scratch: this thread's buffers.
     """
     T, B, G = z.shape
     H = G // 4
     every_row = np.arange(B)
     for g in range(4):
-        dots.transpose_rows(U, UT, g * H + j0, g * H + j1)  # this thread's rows of Uᵀ
+        panels.pack(U, g * H + j0, g * H + j1, packed[g])
     for t in range(T):
-        for g in range(4):
-            dots.product_t(hs[t], UT, zT, g * H + j0, g * H + j1)
+        panels.pack_rows(hs[t], tiles)
         product = rec if ids is None else z[t]  # token input: the product goes straight to z[t]
-        for b in range(B):
-            for g in range(4):
-                for j in range(g * H + j0, g * H + j1):
-                    product[b, j] = zT[j, b]
+        for g in range(4):
+            panels.product(tiles, packed[g], product, g * H + j0, j1 - j0, scratch)
         if ids is None:
             units_forward(z[t], rec, every_row, cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1], j0, j1)
         else:
@@ -245,15 +250,17 @@ def forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, parties, j0
 
 
 @jit
-def backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, parties, j0, j1):
+def backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, packed, tiles, scratch, sync, parties, j0, j1):
     """The backward time loop of hidden units j0:j1, every row: one of ``parties`` threads that split each step.
 
+    This thread first packs its units' rows of U as the columns of Uᵀ (:func:`panels.pack_transposed`).
     Per step: :func:`units_backward` writes this thread's columns of dz_t; all threads meet; then this
-    thread's units of dz_t Uᵀ (against its rows of U, into dhT (H, B)) go to dh_rec. Arguments as in
+    thread packs the whole of dz_t and computes its units of dz_t Uᵀ into dh_rec. Arguments as in
     :func:`backward_rows`.
     """
-    T, B, G = z.shape
-    all_kept = np.ones(B, dtype=np.bool_)
+    T = z.shape[0]
+    all_kept = np.ones(z.shape[1], dtype=np.bool_)
+    panels.pack_transposed(U, j0, j1, packed)
     for t in range(T - 1, -1, -1):
         keep_next = all_kept if t == T - 1 else keep[t + 1]
         if dy is None:
@@ -262,10 +269,18 @@ def backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, parties, j0, j
             units_backward(z[t], cs[t], cs[t + 1], dh_rec, keep_next, dy[t], keep[t], dh, dc, j0, j1)
         if not barrier.wait(sync, parties, T - 1 - t):
             return
-        dots.product_t(z[t], U, dhT, j0, j1)  # (dz_t Uᵀ)ᵀ for units j0:j1
-        for b in range(B):
-            for j in range(j0, j1):
-                dh_rec[b, j] = dhT[j, b]
+        panels.pack_rows(z[t], tiles)
+        panels.product(tiles, packed, dh_rec, j0, j1 - j0, scratch)
+
+
+def _unit_buffers(n, spans, K, M, dtype, gates):
+    """Per thread of a units split: U's packed columns (``gates`` blocks of the widest span), row tiles of M
+    rows of length K, and the micro-kernel's scratch tile."""
+    most = max(hi - lo for lo, hi in spans)
+    packed = workspace.take((n, gates) + panels.panel_shape(K, most, dtype), dtype)
+    tiles = np.empty((n,) + panels.tile_shape(M, K), dtype)
+    scratch = np.empty((n, panels.ROWS, panels.width(dtype)), dtype)
+    return packed, tiles, scratch
 
 
 def forward(z, U, h0, c0, keep=None, table=None, ids=None):
@@ -296,11 +311,16 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
                 np.matmul(hs[t], U, out=z[t])
                 step_forward(z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1])
         return hs, cs
-    n = shards.parties(B, H, UNIT_ROWS_FORWARD)
+    n = shards.parties(B, H, unit_rows(H, backward=False))
     if n > 1:  # a few rows: split each step's units instead
-        sync, spans, UT, zT = barrier.new(), shards.bounds(H, n), np.empty((G, H), z.dtype), np.empty((G, B), z.dtype)
+        sync, spans = barrier.new(), shards.bounds(H, n)
+        packed, tiles, scratch = _unit_buffers(n, spans, H, B, z.dtype, 4)
         shards.together(
-            lambda k: forward_units(z, U, UT, table, ids, keep, hs, cs, rec, zT, sync, n, *spans[k]), n, sync
+            lambda k: forward_units(
+                z, U, table, ids, keep, hs, cs, rec, packed[k], tiles[k], scratch[k], sync, n, *spans[k]
+            ),
+            n,
+            sync,
         )
     else:
         shards.run(lambda lo, hi: forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi), B)
@@ -340,11 +360,16 @@ def backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
             )
             np.matmul(z[t], U.T, out=dh_rec)  # dz_t Uᵀ
     else:
-        n = shards.parties(B, H, UNIT_ROWS_BACKWARD)
+        n = shards.parties(B, H, unit_rows(H, backward=True))
         if n > 1:
-            sync, spans, dhT = barrier.new(), shards.bounds(H, n), np.empty((H, B), z.dtype)
+            sync, spans = barrier.new(), shards.bounds(H, n)
+            packed, tiles, scratch = _unit_buffers(n, spans, G, B, z.dtype, 1)
             shards.together(
-                lambda k: backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, dhT, sync, n, *spans[k]), n, sync
+                lambda k: backward_units(
+                    z, cs, U, dy, keep, dh_rec, dh, dc, packed[k, 0], tiles[k], scratch[k], sync, n, *spans[k]
+                ),
+                n,
+                sync,
             )
         else:
             shards.run(lambda lo, hi: backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi), B)

@@ -23,7 +23,7 @@ a 2-thread GEMM took 2x as long). ``import scratchlm`` sets
 is not imported yet; where it was imported first without the setting, the
 loops run as one shard.
 
-A batch too thin for shards (a few rows per core) is split the other way:
+A batch with few rows per core against its hidden size is split the other way:
 :func:`together` runs one party per core over the whole time loop, each owning
 a share of the hidden units, meeting at a :mod:`barrier` after every step
 (:func:`parties` says when; :func:`scratchlm.kernels.numba.lstm.forward_units`).
@@ -125,10 +125,10 @@ def together(loop, n, sync=None):
 def parties(rows, units, most_rows):
     """How many threads split each step's ``units`` hidden units between them (1: none, run by rows instead).
 
-    Splitting the units (:func:`together` with a :mod:`barrier` per step) pays when the batch is too thin for
-    shards: each thread then reads only its share of U per step, with the small product of :mod:`dots`. It
-    runs when there are at most ``most_rows`` rows per thread (the forward and backward loops measure
-    differently, docs/benchmarks.md) and at least 8 units per thread.
+    Splitting the units (:func:`together` with a :mod:`barrier` per step) pays where each thread's share of U
+    is large against its rows: each thread then reads only its share of U per step, packed once for the
+    whole loop (:mod:`panels`). It runs when there are at most ``most_rows`` rows per thread (the caller's
+    measured rule, e.g. :func:`scratchlm.kernels.numba.lstm.unit_rows`) and at least 8 units per thread.
     """
     n = _cores()
     return n if 1 < n and rows <= most_rows * n and units >= 8 * n else 1
