@@ -33,7 +33,13 @@ How it measures:
 * every (framework, workload) pair runs in its own worker process, built and
   warmed up (JIT compilation, graph tracing) before any timing;
 * the workers of a workload then take turns, round after round, in a rotating
-  order (so a drift of the machine's speed touches all of them alike), and the
+  order (so a drift of the machine's speed touches all of them alike); each
+  round is run twice and timed the second time, because a worker sleeps
+  through the other workers' rounds and its first steps after that are slow
+  (measured on the Zen 5 VM after a 0.3 s pause: OpenBLAS's 2-thread dU GEMM
+  of the (16, 256) sweep cell took 10-15 ms instead of 2.3, scratchlm's step
+  needed ~3 steps (~40 ms) to come back from 16-39 ms to 11-12, PyTorch's one
+  step from 13-20 ms to 12.5), while training runs step after step; the
   table shows the median over the rounds with the rounds' range around it; a
   speed-up (a ratio of medians) is marked "(noise)" where the two frameworks'
   rounds overlap;
@@ -178,6 +184,8 @@ def worker(framework, case):
     for line in sys.stdin:
         request = json.loads(line)
         n = request["units"]
+        if request.get("settle"):  # untimed: wakes the threads that slept through the other workers' rounds
+            run(request["settle"])
         if request.get("memory"):  # count kept work buffers as the step's
             fw.RELEASE.get(framework, lambda: None)()
             gc.collect()
@@ -222,8 +230,8 @@ class Worker:
                 f"(run: python {__file__} --worker {framework} {case})"
             )
 
-    def measure(self, units, memory=False):
-        self.proc.stdin.write(json.dumps({"units": units, "memory": memory}) + "\n")
+    def measure(self, units, memory=False, settle=0):
+        self.proc.stdin.write(json.dumps({"units": units, "memory": memory, "settle": settle}) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
@@ -250,7 +258,7 @@ def run_case(case, frameworks, repeat, memory_rounds=True):
             for k in range(len(workers)):
                 w = workers[(r + k) % len(workers)]
                 time.sleep(0.3)  # let the previous worker's threads go idle
-                rounds[w.name].append(w.measure(ROUND[case]))
+                rounds[w.name].append(w.measure(ROUND[case], settle=ROUND[case]))
     finally:
         for w in workers:
             w.close()
