@@ -132,25 +132,43 @@ def _tile(typingctx, tile, panel, out, K, like):
 
 @jit
 def pack(b, lo, hi, panels):
-    """panels[p, k, j] = b[k, lo + p·C·W + j], 0 past column hi: b's columns lo:hi, b (K, N)."""
-    CW = panels.shape[2]
-    for p in range(panels.shape[0]):
-        for k in range(b.shape[0]):
-            for j in range(CW):
-                n = lo + p * CW + j
-                panels[p, k, j] = b[k, n] if n < hi else 0
+    """panels[p, k, j] = b[k, lo + p·C·W + j], 0 past column hi: b's columns lo:hi, b (K, N).
+
+    In blocks of 8 rows of b, so that each row is read once, in order, and each panel written in runs of
+    8·C·W floats (column by column, a panel's rows lie a page or more apart in b: measured 1.7 GB/s at
+    H = 1024 against 6.7 in blocks).
+    """
+    K, CW = b.shape[0], panels.shape[2]
+    for k0 in range(0, K, 8):
+        for p in range(panels.shape[0]):
+            n0 = lo + p * CW
+            columns = max(0, min(CW, hi - n0))
+            for k in range(k0, min(k0 + 8, K)):
+                source, target = b[k], panels[p, k]
+                for j in range(columns):
+                    target[j] = source[n0 + j]
+                for j in range(columns, CW):
+                    target[j] = 0
 
 
 @jit
 def pack_transposed(b, lo, hi, panels):
-    """panels[p, k, j] = b[lo + p·C·W + j, k], 0 past row hi: bᵀ's columns lo:hi, b (N, K)."""
-    CW = panels.shape[2]
-    panels[:] = 0
+    """panels[p, k, j] = b[lo + p·C·W + j, k], 0 past row hi: bᵀ's columns lo:hi, b (N, K).
+
+    A transpose, in blocks of C·W rows of b by 16 columns, each read and written within L1.
+    """
+    K, CW = b.shape[1], panels.shape[2]
     for p in range(panels.shape[0]):
-        for j in range(min(CW, hi - lo - p * CW)):
-            row = b[lo + p * CW + j]
-            for k in range(b.shape[1]):
-                panels[p, k, j] = row[k]
+        rows = max(0, min(CW, hi - lo - p * CW))
+        for k0 in range(0, K, 16):
+            k1 = min(k0 + 16, K)
+            for j in range(rows):
+                source = b[lo + p * CW + j]
+                for k in range(k0, k1):
+                    panels[p, k, j] = source[k]
+            for j in range(rows, CW):
+                for k in range(k0, k1):
+                    panels[p, k, j] = 0
 
 
 @jit
