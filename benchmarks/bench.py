@@ -3,7 +3,7 @@
     python benchmarks/bench.py [--workloads book,s2s,gen,gpu,gru-book,gru-s2s,transformer,transformer-gen,gpt-cpu,sweep]
                                [--repeat N]
                                [--json out.json]
-                               [--frameworks scratchlm,scratchlm-reference,scratchlm-rerun,keras,torch]
+                               [--frameworks scratchlm,scratchlm-reference,scratchlm-rerun,scratchlm-bf16,keras,torch]
 
 Workloads (details in benchmarks/frameworks.py): ``book`` (the Nietzsche model:
 one-hot -> LSTM 128, T=60, B=128, RMSprop, last-step loss), ``s2s``
@@ -80,7 +80,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import frameworks as fw  # noqa: E402
 
-FRAMEWORKS = ["scratchlm", "scratchlm-reference", "scratchlm-rerun", "keras", "torch"]
+FRAMEWORKS = ["scratchlm", "scratchlm-reference", "scratchlm-rerun", "scratchlm-bf16", "keras", "torch"]
 WORKLOAD_CASES = {
     "book": ["book"],
     "s2s": ["s2s"],
@@ -150,7 +150,8 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 # What `import scratchlm` sets where NumPy is not loaded yet (this script loads it first):
 # scratchlm/kernels/numba/parallel/shards.py.
 FRAMEWORK_ENV = {
-    name: {"OPENBLAS_THREAD_TIMEOUT": "20"} for name in ("scratchlm", "scratchlm-reference", "scratchlm-rerun")
+    name: {"OPENBLAS_THREAD_TIMEOUT": "20"}
+    for name in ("scratchlm", "scratchlm-reference", "scratchlm-rerun", "scratchlm-bf16")
 }
 
 

@@ -182,7 +182,7 @@ def sample_host(logits, rng, temperature=1.0):
 # -- scratchlm --------------------------------------------------------------------------------------------
 
 
-def build_scratchlm(case, kernels="fused"):
+def build_scratchlm(case, kernels="fused", weights="float32"):
     from scratchlm import LanguageModel, get_backend, optim
 
     c = CASES[case]
@@ -201,7 +201,7 @@ def build_scratchlm(case, kernels="fused"):
 
         def run(n):
             start = time.perf_counter()
-            model.generate(prompt, n, temperature=1.0, seed=next(calls))
+            model.generate(prompt, n, temperature=1.0, seed=next(calls), weights=weights)
             return time.perf_counter() - start
 
         return run, c["B"]
@@ -222,6 +222,13 @@ def build_scratchlm(case, kernels="fused"):
 
 def build_scratchlm_reference(case):
     return build_scratchlm(case, kernels="reference")
+
+
+def build_scratchlm_bfloat16(case):
+    """The recurrent generation cases with ``weights="bfloat16"`` (U read as bfloat16; issue 25)."""
+    if CASES[case]["kind"] != "generate" or CASES[case].get("model"):
+        raise RuntimeError("scratchlm-bf16 runs only the recurrent generation cases (gen-b1, gen-b64)")
+    return build_scratchlm(case, weights="bfloat16")
 
 
 def _scratchlm_transformer(c, backend, optim, rerun=False):
@@ -820,6 +827,7 @@ BUILDERS = {
     "scratchlm": build_scratchlm,
     "scratchlm-reference": build_scratchlm_reference,
     "scratchlm-rerun": build_scratchlm_rerun,
+    "scratchlm-bf16": build_scratchlm_bfloat16,
     "keras": build_keras,
     "torch": build_torch,
 }
@@ -827,10 +835,15 @@ MODULES = {
     "scratchlm": "scratchlm",
     "scratchlm-reference": "scratchlm",
     "scratchlm-rerun": "scratchlm",
+    "scratchlm-bf16": "scratchlm",
     "keras": "tensorflow",
     "torch": "torch",
 }
-RELEASE = {"scratchlm": release_scratchlm, "scratchlm-rerun": release_scratchlm}  # called before a memory round
+RELEASE = {
+    "scratchlm": release_scratchlm,
+    "scratchlm-rerun": release_scratchlm,
+    "scratchlm-bf16": release_scratchlm,
+}  # called before a memory round
 
 
 def device_peak_mb(framework):

@@ -87,6 +87,15 @@ def test_sample_greedy_top_k_top_p_and_seeds(trained, capsys):
     assert a == b and a != c
 
 
+def test_sample_with_bfloat16_weights(trained, capsys):
+    """--weights bfloat16 samples; a precision it does not offer is a usage error (exit code 2)."""
+    base = ["sample", trained, "--prime", "it", "--length", 40, "--temperature", 0]
+    code, out, err = cli(capsys, *base, "--weights", "bfloat16")
+    assert code == 0 and "--- greedy" in out, err
+    code, _, err = cli(capsys, *base, "--weights", "int8")
+    assert code == 2
+
+
 def test_prime_file_and_word_level_padded(tmp_path, corpus, capsys):
     prime = tmp_path / "prime.txt"
     prime.write_text("it was the")

@@ -68,6 +68,16 @@ def test_eval_equals_model_loss_over_the_held_out_chunks(tmp_path, corpus, capsy
     assert code == 0, err
     assert "nats per token" in out and "bits per character" in out and f"({len(held) - 1:,} characters)" in out
 
+    code, out, err = cli(capsys, "eval", tmp_path / "r", "--batch-size", 1, "--json", "--weights", "bfloat16")
+    if "--hidden" in options:  # the loss with U rounded to bfloat16, the model's own U left as it was
+        assert code == 0, err
+        with ckpt.model.decoding_weights("bfloat16"):
+            rounded = _direct(ckpt.model, held, 16)
+        assert json.loads(out)["nats_per_token"] == pytest.approx(rounded, rel=1e-6) and rounded != expected
+        assert _direct(ckpt.model, held, 16) == pytest.approx(expected, rel=1e-12)
+    else:  # a Transformer decodes with its float32 weights only: one line, exit code 2
+        assert code == 2 and "float32 weights only" in err and len(err.strip().splitlines()) == 1
+
 
 def test_eval_of_a_text_file_and_of_a_padded_run(tmp_path, corpus, capsys):
     _train(capsys, corpus, tmp_path / "r", *GPT)

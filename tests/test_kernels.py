@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scratchlm import BackendUnavailable, LanguageModel, get_backend
+from scratchlm import BackendUnavailable, LanguageModel, TransformerLM, get_backend
 from scratchlm.backend import KERNELS_ENV, Backend
 from scratchlm.gradcheck import check_model
 from scratchlm.kernels import FUSED
@@ -536,6 +536,72 @@ def test_fused_generation_reports_non_finite_logits():
     fused.dense.bias[0] = np.nan
     with pytest.raises(ValueError, match="finite"):
         fused.generate([1, 2], 5, seed=0)
+
+
+@pytest.mark.parametrize("parties", [1, 2, 3])
+@pytest.mark.parametrize(
+    "inp,hidden_sizes", [("one-hot", (24,)), ("embedding-table", (29,)), ("embedding-table", (5, 7))]
+)
+@pytest.mark.parametrize(
+    "options",
+    [dict(temperature=0), dict(temperature=1.0, seed=3), dict(temperature=1.5, seed=2, eos_id=4, banned_ids=[2])],
+)
+def test_bfloat16_generation_matches_the_reference_with_rounded_weights(parties, inp, hidden_sizes, options):
+    """weights="bfloat16": the fused loop with U as bfloat16, its units split over 1-3 threads (a one-layer
+    LSTM; two layers take the float32 loop with U rounded) draws the reference's ids, whose U is rounded to
+    bfloat16 float32 values; the models keep their float32 U."""
+    from scratchlm.kernels.numba.parallel import shards
+
+    ref, fused = model_pair("float32", inp, hidden_sizes)
+    kept = [layer.recurrent_kernel.copy() for layer in fused.recurrent]
+    prompt = np.random.default_rng(0).integers(0, ref.vocab_size, (3, 4))
+    want = ref.generate(prompt, 30, weights="bfloat16", **options)
+    with mock.patch.object(shards, "parties", lambda rows, units, most_rows: parties):
+        got = fused.generate(prompt, 30, weights="bfloat16", **options)
+        one = fused.generate(prompt[0], 12, weights="bfloat16", **options)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(one, ref.generate(prompt[0], 12, weights="bfloat16", **options))
+    for layer, U in zip(fused.recurrent, kept, strict=True):
+        assert np.array_equal(layer.recurrent_kernel, U)
+
+
+def test_bfloat16_generation_reports_non_finite_logits():
+    _, fused = model_pair("float32", "one-hot", (16,))
+    fused.dense.bias[0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        fused.generate([1, 2], 5, seed=0, weights="bfloat16")
+
+
+def test_rounding_to_bfloat16_is_to_nearest_with_ties_to_even():
+    from scratchlm.bfloat16 import round_to_bfloat16, upper_halves
+
+    ulp = 2.0**-7  # of a bfloat16 in [1, 2)
+    x = np.array(
+        [1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2**-20, -(1 + ulp / 4), 3.4e38, -np.inf, np.nan, 0.0],
+        dtype=np.float32,
+    )
+    got = round_to_bfloat16(x, np)
+    want = [1.0, 1 + 2 * ulp, 1 + ulp, -1.0, np.inf, -np.inf, np.nan, 0.0]
+    np.testing.assert_array_equal(got, np.array(want, dtype=np.float32))
+    assert not (got[np.isfinite(got)].view(np.uint32) & 0xFFFF).any()
+    assert np.array_equal(upper_halves(got, np).astype(np.uint32) << 16, got.view(np.uint32))
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(10_000) * 10.0 ** rng.integers(-30, 30, 10_000)).astype(np.float32)
+    r = round_to_bfloat16(y, np)
+    assert (np.abs(r - y) <= np.abs(y) * 2.0**-8).all()  # within half a bfloat16 ulp
+
+
+@pytest.mark.parametrize(
+    "build,weights,match",
+    [
+        (lambda: LanguageModel(7, 4, [5], dtype="float64"), "bfloat16", "float32 models"),
+        (lambda: LanguageModel(7, 4, [5]), "int8", "float32' or 'bfloat16"),
+        (lambda: TransformerLM(7, 6, 8, 16, 2), "bfloat16", "float32 weights only"),
+    ],
+)
+def test_bfloat16_weights_are_refused_where_they_do_not_apply(build, weights, match):
+    with pytest.raises(ValueError, match=match):
+        build().generate([1, 2], 3, weights=weights)
 
 
 # -- dispatch ---------------------------------------------------------------------------------------------------

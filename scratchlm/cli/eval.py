@@ -48,7 +48,8 @@ def cmd_eval(args):
             raise ScratchLMError(f"{path} holds no tokenizer, so no text can be scored with it: score it in Python")
     settings = settings_of(metadata, path) if "cli" in metadata else None
     batches, what = _batches(args, model, tokenizer, settings, metadata.get("data"), path)
-    loss, targets = score(model, batches, args.progress)
+    with model.decoding_weights(args.weights):
+        loss, targets = score(model, batches, args.progress)
     unit = "character" if tokenizer.kind == "char" else "token"
     result = {
         "checkpoint": str(path),

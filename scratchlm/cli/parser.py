@@ -435,6 +435,13 @@ def _add_sample(commands):
     )
     p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
     p.add_argument(
+        "--weights",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: a recurrent float32 model's recurrent kernels rounded to bfloat16 while sampling, half the "
+        "bytes per token (faster at batch 1; its cost in held-out loss is in docs/benchmarks.md); default float32",
+    )
+    p.add_argument(
         "--unknown",
         choices=["error", "skip", "unk"],
         default="error",
@@ -482,6 +489,13 @@ def _add_eval(commands):
         help="tokens per chunk (default: the run's; a Transformer's sequence_length, at most that)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (for scripts)")
+    p.add_argument(
+        "--weights",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: score with a recurrent float32 model's recurrent kernels rounded to bfloat16, as sample "
+        "--weights bfloat16 reads them (the loss that rounding costs); default float32",
+    )
     p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
     p.add_argument(
         "--no-progress",

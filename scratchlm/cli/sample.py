@@ -104,6 +104,7 @@ def cmd_sample(args):
             eos_id=eos,
             banned_ids=banned,
             seed=args.seed,
+            weights=args.weights,
         )
         label = "greedy" if t == 0 else f"temperature {t:g}"
         print(f"--- {label}\n{shown}{render(tokenizer, out)}\n", flush=True)

@@ -2,7 +2,8 @@
 
     FusedRecurrentTokenLoop      an LSTM model's whole token loop in one call (``decode``): per token one GEMM
                                  and one step kernel per layer, one logits GEMM and one sampling kernel, with
-                                 the input table and every buffer made once
+                                 the input table and every buffer made once; with bfloat16 weights, a
+                                 one-layer LSTM's loop on every core with U as bfloat16 (``decode_bfloat16``)
     FusedTransformerTokenLoop    each token drawn by the sampling kernel (``sample_logits``) and, while the
                                  window has room, one :meth:`FusedBookDecoderBlock.decode_step` per block
     FusedBookDecoderBlock,       the decoder blocks with that one-position decoding step: the projections that
@@ -56,6 +57,23 @@ class FusedRecurrentTokenLoop(RecurrentTokenLoop):
         first = model.recurrent[0]
         E = None if model.embedding is None else model.embedding.embeddings
         table = first.token_table(E) if model.use_table(length, B) else None
+        halved = getattr(self.backend.ops, "decode_bfloat16", None)  # the NumPy op set's
+        if self.weights == "bfloat16" and halved is not None and len(model.recurrent) == 1 and table is not None:
+            out = halved(
+                logits,
+                state[0],
+                table,
+                first.recurrent_kernel,
+                (model.dense.kernel, model.dense.bias),
+                length,
+                temperature,
+                banned,
+                self.eos_id,
+                u,
+            )
+            if out is None:
+                raise SamplingError("logits must be finite: a row holds NaN or +inf")
+            return out
         out = self.backend.ops.decode(
             logits,
             state,

@@ -22,6 +22,7 @@ A model builds every layer, its loss and its token loop through
 :func:`scratchlm.models.load` builds the right class from a checkpoint.
 """
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -315,6 +316,7 @@ class TokenModel(ABC):
         eos_id: int | None = None,
         banned_ids: Any = (),
         seed: int | None = None,
+        weights: str = "float32",
     ) -> numpy.ndarray:
         """Sample ``length`` tokens after each prompt; returns host int64 ids.
 
@@ -328,6 +330,9 @@ class TokenModel(ABC):
         [0, V)), a sequence stops at its first EOS; finished rows are padded
         with ``eos_id`` and generation ends when every row has finished.
         seed: None or a whole number >= 0.
+        weights: "float32" (the model as it is) or "bfloat16": a float32 recurrent model's recurrent kernels
+        rounded to bfloat16 for this call (:mod:`scratchlm.bfloat16`; half the bytes to read per token, for
+        a measured cost in held-out loss, docs/benchmarks.md; the model is left as it was).
         Returns (length',) or (B, length') with length' <= length (length 0:
         an empty (0,) or (B, 0) array). The model's own stateful state is left
         untouched. The token loop is the model's :attr:`token_loop`, built through
@@ -356,10 +361,20 @@ class TokenModel(ABC):
         if length == 0:  # nothing to sample: skip the prompt
             out = self.backend.to_host(self.backend.xp.zeros((B, 0), dtype=self.backend.xp.int64))
         else:
-            loop = self.backend.layer(self.token_loop)(self, temperature, top_k, top_p, banned, eos_id, rng)
-            logits, state = loop.start(prompt)  # (B, V)
-            out = loop.run(logits, state, length)
+            with self.decoding_weights(weights):
+                loop = self.backend.layer(self.token_loop)(
+                    self, temperature, top_k, top_p, banned, eos_id, rng, weights
+                )
+                logits, state = loop.start(prompt)  # (B, V)
+                out = loop.run(logits, state, length)
         return out[0] if single else out
+
+    def decoding_weights(self, weights: str) -> Any:
+        """A context in which the model holds the weights :meth:`generate` decodes with: "float32", the model as
+        it is (a model that offers more overrides this). Raises ModelError for any other ``weights``."""
+        if weights != "float32":
+            raise ModelError(f"weights={weights!r}: {type(self).__name__} decodes with its float32 weights only")
+        return contextlib.nullcontext()
 
     # -- carried state ---------------------------------------------------------------
     def state_shapes(self, B: int) -> list:

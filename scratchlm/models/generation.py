@@ -26,7 +26,9 @@ class TokenLoop(ABC):
 
     model: the model to sample from; temperature, top_k, top_p: as :func:`scratchlm.sampling.sample`
     takes them (already checked); banned: ids never drawn (checked, a list); eos_id: None or the id
-    after which a row repeats itself; rng: the host generator of the draws.
+    after which a row repeats itself; rng: the host generator of the draws; weights: "float32", or
+    "bfloat16" when the model's recurrent kernels were rounded for this generation (a loop may then read
+    them as bfloat16).
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class TokenLoop(ABC):
         banned: list[int] | tuple = (),
         eos_id: int | None = None,
         rng: Any = None,
+        weights: str = "float32",
     ):
         self.model = model
+        self.weights = weights
         self.backend = model.backend
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.banned = list(banned)

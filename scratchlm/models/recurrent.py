@@ -25,12 +25,14 @@ Parameter and gradient dicts use Keras-like names: ``embedding/embeddings``,
 for GRU cells), ``dense/kernel``, ``dense/bias``.
 """
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy
 
 from ..backend import Array, Backend
+from ..bfloat16 import round_to_bfloat16
 from ..checks import is_whole, whole_at_least
 from ..errors import ModelError
 from ..layers import GRU, LSTM, Dense, Dropout, Embedding
@@ -213,6 +215,28 @@ class RecurrentLM(TokenModel):
         named = [] if self.embedding is None else [("embedding", self.embedding)]
         named += [(f"{self.cell}_{n}", layer) for n, layer in enumerate(self.recurrent)]
         return named + [("dense", self.dense)]
+
+    # -- generation -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def decoding_weights(self, weights: str) -> Iterator[None]:
+        """A context in which the model holds the weights :meth:`generate` decodes with: "float32" (as it is) or
+        "bfloat16" (a float32 model's recurrent kernels U rounded to bfloat16; the other weights, read once per
+        token in a row or two, stay as they are). The kernels are put back on exit."""
+        if weights not in ("float32", "bfloat16"):
+            raise ModelError(f"weights must be 'float32' or 'bfloat16', got {weights!r}")
+        if weights == "float32":
+            yield
+            return
+        if self.backend.dtype != numpy.float32:
+            raise ModelError(f"bfloat16 weights are for float32 models; this one is {self.backend.dtype}")
+        kept = [layer.recurrent_kernel for layer in self.recurrent]
+        for layer in self.recurrent:
+            layer.recurrent_kernel = round_to_bfloat16(layer.recurrent_kernel, self.backend.xp)
+        try:
+            yield
+        finally:
+            for layer, U in zip(self.recurrent, kept, strict=True):
+                layer.recurrent_kernel = U
 
     # -- carried state ----------------------------------------------------------------
     def state_shapes(self, B: int) -> list:

@@ -7,7 +7,12 @@ layer, one GEMM and one fused step kernel, then one GEMM for the logits and one
 sampling kernel.
 
 At batch 1 a token is bound by reading U once (4 MB at H = 512: ~30 of the
-~40 µs a token takes here).
+~40 µs a token takes here). With U rounded to bfloat16 (``generate(...,
+weights="bfloat16")``, :mod:`scratchlm.bfloat16`), :func:`decode_bfloat16`
+reads half the bytes: a one-layer LSTM's whole token loop runs as one compiled
+loop per core, each core owning a share of the hidden units and its share of U
+packed as bfloat16 panels (:mod:`panels`; 1 MB per core at H = 512, which stays
+in its L2), the cores meeting twice per token.
 
 Sampling follows :mod:`scratchlm.sampling` exactly (temperature, greedy at 0,
 banned ids, inverse CDF with one host uniform per row and token). Top-k and
@@ -18,9 +23,11 @@ import math
 
 import numpy as np
 
+from ...bfloat16 import upper_halves
 from .activations import exp
-from .lstm import step_forward
+from .lstm import step_forward, units_forward
 from .options import jit
+from .parallel import barrier, panels, shards
 
 
 @jit
@@ -126,3 +133,125 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
         np.matmul(below, W_d, out=logits)
         ok = sample_rows(logits, b_d, banned, temperature, u[k + 1], ids)  # adds b_d
     return out
+
+
+def decode_bfloat16(logits, state, table, U, dense, length, temperature, banned, eos_id, u):
+    """:func:`decode` for one LSTM layer whose input projection is ``table`` (V, 4H), with U (already rounded by
+    :func:`scratchlm.bfloat16.round_to_bfloat16`) held as bfloat16; float32. Returns the same as decode."""
+    B, V = logits.shape
+    H = U.shape[0]
+    n = shards.parties(B, H, B)  # every row: the cores split the units
+    spans = shards.bounds(H, n)
+    most = max(hi - lo for lo, hi in spans)
+    halves = upper_halves(np.ascontiguousarray(U), np)
+    packed = np.empty((n, 4) + panels.panel_shape(H, most, np.float32), np.uint16)
+    tiles = np.empty((n,) + panels.tile_shape(B, H), np.float32)
+    scratch = np.empty((n, panels.ROWS, panels.width(np.float32)), np.float32)
+    hs, cs = np.empty((2, B, H), np.float32), np.empty((2, B, H), np.float32)
+    hs[0], cs[0] = state
+    z = np.empty((B, 4 * H), np.float32)
+    out = np.zeros((B, length), dtype=np.int64)
+    ids = np.zeros(B, dtype=np.int64)
+    logits = np.array(logits, dtype=np.float32)
+    if not sample_rows(logits, np.zeros(V, np.float32), banned, temperature, u[0], ids):
+        return None
+    W_d, b_d = dense
+    dense_packed = np.empty(panels.panel_shape(H, V, np.float32), np.float32)
+    panels.pack(np.ascontiguousarray(W_d), 0, V, dense_packed)
+    result, sync = np.zeros(2, dtype=np.int64), barrier.new()  # result: [tokens written, stop]
+
+    def party(k):
+        token_loop(
+            ids,
+            out,
+            result,
+            logits,
+            b_d,
+            banned,
+            temperature,
+            u,
+            -1 if eos_id is None else eos_id,
+            hs,
+            cs,
+            z,
+            table,
+            halves,
+            packed[k],
+            tiles[k],
+            scratch[k],
+            dense_packed,
+            sync,
+            n,
+            k,
+            *spans[k],
+        )
+
+    if n == 1:
+        party(0)
+    else:
+        shards.together(party, n, sync)
+    return None if result[0] < 0 else out[:, : result[0]]
+
+
+@jit
+def token_loop(
+    ids,
+    out,
+    result,
+    logits,
+    bias,
+    banned,
+    temperature,
+    u,
+    eos_id,
+    hs,
+    cs,
+    z,
+    table,
+    halves,
+    packed,
+    tiles,
+    scratch,
+    dense,
+    sync,
+    parties,
+    k,
+    j0,
+    j1,
+):
+    """One of ``parties`` threads of :func:`decode_bfloat16`, owning hidden units j0:j1; thread 0 also writes
+    the ids, computes the logits and samples. Per token: thread 0 records the ids (EOS) and says whether to
+    stop; all meet; each packs h_{t-1}, computes its units' gate columns of h_{t-1} U from its bfloat16
+    panels, then their gates, c_t and h_t; all meet; thread 0 computes h_t W_d (``dense``: W_d packed) and
+    samples the next ids."""
+    B, length = out.shape
+    H = hs.shape[2]
+    for g in range(4):  # this thread's gate columns of U, once
+        panels.pack(halves, g * H + j0, g * H + j1, packed[g])
+    all_kept = np.ones(B, dtype=np.bool_)
+    done = np.zeros(B, dtype=np.bool_)
+    for step in range(length):
+        if k == 0 and result[1] == 0:  # (a failed draw set result[1] already)
+            if eos_id >= 0:
+                for b in range(B):
+                    if done[b]:
+                        ids[b] = eos_id
+                    done[b] = done[b] or ids[b] == eos_id
+            out[:, step] = ids
+            result[0] = step + 1
+            if step + 1 == length or (eos_id >= 0 and done.all()):
+                result[1] = 1
+        if not barrier.wait(sync, parties, 2 * step) or result[1] != 0:
+            return
+        h, c, h_new, c_new = hs[step % 2], cs[step % 2], hs[(step + 1) % 2], cs[(step + 1) % 2]
+        panels.pack_rows(h, tiles)
+        for g in range(4):
+            panels.product(tiles, packed[g], z, g * H + j0, j1 - j0, scratch)
+        units_forward(z, table, ids, c, h, all_kept, c_new, h_new, j0, j1)
+        if not barrier.wait(sync, parties, 2 * step + 1):
+            return
+        if k == 0:
+            panels.pack_rows(h_new, tiles)
+            panels.product(tiles, dense, logits, 0, logits.shape[1], scratch)
+            if not sample_rows(logits, bias, banned, temperature, u[step + 1], ids):
+                result[0], result[1] = -1, 1  # the others stop at the next barrier

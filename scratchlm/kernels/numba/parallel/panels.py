@@ -54,6 +54,7 @@ def _vector_bytes():
 VECTOR_BYTES = _vector_bytes()
 ROWS = {64: 8, 32: 6, 16: 4}[VECTOR_BYTES]  # R: the rows of a tile
 VECTORS = 2  # C: the vectors of a panel row
+SETS = {ROWS: 1, 1: 4}  # sets of sums, by tile rows: one row has only C of them, too few to hide the FMA latency
 
 
 def width(dtype):
@@ -67,67 +68,116 @@ def panel_shape(K, N, dtype):
 
 
 def tile_shape(M, K):
-    """The shape that M rows of length K take as row tiles: (⌈M / R⌉, K, R)."""
-    return (-(-M // ROWS), K, ROWS)
+    """The shape that M rows of length K take as row tiles: (⌈M / R⌉, K, R), or (1, K, 1) for one row (a
+    product with a vector: no tile rows computed and thrown away)."""
+    R = 1 if M == 1 else ROWS
+    return (-(-M // R), K, R)
 
 
-@intrinsic
-def _tile(typingctx, tile, panel, out, K, like):
-    """out (R, C·W) = tile (K, R)ᵀ · panel (K, C·W): tile, panel, out are data addresses (uint64), K >= 1;
-    ``like`` (a float32 or float64 zero) gives the dtype."""
-    real = like
+def _micro_kernel(R):
+    """The micro-kernel for tiles of R rows (an ``@intrinsic``); see the module docstring."""
 
-    def codegen(context, builder, signature, args):
-        tile, panel, out, K, _ = args
-        scalar = ir.FloatType() if real == types.float32 else ir.DoubleType()
-        size = 4 if real == types.float32 else 8
-        W = VECTOR_BYTES // size
-        vector = ir.VectorType(scalar, W)
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        fmuladd = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fmuladd.v{W}f{8 * size}"
-        )
-        tile, panel, out = (builder.inttoptr(p, scalar.as_pointer()) for p in (tile, panel, out))
+    @intrinsic
+    def tile_kernel(typingctx, tile, panel, out, K, like, stored):
+        """out (R, C·W) = tile (K, R)ᵀ · panel (K, C·W): tile, panel, out are data addresses (uint64), K >= 1;
+        ``like`` (a float32 or float64 zero) gives the dtype, ``stored`` (a panel element) how the panel holds
+        it: as that dtype, or (uint16) as bfloat16, the upper half of a float32, widened as it is loaded."""
+        real, bfloat16 = like, stored == types.uint16
 
-        def element(base, index):
-            return builder.gep(base, [ir.Constant(i64, index) if isinstance(index, int) else index])
+        def codegen(context, builder, signature, args):
+            tile, panel, out, K, _, _ = args
+            scalar = ir.FloatType() if real == types.float32 else ir.DoubleType()
+            size = 4 if real == types.float32 else 8
+            W = VECTOR_BYTES // size
+            vector = ir.VectorType(scalar, W)
+            i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            fmuladd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fmuladd.v{W}f{8 * size}"
+            )
+            stored = i16 if bfloat16 else scalar
+            tile, out = (builder.inttoptr(p, scalar.as_pointer()) for p in (tile, out))
+            panel = builder.inttoptr(panel, stored.as_pointer())
 
-        def vector_at(base, index):
-            return builder.bitcast(element(base, index), vector.as_pointer())
+            def element(base, index):
+                return builder.gep(base, [ir.Constant(i64, index) if isinstance(index, int) else index])
 
-        entry = builder.block
-        loop = builder.append_basic_block("tile.k")
-        done = builder.append_basic_block("tile.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        sums = [builder.phi(vector) for _ in range(ROWS * VECTORS)]
-        row = builder.mul(k, ir.Constant(i64, VECTORS * W))  # panel row k
-        b = [
-            builder.load(vector_at(panel, builder.add(row, ir.Constant(i64, c * W))), align=size)
-            for c in range(VECTORS)
-        ]
-        column = builder.mul(k, ir.Constant(i64, ROWS))  # column k of the tile's rows
-        broadcast = ir.Constant(ir.VectorType(i32, W), [0] * W)
-        updated = []
-        for r in range(ROWS):
-            x = builder.load(element(tile, builder.add(column, ir.Constant(i64, r))), align=size)
-            x = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(i32, 0))
-            x = builder.shuffle_vector(x, ir.Constant(vector, ir.Undefined), broadcast)
-            updated += [builder.call(fmuladd, [x, b[c], sums[r * VECTORS + c]]) for c in range(VECTORS)]
-        following = builder.add(k, ir.Constant(i64, 1))
-        k.add_incoming(ir.Constant(i64, 0), entry)
-        k.add_incoming(following, loop)
-        for s, u in zip(sums, updated, strict=True):
-            s.add_incoming(ir.Constant(vector, [0.0] * W), entry)
-            s.add_incoming(u, loop)
-        builder.cbranch(builder.icmp_signed("<", following, K), loop, done)
-        builder.position_at_end(done)
-        for i, u in enumerate(updated):
-            builder.store(u, vector_at(out, i * W), align=size)
-        return context.get_dummy_value()
+            def load_panel(index):
+                if not bfloat16:
+                    return builder.load(builder.bitcast(element(panel, index), vector.as_pointer()), align=size)
+                halves = builder.load(
+                    builder.bitcast(element(panel, index), ir.VectorType(i16, W).as_pointer()), align=2
+                )
+                wide = builder.shl(
+                    builder.zext(halves, ir.VectorType(i32, W)), ir.Constant(ir.VectorType(i32, W), [16] * W)
+                )
+                return builder.bitcast(wide, vector)
 
-    return types.none(types.uint64, types.uint64, types.uint64, types.int64, real), codegen
+            broadcast = ir.Constant(ir.VectorType(i32, W), [0] * W)
+
+            def update(k, sums):
+                """sums + (column k of the tile's rows) x (panel row k), for every row and vector."""
+                row = builder.mul(k, ir.Constant(i64, VECTORS * W))
+                b = [load_panel(builder.add(row, ir.Constant(i64, c * W))) for c in range(VECTORS)]
+                column = builder.mul(k, ir.Constant(i64, R))
+                updated = []
+                for r in range(R):
+                    x = builder.load(element(tile, builder.add(column, ir.Constant(i64, r))), align=size)
+                    x = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(i32, 0))
+                    x = builder.shuffle_vector(x, ir.Constant(vector, ir.Undefined), broadcast)
+                    updated += [builder.call(fmuladd, [x, b[c], sums[r * VECTORS + c]]) for c in range(VECTORS)]
+                return updated
+
+            def loop(start, stop, stride, sums, body):
+                """for k in range(start, stop, stride): sums = body(k, sums); returns the sums after it."""
+                before = builder.block
+                head = builder.append_basic_block("tile.k")
+                after = builder.append_basic_block("tile.k.end")
+                builder.cbranch(builder.icmp_signed("<", start, stop), head, after)
+                builder.position_at_end(head)
+                k = builder.phi(i64)
+                phis = [builder.phi(vector) for _ in sums]
+                updated = body(k, phis)
+                following = builder.add(k, ir.Constant(i64, stride))
+                last = builder.block
+                k.add_incoming(start, before)
+                k.add_incoming(following, last)
+                for phi, first, new in zip(phis, sums, updated, strict=True):
+                    phi.add_incoming(first, before)
+                    phi.add_incoming(new, last)
+                builder.cbranch(builder.icmp_signed("<", following, stop), head, after)
+                builder.position_at_end(after)
+                result = []
+                for first, new in zip(sums, updated, strict=True):
+                    phi = builder.phi(vector)
+                    phi.add_incoming(first, before)
+                    phi.add_incoming(new, last)
+                    result.append(phi)
+                return result
+
+            n = R * VECTORS
+            zeros = [ir.Constant(vector, [0.0] * W)] * (n * SETS[R])
+
+            def interleaved(k, sums):  # SETS[R] steps of k, each into its own set of sums
+                return sum(
+                    (update(builder.add(k, ir.Constant(i64, s)), sums[s * n : (s + 1) * n]) for s in range(SETS[R])), []
+                )
+
+            whole = builder.mul(builder.sdiv(K, ir.Constant(i64, SETS[R])), ir.Constant(i64, SETS[R]))
+            sums = loop(ir.Constant(i64, 0), whole, SETS[R], zeros, interleaved)
+            first = loop(whole, K, 1, sums[:n], update)  # the last K mod SETS[R] steps, into the first set
+            for s in range(1, SETS[R]):
+                first = [builder.fadd(a, b) for a, b in zip(first, sums[s * n : (s + 1) * n], strict=True)]
+            for i, u in enumerate(first):
+                builder.store(u, builder.bitcast(element(out, i * W), vector.as_pointer()), align=size)
+            return context.get_dummy_value()
+
+        return types.none(types.uint64, types.uint64, types.uint64, types.int64, real, stored), codegen
+
+    return tile_kernel
+
+
+_tile = _micro_kernel(ROWS)
+_row = _micro_kernel(1)
 
 
 @jit
@@ -173,11 +223,12 @@ def pack_transposed(b, lo, hi, panels):
 
 @jit
 def pack_rows(a, tiles):
-    """tiles[t, k, r] = a[min(t·R + r, M − 1), k]: the rows of a (M, K) as k-major tiles of R."""
-    M = a.shape[0]
+    """tiles[t, k, r] = a[min(t·R + r, M − 1), k]: the rows of a (M, K) as k-major tiles of R (tiles (·, K, R),
+    :func:`tile_shape`)."""
+    M, R = a.shape[0], tiles.shape[2]
     for t in range(tiles.shape[0]):
-        for r in range(ROWS):
-            row = a[min(t * ROWS + r, M - 1)]
+        for r in range(R):
+            row = a[min(t * R + r, M - 1)]
             for k in range(a.shape[1]):
                 tiles[t, k, r] = row[k]
 
@@ -192,10 +243,13 @@ def product(tiles, panels, out, lo, n, scratch):
     if K == 0:
         out[:, lo : lo + n] = 0
         return
-    zero = out.dtype.type(0)
+    zero, stored, R = out.dtype.type(0), panels[0, 0, 0], tiles.shape[2]
     for p in range(-(-n // CW)):
         columns = min(CW, n - p * CW)
         for t in range(tiles.shape[0]):
-            _tile(tiles[t].ctypes.data, panels[p].ctypes.data, scratch.ctypes.data, K, zero)
-            for r in range(min(ROWS, M - t * ROWS)):
-                out[t * ROWS + r, lo + p * CW : lo + p * CW + columns] = scratch[r, :columns]
+            if R == 1:
+                _row(tiles[t].ctypes.data, panels[p].ctypes.data, scratch.ctypes.data, K, zero, stored)
+            else:
+                _tile(tiles[t].ctypes.data, panels[p].ctypes.data, scratch.ctypes.data, K, zero, stored)
+            for r in range(min(R, M - t * R)):
+                out[t * R + r, lo + p * CW : lo + p * CW + columns] = scratch[r, :columns]
