@@ -57,9 +57,8 @@ class FusedRecurrentTokenLoop(RecurrentTokenLoop):
         first = model.recurrent[0]
         E = None if model.embedding is None else model.embedding.embeddings
         table = first.token_table(E) if model.use_table(length, B) else None
-        halved = getattr(self.backend.ops, "decode_bfloat16", None)  # the NumPy op set's
-        if self.weights == "bfloat16" and halved is not None and len(model.recurrent) == 1 and table is not None:
-            out = halved(
+        if self.weights == "bfloat16" and len(model.recurrent) == 1 and table is not None:
+            out = self.backend.ops.decode_bfloat16(
                 logits,
                 state[0],
                 table,

@@ -272,6 +272,12 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
 # -- the Transformer (issue 15): attention, LayerNorm, the feed-forward, the chunked loss ---------------------
 
 
+def decode_bfloat16(logits, state, table, U, dense, length, temperature, banned, eos_id, u):
+    """As :func:`scratchlm.kernels.numba.generate.decode_bfloat16`: here U (rounded to bfloat16 values by
+    ``generate``) is read as float32 by :func:`decode` (the same numbers; no bfloat16 kernel on the device)."""
+    return decode(logits, [state], table, None, [], [U], dense, length, temperature, banned, eos_id, u)
+
+
 def _strides(a):
     """(sb, sn, sl) in elements of a (B, N, L, K) array with unit stride along K (attention.cu's layout)."""
     step = a.dtype.itemsize
