@@ -78,14 +78,15 @@ def _micro_kernel(R):
     """The micro-kernel for tiles of R rows (an ``@intrinsic``); see the module docstring."""
 
     @intrinsic
-    def tile_kernel(typingctx, tile, panel, out, K, like, stored):
-        """out (R, C·W) = tile (K, R)ᵀ · panel (K, C·W): tile, panel, out are data addresses (uint64), K >= 1;
+    def tile_kernel(typingctx, tile, panel, out, stride, K, like, stored):
+        """out (R, C·W) = tile (K, R)ᵀ · panel (K, C·W): tile, panel, out are data addresses (uint64), the rows
+        of out ``stride`` elements apart, K >= 1;
         ``like`` (a float32 or float64 zero) gives the dtype, ``stored`` (a panel element) how the panel holds
         it: as that dtype, or (uint16) as bfloat16, the upper half of a float32, widened as it is loaded."""
         real, bfloat16 = like, stored == types.uint16
 
         def codegen(context, builder, signature, args):
-            tile, panel, out, K, _, _ = args
+            tile, panel, out, stride, K, _, _ = args
             scalar = ir.FloatType() if real == types.float32 else ir.DoubleType()
             size = 4 if real == types.float32 else 8
             W = VECTOR_BYTES // size
@@ -167,11 +168,14 @@ def _micro_kernel(R):
             first = loop(whole, K, 1, sums[:n], update)  # the last K mod SETS[R] steps, into the first set
             for s in range(1, SETS[R]):
                 first = [builder.fadd(a, b) for a, b in zip(first, sums[s * n : (s + 1) * n], strict=True)]
-            for i, u in enumerate(first):
-                builder.store(u, builder.bitcast(element(out, i * W), vector.as_pointer()), align=size)
+            for r in range(R):
+                row = builder.mul(stride, ir.Constant(i64, r))
+                for c in range(VECTORS):
+                    at = element(out, builder.add(row, ir.Constant(i64, c * W)))
+                    builder.store(first[r * VECTORS + c], builder.bitcast(at, vector.as_pointer()), align=size)
             return context.get_dummy_value()
 
-        return types.none(types.uint64, types.uint64, types.uint64, types.int64, real, stored), codegen
+        return types.none(types.uint64, types.uint64, types.uint64, types.int64, types.int64, real, stored), codegen
 
     return tile_kernel
 
@@ -244,12 +248,18 @@ def product(tiles, panels, out, lo, n, scratch):
         out[:, lo : lo + n] = 0
         return
     zero, stored, R = out.dtype.type(0), panels[0, 0, 0], tiles.shape[2]
+    stride = out.strides[0] // out.itemsize
     for p in range(-(-n // CW)):
         columns = min(CW, n - p * CW)
         for t in range(tiles.shape[0]):
+            rows = min(R, M - t * R)
+            whole = rows == R and columns == CW  # the block straight into out, else through scratch
+            at = out.ctypes.data + (t * R * stride + lo + p * CW) * out.itemsize if whole else scratch.ctypes.data
+            step = stride if whole else CW
             if R == 1:
-                _row(tiles[t].ctypes.data, panels[p].ctypes.data, scratch.ctypes.data, K, zero, stored)
+                _row(tiles[t].ctypes.data, panels[p].ctypes.data, at, step, K, zero, stored)
             else:
-                _tile(tiles[t].ctypes.data, panels[p].ctypes.data, scratch.ctypes.data, K, zero, stored)
-            for r in range(min(R, M - t * R)):
-                out[t * R + r, lo + p * CW : lo + p * CW + columns] = scratch[r, :columns]
+                _tile(tiles[t].ctypes.data, panels[p].ctypes.data, at, step, K, zero, stored)
+            if not whole:
+                for r in range(rows):
+                    out[t * R + r, lo + p * CW : lo + p * CW + columns] = scratch[r, :columns]
