@@ -923,6 +923,30 @@ def test_barrier_holds_every_thread_until_all_arrive_and_aborts_cleanly():
     assert sync[1] == 1
 
 
+def test_crew_runs_every_party_of_every_loop_awake_or_after_sleeping():
+    import time
+
+    from scratchlm.kernels.numba.parallel.crew import Crew
+
+    crew = Crew(3)
+    for pause in (0.0, 0.01):  # back to back (the workers still polling), then after they went to sleep
+        log = []
+        for i in range(50):
+            crew.run(lambda k, i=i, log=log: log.append((i, k)))
+            time.sleep(pause)
+        assert sorted(log) == [(i, k) for i in range(50) for k in range(3)]
+
+    def loop(k):
+        if k == 2:
+            raise RuntimeError("party 2 failed")
+
+    with pytest.raises(RuntimeError, match="party 2 failed"):
+        crew.run(loop)
+    log = []
+    crew.run(log.append)  # and the crew goes on
+    assert sorted(log) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("parties", [2, 3, 5])
 @pytest.mark.parametrize("inputs", ["tokens", "dense"])
 def test_the_units_split_computes_what_the_row_loop_does(parties, inputs):

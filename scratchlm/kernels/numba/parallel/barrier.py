@@ -103,3 +103,21 @@ def wait(sync, parties, t):
             if sync[2] != 0:
                 _call(sync[2])
     return True
+
+
+@jit
+def arrive(sync):
+    """Add one to ``sync``'s counter (atomically; publishes the caller's writes)."""
+    _fetch_add(sync.ctypes.data, 1)
+
+
+@jit
+def poll(sync, goal, polls):
+    """Wait, polling at most ``polls`` times, until ``sync``'s counter reaches ``goal``; True if it did."""
+    counter = sync.ctypes.data
+    for k in range(polls):
+        if _load(counter) >= goal:
+            return True
+        if k % SPINS == SPINS - 1 and sync[2] != 0:
+            _call(sync[2])
+    return _load(counter) >= goal

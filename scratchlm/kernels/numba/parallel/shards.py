@@ -37,14 +37,14 @@ loops run one at a time) and set back afterwards.
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 
 from . import barrier, blas
+from .crew import Crew
 
 MIN_ROWS = 16  # rows per shard at least
 SPIN_TIMEOUT = 20  # OPENBLAS_THREAD_TIMEOUT at most this: idle workers sleep after 2^20 cycles (~0.3 ms)
 _lock = threading.Lock()
-_pool = {}
+_crews = {}  # parties -> Crew
 
 
 def quick_to_sleep():
@@ -106,18 +106,12 @@ def together(loop, n, sync=None):
     with _lock:
         get, set_ = blas.THREADS
         threads = get()
-        pool = _pool.get(n)
-        if pool is None:
-            pool = _pool[n] = ThreadPoolExecutor(n - 1, thread_name_prefix="scratchlm-shard")
+        crew = _crews.get(n)
+        if crew is None:
+            crew = _crews[n] = Crew(n)
         set_(1)
         try:
-            others = [pool.submit(party, k) for k in range(1, n)]
-            try:
-                party(0)
-            finally:
-                wait(others)
-            for future in others:
-                future.result()  # re-raises a party's exception
+            crew.run(party)
         finally:
             set_(threads)
 
