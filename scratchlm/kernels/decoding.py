@@ -2,8 +2,9 @@
 
     FusedRecurrentTokenLoop      an LSTM model's whole token loop in one call (``decode``): per token one GEMM
                                  and one step kernel per layer, one logits GEMM and one sampling kernel, with
-                                 the input table and every buffer made once; with bfloat16 weights, a
-                                 one-layer LSTM's loop on every core with U as bfloat16 (``decode_bfloat16``)
+                                 the input table and every buffer made once; a one-layer LSTM fed by its
+                                 input table: its loop on every core, U packed once (``decode_layer``; as
+                                 bfloat16 with bfloat16 weights)
     FusedTransformerTokenLoop    each token drawn by the sampling kernel (``sample_logits``) and, while the
                                  window has room, one :meth:`FusedBookDecoderBlock.decode_step` per block
     FusedBookDecoderBlock,       the decoder blocks with that one-position decoding step: the projections that
@@ -57,8 +58,8 @@ class FusedRecurrentTokenLoop(RecurrentTokenLoop):
         first = model.recurrent[0]
         E = None if model.embedding is None else model.embedding.embeddings
         table = first.token_table(E) if model.use_table(length, B) else None
-        if self.weights == "bfloat16" and len(model.recurrent) == 1 and table is not None:
-            out = self.backend.ops.decode_bfloat16(
+        if len(model.recurrent) == 1 and table is not None:
+            out = self.backend.ops.decode_layer(
                 logits,
                 state[0],
                 table,
@@ -69,10 +70,11 @@ class FusedRecurrentTokenLoop(RecurrentTokenLoop):
                 banned,
                 self.eos_id,
                 u,
+                bfloat16=self.weights == "bfloat16",
             )
             if out is None:
                 raise SamplingError("logits must be finite: a row holds NaN or +inf")
-            return out
+            return self.backend.to_host(out)
         out = self.backend.ops.decode(
             logits,
             state,

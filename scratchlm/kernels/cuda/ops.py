@@ -272,9 +272,9 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
 # -- the Transformer (issue 15): attention, LayerNorm, the feed-forward, the chunked loss ---------------------
 
 
-def decode_bfloat16(logits, state, table, U, dense, length, temperature, banned, eos_id, u):
-    """As :func:`scratchlm.kernels.numba.generate.decode_bfloat16`: here U (rounded to bfloat16 values by
-    ``generate``) is read as float32 by :func:`decode` (the same numbers; no bfloat16 kernel on the device)."""
+def decode_layer(logits, state, table, U, dense, length, temperature, banned, eos_id, u, bfloat16=False):
+    """As :func:`scratchlm.kernels.numba.generate.decode_layer`, by :func:`decode` (with ``bfloat16``, U, rounded
+    to bfloat16 values by ``generate``, is read as float32: the same numbers; no bfloat16 kernel on the device)."""
     return decode(logits, [state], table, None, [], [U], dense, length, temperature, banned, eos_id, u)
 
 

@@ -2,17 +2,19 @@
 
 What :meth:`scratchlm.models.LanguageModel.generate` does on the reference path,
 minus its per-token overheads: the input table E·W + b is built once per call
-(not once per token), every buffer is allocated once, and each token costs, per
-layer, one GEMM and one fused step kernel, then one GEMM for the logits and one
-sampling kernel.
+(not once per token) and every buffer is allocated once.
 
-At batch 1 a token is bound by reading U once (4 MB at H = 512: ~30 of the
-~40 µs a token takes here). With U rounded to bfloat16 (``generate(...,
-weights="bfloat16")``, :mod:`scratchlm.bfloat16`), :func:`decode_bfloat16`
-reads half the bytes: a one-layer LSTM's whole token loop runs as one compiled
-loop per core, each core owning a share of the hidden units and its share of U
-packed as bfloat16 panels (:mod:`panels`; 1 MB per core at H = 512, which stays
-in its L2), the cores meeting twice per token.
+:func:`decode_layer`, a one-layer LSTM fed by its input table (the usual
+character model): the whole token loop is one compiled loop per core
+(:func:`token_loop`), each core owning a share of the hidden units and its
+share of U packed once into panels (:mod:`panels`), the cores meeting twice
+per token. At batch 1 a token is bound by reading U (4 MB at H = 512, 2 MB per
+core, from L3). With U rounded to bfloat16 (``generate(...,
+weights="bfloat16")``, :mod:`scratchlm.bfloat16`) the panels hold bfloat16:
+half the bytes, 1 MB per core at H = 512, which stays in its L2.
+
+:func:`decode`, any other LSTM stack: per token and layer one GEMM and one
+fused step kernel, then one GEMM for the logits and one sampling kernel.
 
 Sampling follows :mod:`scratchlm.sampling` exactly (temperature, greedy at 0,
 banned ids, inverse CDF with one host uniform per row and token). Top-k and
@@ -135,28 +137,30 @@ def decode(logits, states, table, embeddings, uppers, recurrent, dense, length, 
     return out
 
 
-def decode_bfloat16(logits, state, table, U, dense, length, temperature, banned, eos_id, u):
-    """:func:`decode` for one LSTM layer whose input projection is ``table`` (V, 4H), with U (already rounded by
-    :func:`scratchlm.bfloat16.round_to_bfloat16`) held as bfloat16; float32. Returns the same as decode."""
+def decode_layer(logits, state, table, U, dense, length, temperature, banned, eos_id, u, bfloat16=False):
+    """:func:`decode` for one LSTM layer whose input projection is ``table`` (V, 4H), as one compiled loop per
+    core (:func:`token_loop`), U packed once: as it is, or (``bfloat16``; float32 only, U already rounded by
+    :func:`scratchlm.bfloat16.round_to_bfloat16`) as bfloat16. Returns the same as :func:`decode`."""
     B, V = logits.shape
     H = U.shape[0]
     n = shards.parties(B, H, B)  # every row: the cores split the units
     spans = shards.bounds(H, n)
     most = max(hi - lo for lo, hi in spans)
-    halves = upper_halves(np.ascontiguousarray(U), np)
-    packed = np.empty((n, 4) + panels.panel_shape(H, most, np.float32), np.uint16)
-    tiles = np.empty((n,) + panels.tile_shape(B, H), np.float32)
-    scratch = np.empty((n, panels.ROWS, panels.width(np.float32)), np.float32)
-    hs, cs = np.empty((2, B, H), np.float32), np.empty((2, B, H), np.float32)
+    dtype = logits.dtype
+    weights = upper_halves(np.ascontiguousarray(U), np) if bfloat16 else np.ascontiguousarray(U)
+    packed = np.empty((n, 4) + panels.panel_shape(H, most, dtype), weights.dtype)
+    tiles = np.empty((n,) + panels.tile_shape(B, H), dtype)
+    scratch = np.empty((n, panels.ROWS, panels.width(dtype)), dtype)
+    hs, cs = np.empty((2, B, H), dtype), np.empty((2, B, H), dtype)
     hs[0], cs[0] = state
-    z = np.empty((B, 4 * H), np.float32)
+    z = np.empty((B, 4 * H), dtype)
     out = np.zeros((B, length), dtype=np.int64)
     ids = np.zeros(B, dtype=np.int64)
-    logits = np.array(logits, dtype=np.float32)
-    if not sample_rows(logits, np.zeros(V, np.float32), banned, temperature, u[0], ids):
+    logits = np.array(logits, dtype=dtype)
+    if not sample_rows(logits, np.zeros(V, dtype), banned, temperature, u[0], ids):
         return None
     W_d, b_d = dense
-    dense_packed = np.empty(panels.panel_shape(H, V, np.float32), np.float32)
+    dense_packed = np.empty(panels.panel_shape(H, V, dtype), dtype)
     panels.pack(np.ascontiguousarray(W_d), 0, V, dense_packed)
     result, sync = np.zeros(2, dtype=np.int64), barrier.new()  # result: [tokens written, stop]
 
@@ -175,7 +179,7 @@ def decode_bfloat16(logits, state, table, U, dense, length, temperature, banned,
             cs,
             z,
             table,
-            halves,
+            weights,
             packed[k],
             tiles[k],
             scratch[k],
@@ -208,7 +212,7 @@ def token_loop(
     cs,
     z,
     table,
-    halves,
+    weights,
     packed,
     tiles,
     scratch,
@@ -219,15 +223,15 @@ def token_loop(
     j0,
     j1,
 ):
-    """One of ``parties`` threads of :func:`decode_bfloat16`, owning hidden units j0:j1; thread 0 also writes
+    """One of ``parties`` threads of :func:`decode_layer`, owning hidden units j0:j1; thread 0 also writes
     the ids, computes the logits and samples. Per token: thread 0 records the ids (EOS) and says whether to
-    stop; all meet; each packs h_{t-1}, computes its units' gate columns of h_{t-1} U from its bfloat16
-    panels, then their gates, c_t and h_t; all meet; thread 0 computes h_t W_d (``dense``: W_d packed) and
-    samples the next ids."""
+    stop; all meet; each packs h_{t-1}, computes its units' gate columns of h_{t-1} U from its panels
+    (``weights``: U as it is or as bfloat16 bits, packed here into ``packed``), then their gates, c_t and
+    h_t; all meet; thread 0 computes h_t W_d (``dense``: W_d packed) and samples the next ids."""
     B, length = out.shape
     H = hs.shape[2]
     for g in range(4):  # this thread's gate columns of U, once
-        panels.pack(halves, g * H + j0, g * H + j1, packed[g])
+        panels.pack(weights, g * H + j0, g * H + j1, packed[g])
     all_kept = np.ones(B, dtype=np.bool_)
     done = np.zeros(B, dtype=np.bool_)
     for step in range(length):

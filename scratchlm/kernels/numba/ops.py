@@ -12,7 +12,7 @@ import numpy as np
 from .attention import attend as attention_decode
 from .attention import backward as attention_backward
 from .attention import forward as attention_forward
-from .generate import decode, decode_bfloat16, sample_rows
+from .generate import decode, decode_layer, sample_rows
 from .gru import backward as gru_backward
 from .gru import forward as gru_forward
 from .layernorm import (
@@ -46,7 +46,7 @@ __all__ = [
     "bias_relu",
     "gelu_backward",
     "decode",
-    "decode_bfloat16",
+    "decode_layer",
     "dense_softmax_cross_entropy",
     "empty_workspace",
     "gru_backward",
