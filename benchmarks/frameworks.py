@@ -57,14 +57,16 @@ import time
 import numpy as np
 
 V = 60
+DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]  # cases without "frameworks"
+GEN_FRAMEWORKS = [*DEFAULT_FRAMEWORKS, "scratchlm-bf16"]  # the recurrent generation cases: also U as bfloat16
 CASES = {
     "book": dict(kind="train", embedding=None, H=128, T=60, B=128, optimizer="rmsprop", last_only=True),
     "s2s": dict(kind="train", embedding=64, H=512, T=100, B=64, optimizer="adam", last_only=False),
     # The same shapes with a GRU (issue 12): Keras' GRU(reset_after=True), torch.nn.GRU.
     "gru-book": dict(kind="train", cell="gru", embedding=None, H=128, T=60, B=128, optimizer="rmsprop", last_only=True),
     "gru-s2s": dict(kind="train", cell="gru", embedding=64, H=512, T=100, B=64, optimizer="adam", last_only=False),
-    "gen-b1": dict(kind="generate", embedding=64, H=512, B=1, prompt=10),
-    "gen-b64": dict(kind="generate", embedding=64, H=512, B=64, prompt=10),
+    "gen-b1": dict(kind="generate", embedding=64, H=512, B=1, prompt=10, frameworks=GEN_FRAMEWORKS),
+    "gen-b64": dict(kind="generate", embedding=64, H=512, B=64, prompt=10, frameworks=GEN_FRAMEWORKS),
     "gpu": dict(kind="train", embedding=64, H=1024, T=100, B=256, optimizer="adam", last_only=False, gpu=True),
     "gpu-gen-b1": dict(kind="generate", embedding=64, H=1024, B=1, prompt=10, gpu=True),
     # The IMDB seed's Transformer (issue 11). "frameworks": the only ones that run this case.
@@ -135,7 +137,6 @@ CASES["gpt2-124m-gen"] = dict(
 CASES["gpt2-124m-step"] = dict(kind="train", model="gpt2", B=4, T=64, frameworks=["scratchlm", "torch"])
 GPT2_VOCAB = 50257
 NANOGPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "nanogpt")
-DEFAULT_FRAMEWORKS = ["scratchlm", "scratchlm-reference", "keras", "torch"]  # cases without "frameworks"
 THREADS = 2
 
 

@@ -1,22 +1,22 @@
-"""Fused LSTM recurrence on the CPU: the whole time loop in one Numba call, OpenBLAS GEMMs inside it.
+"""Fused LSTM recurrence on the CPU: the whole time loop in one Numba call, U packed once for all its steps.
 
 The same equations as :class:`scratchlm.layers.LSTM` (read its docstring first),
 organised for speed:
 
-* the time loop is one Numba function (:func:`forward_rows`, :func:`backward_rows`)
-  that calls OpenBLAS's GEMM itself (:mod:`blas`), so no step pays the Python
-  interpreter, and the GIL is released from the first step to the last; the
-  batch is split into one shard of rows per core, each running its own loop
-  (:mod:`shards`);
-* per step, ``h_{t-1} U`` is one GEMM written straight into the step's slot of
-  the gate buffer (no temporary), then **one** elementwise pass does the rest:
-  add the input projection — gathered by token id from a (V, 4H) table, so the
-  (T, B, 4H) projection is never materialised — the four activations, c_t, h_t
-  and the mask;
+* the time loop is one Numba function (:func:`forward_rows`, :func:`backward_rows`),
+  so no step pays the Python interpreter, and the GIL is released from the
+  first step to the last; the batch is split into one shard of rows per core,
+  each running its own loop (:mod:`shards`);
+* U is packed once per loop into panels (:mod:`panels`), and per step
+  ``h_{t-1} U`` is written by the panels' micro-kernel straight into the step's
+  slot of the gate buffer (no temporary), then **one** elementwise pass does the
+  rest: add the input projection — gathered by token id from a (V, 4H) table,
+  so the (T, B, 4H) projection is never materialised — the four activations,
+  c_t, h_t and the mask;
 * backward, per step, one pass computes dh_t (recurrent + carried + from the
   output), all four gate gradients dz in place over the gates, and dc_{t-1};
-  then one GEMM gives dz Uᵀ. tanh(c_t) is recomputed instead of stored;
-* ``dU = [h_0 … h_{T-1}]ᵀ dZ`` after the loop, as one big GEMM.
+  then dz Uᵀ against Uᵀ packed once. tanh(c_t) is recomputed instead of stored;
+* ``dU = [h_0 … h_{T-1}]ᵀ dZ`` after the loop, as one big GEMM (OpenBLAS).
 
 Work buffers: the gate buffer (T, B, 4H) holds the input projections, then the
 gates i f g o, then (after backward) dz; hs and cs (T+1, B, H) hold h_0..h_T
@@ -24,10 +24,13 @@ and c_0..c_T. Nothing else of size T is allocated, and these come from
 :mod:`workspace`, reused from step to step.
 
 The elementwise kernels are vectorised (AVX-512 or AVX2). Within one shard
-everything runs on one thread; with one shard (see :mod:`shards` for when) the
-per-step GEMMs use OpenBLAS's threads.
+everything runs on one thread. Packed once, U is read in the order the
+micro-kernel uses it, where a GEMM call per step (OpenBLAS, before issue 25)
+copied it into its own layout every time: the row loops went from 3.66 to 2.05
+ms forward and 5.35 to 2.41 backward at B = 32, H = 128, T = 100, and from 707
+to 556 / 925 to 627 ms at B = 256, H = 1024 (docs/benchmarks.md).
 
-Up to a few dozen rows per core (:func:`unit_rows`), the threads split each
+For a thin batch against a large H (:data:`UNIT_ROWS`), the threads split each
 *step* by hidden units instead (:func:`forward_units`, :func:`backward_units`):
 thread k owns units j0:j1 — their four gate columns of U, forward, and their
 rows of U, backward — packs them once per loop into panels (:mod:`panels`),
@@ -44,18 +47,16 @@ import numpy as np
 
 from .activations import sigmoid, tanh
 from .options import jit
-from .parallel import barrier, blas, panels, shards, workspace
+from .parallel import barrier, panels, shards, workspace
 
-
-def unit_rows(H, backward):
-    """Rows per thread up to which a step of H hidden units is split by units (:func:`shards.parties`).
-
-    Measured on the Zen 5 with AVX-512 and again with the kernels built for AVX2 (docs/benchmarks.md, "Packed
-    panels"): the split wins wherever a thread's share of U is large, at any batch measured (8-256) for
-    H >= 1024 backward, and loses to the row shards' GEMMs only where U is small and the batch wide (H = 128
-    at batch 32 and up forward, batch 128 backward; H = 512 at batch 128 forward).
-    """
-    return max(32, H // 4) if backward else max(8, H // 16)
+# The units split runs with at most UNIT_ROWS rows and at least UNIT_UNITS hidden units per thread (shards.parties).
+# Measured on the Zen 5 (docs/benchmarks.md, "Packed panels"), each loop against the row shards on the same packed
+# panels: below 32 rows there is one shard, so the split is the only way onto the second core, and it wins where
+# each thread's share of U is large (H >= 512: 1.2-2x at batch 8-16); at H <= 256 one thread's row loop is as fast
+# or faster (the products are a few µs and the split's barrier and elementwise overheads are not), and from 32 rows
+# up the shards tie with the split or beat it.
+UNIT_ROWS = 8
+UNIT_UNITS = 256
 
 
 @jit
@@ -176,28 +177,31 @@ def _units(z, j0, j1):
 
 
 @jit
-def forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi):
-    """The forward time loop of batch rows lo:hi (all T steps), GEMMs by the BLAS at ``gemm_at``.
+def forward_rows(z, packed, table, ids, keep, hs, cs, rec, tiles, scratch, lo, hi):
+    """The forward time loop of batch rows lo:hi (all T steps), against U packed whole (:func:`panels.pack`).
 
     Token input (``ids`` (T, B)): z[t] <- h_{t-1} U, then the step adds table[ids[t]].
     Float input (``ids`` None): z[t] holds x_t W + b; rec (B, 4H) is the buffer for h_{t-1} U
-    and ``table`` is ignored. keep (T, B) bool.
+    and ``table`` is ignored. keep (T, B) bool. tiles, scratch: this shard's buffers.
     """
+    G = z.shape[2]
     for t in range(z.shape[0]):
         h_prev, c_prev, zt = hs[t, lo:hi], cs[t, lo:hi], z[t, lo:hi]
+        panels.pack_rows(h_prev, tiles)
         if ids is None:
             r = rec[lo:hi]
-            blas.gemm(gemm_at, h_prev, U, r)
+            panels.product(tiles, packed, r, 0, G, scratch)
             step_forward(zt, r, np.arange(hi - lo), c_prev, h_prev, keep[t, lo:hi], cs[t + 1, lo:hi], hs[t + 1, lo:hi])
         else:
-            blas.gemm(gemm_at, h_prev, U, zt)
+            panels.product(tiles, packed, zt, 0, G, scratch)
             step_forward(zt, table, ids[t, lo:hi], c_prev, h_prev, keep[t, lo:hi], cs[t + 1, lo:hi], hs[t + 1, lo:hi])
 
 
 @jit
-def backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi):
-    """The backward time loop of batch rows lo:hi: :func:`step_backward`, then dh_rec <- dz_t Uᵀ, t = T … 1."""
-    T = z.shape[0]
+def backward_rows(z, cs, packed, dy, keep, dh_rec, dh, dc, tiles, scratch, lo, hi):
+    """The backward time loop of batch rows lo:hi: :func:`step_backward`, then dh_rec <- dz_t Uᵀ, t = T … 1,
+    against Uᵀ packed whole (:func:`panels.pack_transposed`)."""
+    T, H = z.shape[0], dh_rec.shape[1]
     all_kept = np.ones(hi - lo, dtype=np.bool_)
     for t in range(T - 1, -1, -1):
         keep_next = all_kept if t == T - 1 else keep[t + 1, lo:hi]
@@ -218,7 +222,8 @@ def backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi):
                 dh[lo:hi],
                 dc[lo:hi],
             )
-        blas.gemm(gemm_at, zt, U, dh_rec[lo:hi], True)  # dz_t Uᵀ
+        panels.pack_rows(zt, tiles)
+        panels.product(tiles, packed, dh_rec[lo:hi], 0, H, scratch)  # dz_t Uᵀ
 
 
 @jit
@@ -273,6 +278,11 @@ def backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, packed, tiles, scratch, s
         panels.product(tiles, packed, dh_rec, j0, j1 - j0, scratch)
 
 
+def _row_buffers(M, K, dtype):
+    """A shard's row tiles (M rows of length K) and the micro-kernel's scratch tile."""
+    return np.empty(panels.tile_shape(M, K), dtype), np.empty((panels.ROWS, panels.width(dtype)), dtype)
+
+
 def _unit_buffers(n, spans, K, M, dtype, gates):
     """Per thread of a units split: U's packed columns (``gates`` blocks of the widest span), row tiles of M
     rows of length K, and the micro-kernel's scratch tile."""
@@ -301,17 +311,7 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
     table = z if table is None else table  # (unused for float input)
     rec = np.empty((B, G), dtype=z.dtype)
     U = np.ascontiguousarray(U)
-    gemm_at = blas.GEMM.get(z.dtype)
-    if gemm_at is None:  # no OpenBLAS to call: the loop in Python
-        for t in range(T):
-            if ids is None:
-                np.matmul(hs[t], U, out=rec)
-                step_forward(z[t], rec, np.arange(B), cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1])
-            else:
-                np.matmul(hs[t], U, out=z[t])
-                step_forward(z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1])
-        return hs, cs
-    n = shards.parties(B, H, unit_rows(H, backward=False))
+    n = shards.parties(B, H, UNIT_ROWS, UNIT_UNITS)
     if n > 1:  # a few rows: split each step's units instead
         sync, spans = barrier.new(), shards.bounds(H, n)
         packed, tiles, scratch = _unit_buffers(n, spans, H, B, z.dtype, 4)
@@ -323,7 +323,14 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
             sync,
         )
     else:
-        shards.run(lambda lo, hi: forward_rows(gemm_at, z, U, table, ids, keep, hs, cs, rec, lo, hi), B)
+        packed = workspace.take(panels.panel_shape(H, G, z.dtype), z.dtype)
+        panels.pack(U, 0, G, packed)
+        shards.run(
+            lambda lo, hi: forward_rows(
+                z, packed, table, ids, keep, hs, cs, rec, *_row_buffers(hi - lo, H, z.dtype), lo, hi
+            ),
+            B,
+        )
     return hs, cs
 
 
@@ -343,36 +350,26 @@ def backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
     keep = np.ones((T, B), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     dy = None if dy is None else np.ascontiguousarray(dy, dtype=z.dtype)
     U = np.ascontiguousarray(U)
-    gemm_at = blas.GEMM.get(z.dtype)
-    if gemm_at is None:  # no OpenBLAS to call: the loop in Python
-        all_kept = np.ones(B, dtype=bool)
-        for t in reversed(range(T)):
-            step_backward(
-                z[t],
-                cs[t],
-                cs[t + 1],
-                dh_rec,
-                all_kept if t == T - 1 else keep[t + 1],
-                None if dy is None else dy[t],
-                keep[t],
-                dh,
-                dc,
-            )
-            np.matmul(z[t], U.T, out=dh_rec)  # dz_t Uᵀ
+    n = shards.parties(B, H, UNIT_ROWS, UNIT_UNITS)
+    if n > 1:
+        sync, spans = barrier.new(), shards.bounds(H, n)
+        packed, tiles, scratch = _unit_buffers(n, spans, G, B, z.dtype, 1)
+        shards.together(
+            lambda k: backward_units(
+                z, cs, U, dy, keep, dh_rec, dh, dc, packed[k, 0], tiles[k], scratch[k], sync, n, *spans[k]
+            ),
+            n,
+            sync,
+        )
     else:
-        n = shards.parties(B, H, unit_rows(H, backward=True))
-        if n > 1:
-            sync, spans = barrier.new(), shards.bounds(H, n)
-            packed, tiles, scratch = _unit_buffers(n, spans, G, B, z.dtype, 1)
-            shards.together(
-                lambda k: backward_units(
-                    z, cs, U, dy, keep, dh_rec, dh, dc, packed[k, 0], tiles[k], scratch[k], sync, n, *spans[k]
-                ),
-                n,
-                sync,
-            )
-        else:
-            shards.run(lambda lo, hi: backward_rows(gemm_at, z, cs, U, dy, keep, dh_rec, dh, dc, lo, hi), B)
+        packed = workspace.take(panels.panel_shape(G, H, z.dtype), z.dtype)
+        panels.pack_transposed(U, 0, H, packed)
+        shards.run(
+            lambda lo, hi: backward_rows(
+                z, cs, packed, dy, keep, dh_rec, dh, dc, *_row_buffers(hi - lo, G, z.dtype), lo, hi
+            ),
+            B,
+        )
     dh0 = np.where(keep[0][:, None], dh_rec, dh_rec + dh) if masked else dh_rec
     dU = hs[:-1].reshape(T * B, H).T @ z.reshape(T * B, G)  # (H, 4H)
     return z, dU, dh0, dc

@@ -116,13 +116,13 @@ def together(loop, n, sync=None):
             set_(threads)
 
 
-def parties(rows, units, most_rows):
+def parties(rows, units, most_rows, least_units=8):
     """How many threads split each step's ``units`` hidden units between them (1: none, run by rows instead).
 
     Splitting the units (:func:`together` with a :mod:`barrier` per step) pays where each thread's share of U
     is large against its rows: each thread then reads only its share of U per step, packed once for the
-    whole loop (:mod:`panels`). It runs when there are at most ``most_rows`` rows per thread (the caller's
-    measured rule, e.g. :func:`scratchlm.kernels.numba.lstm.unit_rows`) and at least 8 units per thread.
+    whole loop (:mod:`panels`). It runs when there are at most ``most_rows`` rows and at least ``least_units``
+    units per thread (the caller's measured rule, e.g. :data:`scratchlm.kernels.numba.lstm.UNIT_ROWS`).
     """
     n = _cores()
-    return n if 1 < n and rows <= most_rows * n and units >= 8 * n else 1
+    return n if 1 < n and rows <= most_rows * n and units >= least_units * n else 1
