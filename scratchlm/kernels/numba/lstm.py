@@ -50,13 +50,14 @@ from .options import jit
 from .parallel import barrier, panels, shards, workspace
 
 # The units split runs with at most UNIT_ROWS rows and at least UNIT_UNITS hidden units per thread (shards.parties).
-# Measured on the Zen 5 (docs/benchmarks.md, "Packed panels"), each loop against the row shards on the same packed
-# panels: below 32 rows there is one shard, so the split is the only way onto the second core, and it wins where
-# each thread's share of U is large (H >= 512: 1.2-2x at batch 8-16); at H <= 256 one thread's row loop is as fast
-# or faster (the products are a few µs and the split's barrier and elementwise overheads are not), and from 32 rows
-# up the shards tie with the split or beat it.
+# Measured on the Zen 5 (docs/benchmarks.md, "Packed panels"), against the row shards on the same packed panels:
+# below 32 rows there is one shard, so the split is the only way onto the second core; it wins where each thread's
+# share of U is large (H >= 512: 1.2-2x per loop at batch 8-16; H = 256: loops alone tie, whole training steps of
+# the sweep 8.3 / 15.5 ms by one shard against 7.1 / 12.2 split), and loses to one thread's row loop at H = 128 (the
+# products take a few µs, the split's barrier and elementwise overheads do not shrink with them); from 32 rows up the
+# shards tie with it or beat it.
 UNIT_ROWS = 8
-UNIT_UNITS = 256
+UNIT_UNITS = 128
 
 
 @jit
