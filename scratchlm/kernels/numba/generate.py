@@ -27,7 +27,7 @@ import numpy as np
 
 from ...bfloat16 import upper_halves
 from .activations import exp
-from .lstm import step_forward, units_forward
+from .lstm import pack_gate_columns, step_forward, units_step
 from .options import jit
 from .parallel import barrier, panels, shards
 
@@ -149,8 +149,7 @@ def decode_layer(logits, state, table, U, dense, length, temperature, banned, eo
     dtype = logits.dtype
     weights = upper_halves(np.ascontiguousarray(U), np) if bfloat16 else np.ascontiguousarray(U)
     packed = np.empty((n, 4) + panels.panel_shape(H, most, dtype), weights.dtype)
-    tiles = np.empty((n,) + panels.tile_shape(B, H), dtype)
-    scratch = np.empty((n, panels.ROWS, panels.width(dtype)), dtype)
+    work = [panels.buffers(B, H, dtype) for _ in range(n)]
     hs, cs = np.empty((2, B, H), dtype), np.empty((2, B, H), dtype)
     hs[0], cs[0] = state
     z = np.empty((B, 4 * H), dtype)
@@ -181,8 +180,7 @@ def decode_layer(logits, state, table, U, dense, length, temperature, banned, eo
             table,
             weights,
             packed[k],
-            tiles[k],
-            scratch[k],
+            *work[k],
             dense_packed,
             sync,
             n,
@@ -229,9 +227,7 @@ def token_loop(
     (``weights``: U as it is or as bfloat16 bits, packed here into ``packed``), then their gates, c_t and
     h_t; all meet; thread 0 computes h_t W_d (``dense``: W_d packed) and samples the next ids."""
     B, length = out.shape
-    H = hs.shape[2]
-    for g in range(4):  # this thread's gate columns of U, once
-        panels.pack(weights, g * H + j0, g * H + j1, packed[g])
+    pack_gate_columns(weights, j0, j1, packed)  # this thread's gate columns of U, once
     all_kept = np.ones(B, dtype=np.bool_)
     done = np.zeros(B, dtype=np.bool_)
     for step in range(length):
@@ -248,10 +244,7 @@ def token_loop(
         if not barrier.wait(sync, parties, 2 * step) or result[1] != 0:
             return
         h, c, h_new, c_new = hs[step % 2], cs[step % 2], hs[(step + 1) % 2], cs[(step + 1) % 2]
-        panels.pack_rows(h, tiles)
-        for g in range(4):
-            panels.product(tiles, packed[g], z, g * H + j0, j1 - j0, scratch)
-        units_forward(z, table, ids, c, h, all_kept, c_new, h_new, j0, j1)
+        units_step(z, z, table, ids, c, h, all_kept, c_new, h_new, packed, tiles, scratch, j0, j1)
         if not barrier.wait(sync, parties, 2 * step + 1):
             return
         if k == 0:

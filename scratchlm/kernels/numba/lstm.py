@@ -50,12 +50,12 @@ from .options import jit
 from .parallel import barrier, panels, shards, workspace
 
 # The units split runs with at most UNIT_ROWS rows and at least UNIT_UNITS hidden units per thread (shards.parties).
-# Measured on the Zen 5 (docs/benchmarks.md, "Packed panels"), against the row shards on the same packed panels:
-# below 32 rows there is one shard, so the split is the only way onto the second core; it wins where each thread's
-# share of U is large (H >= 512: 1.2-2x per loop at batch 8-16; H = 256: loops alone tie, whole training steps of
-# the sweep 8.3 / 15.5 ms by one shard against 7.1 / 12.2 split), and loses to one thread's row loop at H = 128 (the
-# products take a few µs, the split's barrier and elementwise overheads do not shrink with them); from 32 rows up the
-# shards tie with it or beat it.
+# Measured on the Zen 5 (docs/benchmarks.md, "Every shape on an AVX-512 machine"), against the row shards on the
+# same packed panels: below 32 rows there is one shard, so the split is the only way onto the second core; it wins
+# where each thread's share of U is large (H >= 512: 1.2-2x per loop at batch 8-16; H = 256: loops alone tie, whole
+# training steps of the sweep 8.3 / 15.5 ms by one shard against 7.1 / 12.2 split), and loses to one thread's row
+# loop at H = 128 (the products take a few µs, the split's barrier and elementwise overheads do not shrink with
+# them); from 32 rows up the shards tie with it or beat it.
 UNIT_ROWS = 8
 UNIT_UNITS = 128
 
@@ -237,22 +237,44 @@ def forward_units(z, U, table, ids, keep, hs, cs, rec, packed, tiles, scratch, s
     before the next step reads the whole of h_t. Arguments as in :func:`forward_rows` (rec (B, 4H), for
     float input: each step's product in the Keras layout); tiles and scratch: this thread's buffers.
     """
-    T, B, G = z.shape
-    H = G // 4
+    T, B = z.shape[:2]
     every_row = np.arange(B)
-    for g in range(4):
-        panels.pack(U, g * H + j0, g * H + j1, packed[g])
+    pack_gate_columns(U, j0, j1, packed)
     for t in range(T):
-        panels.pack_rows(hs[t], tiles)
-        product = rec if ids is None else z[t]  # token input: the product goes straight to z[t]
-        for g in range(4):
-            panels.product(tiles, packed[g], product, g * H + j0, j1 - j0, scratch)
-        if ids is None:
-            units_forward(z[t], rec, every_row, cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1], j0, j1)
-        else:
-            units_forward(z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1], j0, j1)
+        if ids is None:  # the product goes to rec, and the step adds it to z[t]
+            units_step(
+                rec, z[t], rec, every_row, cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1], packed, tiles, scratch, j0, j1
+            )
+        else:  # the product goes straight to z[t], and the step adds table[ids[t]]
+            units_step(
+                z[t], z[t], table, ids[t], cs[t], hs[t], keep[t], cs[t + 1], hs[t + 1], packed, tiles, scratch, j0, j1
+            )
         if not barrier.wait(sync, parties, t):
             return
+
+
+@jit
+def pack_gate_columns(U, j0, j1, packed):
+    """packed[g] = U's columns of units j0:j1 in gate block g as panels (:func:`panels.pack`), g = 0 … 3.
+
+    U (H, 4H), as it is or as its bfloat16 bits (uint16); packed (4, ·, H, C·W) of the same element type.
+    """
+    H = U.shape[0]
+    for g in range(4):
+        panels.pack(U, g * H + j0, g * H + j1, packed[g])
+
+
+@jit
+def units_step(product, z, table, rows, c_prev, h_prev, keep, c, h, packed, tiles, scratch, j0, j1):
+    """One forward step of the hidden units j0:j1: their gate columns of h_{t-1} U (against ``packed``, from
+    :func:`pack_gate_columns`) into ``product`` (B, 4H), then :func:`units_forward` (z, table, rows, c_prev,
+    h_prev, keep, c, h as it takes them; ``product`` is z itself, or the ``table`` it adds by rows 0 … B−1).
+    tiles, scratch: the calling thread's buffers (:func:`panels.buffers`)."""
+    H = c.shape[1]
+    panels.pack_rows(h_prev, tiles)
+    for g in range(4):
+        panels.product(tiles, packed[g], product, g * H + j0, j1 - j0, scratch)
+    units_forward(z, table, rows, c_prev, h_prev, keep, c, h, j0, j1)
 
 
 @jit
@@ -279,19 +301,12 @@ def backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, packed, tiles, scratch, s
         panels.product(tiles, packed, dh_rec, j0, j1 - j0, scratch)
 
 
-def _row_buffers(M, K, dtype):
-    """A shard's row tiles (M rows of length K) and the micro-kernel's scratch tile."""
-    return np.empty(panels.tile_shape(M, K), dtype), np.empty((panels.ROWS, panels.width(dtype)), dtype)
-
-
 def _unit_buffers(n, spans, K, M, dtype, gates):
-    """Per thread of a units split: U's packed columns (``gates`` blocks of the widest span), row tiles of M
-    rows of length K, and the micro-kernel's scratch tile."""
+    """Per thread of a units split: U's packed columns (``gates`` blocks of the widest span), and the
+    product's buffers for M rows of length K (:func:`panels.buffers`)."""
     most = max(hi - lo for lo, hi in spans)
     packed = workspace.take((n, gates) + panels.panel_shape(K, most, dtype), dtype)
-    tiles = np.empty((n,) + panels.tile_shape(M, K), dtype)
-    scratch = np.empty((n, panels.ROWS, panels.width(dtype)), dtype)
-    return packed, tiles, scratch
+    return packed, [panels.buffers(M, K, dtype) for _ in range(n)]
 
 
 def forward(z, U, h0, c0, keep=None, table=None, ids=None):
@@ -315,11 +330,9 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
     n = shards.parties(B, H, UNIT_ROWS, UNIT_UNITS)
     if n > 1:  # a few rows: split each step's units instead
         sync, spans = barrier.new(), shards.bounds(H, n)
-        packed, tiles, scratch = _unit_buffers(n, spans, H, B, z.dtype, 4)
+        packed, work = _unit_buffers(n, spans, H, B, z.dtype, 4)
         shards.together(
-            lambda k: forward_units(
-                z, U, table, ids, keep, hs, cs, rec, packed[k], tiles[k], scratch[k], sync, n, *spans[k]
-            ),
+            lambda k: forward_units(z, U, table, ids, keep, hs, cs, rec, packed[k], *work[k], sync, n, *spans[k]),
             n,
             sync,
         )
@@ -328,7 +341,7 @@ def forward(z, U, h0, c0, keep=None, table=None, ids=None):
         panels.pack(U, 0, G, packed)
         shards.run(
             lambda lo, hi: forward_rows(
-                z, packed, table, ids, keep, hs, cs, rec, *_row_buffers(hi - lo, H, z.dtype), lo, hi
+                z, packed, table, ids, keep, hs, cs, rec, *panels.buffers(hi - lo, H, z.dtype), lo, hi
             ),
             B,
         )
@@ -354,11 +367,9 @@ def backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
     n = shards.parties(B, H, UNIT_ROWS, UNIT_UNITS)
     if n > 1:
         sync, spans = barrier.new(), shards.bounds(H, n)
-        packed, tiles, scratch = _unit_buffers(n, spans, G, B, z.dtype, 1)
+        packed, work = _unit_buffers(n, spans, G, B, z.dtype, 1)
         shards.together(
-            lambda k: backward_units(
-                z, cs, U, dy, keep, dh_rec, dh, dc, packed[k, 0], tiles[k], scratch[k], sync, n, *spans[k]
-            ),
+            lambda k: backward_units(z, cs, U, dy, keep, dh_rec, dh, dc, packed[k, 0], *work[k], sync, n, *spans[k]),
             n,
             sync,
         )
@@ -367,7 +378,7 @@ def backward(z, hs, cs, U, dy=None, dh_T=None, dc_T=None, keep=None):
         panels.pack_transposed(U, 0, H, packed)
         shards.run(
             lambda lo, hi: backward_rows(
-                z, cs, packed, dy, keep, dh_rec, dh, dc, *_row_buffers(hi - lo, G, z.dtype), lo, hi
+                z, cs, packed, dy, keep, dh_rec, dh, dc, *panels.buffers(hi - lo, G, z.dtype), lo, hi
             ),
             B,
         )

@@ -2,8 +2,8 @@
 
 At batch 8-32 the per-step product h_{t-1} U, (B, H) x (H, 4H), does only
 2·B FLOPs per element of U it reads. A general GEMM (OpenBLAS) copies U into
-its own blocked layout on every call, and at these shapes the copy costs as
-much as the multiply (~65 GFLOP/s on one core of the AMD EPYC Zen 5 at
+its own blocked layout on every call, and at these shapes the copy costs more
+than the multiply (34-41 GFLOP/s on one core of the AMD EPYC Zen 5 at
 (8, 512) x (512, 1024), where the core peaks at 268). Here the copy is made
 once, before the first step, and every step streams it:
 
@@ -28,10 +28,11 @@ features Numba compiles for): with AVX-512's 32 registers of 64 bytes, R = 8,
 C = 2 (16 accumulators, 2 panel vectors, 1 broadcast); with AVX2's 16 of 32
 bytes, R = 6, C = 2 (12 + 2 + 1); with SSE's 16 of 16 bytes, R = 4, C = 2.
 
-Measured on one core of the Zen 5 (AVX-512), tiles packed in the timing: 225
+Measured on one core of the Zen 5 (AVX-512), tiles packed in the timing: 240-249
 GFLOP/s at (8, 512) x (512, 1024) with b's 2 MB of panels streaming from L3,
-236 at (32, 512) x (512, 1024), 155 at (8, 128) x (128, 256); the dot
-products this replaced ran at ~100 (docs/benchmarks.md, "Packed panels").
+253-255 at (64, 128) x (128, 512), where OpenBLAS called per product reaches
+196-200; the dot products this replaced ran at ~100 (docs/benchmarks.md,
+"Every shape on an AVX-512 machine: packed panels").
 """
 
 import numpy as np
@@ -72,6 +73,11 @@ def tile_shape(M, K):
     product with a vector: no tile rows computed and thrown away)."""
     R = 1 if M == 1 else ROWS
     return (-(-M // R), K, R)
+
+
+def buffers(M, K, dtype):
+    """What one thread's :func:`product` needs for M rows of length K: their row tiles and a scratch tile."""
+    return np.empty(tile_shape(M, K), dtype), np.empty((ROWS, width(dtype)), dtype)
 
 
 def _micro_kernel(R):
