@@ -90,19 +90,8 @@ def wait(sync, parties, t):
 
     Returns True when all arrived, False when the barrier was aborted.
     """
-    counter = sync.ctypes.data
-    _fetch_add(counter, 1)
-    goal = parties * (t + 1)
-    polls = 0
-    while _load(counter) < goal:
-        if _load(counter + 8) != 0:
-            return False
-        polls += 1
-        if polls == SPINS:
-            polls = 0
-            if sync[2] != 0:
-                _call(sync[2])
-    return True
+    arrive(sync)
+    return poll(sync, parties * (t + 1), -1)
 
 
 @jit
@@ -113,11 +102,14 @@ def arrive(sync):
 
 @jit
 def poll(sync, goal, polls):
-    """Wait, polling at most ``polls`` times, until ``sync``'s counter reaches ``goal``; True if it did."""
+    """Wait until ``sync``'s counter reaches ``goal``: True then; False if the barrier was aborted first, or after
+    ``polls`` polls (< 0: no limit). Calls sched_yield every ``SPINS`` polls."""
     counter = sync.ctypes.data
-    for k in range(polls):
-        if _load(counter) >= goal:
-            return True
-        if k % SPINS == SPINS - 1 and sync[2] != 0:
+    k = 0
+    while _load(counter) < goal:
+        if _load(counter + 8) != 0 or k == polls:
+            return False
+        k += 1
+        if k % SPINS == 0 and sync[2] != 0:
             _call(sync[2])
-    return _load(counter) >= goal
+    return True
