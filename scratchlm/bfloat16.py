@@ -16,6 +16,8 @@ from typing import Any
 
 from .backend import Array
 
+DECODING_WEIGHTS = ("float32", "bfloat16")  # what ``generate(..., weights=...)`` takes
+
 
 def round_to_bfloat16(x: Array, xp: Any) -> Array:
     """float32 ``x`` rounded to the nearest bfloat16 (ties to even), as float32; NaN stays NaN and a value past

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from .. import checkpoint, distributed
+from ..bfloat16 import DECODING_WEIGHTS
 from ..errors import ScratchLMError
 from ..models.transformer import INITS
 from . import eval, info, sample, train
@@ -436,7 +437,7 @@ def _add_sample(commands):
     p.add_argument("--backend", choices=["numpy", "cupy", "auto"], default="numpy", help="default numpy")
     p.add_argument(
         "--weights",
-        choices=["float32", "bfloat16"],
+        choices=DECODING_WEIGHTS,
         default="float32",
         help="bfloat16: a recurrent float32 model's recurrent kernels rounded to bfloat16 while sampling, half the "
         "bytes per token (faster at batch 1; its cost in held-out loss is in docs/benchmarks.md); default float32",
@@ -491,7 +492,7 @@ def _add_eval(commands):
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (for scripts)")
     p.add_argument(
         "--weights",
-        choices=["float32", "bfloat16"],
+        choices=DECODING_WEIGHTS,
         default="float32",
         help="bfloat16: score with a recurrent float32 model's recurrent kernels rounded to bfloat16, as sample "
         "--weights bfloat16 reads them (the loss that rounding costs); default float32",

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy
 
 from ..backend import Array, Backend
-from ..bfloat16 import round_to_bfloat16
+from ..bfloat16 import DECODING_WEIGHTS, round_to_bfloat16
 from ..checks import is_whole, whole_at_least
 from ..errors import ModelError
 from ..layers import GRU, LSTM, Dense, Dropout, Embedding
@@ -222,7 +222,7 @@ class RecurrentLM(TokenModel):
         """A context in which the model holds the weights :meth:`generate` decodes with: "float32" (as it is) or
         "bfloat16" (a float32 model's recurrent kernels U rounded to bfloat16; the other weights, read once per
         token in a row or two, stay as they are). The kernels are put back on exit."""
-        if weights not in ("float32", "bfloat16"):
+        if weights not in DECODING_WEIGHTS:
             raise ModelError(f"weights must be 'float32' or 'bfloat16', got {weights!r}")
         if weights == "float32":
             yield
